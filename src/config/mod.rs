@@ -1,0 +1,491 @@
+//! The cluster config: one versioned YAML file per host, meant for version
+//! control, and the merge rules that turn a re-run of `install` into a
+//! converging change rather than a rewrite.
+//!
+//! Sources are merged as YAML trees, lowest first: built-in defaults, the
+//! file already on the host, a `--config FILE`, then the command line. The
+//! merged tree is then deserialized into [`ClusterConfig`], whose fields are
+//! validated newtypes, so a bad value is refused before anything is written.
+
+pub mod types;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_yaml::{Mapping, Value};
+
+pub use types::{CertSan, Cidr, Component, Host, HostPort, KeyAlgorithm, NodeName};
+
+pub const API_VERSION: &str = "hakube.io/v1alpha1";
+pub const KIND: &str = "ClusterConfig";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid YAML: {source}")]
+    Yaml {
+        path: String,
+        source: serde_yaml::Error,
+    },
+    #[error("{path}: apiVersion {found:?} is not supported: this hakube reads apiVersion {API_VERSION:?}")]
+    ApiVersion { path: String, found: String },
+    #[error("{path}: kind {found:?} is not supported: expected kind {KIND:?}")]
+    Kind { path: String, found: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error(
+        "{field} cannot change on an installed node (it is {old}, asked for {new}): \
+         run `hakube reset` on this node first, or leave {field} as it is"
+    )]
+    Immutable {
+        field: &'static str,
+        old: String,
+        new: String,
+    },
+}
+
+/// Cluster-wide settings: the same on every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterSpec {
+    pub name: String,
+    /// Multi-master mode. Sticky: once set, a re-run never clears it.
+    pub ha: bool,
+    /// External TCP load balancer in front of every master's API server.
+    pub load_balancer_address: Option<HostPort>,
+    /// Keep workloads off masters (`node-role.kubernetes.io/control-plane:NoSchedule`).
+    pub taint_control_plane: bool,
+    pub service_cidr: Cidr,
+    pub pod_cidr: Cidr,
+    pub dns_domain: String,
+    pub cert_sans: Vec<CertSan>,
+    pub key_algorithm: KeyAlgorithm,
+}
+
+/// How this node's etcd member starts: `new` for the first master, `existing`
+/// with the membership it joined for the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdMemberSpec {
+    pub initial_cluster_state: InitialClusterState,
+    /// `name=peerURL,…`; empty means this node alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_cluster: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialClusterState {
+    New,
+    Existing,
+}
+
+/// Settings of this node alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: NodeName,
+    pub advertise_address: IpAddr,
+    /// What the agent supervises here. Production runs all of them.
+    pub components: Vec<Component>,
+    /// Run the agent as the `hakube.service` unit (when systemd is PID 1).
+    pub systemd: bool,
+    /// Where component binaries come from, after `<root>/var/lib/hakube/bin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<PathBuf>,
+    pub api_server_port: u16,
+    pub etcd_client_port: u16,
+    pub etcd_peer_port: u16,
+    pub etcd: EtcdMemberSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub api_version: String,
+    pub kind: String,
+    pub cluster: ClusterSpec,
+    pub node: NodeSpec,
+}
+
+impl ClusterConfig {
+    pub fn has(&self, c: Component) -> bool {
+        self.node.components.contains(&c)
+    }
+
+    /// Where clients reach the API servers: the load balancer when there is
+    /// one, else this node.
+    pub fn control_plane_endpoint(&self) -> HostPort {
+        match &self.cluster.load_balancer_address {
+            Some(lb) => lb.clone(),
+            None => HostPort::new(
+                Host::Ip(self.node.advertise_address),
+                self.node.api_server_port,
+            ),
+        }
+    }
+
+    pub fn etcd_client_url(&self) -> String {
+        format!(
+            "https://{}",
+            HostPort::new(
+                Host::Ip(self.node.advertise_address),
+                self.node.etcd_client_port
+            )
+        )
+    }
+
+    pub fn etcd_peer_url(&self) -> String {
+        format!(
+            "https://{}",
+            HostPort::new(
+                Host::Ip(self.node.advertise_address),
+                self.node.etcd_peer_port
+            )
+        )
+    }
+
+    pub fn to_yaml(&self) -> String {
+        let body = serde_yaml::to_string(self).expect("config serializes");
+        format!("# hakube cluster config: keep it in version control; `hakube install` re-reads it.\n{body}")
+    }
+}
+
+/// The defaults, with the node's identity still to be filled in.
+pub fn defaults() -> Value {
+    let text = format!(
+        r#"
+apiVersion: {API_VERSION}
+kind: {KIND}
+cluster:
+  name: hakube
+  ha: false
+  loadBalancerAddress: null
+  taintControlPlane: false
+  serviceCidr: 10.96.0.0/12
+  podCidr: 10.244.0.0/16
+  dnsDomain: cluster.local
+  certSans: []
+  keyAlgorithm: ecdsa-p256
+node:
+  components: [etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet]
+  systemd: true
+  apiServerPort: 6443
+  etcdClientPort: 2379
+  etcdPeerPort: 2380
+  etcd:
+    initialClusterState: new
+"#
+    );
+    serde_yaml::from_str(&text).expect("defaults parse")
+}
+
+/// Parses a config source and checks its version header.
+pub fn parse_source(text: &str, path: &str) -> Result<Value, ConfigError> {
+    let value: Value = serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml {
+        path: path.to_owned(),
+        source,
+    })?;
+    let map = value.as_mapping().ok_or_else(|| ConfigError::Invalid {
+        path: path.to_owned(),
+        message: "expected a mapping with apiVersion, kind, cluster and node".into(),
+    })?;
+    let field = |k: &str| map.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let found = field("apiVersion");
+    if found != API_VERSION {
+        return Err(ConfigError::ApiVersion {
+            path: path.to_owned(),
+            found,
+        });
+    }
+    let found = field("kind");
+    if found != KIND {
+        return Err(ConfigError::Kind {
+            path: path.to_owned(),
+            found,
+        });
+    }
+    Ok(value)
+}
+
+/// Reads a config file; `None` when it does not exist.
+pub fn read_file(path: &Path) -> Result<Option<Value>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_source(&text, &path.display().to_string()).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Loads the installed config of a host.
+pub fn load_installed(path: &Path) -> Result<Option<ClusterConfig>, ConfigError> {
+    match read_file(path)? {
+        None => Ok(None),
+        Some(v) => from_value(v, &path.display().to_string()).map(Some),
+    }
+}
+
+/// Deep merge: mappings merge key by key, anything else is replaced.
+pub fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Mapping(b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+pub fn from_value(v: Value, path: &str) -> Result<ClusterConfig, ConfigError> {
+    serde_yaml::from_value(v).map_err(|e| ConfigError::Invalid {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Sets `section.key` in a YAML tree (used to layer command-line options).
+pub fn set(tree: &mut Value, section: &str, key: &str, value: Value) {
+    let Value::Mapping(root) = tree else {
+        unreachable!("config trees are mappings")
+    };
+    let slot = root
+        .entry(Value::from(section))
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if let Value::Mapping(m) = slot {
+        m.insert(Value::from(key), value);
+    }
+}
+
+fn get<'a>(tree: &'a Value, section: &str, key: &str) -> Option<&'a Value> {
+    tree.get(section)?.get(key)
+}
+
+/// Everything that decides the final config of an install, in merge order.
+pub struct Sources<'a> {
+    pub installed: Option<Value>,
+    pub file: Option<(Value, String)>,
+    /// Command-line options as a partial tree (`cluster:`/`node:` keys).
+    pub flags: Value,
+    /// Fills the node's name and address when no source gives them.
+    pub detect: &'a dyn Fn() -> Result<(String, IpAddr), String>,
+}
+
+/// Fields that cannot change once a node is installed: etcd and every
+/// certificate are bound to them.
+const IMMUTABLE: [(&str, &str, &str); 8] = [
+    ("node.name", "node", "name"),
+    ("node.advertiseAddress", "node", "advertiseAddress"),
+    ("node.etcdClientPort", "node", "etcdClientPort"),
+    ("node.etcdPeerPort", "node", "etcdPeerPort"),
+    ("cluster.name", "cluster", "name"),
+    ("cluster.serviceCidr", "cluster", "serviceCidr"),
+    ("cluster.podCidr", "cluster", "podCidr"),
+    ("cluster.dnsDomain", "cluster", "dnsDomain"),
+];
+
+/// Merges the sources into the config to install, enforcing the re-run rules.
+pub fn resolve(src: Sources<'_>) -> Result<ClusterConfig, ConfigError> {
+    let mut tree = defaults();
+    let installed_tree = src.installed.clone();
+    if let Some(v) = src.installed {
+        merge(&mut tree, v);
+    }
+    let mut origin = "the command line".to_owned();
+    if let Some((v, path)) = src.file {
+        merge(&mut tree, v);
+        origin = format!("{path} and the command line");
+    }
+    merge(&mut tree, src.flags);
+
+    if get(&tree, "node", "name").is_none() || get(&tree, "node", "advertiseAddress").is_none() {
+        let (name, addr) = (src.detect)().map_err(|message| ConfigError::Invalid {
+            path: origin.clone(),
+            message,
+        })?;
+        if get(&tree, "node", "name").is_none() {
+            set(&mut tree, "node", "name", Value::from(name));
+        }
+        if get(&tree, "node", "advertiseAddress").is_none() {
+            set(
+                &mut tree,
+                "node",
+                "advertiseAddress",
+                Value::from(addr.to_string()),
+            );
+        }
+    }
+
+    if let Some(old) = &installed_tree {
+        // `ha` is sticky: a re-run may add it, never drop it.
+        if get(old, "cluster", "ha").and_then(Value::as_bool) == Some(true) {
+            set(&mut tree, "cluster", "ha", Value::Bool(true));
+        }
+        for (field, section, key) in IMMUTABLE {
+            let (Some(a), Some(b)) = (get(old, section, key), get(&tree, section, key)) else {
+                continue;
+            };
+            if a != b {
+                let show = |v: &Value| {
+                    serde_yaml::to_string(v)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned()
+                };
+                return Err(ConfigError::Immutable {
+                    field,
+                    old: show(a),
+                    new: show(b),
+                });
+            }
+        }
+    }
+    let config = from_value(tree, &origin)?;
+    validate(&config).map_err(|message| ConfigError::Invalid {
+        path: origin,
+        message,
+    })?;
+    Ok(config)
+}
+
+/// Checks that span fields.
+fn validate(c: &ClusterConfig) -> Result<(), String> {
+    if c.node.components.is_empty() {
+        return Err(
+            "node.components is empty: name at least one of etcd, kube-apiserver, \
+                    kube-controller-manager, kube-scheduler, kubelet"
+                .into(),
+        );
+    }
+    let n = &c.node;
+    let ports = [
+        ("apiServerPort", n.api_server_port),
+        ("etcdClientPort", n.etcd_client_port),
+        ("etcdPeerPort", n.etcd_peer_port),
+    ];
+    for (i, (a, pa)) in ports.iter().enumerate() {
+        if *pa == 0 {
+            return Err(format!("node.{a} is 0: give a port from 1 to 65535"));
+        }
+        for (b, pb) in &ports[i + 1..] {
+            if pa == pb {
+                return Err(format!(
+                    "node.{a} and node.{b} are both {pa}: give them different ports"
+                ));
+            }
+        }
+    }
+    if c.node.advertise_address.is_unspecified() {
+        return Err(
+            "node.advertiseAddress is unspecified (0.0.0.0 or ::): give this host's own address"
+                .into(),
+        );
+    }
+    if c.cluster.service_cidr.addr.is_ipv4() != c.node.advertise_address.is_ipv4() {
+        return Err(
+            "cluster.serviceCidr and node.advertiseAddress are of different IP families".into(),
+        );
+    }
+    if c.cluster.dns_domain.is_empty() || c.cluster.dns_domain.starts_with('.') {
+        return Err(format!(
+            "cluster.dnsDomain {:?} is not a DNS domain",
+            c.cluster.dns_domain
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detect() -> Result<(String, IpAddr), String> {
+        Ok(("m1".into(), "10.0.0.11".parse().unwrap()))
+    }
+
+    fn flags(yaml: &str) -> Value {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn resolve_with(
+        installed: Option<&ClusterConfig>,
+        f: &str,
+    ) -> Result<ClusterConfig, ConfigError> {
+        resolve(Sources {
+            installed: installed.map(|c| serde_yaml::to_value(c).unwrap()),
+            file: None,
+            flags: flags(f),
+            detect: &detect,
+        })
+    }
+
+    #[test]
+    fn defaults_resolve_and_round_trip() {
+        let c = resolve_with(None, "{}").unwrap();
+        assert_eq!(c.node.name.as_str(), "m1");
+        assert_eq!(c.node.components.len(), 5);
+        assert_eq!(c.control_plane_endpoint().to_string(), "10.0.0.11:6443");
+        let text = c.to_yaml();
+        let back = from_value(parse_source(&text, "x").unwrap(), "x").unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn rerun_merges_and_ha_is_sticky() {
+        let first = resolve_with(None, "cluster: {ha: true, taintControlPlane: true}").unwrap();
+        let second = resolve_with(
+            Some(&first),
+            "cluster: {ha: false, loadBalancerAddress: 'lb:6443'}",
+        )
+        .unwrap();
+        assert!(second.cluster.ha, "ha must stay set");
+        assert!(
+            second.cluster.taint_control_plane,
+            "earlier options are kept"
+        );
+        assert_eq!(second.control_plane_endpoint().to_string(), "lb:6443");
+    }
+
+    #[test]
+    fn identity_cannot_change_on_rerun() {
+        let first = resolve_with(None, "{}").unwrap();
+        let err = resolve_with(Some(&first), "node: {advertiseAddress: 10.0.0.12}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node.advertiseAddress cannot change"), "{err}");
+        assert!(err.contains("hakube reset"), "{err}");
+    }
+
+    #[test]
+    fn foreign_versions_and_unknown_fields_are_refused() {
+        let err = parse_source("apiVersion: v2\nkind: ClusterConfig\n", "f.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apiVersion \"v2\" is not supported"), "{err}");
+        let err = parse_source("apiVersion: hakube.io/v1alpha1\nkind: Other\n", "f.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kind \"Other\""), "{err}");
+        let err = resolve_with(None, "cluster: {hA: true}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `hA`"), "{err}");
+        let err = resolve_with(None, "node: {etcdClientPort: 2380}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("both 2380"), "{err}");
+    }
+}

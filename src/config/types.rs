@@ -1,0 +1,460 @@
+//! Validated newtypes shared by the config file and the command line.
+//!
+//! Each parses from the string a user types and serializes back to it, so a
+//! value that made it into a [`super::ClusterConfig`] is valid by construction.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The port kubeadm assumes when a load-balancer address has none.
+pub const DEFAULT_API_PORT: u16 = 6443;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+fn invalid(msg: impl Into<String>) -> InvalidValue {
+    InvalidValue(msg.into())
+}
+
+/// A DNS name as Kubernetes accepts it for a node (RFC 1123 subdomain).
+fn check_dns_name(s: &str, what: &str) -> Result<(), InvalidValue> {
+    if s.is_empty() || s.len() > 253 {
+        return Err(invalid(format!(
+            "{what} {s:?} must be 1 to 253 characters long"
+        )));
+    }
+    for label in s.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(invalid(format!(
+                "{what} {s:?} is not a valid DNS name: use lowercase letters, digits, '-' and '.', \
+                 each part starting and ending with a letter or digit"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The host part of an address: an IP or a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    Ip(IpAddr),
+    Dns(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Dns(name) => f.write_str(name),
+        }
+    }
+}
+
+/// `HOST:PORT` as kURL's `load-balancer-address` takes it; a missing port
+/// means 6443, as in kubeadm's `controlPlaneEndpoint`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostPort {
+    pub host: Host,
+    pub port: u16,
+}
+
+impl HostPort {
+    pub fn new(host: Host, port: u16) -> Self {
+        Self { host, port }
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl From<HostPort> for String {
+    fn from(v: HostPort) -> String {
+        v.to_string()
+    }
+}
+
+impl TryFrom<String> for HostPort {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        s.parse()
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        let example = "give HOST:PORT, e.g. lb.example.com:6443 or 10.0.0.10:6443";
+        if s.trim().is_empty() {
+            return Err(invalid(format!("the address is empty: {example}")));
+        }
+        if s.contains("://") {
+            return Err(invalid(format!(
+                "{s:?} has a scheme: {example}, without http:// or https://"
+            )));
+        }
+        if s.contains('/') {
+            return Err(invalid(format!("{s:?} has a path: {example}")));
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (ip, after) = rest.split_once(']').ok_or_else(|| {
+                invalid(format!(
+                    "{s:?} opens '[' without closing it: write IPv6 as [fd00::10]:6443"
+                ))
+            })?;
+            let ip: Ipv6Addr = ip
+                .parse()
+                .map_err(|_| invalid(format!("{ip:?} in {s:?} is not an IPv6 address")))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| invalid(format!("{s:?}: expected ':PORT' after ']'")))?,
+                ),
+            };
+            (Host::Ip(IpAddr::V6(ip)), port)
+        } else if s.matches(':').count() > 1 {
+            return Err(invalid(format!(
+                "{s:?} looks like an IPv6 address without brackets: write it as [ADDRESS]:PORT, e.g. [fd00::10]:6443"
+            )));
+        } else {
+            let (host, port) = match s.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            };
+            let host = if let Ok(ip) = host.parse::<Ipv4Addr>() {
+                Host::Ip(IpAddr::V4(ip))
+            } else {
+                if host.is_empty() {
+                    return Err(invalid(format!("{s:?} has no host: {example}")));
+                }
+                check_dns_name(&host.to_ascii_lowercase(), "host")?;
+                Host::Dns(host.to_ascii_lowercase())
+            };
+            (host, port)
+        };
+        let port = match port {
+            None => DEFAULT_API_PORT,
+            Some(p) => match p.parse::<u32>() {
+                Ok(n @ 1..=65535) => n as u16,
+                _ => {
+                    return Err(invalid(format!(
+                        "port {p:?} in {s:?} is out of range: use 1 to 65535"
+                    )))
+                }
+            },
+        };
+        Ok(HostPort { host, port })
+    }
+}
+
+/// A Kubernetes node name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeName(String);
+
+impl NodeName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<NodeName> for String {
+    fn from(v: NodeName) -> String {
+        v.0
+    }
+}
+
+impl TryFrom<String> for NodeName {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        check_dns_name(&s, "node name")?;
+        Ok(NodeName(s))
+    }
+}
+
+impl FromStr for NodeName {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        NodeName::try_from(s.to_owned())
+    }
+}
+
+/// An extra subject alternative name for the API server certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CertSan(String);
+
+impl CertSan {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<CertSan> for String {
+    fn from(v: CertSan) -> String {
+        v.0
+    }
+}
+
+impl TryFrom<String> for CertSan {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        if s.parse::<IpAddr>().is_ok() {
+            return Ok(CertSan(s));
+        }
+        // A leading wildcard label is allowed in a DNS SAN.
+        let name = s.strip_prefix("*.").unwrap_or(&s);
+        check_dns_name(name, "certificate SAN")
+            .map_err(|e| invalid(format!("{e} (or give an IP address)")))?;
+        Ok(CertSan(s))
+    }
+}
+
+/// An IP network in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// The address `n` places after the network address (`10.96.0.1` for
+    /// `n = 1` in `10.96.0.0/12`): the first is the `kubernetes` service IP,
+    /// the tenth the cluster DNS, as kubeadm allocates them.
+    pub fn nth(&self, n: u32) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a).wrapping_add(n))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a).wrapping_add(u128::from(n)))),
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(v: Cidr) -> String {
+        v.to_string()
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        s.parse()
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        let bad = || {
+            invalid(format!(
+                "{s:?} is not a network in CIDR notation, e.g. 10.96.0.0/12"
+            ))
+        };
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > bits || prefix == 0 {
+            return Err(invalid(format!(
+                "prefix /{prefix} in {s:?} is out of range: use 1 to {bits}"
+            )));
+        }
+        let host_bits_set = match addr {
+            IpAddr::V4(a) => u32::from(a) & (u32::MAX >> prefix) != 0,
+            IpAddr::V6(a) => u128::from(a) & (u128::MAX >> prefix) != 0,
+        };
+        if host_bits_set {
+            return Err(invalid(format!(
+                "{s:?} has host bits set: give the network address"
+            )));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+/// Which key type new keys get.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyAlgorithm {
+    #[default]
+    EcdsaP256,
+    Rsa2048,
+}
+
+impl fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyAlgorithm::EcdsaP256 => "ecdsa-p256",
+            KeyAlgorithm::Rsa2048 => "rsa-2048",
+        })
+    }
+}
+
+/// A process the agent supervises on this host.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Component {
+    Etcd,
+    KubeApiserver,
+    KubeControllerManager,
+    KubeScheduler,
+    Kubelet,
+}
+
+impl Component {
+    pub const ALL: [Component; 5] = [
+        Component::Etcd,
+        Component::KubeApiserver,
+        Component::KubeControllerManager,
+        Component::KubeScheduler,
+        Component::Kubelet,
+    ];
+
+    /// The component's name, which is also its binary's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Etcd => "etcd",
+            Component::KubeApiserver => "kube-apiserver",
+            Component::KubeControllerManager => "kube-controller-manager",
+            Component::KubeScheduler => "kube-scheduler",
+            Component::Kubelet => "kubelet",
+        }
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Component {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        Component::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Component::ALL.iter().map(|c| c.name()).collect();
+                invalid(format!(
+                    "unknown component {s:?}: choose from {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_accepts_what_users_type() {
+        let cases = [
+            ("lb.example.test:6443", "lb.example.test:6443"),
+            ("LB.Example.Test:443", "lb.example.test:443"),
+            ("lb.example.test", "lb.example.test:6443"),
+            ("10.0.0.10:8443", "10.0.0.10:8443"),
+            ("10.0.0.10", "10.0.0.10:6443"),
+            ("[fd00::10]:6443", "[fd00::10]:6443"),
+            ("[fd00::10]", "[fd00::10]:6443"),
+        ];
+        for (input, want) in cases {
+            let hp: HostPort = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(hp.to_string(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn host_port_rejects_with_a_reason() {
+        let cases = [
+            ("", "empty"),
+            ("   ", "empty"),
+            ("https://lb:6443", "scheme"),
+            ("lb:0", "out of range"),
+            ("lb:65536", "out of range"),
+            ("lb:http", "out of range"),
+            ("fd00::10", "without brackets"),
+            ("fd00::10:6443", "without brackets"),
+            ("[fd00::10:6443", "without closing"),
+            ("lb_1:6443", "not a valid DNS name"),
+            (":6443", "no host"),
+            ("lb:6443/x", "path"),
+        ];
+        for (input, want) in cases {
+            let err = input.parse::<HostPort>().unwrap_err().to_string();
+            assert!(err.contains(want), "{input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn cidr_nth_gives_service_ips() {
+        let c: Cidr = "10.96.0.0/12".parse().unwrap();
+        assert_eq!(c.nth(1).to_string(), "10.96.0.1");
+        assert_eq!(c.nth(10).to_string(), "10.96.0.10");
+        assert!("10.96.0.1/12"
+            .parse::<Cidr>()
+            .unwrap_err()
+            .to_string()
+            .contains("host bits"));
+        assert!("10.96.0.0/33".parse::<Cidr>().is_err());
+        let v6: Cidr = "fd00:10:96::/112".parse().unwrap();
+        assert_eq!(v6.nth(1).to_string(), "fd00:10:96::1");
+    }
+
+    #[test]
+    fn node_names_follow_rfc_1123() {
+        assert!("m1".parse::<NodeName>().is_ok());
+        assert!("node-1.example".parse::<NodeName>().is_ok());
+        for bad in ["", "M1", "-m1", "m1-", "m_1", "a..b"] {
+            assert!(bad.parse::<NodeName>().is_err(), "{bad:?}");
+        }
+        assert!(CertSan::try_from("*.example.com".to_owned()).is_ok());
+        assert!(CertSan::try_from("10.1.2.3".to_owned()).is_ok());
+        assert!(CertSan::try_from("bad name".to_owned()).is_err());
+    }
+}

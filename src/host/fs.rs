@@ -1,0 +1,207 @@
+//! Rendered files as values, and the one way they reach the disk.
+//!
+//! Everything hakube writes is first rendered into a [`FileSpec`] (path,
+//! contents, mode) by pure code; [`apply_files`] then writes only what
+//! changed, each file atomically (temp file in the same directory, fsync,
+//! rename), so a crash never leaves a half-written certificate or config.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A file to be written: the whole of its desired state.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    pub path: PathBuf,
+    pub contents: Vec<u8>,
+    pub mode: u32,
+}
+
+impl std::fmt::Debug for FileSpec {
+    // Contents may be key material: never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSpec")
+            .field("path", &self.path)
+            .field("bytes", &self.contents.len())
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish()
+    }
+}
+
+impl FileSpec {
+    pub fn new(path: impl Into<PathBuf>, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
+        Self {
+            path: path.into(),
+            contents: contents.into(),
+            mode,
+        }
+    }
+
+    /// Whether the file on disk already has exactly this content and mode.
+    pub fn is_current(&self) -> bool {
+        match fs::read(&self.path) {
+            Ok(existing) => {
+                existing == self.contents
+                    && fs::metadata(&self.path)
+                        .map(|m| m.permissions().mode() & 0o7777 == self.mode)
+                        .unwrap_or(false)
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Creates `dir` and its missing parents, giving the ones it creates `mode`.
+pub fn create_dir_all(dir: &Path, mode: u32) -> Result<(), FsError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_all(parent, 0o755)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(source) => {
+            return Err(FsError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })
+        }
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(|source| {
+        FsError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        }
+    })
+}
+
+/// Writes `contents` to `path` atomically with `mode`.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
+    let err = |source| FsError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    create_dir_all(dir, 0o755)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask may have narrowed the mode given to open(2).
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+/// What [`apply_files`] did to one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileChange {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Writes every spec whose file is not already current; returns what changed.
+pub fn apply_files(specs: &[FileSpec]) -> Result<Vec<(PathBuf, FileChange)>, FsError> {
+    let mut changes = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let change = if spec.is_current() {
+            FileChange::Unchanged
+        } else if spec.path.exists() {
+            FileChange::Updated
+        } else {
+            FileChange::Created
+        };
+        if change != FileChange::Unchanged {
+            write_atomic(&spec.path, &spec.contents, spec.mode)?;
+        }
+        changes.push((spec.path.clone(), change));
+    }
+    Ok(changes)
+}
+
+/// Reads a file that may be absent.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(FsError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_sets_mode_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/key.pem");
+        write_atomic(&path, b"secret", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"secret");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("key.pem")]);
+    }
+
+    #[test]
+    fn apply_rewrites_only_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = FileSpec::new(dir.path().join("a"), "1", 0o644);
+        let b = FileSpec::new(dir.path().join("b"), "2", 0o600);
+        let first = apply_files(&[a.clone(), b.clone()]).unwrap();
+        assert!(first.iter().all(|(_, c)| *c == FileChange::Created));
+        let mtime = fs::metadata(&a.path).unwrap().modified().unwrap();
+        let b2 = FileSpec::new(dir.path().join("b"), "3", 0o600);
+        let second = apply_files(&[a.clone(), b2]).unwrap();
+        assert_eq!(second[0].1, FileChange::Unchanged);
+        assert_eq!(second[1].1, FileChange::Updated);
+        assert_eq!(fs::metadata(&a.path).unwrap().modified().unwrap(), mtime);
+        // A mode change alone is a change.
+        let a_mode = FileSpec::new(dir.path().join("a"), "1", 0o600);
+        assert_eq!(apply_files(&[a_mode]).unwrap()[0].1, FileChange::Updated);
+    }
+}

@@ -1,0 +1,8 @@
+//! Everything that touches the host: files, processes, systemd, preflight.
+
+pub mod fs;
+pub mod lock;
+pub mod paths;
+pub mod preflight;
+pub mod process;
+pub mod systemd;

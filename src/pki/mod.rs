@@ -1,0 +1,589 @@
+//! The cluster PKI: kubeadm's file set, planned from the config and what is
+//! already on disk, then issued.
+//!
+//! Rules (DESIGN.md § PKI): a CA is never regenerated; a leaf is reissued only
+//! when its subject, SANs, issuer or key no longer match what the config asks
+//! for, or it is close to expiry, and the old files are kept as a backup. A
+//! leaf keeps its key across reissues unless the key itself is the problem.
+
+mod spec;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    PKCS_RSA_SHA256,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::config::{ClusterConfig, KeyAlgorithm};
+use crate::host::fs::{read_optional, FileSpec, FsError};
+use crate::host::paths::Paths;
+
+pub use spec::{cluster_cert_specs, kubeconfig_cert_spec, CertSpec, San, Usage};
+
+/// CAs live ten years, leaves one, as kubeadm issues them.
+pub const CA_VALIDITY: Duration = Duration::days(3650);
+pub const LEAF_VALIDITY: Duration = Duration::days(365);
+/// A leaf this close to expiry is renewed by the next install or rotation.
+pub const RENEW_BEFORE: Duration = Duration::days(30);
+/// Certificates are valid from a little before "now" to tolerate clock skew
+/// between hosts.
+const BACKDATE: Duration = Duration::minutes(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(
+        "{cert} exists but {key} is missing: restore the key from a backup, or remove both \
+         to create a new CA (every certificate it signed must then be reissued)"
+    )]
+    CaKeyMissing { cert: String, key: String },
+    #[error("{key} exists but {cert} is missing: restore the certificate from a backup, or remove both to create a new CA")]
+    CaCertMissing { cert: String, key: String },
+    #[error("{cert} does not match {key}: hakube never replaces a CA; restore the matching pair from a backup")]
+    CaMismatch { cert: String, key: String },
+    #[error("{path} is not a usable {what}: {reason}")]
+    Unreadable {
+        path: String,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("cannot issue {name}: {reason}")]
+    Issue { name: String, reason: String },
+}
+
+/// What the plan does with one certificate or key pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Keep,
+    Create,
+    Reissue { reason: String, new_key: bool },
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Keep => f.write_str("unchanged"),
+            Decision::Create => f.write_str("created"),
+            Decision::Reissue {
+                reason,
+                new_key: true,
+            } => write!(f, "reissued with a new key ({reason})"),
+            Decision::Reissue { reason, .. } => write!(f, "reissued ({reason})"),
+        }
+    }
+}
+
+/// A private key, with its PEM kept byte-for-byte as read.
+pub struct Key {
+    pub pair: KeyPair,
+    pub pem: String,
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(<redacted>)")
+    }
+}
+
+impl Key {
+    pub fn generate(alg: KeyAlgorithm) -> Result<Key, String> {
+        let pair = match alg {
+            KeyAlgorithm::EcdsaP256 => {
+                KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?
+            }
+            KeyAlgorithm::Rsa2048 => {
+                use rsa::pkcs8::EncodePrivateKey;
+                let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
+                    .map_err(|e| e.to_string())?;
+                let der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+                KeyPair::from_pkcs8_der_and_sign_algo(&der.as_bytes().into(), &PKCS_RSA_SHA256)
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        let pem = pair.serialize_pem();
+        Ok(Key { pair, pem })
+    }
+
+    pub fn from_pem(pem: &str) -> Result<Key, String> {
+        let pair = KeyPair::from_pem(pem).map_err(|e| format!("not a PKCS#8 private key ({e})"))?;
+        Ok(Key {
+            pair,
+            pem: pem.to_owned(),
+        })
+    }
+
+    pub fn algorithm(&self) -> Option<KeyAlgorithm> {
+        let alg = self.pair.algorithm();
+        if alg == &PKCS_ECDSA_P256_SHA256 {
+            Some(KeyAlgorithm::EcdsaP256)
+        } else if alg == &PKCS_RSA_SHA256 {
+            Some(KeyAlgorithm::Rsa2048)
+        } else {
+            None
+        }
+    }
+
+    /// DER SubjectPublicKeyInfo, to compare with a certificate's.
+    pub fn spki(&self) -> Vec<u8> {
+        use rcgen::PublicKeyData;
+        self.pair.subject_public_key_info()
+    }
+}
+
+/// What matters of a certificate found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub common_name: String,
+    pub organization: Option<String>,
+    pub sans: BTreeSet<San>,
+    pub is_ca: bool,
+    pub spki: Vec<u8>,
+    pub not_after: OffsetDateTime,
+    /// Whether the issuer's key verifies its signature (None when not checked).
+    pub signed_by_issuer: Option<bool>,
+}
+
+/// Parses a PEM certificate; `issuer_spki` checks its signature.
+pub fn observe(pem: &[u8], issuer_spki: Option<&[u8]>) -> Result<Observed, String> {
+    use x509_parser::prelude::*;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM ({e})"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| format!("not an X.509 certificate ({e})"))?;
+    let mut sans = BTreeSet::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => {
+                    sans.insert(San::Dns((*d).to_owned()));
+                }
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()),
+                        16 => IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()),
+                        _ => continue,
+                    };
+                    sans.insert(San::Ip(ip));
+                }
+                _ => {}
+            }
+        }
+    }
+    let signed_by_issuer = issuer_spki.map(|der| {
+        SubjectPublicKeyInfo::from_der(der)
+            .map(|(_, spki)| cert.verify_signature(Some(&spki)).is_ok())
+            .unwrap_or(false)
+    });
+    Ok(Observed {
+        common_name: first_text(cert.subject().iter_common_name()).unwrap_or_default(),
+        organization: first_text(cert.subject().iter_organization()),
+        sans,
+        is_ca: cert.is_ca(),
+        spki: cert.public_key().raw.to_vec(),
+        not_after: cert.validity().not_after.to_datetime(),
+        signed_by_issuer,
+    })
+}
+
+fn first_text<'a>(
+    mut it: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
+) -> Option<String> {
+    it.next().and_then(|a| a.as_str().ok()).map(str::to_owned)
+}
+
+/// The plan for one leaf, from what the spec asks and what is on disk.
+pub fn decide_leaf(
+    spec: &CertSpec,
+    cert: Option<&Observed>,
+    key: Option<&Key>,
+    alg: KeyAlgorithm,
+    now: OffsetDateTime,
+) -> Decision {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return match (cert.is_some(), key.is_some()) {
+            (false, false) => Decision::Create,
+            _ => Decision::Reissue {
+                reason: "certificate or key missing".into(),
+                new_key: true,
+            },
+        };
+    };
+    let reissue = |reason: String| Decision::Reissue {
+        reason,
+        new_key: false,
+    };
+    if key.algorithm() != Some(alg) {
+        return Decision::Reissue {
+            reason: format!("key algorithm is now {alg}"),
+            new_key: true,
+        };
+    }
+    if cert.spki != key.spki() {
+        return reissue("certificate does not match its key".into());
+    }
+    if cert.signed_by_issuer == Some(false) {
+        return reissue(format!(
+            "not signed by the current {}",
+            spec.issuer.as_deref().unwrap_or("CA")
+        ));
+    }
+    if cert.common_name != spec.common_name || cert.organization != spec.organization {
+        return reissue("subject changed".into());
+    }
+    if cert.sans != spec.sans {
+        let added: Vec<_> = spec
+            .sans
+            .difference(&cert.sans)
+            .map(ToString::to_string)
+            .collect();
+        let removed: Vec<_> = cert
+            .sans
+            .difference(&spec.sans)
+            .map(ToString::to_string)
+            .collect();
+        let mut parts = vec![];
+        if !added.is_empty() {
+            parts.push(format!("+{}", added.join(" +")));
+        }
+        if !removed.is_empty() {
+            parts.push(format!("-{}", removed.join(" -")));
+        }
+        return reissue(format!("SANs changed: {}", parts.join(" ")));
+    }
+    if cert.not_after - now < RENEW_BEFORE {
+        return reissue(format!("expires {}", cert.not_after.date()));
+    }
+    Decision::Keep
+}
+
+fn random_serial() -> SerialNumber {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system randomness");
+    bytes[0] &= 0x7f; // a positive INTEGER
+    bytes[0] |= 0x01; // and no leading zero byte to strip
+    SerialNumber::from_slice(&bytes)
+}
+
+/// rcgen parameters for a spec.
+pub fn params(spec: &CertSpec, now: OffsetDateTime) -> Result<CertificateParams, PkiError> {
+    let err = |reason: String| PkiError::Issue {
+        name: spec.name.clone(),
+        reason,
+    };
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    if let Some(o) = &spec.organization {
+        dn.push(DnType::OrganizationName, o.as_str());
+    }
+    dn.push(DnType::CommonName, spec.common_name.as_str());
+    p.distinguished_name = dn;
+    p.serial_number = Some(random_serial());
+    p.not_before = now - BACKDATE;
+    for san in &spec.sans {
+        p.subject_alt_names.push(match san {
+            San::Dns(d) => SanType::DnsName(
+                d.clone()
+                    .try_into()
+                    .map_err(|e| err(format!("SAN {d}: {e}")))?,
+            ),
+            San::Ip(ip) => SanType::IpAddress(*ip),
+        });
+    }
+    match spec.usage {
+        Usage::Ca => {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+            ];
+            p.not_after = now + CA_VALIDITY;
+        }
+        usage => {
+            p.is_ca = IsCa::ExplicitNoCa;
+            p.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            if matches!(usage, Usage::Server | Usage::ServerClient) {
+                p.extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::ServerAuth);
+            }
+            if matches!(usage, Usage::Client | Usage::ServerClient) {
+                p.extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::ClientAuth);
+            }
+            p.use_authority_key_identifier_extension = true;
+            p.not_after = now + LEAF_VALIDITY;
+        }
+    }
+    Ok(p)
+}
+
+/// A CA loaded for signing.
+pub struct Ca {
+    pub cert_pem: String,
+    pub key: Key,
+}
+
+impl Ca {
+    pub fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, PkiError> {
+        Issuer::from_ca_cert_pem(&self.cert_pem, &self.key.pair).map_err(|e| PkiError::Issue {
+            name: "issuer".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn spki(&self) -> Vec<u8> {
+        self.key.spki()
+    }
+
+    /// Issues a leaf for `spec` over `key`.
+    pub fn issue(
+        &self,
+        spec: &CertSpec,
+        key: &Key,
+        now: OffsetDateTime,
+    ) -> Result<String, PkiError> {
+        let cert = params(spec, now)?
+            .signed_by(&key.pair, &self.issuer()?)
+            .map_err(|e| PkiError::Issue {
+                name: spec.name.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(cert.pem())
+    }
+
+    /// Creates a new self-signed CA.
+    pub fn create(spec: &CertSpec, alg: KeyAlgorithm, now: OffsetDateTime) -> Result<Ca, PkiError> {
+        let key = Key::generate(alg).map_err(|reason| PkiError::Issue {
+            name: spec.name.clone(),
+            reason,
+        })?;
+        let cert = params(spec, now)?
+            .self_signed(&key.pair)
+            .map_err(|e| PkiError::Issue {
+                name: spec.name.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            key,
+        })
+    }
+
+    /// Loads an existing CA, refusing a half-present or mismatched pair.
+    pub fn load(paths: &Paths, name: &str) -> Result<Option<Ca>, PkiError> {
+        let (cert_path, key_path) = (
+            paths.pki(&format!("{name}.crt")),
+            paths.pki(&format!("{name}.key")),
+        );
+        let show = |p: &Path| p.display().to_string();
+        match (read_optional(&cert_path)?, read_optional(&key_path)?) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(PkiError::CaKeyMissing {
+                cert: show(&cert_path),
+                key: show(&key_path),
+            }),
+            (None, Some(_)) => Err(PkiError::CaCertMissing {
+                cert: show(&cert_path),
+                key: show(&key_path),
+            }),
+            (Some(cert), Some(key)) => {
+                let unreadable = |path: &Path, what, reason| PkiError::Unreadable {
+                    path: show(path),
+                    what,
+                    reason,
+                };
+                let key_pem = String::from_utf8(key)
+                    .map_err(|_| unreadable(&key_path, "private key", "not text".into()))?;
+                let key =
+                    Key::from_pem(&key_pem).map_err(|r| unreadable(&key_path, "private key", r))?;
+                let observed = observe(&cert, None)
+                    .map_err(|r| unreadable(&cert_path, "CA certificate", r))?;
+                if !observed.is_ca {
+                    return Err(unreadable(
+                        &cert_path,
+                        "CA certificate",
+                        "it is not a CA".into(),
+                    ));
+                }
+                if observed.spki != key.spki() {
+                    return Err(PkiError::CaMismatch {
+                        cert: show(&cert_path),
+                        key: show(&key_path),
+                    });
+                }
+                Ok(Some(Ca {
+                    cert_pem: String::from_utf8_lossy(&cert).into_owned(),
+                    key,
+                }))
+            }
+        }
+    }
+}
+
+/// The outcome of planning the PKI: files to write and why.
+#[derive(Debug, Default)]
+pub struct PkiPlan {
+    pub files: Vec<FileSpec>,
+    /// Copies of replaced files, written before the replacements.
+    pub backups: Vec<FileSpec>,
+    pub decisions: Vec<(String, Decision)>,
+}
+
+impl PkiPlan {
+    pub fn changed(&self) -> impl Iterator<Item = &(String, Decision)> {
+        self.decisions.iter().filter(|(_, d)| *d != Decision::Keep)
+    }
+}
+
+/// Reads the PKI on disk and plans it for `config`: generating what is new,
+/// reissuing what no longer matches, keeping the rest byte-identical.
+pub fn plan(
+    paths: &Paths,
+    config: &ClusterConfig,
+    now: OffsetDateTime,
+) -> Result<PkiPlan, PkiError> {
+    let alg = config.cluster.key_algorithm;
+    let stamp = format!("{}", now.unix_timestamp());
+    let mut out = PkiPlan::default();
+    let mut cas: Vec<(String, Ca)> = Vec::new();
+
+    for spec in cluster_cert_specs(config) {
+        let crt = paths.pki(&format!("{}.crt", spec.name));
+        let key_path = paths.pki(&format!("{}.key", spec.name));
+        match &spec.issuer {
+            None => {
+                let ca = match Ca::load(paths, &spec.name)? {
+                    Some(ca) => {
+                        out.decisions.push((spec.name.clone(), Decision::Keep));
+                        ca
+                    }
+                    None => {
+                        let ca = Ca::create(&spec, alg, now)?;
+                        out.files
+                            .push(FileSpec::new(&crt, ca.cert_pem.clone(), 0o644));
+                        out.files
+                            .push(FileSpec::new(&key_path, ca.key.pem.clone(), 0o600));
+                        out.decisions.push((spec.name.clone(), Decision::Create));
+                        ca
+                    }
+                };
+                cas.push((spec.name.clone(), ca));
+            }
+            Some(issuer) => {
+                let ca = &cas
+                    .iter()
+                    .find(|(n, _)| n == issuer)
+                    .expect("CAs are planned before their leaves")
+                    .1;
+                let cert_bytes = read_optional(&crt)?;
+                let key_pem = read_optional(&key_path)?.and_then(|b| String::from_utf8(b).ok());
+                let key = key_pem.as_deref().and_then(|p| Key::from_pem(p).ok());
+                let observed = cert_bytes
+                    .as_deref()
+                    .and_then(|b| observe(b, Some(&ca.spki())).ok());
+                let mut decision = decide_leaf(&spec, observed.as_ref(), key.as_ref(), alg, now);
+                if decision == Decision::Create && (cert_bytes.is_some() || key_pem.is_some()) {
+                    decision = Decision::Reissue {
+                        reason: "unreadable certificate or key".into(),
+                        new_key: true,
+                    };
+                }
+                let (key, new_key) = match (&decision, key) {
+                    (Decision::Keep, _) => {
+                        out.decisions.push((spec.name.clone(), decision));
+                        continue;
+                    }
+                    (Decision::Reissue { new_key: false, .. }, Some(k)) => (k, false),
+                    _ => (
+                        Key::generate(alg).map_err(|reason| PkiError::Issue {
+                            name: spec.name.clone(),
+                            reason,
+                        })?,
+                        true,
+                    ),
+                };
+                let pem = ca.issue(&spec, &key, now)?;
+                if matches!(decision, Decision::Reissue { .. }) {
+                    let backup = paths.pki_backup_dir().join(&stamp);
+                    if let Some(old) = cert_bytes {
+                        out.backups.push(FileSpec::new(
+                            backup.join(format!("{}.crt", spec.name)),
+                            old,
+                            0o644,
+                        ));
+                    }
+                    if let (true, Some(old)) = (new_key, key_pem) {
+                        out.backups.push(FileSpec::new(
+                            backup.join(format!("{}.key", spec.name)),
+                            old,
+                            0o600,
+                        ));
+                    }
+                }
+                out.files.push(FileSpec::new(&crt, pem, 0o644));
+                if new_key {
+                    out.files
+                        .push(FileSpec::new(&key_path, key.pem.clone(), 0o600));
+                }
+                out.decisions.push((spec.name.clone(), decision));
+            }
+        }
+    }
+
+    // The service-account signing pair: created once, never rotated here
+    // (rotating it invalidates every service-account token).
+    let (sa_key, sa_pub) = (paths.pki("sa.key"), paths.pki("sa.pub"));
+    match read_optional(&sa_key)? {
+        Some(pem) => {
+            let text = String::from_utf8(pem).unwrap_or_default();
+            let key = Key::from_pem(&text).map_err(|reason| PkiError::Unreadable {
+                path: sa_key.display().to_string(),
+                what: "service-account key",
+                reason,
+            })?;
+            out.files
+                .push(FileSpec::new(&sa_pub, key.pair.public_key_pem(), 0o644));
+            out.decisions.push(("sa".into(), Decision::Keep));
+        }
+        None => {
+            let key = Key::generate(alg).map_err(|reason| PkiError::Issue {
+                name: "sa".into(),
+                reason,
+            })?;
+            out.files
+                .push(FileSpec::new(&sa_key, key.pem.clone(), 0o600));
+            out.files
+                .push(FileSpec::new(&sa_pub, key.pair.public_key_pem(), 0o644));
+            out.decisions.push(("sa".into(), Decision::Create));
+        }
+    }
+    Ok(out)
+}
+
+/// The SHA-256 of a CA certificate's SubjectPublicKeyInfo, as kubeadm's
+/// `--discovery-token-ca-cert-hash` pins it: `sha256:<hex>`.
+pub fn ca_hash(cert_pem: &[u8]) -> Result<String, String> {
+    let observed = observe(cert_pem, None)?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &observed.spki);
+    Ok(format!("sha256:{}", hex(digest.as_ref())))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+//! What each certificate must say, derived from the config alone (pure).
+//!
+//! Names, subjects and usages follow kubeadm's, so every Kubernetes component
+//! and tool finds what it expects under `pki/`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::config::{ClusterConfig, Host};
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum San {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for San {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            San::Dns(d) => write!(f, "DNS:{d}"),
+            San::Ip(ip) => write!(f, "IP:{ip}"),
+        }
+    }
+}
+
+impl San {
+    pub fn parse(s: &str) -> San {
+        match s.parse::<IpAddr>() {
+            Ok(ip) => San::Ip(ip),
+            Err(_) => San::Dns(s.to_owned()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    Ca,
+    Server,
+    Client,
+    ServerClient,
+}
+
+/// One certificate: its file name under `pki/` (without extension), its
+/// issuer's name (None for a CA) and its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSpec {
+    pub name: String,
+    pub issuer: Option<String>,
+    pub common_name: String,
+    pub organization: Option<String>,
+    pub usage: Usage,
+    pub sans: BTreeSet<San>,
+}
+
+impl CertSpec {
+    fn ca(name: &str, cn: &str) -> Self {
+        Self::new(name, None, cn, None, Usage::Ca, [])
+    }
+
+    fn new(
+        name: &str,
+        issuer: Option<&str>,
+        cn: &str,
+        org: Option<&str>,
+        usage: Usage,
+        sans: impl IntoIterator<Item = San>,
+    ) -> Self {
+        CertSpec {
+            name: name.to_owned(),
+            issuer: issuer.map(str::to_owned),
+            common_name: cn.to_owned(),
+            organization: org.map(str::to_owned),
+            usage,
+            sans: sans.into_iter().collect(),
+        }
+    }
+}
+
+/// The API server's SANs: every name a client may use to reach it.
+pub fn apiserver_sans(c: &ClusterConfig) -> BTreeSet<San> {
+    let domain = &c.cluster.dns_domain;
+    let mut sans: BTreeSet<San> = [
+        c.node.name.as_str().to_owned(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        format!("kubernetes.default.svc.{domain}"),
+    ]
+    .into_iter()
+    .map(San::Dns)
+    .collect();
+    sans.insert(San::Ip(c.cluster.service_cidr.nth(1)));
+    sans.insert(San::Ip(c.node.advertise_address));
+    sans.insert(San::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    if let Some(lb) = &c.cluster.load_balancer_address {
+        sans.insert(match &lb.host {
+            Host::Ip(ip) => San::Ip(*ip),
+            Host::Dns(d) => San::Dns(d.clone()),
+        });
+    }
+    sans.extend(c.cluster.cert_sans.iter().map(|s| San::parse(s.as_str())));
+    sans
+}
+
+/// etcd serves and peers on the node's own names only.
+fn etcd_sans(c: &ClusterConfig) -> BTreeSet<San> {
+    [
+        San::Dns(c.node.name.as_str().to_owned()),
+        San::Dns("localhost".into()),
+        San::Ip(c.node.advertise_address),
+        San::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        San::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// Every CA and leaf of a master, CAs first.
+pub fn cluster_cert_specs(c: &ClusterConfig) -> Vec<CertSpec> {
+    use Usage::*;
+    let node = c.node.name.as_str();
+    vec![
+        CertSpec::ca("ca", "kubernetes"),
+        CertSpec::ca("front-proxy-ca", "front-proxy-ca"),
+        CertSpec::ca("etcd/ca", "etcd-ca"),
+        CertSpec::new(
+            "apiserver",
+            Some("ca"),
+            "kube-apiserver",
+            None,
+            Server,
+            apiserver_sans(c),
+        ),
+        CertSpec::new(
+            "apiserver-kubelet-client",
+            Some("ca"),
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+            Client,
+            [],
+        ),
+        CertSpec::new(
+            "front-proxy-client",
+            Some("front-proxy-ca"),
+            "front-proxy-client",
+            None,
+            Client,
+            [],
+        ),
+        CertSpec::new(
+            "etcd/server",
+            Some("etcd/ca"),
+            node,
+            None,
+            ServerClient,
+            etcd_sans(c),
+        ),
+        CertSpec::new(
+            "etcd/peer",
+            Some("etcd/ca"),
+            node,
+            None,
+            ServerClient,
+            etcd_sans(c),
+        ),
+        CertSpec::new(
+            "etcd/healthcheck-client",
+            Some("etcd/ca"),
+            "kube-etcd-healthcheck-client",
+            None,
+            Client,
+            [],
+        ),
+        CertSpec::new(
+            "apiserver-etcd-client",
+            Some("etcd/ca"),
+            "kube-apiserver-etcd-client",
+            None,
+            Client,
+            [],
+        ),
+    ]
+}
+
+/// The client certificate embedded in a kubeconfig, by kubeconfig name.
+pub fn kubeconfig_cert_spec(c: &ClusterConfig, kubeconfig: &str) -> CertSpec {
+    let node = format!("system:node:{}", c.node.name);
+    let (cn, org) = match kubeconfig {
+        "admin" => ("kubernetes-admin", Some("system:masters")),
+        "controller-manager" => ("system:kube-controller-manager", None),
+        "scheduler" => ("system:kube-scheduler", None),
+        "kubelet" => (node.as_str(), Some("system:nodes")),
+        other => unreachable!("no kubeconfig named {other}"),
+    };
+    CertSpec::new(kubeconfig, Some("ca"), cn, org, Usage::Client, [])
+}
