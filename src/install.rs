@@ -1,1 +1,325 @@
-//! todo
+//! `hakube install`: the first master of a cluster, or a re-run that
+//! converges an installed one onto new options.
+//!
+//! Phases: resolve the config (nothing written yet), lock the root, preflight,
+//! plan every file (PKI, kubeconfigs, kubelet config, unit), write what
+//! changed, start or reload the agent, wait until the node is healthy.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde_yaml::Value;
+use time::OffsetDateTime;
+
+use crate::agent::state::State;
+use crate::config::{self, ClusterConfig, Component, Sources};
+use crate::host::fs::{apply_files, FileChange, FileSpec};
+use crate::host::paths::Paths;
+use crate::host::process::{self, PidFile};
+use crate::host::{lock, net, preflight, systemd};
+use crate::kube::{components, kubeconfig};
+use crate::pki::{self, Decision};
+use crate::progress::Progress;
+
+/// Everything `install` needs from the command line.
+pub struct Request {
+    pub paths: Paths,
+    /// Options given on the command line, as a partial config tree.
+    pub flags: Value,
+    pub config_file: Option<PathBuf>,
+    pub ignore_preflight_errors: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// Merges the sources into the config to install (writes nothing).
+pub fn resolve_config(paths: &Paths, flags: Value, config_file: Option<&PathBuf>) -> anyhow::Result<ClusterConfig> {
+    let file = match config_file {
+        Some(path) => {
+            let v = config::read_file(path)?.with_context(|| format!("--config {}: no such file", path.display()))?;
+            Some((v, path.display().to_string()))
+        }
+        None => None,
+    };
+    let installed = config::read_file(&paths.config_file())?;
+    Ok(config::resolve(Sources {
+        installed,
+        file,
+        flags,
+        detect_name: &net::detect_name,
+        detect_address: &net::detect_address,
+    })?)
+}
+
+/// Every file of a master, planned; nothing is written.
+pub struct Plan {
+    pub files: Vec<FileSpec>,
+    pub backups: Vec<FileSpec>,
+    pub decisions: Vec<(String, Decision)>,
+}
+
+pub fn plan(paths: &Paths, c: &ClusterConfig, with_unit: bool) -> anyhow::Result<Plan> {
+    let now = OffsetDateTime::now_utc();
+    let pki_plan = pki::plan(paths, c, now)?;
+    let ca = pki_plan.ca("ca").expect("the plan holds the cluster CA");
+    let (kc_files, kc_decisions) = kubeconfig::plan(paths, c, ca, now)?;
+    let mut files = vec![FileSpec::new(paths.config_file(), c.to_yaml(), 0o644)];
+    files.extend(pki_plan.files);
+    files.extend(kc_files);
+    if c.has(Component::Kubelet) {
+        files.push(components::kubelet_config(paths, c));
+    }
+    if with_unit {
+        files.push(systemd::unit_file(paths));
+    }
+    let mut decisions = pki_plan.decisions;
+    decisions.extend(kc_decisions);
+    Ok(Plan { files, backups: pki_plan.backups, decisions })
+}
+
+pub fn run(req: Request) -> anyhow::Result<()> {
+    let progress = Progress::new("install");
+    let paths = &req.paths;
+    let _lock = lock::lock_root(paths.root())?;
+    let c = resolve_config(paths, req.flags, req.config_file.as_ref())?;
+    let use_systemd = c.node.systemd && systemd::is_running();
+    if c.node.systemd && !use_systemd {
+        progress.note(
+            "systemd is not running on this host: the agent starts detached and will not come back after a reboot \
+             (pass --no-systemd to make that explicit)",
+        );
+    }
+    let agent = PidFile::holder(&paths.agent_pid_file());
+
+    progress.phase("preflight checks", || {
+        let failures = preflight::run(&preflight::Context {
+            paths,
+            config: &c,
+            agent_running: agent.is_some(),
+            euid_is_root: nix::unistd::geteuid().is_root(),
+        });
+        let (fatal, ignored) = preflight::triage(failures, &req.ignore_preflight_errors);
+        for f in &ignored {
+            progress.note(format!("ignored preflight error [{}]: {}", f.name, f.message));
+        }
+        if fatal.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<_> = fatal.iter().map(|f| format!("  [{}] {}", f.name, f.message)).collect();
+        bail!(
+            "preflight checks failed, nothing was written:\n{}\n(to go ahead anyway: --ignore-preflight-errors={})",
+            list.join("\n"),
+            fatal.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(",")
+        )
+    })?;
+
+    let plan = progress.phase("planning certificates and files", || plan(paths, &c, use_systemd))?;
+    for (name, d) in plan.decisions.iter().filter(|(_, d)| *d != Decision::Keep) {
+        progress.note(format!("  {name}: {d}"));
+    }
+    let changes = progress.phase("writing files", || -> anyhow::Result<_> {
+        crate::host::fs::create_dir_all(&paths.data_dir(), 0o755)?;
+        crate::host::fs::create_dir_all(&paths.pki_dir(), 0o700)?;
+        if c.has(Component::Etcd) {
+            crate::host::fs::create_dir_all(&paths.etcd_data_dir(), 0o700)?;
+        }
+        apply_files(&plan.backups)?;
+        Ok(apply_files(&plan.files)?)
+    })?;
+    let changed = changes.iter().filter(|(_, ch)| *ch != FileChange::Unchanged).count();
+    progress.note(format!("{changed} of {} files written, the rest already current", changes.len()));
+
+    let expect = progress.phase("starting the agent", || start_agent(paths, use_systemd, agent))?;
+    let state = progress
+        .phase("waiting for the node to become healthy", || wait_healthy(paths, expect, req.timeout, &progress))?;
+    summary(&progress, paths, &c, &state, use_systemd);
+    Ok(())
+}
+
+/// What to wait for after starting or reloading the agent.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    /// A new agent with this pid (0: whichever systemd starts).
+    Started(u32),
+    /// The running agent, once it has handled one more reload.
+    Reloaded { pid: u32, reloads: u64 },
+}
+
+fn start_agent(paths: &Paths, use_systemd: bool, running: Option<u32>) -> anyhow::Result<Expect> {
+    if let Some(pid) = running {
+        let reloads = State::read(&paths.state_file()).map(|s| s.reloads).unwrap_or(0);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)
+            .with_context(|| format!("cannot signal the running agent (pid {pid}) to reload"))?;
+        return Ok(Expect::Reloaded { pid, reloads });
+    }
+    let exe = std::env::current_exe().context("cannot find the hakube binary being run")?;
+    if use_systemd {
+        let target = paths.installed_binary();
+        if std::fs::read(&target).ok() != std::fs::read(&exe).ok() {
+            let bytes = std::fs::read(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
+            crate::host::fs::write_atomic(&target, &bytes, 0o755)?;
+        }
+        systemd::systemctl(&["daemon-reload"]).map_err(anyhow::Error::msg)?;
+        systemd::systemctl(&["enable", "--now", systemd::UNIT_NAME]).map_err(anyhow::Error::msg)?;
+        return Ok(Expect::Started(0));
+    }
+    let args = vec!["--root".to_owned(), paths.root().display().to_string(), "agent".to_owned()];
+    let pid = process::spawn_detached(&exe, &args, &paths.component_log("agent"))
+        .with_context(|| format!("cannot start {} agent", exe.display()))?;
+    Ok(Expect::Started(pid))
+}
+
+/// Polls `state.json` until the agent reports every component healthy.
+pub fn wait_healthy(paths: &Paths, expect: Expect, limit: Duration, progress: &Progress) -> anyhow::Result<State> {
+    let deadline = Instant::now() + limit;
+    let mut last_report = Instant::now();
+    loop {
+        let state = State::read(&paths.state_file());
+        let current = state.as_ref().is_some_and(|s| match expect {
+            Expect::Started(0) => true,
+            Expect::Started(pid) => s.agent_pid == pid,
+            Expect::Reloaded { pid, reloads } => s.agent_pid == pid && s.reloads > reloads,
+        });
+        if let (true, Some(s)) = (current, &state) {
+            if s.all_healthy() {
+                return Ok(state.unwrap());
+            }
+        }
+        let agent_pid = match expect {
+            Expect::Started(p) | Expect::Reloaded { pid: p, .. } => p,
+        };
+        if agent_pid != 0 && !process::alive(agent_pid) {
+            bail!(
+                "the agent (pid {agent_pid}) exited during start-up; its log {} ends with:\n{}",
+                paths.component_log("agent").display(),
+                tail(&paths.component_log("agent"), 15)
+            );
+        }
+        let unhealthy = || {
+            state
+                .as_ref()
+                .map(|s| {
+                    s.components
+                        .iter()
+                        .filter(|(_, c)| !(c.healthy && c.phase == crate::agent::state::Phase::Running))
+                        .map(|(n, c)| {
+                            let why = c.message.as_deref().or(c.last_exit.as_deref()).unwrap_or("");
+                            format!("{n} is {:?} {why}", c.phase).to_lowercase()
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_else(|| vec!["the agent has not reported yet".to_owned()])
+        };
+        if Instant::now() >= deadline {
+            let names: Vec<_> = state.iter().flat_map(|s| s.components.keys().cloned()).collect();
+            let logs: Vec<_> = names
+                .iter()
+                .map(|n| {
+                    format!(
+                        "--- {} (last lines)\n{}",
+                        paths.component_log(n).display(),
+                        tail(&paths.component_log(n), 10)
+                    )
+                })
+                .collect();
+            bail!(
+                "the node did not become healthy within {}s: {}\n{}\n(the agent keeps trying; `hakube status` shows progress)",
+                limit.as_secs(),
+                unhealthy().join("; "),
+                logs.join("\n")
+            );
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            progress.note(format!("  still waiting: {}", unhealthy().join("; ")));
+            last_report = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `n` lines of a log, for error messages.
+pub fn tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<_> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn summary(progress: &Progress, paths: &Paths, c: &ClusterConfig, state: &State, use_systemd: bool) {
+    let runs: Vec<_> = state
+        .components
+        .iter()
+        .map(|(n, s)| format!("{n} (pid {}, {})", s.pid.unwrap_or(0), if s.healthy { "healthy" } else { "unhealthy" }))
+        .collect();
+    let how = if use_systemd { "systemd unit hakube.service" } else { "detached agent (no systemd)" };
+    let root_flag = if paths.root() == std::path::Path::new("/") {
+        String::new()
+    } else {
+        format!(" --root {}", paths.root().display())
+    };
+    eprintln!(
+        "\nhakube: node {} is installed and healthy ({:.1}s)\n  \
+         runs:       {} under the {how} (agent pid {})\n  \
+         endpoint:   https://{}\n  \
+         kubeconfig: {}\n  \
+         config:     {} (keep it in version control; re-run install to change it)\n  \
+         logs:       {}\n\
+         next:\n  \
+         hakube{root_flag} status",
+        c.node.name,
+        progress.elapsed(),
+        runs.join(", "),
+        state.agent_pid,
+        c.control_plane_endpoint(),
+        paths.kubeconfig("admin").display(),
+        paths.config_file().display(),
+        paths.log_dir().display(),
+    );
+    if c.cluster.ha && c.cluster.load_balancer_address.is_none() {
+        eprintln!("  (ha without load-balancer-address: clients reach the API through this node until you add one)");
+    }
+}
+
+/// `hakube certs generate`: the PKI alone, for the given options.
+pub fn generate_certs(paths: &Paths, flags: Value, config_file: Option<&PathBuf>) -> anyhow::Result<()> {
+    let progress = Progress::new("certs");
+    let _lock = lock::lock_root(paths.root())?;
+    let c = resolve_config(paths, flags, config_file)?;
+    let plan = progress.phase("planning certificates", || pki::plan(paths, &c, OffsetDateTime::now_utc()))?;
+    progress.phase("writing certificates", || -> anyhow::Result<()> {
+        crate::host::fs::create_dir_all(&paths.pki_dir(), 0o700)?;
+        apply_files(&plan.backups)?;
+        apply_files(&plan.files)?;
+        Ok(())
+    })?;
+    for (name, d) in &plan.decisions {
+        progress.note(format!("  {name}: {d}"));
+    }
+    Ok(())
+}
+
+/// `hakube certs check-expiration`: every certificate and when it expires.
+pub fn check_expiration(paths: &Paths) -> anyhow::Result<String> {
+    let c = config::load_installed(&paths.config_file())?
+        .with_context(|| format!("hakube is not installed under {}", paths.root().display()))?;
+    let now = OffsetDateTime::now_utc();
+    let mut out = format!("{:<32} {:<12} {:>9}  {}\n", "CERTIFICATE", "EXPIRES", "DAYS LEFT", "STATUS");
+    for spec in pki::cluster_cert_specs(&c) {
+        let path = paths.pki(&format!("{}.crt", spec.name));
+        let line = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| pki::observe(&b, None)) {
+            Ok(o) => {
+                let days = (o.not_after - now).whole_days();
+                let status = if days < 0 {
+                    "EXPIRED"
+                } else if o.not_after - now < pki::RENEW_BEFORE {
+                    "renew soon: re-run install"
+                } else {
+                    "ok"
+                };
+                format!("{:<32} {:<12} {:>9}  {status}\n", spec.name, o.not_after.date().to_string(), days)
+            }
+            Err(e) => format!("{:<32} {:<12} {:>9}  MISSING or unreadable: {e}\n", spec.name, "-", "-"),
+        };
+        out.push_str(&line);
+    }
+    Ok(out)
+}

@@ -23,3 +23,6 @@ pub mod pki;
 pub mod progress;
 pub mod reset;
 pub mod status;
+
+#[cfg(test)]
+mod golden;

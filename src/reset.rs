@@ -1,1 +1,87 @@
-//! todo
+//! `hakube reset`: stop the agent and its components and remove everything
+//! install created under the root; nothing outside it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::agent::state::State;
+use crate::host::paths::Paths;
+use crate::host::process::{self, PidFile};
+use crate::host::{lock, systemd};
+use crate::progress::Progress;
+
+pub fn run(paths: &Paths) -> anyhow::Result<()> {
+    let progress = Progress::new("reset");
+    let _lock = lock::lock_root(paths.root())?;
+
+    if paths.systemd_unit().exists() && systemd::is_running() {
+        progress.phase("stopping hakube.service", || {
+            systemd::systemctl(&["disable", "--now", systemd::UNIT_NAME]).map_err(anyhow::Error::msg)
+        })?;
+    }
+    progress.phase("stopping the agent and its components", || -> anyhow::Result<()> {
+        let state = State::read(&paths.state_file());
+        if let Some(pid) = PidFile::holder(&paths.agent_pid_file()) {
+            // The agent stops its children (10 s grace each, in parallel).
+            if process::terminate(pid, Duration::from_secs(20)) {
+                progress.note(format!("the agent (pid {pid}) did not stop in time and was killed"));
+            }
+        }
+        // Children of an agent that died uncleanly: stop any still alive,
+        // checking the pid still runs the component (pids are reused).
+        for (name, s) in state.iter().flat_map(|s| s.components.iter()) {
+            if let Some(pid) = s.pid {
+                if runs_binary(pid, name) {
+                    process::terminate(pid, Duration::from_secs(10));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    progress.phase("removing files", || -> anyhow::Result<()> {
+        for path in paths.created_by_install() {
+            remove(&path)?;
+            // On a real server the parents (/etc, /usr/local/bin, …) are the
+            // system's; under a sandbox root they were made by install.
+            if paths.root() != Path::new("/") {
+                prune_empty_parents(&path, paths.root());
+            }
+        }
+        Ok(())
+    })?;
+    if paths.systemd_unit().parent().is_some_and(Path::exists) && systemd::is_running() {
+        let _ = systemd::systemctl(&["daemon-reload"]);
+    }
+    progress.note(format!("node reset: nothing of hakube is left under {}", paths.root().display()));
+    Ok(())
+}
+
+fn runs_binary(pid: u32, name: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
+            Path::new(std::str::from_utf8(argv0).unwrap_or("")).file_name().is_some_and(|f| f == name)
+        })
+        .unwrap_or(false)
+}
+
+fn remove(path: &Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let r = match std::fs::symlink_metadata(path) {
+        Err(_) => return Ok(()),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+    };
+    r.with_context(|| format!("cannot remove {}", path.display()))
+}
+
+/// Removes directories left empty between `path` and `root` (exclusive).
+fn prune_empty_parents(path: &Path, root: &Path) {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) || std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}

@@ -1,1 +1,12 @@
-//! todo
+//! The long-running host agent: it supervises the node's components as child
+//! processes, restarts them with backoff, probes their health and records it
+//! all in `state.json`.
+//!
+//! Signals: SIGTERM/SIGINT stop the components and the agent; SIGHUP re-reads
+//! the config and restarts exactly the components whose command line or
+//! input files (certificates, kubeconfigs) changed.
+
+pub mod state;
+mod supervisor;
+
+pub use supervisor::{fingerprint, run};

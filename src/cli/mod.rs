@@ -1,1 +1,252 @@
-//! todo
+//! The command line. `install` takes kURL-style words (`ha`,
+//! `load-balancer-address=HOST:PORT`, `taint-control-plane`, any other option
+//! as `name=value`) as well as the same options as `--flags`; both become one
+//! partial config tree, validated with everything else.
+
+mod words;
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde_yaml::Value;
+
+use crate::config::{self, CertSan, Cidr, Component, HostPort, KeyAlgorithm, NodeName};
+use crate::host::paths::Paths;
+
+#[derive(Debug, Parser)]
+#[command(name = "hakube", version, about = "Highly available Kubernetes on bare machines", propagate_version = true)]
+pub struct Cli {
+    /// Prefix of every host path (a sandbox or test host uses its own).
+    #[arg(long, global = true, default_value = "/", value_name = "DIR")]
+    pub root: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install the first master, or converge an installed node onto new options.
+    Install(Box<InstallArgs>),
+    /// Show the node's components and etcd; exit 0 only when all are healthy.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop everything hakube runs here and remove what it created under the root.
+    Reset,
+    /// Run the host agent (what the systemd unit starts).
+    Agent,
+    /// Config file helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Certificate helpers.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the default cluster config (node name and address are detected at install).
+    PrintDefaults,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Plan and write only the PKI for the given options (no agent, no config).
+    Generate(Box<InstallArgs>),
+    /// List every certificate with its expiry.
+    CheckExpiration,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct InstallArgs {
+    /// kURL-style words: ha, taint-control-plane, load-balancer-address=HOST:PORT, NAME=VALUE.
+    #[arg(value_name = "WORD")]
+    pub words: Vec<String>,
+    /// Multi-master mode (sticky once set).
+    #[arg(long)]
+    pub ha: bool,
+    /// External TCP load balancer for the API servers; the port defaults to 6443.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub load_balancer_address: Option<HostPort>,
+    /// Keep workloads off the masters.
+    #[arg(long)]
+    pub taint_control_plane: bool,
+    /// This host's address for etcd and the API server (default: the default route's).
+    #[arg(long, value_name = "IP")]
+    pub advertise_address: Option<IpAddr>,
+    /// This node's name (default: the hostname).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<NodeName>,
+    /// Extra names or IPs for the API server certificate (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "SAN,…")]
+    pub cert_sans: Vec<CertSan>,
+    #[arg(long, value_name = "CIDR")]
+    pub service_cidr: Option<Cidr>,
+    #[arg(long, value_name = "CIDR")]
+    pub pod_cidr: Option<Cidr>,
+    /// Which components this host runs (comma-separated; default all).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub components: Option<Vec<Component>>,
+    /// Start the agent detached instead of as a systemd unit.
+    #[arg(long)]
+    pub no_systemd: bool,
+    /// A cluster config file to merge (same format as /etc/hakube/cluster.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory holding the component binaries.
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    /// Algorithm for new keys.
+    #[arg(long, value_name = "ALG")]
+    pub key_algorithm: Option<KeyAlgorithm>,
+    /// Preflight checks to skip (names as printed, or `all`).
+    #[arg(long, value_delimiter = ',', value_name = "NAME,…")]
+    pub ignore_preflight_errors: Vec<String>,
+    /// How long to wait for the node to become healthy (e.g. 90s, 5m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration: write e.g. 90s, 5m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}: use s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+impl InstallArgs {
+    /// The options given, as a partial config tree.
+    pub fn flags_tree(&self) -> Value {
+        let mut t = Value::Mapping(Default::default());
+        let mut set = |section, key, v: Value| config::set(&mut t, section, key, v);
+        if self.ha {
+            set("cluster", "ha", Value::Bool(true));
+        }
+        if let Some(lb) = &self.load_balancer_address {
+            set("cluster", "loadBalancerAddress", lb.to_string().into());
+        }
+        if self.taint_control_plane {
+            set("cluster", "taintControlPlane", Value::Bool(true));
+        }
+        if !self.cert_sans.is_empty() {
+            set("cluster", "certSans", self.cert_sans.iter().map(|s| Value::from(s.as_str())).collect());
+        }
+        if let Some(c) = self.service_cidr {
+            set("cluster", "serviceCidr", c.to_string().into());
+        }
+        if let Some(c) = self.pod_cidr {
+            set("cluster", "podCidr", c.to_string().into());
+        }
+        if let Some(k) = self.key_algorithm {
+            set("cluster", "keyAlgorithm", k.to_string().into());
+        }
+        if let Some(a) = self.advertise_address {
+            set("node", "advertiseAddress", a.to_string().into());
+        }
+        if let Some(n) = &self.node_name {
+            set("node", "name", n.as_str().into());
+        }
+        if let Some(cs) = &self.components {
+            set("node", "components", cs.iter().map(|c| Value::from(c.name())).collect());
+        }
+        if self.no_systemd {
+            set("node", "systemd", Value::Bool(false));
+        }
+        if let Some(b) = &self.bundle {
+            let abs = std::path::absolute(b).unwrap_or_else(|_| b.clone());
+            set("node", "bundle", abs.display().to_string().into());
+        }
+        t
+    }
+}
+
+/// Parses the command line, folding kURL-style words into the flags.
+pub fn parse(argv: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let mut cli = Cli::try_parse_from(&argv)?;
+    if let Command::Install(a) = &mut cli.command {
+        words::fold(a)?;
+    }
+    if let Command::Certs(CertsCommand::Generate(a)) = &mut cli.command {
+        words::fold(a)?;
+    }
+    Ok(cli)
+}
+
+pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
+    let cli = match parse(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout and errors to stderr.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            e.print().ok();
+            return Ok(code);
+        }
+    };
+    let paths = Paths::new(std::path::absolute(&cli.root).with_context(|| format!("--root {}", cli.root.display()))?);
+    match cli.command {
+        Command::Install(a) => {
+            crate::install::run(crate::install::Request {
+                paths,
+                flags: a.flags_tree(),
+                config_file: a.config.clone(),
+                ignore_preflight_errors: a.ignore_preflight_errors.clone(),
+                timeout: a.timeout.unwrap_or(Duration::from_secs(300)),
+            })?;
+            Ok(0)
+        }
+        Command::Status { json } => {
+            let report = runtime()?.block_on(crate::status::gather(&paths))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", crate::status::render(&report));
+            }
+            Ok(if report.healthy { 0 } else { 1 })
+        }
+        Command::Reset => {
+            crate::reset::run(&paths)?;
+            Ok(0)
+        }
+        Command::Agent => {
+            runtime()?.block_on(crate::agent::run(paths))?;
+            Ok(0)
+        }
+        Command::Config(ConfigCommand::PrintDefaults) => {
+            print!(
+                "# node.name and node.advertiseAddress are detected at install when not given\n{}",
+                serde_yaml::to_string(&config::defaults())?
+            );
+            Ok(0)
+        }
+        Command::Certs(CertsCommand::Generate(a)) => {
+            crate::install::generate_certs(&paths, a.flags_tree(), a.config.as_ref())?;
+            Ok(0)
+        }
+        Command::Certs(CertsCommand::CheckExpiration) => {
+            print!("{}", crate::install::check_expiration(&paths)?);
+            Ok(0)
+        }
+        Command::Version => {
+            println!("hakube {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+    }
+}
+
+/// One thread: the agent idles small, and nothing here needs more.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}

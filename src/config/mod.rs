@@ -23,15 +23,9 @@ pub const KIND: &str = "ClusterConfig";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: not valid YAML: {source}")]
-    Yaml {
-        path: String,
-        source: serde_yaml::Error,
-    },
+    Yaml { path: String, source: serde_yaml::Error },
     #[error("{path}: apiVersion {found:?} is not supported: this hakube reads apiVersion {API_VERSION:?}")]
     ApiVersion { path: String, found: String },
     #[error("{path}: kind {found:?} is not supported: expected kind {KIND:?}")]
@@ -42,11 +36,7 @@ pub enum ConfigError {
         "{field} cannot change on an installed node (it is {old}, asked for {new}): \
          run `hakube reset` on this node first, or leave {field} as it is"
     )]
-    Immutable {
-        field: &'static str,
-        old: String,
-        new: String,
-    },
+    Immutable { field: &'static str, old: String, new: String },
 }
 
 /// Cluster-wide settings: the same on every node.
@@ -123,31 +113,16 @@ impl ClusterConfig {
     pub fn control_plane_endpoint(&self) -> HostPort {
         match &self.cluster.load_balancer_address {
             Some(lb) => lb.clone(),
-            None => HostPort::new(
-                Host::Ip(self.node.advertise_address),
-                self.node.api_server_port,
-            ),
+            None => HostPort::new(Host::Ip(self.node.advertise_address), self.node.api_server_port),
         }
     }
 
     pub fn etcd_client_url(&self) -> String {
-        format!(
-            "https://{}",
-            HostPort::new(
-                Host::Ip(self.node.advertise_address),
-                self.node.etcd_client_port
-            )
-        )
+        format!("https://{}", HostPort::new(Host::Ip(self.node.advertise_address), self.node.etcd_client_port))
     }
 
     pub fn etcd_peer_url(&self) -> String {
-        format!(
-            "https://{}",
-            HostPort::new(
-                Host::Ip(self.node.advertise_address),
-                self.node.etcd_peer_port
-            )
-        )
+        format!("https://{}", HostPort::new(Host::Ip(self.node.advertise_address), self.node.etcd_peer_port))
     }
 
     pub fn to_yaml(&self) -> String {
@@ -187,10 +162,8 @@ node:
 
 /// Parses a config source and checks its version header.
 pub fn parse_source(text: &str, path: &str) -> Result<Value, ConfigError> {
-    let value: Value = serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml {
-        path: path.to_owned(),
-        source,
-    })?;
+    let value: Value =
+        serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml { path: path.to_owned(), source })?;
     let map = value.as_mapping().ok_or_else(|| ConfigError::Invalid {
         path: path.to_owned(),
         message: "expected a mapping with apiVersion, kind, cluster and node".into(),
@@ -198,17 +171,11 @@ pub fn parse_source(text: &str, path: &str) -> Result<Value, ConfigError> {
     let field = |k: &str| map.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     let found = field("apiVersion");
     if found != API_VERSION {
-        return Err(ConfigError::ApiVersion {
-            path: path.to_owned(),
-            found,
-        });
+        return Err(ConfigError::ApiVersion { path: path.to_owned(), found });
     }
     let found = field("kind");
     if found != KIND {
-        return Err(ConfigError::Kind {
-            path: path.to_owned(),
-            found,
-        });
+        return Err(ConfigError::Kind { path: path.to_owned(), found });
     }
     Ok(value)
 }
@@ -218,10 +185,7 @@ pub fn read_file(path: &Path) -> Result<Option<Value>, ConfigError> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse_source(&text, &path.display().to_string()).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(ConfigError::Read { path: path.to_owned(), source }),
     }
 }
 
@@ -251,20 +215,13 @@ pub fn merge(base: &mut Value, over: Value) {
 }
 
 pub fn from_value(v: Value, path: &str) -> Result<ClusterConfig, ConfigError> {
-    serde_yaml::from_value(v).map_err(|e| ConfigError::Invalid {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })
+    serde_yaml::from_value(v).map_err(|e| ConfigError::Invalid { path: path.to_owned(), message: e.to_string() })
 }
 
 /// Sets `section.key` in a YAML tree (used to layer command-line options).
 pub fn set(tree: &mut Value, section: &str, key: &str, value: Value) {
-    let Value::Mapping(root) = tree else {
-        unreachable!("config trees are mappings")
-    };
-    let slot = root
-        .entry(Value::from(section))
-        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    let Value::Mapping(root) = tree else { unreachable!("config trees are mappings") };
+    let slot = root.entry(Value::from(section)).or_insert_with(|| Value::Mapping(Mapping::new()));
     if let Value::Mapping(m) = slot {
         m.insert(Value::from(key), value);
     }
@@ -280,8 +237,9 @@ pub struct Sources<'a> {
     pub file: Option<(Value, String)>,
     /// Command-line options as a partial tree (`cluster:`/`node:` keys).
     pub flags: Value,
-    /// Fills the node's name and address when no source gives them.
-    pub detect: &'a dyn Fn() -> Result<(String, IpAddr), String>,
+    /// Fill the node's name and address when no source gives them.
+    pub detect_name: &'a dyn Fn() -> Result<String, String>,
+    pub detect_address: &'a dyn Fn() -> Result<IpAddr, String>,
 }
 
 /// Fields that cannot change once a node is installed: etcd and every
@@ -311,22 +269,14 @@ pub fn resolve(src: Sources<'_>) -> Result<ClusterConfig, ConfigError> {
     }
     merge(&mut tree, src.flags);
 
-    if get(&tree, "node", "name").is_none() || get(&tree, "node", "advertiseAddress").is_none() {
-        let (name, addr) = (src.detect)().map_err(|message| ConfigError::Invalid {
-            path: origin.clone(),
-            message,
-        })?;
-        if get(&tree, "node", "name").is_none() {
-            set(&mut tree, "node", "name", Value::from(name));
-        }
-        if get(&tree, "node", "advertiseAddress").is_none() {
-            set(
-                &mut tree,
-                "node",
-                "advertiseAddress",
-                Value::from(addr.to_string()),
-            );
-        }
+    let detect_err = |message| ConfigError::Invalid { path: origin.clone(), message };
+    if get(&tree, "node", "name").is_none() {
+        let name = (src.detect_name)().map_err(detect_err)?;
+        set(&mut tree, "node", "name", Value::from(name));
+    }
+    if get(&tree, "node", "advertiseAddress").is_none() {
+        let addr = (src.detect_address)().map_err(detect_err)?;
+        set(&mut tree, "node", "advertiseAddress", Value::from(addr.to_string()));
     }
 
     if let Some(old) = &installed_tree {
@@ -339,36 +289,22 @@ pub fn resolve(src: Sources<'_>) -> Result<ClusterConfig, ConfigError> {
                 continue;
             };
             if a != b {
-                let show = |v: &Value| {
-                    serde_yaml::to_string(v)
-                        .unwrap_or_default()
-                        .trim()
-                        .to_owned()
-                };
-                return Err(ConfigError::Immutable {
-                    field,
-                    old: show(a),
-                    new: show(b),
-                });
+                let show = |v: &Value| serde_yaml::to_string(v).unwrap_or_default().trim().to_owned();
+                return Err(ConfigError::Immutable { field, old: show(a), new: show(b) });
             }
         }
     }
     let config = from_value(tree, &origin)?;
-    validate(&config).map_err(|message| ConfigError::Invalid {
-        path: origin,
-        message,
-    })?;
+    validate(&config).map_err(|message| ConfigError::Invalid { path: origin, message })?;
     Ok(config)
 }
 
 /// Checks that span fields.
 fn validate(c: &ClusterConfig) -> Result<(), String> {
     if c.node.components.is_empty() {
-        return Err(
-            "node.components is empty: name at least one of etcd, kube-apiserver, \
+        return Err("node.components is empty: name at least one of etcd, kube-apiserver, \
                     kube-controller-manager, kube-scheduler, kubelet"
-                .into(),
-        );
+            .into());
     }
     let n = &c.node;
     let ports = [
@@ -382,53 +318,57 @@ fn validate(c: &ClusterConfig) -> Result<(), String> {
         }
         for (b, pb) in &ports[i + 1..] {
             if pa == pb {
-                return Err(format!(
-                    "node.{a} and node.{b} are both {pa}: give them different ports"
-                ));
+                return Err(format!("node.{a} and node.{b} are both {pa}: give them different ports"));
             }
         }
     }
     if c.node.advertise_address.is_unspecified() {
-        return Err(
-            "node.advertiseAddress is unspecified (0.0.0.0 or ::): give this host's own address"
-                .into(),
-        );
+        return Err("node.advertiseAddress is unspecified (0.0.0.0 or ::): give this host's own address".into());
     }
     if c.cluster.service_cidr.addr.is_ipv4() != c.node.advertise_address.is_ipv4() {
-        return Err(
-            "cluster.serviceCidr and node.advertiseAddress are of different IP families".into(),
-        );
+        return Err("cluster.serviceCidr and node.advertiseAddress are of different IP families".into());
     }
     if c.cluster.dns_domain.is_empty() || c.cluster.dns_domain.starts_with('.') {
-        return Err(format!(
-            "cluster.dnsDomain {:?} is not a DNS domain",
-            c.cluster.dns_domain
-        ));
+        return Err(format!("cluster.dnsDomain {:?} is not a DNS domain", c.cluster.dns_domain));
     }
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn detect() -> Result<(String, IpAddr), String> {
-        Ok(("m1".into(), "10.0.0.11".parse().unwrap()))
+    pub(crate) fn name() -> Result<String, String> {
+        Ok("m1".into())
+    }
+
+    pub(crate) fn address() -> Result<IpAddr, String> {
+        Ok("10.0.0.11".parse().unwrap())
+    }
+
+    /// A config resolved from `flags` alone, for tests across the crate.
+    pub(crate) fn test_config(flags: &str) -> ClusterConfig {
+        resolve(Sources {
+            installed: None,
+            file: None,
+            flags: serde_yaml::from_str(flags).unwrap(),
+            detect_name: &name,
+            detect_address: &address,
+        })
+        .unwrap()
     }
 
     fn flags(yaml: &str) -> Value {
         serde_yaml::from_str(yaml).unwrap()
     }
 
-    fn resolve_with(
-        installed: Option<&ClusterConfig>,
-        f: &str,
-    ) -> Result<ClusterConfig, ConfigError> {
+    fn resolve_with(installed: Option<&ClusterConfig>, f: &str) -> Result<ClusterConfig, ConfigError> {
         resolve(Sources {
             installed: installed.map(|c| serde_yaml::to_value(c).unwrap()),
             file: None,
             flags: flags(f),
-            detect: &detect,
+            detect_name: &name,
+            detect_address: &address,
         })
     }
 
@@ -446,46 +386,29 @@ mod tests {
     #[test]
     fn rerun_merges_and_ha_is_sticky() {
         let first = resolve_with(None, "cluster: {ha: true, taintControlPlane: true}").unwrap();
-        let second = resolve_with(
-            Some(&first),
-            "cluster: {ha: false, loadBalancerAddress: 'lb:6443'}",
-        )
-        .unwrap();
+        let second = resolve_with(Some(&first), "cluster: {ha: false, loadBalancerAddress: 'lb:6443'}").unwrap();
         assert!(second.cluster.ha, "ha must stay set");
-        assert!(
-            second.cluster.taint_control_plane,
-            "earlier options are kept"
-        );
+        assert!(second.cluster.taint_control_plane, "earlier options are kept");
         assert_eq!(second.control_plane_endpoint().to_string(), "lb:6443");
     }
 
     #[test]
     fn identity_cannot_change_on_rerun() {
         let first = resolve_with(None, "{}").unwrap();
-        let err = resolve_with(Some(&first), "node: {advertiseAddress: 10.0.0.12}")
-            .unwrap_err()
-            .to_string();
+        let err = resolve_with(Some(&first), "node: {advertiseAddress: 10.0.0.12}").unwrap_err().to_string();
         assert!(err.contains("node.advertiseAddress cannot change"), "{err}");
         assert!(err.contains("hakube reset"), "{err}");
     }
 
     #[test]
     fn foreign_versions_and_unknown_fields_are_refused() {
-        let err = parse_source("apiVersion: v2\nkind: ClusterConfig\n", "f.yaml")
-            .unwrap_err()
-            .to_string();
+        let err = parse_source("apiVersion: v2\nkind: ClusterConfig\n", "f.yaml").unwrap_err().to_string();
         assert!(err.contains("apiVersion \"v2\" is not supported"), "{err}");
-        let err = parse_source("apiVersion: hakube.io/v1alpha1\nkind: Other\n", "f.yaml")
-            .unwrap_err()
-            .to_string();
+        let err = parse_source("apiVersion: hakube.io/v1alpha1\nkind: Other\n", "f.yaml").unwrap_err().to_string();
         assert!(err.contains("kind \"Other\""), "{err}");
-        let err = resolve_with(None, "cluster: {hA: true}")
-            .unwrap_err()
-            .to_string();
+        let err = resolve_with(None, "cluster: {hA: true}").unwrap_err().to_string();
         assert!(err.contains("unknown field `hA`"), "{err}");
-        let err = resolve_with(None, "node: {etcdClientPort: 2380}")
-            .unwrap_err()
-            .to_string();
+        let err = resolve_with(None, "node: {etcdClientPort: 2380}").unwrap_err().to_string();
         assert!(err.contains("both 2380"), "{err}");
     }
 }

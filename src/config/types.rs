@@ -23,16 +23,12 @@ fn invalid(msg: impl Into<String>) -> InvalidValue {
 /// A DNS name as Kubernetes accepts it for a node (RFC 1123 subdomain).
 fn check_dns_name(s: &str, what: &str) -> Result<(), InvalidValue> {
     if s.is_empty() || s.len() > 253 {
-        return Err(invalid(format!(
-            "{what} {s:?} must be 1 to 253 characters long"
-        )));
+        return Err(invalid(format!("{what} {s:?} must be 1 to 253 characters long")));
     }
     for label in s.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -105,28 +101,19 @@ impl FromStr for HostPort {
             return Err(invalid(format!("the address is empty: {example}")));
         }
         if s.contains("://") {
-            return Err(invalid(format!(
-                "{s:?} has a scheme: {example}, without http:// or https://"
-            )));
+            return Err(invalid(format!("{s:?} has a scheme: {example}, without http:// or https://")));
         }
         if s.contains('/') {
             return Err(invalid(format!("{s:?} has a path: {example}")));
         }
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (ip, after) = rest.split_once(']').ok_or_else(|| {
-                invalid(format!(
-                    "{s:?} opens '[' without closing it: write IPv6 as [fd00::10]:6443"
-                ))
-            })?;
-            let ip: Ipv6Addr = ip
-                .parse()
-                .map_err(|_| invalid(format!("{ip:?} in {s:?} is not an IPv6 address")))?;
+            let (ip, after) = rest
+                .split_once(']')
+                .ok_or_else(|| invalid(format!("{s:?} opens '[' without closing it: write IPv6 as [fd00::10]:6443")))?;
+            let ip: Ipv6Addr = ip.parse().map_err(|_| invalid(format!("{ip:?} in {s:?} is not an IPv6 address")))?;
             let port = match after {
                 "" => None,
-                p => Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| invalid(format!("{s:?}: expected ':PORT' after ']'")))?,
-                ),
+                p => Some(p.strip_prefix(':').ok_or_else(|| invalid(format!("{s:?}: expected ':PORT' after ']'")))?),
             };
             (Host::Ip(IpAddr::V6(ip)), port)
         } else if s.matches(':').count() > 1 {
@@ -153,11 +140,7 @@ impl FromStr for HostPort {
             None => DEFAULT_API_PORT,
             Some(p) => match p.parse::<u32>() {
                 Ok(n @ 1..=65535) => n as u16,
-                _ => {
-                    return Err(invalid(format!(
-                        "port {p:?} in {s:?} is out of range: use 1 to 65535"
-                    )))
-                }
+                _ => return Err(invalid(format!("port {p:?} in {s:?} is out of range: use 1 to 65535"))),
             },
         };
         Ok(HostPort { host, port })
@@ -227,9 +210,15 @@ impl TryFrom<String> for CertSan {
         }
         // A leading wildcard label is allowed in a DNS SAN.
         let name = s.strip_prefix("*.").unwrap_or(&s);
-        check_dns_name(name, "certificate SAN")
-            .map_err(|e| invalid(format!("{e} (or give an IP address)")))?;
+        check_dns_name(name, "certificate SAN").map_err(|e| invalid(format!("{e} (or give an IP address)")))?;
         Ok(CertSan(s))
+    }
+}
+
+impl FromStr for CertSan {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        CertSan::try_from(s.to_owned())
     }
 }
 
@@ -275,37 +264,27 @@ impl TryFrom<String> for Cidr {
 impl FromStr for Cidr {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, InvalidValue> {
-        let bad = || {
-            invalid(format!(
-                "{s:?} is not a network in CIDR notation, e.g. 10.96.0.0/12"
-            ))
-        };
+        let bad = || invalid(format!("{s:?} is not a network in CIDR notation, e.g. 10.96.0.0/12"));
         let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
         let addr: IpAddr = addr.parse().map_err(|_| bad())?;
         let prefix: u8 = prefix.parse().map_err(|_| bad())?;
         let bits = if addr.is_ipv4() { 32 } else { 128 };
         if prefix > bits || prefix == 0 {
-            return Err(invalid(format!(
-                "prefix /{prefix} in {s:?} is out of range: use 1 to {bits}"
-            )));
+            return Err(invalid(format!("prefix /{prefix} in {s:?} is out of range: use 1 to {bits}")));
         }
         let host_bits_set = match addr {
             IpAddr::V4(a) => u32::from(a) & (u32::MAX >> prefix) != 0,
             IpAddr::V6(a) => u128::from(a) & (u128::MAX >> prefix) != 0,
         };
         if host_bits_set {
-            return Err(invalid(format!(
-                "{s:?} has host bits set: give the network address"
-            )));
+            return Err(invalid(format!("{s:?} has host bits set: give the network address")));
         }
         Ok(Cidr { addr, prefix })
     }
 }
 
 /// Which key type new keys get.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyAlgorithm {
     #[default]
@@ -323,19 +302,7 @@ impl fmt::Display for KeyAlgorithm {
 }
 
 /// A process the agent supervises on this host.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Component {
     Etcd,
@@ -375,16 +342,10 @@ impl fmt::Display for Component {
 impl FromStr for Component {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, InvalidValue> {
-        Component::ALL
-            .into_iter()
-            .find(|c| c.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = Component::ALL.iter().map(|c| c.name()).collect();
-                invalid(format!(
-                    "unknown component {s:?}: choose from {}",
-                    names.join(", ")
-                ))
-            })
+        Component::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Component::ALL.iter().map(|c| c.name()).collect();
+            invalid(format!("unknown component {s:?}: choose from {}", names.join(", ")))
+        })
     }
 }
 
@@ -436,11 +397,7 @@ mod tests {
         let c: Cidr = "10.96.0.0/12".parse().unwrap();
         assert_eq!(c.nth(1).to_string(), "10.96.0.1");
         assert_eq!(c.nth(10).to_string(), "10.96.0.10");
-        assert!("10.96.0.1/12"
-            .parse::<Cidr>()
-            .unwrap_err()
-            .to_string()
-            .contains("host bits"));
+        assert!("10.96.0.1/12".parse::<Cidr>().unwrap_err().to_string().contains("host bits"));
         assert!("10.96.0.0/33".parse::<Cidr>().is_err());
         let v6: Cidr = "fd00:10:96::/112".parse().unwrap();
         assert_eq!(v6.nth(1).to_string(), "fd00:10:96::1");

@@ -13,20 +13,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
     #[error("cannot create directory {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CreateDir { path: PathBuf, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
 }
 
 /// A file to be written: the whole of its desired state.
@@ -50,11 +41,7 @@ impl std::fmt::Debug for FileSpec {
 
 impl FileSpec {
     pub fn new(path: impl Into<PathBuf>, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
-        Self {
-            path: path.into(),
-            contents: contents.into(),
-            mode,
-        }
+        Self { path: path.into(), contents: contents.into(), mode }
     }
 
     /// Whether the file on disk already has exactly this content and mode.
@@ -62,9 +49,7 @@ impl FileSpec {
         match fs::read(&self.path) {
             Ok(existing) => {
                 existing == self.contents
-                    && fs::metadata(&self.path)
-                        .map(|m| m.permissions().mode() & 0o7777 == self.mode)
-                        .unwrap_or(false)
+                    && fs::metadata(&self.path).map(|m| m.permissions().mode() & 0o7777 == self.mode).unwrap_or(false)
             }
             Err(_) => false,
         }
@@ -82,38 +67,21 @@ pub fn create_dir_all(dir: &Path, mode: u32) -> Result<(), FsError> {
     match fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
-        Err(source) => {
-            return Err(FsError::CreateDir {
-                path: dir.to_owned(),
-                source,
-            })
-        }
+        Err(source) => return Err(FsError::CreateDir { path: dir.to_owned(), source }),
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(|source| {
-        FsError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        }
-    })
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(|source| FsError::CreateDir { path: dir.to_owned(), source })
 }
 
 /// Writes `contents` to `path` atomically with `mode`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
-    let err = |source| FsError::Write {
-        path: path.to_owned(),
-        source,
-    };
+    let err = |source| FsError::Write { path: path.to_owned(), source };
     let dir = path.parent().unwrap_or(Path::new("."));
     create_dir_all(dir, 0o755)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
         // The umask may have narrowed the mode given to open(2).
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(contents)?;
@@ -159,10 +127,7 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
     match fs::read(path) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(FsError::Read {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(FsError::Read { path: path.to_owned(), source }),
     }
 }
 
@@ -176,14 +141,8 @@ mod tests {
         let path = dir.path().join("a/b/key.pem");
         write_atomic(&path, b"secret", 0o600).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"secret");
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("key.pem")]);
     }
 

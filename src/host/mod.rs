@@ -2,6 +2,7 @@
 
 pub mod fs;
 pub mod lock;
+pub mod net;
 pub mod paths;
 pub mod preflight;
 pub mod process;

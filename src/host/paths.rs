@@ -107,13 +107,7 @@ impl Paths {
     /// Everything `install` may create, for `reset` (deepest first is not
     /// required: each is removed recursively).
     pub fn created_by_install(&self) -> Vec<PathBuf> {
-        vec![
-            self.config_dir(),
-            self.data_dir(),
-            self.kubelet_root_dir(),
-            self.systemd_unit(),
-            self.installed_binary(),
-        ]
+        vec![self.config_dir(), self.data_dir(), self.kubelet_root_dir(), self.systemd_unit(), self.installed_binary()]
     }
 }
 
@@ -127,13 +121,7 @@ mod tests {
         for path in p.created_by_install() {
             assert!(path.starts_with("/tmp/host1"), "{path:?}");
         }
-        assert_eq!(
-            p.pki("etcd/ca.crt"),
-            PathBuf::from("/tmp/host1/var/lib/hakube/pki/etcd/ca.crt")
-        );
-        assert_eq!(
-            Paths::new("/").config_file(),
-            PathBuf::from("/etc/hakube/cluster.yaml")
-        );
+        assert_eq!(p.pki("etcd/ca.crt"), PathBuf::from("/tmp/host1/var/lib/hakube/pki/etcd/ca.crt"));
+        assert_eq!(Paths::new("/").config_file(), PathBuf::from("/etc/hakube/cluster.yaml"));
     }
 }

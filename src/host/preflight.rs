@@ -1,1 +1,180 @@
-//! todo
+//! Checks made before anything is written. Each has a name the user can pass
+//! to `--ignore-preflight-errors` (or `all`), as with kubeadm.
+
+use std::collections::BTreeSet;
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
+
+use crate::config::{ClusterConfig, Component};
+use crate::host::paths::Paths;
+use crate::kube::components::find_binary;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub name: String,
+    pub message: String,
+}
+
+/// What the checks need to know beyond the config.
+pub struct Context<'a> {
+    pub paths: &'a Paths,
+    pub config: &'a ClusterConfig,
+    /// Our own agent runs here already: its components hold their ports.
+    pub agent_running: bool,
+    pub euid_is_root: bool,
+}
+
+/// The ports a node listens on, with the address each binds.
+pub fn listening_ports(c: &ClusterConfig) -> Vec<(Component, SocketAddr)> {
+    let adv = c.node.advertise_address;
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let mut out = vec![];
+    for comp in &c.node.components {
+        match comp {
+            Component::Etcd => {
+                out.push((*comp, SocketAddr::new(adv, c.node.etcd_client_port)));
+                if !adv.is_loopback() {
+                    out.push((*comp, SocketAddr::new(lo, c.node.etcd_client_port)));
+                }
+                out.push((*comp, SocketAddr::new(adv, c.node.etcd_peer_port)));
+                out.push((*comp, SocketAddr::new(lo, c.node.etcd_peer_port + 1)));
+            }
+            Component::KubeApiserver => out.push((*comp, SocketAddr::new(any, c.node.api_server_port))),
+            Component::KubeControllerManager => out.push((*comp, SocketAddr::new(lo, 10257))),
+            Component::KubeScheduler => out.push((*comp, SocketAddr::new(lo, 10259))),
+            Component::Kubelet => out.push((*comp, SocketAddr::new(any, 10250))),
+        }
+    }
+    out
+}
+
+/// Whether `addr` belongs to this host: binding to it is the test the kernel
+/// itself applies.
+pub fn address_is_local(addr: IpAddr) -> bool {
+    match TcpListener::bind(SocketAddr::new(addr, 0)) {
+        Ok(_) => true,
+        Err(e) => e.kind() != ErrorKind::AddrNotAvailable,
+    }
+}
+
+/// The nearest existing ancestor of `path`, which must take a new file.
+fn check_writable(path: &Path) -> Result<(), String> {
+    let mut dir = path;
+    while !dir.exists() {
+        dir = dir.parent().unwrap_or(Path::new("/"));
+    }
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let probe = dir.join(format!(".hakube-preflight-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot write in {}: {e}", dir.display())),
+    }
+}
+
+pub fn run(ctx: &Context<'_>) -> Vec<Failure> {
+    let c = ctx.config;
+    let mut failures = vec![];
+    let mut fail = |name: String, message: String| failures.push(Failure { name, message });
+
+    if !ctx.euid_is_root {
+        fail("root".into(), "hakube must run as root: re-run it with sudo".into());
+    }
+    if let Err(e) = check_writable(&ctx.paths.data_dir()) {
+        fail("data-dir".into(), format!("{e}: hakube keeps its data under {}", ctx.paths.data_dir().display()));
+    }
+    if c.has(Component::Etcd) {
+        if let Err(e) = check_writable(&ctx.paths.etcd_data_dir()) {
+            fail("etcd-data-dir".into(), e);
+        }
+    }
+    let adv = c.node.advertise_address;
+    let adv_ok = address_is_local(adv);
+    if !adv_ok {
+        fail(
+            "advertise-address".into(),
+            format!("{adv} is not an address of this host: pass --advertise-address with one of its addresses (see `ip -brief address`)"),
+        );
+    }
+    if !ctx.agent_running {
+        let mut seen = BTreeSet::new();
+        for (comp, addr) in listening_ports(c) {
+            if (addr.ip() == adv && !adv_ok) || !seen.insert(addr) {
+                continue;
+            }
+            if let Err(e) = TcpListener::bind(addr) {
+                let why = if e.kind() == ErrorKind::AddrInUse { "is in use".to_owned() } else { e.to_string() };
+                fail(
+                    format!("port-{}", addr.port()),
+                    format!("{addr} {why}, and {comp} needs it: stop what listens there (`ss -ltnp`), or change the port in the config"),
+                );
+            }
+        }
+    }
+    for comp in &c.node.components {
+        if find_binary(ctx.paths, c.node.bundle.as_deref(), comp.name()).is_none() {
+            fail(
+                format!("binary-{comp}"),
+                format!(
+                    "no {comp} binary in {}, {}or PATH: install it, pass --bundle DIR, or leave {comp} out of --components",
+                    ctx.paths.bin_dir().display(),
+                    c.node.bundle.as_ref().map(|b| format!("{}, ", b.display())).unwrap_or_default(),
+                ),
+            );
+        }
+    }
+    failures
+}
+
+/// Splits failures into fatal and ignored ones.
+pub fn triage(failures: Vec<Failure>, ignore: &[String]) -> (Vec<Failure>, Vec<Failure>) {
+    let all = ignore.iter().any(|i| i == "all");
+    failures.into_iter().partition(|f| !(all || ignore.iter().any(|i| i.eq_ignore_ascii_case(&f.name))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{resolve, Sources};
+
+    #[test]
+    fn names_every_failure_and_ignores_on_request() {
+        let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let name = || Ok("m1".to_owned());
+        let address = || Ok("192.0.2.55".parse().unwrap());
+        let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let flags = format!("node: {{components: [etcd], etcdClientPort: {free}, etcdPeerPort: {}}}", port - 1);
+        let c = resolve(Sources {
+            installed: None,
+            file: None,
+            flags: serde_yaml::from_str(&flags).unwrap(),
+            detect_name: &name,
+            detect_address: &address,
+        })
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        let ctx = Context { paths: &paths, config: &c, agent_running: false, euid_is_root: false };
+        let mut names: Vec<_> = run(&ctx).into_iter().map(|f| f.name).collect();
+        names.retain(|n| n != "binary-etcd"); // depends on the machine
+        assert_eq!(names, ["root", "advertise-address", &format!("port-{port}")]);
+        let (fatal, ignored) = triage(run(&ctx), &["root".into(), format!("PORT-{port}")]);
+        assert!(fatal.iter().all(|f| f.name != "root" && !f.name.starts_with("port")));
+        assert_eq!(ignored.len(), 2);
+        assert!(triage(run(&ctx), &["all".into()]).0.is_empty());
+        drop(busy);
+    }
+
+    #[test]
+    fn loopback_addresses_are_local_and_documentation_ones_are_not() {
+        assert!(address_is_local("127.0.0.1".parse().unwrap()));
+        assert!(!address_is_local("192.0.2.1".parse().unwrap()));
+    }
+}

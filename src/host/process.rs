@@ -1,1 +1,139 @@
-//! todo
+//! Processes: the detached agent, its pid file, and stopping processes.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::fs::create_dir_all;
+
+/// Starts `exe args` in a session of its own, detached from the caller's
+/// terminal, with stdout and stderr appended to `log`.
+pub fn spawn_detached(exe: &Path, args: &[String], log: &Path) -> std::io::Result<u32> {
+    if let Some(dir) = log.parent() {
+        create_dir_all(dir, 0o755).map_err(std::io::Error::other)?;
+    }
+    let out = OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+    }
+    let child = cmd.spawn()?;
+    Ok(child.id())
+}
+
+pub fn alive(pid: u32) -> bool {
+    !matches!(kill(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH))
+}
+
+/// Sends SIGTERM, waits up to `grace`, then SIGKILLs. Returns whether the
+/// process had to be killed.
+pub fn terminate(pid: u32, grace: Duration) -> bool {
+    let p = Pid::from_raw(pid as i32);
+    if kill(p, Signal::SIGTERM).is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        reap(pid);
+        if !alive(pid) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = kill(p, Signal::SIGKILL);
+    reap(pid);
+    true
+}
+
+/// Reaps `pid` if it is our exited child, so `alive` stops seeing a zombie.
+fn reap(pid: u32) {
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
+}
+
+/// The agent's pid file, locked for as long as the agent lives.
+pub struct PidFile {
+    _lock: Flock<File>,
+}
+
+impl PidFile {
+    /// Takes the lock and writes our pid; fails if another agent holds it.
+    pub fn acquire(path: &Path) -> std::io::Result<PidFile> {
+        if let Some(dir) = path.parent() {
+            create_dir_all(dir, 0o755).map_err(std::io::Error::other)?;
+        }
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            if e == Errno::EWOULDBLOCK {
+                std::io::Error::other(format!("another agent holds {}", path.display()))
+            } else {
+                e.into()
+            }
+        })?;
+        lock.set_len(0)?;
+        lock.rewind()?;
+        writeln!(lock, "{}", std::process::id())?;
+        lock.sync_all()?;
+        Ok(PidFile { _lock: lock })
+    }
+
+    /// The pid of the agent holding `path`, if one does.
+    pub fn holder(path: &Path) -> Option<u32> {
+        let file = File::open(path).ok()?;
+        match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            // We got the lock: nobody holds it.
+            Ok(_) => None,
+            Err((mut file, Errno::EWOULDBLOCK)) => {
+                let mut s = String::new();
+                file.read_to_string(&mut s).ok()?;
+                s.trim().parse().ok()
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_file_reports_its_holder_only_while_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.pid");
+        assert_eq!(PidFile::holder(&path), None);
+        let held = PidFile::acquire(&path).unwrap();
+        assert_eq!(PidFile::holder(&path), Some(std::process::id()));
+        assert!(PidFile::acquire(&path).is_err());
+        drop(held);
+        assert_eq!(PidFile::holder(&path), None);
+    }
+
+    #[test]
+    fn detached_processes_run_in_their_own_session_and_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("logs/x.log");
+        let pid = spawn_detached(Path::new("/bin/sh"), &["-c".into(), "echo hi; exec sleep 30".into()], &log).unwrap();
+        assert!(alive(pid));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&log).unwrap_or_default().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sid = nix::unistd::getsid(Some(Pid::from_raw(pid as i32))).unwrap();
+        assert_eq!(sid.as_raw() as u32, pid, "leads its own session");
+        assert!(!terminate(pid, Duration::from_secs(5)), "stops on SIGTERM");
+        assert!(!alive(pid));
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "hi\n");
+    }
+}

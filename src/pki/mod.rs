@@ -14,9 +14,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
-    PKCS_RSA_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -44,16 +43,14 @@ pub enum PkiError {
          to create a new CA (every certificate it signed must then be reissued)"
     )]
     CaKeyMissing { cert: String, key: String },
-    #[error("{key} exists but {cert} is missing: restore the certificate from a backup, or remove both to create a new CA")]
+    #[error(
+        "{key} exists but {cert} is missing: restore the certificate from a backup, or remove both to create a new CA"
+    )]
     CaCertMissing { cert: String, key: String },
     #[error("{cert} does not match {key}: hakube never replaces a CA; restore the matching pair from a backup")]
     CaMismatch { cert: String, key: String },
     #[error("{path} is not a usable {what}: {reason}")]
-    Unreadable {
-        path: String,
-        what: &'static str,
-        reason: String,
-    },
+    Unreadable { path: String, what: &'static str, reason: String },
     #[error("cannot issue {name}: {reason}")]
     Issue { name: String, reason: String },
 }
@@ -71,10 +68,7 @@ impl fmt::Display for Decision {
         match self {
             Decision::Keep => f.write_str("unchanged"),
             Decision::Create => f.write_str("created"),
-            Decision::Reissue {
-                reason,
-                new_key: true,
-            } => write!(f, "reissued with a new key ({reason})"),
+            Decision::Reissue { reason, new_key: true } => write!(f, "reissued with a new key ({reason})"),
             Decision::Reissue { reason, .. } => write!(f, "reissued ({reason})"),
         }
     }
@@ -95,13 +89,10 @@ impl fmt::Debug for Key {
 impl Key {
     pub fn generate(alg: KeyAlgorithm) -> Result<Key, String> {
         let pair = match alg {
-            KeyAlgorithm::EcdsaP256 => {
-                KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?
-            }
+            KeyAlgorithm::EcdsaP256 => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?,
             KeyAlgorithm::Rsa2048 => {
                 use rsa::pkcs8::EncodePrivateKey;
-                let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
-                    .map_err(|e| e.to_string())?;
+                let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).map_err(|e| e.to_string())?;
                 let der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
                 KeyPair::from_pkcs8_der_and_sign_algo(&der.as_bytes().into(), &PKCS_RSA_SHA256)
                     .map_err(|e| e.to_string())?
@@ -113,10 +104,7 @@ impl Key {
 
     pub fn from_pem(pem: &str) -> Result<Key, String> {
         let pair = KeyPair::from_pem(pem).map_err(|e| format!("not a PKCS#8 private key ({e})"))?;
-        Ok(Key {
-            pair,
-            pem: pem.to_owned(),
-        })
+        Ok(Key { pair, pem: pem.to_owned() })
     }
 
     pub fn algorithm(&self) -> Option<KeyAlgorithm> {
@@ -154,9 +142,7 @@ pub struct Observed {
 pub fn observe(pem: &[u8], issuer_spki: Option<&[u8]>) -> Result<Observed, String> {
     use x509_parser::prelude::*;
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM ({e})"))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|e| format!("not an X.509 certificate ({e})"))?;
+    let cert = pem.parse_x509().map_err(|e| format!("not an X.509 certificate ({e})"))?;
     let mut sans = BTreeSet::new();
     if let Ok(Some(ext)) = cert.subject_alternative_name() {
         for name in &ext.value.general_names {
@@ -177,9 +163,7 @@ pub fn observe(pem: &[u8], issuer_spki: Option<&[u8]>) -> Result<Observed, Strin
         }
     }
     let signed_by_issuer = issuer_spki.map(|der| {
-        SubjectPublicKeyInfo::from_der(der)
-            .map(|(_, spki)| cert.verify_signature(Some(&spki)).is_ok())
-            .unwrap_or(false)
+        SubjectPublicKeyInfo::from_der(der).map(|(_, spki)| cert.verify_signature(Some(&spki)).is_ok()).unwrap_or(false)
     });
     Ok(Observed {
         common_name: first_text(cert.subject().iter_common_name()).unwrap_or_default(),
@@ -192,9 +176,7 @@ pub fn observe(pem: &[u8], issuer_spki: Option<&[u8]>) -> Result<Observed, Strin
     })
 }
 
-fn first_text<'a>(
-    mut it: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
-) -> Option<String> {
+fn first_text<'a>(mut it: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>) -> Option<String> {
     it.next().and_then(|a| a.as_str().ok()).map(str::to_owned)
 }
 
@@ -209,45 +191,25 @@ pub fn decide_leaf(
     let (Some(cert), Some(key)) = (cert, key) else {
         return match (cert.is_some(), key.is_some()) {
             (false, false) => Decision::Create,
-            _ => Decision::Reissue {
-                reason: "certificate or key missing".into(),
-                new_key: true,
-            },
+            _ => Decision::Reissue { reason: "certificate or key missing".into(), new_key: true },
         };
     };
-    let reissue = |reason: String| Decision::Reissue {
-        reason,
-        new_key: false,
-    };
+    let reissue = |reason: String| Decision::Reissue { reason, new_key: false };
     if key.algorithm() != Some(alg) {
-        return Decision::Reissue {
-            reason: format!("key algorithm is now {alg}"),
-            new_key: true,
-        };
+        return Decision::Reissue { reason: format!("key algorithm is now {alg}"), new_key: true };
     }
     if cert.spki != key.spki() {
         return reissue("certificate does not match its key".into());
     }
     if cert.signed_by_issuer == Some(false) {
-        return reissue(format!(
-            "not signed by the current {}",
-            spec.issuer.as_deref().unwrap_or("CA")
-        ));
+        return reissue(format!("not signed by the current {}", spec.issuer.as_deref().unwrap_or("CA")));
     }
     if cert.common_name != spec.common_name || cert.organization != spec.organization {
         return reissue("subject changed".into());
     }
     if cert.sans != spec.sans {
-        let added: Vec<_> = spec
-            .sans
-            .difference(&cert.sans)
-            .map(ToString::to_string)
-            .collect();
-        let removed: Vec<_> = cert
-            .sans
-            .difference(&spec.sans)
-            .map(ToString::to_string)
-            .collect();
+        let added: Vec<_> = spec.sans.difference(&cert.sans).map(ToString::to_string).collect();
+        let removed: Vec<_> = cert.sans.difference(&spec.sans).map(ToString::to_string).collect();
         let mut parts = vec![];
         if !added.is_empty() {
             parts.push(format!("+{}", added.join(" +")));
@@ -266,9 +228,7 @@ pub fn decide_leaf(
 fn random_serial() -> SerialNumber {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("system randomness");
+    ring::rand::SystemRandom::new().fill(&mut bytes).expect("system randomness");
     bytes[0] &= 0x7f; // a positive INTEGER
     bytes[0] |= 0x01; // and no leading zero byte to strip
     SerialNumber::from_slice(&bytes)
@@ -276,10 +236,7 @@ fn random_serial() -> SerialNumber {
 
 /// rcgen parameters for a spec.
 pub fn params(spec: &CertSpec, now: OffsetDateTime) -> Result<CertificateParams, PkiError> {
-    let err = |reason: String| PkiError::Issue {
-        name: spec.name.clone(),
-        reason,
-    };
+    let err = |reason: String| PkiError::Issue { name: spec.name.clone(), reason };
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     if let Some(o) = &spec.organization {
@@ -291,37 +248,25 @@ pub fn params(spec: &CertSpec, now: OffsetDateTime) -> Result<CertificateParams,
     p.not_before = now - BACKDATE;
     for san in &spec.sans {
         p.subject_alt_names.push(match san {
-            San::Dns(d) => SanType::DnsName(
-                d.clone()
-                    .try_into()
-                    .map_err(|e| err(format!("SAN {d}: {e}")))?,
-            ),
+            San::Dns(d) => SanType::DnsName(d.clone().try_into().map_err(|e| err(format!("SAN {d}: {e}")))?),
             San::Ip(ip) => SanType::IpAddress(*ip),
         });
     }
     match spec.usage {
         Usage::Ca => {
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.key_usages = vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-            ];
+            p.key_usages =
+                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
             p.not_after = now + CA_VALIDITY;
         }
         usage => {
             p.is_ca = IsCa::ExplicitNoCa;
-            p.key_usages = vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyEncipherment,
-            ];
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
             if matches!(usage, Usage::Server | Usage::ServerClient) {
-                p.extended_key_usages
-                    .push(ExtendedKeyUsagePurpose::ServerAuth);
+                p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
             }
             if matches!(usage, Usage::Client | Usage::ServerClient) {
-                p.extended_key_usages
-                    .push(ExtendedKeyUsagePurpose::ClientAuth);
+                p.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
             }
             p.use_authority_key_identifier_extension = true;
             p.not_after = now + LEAF_VALIDITY;
@@ -331,6 +276,7 @@ pub fn params(spec: &CertSpec, now: OffsetDateTime) -> Result<CertificateParams,
 }
 
 /// A CA loaded for signing.
+#[derive(Debug)]
 pub struct Ca {
     pub cert_pem: String,
     pub key: Key,
@@ -338,10 +284,8 @@ pub struct Ca {
 
 impl Ca {
     pub fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, PkiError> {
-        Issuer::from_ca_cert_pem(&self.cert_pem, &self.key.pair).map_err(|e| PkiError::Issue {
-            name: "issuer".into(),
-            reason: e.to_string(),
-        })
+        Issuer::from_ca_cert_pem(&self.cert_pem, &self.key.pair)
+            .map_err(|e| PkiError::Issue { name: "issuer".into(), reason: e.to_string() })
     }
 
     pub fn spki(&self) -> Vec<u8> {
@@ -349,85 +293,43 @@ impl Ca {
     }
 
     /// Issues a leaf for `spec` over `key`.
-    pub fn issue(
-        &self,
-        spec: &CertSpec,
-        key: &Key,
-        now: OffsetDateTime,
-    ) -> Result<String, PkiError> {
+    pub fn issue(&self, spec: &CertSpec, key: &Key, now: OffsetDateTime) -> Result<String, PkiError> {
         let cert = params(spec, now)?
             .signed_by(&key.pair, &self.issuer()?)
-            .map_err(|e| PkiError::Issue {
-                name: spec.name.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| PkiError::Issue { name: spec.name.clone(), reason: e.to_string() })?;
         Ok(cert.pem())
     }
 
     /// Creates a new self-signed CA.
     pub fn create(spec: &CertSpec, alg: KeyAlgorithm, now: OffsetDateTime) -> Result<Ca, PkiError> {
-        let key = Key::generate(alg).map_err(|reason| PkiError::Issue {
-            name: spec.name.clone(),
-            reason,
-        })?;
+        let key = Key::generate(alg).map_err(|reason| PkiError::Issue { name: spec.name.clone(), reason })?;
         let cert = params(spec, now)?
             .self_signed(&key.pair)
-            .map_err(|e| PkiError::Issue {
-                name: spec.name.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok(Ca {
-            cert_pem: cert.pem(),
-            key,
-        })
+            .map_err(|e| PkiError::Issue { name: spec.name.clone(), reason: e.to_string() })?;
+        Ok(Ca { cert_pem: cert.pem(), key })
     }
 
     /// Loads an existing CA, refusing a half-present or mismatched pair.
     pub fn load(paths: &Paths, name: &str) -> Result<Option<Ca>, PkiError> {
-        let (cert_path, key_path) = (
-            paths.pki(&format!("{name}.crt")),
-            paths.pki(&format!("{name}.key")),
-        );
+        let (cert_path, key_path) = (paths.pki(&format!("{name}.crt")), paths.pki(&format!("{name}.key")));
         let show = |p: &Path| p.display().to_string();
         match (read_optional(&cert_path)?, read_optional(&key_path)?) {
             (None, None) => Ok(None),
-            (Some(_), None) => Err(PkiError::CaKeyMissing {
-                cert: show(&cert_path),
-                key: show(&key_path),
-            }),
-            (None, Some(_)) => Err(PkiError::CaCertMissing {
-                cert: show(&cert_path),
-                key: show(&key_path),
-            }),
+            (Some(_), None) => Err(PkiError::CaKeyMissing { cert: show(&cert_path), key: show(&key_path) }),
+            (None, Some(_)) => Err(PkiError::CaCertMissing { cert: show(&cert_path), key: show(&key_path) }),
             (Some(cert), Some(key)) => {
-                let unreadable = |path: &Path, what, reason| PkiError::Unreadable {
-                    path: show(path),
-                    what,
-                    reason,
-                };
-                let key_pem = String::from_utf8(key)
-                    .map_err(|_| unreadable(&key_path, "private key", "not text".into()))?;
-                let key =
-                    Key::from_pem(&key_pem).map_err(|r| unreadable(&key_path, "private key", r))?;
-                let observed = observe(&cert, None)
-                    .map_err(|r| unreadable(&cert_path, "CA certificate", r))?;
+                let unreadable = |path: &Path, what, reason| PkiError::Unreadable { path: show(path), what, reason };
+                let key_pem =
+                    String::from_utf8(key).map_err(|_| unreadable(&key_path, "private key", "not text".into()))?;
+                let key = Key::from_pem(&key_pem).map_err(|r| unreadable(&key_path, "private key", r))?;
+                let observed = observe(&cert, None).map_err(|r| unreadable(&cert_path, "CA certificate", r))?;
                 if !observed.is_ca {
-                    return Err(unreadable(
-                        &cert_path,
-                        "CA certificate",
-                        "it is not a CA".into(),
-                    ));
+                    return Err(unreadable(&cert_path, "CA certificate", "it is not a CA".into()));
                 }
                 if observed.spki != key.spki() {
-                    return Err(PkiError::CaMismatch {
-                        cert: show(&cert_path),
-                        key: show(&key_path),
-                    });
+                    return Err(PkiError::CaMismatch { cert: show(&cert_path), key: show(&key_path) });
                 }
-                Ok(Some(Ca {
-                    cert_pem: String::from_utf8_lossy(&cert).into_owned(),
-                    key,
-                }))
+                Ok(Some(Ca { cert_pem: String::from_utf8_lossy(&cert).into_owned(), key }))
             }
         }
     }
@@ -440,9 +342,15 @@ pub struct PkiPlan {
     /// Copies of replaced files, written before the replacements.
     pub backups: Vec<FileSpec>,
     pub decisions: Vec<(String, Decision)>,
+    /// The CAs, loaded or just created, for signing more (kubeconfigs, CSRs).
+    pub cas: Vec<(String, Ca)>,
 }
 
 impl PkiPlan {
+    pub fn ca(&self, name: &str) -> Option<&Ca> {
+        self.cas.iter().find(|(n, _)| n == name).map(|(_, ca)| ca)
+    }
+
     pub fn changed(&self) -> impl Iterator<Item = &(String, Decision)> {
         self.decisions.iter().filter(|(_, d)| *d != Decision::Keep)
     }
@@ -450,15 +358,10 @@ impl PkiPlan {
 
 /// Reads the PKI on disk and plans it for `config`: generating what is new,
 /// reissuing what no longer matches, keeping the rest byte-identical.
-pub fn plan(
-    paths: &Paths,
-    config: &ClusterConfig,
-    now: OffsetDateTime,
-) -> Result<PkiPlan, PkiError> {
+pub fn plan(paths: &Paths, config: &ClusterConfig, now: OffsetDateTime) -> Result<PkiPlan, PkiError> {
     let alg = config.cluster.key_algorithm;
     let stamp = format!("{}", now.unix_timestamp());
     let mut out = PkiPlan::default();
-    let mut cas: Vec<(String, Ca)> = Vec::new();
 
     for spec in cluster_cert_specs(config) {
         let crt = paths.pki(&format!("{}.crt", spec.name));
@@ -472,34 +375,23 @@ pub fn plan(
                     }
                     None => {
                         let ca = Ca::create(&spec, alg, now)?;
-                        out.files
-                            .push(FileSpec::new(&crt, ca.cert_pem.clone(), 0o644));
-                        out.files
-                            .push(FileSpec::new(&key_path, ca.key.pem.clone(), 0o600));
+                        out.files.push(FileSpec::new(&crt, ca.cert_pem.clone(), 0o644));
+                        out.files.push(FileSpec::new(&key_path, ca.key.pem.clone(), 0o600));
                         out.decisions.push((spec.name.clone(), Decision::Create));
                         ca
                     }
                 };
-                cas.push((spec.name.clone(), ca));
+                out.cas.push((spec.name.clone(), ca));
             }
             Some(issuer) => {
-                let ca = &cas
-                    .iter()
-                    .find(|(n, _)| n == issuer)
-                    .expect("CAs are planned before their leaves")
-                    .1;
+                let ca = out.ca(issuer).expect("CAs are planned before their leaves");
                 let cert_bytes = read_optional(&crt)?;
                 let key_pem = read_optional(&key_path)?.and_then(|b| String::from_utf8(b).ok());
                 let key = key_pem.as_deref().and_then(|p| Key::from_pem(p).ok());
-                let observed = cert_bytes
-                    .as_deref()
-                    .and_then(|b| observe(b, Some(&ca.spki())).ok());
+                let observed = cert_bytes.as_deref().and_then(|b| observe(b, Some(&ca.spki())).ok());
                 let mut decision = decide_leaf(&spec, observed.as_ref(), key.as_ref(), alg, now);
                 if decision == Decision::Create && (cert_bytes.is_some() || key_pem.is_some()) {
-                    decision = Decision::Reissue {
-                        reason: "unreadable certificate or key".into(),
-                        new_key: true,
-                    };
+                    decision = Decision::Reissue { reason: "unreadable certificate or key".into(), new_key: true };
                 }
                 let (key, new_key) = match (&decision, key) {
                     (Decision::Keep, _) => {
@@ -508,10 +400,7 @@ pub fn plan(
                     }
                     (Decision::Reissue { new_key: false, .. }, Some(k)) => (k, false),
                     _ => (
-                        Key::generate(alg).map_err(|reason| PkiError::Issue {
-                            name: spec.name.clone(),
-                            reason,
-                        })?,
+                        Key::generate(alg).map_err(|reason| PkiError::Issue { name: spec.name.clone(), reason })?,
                         true,
                     ),
                 };
@@ -519,24 +408,15 @@ pub fn plan(
                 if matches!(decision, Decision::Reissue { .. }) {
                     let backup = paths.pki_backup_dir().join(&stamp);
                     if let Some(old) = cert_bytes {
-                        out.backups.push(FileSpec::new(
-                            backup.join(format!("{}.crt", spec.name)),
-                            old,
-                            0o644,
-                        ));
+                        out.backups.push(FileSpec::new(backup.join(format!("{}.crt", spec.name)), old, 0o644));
                     }
                     if let (true, Some(old)) = (new_key, key_pem) {
-                        out.backups.push(FileSpec::new(
-                            backup.join(format!("{}.key", spec.name)),
-                            old,
-                            0o600,
-                        ));
+                        out.backups.push(FileSpec::new(backup.join(format!("{}.key", spec.name)), old, 0o600));
                     }
                 }
                 out.files.push(FileSpec::new(&crt, pem, 0o644));
                 if new_key {
-                    out.files
-                        .push(FileSpec::new(&key_path, key.pem.clone(), 0o600));
+                    out.files.push(FileSpec::new(&key_path, key.pem.clone(), 0o600));
                 }
                 out.decisions.push((spec.name.clone(), decision));
             }
@@ -554,19 +434,13 @@ pub fn plan(
                 what: "service-account key",
                 reason,
             })?;
-            out.files
-                .push(FileSpec::new(&sa_pub, key.pair.public_key_pem(), 0o644));
+            out.files.push(FileSpec::new(&sa_pub, key.pair.public_key_pem(), 0o644));
             out.decisions.push(("sa".into(), Decision::Keep));
         }
         None => {
-            let key = Key::generate(alg).map_err(|reason| PkiError::Issue {
-                name: "sa".into(),
-                reason,
-            })?;
-            out.files
-                .push(FileSpec::new(&sa_key, key.pem.clone(), 0o600));
-            out.files
-                .push(FileSpec::new(&sa_pub, key.pair.public_key_pem(), 0o644));
+            let key = Key::generate(alg).map_err(|reason| PkiError::Issue { name: "sa".into(), reason })?;
+            out.files.push(FileSpec::new(&sa_key, key.pem.clone(), 0o600));
+            out.files.push(FileSpec::new(&sa_pub, key.pair.public_key_pem(), 0o644));
             out.decisions.push(("sa".into(), Decision::Create));
         }
     }

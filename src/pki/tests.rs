@@ -1,16 +1,5 @@
 use super::*;
-use crate::config::{resolve, Sources};
-
-fn config(flags: &str) -> ClusterConfig {
-    let detect = || Ok(("m1".to_owned(), "10.0.0.11".parse().unwrap()));
-    resolve(Sources {
-        installed: None,
-        file: None,
-        flags: serde_yaml::from_str(flags).unwrap(),
-        detect: &detect,
-    })
-    .unwrap()
-}
+use crate::config::tests::test_config as config;
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
@@ -19,10 +8,7 @@ fn now() -> OffsetDateTime {
 #[test]
 fn apiserver_sans_cover_every_client_name() {
     let c = config("cluster: {loadBalancerAddress: 'lb.example.test:6443', certSans: [api.example.test, 192.0.2.7]}");
-    let got: Vec<String> = spec::apiserver_sans(&c)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let got: Vec<String> = spec::apiserver_sans(&c).iter().map(ToString::to_string).collect();
     assert_eq!(
         got,
         [
@@ -74,61 +60,25 @@ fn issued(spec: &CertSpec, alg: KeyAlgorithm) -> (Ca, Key, Observed) {
 #[test]
 fn decide_keeps_a_matching_leaf_and_names_each_reason_to_reissue() {
     let c = config("{}");
-    let spec = cluster_cert_specs(&c)
-        .into_iter()
-        .find(|s| s.name == "apiserver")
-        .unwrap();
+    let spec = cluster_cert_specs(&c).into_iter().find(|s| s.name == "apiserver").unwrap();
     let (_ca, key, observed) = issued(&spec, KeyAlgorithm::EcdsaP256);
     assert!(observed.signed_by_issuer.unwrap());
-    assert_eq!(
-        decide_leaf(
-            &spec,
-            Some(&observed),
-            Some(&key),
-            KeyAlgorithm::EcdsaP256,
-            now()
-        ),
-        Decision::Keep
-    );
+    assert_eq!(decide_leaf(&spec, Some(&observed), Some(&key), KeyAlgorithm::EcdsaP256, now()), Decision::Keep);
 
     let lb = config("cluster: {loadBalancerAddress: 'lb2.example.test'}");
-    let spec2 = cluster_cert_specs(&lb)
-        .into_iter()
-        .find(|s| s.name == "apiserver")
-        .unwrap();
-    match decide_leaf(
-        &spec2,
-        Some(&observed),
-        Some(&key),
-        KeyAlgorithm::EcdsaP256,
-        now(),
-    ) {
-        Decision::Reissue {
-            reason,
-            new_key: false,
-        } => assert_eq!(reason, "SANs changed: +DNS:lb2.example.test"),
+    let spec2 = cluster_cert_specs(&lb).into_iter().find(|s| s.name == "apiserver").unwrap();
+    match decide_leaf(&spec2, Some(&observed), Some(&key), KeyAlgorithm::EcdsaP256, now()) {
+        Decision::Reissue { reason, new_key: false } => assert_eq!(reason, "SANs changed: +DNS:lb2.example.test"),
         other => panic!("{other:?}"),
     }
 
     let other_key = Key::generate(KeyAlgorithm::EcdsaP256).unwrap();
     assert!(matches!(
-        decide_leaf(
-            &spec,
-            Some(&observed),
-            Some(&other_key),
-            KeyAlgorithm::EcdsaP256,
-            now()
-        ),
+        decide_leaf(&spec, Some(&observed), Some(&other_key), KeyAlgorithm::EcdsaP256, now()),
         Decision::Reissue { new_key: false, .. }
     ));
     assert!(matches!(
-        decide_leaf(
-            &spec,
-            Some(&observed),
-            Some(&key),
-            KeyAlgorithm::Rsa2048,
-            now()
-        ),
+        decide_leaf(&spec, Some(&observed), Some(&key), KeyAlgorithm::Rsa2048, now()),
         Decision::Reissue { new_key: true, .. }
     ));
     let later = now() + LEAF_VALIDITY - Duration::days(10);
@@ -136,18 +86,12 @@ fn decide_keeps_a_matching_leaf_and_names_each_reason_to_reissue() {
         decide_leaf(&spec, Some(&observed), Some(&key), KeyAlgorithm::EcdsaP256, later),
         Decision::Reissue { reason, .. } if reason.starts_with("expires")
     ));
-    let foreign = Observed {
-        signed_by_issuer: Some(false),
-        ..observed.clone()
-    };
+    let foreign = Observed { signed_by_issuer: Some(false), ..observed.clone() };
     assert!(matches!(
         decide_leaf(&spec, Some(&foreign), Some(&key), KeyAlgorithm::EcdsaP256, now()),
         Decision::Reissue { reason, .. } if reason.contains("not signed")
     ));
-    assert_eq!(
-        decide_leaf(&spec, None, None, KeyAlgorithm::EcdsaP256, now()),
-        Decision::Create
-    );
+    assert_eq!(decide_leaf(&spec, None, None, KeyAlgorithm::EcdsaP256, now()), Decision::Create);
 }
 
 #[test]
@@ -198,11 +142,5 @@ fn plan_is_idempotent_and_reissues_only_what_changed() {
     let changed: Vec<_> = third.changed().map(|(n, _)| n.as_str()).collect();
     assert_eq!(changed, ["apiserver"]);
     assert_eq!(third.backups.len(), 1, "the old apiserver.crt is kept");
-    assert!(
-        third
-            .files
-            .iter()
-            .all(|f| !f.path.ends_with("apiserver.key")),
-        "the key is reused"
-    );
+    assert!(third.files.iter().all(|f| !f.path.ends_with("apiserver.key")), "the key is reused");
 }

@@ -1,0 +1,58 @@
+//! `state.json`: what the agent last saw of its components. The agent is its
+//! only writer; `status` and `install` read it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Spawned; not yet seen healthy.
+    Starting,
+    Running,
+    /// Exited; waiting before the next start.
+    Backoff,
+    /// Cannot be started (e.g. its binary is missing); retried slowly.
+    Failed,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentState {
+    pub phase: Phase,
+    pub healthy: bool,
+    /// How health is judged: `etcd` (a linearizable read) or `process`.
+    pub probe: String,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub since: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub agent_pid: u32,
+    pub started_at: u64,
+    /// Counts configuration reloads the agent has finished acting on.
+    pub reloads: u64,
+    pub components: BTreeMap<String, ComponentState>,
+}
+
+impl State {
+    pub fn all_healthy(&self) -> bool {
+        !self.components.is_empty() && self.components.values().all(|c| c.phase == Phase::Running && c.healthy)
+    }
+
+    pub fn read(path: &Path) -> Option<State> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,141 @@
+//! kURL-style words (`ha`, `load-balancer-address=lb:6443`) folded into the
+//! `--flags` of the same names.
+//!
+//! Every `--long` option of `install` is also a word, so the two spellings
+//! can never drift apart; an unknown word gets the nearest known one, and an
+//! option given both ways with different values is refused.
+
+use std::ffi::OsString;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+
+use super::{Cli, InstallArgs};
+
+#[derive(Parser)]
+#[command(no_binary_name = true)]
+struct Words {
+    #[command(flatten)]
+    args: InstallArgs,
+}
+
+/// Parses `args.words` as flags and merges them into `args`.
+pub fn fold(args: &mut InstallArgs) -> Result<(), clap::Error> {
+    let words = std::mem::take(&mut args.words);
+    if words.is_empty() {
+        return Ok(());
+    }
+    let known: Vec<(String, bool)> = Words::command()
+        .get_arguments()
+        .filter_map(|a| Some((a.get_long()?.to_owned(), a.get_action().takes_values())))
+        .collect();
+    let mut flags: Vec<OsString> = Vec::new();
+    for word in &words {
+        let (name, value) = match word.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (word.as_str(), None),
+        };
+        let Some((_, takes_value)) = known.iter().find(|(k, _)| k == name) else {
+            let nearest = known
+                .iter()
+                .map(|(k, _)| (strsim::jaro_winkler(name, k), k))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .filter(|(score, _)| *score > 0.7)
+                .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            return Err(err(format!(
+                "unknown word `{word}`{nearest}: words are install options without the leading --, \
+                 e.g. ha, taint-control-plane, load-balancer-address=HOST:PORT"
+            )));
+        };
+        match (takes_value, value) {
+            (true, Some(v)) => flags.push(format!("--{name}={v}").into()),
+            (true, None) => return Err(err(format!("word `{name}` needs a value: write {name}=VALUE"))),
+            (false, None) => flags.push(format!("--{name}").into()),
+            (false, Some(_)) => return Err(err(format!("word `{name}` takes no value: write just {name}"))),
+        }
+    }
+    let from_words = Words::try_parse_from(flags)?.args;
+    merge(args, from_words)
+}
+
+fn merge(a: &mut InstallArgs, w: InstallArgs) -> Result<(), clap::Error> {
+    fn one<T: PartialEq + std::fmt::Debug>(name: &str, a: &mut Option<T>, w: Option<T>) -> Result<(), clap::Error> {
+        match (a.as_ref(), w) {
+            (Some(x), Some(y)) if *x != y => {
+                Err(err(format!("{name} is given twice with different values ({x:?} and {y:?}): give it once")))
+            }
+            (None, Some(y)) => {
+                *a = Some(y);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    a.ha |= w.ha;
+    a.taint_control_plane |= w.taint_control_plane;
+    a.no_systemd |= w.no_systemd;
+    one("load-balancer-address", &mut a.load_balancer_address, w.load_balancer_address)?;
+    one("advertise-address", &mut a.advertise_address, w.advertise_address)?;
+    one("node-name", &mut a.node_name, w.node_name)?;
+    one("service-cidr", &mut a.service_cidr, w.service_cidr)?;
+    one("pod-cidr", &mut a.pod_cidr, w.pod_cidr)?;
+    one("components", &mut a.components, w.components)?;
+    one("config", &mut a.config, w.config)?;
+    one("bundle", &mut a.bundle, w.bundle)?;
+    one("key-algorithm", &mut a.key_algorithm, w.key_algorithm)?;
+    one("timeout", &mut a.timeout, w.timeout)?;
+    a.cert_sans.extend(w.cert_sans);
+    a.ignore_preflight_errors.extend(w.ignore_preflight_errors);
+    Ok(())
+}
+
+fn err(msg: String) -> clap::Error {
+    Cli::command().error(ErrorKind::InvalidValue, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse, Command};
+
+    fn install(args: &[&str]) -> Result<super::InstallArgs, String> {
+        let argv = std::iter::once("hakube").chain(args.iter().copied()).map(Into::into).collect();
+        match parse(argv).map_err(|e| e.to_string())?.command {
+            Command::Install(a) => Ok(*a),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn words_and_flags_are_the_same_options() {
+        let w =
+            install(&["install", "ha", "load-balancer-address=lb.example.test:6443", "taint-control-plane"]).unwrap();
+        let f =
+            install(&["install", "--ha", "--load-balancer-address", "lb.example.test:6443", "--taint-control-plane"])
+                .unwrap();
+        assert_eq!(w.flags_tree(), f.flags_tree());
+        let mixed = install(&["--root", "/tmp/x", "install", "ha", "--advertise-address", "127.0.0.1", "node-name=m1"])
+            .unwrap();
+        let tree = serde_yaml::to_string(&mixed.flags_tree()).unwrap();
+        crate::golden::check("words-mixed.yaml", &tree);
+    }
+
+    #[test]
+    fn bad_words_are_named_with_the_nearest_one() {
+        let e = install(&["install", "taint-controlplane"]).unwrap_err();
+        assert!(
+            e.contains("unknown word `taint-controlplane`") && e.contains("did you mean `taint-control-plane`"),
+            "{e}"
+        );
+        let e = install(&["install", "load-balancer-address"]).unwrap_err();
+        assert!(e.contains("needs a value"), "{e}");
+        let e = install(&["install", "ha=yes"]).unwrap_err();
+        assert!(e.contains("takes no value"), "{e}");
+        let e = install(&["install", "load-balancer-address=https://lb:6443"]).unwrap_err();
+        assert!(e.contains("has a scheme"), "{e}");
+        let e = install(&["install", "load-balancer-address=a:1", "--load-balancer-address", "b:1"]).unwrap_err();
+        assert!(e.contains("given twice"), "{e}");
+        let e = install(&["install", "load-balancer-address=fd00::1"]).unwrap_err();
+        assert!(e.contains("without brackets"), "{e}");
+    }
+}
