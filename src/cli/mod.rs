@@ -122,7 +122,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}: use s, m or h")),
+        _ => return Err(format!("{s:?} is not a duration: write e.g. 90s, 5m or 1h")),
     };
     Ok(Duration::from_secs(secs))
 }

@@ -215,7 +215,11 @@ pub fn merge(base: &mut Value, over: Value) {
 }
 
 pub fn from_value(v: Value, path: &str) -> Result<ClusterConfig, ConfigError> {
-    serde_yaml::from_value(v).map_err(|e| ConfigError::Invalid { path: path.to_owned(), message: e.to_string() })
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let field = e.path().to_string();
+        let message = if field == "." { e.inner().to_string() } else { format!("{field}: {}", e.inner()) };
+        ConfigError::Invalid { path: path.to_owned(), message }
+    })
 }
 
 /// Sets `section.key` in a YAML tree (used to layer command-line options).

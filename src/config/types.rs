@@ -289,6 +289,8 @@ impl FromStr for Cidr {
 pub enum KeyAlgorithm {
     #[default]
     EcdsaP256,
+    #[serde(rename = "rsa-2048")]
+    #[value(name = "rsa-2048")]
     Rsa2048,
 }
 

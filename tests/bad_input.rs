@@ -1,0 +1,125 @@
+//! Every bad input is refused with a message naming what is wrong and what to
+//! do, and leaves nothing on disk.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn refused(h: &Host, args: &[&str], want: &str) {
+    let mut all = vec!["install", "--no-systemd", "--components", "etcd"];
+    all.extend_from_slice(args);
+    let out = h.hakube(&all);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{args:?} must fail, got:\n{err}");
+    assert!(err.contains(want), "{args:?}: expected {want:?} in:\n{err}");
+    let left: Vec<_> = std::fs::read_dir(h.root()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "{args:?} left files behind: {left:?}");
+}
+
+#[test]
+fn bad_flags_and_words_write_nothing() {
+    let h = Host::isolated();
+    let a = ["--advertise-address", "127.0.0.1", "--node-name", "m1"];
+    let with = |extra: &[&'static str]| -> Vec<&str> { a.iter().copied().chain(extra.iter().copied()).collect() };
+    refused(&h, &with(&["load-balancer-address=https://lb:6443"]), "has a scheme");
+    refused(&h, &with(&["load-balancer-address="]), "the address is empty");
+    refused(&h, &with(&["load-balancer-address=lb:70000"]), "out of range");
+    refused(&h, &with(&["load-balancer-address=fd00::10:6443"]), "IPv6 address without brackets");
+    refused(&h, &with(&["taint-controlplane"]), "did you mean `taint-control-plane`");
+    refused(&h, &["--advertise-address", "127.0.0.1", "--node-name", "M_1"], "is not a valid DNS name");
+    refused(&h, &with(&["--service-cidr", "10.96.0.1/12"]), "has host bits set");
+    refused(
+        &h,
+        &["--advertise-address", "192.0.2.10", "--node-name", "m1"],
+        "192.0.2.10 is not an address of this host",
+    );
+    refused(&h, &with(&["--timeout", "5 minutes"]), "is not a duration");
+}
+
+#[test]
+fn a_config_file_of_another_version_is_refused() {
+    let h = Host::isolated();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.yaml");
+    std::fs::write(&file, "apiVersion: hakube.io/v9\nkind: ClusterConfig\ncluster: {}\n").unwrap();
+    refused(
+        &h,
+        &["--advertise-address", "127.0.0.1", "--config", file.to_str().unwrap()],
+        "apiVersion \"hakube.io/v9\" is not supported",
+    );
+    std::fs::write(&file, "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\ncluster: {ha: yes-please}\n").unwrap();
+    refused(&h, &["--advertise-address", "127.0.0.1", "--config", file.to_str().unwrap()], "cluster.ha");
+}
+
+fn listen_in(h: &Host, port: u16) -> Child {
+    let code = format!(
+        "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',{port}))\ns.listen()\nprint('up',flush=True)\ntime.sleep(60)"
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &h.ns, "python3", "-c", &code])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "up");
+    child
+}
+
+#[test]
+fn a_port_in_use_is_named_and_can_be_ignored() {
+    let h = Host::isolated();
+    let mut squatter = listen_in(&h, 2381);
+    refused(&h, &["--advertise-address", "127.0.0.1"], "[port-2381] 127.0.0.1:2381 is in use");
+    squatter.kill().ok();
+    squatter.wait().ok();
+}
+
+#[test]
+fn a_missing_component_binary_is_named() {
+    let h = Host::isolated();
+    let out = h.hakube(&[
+        "install",
+        "--no-systemd",
+        "--advertise-address",
+        "127.0.0.1",
+        "--components",
+        "etcd,kube-apiserver",
+    ]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("[binary-kube-apiserver] no kube-apiserver binary"), "{err}");
+    assert!(std::fs::read_dir(h.root()).unwrap().next().is_none());
+}
+
+#[test]
+fn an_unwritable_or_missing_root_is_refused() {
+    let h = Host::isolated();
+    // A root whose var/ is a file cannot hold the data directory.
+    std::fs::write(h.root().join("var"), "not a directory").unwrap();
+    let out = h.hakube(&["install", "--no-systemd", "--components", "etcd", "--advertise-address", "127.0.0.1"]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("[data-dir]") && err.contains("is not a directory"), "{err}");
+    let missing = h.root().join("nope");
+    let out = h.exec(HAKUBE, &["--root", missing.to_str().unwrap(), "install", "--advertise-address", "127.0.0.1"]);
+    assert!(stderr(&out).contains("does not exist or is not a directory"), "{}", stderr(&out));
+    assert!(!missing.exists());
+}
+
+#[test]
+fn a_concurrent_install_on_the_same_root_is_refused() {
+    let h = Host::isolated();
+    // Hold the root lock as a running install would.
+    let mut holder = Command::new("flock")
+        .args(["--no-fork", "-x", h.root().to_str().unwrap(), "sleep", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    refused(&h, &["--advertise-address", "127.0.0.1"], "another hakube command is already changing");
+    holder.kill().ok();
+    holder.wait().ok();
+}

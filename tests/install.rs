@@ -1,0 +1,197 @@
+//! The first master, end to end, with real etcd in a network namespace of its
+//! own and openssl as the independent judge of the PKI.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use support::*;
+
+const LEAVES: [(&str, &str); 7] = [
+    ("apiserver", "ca"),
+    ("apiserver-kubelet-client", "ca"),
+    ("front-proxy-client", "front-proxy-ca"),
+    ("etcd/server", "etcd/ca"),
+    ("etcd/peer", "etcd/ca"),
+    ("etcd/healthcheck-client", "etcd/ca"),
+    ("apiserver-etcd-client", "etcd/ca"),
+];
+
+fn pki_files(h: &Host) -> Vec<(String, Vec<u8>)> {
+    digests(&h.pki("")).into_iter().filter(|(n, _)| !n.starts_with("backup/")).collect()
+}
+
+#[test]
+fn install_serves_etcd_over_mtls_and_a_rerun_changes_nothing() {
+    let h = Host::isolated();
+    h.install(&["ha", "load-balancer-address=lb.example.test:6443"]);
+
+    // etcd answers with the healthcheck client pair, and only with a client cert.
+    assert_ok(&h.etcdctl(Some("etcd/healthcheck-client"), &["endpoint", "health"]), "etcdctl endpoint health");
+    assert_ok(&h.etcdctl(Some("apiserver-etcd-client"), &["put", "k", "v"]), "etcdctl put");
+    assert!(!h.etcdctl(None, &["get", "k"]).status.success(), "etcd must demand a client certificate");
+    assert_ok(&h.hakube(&["status"]), "status");
+    let json = stdout(&h.hakube(&["status", "--json"]));
+    assert!(json.contains("\"healthy\": true"), "{json}");
+
+    // openssl accepts every leaf against its own CA, and no other.
+    for (leaf, ca) in LEAVES {
+        let (leaf_path, ca_path) = (h.pki(&format!("{leaf}.crt")), h.pki(&format!("{ca}.crt")));
+        let out = openssl(&["verify", "-CAfile", ca_path.to_str().unwrap(), leaf_path.to_str().unwrap()]);
+        assert_ok(&out, &format!("openssl verify {leaf}"));
+        let wrong = if ca == "ca" { "etcd/ca" } else { "ca" };
+        let out = openssl(&[
+            "verify",
+            "-CAfile",
+            h.pki(&format!("{wrong}.crt")).to_str().unwrap(),
+            leaf_path.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success(), "{leaf} must not verify against {wrong}");
+    }
+    let text = stdout(&openssl(&["x509", "-noout", "-text", "-in", h.pki("apiserver.crt").to_str().unwrap()]));
+    for san in [
+        "DNS:lb.example.test",
+        "DNS:kubernetes.default.svc.cluster.local",
+        "IP Address:10.96.0.1",
+        "IP Address:127.0.0.1",
+        "DNS:m1",
+    ] {
+        assert!(text.contains(san), "apiserver.crt lacks {san}:\n{text}");
+    }
+    assert!(text.contains("TLS Web Server Authentication") && text.contains("prime256v1"), "{text}");
+    let peer = stdout(&openssl(&["x509", "-noout", "-text", "-in", h.pki("etcd/peer.crt").to_str().unwrap()]));
+    assert!(peer.contains("TLS Web Server Authentication, TLS Web Client Authentication"), "{peer}");
+    let ca = stdout(&openssl(&["x509", "-noout", "-text", "-in", h.pki("ca.crt").to_str().unwrap()]));
+    assert!(ca.contains("CA:TRUE") && ca.contains("Certificate Sign"), "{ca}");
+
+    // Modes: keys 0600, etcd data 0700.
+    for (name, _) in pki_files(&h) {
+        let mode = std::fs::metadata(h.pki(&name)).unwrap().permissions().mode() & 0o777;
+        if name.ends_with(".key") {
+            assert_eq!(mode, 0o600, "{name}");
+        }
+    }
+    let data = h.root().join("var/lib/hakube/etcd");
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+
+    // A second identical install succeeds and leaves every key and cert byte-identical.
+    let before = pki_files(&h);
+    let config_before = std::fs::read(h.root().join("etc/hakube/cluster.yaml")).unwrap();
+    h.install(&["ha", "load-balancer-address=lb.example.test:6443"]);
+    assert_eq!(pki_files(&h), before, "a re-run must not touch the PKI");
+    assert_eq!(std::fs::read(h.root().join("etc/hakube/cluster.yaml")).unwrap(), config_before);
+    assert_ok(&h.etcdctl(Some("apiserver-etcd-client"), &["get", "k"]), "data survives the re-run");
+
+    // `ha` is sticky: a re-run without it keeps it.
+    h.install(&[]);
+    let config = std::fs::read_to_string(h.root().join("etc/hakube/cluster.yaml")).unwrap();
+    assert!(config.contains("ha: true"), "{config}");
+}
+
+#[test]
+fn changing_the_load_balancer_reissues_only_the_apiserver_cert() {
+    let h = Host::isolated();
+    h.install(&["load-balancer-address=lb1.example.test:6443"]);
+    let before = pki_files(&h);
+    let out = h.install(&["load-balancer-address=lb2.example.test:8443"]);
+    assert!(
+        stderr(&out).contains("apiserver: reissued (SANs changed: +DNS:lb2.example.test -DNS:lb1.example.test)"),
+        "{}",
+        stderr(&out)
+    );
+    let after = pki_files(&h);
+    let changed: Vec<_> = before.iter().zip(&after).filter(|(a, b)| a != b).map(|(a, _)| a.0.as_str()).collect();
+    assert_eq!(changed, ["apiserver.crt"], "only the apiserver certificate changes");
+    let text = stdout(&openssl(&[
+        "x509",
+        "-noout",
+        "-ext",
+        "subjectAltName",
+        "-in",
+        h.pki("apiserver.crt").to_str().unwrap(),
+    ]));
+    assert!(text.contains("lb2.example.test") && !text.contains("lb1.example.test"), "{text}");
+    let backups = digests(&h.pki("backup"));
+    assert_eq!(backups.len(), 1, "the old certificate is kept");
+    assert_eq!(backups[0].1, before.iter().find(|(n, _)| n == "apiserver.crt").unwrap().1);
+    let admin = std::fs::read_to_string(h.root().join("var/lib/hakube/kubeconfigs/admin.conf")).unwrap();
+    assert!(admin.contains("server: https://lb2.example.test:8443"), "{admin}");
+}
+
+#[test]
+fn rsa_pki_is_what_kubeadm_issues() {
+    let h = Host::isolated();
+    let out = h.hakube(&[
+        "certs",
+        "generate",
+        "--key-algorithm",
+        "rsa-2048",
+        "--advertise-address",
+        "127.0.0.1",
+        "--node-name",
+        "m1",
+    ]);
+    assert_ok(&out, "certs generate");
+    for (leaf, ca) in LEAVES {
+        let out = openssl(&[
+            "verify",
+            "-CAfile",
+            h.pki(&format!("{ca}.crt")).to_str().unwrap(),
+            h.pki(&format!("{leaf}.crt")).to_str().unwrap(),
+        ]);
+        assert_ok(&out, leaf);
+    }
+    let key = stdout(&openssl(&["pkey", "-noout", "-text", "-in", h.pki("apiserver.key").to_str().unwrap()]));
+    assert!(key.contains("Private-Key: (2048 bit"), "{key}");
+    // The service-account pair matches.
+    let from_key = openssl(&["pkey", "-pubout", "-in", h.pki("sa.key").to_str().unwrap()]);
+    assert_eq!(stdout(&from_key), std::fs::read_to_string(h.pki("sa.pub")).unwrap());
+}
+
+#[test]
+fn the_agent_restarts_a_killed_component() {
+    let h = Host::isolated();
+    h.install(&[]);
+    let state = || std::fs::read_to_string(h.root().join("var/lib/hakube/state.json")).unwrap_or_default();
+    let pid_of_etcd = || {
+        let s: serde_json::Value = serde_json::from_str(&state()).unwrap_or_default();
+        s["components"]["etcd"]["pid"].as_u64()
+    };
+    let first = pid_of_etcd().expect("etcd pid");
+    sh("kill", &["-9", &first.to_string()]);
+    wait_for("etcd to be restarted and healthy", Duration::from_secs(30), || {
+        pid_of_etcd().is_some_and(|p| p != first) && state().contains("\"healthy\": true")
+    });
+    assert!(state().contains("\"restarts\": 1"), "{}", state());
+    assert_ok(&h.hakube(&["status"]), "status after restart");
+}
+
+#[test]
+fn reset_leaves_nothing_behind() {
+    let h = Host::isolated();
+    h.install(&[]);
+    assert!(!h.pids().is_empty());
+    assert_ok(&h.hakube(&["reset"]), "reset");
+    let left: Vec<_> = std::fs::read_dir(h.root()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    wait_for("every process of the host to stop", Duration::from_secs(10), || h.pids().is_empty());
+    // A fresh install works after a reset.
+    h.install(&[]);
+    assert_ok(&h.hakube(&["status"]), "status after reinstall");
+    // status of a host that has nothing says so.
+    let empty = Host::isolated();
+    let out = empty.hakube(&["status"]);
+    assert!(!out.status.success() && stderr(&out).contains("not installed"), "{}", stderr(&out));
+}
+
+#[test]
+fn status_fails_when_etcd_is_down() {
+    let h = Host::isolated();
+    h.install(&[]);
+    h.kill_all();
+    let out = h.hakube(&["status"]);
+    assert!(!out.status.success(), "status must fail");
+    let text = stdout(&out);
+    assert!(text.contains("agent: NOT RUNNING") && text.contains("UNHEALTHY"), "{text}");
+}
