@@ -158,6 +158,7 @@ fn start_agent(paths: &Paths, use_systemd: bool, running: Option<u32>) -> anyhow
         if std::fs::read(&target).ok() != std::fs::read(&exe).ok() {
             let bytes = std::fs::read(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
             crate::host::fs::write_atomic(&target, &bytes, 0o755)?;
+            crate::host::fs::write_atomic(&paths.installed_binary_marker(), b"", 0o644)?;
         }
         systemd::systemctl(&["daemon-reload"]).map_err(anyhow::Error::msg)?;
         systemd::systemctl(&["enable", "--now", systemd::UNIT_NAME]).map_err(anyhow::Error::msg)?;

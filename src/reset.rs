@@ -39,7 +39,11 @@ pub fn run(paths: &Paths) -> anyhow::Result<()> {
         Ok(())
     })?;
     progress.phase("removing files", || -> anyhow::Result<()> {
-        for path in paths.created_by_install() {
+        let mut created = paths.created_by_install();
+        if paths.installed_binary_marker().exists() {
+            created.push(paths.installed_binary());
+        }
+        for path in created {
             remove(&path)?;
             // On a real server the parents (/etc, /usr/local/bin, …) are the
             // system's; under a sandbox root they were made by install.

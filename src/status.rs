@@ -30,13 +30,21 @@ pub struct EtcdReport {
     pub members: Vec<Member>,
 }
 
+/// `status` exits with this when there is nothing installed to report on
+/// (1 means installed but unhealthy).
+pub const EXIT_NOT_INSTALLED: i32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+#[error("hakube is not installed under {root}: no {file}")]
+pub struct NotInstalled {
+    pub root: String,
+    pub file: String,
+}
+
 pub async fn gather(paths: &Paths) -> anyhow::Result<Report> {
-    let c: ClusterConfig = config::load_installed(&paths.config_file())?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "hakube is not installed under {}: no {}",
-            paths.root().display(),
-            paths.config_file().display()
-        )
+    let c: ClusterConfig = config::load_installed(&paths.config_file())?.ok_or_else(|| NotInstalled {
+        root: paths.root().display().to_string(),
+        file: paths.config_file().display().to_string(),
     })?;
     let agent_pid = PidFile::holder(&paths.agent_pid_file());
     let state = State::read(&paths.state_file()).unwrap_or_default();

@@ -118,12 +118,12 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                 });
             }
 
-            let mut senders: BTreeMap<Component, watch::Sender<Option<Launch>>> = BTreeMap::new();
-            let mut tasks = vec![];
-            let mut start = |comp: Component, launch: Launch, senders: &mut BTreeMap<_, _>| {
+            type Supervised = (watch::Sender<Option<Launch>>, tokio::task::JoinHandle<()>);
+            let mut senders: BTreeMap<Component, Supervised> = BTreeMap::new();
+            let start = |comp: Component, launch: Launch, senders: &mut BTreeMap<_, _>| {
                 let (tx, rx) = watch::channel(Some(launch));
-                senders.insert(comp, tx);
-                tasks.push(tokio::task::spawn_local(supervise(comp, rx, paths.clone(), state.clone(), dirty.clone())));
+                let task = tokio::task::spawn_local(supervise(comp, rx, paths.clone(), state.clone(), dirty.clone()));
+                senders.insert(comp, (tx, task));
             };
             for (comp, launch) in launches(&paths, &cfg) {
                 start(comp, launch, &mut senders);
@@ -144,7 +144,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                             Ok(new) => {
                                 cfg = new;
                                 let wanted = launches(&paths, &cfg);
-                                for (comp, tx) in &senders {
+                                for (comp, (tx, _)) in &senders {
                                     let next = wanted.get(comp).cloned();
                                     tx.send_if_modified(|cur| if *cur != next { *cur = next; true } else { false });
                                 }
@@ -162,13 +162,15 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                     }
                 }
             }
+            // Stop in reverse start order: kubelet and the control plane
+            // before the etcd they write to.
             info!("stopping components");
-            for tx in senders.values() {
+            for (comp, (tx, task)) in senders.into_iter().rev() {
                 let _ = tx.send(None);
-            }
-            drop(senders);
-            for t in tasks {
-                let _ = timeout(STOP_GRACE + Duration::from_secs(2), t).await;
+                drop(tx);
+                if timeout(STOP_GRACE + Duration::from_secs(2), task).await.is_err() {
+                    warn!(component = %comp, "did not stop in time");
+                }
             }
             let json = serde_json::to_vec_pretty(&*state.borrow()).expect("state serializes");
             let _ = write_atomic(&paths.state_file(), &json, 0o644);

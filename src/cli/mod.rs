@@ -208,7 +208,14 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Status { json } => {
-            let report = runtime()?.block_on(crate::status::gather(&paths))?;
+            let report = match runtime()?.block_on(crate::status::gather(&paths)) {
+                Ok(r) => r,
+                Err(e) if e.is::<crate::status::NotInstalled>() => {
+                    eprintln!("error: {e}");
+                    return Ok(crate::status::EXIT_NOT_INSTALLED);
+                }
+                Err(e) => return Err(e),
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

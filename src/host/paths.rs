@@ -104,10 +104,16 @@ impl Paths {
         self.host("/usr/local/bin/hakube")
     }
 
+    /// Present when install copied the binary to [`Self::installed_binary`],
+    /// so reset removes only a binary hakube put there itself.
+    pub fn installed_binary_marker(&self) -> PathBuf {
+        self.data_dir().join("installed-binary")
+    }
+
     /// Everything `install` may create, for `reset` (deepest first is not
     /// required: each is removed recursively).
     pub fn created_by_install(&self) -> Vec<PathBuf> {
-        vec![self.config_dir(), self.data_dir(), self.kubelet_root_dir(), self.systemd_unit(), self.installed_binary()]
+        vec![self.config_dir(), self.data_dir(), self.kubelet_root_dir(), self.systemd_unit()]
     }
 }
 

@@ -24,9 +24,16 @@ pub fn spawn_detached(exe: &Path, args: &[String], log: &Path) -> std::io::Resul
     let err = out.try_clone()?;
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    // SAFETY: setsid and close_range are async-signal-safe and touch no
+    // memory of the parent. Descriptors a calling shell left open without
+    // close-on-exec (a lock file, a pipe a `$(…)` waits on) must not live on
+    // in the agent.
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
     }
     let child = cmd.spawn()?;
     Ok(child.id())

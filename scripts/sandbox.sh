@@ -1,0 +1,472 @@
+#!/usr/bin/env bash
+#
+# A throwaway multi-host hakube sandbox on one machine, built from network
+# namespaces:
+#
+#   sudo scripts/sandbox.sh up [--masters N] [--workers M]
+#   sudo scripts/sandbox.sh status [HAKUBE STATUS FLAGS...]
+#   sudo scripts/sandbox.sh down
+#
+# Layout: a private "switch" namespace (hk-sw) holds the bridge br0; each host
+# gets its own namespace (hk-m1, hk-m2, ..., hk-w1, ...) whose eth0 is one end
+# of a veth pair, the other end being a port of br0 in hk-sw. Masters are
+# 10.77.0.11, .12, ...; workers 10.77.0.21, .22, .... Nothing is created in the
+# machine's own network namespace: no bridge, no address, no route.
+#
+# Each installed host keeps its whole filesystem state under
+# $HAKUBE_SANDBOX_DIR/<host> (hakube --root), default <repo>/.sandbox.
+#
+# Environment:
+#   HAKUBE_SANDBOX_DIR  state directory (default: <repo>/.sandbox)
+#   HAKUBE_BIN          hakube binary to use instead of building target/release/hakube
+set -euo pipefail
+
+prog=sandbox.sh
+script=$(readlink -f -- "${BASH_SOURCE[0]}")
+script_dir=${script%/*}
+repo=$(cd -- "$script_dir/.." && pwd -P)
+
+state_dir=$(realpath -m -- "${HAKUBE_SANDBOX_DIR:-$repo/.sandbox}")
+hosts_file=$state_dir/hosts # one "NAME IP" line per host
+bin_file=$state_dir/bin     # the hakube binary `up` used
+marker=$state_dir/.hakube-sandbox
+
+switch_ns=hk-sw
+bridge=br0
+net_prefix=10.77.0
+net_bits=24
+ns_pattern='^hk-(sw|[mw][0-9]+)$' # every namespace this script may create
+
+install_timeout=300 # seconds `hakube install` may take to report healthy
+status_timeout=60
+reset_timeout=120
+
+msg() { printf '%s: %s\n' "$prog" "$*" >&2; }
+warn() { printf '%s: warning: %s\n' "$prog" "$*" >&2; }
+die() {
+  printf '%s: error: %s\n' "$prog" "$*" >&2
+  exit 1
+}
+
+usage() {
+  cat >&2 <<EOF
+usage: sudo scripts/$prog up [--masters N] [--workers M]
+       sudo scripts/$prog status [--json]
+       sudo scripts/$prog down
+
+  up      create the namespaces and install hakube (etcd) on m1; when the
+          sandbox is already up, says so and shows its status
+            --masters N   master hosts m1..mN, 10.77.0.11.. (1-9, default 1)
+            --workers M   worker hosts w1..wM, 10.77.0.21.. (0-9, default 0)
+          Only m1 is installed; the other hosts get their namespace and
+          address, ready to be joined.
+  status  run \`hakube status\` on every installed host (extra flags go to it)
+  down    reset every host, stop what still runs in the namespaces, delete
+          them and the state directory
+
+State directory: $state_dir (HAKUBE_SANDBOX_DIR)
+Binary: HAKUBE_BIN, else $repo/target/release/hakube (built by \`up\`)
+EOF
+}
+
+up_in_progress=0
+on_up_exit() {
+  if ((up_in_progress)); then
+    warn "up did not finish; what it made is left for inspection. Remove it with: sudo scripts/$prog down"
+  fi
+}
+
+require_root() {
+  [[ $EUID -eq 0 ]] || die "network namespaces need root; re-run with sudo: sudo $0 ${1:-}"
+  command -v ip >/dev/null 2>&1 || die "the ip command (iproute2) is missing"
+}
+
+# Serialises up and down: namespace names are machine-wide.
+take_lock() {
+  local lock_dir=/run/lock
+  [[ -d $lock_dir ]] || lock_dir=/tmp
+  exec 9>"$lock_dir/hakube-sandbox.lock"
+  flock -w 60 9 || die "another sandbox.sh up/down has held $lock_dir/hakube-sandbox.lock for 60 s"
+}
+
+ns_exists() {
+  ip netns list | awk '{print $1}' | grep -qxF -- "$1"
+}
+
+ns_of() { printf 'hk-%s\n' "$1"; }
+root_of() { printf '%s/%s\n' "$state_dir" "$1"; }
+
+# Hosts recorded by `up`, as "NAME IP" lines.
+recorded_hosts() {
+  [[ -f $hosts_file ]] || return 0
+  awk 'NF == 2 && $1 ~ /^[mw][0-9]+$/ {print $1, $2}' "$hosts_file"
+}
+
+record_host() {
+  local name=$1 ip=$2
+  if [[ -f $hosts_file ]] && awk -v n="$name" '$1 == n {found = 1} END {exit !found}' "$hosts_file"; then
+    return 0
+  fi
+  printf '%s %s\n' "$name" "$ip" >>"$hosts_file"
+}
+
+# A host "has a root" once hakube was installed there.
+has_root() { [[ -d $(root_of "$1")/var/lib/hakube ]]; }
+
+agent_alive() {
+  local pid_file pid
+  pid_file=$(root_of "$1")/var/lib/hakube/agent.pid
+  [[ -r $pid_file ]] || return 1
+  read -r pid <"$pid_file" || return 1
+  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q hakube
+}
+
+ensure_switch() {
+  if ! ns_exists "$switch_ns"; then
+    ip netns add "$switch_ns"
+  fi
+  ip -n "$switch_ns" link set lo up
+  if ! ip -n "$switch_ns" link show "$bridge" >/dev/null 2>&1; then
+    ip -n "$switch_ns" link add "$bridge" type bridge ||
+      die "cannot create a bridge in $switch_ns (is the bridge kernel module available?)"
+  fi
+  ip -n "$switch_ns" link set "$bridge" up
+}
+
+# add_host NAME IP: namespace hk-NAME whose eth0 (IP/24) is wired to br0.
+# Safe to call again for a host that already exists.
+add_host() {
+  local name=$1 ip=$2 ns port
+  ns=$(ns_of "$name")
+  port=p-$name # the switch-side end; interface names are at most 15 bytes
+  if ! ns_exists "$ns"; then
+    ip netns add "$ns"
+  fi
+  ip -n "$ns" link set lo up
+  if ! ip -n "$switch_ns" link show "$port" >/dev/null 2>&1; then
+    # A half-made pair (say, the switch namespace was deleted) is rebuilt.
+    ip -n "$ns" link del eth0 >/dev/null 2>&1 || true
+    ip -n "$switch_ns" link add "$port" type veth peer name eth0 netns "$ns"
+  fi
+  ip -n "$switch_ns" link set "$port" master "$bridge" up
+  ip -n "$ns" addr replace "$ip/$net_bits" dev eth0
+  ip -n "$ns" link set eth0 up
+  # Kubernetes components pick their node address from the default route and
+  # refuse to start without one. Nothing answers beyond the bridge.
+  ip -n "$ns" route replace default dev eth0
+  record_host "$name" "$ip"
+}
+
+# The hakube binary: HAKUBE_BIN, else a fresh release build.
+resolve_binary_for_up() {
+  local bin
+  if [[ -n ${HAKUBE_BIN:-} ]]; then
+    bin=$(readlink -f -- "$HAKUBE_BIN") || die "HAKUBE_BIN=$HAKUBE_BIN does not exist"
+    [[ -f $bin && -x $bin ]] || die "HAKUBE_BIN=$HAKUBE_BIN is not an executable file"
+  else
+    hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rustup.rs) or set HAKUBE_BIN"
+    msg "building: cargo build --release"
+    (cd -- "$repo" && hakube_cargo build --release) >&2 || die "cargo build --release failed"
+    bin=$repo/target/release/hakube
+    [[ -x $bin ]] || die "the build succeeded but $bin is missing"
+  fi
+  printf '%s\n' "$bin"
+}
+
+# The binary for status and down: the one `up` used if it is still there.
+resolve_binary_recorded() {
+  local bin
+  for bin in "$(cat -- "$bin_file" 2>/dev/null || true)" "${HAKUBE_BIN:-}" "$repo/target/release/hakube"; do
+    if [[ -n $bin && -f $bin && -x $bin ]]; then
+      printf '%s\n' "$bin"
+      return 0
+    fi
+  done
+  return 1
+}
+
+host_status() {
+  local bin=$1 name=$2
+  shift 2
+  local ns root
+  ns=$(ns_of "$name")
+  root=$(root_of "$name")
+  if ! ns_exists "$ns"; then
+    warn "$name: namespace $ns is gone"
+    return 1
+  fi
+  timeout --foreground -k 5 "$status_timeout" ip netns exec "$ns" "$bin" --root "$root" status "$@"
+}
+
+print_summary() {
+  local bin=$1 name ip ns root
+  local first_root
+  first_root=$(root_of m1)
+  cat <<EOF
+
+Sandbox state: $state_dir
+  switch  $switch_ns  bridge $bridge for $net_prefix.0/$net_bits (nothing in the host's own network namespace)
+EOF
+  while read -r name ip; do
+    ns=$(ns_of "$name")
+    root=$(root_of "$name")
+    if has_root "$name"; then
+      printf '  host    %-6s %-6s eth0 %-12s hakube root %s\n' "$name" "$ns" "$ip" "$root"
+    else
+      printf '  host    %-6s %-6s eth0 %-12s namespace only (not joined yet)\n' "$name" "$ns" "$ip"
+    fi
+  done < <(recorded_hosts)
+  cat <<EOF
+
+Look inside:
+  sudo ip netns exec hk-m1 bash                     # a shell on m1's network
+  sudo ip netns exec hk-m1 ss -ltnp                 # what listens on m1
+  sudo ip netns exec hk-m1 $bin --root $first_root status
+  ls $first_root/var/lib/hakube/logs/               # component logs
+  sudo ip netns exec hk-m1 env ETCDCTL_API=3 etcdctl --endpoints https://$net_prefix.11:2379 \\
+      --cacert $first_root/var/lib/hakube/pki/etcd/ca.crt \\
+      --cert $first_root/var/lib/hakube/pki/etcd/healthcheck-client.crt \\
+      --key $first_root/var/lib/hakube/pki/etcd/healthcheck-client.key endpoint health
+  sudo scripts/$prog status | down
+EOF
+}
+
+cmd_up() {
+  local masters=1 workers=0 bin i name
+  while (($#)); do
+    case "$1" in
+      --masters | --workers)
+        (($# >= 2)) || {
+          usage
+          die "$1 needs a number"
+        }
+        [[ $2 =~ ^[0-9]+$ ]] || {
+          usage
+          die "$1 needs a number, got '$2'"
+        }
+        if [[ $1 == --masters ]]; then masters=$((10#$2)); else workers=$((10#$2)); fi
+        shift 2
+        ;;
+      --masters=* | --workers=*)
+        set -- "${1%%=*}" "${1#*=}" "${@:2}"
+        ;;
+      -h | --help)
+        usage
+        exit 0
+        ;;
+      *)
+        usage
+        die "unknown argument to up: '$1'"
+        ;;
+    esac
+  done
+  ((masters >= 1 && masters <= 9)) || die "--masters must be between 1 and 9"
+  ((workers >= 0 && workers <= 9)) || die "--workers must be between 0 and 9"
+
+  require_root up
+  # shellcheck source=scripts/deps.sh
+  source "$script_dir/deps.sh"
+  hakube_ensure_deps || die "could not install the dependencies"
+  bin=$(resolve_binary_for_up)
+  take_lock
+
+  if [[ -e $state_dir && ! -e $marker ]] && [[ -n $(ls -A -- "$state_dir" 2>/dev/null) ]]; then
+    die "$state_dir exists, is not empty and was not made by $prog; set HAKUBE_SANDBOX_DIR elsewhere"
+  fi
+  [[ $state_dir != / && $state_dir != "$repo" ]] || die "HAKUBE_SANDBOX_DIR must be a directory of its own, not $state_dir"
+  mkdir -p -- "$state_dir"
+  : >"$marker"
+  printf '%s\n' "$bin" >"$bin_file"
+
+  up_in_progress=1
+  trap on_up_exit EXIT
+
+  ensure_switch
+  for ((i = 1; i <= masters; i++)); do
+    add_host "m$i" "$net_prefix.$((10 + i))"
+  done
+  for ((i = 1; i <= workers; i++)); do
+    add_host "w$i" "$net_prefix.$((20 + i))"
+  done
+
+  # Only m1 is installed. The other hosts are joined with the output of
+  # `hakube node-join-script [--master]`, run inside their namespace, once
+  # the join feature exists.
+  name=m1
+  if agent_alive "$name"; then
+    msg "the sandbox is already up (the agent of $name runs); its status:"
+  else
+    if has_root "$name"; then
+      msg "$name has a root but no running agent; installing again"
+    fi
+    mkdir -p -- "$(root_of "$name")"
+    msg "installing hakube on $name (etcd only; waits for it to be healthy, at most ${install_timeout} s)"
+    # 9>&-: the agent install leaves running must not inherit the lock.
+    timeout --foreground -k 10 "$install_timeout" ip netns exec "$(ns_of "$name")" \
+      "$bin" --root "$(root_of "$name")" install ha \
+      --advertise-address "$net_prefix.11" --node-name "$name" \
+      --components etcd --no-systemd 9>&- ||
+      die "hakube install on $name failed or timed out; logs: $(root_of "$name")/var/lib/hakube/logs/"
+  fi
+  up_in_progress=0
+
+  local rc=0
+  host_status "$bin" "$name" || rc=$?
+  print_summary "$bin"
+  ((rc == 0)) || die "$name is not healthy (hakube status exited $rc)"
+}
+
+cmd_status() {
+  local bin name ip rc=0 any=0
+  require_root status
+  if [[ ! -e $marker ]] && ! ip netns list | awk '{print $1}' | grep -qE "$ns_pattern"; then
+    msg "the sandbox is not up (start it with: sudo scripts/$prog up)"
+    exit 1
+  fi
+  bin=$(resolve_binary_recorded) || die "no hakube binary found (set HAKUBE_BIN)"
+  while read -r name ip; do
+    if ! has_root "$name"; then
+      printf '%s (%s): namespace only, not installed\n' "$name" "$ip"
+      continue
+    fi
+    any=1
+    printf '== %s (%s, namespace %s)\n' "$name" "$ip" "$(ns_of "$name")"
+    host_status "$bin" "$name" "$@" || rc=1
+  done < <(recorded_hosts)
+  ((any)) || {
+    msg "no host has hakube installed"
+    exit 1
+  }
+  exit "$rc"
+}
+
+# TERM every process in a namespace, KILL what is left after 10 s.
+kill_ns_processes() {
+  local ns=$1 i
+  local -a pids
+  mapfile -t pids < <(ip netns pids "$ns" 2>/dev/null)
+  ((${#pids[@]})) || return 0
+  msg "stopping ${#pids[@]} process(es) left in $ns"
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    mapfile -t pids < <(ip netns pids "$ns" 2>/dev/null)
+    ((${#pids[@]})) || return 0
+    sleep 0.1
+  done
+  warn "killing what is still running in $ns: ${pids[*]}"
+  kill -KILL "${pids[@]}" 2>/dev/null || true
+}
+
+# Unmounts whatever is still mounted below the state directory.
+unmount_below() {
+  local dir=$1 mnt
+  local -a mounts
+  mapfile -t mounts < <(awk -v d="$dir/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r)
+  for mnt in "${mounts[@]}"; do
+    mnt=$(printf '%b' "$mnt") # /proc/self/mounts escapes spaces as \040
+    umount -l -- "$mnt" 2>/dev/null || warn "could not unmount $mnt"
+  done
+}
+
+cmd_down() {
+  local bin="" name ip ns dir failed=0
+  local -a hosts=() namespaces=()
+  (($# == 0)) || {
+    usage
+    die "down takes no arguments"
+  }
+  require_root down
+  take_lock
+
+  bin=$(resolve_binary_recorded) || warn "no hakube binary found: skipping hakube reset, stopping processes directly"
+
+  # Every host recorded, plus any root directory left behind.
+  mapfile -t hosts < <(
+    recorded_hosts | awk '{print $1}'
+    if [[ -d $state_dir ]]; then
+      find "$state_dir" -mindepth 1 -maxdepth 1 -type d -regextype posix-extended \
+        -regex '.*/[mw][0-9]+' -printf '%f\n'
+    fi
+  )
+  mapfile -t hosts < <(printf '%s\n' "${hosts[@]}" | awk 'NF && !seen[$0]++')
+
+  for name in "${hosts[@]}"; do
+    has_root "$name" || continue
+    [[ -n $bin ]] || continue
+    ns=$(ns_of "$name")
+    msg "resetting $name"
+    if ns_exists "$ns"; then
+      timeout --foreground -k 10 "$reset_timeout" ip netns exec "$ns" "$bin" --root "$(root_of "$name")" reset ||
+        warn "hakube reset on $name failed; stopping its processes directly"
+    else
+      timeout --foreground -k 10 "$reset_timeout" "$bin" --root "$(root_of "$name")" reset ||
+        warn "hakube reset on $name failed"
+    fi
+  done
+
+  # Hosts first, the switch last; deleting a host namespace removes its veth pair.
+  mapfile -t namespaces < <(
+    {
+      for name in "${hosts[@]}"; do ns_of "$name"; done
+      ip netns list | awk '{print $1}' | grep -E "$ns_pattern" || true
+    } | awk -v sw="$switch_ns" 'NF && !seen[$0]++ && $0 != sw'
+  )
+  ns_exists "$switch_ns" && namespaces+=("$switch_ns")
+  for ns in "${namespaces[@]}"; do
+    ns_exists "$ns" || continue
+    kill_ns_processes "$ns"
+    if ip netns del "$ns"; then
+      msg "deleted namespace $ns"
+    else
+      warn "could not delete namespace $ns"
+      failed=1
+    fi
+  done
+
+  dir=$state_dir
+  if [[ $dir == / || $dir == "$repo" || $dir == "${HOME:-/}" ]]; then
+    warn "refusing to remove $dir; remove the sandbox files by hand"
+    failed=1
+  elif [[ -d $dir ]]; then
+    if [[ -e $marker ]] || [[ -z $(ls -A -- "$dir") ]]; then
+      unmount_below "$(readlink -f -- "$dir")"
+      if rm -rf --one-file-system -- "$dir"; then
+        msg "removed $dir"
+      else
+        warn "could not remove all of $dir"
+        failed=1
+      fi
+    else
+      warn "$dir was not made by $prog (no ${marker##*/}); leaving it alone"
+      failed=1
+    fi
+  fi
+
+  ((failed == 0)) || die "the sandbox was not removed completely"
+  msg "the sandbox is down"
+}
+
+main() {
+  local cmd=${1:-}
+  (($#)) && shift
+  case "$cmd" in
+    up) cmd_up "$@" ;;
+    status) cmd_status "$@" ;;
+    down) cmd_down "$@" ;;
+    -h | --help | help)
+      usage
+      exit 0
+      ;;
+    "")
+      usage
+      exit 2
+      ;;
+    *)
+      usage
+      die "unknown command '$cmd'"
+      ;;
+  esac
+}
+
+main "$@"

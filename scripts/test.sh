@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+#
+# The project's test command (CI runs it through .ci/run):
+#
+#   sudo scripts/test.sh [NEXTEST ARGS...]
+#
+# Root is needed because the integration tests create network namespaces.
+# Steps, from the repository root: rustfmt check, clippy with warnings denied,
+# release build (some tests and benchmarks run target/release/hakube), then
+# the tests with cargo-nextest (cargo test when nextest cannot be had).
+# Extra arguments go to `cargo nextest run`.
+#
+# Under sudo the builds run as the invoking user, so that target/ stays theirs;
+# only the test run itself is root's.
+#
+# Environment:
+#   HAKUBE_TEST_THREADS   tests run in parallel (default 2)
+#   HAKUBE_TEST_TIMEOUT   seconds the test run may take before it is stopped
+#                         (default 3600)
+set -euo pipefail
+
+prog=test.sh
+script=$(readlink -f -- "${BASH_SOURCE[0]}")
+script_dir=${script%/*}
+repo=$(cd -- "$script_dir/.." && pwd -P)
+
+msg() { printf '%s: %s\n' "$prog" "$*" >&2; }
+die() {
+  printf '%s: error: %s\n' "$prog" "$*" >&2
+  exit 1
+}
+
+usage() {
+  cat >&2 <<EOF
+usage: sudo scripts/$prog [NEXTEST ARGS...]
+
+Runs cargo fmt --check, cargo clippy -D warnings, cargo build --release and the
+test suite (cargo nextest run; cargo test if nextest is unavailable). Needs
+root for network namespaces; re-runs itself with sudo when it can.
+
+Environment: HAKUBE_TEST_THREADS (default 2), HAKUBE_TEST_TIMEOUT (seconds, default 3600).
+EOF
+}
+
+case "${1:-}" in
+  -h | --help)
+    usage
+    exit 0
+    ;;
+esac
+
+threads=${HAKUBE_TEST_THREADS:-2}
+test_timeout=${HAKUBE_TEST_TIMEOUT:-3600}
+[[ $threads =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_THREADS must be a positive integer (got '$threads')"
+[[ $test_timeout =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_TIMEOUT must be a positive number of seconds (got '$test_timeout')"
+
+# shellcheck source=scripts/deps.sh
+source "$script_dir/deps.sh"
+
+if [[ $EUID -ne 0 ]]; then
+  command -v sudo >/dev/null 2>&1 ||
+    die "the integration tests create network namespaces and need root, and sudo is not installed: run this as root"
+  # sudo resets PATH and HOME: hand over the toolchain found here.
+  hakube_find_cargo || true
+  env_args=("PATH=$PATH")
+  cargo_home=${CARGO_HOME:-$HOME/.cargo}
+  rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
+  [[ -d $cargo_home ]] && env_args+=("CARGO_HOME=$cargo_home")
+  [[ -d $rustup_home ]] && env_args+=("RUSTUP_HOME=$rustup_home")
+  for var in HAKUBE_TEST_THREADS HAKUBE_TEST_TIMEOUT CI; do
+    [[ -n ${!var:-} ]] && env_args+=("$var=${!var}")
+  done
+  msg "needs root (network namespaces); re-running with sudo"
+  exec sudo -- env "${env_args[@]}" bash "$script" "$@"
+fi
+
+current_step=
+started=$SECONDS
+on_exit() {
+  local rc=$?
+  if ((rc != 0)) && [[ -n $current_step ]]; then
+    printf '%s: FAILED at step "%s" (exit %d) after %d s\n' "$prog" "$current_step" "$rc" "$((SECONDS - started))" >&2
+  fi
+}
+trap on_exit EXIT
+
+# step NAME CMD...: runs CMD, recording NAME for the failure message.
+step() {
+  local name=$1 t0=$SECONDS
+  shift
+  current_step=$name
+  msg "==> $name"
+  "$@"
+  msg "    $name: ok ($((SECONDS - t0)) s)"
+}
+
+cd -- "$repo"
+
+step "dependencies" hakube_ensure_deps
+hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rustup.rs), then re-run"
+
+have_nextest=1
+if ! hakube_ensure_nextest; then
+  have_nextest=0
+  msg "cargo-nextest is unavailable; falling back to cargo test"
+fi
+
+# rustfmt and clippy are rustup components that minimal toolchains lack.
+for component in fmt:rustfmt clippy:clippy; do
+  if ! cargo "${component%%:*}" --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null 2>&1 ||
+      die "cargo ${component%%:*} is missing and rustup is not installed to add it"
+    step "rustup component add ${component#*:}" rustup component add "${component#*:}"
+  fi
+done
+
+step "cargo fmt --check" hakube_cargo fmt --all -- --check
+step "cargo clippy" hakube_cargo clippy --all-targets --locked -- -D warnings
+step "cargo build --release" hakube_cargo build --release --locked
+
+# On a terminal, --foreground lets Ctrl-C reach the tests; otherwise timeout
+# gets its own process group, so that a timeout stops every test process.
+timeout_args=(-k 30)
+if [[ -t 0 ]]; then
+  timeout_args=(--foreground -k 30)
+fi
+
+if ((have_nextest)); then
+  nextest_args=(--locked --no-fail-fast --test-threads "$threads" "$@")
+  # Builds with the default profile; arguments that change it make the
+  # run below build again, as root.
+  step "build tests" hakube_cargo nextest run --no-run --locked
+  step "cargo nextest run" timeout "${timeout_args[@]}" "$test_timeout" cargo nextest run "${nextest_args[@]}"
+else
+  (($# == 0)) || msg "passing '$*' to cargo test, which may not understand nextest's arguments"
+  step "build tests" hakube_cargo test --locked --no-run
+  step "cargo test" timeout "${timeout_args[@]}" "$test_timeout" cargo test --locked --no-fail-fast "$@" -- --test-threads "$threads"
+fi
+
+current_step=
+printf '%s: all checks passed: fmt, clippy, release build and tests (%d s)\n' "$prog" "$((SECONDS - started))"
