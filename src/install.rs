@@ -82,6 +82,9 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     let paths = &req.paths;
     let _lock = lock::lock_root(paths.root())?;
     let c = resolve_config(paths, req.flags, req.config_file.as_ref())?;
+    if !c.has(Component::Etcd) {
+        bail!("install sets up a master, which runs etcd: add etcd to --components (workers join with `hakube node-join-script`)");
+    }
     let use_systemd = c.node.systemd && systemd::is_running();
     if c.node.systemd && !use_systemd {
         progress.note(
@@ -145,7 +148,7 @@ pub enum Expect {
     Reloaded { pid: u32, reloads: u64 },
 }
 
-fn start_agent(paths: &Paths, use_systemd: bool, running: Option<u32>) -> anyhow::Result<Expect> {
+pub fn start_agent(paths: &Paths, use_systemd: bool, running: Option<u32>) -> anyhow::Result<Expect> {
     if let Some(pid) = running {
         let reloads = State::read(&paths.state_file()).map(|s| s.reloads).unwrap_or(0);
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)
@@ -245,39 +248,46 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn summary(progress: &Progress, paths: &Paths, c: &ClusterConfig, state: &State, use_systemd: bool) {
+pub fn summary(progress: &Progress, paths: &Paths, c: &ClusterConfig, state: &State, use_systemd: bool) {
     let runs: Vec<_> = state
         .components
         .iter()
         .map(|(n, s)| format!("{n} (pid {}, {})", s.pid.unwrap_or(0), if s.healthy { "healthy" } else { "unhealthy" }))
         .collect();
+    let runs = if runs.is_empty() { "no components (agent only)".to_owned() } else { runs.join(", ") };
     let how = if use_systemd { "systemd unit hakube.service" } else { "detached agent (no systemd)" };
     let root_flag = if paths.root() == std::path::Path::new("/") {
         String::new()
     } else {
         format!(" --root {}", paths.root().display())
     };
-    eprintln!(
-        "\nhakube: node {} is installed and healthy ({:.1}s)\n  \
-         runs:       {} under the {how} (agent pid {})\n  \
-         endpoint:   https://{}\n  \
-         kubeconfig: {}\n  \
-         config:     {} (keep it in version control; re-run install to change it)\n  \
-         logs:       {}\n\
-         next:\n  \
-         hakube{root_flag} status",
+    let mut text = format!(
+        "\nhakube: node {} is installed and healthy ({:.1}s)\n  runs:       {runs} under the {how} (agent pid {})\n  endpoint:   https://{}\n",
         c.node.name,
         progress.elapsed(),
-        runs.join(", "),
         state.agent_pid,
         c.control_plane_endpoint(),
-        paths.kubeconfig("admin").display(),
-        paths.config_file().display(),
-        paths.log_dir().display(),
     );
-    if c.cluster.ha && c.cluster.load_balancer_address.is_none() {
-        eprintln!("  (ha without load-balancer-address: clients reach the API through this node until you add one)");
+    if paths.kubeconfig("admin").exists() {
+        text.push_str(&format!("  kubeconfig: {}\n", paths.kubeconfig("admin").display()));
     }
+    text.push_str(&format!(
+        "  config:     {} (keep it in version control)\n  logs:       {}\nnext:\n  hakube{root_flag} status\n",
+        paths.config_file().display(),
+        paths.log_dir().display()
+    ));
+    if c.has(Component::Etcd) {
+        text.push_str(&format!(
+            "  hakube{root_flag} node-join-script --master > join-master.sh   # then run it on each new master\n  \
+             hakube{root_flag} node-join-script > join-worker.sh            # then run it on each worker\n"
+        ));
+    }
+    if c.cluster.ha && c.cluster.load_balancer_address.is_none() {
+        text.push_str(
+            "  (ha without load-balancer-address: clients reach the API through a single master until you add one)\n",
+        );
+    }
+    eprint!("{text}");
 }
 
 /// `hakube certs generate`: the PKI alone, for the given options.

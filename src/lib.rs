@@ -18,6 +18,7 @@ pub mod config;
 pub mod etcd;
 pub mod host;
 pub mod install;
+pub mod join;
 pub mod kube;
 pub mod pki;
 pub mod progress;

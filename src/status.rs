@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::agent::state::{ComponentState, Phase, State};
 use crate::config::{self, ClusterConfig, Component};
-use crate::etcd::{self, Member};
+use crate::etcd::{self, membership, Member};
 use crate::host::paths::Paths;
 use crate::host::process::PidFile;
 
@@ -27,7 +27,22 @@ pub struct EtcdReport {
     pub endpoint: String,
     pub healthy: bool,
     pub error: Option<String>,
-    pub members: Vec<Member>,
+    pub members: Vec<MemberReport>,
+    pub voters: usize,
+    pub quorum: usize,
+    /// How many voting members may fail with the cluster still writable.
+    pub failures_tolerated: usize,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberReport {
+    #[serde(flatten)]
+    pub member: Member,
+    pub started: bool,
+    /// Learners are not probed (they serve no linearizable reads).
+    pub healthy: Option<bool>,
+    pub error: Option<String>,
 }
 
 /// `status` exits with this when there is nothing installed to report on
@@ -90,12 +105,49 @@ async fn probe_etcd(paths: &Paths, c: &ClusterConfig) -> EtcdReport {
         let creds = etcd::Credentials::load(paths, "etcd/healthcheck-client")?;
         let mut client = etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(3)).await?;
         etcd::check_health(&mut client, &endpoint).await?;
-        etcd::members(&mut client, &endpoint).await
+        let members = etcd::members(&mut client, &endpoint).await?;
+        let health = membership::voter_health(&members, &creds).await;
+        Ok::<_, etcd::EtcdError>((members, health))
     }
     .await;
-    match result {
-        Ok(members) => EtcdReport { endpoint, healthy: true, error: None, members },
-        Err(e) => EtcdReport { endpoint, healthy: false, error: Some(e.to_string()), members: vec![] },
+    let (members, health, healthy, error) = match result {
+        Ok((m, h)) => (m, h, true, None),
+        Err(e) => (vec![], vec![], false, Some(e.to_string())),
+    };
+    let members: Vec<MemberReport> = members
+        .into_iter()
+        .map(|m| {
+            let probe = health.iter().find(|(h, _)| h.id == m.id).map(|(_, r)| r.clone());
+            MemberReport {
+                started: m.started(),
+                healthy: probe.as_ref().map(Result::is_ok),
+                error: probe.and_then(Result::err),
+                member: m,
+            }
+        })
+        .collect();
+    let voters = members.iter().filter(|m| !m.member.is_learner).count();
+    let quorum = membership::quorum(voters);
+    let mut warnings = vec![];
+    if healthy && c.cluster.ha && voters < 3 {
+        warnings.push(format!(
+            "{voters} voting member(s): the cluster survives no failure; join masters until there are at least 3"
+        ));
+    } else if healthy && voters >= 2 && voters % 2 == 0 {
+        warnings.push(format!(
+            "{voters} voting members: an even count survives no more failures than {} would; join or remove one master",
+            voters - 1
+        ));
+    }
+    EtcdReport {
+        endpoint,
+        healthy,
+        error,
+        members,
+        voters,
+        quorum,
+        failures_tolerated: voters.saturating_sub(quorum),
+        warnings,
     }
 }
 
@@ -119,13 +171,28 @@ pub fn render(r: &Report) -> String {
     if let Some(e) = &r.etcd {
         out.push_str(&format!("etcd {}: {}\n", e.endpoint, if e.healthy { "healthy" } else { "UNHEALTHY" }));
         for m in &e.members {
+            let health = match (m.healthy, &m.error) {
+                (Some(true), _) => "healthy".to_owned(),
+                (Some(false), Some(err)) => format!("UNHEALTHY ({err})"),
+                _ => "-".to_owned(),
+            };
             out.push_str(&format!(
-                "  member {:<20} {:<8} {:<8} {}\n",
-                if m.name.is_empty() { "(unstarted)" } else { &m.name },
-                if m.is_learner { "learner" } else { "voting" },
-                if m.started() { "started" } else { "unstarted" },
-                m.peer_urls.join(",")
+                "  member {:<16} {:<8} {:<10} {:<10} {}\n",
+                if m.member.name.is_empty() { "(unstarted)" } else { &m.member.name },
+                if m.member.is_learner { "learner" } else { "voting" },
+                if m.started { "started" } else { "unstarted" },
+                health,
+                m.member.peer_urls.join(",")
             ));
+        }
+        if e.healthy {
+            out.push_str(&format!(
+                "  quorum {} of {} voting members; survives {} failure(s)\n",
+                e.quorum, e.voters, e.failures_tolerated
+            ));
+        }
+        for w in &e.warnings {
+            out.push_str(&format!("  warning: {w}\n"));
         }
     }
     if r.healthy {

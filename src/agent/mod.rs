@@ -6,7 +6,9 @@
 //! the config and restarts exactly the components whose command line or
 //! input files (certificates, kubeconfigs) changed.
 
+mod cluster;
 pub mod state;
 mod supervisor;
 
+pub use cluster::stalled_learner_limit;
 pub use supervisor::{fingerprint, run};

@@ -45,7 +45,7 @@ pub struct State {
 
 impl State {
     pub fn all_healthy(&self) -> bool {
-        !self.components.is_empty() && self.components.values().all(|c| c.phase == Phase::Running && c.healthy)
+        self.components.values().all(|c| c.phase == Phase::Running && c.healthy)
     }
 
     pub fn read(path: &Path) -> Option<State> {

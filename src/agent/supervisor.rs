@@ -128,8 +128,11 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
             for (comp, launch) in launches(&paths, &cfg) {
                 start(comp, launch, &mut senders);
             }
+            let (stop_tx, stop_rx) = watch::channel(false);
             if cfg.has(Component::Etcd) {
                 tokio::task::spawn_local(probe_etcd(paths.clone(), cfg.clone(), state.clone(), dirty.clone()));
+                tokio::task::spawn_local(super::cluster::serve_join_api(paths.clone(), cfg.clone(), stop_rx.clone()));
+                tokio::task::spawn_local(super::cluster::duties(paths.clone(), cfg.clone(), stop_rx.clone()));
             }
 
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -165,6 +168,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
             // Stop in reverse start order: kubelet and the control plane
             // before the etcd they write to.
             info!("stopping components");
+            let _ = stop_tx.send(true);
             for (comp, (tx, task)) in senders.into_iter().rev() {
                 let _ = tx.send(None);
                 drop(tx);

@@ -31,6 +31,20 @@ pub struct Cli {
 pub enum Command {
     /// Install the first master, or converge an installed node onto new options.
     Install(Box<InstallArgs>),
+    /// Join this host to a cluster (what a join script runs).
+    Join(Box<JoinArgs>),
+    /// Print a script that joins a new host (run on a master).
+    NodeJoinScript {
+        /// A script for a master (control plane and etcd member); default a worker.
+        #[arg(long)]
+        master: bool,
+        /// How long the script's token lives (default 2h for masters, 24h for workers).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Join tokens (run on a master).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Show the node's components and etcd; exit 0 only when all are healthy.
     Status {
         /// Print JSON instead of text.
@@ -49,6 +63,64 @@ pub enum Command {
     Certs(CertsCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// List the live tokens (never their secrets).
+    List,
+    /// Revoke a token by its id (the part before the dot).
+    Revoke { id: String },
+}
+
+/// `--components` for a join: a list, or `none` for an agent-only worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentList(pub Vec<Component>);
+
+impl std::str::FromStr for ComponentList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "none" {
+            return Ok(ComponentList(vec![]));
+        }
+        s.split(',')
+            .map(|c| c.trim().parse::<Component>().map_err(|e| e.0))
+            .collect::<Result<_, _>>()
+            .map(ComponentList)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JoinArgs {
+    /// Join as a master (control plane and etcd member).
+    #[arg(long)]
+    pub master: bool,
+    /// Masters' join APIs, HOST:PORT, comma-separated.
+    #[arg(long, env = "HAKUBE_JOIN_ENDPOINTS", value_delimiter = ',', value_name = "HOST:PORT,…")]
+    pub endpoints: Vec<String>,
+    #[arg(long, env = "HAKUBE_JOIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// sha256:<hex> of the cluster CA's public key.
+    #[arg(long, env = "HAKUBE_CA_HASH", value_name = "HASH")]
+    pub ca_hash: Option<String>,
+    /// Opens the cluster's key material (masters).
+    #[arg(long, env = "HAKUBE_CERTIFICATE_KEY", hide_env_values = true, value_name = "KEY")]
+    pub certificate_key: Option<String>,
+    #[arg(long, value_name = "IP")]
+    pub advertise_address: Option<IpAddr>,
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<NodeName>,
+    /// What this host runs (comma-separated, or `none` for an agent-only worker).
+    #[arg(long, value_name = "LIST")]
+    pub components: Option<ComponentList>,
+    #[arg(long)]
+    pub no_systemd: bool,
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    #[arg(long, value_delimiter = ',', value_name = "NAME,…")]
+    pub ignore_preflight_errors: Vec<String>,
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +277,39 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
                 ignore_preflight_errors: a.ignore_preflight_errors.clone(),
                 timeout: a.timeout.unwrap_or(Duration::from_secs(300)),
             })?;
+            Ok(0)
+        }
+        Command::Join(a) => {
+            use crate::join::token::Role;
+            crate::join::node::run(crate::join::node::Request {
+                paths,
+                role: if a.master { Role::Master } else { Role::Worker },
+                endpoints: a.endpoints,
+                token: a.token,
+                ca_hash: a.ca_hash,
+                certificate_key: a.certificate_key,
+                node_name: a.node_name,
+                advertise_address: a.advertise_address,
+                components: a.components.map(|c| c.0),
+                no_systemd: a.no_systemd,
+                bundle: a.bundle,
+                ignore_preflight_errors: a.ignore_preflight_errors,
+                timeout: a.timeout.unwrap_or(Duration::from_secs(600)),
+            })?;
+            Ok(0)
+        }
+        Command::NodeJoinScript { master, ttl } => {
+            use crate::join::token::Role;
+            let role = if master { Role::Master } else { Role::Worker };
+            print!("{}", crate::join::issue::node_join_script(&paths, role, ttl)?);
+            Ok(0)
+        }
+        Command::Token(TokenCommand::List) => {
+            print!("{}", crate::join::issue::render_list(&crate::join::issue::list(&paths)?));
+            Ok(0)
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            crate::join::issue::revoke(&paths, &id)?;
             Ok(0)
         }
         Command::Status { json } => {

@@ -66,6 +66,10 @@ pub struct EtcdMemberSpec {
     /// `name=peerURL,…`; empty means this node alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_cluster: Option<String>,
+    /// Client URLs of the members when this node joined: where a re-run of
+    /// an interrupted join finds the cluster again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub join_endpoints: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +95,12 @@ pub struct NodeSpec {
     pub api_server_port: u16,
     pub etcd_client_port: u16,
     pub etcd_peer_port: u16,
+    /// The join API on masters (HTTPS).
+    pub join_api_port: u16,
+    /// A worker's way to the API servers when there is no load balancer:
+    /// the masters it learnt of when it joined.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_servers: Vec<HostPort>,
     pub etcd: EtcdMemberSpec,
 }
 
@@ -109,11 +119,12 @@ impl ClusterConfig {
     }
 
     /// Where clients reach the API servers: the load balancer when there is
-    /// one, else this node.
+    /// one, else this node (a master) or the first master it knows (a worker).
     pub fn control_plane_endpoint(&self) -> HostPort {
-        match &self.cluster.load_balancer_address {
-            Some(lb) => lb.clone(),
-            None => HostPort::new(Host::Ip(self.node.advertise_address), self.node.api_server_port),
+        match (&self.cluster.load_balancer_address, self.node.api_servers.first()) {
+            (Some(lb), _) => lb.clone(),
+            (None, Some(master)) if !self.has(Component::Etcd) => master.clone(),
+            _ => HostPort::new(Host::Ip(self.node.advertise_address), self.node.api_server_port),
         }
     }
 
@@ -153,6 +164,7 @@ node:
   apiServerPort: 6443
   etcdClientPort: 2379
   etcdPeerPort: 2380
+  joinApiPort: 9443
   etcd:
     initialClusterState: new
 "#
@@ -305,16 +317,12 @@ pub fn resolve(src: Sources<'_>) -> Result<ClusterConfig, ConfigError> {
 
 /// Checks that span fields.
 fn validate(c: &ClusterConfig) -> Result<(), String> {
-    if c.node.components.is_empty() {
-        return Err("node.components is empty: name at least one of etcd, kube-apiserver, \
-                    kube-controller-manager, kube-scheduler, kubelet"
-            .into());
-    }
     let n = &c.node;
     let ports = [
         ("apiServerPort", n.api_server_port),
         ("etcdClientPort", n.etcd_client_port),
         ("etcdPeerPort", n.etcd_peer_port),
+        ("joinApiPort", n.join_api_port),
     ];
     for (i, (a, pa)) in ports.iter().enumerate() {
         if *pa == 0 {

@@ -1,5 +1,7 @@
 //! Talking to etcd over mutual TLS: health and membership.
 
+pub mod membership;
+
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};

@@ -25,26 +25,30 @@ pub struct Context<'a> {
     pub euid_is_root: bool,
 }
 
-/// The ports a node listens on, with the address each binds.
-pub fn listening_ports(c: &ClusterConfig) -> Vec<(Component, SocketAddr)> {
-    let adv = c.node.advertise_address;
+/// The ports a node listens on, with the address each binds and who binds it.
+pub fn listening_ports(c: &ClusterConfig) -> Vec<(&'static str, SocketAddr)> {
+    let n = &c.node;
+    let adv = n.advertise_address;
     let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let mut out = vec![];
-    for comp in &c.node.components {
+    for comp in &n.components {
+        let name = comp.name();
         match comp {
             Component::Etcd => {
-                out.push((*comp, SocketAddr::new(adv, c.node.etcd_client_port)));
+                out.push((name, SocketAddr::new(adv, n.etcd_client_port)));
                 if !adv.is_loopback() {
-                    out.push((*comp, SocketAddr::new(lo, c.node.etcd_client_port)));
+                    out.push((name, SocketAddr::new(lo, n.etcd_client_port)));
                 }
-                out.push((*comp, SocketAddr::new(adv, c.node.etcd_peer_port)));
-                out.push((*comp, SocketAddr::new(lo, c.node.etcd_peer_port + 1)));
+                out.push((name, SocketAddr::new(adv, n.etcd_peer_port)));
+                out.push((name, SocketAddr::new(lo, n.etcd_peer_port + 1)));
+                // Every master (an etcd member) serves the join API.
+                out.push(("the join API", SocketAddr::new(adv, n.join_api_port)));
             }
-            Component::KubeApiserver => out.push((*comp, SocketAddr::new(any, c.node.api_server_port))),
-            Component::KubeControllerManager => out.push((*comp, SocketAddr::new(lo, 10257))),
-            Component::KubeScheduler => out.push((*comp, SocketAddr::new(lo, 10259))),
-            Component::Kubelet => out.push((*comp, SocketAddr::new(any, 10250))),
+            Component::KubeApiserver => out.push((name, SocketAddr::new(any, n.api_server_port))),
+            Component::KubeControllerManager => out.push((name, SocketAddr::new(lo, 10257))),
+            Component::KubeScheduler => out.push((name, SocketAddr::new(lo, 10259))),
+            Component::Kubelet => out.push((name, SocketAddr::new(any, 10250))),
         }
     }
     out

@@ -23,7 +23,7 @@ use crate::config::{ClusterConfig, KeyAlgorithm};
 use crate::host::fs::{read_optional, FileSpec, FsError};
 use crate::host::paths::Paths;
 
-pub use spec::{cluster_cert_specs, kubeconfig_cert_spec, CertSpec, San, Usage};
+pub use spec::{cluster_cert_specs, kubeconfig_cert_spec, kubelet_client_spec, CertSpec, San, Usage};
 
 /// CAs live ten years, leaves one, as kubeadm issues them.
 pub const CA_VALIDITY: Duration = Duration::days(3650);
@@ -298,6 +298,20 @@ impl Ca {
             .signed_by(&key.pair, &self.issuer()?)
             .map_err(|e| PkiError::Issue { name: spec.name.clone(), reason: e.to_string() })?;
         Ok(cert.pem())
+    }
+
+    /// Issues a certificate for `spec` over the public key of a CSR. Only the
+    /// key is taken from the request: the subject and usages are ours.
+    pub fn sign_csr(&self, csr_pem: &str, spec: &CertSpec, now: OffsetDateTime) -> Result<String, String> {
+        use x509_parser::prelude::FromDer;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).map_err(|e| format!("not PEM ({e})"))?;
+        let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+            .map_err(|e| format!("not a certificate request ({e})"))?;
+        csr.verify_signature().map_err(|e| format!("its signature does not verify ({e})"))?;
+        let mut req = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| e.to_string())?;
+        req.params = params(spec, now).map_err(|e| e.to_string())?;
+        let issuer = self.issuer().map_err(|e| e.to_string())?;
+        Ok(req.signed_by(&issuer).map_err(|e| e.to_string())?.pem())
     }
 
     /// Creates a new self-signed CA.

@@ -141,14 +141,20 @@ pub fn cluster_cert_specs(c: &ClusterConfig) -> Vec<CertSpec> {
     ]
 }
 
+/// A kubelet's client certificate, as the Node authorizer expects it.
+pub fn kubelet_client_spec(node: &str) -> CertSpec {
+    CertSpec::new("kubelet", Some("ca"), &format!("system:node:{node}"), Some("system:nodes"), Usage::Client, [])
+}
+
 /// The client certificate embedded in a kubeconfig, by kubeconfig name.
 pub fn kubeconfig_cert_spec(c: &ClusterConfig, kubeconfig: &str) -> CertSpec {
-    let node = format!("system:node:{}", c.node.name);
+    if kubeconfig == "kubelet" {
+        return kubelet_client_spec(c.node.name.as_str());
+    }
     let (cn, org) = match kubeconfig {
         "admin" => ("kubernetes-admin", Some("system:masters")),
         "controller-manager" => ("system:kube-controller-manager", None),
         "scheduler" => ("system:kube-scheduler", None),
-        "kubelet" => (node.as_str(), Some("system:nodes")),
         other => unreachable!("no kubeconfig named {other}"),
     };
     CertSpec::new(kubeconfig, Some("ca"), cn, org, Usage::Client, [])

@@ -1,0 +1,303 @@
+//! The join API every master's agent serves (HTTPS, TLS 1.3, the cluster
+//! CA's chain). It verifies tokens, issues worker certificates from CSRs,
+//! hands masters their sealed key material, and registers the host. Bodies
+//! are bounded, requests rate-limited per source address, every bad request
+//! gets a clear 4xx, and every decision an audit line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use etcd_client::Client;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use super::registry::{self, NodeRecord};
+use super::store;
+use super::token::{self, JoinToken, Role, TokenError};
+use super::wire::{ApiError, JoinRequest, JoinResponse, MAX_BODY};
+use crate::agent::state::now_secs;
+use crate::config::{ClusterConfig, NodeName};
+use crate::etcd::{self, membership, Credentials};
+use crate::host::paths::Paths;
+use crate::pki::{self, Ca};
+
+/// Requests a source address may make in a burst, and per second after it.
+const BURST: f64 = 20.0;
+const PER_SECOND: f64 = 5.0;
+
+pub struct ApiContext {
+    pub paths: Paths,
+    pub config: ClusterConfig,
+    etcd: tokio::sync::Mutex<Option<Client>>,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl ApiContext {
+    pub fn new(paths: Paths, config: ClusterConfig) -> Arc<Self> {
+        Arc::new(ApiContext { paths, config, etcd: tokio::sync::Mutex::new(None), buckets: Mutex::new(HashMap::new()) })
+    }
+
+    fn allow(&self, ip: IpAddr) -> bool {
+        let mut buckets = self.buckets.lock().expect("bucket lock");
+        if buckets.len() > 4096 {
+            buckets.retain(|_, (_, t)| t.elapsed() < Duration::from_secs(60));
+        }
+        let now = Instant::now();
+        let (tokens, last) = buckets.entry(ip).or_insert((BURST, now));
+        *tokens = (*tokens + last.elapsed().as_secs_f64() * PER_SECOND).min(BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn creds(&self) -> Result<Credentials, etcd::EtcdError> {
+        Credentials::load(&self.paths, "apiserver-etcd-client")
+    }
+
+    async fn client(&self) -> Result<Client, etcd::EtcdError> {
+        let mut slot = self.etcd.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let endpoint = self.config.etcd_client_url();
+        let c = etcd::connect(std::slice::from_ref(&endpoint), &self.creds()?, Duration::from_secs(3)).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn forget_client(&self) {
+        *self.etcd.lock().await = None;
+    }
+}
+
+/// A refusal: status, message, and the reason for the audit log.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+fn refuse(status: StatusCode, msg: impl Into<String>) -> Refusal {
+    Refusal(status, msg.into())
+}
+
+#[derive(Clone, Copy)]
+struct Remote(SocketAddr);
+
+pub fn router(ctx: Arc<ApiContext>) -> Router {
+    Router::new()
+        .route("/v1/join", post(join))
+        .route("/v1/binary", get(binary))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ctx)
+}
+
+async fn binary() -> Response {
+    match std::env::current_exe().and_then(std::fs::read) {
+        Ok(bytes) => ([("content-type", "application/octet-stream")], bytes).into_response(),
+        Err(e) => {
+            refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read this master's binary: {e}")).into_response()
+        }
+    }
+}
+
+async fn join(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    body: Bytes,
+) -> Response {
+    let (node, role) = serde_json::from_slice::<JoinRequest>(&body)
+        .map(|r| (r.node_name.clone(), r.role.to_string()))
+        .unwrap_or_else(|_| ("?".into(), "?".into()));
+    let result = handle_join(&ctx, remote, &body).await;
+    match result {
+        Ok(resp) => {
+            info!(target: "audit", %remote, %node, %role, decision = "accepted", "join");
+            Json(resp).into_response()
+        }
+        Err(Refusal(status, msg)) => {
+            warn!(target: "audit", %remote, %node, %role, decision = "refused", status = status.as_u16(), reason = %msg, "join");
+            refuse(status, msg).into_response()
+        }
+    }
+}
+
+async fn handle_join(ctx: &ApiContext, remote: SocketAddr, body: &[u8]) -> Result<JoinResponse, Refusal> {
+    if !ctx.allow(remote.ip()) {
+        return Err(refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many requests from {}: wait a few seconds", remote.ip()),
+        ));
+    }
+    let req: JoinRequest = serde_json::from_slice(body)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("the body is not a join request: {e}")))?;
+    let tok: JoinToken =
+        req.token.parse().map_err(|e: crate::config::types::InvalidValue| refuse(StatusCode::BAD_REQUEST, e.0))?;
+    let name: NodeName =
+        req.node_name.parse().map_err(|e: crate::config::types::InvalidValue| refuse(StatusCode::BAD_REQUEST, e.0))?;
+    if req.advertise_address.is_unspecified() || req.advertise_address.is_multicast() {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("advertise address {} cannot be a node's address", req.advertise_address),
+        ));
+    }
+    let unavailable =
+        |e: etcd::EtcdError| refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}"));
+    let endpoint = ctx.config.etcd_client_url();
+    let mut client = ctx.client().await.map_err(unavailable)?;
+    let record = match store::get(&mut client, &endpoint, &tok.id).await {
+        Ok(r) => r.map(|(r, _)| r),
+        Err(e) => {
+            ctx.forget_client().await;
+            return Err(unavailable(e));
+        }
+    };
+    token::verify(&tok, record.as_ref(), req.role, now_secs()).map_err(|e| {
+        let status = match e {
+            TokenError::Unknown(_) | TokenError::Mismatch(_) => StatusCode::UNAUTHORIZED,
+            TokenError::Expired { .. } | TokenError::WrongRole { .. } => StatusCode::FORBIDDEN,
+        };
+        refuse(status, e.to_string())
+    })?;
+    let existing = registry::get(&mut client, &endpoint, name.as_str()).await.map_err(unavailable)?;
+    if let Some(msg) = registry::name_conflict(existing.as_ref(), req.advertise_address) {
+        return Err(refuse(StatusCode::CONFLICT, msg));
+    }
+    let members = etcd::members(&mut client, &endpoint).await.map_err(unavailable)?;
+    let creds = ctx.creds().map_err(unavailable)?;
+    let (mut sealed_material, mut kubelet_cert) = (None, None);
+    match req.role {
+        Role::Master => {
+            membership::check_quorum(&members, &creds)
+                .await
+                .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            let sealed = store::material(&mut client, &endpoint, &tok.id).await.map_err(unavailable)?;
+            sealed_material = Some(sealed.ok_or_else(|| {
+                refuse(StatusCode::GONE, format!("the key material of token {} is gone: print a new script with `hakube node-join-script --master`", tok.id))
+            })?);
+        }
+        Role::Worker => {
+            let csr = req
+                .kubelet_csr
+                .as_deref()
+                .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "a worker join needs kubelet_csr"))?;
+            let ca = Ca::load(&ctx.paths, "ca")
+                .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .ok_or_else(|| refuse(StatusCode::INTERNAL_SERVER_ERROR, "this master has no cluster CA"))?;
+            let spec = pki::kubelet_client_spec(name.as_str());
+            kubelet_cert = Some(
+                ca.sign_csr(csr, &spec, time::OffsetDateTime::now_utc())
+                    .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("kubelet_csr: {e}")))?,
+            );
+        }
+    }
+    store::record_use(&mut client, &endpoint, &tok.id).await.map_err(unavailable)?;
+    let now = now_secs();
+    let record = NodeRecord {
+        name: name.to_string(),
+        role: req.role,
+        address: req.advertise_address,
+        joined_at: existing.as_ref().map(|r| r.joined_at).unwrap_or(now),
+        heartbeat_at: now,
+    };
+    registry::put(&mut client, &endpoint, &record).await.map_err(unavailable)?;
+
+    let mut ca_certs = BTreeMap::new();
+    for name in ["ca.crt", "etcd/ca.crt", "front-proxy-ca.crt"] {
+        let text = std::fs::read_to_string(ctx.paths.pki(name))
+            .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{name}: {e}")))?;
+        ca_certs.insert(name.to_owned(), text);
+    }
+    let port = ctx.config.node.join_api_port;
+    let join_endpoints = members
+        .iter()
+        .filter(|m| !m.is_learner)
+        .filter_map(|m| m.client_urls.first())
+        .filter_map(|u| host_of_url(u).map(|h| format!("{h}:{port}")))
+        .collect();
+    Ok(JoinResponse {
+        cluster: ctx.config.cluster.clone(),
+        ca_certs,
+        sealed_material,
+        kubelet_cert,
+        etcd_members: members,
+        join_endpoints,
+    })
+}
+
+/// `10.0.0.1` from `https://10.0.0.1:2379`, `[fd00::1]` kept bracketed.
+pub fn host_of_url(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let hostport = rest.split('/').next()?;
+    Some(hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport))
+}
+
+/// Serves the join API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    ctx: Arc<ApiContext>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let app = router(ctx);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "join API accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone().layer(Extension(Remote(remote)));
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    info!(target: "audit", %remote, decision = "refused", reason = %format!("TLS handshake: {e}"), "join");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .into_owned();
+            // A client that sends nothing gets dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_from_urls() {
+        assert_eq!(host_of_url("https://10.0.0.1:2379"), Some("10.0.0.1"));
+        assert_eq!(host_of_url("https://[fd00::1]:2379"), Some("[fd00::1]"));
+        assert_eq!(host_of_url("nonsense"), None);
+    }
+}

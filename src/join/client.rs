@@ -1,0 +1,124 @@
+//! The joining host's side of the join API: HTTPS with the CA pinned by
+//! hash, so the token is only ever sent to the cluster the script names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::tls;
+use super::wire::{ApiError, JoinRequest, JoinResponse};
+use crate::config::{Host, HostPort};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the join API at {endpoint}: {message} (is it a master's address and port?)")]
+    Unreachable { endpoint: String, message: String },
+    #[error("{endpoint}: {message}")]
+    Pin { endpoint: String, message: String },
+    #[error("the join API at {endpoint} refused the join ({status}): {message}")]
+    Refused { endpoint: String, status: u16, message: String },
+    #[error("the join API at {endpoint} answered something that is not a join response: {message}")]
+    Malformed { endpoint: String, message: String },
+}
+
+impl ClientError {
+    /// Whether another endpoint may do better (a refusal or a pin mismatch
+    /// would be the same everywhere).
+    pub fn try_next(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } | ClientError::Malformed { .. } => true,
+            ClientError::Refused { status, .. } => *status >= 500 && *status != 503,
+            ClientError::Pin { .. } => false,
+        }
+    }
+}
+
+async fn request(
+    endpoint: &str,
+    ca_hash: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(u16, Bytes), ClientError> {
+    let unreachable = |message: String| ClientError::Unreachable { endpoint: endpoint.to_owned(), message };
+    let hp: HostPort = endpoint.parse().map_err(|e: crate::config::types::InvalidValue| unreachable(e.0))?;
+    let server_name = match &hp.host {
+        Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+        Host::Dns(d) => ServerName::try_from(d.clone()).map_err(|e| unreachable(e.to_string()))?,
+    };
+    let addr = match &hp.host {
+        Host::Ip(ip) => std::net::SocketAddr::new(*ip, hp.port).to_string(),
+        Host::Dns(d) => format!("{d}:{}", hp.port),
+    };
+    let tcp = timeout(Duration::from_secs(5), TcpStream::connect(&addr))
+        .await
+        .map_err(|_| unreachable("no answer within 5s".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(ca_hash)));
+    let stream = timeout(Duration::from_secs(10), connector.connect(server_name, tcp))
+        .await
+        .map_err(|_| unreachable("TLS handshake timed out".into()))?
+        .map_err(|e| {
+            let message = e.to_string();
+            if message.contains("pinned") {
+                ClientError::Pin { endpoint: endpoint.to_owned(), message }
+            } else {
+                unreachable(format!("TLS: {message}"))
+            }
+        })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    tokio::spawn(conn);
+    let method = if body.is_some() { "POST" } else { "GET" };
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", endpoint)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .expect("request builds");
+    let resp = timeout(Duration::from_secs(60), sender.send_request(req))
+        .await
+        .map_err(|_| unreachable("no response within 60s".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+    Ok((status, bytes))
+}
+
+/// Asks one endpoint to join.
+pub async fn join(endpoint: &str, ca_hash: &str, req: &JoinRequest) -> Result<JoinResponse, ClientError> {
+    let body = serde_json::to_vec(req).expect("request serializes");
+    let (status, bytes) = request(endpoint, ca_hash, "/v1/join", Some(body)).await?;
+    if status != 200 {
+        let message = serde_json::from_slice::<ApiError>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(300).collect());
+        return Err(ClientError::Refused { endpoint: endpoint.to_owned(), status, message });
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ClientError::Malformed { endpoint: endpoint.to_owned(), message: e.to_string() })
+}
+
+/// Tries each endpoint in turn until one answers.
+pub async fn join_any(
+    endpoints: &[String],
+    ca_hash: &str,
+    req: &JoinRequest,
+) -> Result<(String, JoinResponse), ClientError> {
+    let mut last = None;
+    for ep in endpoints {
+        match join(ep, ca_hash, req).await {
+            Ok(r) => return Ok((ep.clone(), r)),
+            Err(e) if e.try_next() => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last
+        .unwrap_or(ClientError::Unreachable { endpoint: "(none)".into(), message: "no join endpoint given".into() }))
+}

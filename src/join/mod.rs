@@ -1,0 +1,14 @@
+//! Joining hosts to the cluster: tokens and scripts, the join API every
+//! master serves, and `hakube join` on the new host.
+
+pub mod api;
+pub mod client;
+pub mod issue;
+pub mod material;
+pub mod node;
+pub mod registry;
+pub mod script;
+pub mod store;
+pub mod tls;
+pub mod token;
+pub mod wire;

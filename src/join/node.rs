@@ -1,0 +1,402 @@
+//! `hakube join`: what the join script runs on a new host.
+//!
+//! A master: pin the CA, fetch and open the key material, issue its own
+//! certificates locally (no leaf key crosses the network), then join etcd one
+//! member at a time (lock, gate, learner add, start as `existing`, promote,
+//! gate, unlock). A worker: a CSR for its kubelet certificate, the kubelet
+//! config pointing at the control-plane endpoint, registration.
+//!
+//! Re-running an interrupted join finishes it: the config written before
+//! etcd was touched tells where the cluster is, the learner add reuses a
+//! member with this node's peer URL, and promotion is idempotent.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use super::client;
+use super::material::{self, CertificateKey};
+use super::token::{JoinToken, Role};
+use super::wire::JoinRequest;
+use crate::config::{self, ClusterConfig, Component, InitialClusterState, NodeName};
+use crate::etcd::{self, membership, Credentials};
+use crate::host::fs::{apply_files, create_dir_all, FileSpec};
+use crate::host::paths::Paths;
+use crate::host::process::PidFile;
+use crate::host::{lock, net, preflight, systemd};
+use crate::install::{self, Expect};
+use crate::kube::{components, kubeconfig};
+use crate::pki::{self, Key};
+use crate::progress::Progress;
+
+/// How long a joiner waits for its turn at the etcd membership lock.
+const LOCK_WAIT: Duration = Duration::from_secs(900);
+const GATE_WAIT: Duration = Duration::from_secs(120);
+const PROMOTE_WAIT: Duration = Duration::from_secs(180);
+
+pub struct Request {
+    pub paths: Paths,
+    pub role: Role,
+    pub endpoints: Vec<String>,
+    pub token: Option<String>,
+    pub ca_hash: Option<String>,
+    pub certificate_key: Option<String>,
+    pub node_name: Option<NodeName>,
+    pub advertise_address: Option<IpAddr>,
+    pub components: Option<Vec<Component>>,
+    pub no_systemd: bool,
+    pub bundle: Option<PathBuf>,
+    pub ignore_preflight_errors: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// The arguments, checked before anything is touched.
+struct Checked {
+    token: JoinToken,
+    ca_hash: String,
+    key: Option<CertificateKey>,
+}
+
+fn check(req: &Request) -> anyhow::Result<Checked> {
+    let token: JoinToken = req
+        .token
+        .as_deref()
+        .context("no join token: run the join script, or pass --token / HAKUBE_JOIN_TOKEN")?
+        .parse()
+        .map_err(|e: config::types::InvalidValue| anyhow::anyhow!("--token: {}", e.0))?;
+    let ca_hash = req.ca_hash.clone().context("no --ca-hash (HAKUBE_CA_HASH): run the join script")?;
+    let hex = ca_hash.strip_prefix("sha256:").unwrap_or("");
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("--ca-hash {ca_hash:?} is not of the form sha256:<64 hex digits>: copy it from the join script");
+    }
+    let key = match (req.role, req.certificate_key.as_deref()) {
+        (Role::Master, None) => bail!("a master join needs --certificate-key (HAKUBE_CERTIFICATE_KEY): use a script from `hakube node-join-script --master`"),
+        (Role::Master, Some(k)) => Some(k.parse::<CertificateKey>().map_err(|e| anyhow::anyhow!("--certificate-key: {}", e.0))?),
+        (Role::Worker, _) => None,
+    };
+    if req.endpoints.is_empty() {
+        bail!("no join endpoints (--endpoints / HAKUBE_JOIN_ENDPOINTS): run the join script");
+    }
+    for ep in &req.endpoints {
+        ep.parse::<config::HostPort>().map_err(|e| anyhow::anyhow!("join endpoint {ep:?}: {}", e.0))?;
+    }
+    Ok(Checked { token, ca_hash: ca_hash.to_ascii_lowercase(), key })
+}
+
+pub fn run(req: Request) -> anyhow::Result<()> {
+    let progress = Progress::new("join");
+    let paths = req.paths.clone();
+    let _lock = lock::lock_root(paths.root())?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+
+    if let Some(installed) = config::load_installed(&paths.config_file())? {
+        return resume(&rt, &progress, &paths, installed, &req);
+    }
+    let checked = check(&req)?;
+    let name = match &req.node_name {
+        Some(n) => n.clone(),
+        None => net::detect_name().map_err(anyhow::Error::msg)?.parse().map_err(|e: config::types::InvalidValue| {
+            anyhow::anyhow!("the hostname is not a valid node name ({}): pass --node-name", e.0)
+        })?,
+    };
+    let address = match req.advertise_address {
+        Some(a) => a,
+        None => net::detect_address().map_err(anyhow::Error::msg)?,
+    };
+    let components = req.components.clone().unwrap_or_else(|| match req.role {
+        Role::Master => Component::ALL.to_vec(),
+        Role::Worker => vec![Component::Kubelet],
+    });
+    if req.role == Role::Master && !components.contains(&Component::Etcd) {
+        bail!("a master runs etcd: add etcd to --components");
+    }
+    if req.role == Role::Worker && components.iter().any(|c| *c != Component::Kubelet) {
+        bail!("a worker runs only kubelet (or nothing: --components none); masters join with a --master script");
+    }
+    let use_systemd = !req.no_systemd && systemd::is_running();
+    let mut flags = serde_yaml::Mapping::new();
+    let node = serde_yaml::to_value(serde_json::json!({
+        "name": name.as_str(),
+        "advertiseAddress": address.to_string(),
+        "components": components.iter().map(|c| c.name()).collect::<Vec<_>>(),
+        "systemd": use_systemd,
+        "etcd": {"initialClusterState": "existing"},
+    }))?;
+    flags.insert("node".into(), node);
+    let mut flags = serde_yaml::Value::Mapping(flags);
+    if let Some(b) = &req.bundle {
+        let abs = std::path::absolute(b).unwrap_or_else(|_| b.clone());
+        config::set(&mut flags, "node", "bundle", abs.display().to_string().into());
+    }
+    // The identity and components are known now: check the host before asking the cluster.
+    let probe = node_config(&flags, None)?;
+    progress.phase("preflight checks", || run_preflight(&paths, &probe, &req.ignore_preflight_errors))?;
+
+    let ask = JoinRequest {
+        token: checked.token.reveal(),
+        role: req.role,
+        node_name: name.to_string(),
+        advertise_address: address,
+        kubelet_csr: None,
+    };
+    match req.role {
+        Role::Master => join_master(&rt, &progress, &paths, flags, ask, &checked, &req),
+        Role::Worker => join_worker(&rt, &progress, &paths, flags, ask, &checked, &req),
+    }
+}
+
+/// The node's config from the cluster spec (if known) and the node flags.
+fn node_config(flags: &serde_yaml::Value, cluster: Option<&config::ClusterSpec>) -> anyhow::Result<ClusterConfig> {
+    let mut tree = flags.clone();
+    if let Some(c) = cluster {
+        config::merge(&mut tree, serde_yaml::to_value(serde_json::json!({ "cluster": c }))?);
+    }
+    Ok(config::resolve(config::Sources {
+        installed: None,
+        file: None,
+        flags: tree,
+        detect_name: &|| Err("the node name is set by join".to_owned()),
+        detect_address: &|| Err("the advertise address is set by join".to_owned()),
+    })?)
+}
+
+fn run_preflight(paths: &Paths, c: &ClusterConfig, ignore: &[String]) -> anyhow::Result<()> {
+    let failures = preflight::run(&preflight::Context {
+        paths,
+        config: c,
+        agent_running: PidFile::holder(&paths.agent_pid_file()).is_some(),
+        euid_is_root: nix::unistd::geteuid().is_root(),
+    });
+    let (fatal, ignored) = preflight::triage(failures, ignore);
+    for f in &ignored {
+        eprintln!("[join] ignored preflight error [{}]: {}", f.name, f.message);
+    }
+    if fatal.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<_> = fatal.iter().map(|f| format!("  [{}] {}", f.name, f.message)).collect();
+    bail!(
+        "preflight checks failed, nothing was written:\n{}\n(to go ahead anyway: --ignore-preflight-errors={})",
+        list.join("\n"),
+        fatal.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(",")
+    )
+}
+
+fn ask_cluster(
+    rt: &tokio::runtime::Runtime,
+    progress: &Progress,
+    endpoints: &[String],
+    ca_hash: &str,
+    ask: &JoinRequest,
+) -> anyhow::Result<super::wire::JoinResponse> {
+    let (ep, resp) = progress.phase(&format!("asking the cluster to join ({})", endpoints.join(", ")), || {
+        rt.block_on(client::join_any(endpoints, ca_hash, ask))
+    })?;
+    progress.note(format!("  accepted by {ep}; {} etcd member(s)", resp.etcd_members.len()));
+    Ok(resp)
+}
+
+fn join_master(
+    rt: &tokio::runtime::Runtime,
+    progress: &Progress,
+    paths: &Paths,
+    flags: serde_yaml::Value,
+    ask: JoinRequest,
+    checked: &Checked,
+    req: &Request,
+) -> anyhow::Result<()> {
+    let resp = ask_cluster(rt, progress, &req.endpoints, &checked.ca_hash, &ask)?;
+    let key = checked.key.as_ref().expect("checked: masters have a key");
+    let sealed = resp.sealed_material.as_deref().context("the join API sent no key material for a master")?;
+    // Opening the material proves the key before anything is written.
+    let opened = material::open(key, sealed)?;
+    let mut c = node_config(&flags, Some(&resp.cluster))?;
+    c.node.etcd.join_endpoints = resp
+        .etcd_members
+        .iter()
+        .filter(|m| !m.is_learner && m.started())
+        .filter_map(|m| m.client_urls.first().cloned())
+        .collect();
+    if c.node.etcd.join_endpoints.is_empty() {
+        bail!("the cluster reported no started etcd member to join");
+    }
+    progress.phase("writing the cluster's CAs and this node's certificates", || -> anyhow::Result<()> {
+        create_dir_all(&paths.pki_dir(), 0o700)?;
+        apply_files(&material::files(paths, &opened)?)?;
+        write_node_files(paths, &c)
+    })?;
+    join_etcd(rt, progress, paths, c, req)
+}
+
+/// Writes the config and every planned file of a master (its leaves are
+/// issued here, by the CAs just written).
+fn write_node_files(paths: &Paths, c: &ClusterConfig) -> anyhow::Result<()> {
+    let plan = install::plan(paths, c, c.node.systemd)?;
+    if c.has(Component::Etcd) {
+        create_dir_all(&paths.etcd_data_dir(), 0o700)?;
+    }
+    apply_files(&plan.backups)?;
+    apply_files(&plan.files)?;
+    Ok(())
+}
+
+/// The serialized etcd join, from wherever a previous run stopped.
+fn join_etcd(
+    rt: &tokio::runtime::Runtime,
+    progress: &Progress,
+    paths: &Paths,
+    mut c: ClusterConfig,
+    req: &Request,
+) -> anyhow::Result<()> {
+    let creds = Credentials::load(paths, "apiserver-etcd-client")?;
+    let endpoints = c.node.etcd.join_endpoints.clone();
+    let endpoint = endpoints.join(",");
+    let peer = c.etcd_peer_url();
+    let name = c.node.name.to_string();
+    rt.block_on(async {
+        let mut client = etcd::connect(&endpoints, &creds, Duration::from_secs(5))
+            .await
+            .with_context(|| format!("cannot reach the cluster's etcd at {endpoint}"))?;
+        progress.note("waiting for the etcd membership lock (one master joins at a time)");
+        let t = std::time::Instant::now();
+        let lock = membership::Lock::acquire(&mut client, &endpoint, LOCK_WAIT).await?;
+        progress.note(format!("  lock held after {:.2}s", t.elapsed().as_secs_f64()));
+        let result = async {
+            let mut last_note = String::new();
+            membership::wait_gate(&mut client, &endpoint, &creds, &peer, GATE_WAIT, |e| {
+                let s = e.to_string();
+                if s != last_note {
+                    progress.note(format!("  waiting for etcd to be healthy: {s}"));
+                    last_note = s;
+                }
+            })
+            .await?;
+            let before = etcd::members(&mut client, &endpoint).await?;
+            let existed = before.iter().any(|m| m.peer_urls.iter().any(|u| u == &peer));
+            let (id, members) = membership::add_learner(&mut client, &endpoint, &peer).await?;
+            progress.note(format!(
+                "  etcd member {id:x} for {peer}: {}",
+                if existed { "already added (resuming)" } else { "added as a learner" }
+            ));
+            if !existed && has_data(&paths.etcd_data_dir()) {
+                // Data of a previous membership would make etcd refuse the new one.
+                let aside = paths.data_dir().join(format!("etcd.old-{}", crate::agent::state::now_secs()));
+                std::fs::rename(paths.etcd_data_dir(), &aside)
+                    .with_context(|| format!("cannot move the old etcd data aside to {}", aside.display()))?;
+                create_dir_all(&paths.etcd_data_dir(), 0o700)?;
+                progress.note(format!("  moved stale etcd data to {}", aside.display()));
+            }
+            c.node.etcd.initial_cluster = Some(membership::initial_cluster(&members, &name, &peer));
+            c.node.etcd.initial_cluster_state = InitialClusterState::Existing;
+            write_node_files(paths, &c)?;
+            let expect = install::start_agent(paths, c.node.systemd, PidFile::holder(&paths.agent_pid_file()))?;
+            progress.note("  local etcd starting as an existing member; waiting to promote it");
+            membership::promote_when_ready(&mut client, &endpoint, id, PROMOTE_WAIT).await?;
+            progress.note(format!("  member {id:x} is a voting member"));
+            membership::wait_gate(&mut client, &endpoint, &creds, &peer, GATE_WAIT, |_| {}).await?;
+            anyhow::Ok(expect)
+        }
+        .await;
+        lock.release(&mut client).await;
+        let expect = result?;
+        let state = install::wait_healthy(paths, expect, req.timeout, progress)?;
+        install::summary(progress, paths, &c, &state, c.node.systemd);
+        anyhow::Ok(())
+    })
+}
+
+fn has_data(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
+}
+
+fn join_worker(
+    rt: &tokio::runtime::Runtime,
+    progress: &Progress,
+    paths: &Paths,
+    flags: serde_yaml::Value,
+    mut ask: JoinRequest,
+    checked: &Checked,
+    req: &Request,
+) -> anyhow::Result<()> {
+    // The kubelet's key is made here and never leaves this host.
+    let key = Key::generate(config::KeyAlgorithm::EcdsaP256).map_err(anyhow::Error::msg)?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key.pair)?.pem()?;
+    ask.kubelet_csr = Some(csr);
+    let resp = ask_cluster(rt, progress, &req.endpoints, &checked.ca_hash, &ask)?;
+    let mut c = node_config(&flags, Some(&resp.cluster))?;
+    c.node.api_servers = resp
+        .etcd_members
+        .iter()
+        .filter(|m| !m.is_learner)
+        .filter_map(|m| m.client_urls.first().and_then(|u| super::api::host_of_url(u)))
+        .filter_map(|h| format!("{h}:{}", c.node.api_server_port).parse().ok())
+        .collect();
+    let cert = resp.kubelet_cert.context("the join API sent no kubelet certificate")?;
+    let ca = resp.ca_certs.get("ca.crt").context("the join API sent no cluster CA")?;
+    if pki::ca_hash(ca.as_bytes()).map_err(anyhow::Error::msg)? != checked.ca_hash {
+        bail!("the cluster CA received does not match --ca-hash: refusing it");
+    }
+    progress.phase("writing the kubelet's credentials and config", || -> anyhow::Result<()> {
+        let mut files = vec![
+            FileSpec::new(paths.config_file(), c.to_yaml(), 0o644),
+            FileSpec::new(paths.pki("ca.crt"), ca.clone(), 0o644),
+            FileSpec::new(
+                paths.kubeconfig("kubelet"),
+                kubeconfig::render(
+                    &c.cluster.name,
+                    &kubeconfig::server_for(&c, "kubelet"),
+                    ca,
+                    &format!("system:node:{}", c.node.name),
+                    &cert,
+                    &key.pem,
+                ),
+                0o600,
+            ),
+        ];
+        if c.has(Component::Kubelet) {
+            files.push(components::kubelet_config(paths, &c));
+        }
+        if c.node.systemd {
+            files.push(systemd::unit_file(paths));
+        }
+        create_dir_all(&paths.pki_dir(), 0o700)?;
+        apply_files(&files)?;
+        Ok(())
+    })?;
+    let expect = progress.phase("starting the agent", || {
+        install::start_agent(paths, c.node.systemd, PidFile::holder(&paths.agent_pid_file()))
+    })?;
+    let state = progress.phase("waiting for the node to become healthy", || {
+        install::wait_healthy(paths, expect, req.timeout, progress)
+    })?;
+    install::summary(progress, paths, &c, &state, c.node.systemd);
+    Ok(())
+}
+
+/// A re-run on a host that already has a config: finish what was started.
+fn resume(
+    rt: &tokio::runtime::Runtime,
+    progress: &Progress,
+    paths: &Paths,
+    c: ClusterConfig,
+    req: &Request,
+) -> anyhow::Result<()> {
+    if c.has(Component::Etcd) {
+        if c.node.etcd.initial_cluster_state == InitialClusterState::New {
+            bail!(
+                "this host is the first master of cluster {} already: run `hakube reset` here before joining it elsewhere",
+                c.cluster.name
+            );
+        }
+        progress
+            .note(format!("{} already has this node's config: resuming its etcd join", paths.config_file().display()));
+        return join_etcd(rt, progress, paths, c, req);
+    }
+    progress.note("this worker is already joined: making sure its agent runs");
+    let expect: Expect = install::start_agent(paths, c.node.systemd, PidFile::holder(&paths.agent_pid_file()))?;
+    let state = install::wait_healthy(paths, expect, req.timeout, progress)?;
+    install::summary(progress, paths, &c, &state, c.node.systemd);
+    Ok(())
+}

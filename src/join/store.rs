@@ -1,0 +1,101 @@
+//! Tokens and sealed key material in etcd, both on the token's lease.
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+
+use super::token::{JoinToken, Role, TokenRecord, TOKEN_PREFIX};
+use crate::etcd::EtcdError;
+
+pub const MATERIAL_PREFIX: &str = "/hakube/material/";
+
+fn call(endpoint: &str, e: etcd_client::Error) -> EtcdError {
+    EtcdError::Call { endpoint: endpoint.to_owned(), message: e.to_string() }
+}
+
+/// A token record for `token`, valid for `ttl_secs` from `now`.
+pub fn new_record(token: &JoinToken, role: Role, ttl_secs: u64, created_by: &str, now: u64) -> TokenRecord {
+    TokenRecord {
+        id: token.id.clone(),
+        secret_sha256: token.secret_hash(),
+        role,
+        created_at: now,
+        expires_at: now + ttl_secs,
+        uses: 0,
+        created_by: created_by.to_owned(),
+    }
+}
+
+/// Stores a token record (and, for masters, its sealed material) on a
+/// lease that ends when the token expires.
+pub async fn create(
+    client: &mut Client,
+    endpoint: &str,
+    record: &TokenRecord,
+    sealed_material: Option<String>,
+) -> Result<(), EtcdError> {
+    let ttl = record.expires_at.saturating_sub(record.created_at).max(1);
+    let lease = client.lease_grant(ttl as i64, None).await.map_err(|e| call(endpoint, e))?.id();
+    let key = format!("{TOKEN_PREFIX}{}", record.id);
+    let mut ops = vec![TxnOp::put(
+        key,
+        serde_json::to_vec(record).expect("record serializes"),
+        Some(PutOptions::new().with_lease(lease)),
+    )];
+    if let Some(sealed) = sealed_material {
+        ops.push(TxnOp::put(
+            format!("{MATERIAL_PREFIX}{}", record.id),
+            sealed,
+            Some(PutOptions::new().with_lease(lease)),
+        ));
+    }
+    client.txn(Txn::new().and_then(ops)).await.map_err(|e| call(endpoint, e))?;
+    Ok(())
+}
+
+pub async fn get(client: &mut Client, endpoint: &str, id: &str) -> Result<Option<(TokenRecord, i64)>, EtcdError> {
+    let resp = client.get(format!("{TOKEN_PREFIX}{id}"), None).await.map_err(|e| call(endpoint, e))?;
+    Ok(resp.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok().map(|r| (r, kv.mod_revision()))))
+}
+
+pub async fn material(client: &mut Client, endpoint: &str, id: &str) -> Result<Option<String>, EtcdError> {
+    let resp = client.get(format!("{MATERIAL_PREFIX}{id}"), None).await.map_err(|e| call(endpoint, e))?;
+    Ok(resp.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+}
+
+/// Counts one use, unless the record changed meanwhile (then retries).
+pub async fn record_use(client: &mut Client, endpoint: &str, id: &str) -> Result<(), EtcdError> {
+    for _ in 0..10 {
+        let Some((mut record, rev)) = get(client, endpoint, id).await? else { return Ok(()) };
+        let key = format!("{TOKEN_PREFIX}{id}");
+        let lease = client
+            .get(key.as_str(), None)
+            .await
+            .map_err(|e| call(endpoint, e))?
+            .kvs()
+            .first()
+            .map(|kv| kv.lease())
+            .unwrap_or(0);
+        record.uses += 1;
+        let put = TxnOp::put(
+            key.as_str(),
+            serde_json::to_vec(&record).expect("record serializes"),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        let txn = Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)]).and_then([put]);
+        if client.txn(txn).await.map_err(|e| call(endpoint, e))?.succeeded() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+pub async fn list(client: &mut Client, endpoint: &str) -> Result<Vec<TokenRecord>, EtcdError> {
+    let resp = client.get(TOKEN_PREFIX, Some(GetOptions::new().with_prefix())).await.map_err(|e| call(endpoint, e))?;
+    Ok(resp.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect())
+}
+
+/// Deletes a token and its material; false when there was none.
+pub async fn revoke(client: &mut Client, endpoint: &str, id: &str) -> Result<bool, EtcdError> {
+    let resp = client.delete(format!("{TOKEN_PREFIX}{id}"), None).await.map_err(|e| call(endpoint, e))?;
+    client.delete(format!("{MATERIAL_PREFIX}{id}"), None).await.map_err(|e| call(endpoint, e))?;
+    Ok(resp.deleted() > 0)
+}
