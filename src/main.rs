@@ -6,7 +6,14 @@ fn main() {
         Ok("warn") => tracing::Level::WARN,
         _ => tracing::Level::INFO,
     };
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_target(false).init();
+    // Colours only on a terminal: the detached agent's log is a file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
     match hakube::cli::main(std::env::args_os().collect()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

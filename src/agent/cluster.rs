@@ -85,13 +85,18 @@ pub async fn duties(paths: Paths, cfg: ClusterConfig, mut stop: watch::Receiver<
             remove_stalled_learners(c, &endpoint, &mut learners, limit).await;
             Ok::<_, etcd::EtcdError>(())
         };
-        if let Err(e) = round.await {
-            client = None;
-            tracing::debug!(error = %e, "cluster duties skipped a round");
-        }
+        // Until a round succeeds (etcd still starting), try again soon.
+        let pause = match round.await {
+            Ok(()) => DUTY_INTERVAL,
+            Err(e) => {
+                client = None;
+                tracing::debug!(error = %e, "cluster duties skipped a round");
+                Duration::from_secs(1)
+            }
+        };
         tokio::select! {
             _ = stop.changed() => return,
-            _ = sleep(DUTY_INTERVAL) => {}
+            _ = sleep(pause) => {}
         }
     }
 }

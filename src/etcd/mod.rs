@@ -49,12 +49,27 @@ impl Credentials {
     }
 }
 
-/// Connects to `endpoints` (one is enough; the client balances over them).
+/// Connects to `endpoints` (one is enough; the client balances over them);
+/// every request is bounded by `timeout`.
 pub async fn connect(endpoints: &[String], creds: &Credentials, timeout: Duration) -> Result<Client, EtcdError> {
+    connect_with(endpoints, creds, timeout, Some(timeout)).await
+}
+
+/// As [`connect`], with requests unbounded unless `request_timeout` is
+/// given: for calls that wait by design, such as taking a lock.
+pub async fn connect_with(
+    endpoints: &[String],
+    creds: &Credentials,
+    connect_timeout: Duration,
+    request_timeout: Option<Duration>,
+) -> Result<Client, EtcdError> {
     let tls = TlsOptions::new()
         .ca_certificate(Certificate::from_pem(&creds.ca))
         .identity(Identity::from_pem(&creds.cert, &creds.key));
-    let opts = ConnectOptions::new().with_tls(tls).with_connect_timeout(timeout).with_timeout(timeout);
+    let mut opts = ConnectOptions::new().with_tls(tls).with_connect_timeout(connect_timeout);
+    if let Some(t) = request_timeout {
+        opts = opts.with_timeout(t);
+    }
     Client::connect(endpoints, Some(opts))
         .await
         .map_err(|e| EtcdError::Call { endpoint: endpoints.join(","), message: e.to_string() })

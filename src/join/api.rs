@@ -104,7 +104,24 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route("/v1/binary", get(binary))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .with_state(ctx)
+}
+
+/// Refuses a body whose declared length is over the limit before reading
+/// any of it (so a client waiting on `Expect: 100-continue` gets the 413
+/// instead of a reset connection); bodies of undeclared length are cut off
+/// at the limit by [`DefaultBodyLimit`].
+async fn refuse_declared_oversize(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes")).into_response();
+    }
+    next.run(req).await
 }
 
 async fn binary() -> Response {
@@ -160,7 +177,7 @@ async fn handle_join(ctx: &ApiContext, remote: SocketAddr, body: &[u8]) -> Resul
         |e: etcd::EtcdError| refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}"));
     let endpoint = ctx.config.etcd_client_url();
     let mut client = ctx.client().await.map_err(unavailable)?;
-    let record = match store::get(&mut client, &endpoint, &tok.id).await {
+    let record = match store::get_with(&mut client, &endpoint, &tok.id, true).await {
         Ok(r) => r.map(|(r, _)| r),
         Err(e) => {
             ctx.forget_client().await;
@@ -174,18 +191,35 @@ async fn handle_join(ctx: &ApiContext, remote: SocketAddr, body: &[u8]) -> Resul
         };
         refuse(status, e.to_string())
     })?;
+    // Everything from here on writes to etcd: refuse with the reason when
+    // it has no quorum (the member list is answered locally).
+    let members = etcd::members(&mut client, &endpoint).await.map_err(unavailable)?;
+    let creds = ctx.creds().map_err(unavailable)?;
+    membership::check_quorum(&members, &creds)
+        .await
+        .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let existing = registry::get(&mut client, &endpoint, name.as_str()).await.map_err(unavailable)?;
     if let Some(msg) = registry::name_conflict(existing.as_ref(), req.advertise_address) {
         return Err(refuse(StatusCode::CONFLICT, msg));
     }
-    let members = etcd::members(&mut client, &endpoint).await.map_err(unavailable)?;
-    let creds = ctx.creds().map_err(unavailable)?;
+    // An etcd member of that name on another host is a conflict too, even
+    // before its agent has registered it.
+    let own_host = crate::config::Host::Ip(req.advertise_address).to_string();
+    if let Some(m) = members.iter().find(|m| m.name == name.as_str()) {
+        if !m.peer_urls.iter().any(|u| host_of_url(u) == Some(own_host.as_str())) {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                format!(
+                    "node name {name} is taken by etcd member {} ({}): give this host another --node-name",
+                    m.name,
+                    m.peer_urls.join(",")
+                ),
+            ));
+        }
+    }
     let (mut sealed_material, mut kubelet_cert) = (None, None);
     match req.role {
         Role::Master => {
-            membership::check_quorum(&members, &creds)
-                .await
-                .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
             let sealed = store::material(&mut client, &endpoint, &tok.id).await.map_err(unavailable)?;
             sealed_material = Some(sealed.ok_or_else(|| {
                 refuse(StatusCode::GONE, format!("the key material of token {} is gone: print a new script with `hakube node-join-script --master`", tok.id))

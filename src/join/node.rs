@@ -259,9 +259,11 @@ fn join_etcd(
         let mut client = etcd::connect(&endpoints, &creds, Duration::from_secs(5))
             .await
             .with_context(|| format!("cannot reach the cluster's etcd at {endpoint}"))?;
+        // Waiting for the lock is bounded by LOCK_WAIT, not by a request timeout.
+        let mut lock_client = etcd::connect_with(&endpoints, &creds, Duration::from_secs(5), None).await?;
         progress.note("waiting for the etcd membership lock (one master joins at a time)");
         let t = std::time::Instant::now();
-        let lock = membership::Lock::acquire(&mut client, &endpoint, LOCK_WAIT).await?;
+        let lock = membership::Lock::acquire(&mut lock_client, &endpoint, LOCK_WAIT).await?;
         progress.note(format!("  lock held after {:.2}s", t.elapsed().as_secs_f64()));
         let result = async {
             let mut last_note = String::new();
@@ -280,6 +282,7 @@ fn join_etcd(
                 "  etcd member {id:x} for {peer}: {}",
                 if existed { "already added (resuming)" } else { "added as a learner" }
             ));
+            fault_point("after-member-add");
             if !existed && has_data(&paths.etcd_data_dir()) {
                 // Data of a previous membership would make etcd refuse the new one.
                 let aside = paths.data_dir().join(format!("etcd.old-{}", crate::agent::state::now_secs()));
@@ -293,18 +296,28 @@ fn join_etcd(
             write_node_files(paths, &c)?;
             let expect = install::start_agent(paths, c.node.systemd, PidFile::holder(&paths.agent_pid_file()))?;
             progress.note("  local etcd starting as an existing member; waiting to promote it");
+            fault_point("after-etcd-start");
             membership::promote_when_ready(&mut client, &endpoint, id, PROMOTE_WAIT).await?;
             progress.note(format!("  member {id:x} is a voting member"));
             membership::wait_gate(&mut client, &endpoint, &creds, &peer, GATE_WAIT, |_| {}).await?;
             anyhow::Ok(expect)
         }
         .await;
-        lock.release(&mut client).await;
+        lock.release(&mut lock_client).await;
         let expect = result?;
         let state = install::wait_healthy(paths, expect, req.timeout, progress)?;
         install::summary(progress, paths, &c, &state, c.node.systemd);
         anyhow::Ok(())
     })
+}
+
+/// Fault injection for the recovery tests: `HAKUBE_FAULT=<point>` ends the
+/// process at that point as abruptly as a kill would (no unlock, no cleanup).
+fn fault_point(name: &str) {
+    if std::env::var("HAKUBE_FAULT").as_deref() == Ok(name) {
+        eprintln!("[join] HAKUBE_FAULT={name}: stopping here as if killed");
+        std::process::exit(137);
+    }
 }
 
 fn has_data(dir: &std::path::Path) -> bool {

@@ -51,9 +51,21 @@ pub async fn create(
     Ok(())
 }
 
-pub async fn get(client: &mut Client, endpoint: &str, id: &str) -> Result<Option<(TokenRecord, i64)>, EtcdError> {
-    let resp = client.get(format!("{TOKEN_PREFIX}{id}"), None).await.map_err(|e| call(endpoint, e))?;
+/// Reads a token. `local` reads this member's copy without a quorum round
+/// (serializable), so a refusal can still be explained when quorum is lost.
+pub async fn get_with(
+    client: &mut Client,
+    endpoint: &str,
+    id: &str,
+    local: bool,
+) -> Result<Option<(TokenRecord, i64)>, EtcdError> {
+    let opts = local.then(|| GetOptions::new().with_serializable());
+    let resp = client.get(format!("{TOKEN_PREFIX}{id}"), opts).await.map_err(|e| call(endpoint, e))?;
     Ok(resp.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok().map(|r| (r, kv.mod_revision()))))
+}
+
+pub async fn get(client: &mut Client, endpoint: &str, id: &str) -> Result<Option<(TokenRecord, i64)>, EtcdError> {
+    get_with(client, endpoint, id, false).await
 }
 
 pub async fn material(client: &mut Client, endpoint: &str, id: &str) -> Result<Option<String>, EtcdError> {

@@ -30,6 +30,8 @@ fn must(cmd: &str, args: &[&str]) {
 /// A simulated host.
 pub struct Host {
     pub ns: String,
+    /// Its node name.
+    pub name: String,
     pub root: tempfile::TempDir,
     /// The address its components advertise.
     pub addr: String,
@@ -41,7 +43,7 @@ impl Host {
         let ns = unique("hkt");
         must("ip", &["netns", "add", &ns]);
         must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        Host { ns, root: tempfile::tempdir().expect("tempdir"), addr: "127.0.0.1".into() }
+        Host { ns, name: "m1".into(), root: tempfile::tempdir().expect("tempdir"), addr: "127.0.0.1".into() }
     }
 
     pub fn root(&self) -> &Path {
@@ -60,6 +62,27 @@ impl Host {
             .stdin(Stdio::null())
             .output()
             .expect("ip netns exec")
+    }
+
+    /// Runs `bash SCRIPT ARGS…` inside the host's namespace with extra environment.
+    pub fn bash(&self, script: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, "bash"]).arg(script).args(args).stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("bash")
+    }
+
+    /// `hakube --root ROOT ARGS…` with extra environment.
+    pub fn hakube_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let root = self.root().display().to_string();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, HAKUBE, "--root", &root]).args(args).stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("hakube")
     }
 
     /// `hakube --root ROOT ARGS…` on this host.
@@ -149,8 +172,8 @@ impl Network {
         Network { switch, subnet, next_host: AtomicU32::new(11) }
     }
 
-    /// A host with an address on the bridge.
-    pub fn host(&self) -> Host {
+    /// A host with an address on the bridge, named `name`.
+    pub fn host(&self, name: &str) -> Host {
         let n = self.next_host.fetch_add(1, Ordering::SeqCst);
         let ns = unique("hkt");
         let addr = format!("10.{}.0.{n}", 100 + self.subnet % 100);
@@ -162,12 +185,18 @@ impl Network {
         must("ip", &["-n", &self.switch, "link", "set", outside, "master", "br0", "up"]);
         must("ip", &["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", inside]);
         must("ip", &["-n", &ns, "link", "set", inside, "up"]);
-        Host { ns, root: tempfile::tempdir().expect("tempdir"), addr }
+        Host { ns, name: name.into(), root: tempfile::tempdir().expect("tempdir"), addr }
     }
 
     /// Cuts a host off the network (its link down) or reconnects it.
     pub fn set_link(&self, host: &Host, up: bool) {
         must("ip", &["-n", &host.ns, "link", "set", "eth0", if up { "up" } else { "down" }]);
+    }
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -1,0 +1,443 @@
+//! Joining masters and workers for real: several hosts in network
+//! namespaces on one bridge, real etcd, the real join scripts.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use support::*;
+
+/// A first master on a fresh network.
+fn first_master(net: &Network) -> Host {
+    let m1 = net.host("m1");
+    m1.install(&["ha"]);
+    m1
+}
+
+/// `node-join-script [--master]` on `master`, saved to a file.
+fn script(master: &Host, role_master: bool, extra: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let mut args = vec!["node-join-script"];
+    if role_master {
+        args.push("--master");
+    }
+    args.extend_from_slice(extra);
+    let out = master.hakube(&args);
+    assert_ok(&out, "node-join-script");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("join.sh");
+    std::fs::write(&path, &out.stdout).unwrap();
+    (dir, path)
+}
+
+fn join_args(h: &Host, components: &str) -> Vec<String> {
+    [
+        "--root",
+        h.root().to_str().unwrap(),
+        "--advertise-address",
+        &h.addr,
+        "--node-name",
+        &h.name,
+        "--components",
+        components,
+        "--no-systemd",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn run_join(h: &Host, script: &std::path::Path, components: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let args = join_args(h, components);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    h.bash(script, &refs, env)
+}
+
+/// Voting, started members as `etcdctl member list` sees them from `h`.
+fn voters(h: &Host) -> Vec<String> {
+    let out = h.etcdctl(Some("etcd/healthcheck-client"), &["member", "list", "-w", "simple"]);
+    assert_ok(&out, "member list");
+    stdout(&out)
+        .lines()
+        .filter(|l| l.contains(", started, ") && l.trim_end().ends_with("false"))
+        .map(|l| l.split(", ").nth(2).unwrap_or("").to_owned())
+        .collect()
+}
+
+fn members_text(h: &Host) -> String {
+    stdout(&h.etcdctl(Some("etcd/healthcheck-client"), &["member", "list"]))
+}
+
+/// The binary is on no PATH inside the hosts: scripts fetch it from the
+/// master and check its hash, unless told where it is.
+const BIN: (&str, &str) = ("HAKUBE_BIN", support::HAKUBE);
+
+#[test]
+fn five_masters_joining_at_once_all_become_voters_every_time() {
+    for round in 0..3 {
+        let net = Network::new();
+        let m1 = first_master(&net);
+        let (_d, join) = script(&m1, true, &[]);
+        let joiners: Vec<Host> = (2..=6).map(|i| net.host(&format!("m{i}"))).collect();
+        let outs: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = joiners.iter().map(|h| s.spawn(|| run_join(h, &join, "etcd", &[BIN]))).collect();
+            handles.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for (h, out) in joiners.iter().zip(&outs) {
+            assert_ok(out, &format!("round {round}: join of {}", h.name));
+        }
+        let mut names = voters(&m1);
+        names.sort();
+        assert_eq!(names, ["m1", "m2", "m3", "m4", "m5", "m6"], "round {round}:\n{}", members_text(&m1));
+        for h in joiners.iter().chain([&m1]) {
+            assert_ok(&h.hakube(&["status"]), &format!("status of {}", h.name));
+        }
+        let status = stdout(&m1.hakube(&["status"]));
+        assert!(status.contains("quorum 4 of 6") && status.contains("an even count"), "{status}");
+    }
+}
+
+#[test]
+fn a_script_fetches_and_verifies_the_binary_and_a_worker_joins() {
+    let net = Network::new();
+    let m1 = first_master(&net);
+    let (_d, join) = script(&m1, false, &[]);
+    let w1 = net.host("w1");
+    // No HAKUBE_BIN and no hakube on PATH: the script downloads the master's binary.
+    let out = run_join(&w1, &join, "none", &[("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")]);
+    assert_ok(&out, "worker join");
+    let kubeconfig = std::fs::read_to_string(w1.root().join("var/lib/hakube/kubeconfigs/kubelet.conf")).unwrap();
+    assert!(kubeconfig.contains(&format!("server: https://{}:6443", m1.addr)), "{kubeconfig}");
+    // The kubelet certificate verifies against the cluster CA and names the node.
+    let cert = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("client-certificate-data: ")).unwrap();
+    let pem = String::from_utf8(base64_decode(cert)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pem_path = dir.path().join("kubelet.crt");
+    std::fs::write(&pem_path, &pem).unwrap();
+    assert_ok(
+        &openssl(&["verify", "-CAfile", m1.pki("ca.crt").to_str().unwrap(), pem_path.to_str().unwrap()]),
+        "verify kubelet cert",
+    );
+    let subject = stdout(&openssl(&["x509", "-noout", "-subject", "-in", pem_path.to_str().unwrap()]));
+    assert!(subject.contains("O = system:nodes") && subject.contains("CN = system:node:w1"), "{subject}");
+    // The worker holds no CA key and no etcd material.
+    assert!(!w1.pki("ca.key").exists() && !w1.pki("etcd").exists());
+    // It is registered with the cluster.
+    let reg = stdout(&m1.etcdctl(Some("apiserver-etcd-client"), &["get", "/hakube/nodes/w1", "--print-value-only"]));
+    assert!(reg.contains("\"role\":\"worker\"") && reg.contains(&w1.addr), "{reg}");
+    assert_ok(&w1.hakube(&["status"]), "worker status");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let out = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    out.stdin.as_ref().unwrap().write_all(s.as_bytes()).unwrap();
+    out.wait_with_output().unwrap().stdout
+}
+
+fn token_line(m: &Host, id: &str) -> String {
+    let out = m.hakube(&["token", "list"]);
+    assert_ok(&out, "token list");
+    stdout(&out).lines().find(|l| l.starts_with(id)).unwrap_or("").to_owned()
+}
+
+/// A copy of a join script with one variable changed.
+fn edited(path: &std::path::Path, var: &str, value: &str) -> PathBuf {
+    let old = script_var(path, var);
+    let text = std::fs::read_to_string(path).unwrap();
+    let new = text.replace(&format!("export {var}='{old}'"), &format!("export {var}='{value}'"));
+    assert_ne!(text, new);
+    let out = path.with_file_name(format!("{var}.sh"));
+    std::fs::write(&out, new).unwrap();
+    out
+}
+
+fn script_var(path: &std::path::Path, var: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = text.lines().find(|l| l.starts_with(&format!("export {var}="))).unwrap_or_else(|| panic!("no {var}"));
+    line.split_once('=').unwrap().1.trim_matches('\'').to_owned()
+}
+
+#[test]
+fn tokens_are_counted_expire_and_can_be_revoked() {
+    let net = Network::new();
+    let m1 = first_master(&net);
+    let (_d, join) = script(&m1, false, &[]);
+    let id = script_var(&join, "HAKUBE_JOIN_TOKEN")[..6].to_owned();
+    assert!(token_line(&m1, &id).contains(" 0 "), "{}", token_line(&m1, &id));
+    let w1 = net.host("w1");
+    assert_ok(&run_join(&w1, &join, "none", &[BIN]), "first use");
+    assert!(token_line(&m1, &id).contains(" 1 "), "{}", token_line(&m1, &id));
+
+    // Revoked: refused, nothing written.
+    assert_ok(&m1.hakube(&["token", "revoke", &id]), "revoke");
+    let w2 = net.host("w2");
+    let out = run_join(&w2, &join, "none", &[BIN]);
+    assert!(!out.status.success() && stderr(&out).contains(&format!("unknown join token {id}")), "{}", stderr(&out));
+    assert!(std::fs::read_dir(w2.root()).unwrap().next().is_none(), "nothing written");
+    assert!(!m1.hakube(&["token", "revoke", &id]).status.success(), "a second revoke says there is none");
+
+    // Expired.
+    let (_d2, short) = script(&m1, false, &["--ttl", "2s"]);
+    std::thread::sleep(Duration::from_secs(4));
+    let out = run_join(&w2, &short, "none", &[BIN]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && (err.contains("expired") || err.contains("unknown join token")), "{err}");
+    assert!(std::fs::read_dir(w2.root()).unwrap().next().is_none(), "nothing written");
+}
+
+#[test]
+fn secrets_are_not_readable_in_etcd() {
+    let net = Network::new();
+    let m1 = first_master(&net);
+    let (_d, join) = script(&m1, true, &[]);
+    let token = script_var(&join, "HAKUBE_JOIN_TOKEN");
+    let out = m1.etcdctl(Some("apiserver-etcd-client"), &["get", "/hakube", "--prefix"]);
+    assert_ok(&out, "etcdctl get /hakube");
+    let all = stdout(&out);
+    assert!(all.contains("/hakube/material/"), "{all}");
+    assert!(!all.contains(&token[7..]), "the token secret must not be stored");
+    assert!(!all.contains("PRIVATE KEY"), "no key in the clear");
+    let sealed = stdout(&m1.etcdctl(
+        Some("apiserver-etcd-client"),
+        &["get", &format!("/hakube/material/{}", &token[..6]), "--print-value-only"],
+    ));
+    let raw = base64_decode(sealed.trim());
+    assert!(raw.len() > 1000, "sealed material present");
+    assert!(!String::from_utf8_lossy(&raw).contains("PRIVATE KEY"), "sealed, not encoded");
+    let ca_key = std::fs::read(m1.pki("ca.key")).unwrap();
+    assert!(!raw.windows(32).any(|w| ca_key.windows(32).next() == Some(w)));
+}
+
+#[test]
+fn the_ca_is_pinned_before_the_token_is_sent() {
+    let net = Network::new();
+    let m1 = first_master(&net);
+    let (dir, join) = script(&m1, false, &[]);
+    let id = script_var(&join, "HAKUBE_JOIN_TOKEN")[..6].to_owned();
+    let wrong = dir.path().join("wrong.sh");
+    let text = std::fs::read_to_string(&join).unwrap();
+    let hash = script_var(&join, "HAKUBE_CA_HASH");
+    std::fs::write(&wrong, text.replace(&hash, &format!("sha256:{}", "ab".repeat(32)))).unwrap();
+    let w1 = net.host("w1");
+    let out = run_join(&w1, &wrong, "none", &[BIN]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("does not match the pinned sha256:abab"), "{err}");
+    assert!(err.contains("the token was not sent"), "{err}");
+    assert!(token_line(&m1, &id).contains(" 0 "), "the token was never presented: {}", token_line(&m1, &id));
+    assert!(std::fs::read_dir(w1.root()).unwrap().next().is_none(), "nothing written");
+}
+
+#[test]
+fn bad_joins_are_refused_and_leave_the_cluster_untouched() {
+    let net = Network::new();
+    let m1 = first_master(&net);
+    let (_dm, master) = script(&m1, true, &[]);
+    let (_dw, worker) = script(&m1, false, &[]);
+    let before = members_text(&m1);
+    let h = net.host("m2");
+    let empty = |h: &Host| std::fs::read_dir(h.root()).unwrap().next().is_none();
+
+    // A wrong certificate key: refused before anything is written.
+    let wrong_key = edited(&master, "HAKUBE_CERTIFICATE_KEY", &"0".repeat(64));
+    let out = run_join(&h, &wrong_key, "etcd", &[BIN]);
+    assert!(stderr(&out).contains("does not open the cluster's key material"), "{}", stderr(&out));
+    assert!(empty(&h));
+    // A worker token used for a master join.
+    let key = script_var(&master, "HAKUBE_CERTIFICATE_KEY");
+    let args = join_args(&h, "etcd");
+    let mut all: Vec<&str> = vec!["join", "--master"];
+    all.extend(args.iter().skip(2).map(String::as_str));
+    let env = [
+        ("HAKUBE_JOIN_ENDPOINTS", script_var(&worker, "HAKUBE_JOIN_ENDPOINTS")),
+        ("HAKUBE_JOIN_TOKEN", script_var(&worker, "HAKUBE_JOIN_TOKEN")),
+        ("HAKUBE_CA_HASH", script_var(&worker, "HAKUBE_CA_HASH")),
+        ("HAKUBE_CERTIFICATE_KEY", key),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = h.hakube_env(&all, &env);
+    assert!(stderr(&out).contains("is for a worker, not a master"), "{}", stderr(&out));
+    assert!(empty(&h));
+    // A malformed token never leaves the host.
+    let out = run_join(&h, &edited(&worker, "HAKUBE_JOIN_TOKEN", "not-a-token"), "none", &[BIN]);
+    assert!(stderr(&out).contains("a join token has the form"), "{}", stderr(&out));
+    // A name another host holds.
+    let out = h.bash(
+        &worker,
+        &[
+            "--root",
+            h.root().to_str().unwrap(),
+            "--advertise-address",
+            &h.addr,
+            "--node-name",
+            "m1",
+            "--components",
+            "none",
+            "--no-systemd",
+        ],
+        &[BIN],
+    );
+    assert!(stderr(&out).contains("node name m1 is taken by"), "{}", stderr(&out));
+    assert!(empty(&h));
+    // A join aimed at a worker (nothing serves the join API there).
+    let w = net.host("w1");
+    assert_ok(&run_join(&w, &worker, "none", &[BIN]), "worker join");
+    let out = run_join(&h, &edited(&worker, "HAKUBE_JOIN_ENDPOINTS", &format!("{}:9443", w.addr)), "none", &[BIN]);
+    assert!(
+        stderr(&out).contains("cannot reach the join API") && stderr(&out).contains("a master's address"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(empty(&h));
+    assert_eq!(members_text(&m1), before, "membership untouched");
+}
+
+fn curl_join(from: &Host, master: &Host, body_file: &std::path::Path) -> (String, String) {
+    let url = format!("https://{}:9443/v1/join", master.addr);
+    // Expect: 100-continue lets the server refuse an oversized body before it is sent.
+    let body = format!("@{}", body_file.display());
+    let out = from.exec(
+        "curl",
+        &["-sk", "-H", "Expect: 100-continue", "-o", "-", "-w", "\n%{http_code}", "--data-binary", &body, &url],
+    );
+    let text = stdout(&out);
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (code.to_owned(), body.to_owned())
+}
+
+#[test]
+fn the_join_api_answers_garbage_with_clear_4xx() {
+    let net = Network::new();
+    let m1 = first_master(&net);
+    let c = net.host("c1");
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        ("garbage", b"\x00\xffnot json".to_vec(), "400", "not a join request"),
+        ("truncated", br#"{"token":"abcdef.0123456789abcdef","role":"work"#.to_vec(), "400", "not a join request"),
+        (
+            "unknown field",
+            br#"{"token":"a","role":"worker","node_name":"x","advertise_address":"10.0.0.1","evil":1}"#.to_vec(),
+            "400",
+            "unknown field",
+        ),
+        (
+            "bad token",
+            br#"{"token":"a","role":"worker","node_name":"x","advertise_address":"10.0.0.1"}"#.to_vec(),
+            "400",
+            "a join token has the form",
+        ),
+        (
+            "unknown token",
+            br#"{"token":"abcdef.0123456789abcdef","role":"worker","node_name":"x","advertise_address":"10.0.0.1"}"#
+                .to_vec(),
+            "401",
+            "unknown join token abcdef",
+        ),
+        (
+            "bad name",
+            br#"{"token":"abcdef.0123456789abcdef","role":"worker","node_name":"X_1","advertise_address":"10.0.0.1"}"#
+                .to_vec(),
+            "400",
+            "not a valid DNS name",
+        ),
+        ("oversized", vec![b' '; 100 * 1024], "413", ""),
+    ];
+    for (what, body, code, msg) in cases {
+        let f = dir.path().join("body");
+        std::fs::write(&f, &body).unwrap();
+        let (got, text) = curl_join(&c, &m1, &f);
+        assert_eq!(got, code, "{what}: {text}");
+        assert!(text.contains(msg), "{what}: {text}");
+    }
+    let log = std::fs::read_to_string(m1.root().join("var/lib/hakube/logs/agent.log")).unwrap();
+    assert!(log.contains("decision=\"refused\"") || log.contains("decision=refused"), "audit lines: {log}");
+    // A burst past the rate limit is told to slow down.
+    let f = dir.path().join("body");
+    std::fs::write(&f, b"{}").unwrap();
+    let codes: Vec<String> = (0..40).map(|_| curl_join(&c, &m1, &f).0).collect();
+    assert!(codes.iter().any(|c| c == "429"), "{codes:?}");
+}
+
+#[test]
+fn a_master_join_is_refused_while_etcd_has_lost_quorum() {
+    let net = Network::new();
+    let m1 = first_master(&net);
+    let (_d, join) = script(&m1, true, &[]);
+    let m2 = net.host("m2");
+    let m3 = net.host("m3");
+    assert_ok(&run_join(&m2, &join, "etcd", &[BIN]), "m2");
+    assert_ok(&run_join(&m3, &join, "etcd", &[BIN]), "m3");
+    let before = members_text(&m1);
+    m2.kill_all();
+    m3.kill_all();
+    let m4 = net.host("m4");
+    let out = run_join(&m4, &join, "etcd", &[BIN]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains("etcd has lost quorum: 0 of 3 voting members are healthy and 2 are needed"),
+        "{err}"
+    );
+    assert!(std::fs::read_dir(m4.root()).unwrap().next().is_none(), "nothing written");
+    // The member list (served by each member locally, even without quorum) is unchanged.
+    assert_eq!(members_text(&m1), before);
+}
+
+#[test]
+fn a_join_killed_after_member_add_or_etcd_start_finishes_on_rerun() {
+    let net = Network::new();
+    let m1 = first_master(&net);
+    let (_d, join) = script(&m1, true, &[]);
+    let hosts = [(net.host("m2"), "after-member-add"), (net.host("m3"), "after-etcd-start")];
+    for (h, fault) in &hosts {
+        let out = run_join(h, &join, "etcd", &[BIN, ("HAKUBE_FAULT", fault)]);
+        assert_eq!(out.status.code(), Some(137), "{fault}: {}", stderr(&out));
+        assert!(members_text(&m1).contains("true"), "{fault}: a learner is left:\n{}", members_text(&m1));
+        let out = run_join(h, &join, "etcd", &[BIN]);
+        assert_ok(&out, &format!("re-run after {fault}"));
+        assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
+        assert_ok(&h.hakube(&["status"]), &format!("{} status", h.name));
+    }
+    let mut names = voters(&m1);
+    names.sort();
+    assert_eq!(names, ["m1", "m2", "m3"], "{}", members_text(&m1));
+}
+
+#[test]
+fn agents_remove_a_learner_whose_join_died() {
+    let net = Network::new();
+    let m1 = net.host("m1");
+    // A short stalled-learner limit for this cluster's agents.
+    let out = m1.hakube_env(
+        &[
+            "install",
+            "ha",
+            "--advertise-address",
+            &m1.addr,
+            "--node-name",
+            "m1",
+            "--components",
+            "etcd",
+            "--no-systemd",
+        ],
+        &[("HAKUBE_STALLED_LEARNER_SECS", "5")],
+    );
+    assert_ok(&out, "install");
+    let (_d, join) = script(&m1, true, &[]);
+    let m2 = net.host("m2");
+    let out = run_join(&m2, &join, "etcd", &[BIN, ("HAKUBE_FAULT", "after-member-add")]);
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    assert!(members_text(&m1).contains(&format!("https://{}:2380", m2.addr)));
+    wait_for("the stalled learner to be removed", Duration::from_secs(90), || {
+        !members_text(&m1).contains(&format!("https://{}:2380", m2.addr))
+    });
+    let log = std::fs::read_to_string(m1.root().join("var/lib/hakube/logs/agent.log")).unwrap();
+    assert!(log.contains("removed a learner stalled for"), "{log}");
+    // The join still completes when re-run.
+    assert_ok(&run_join(&m2, &join, "etcd", &[BIN]), "re-run");
+    assert_eq!(voters(&m1).len(), 2);
+}
