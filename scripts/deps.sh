@@ -4,7 +4,7 @@
 #
 #   hakube_ensure_deps [haproxy] [nextest]
 #       Installs the Debian packages behind the commands the scripts need
-#       (etcd, etcdctl, protoc, openssl, ip) when a command is missing.
+#       (etcd, etcdctl, protoc, openssl, ip, curl, flock) when a command is missing.
 #       "haproxy" adds haproxy; "nextest" also makes sure cargo-nextest exists.
 #   hakube_ensure_commands CMD...
 #       The same for exactly the commands named (see _hakube_package_for).
@@ -33,6 +33,8 @@ _hakube_package_for() {
     protoc) echo protobuf-compiler ;;
     openssl) echo openssl ;;
     ip) echo iproute2 ;;
+    curl) echo curl ;;
+    flock) echo util-linux ;;
     haproxy) echo haproxy ;;
     *) return 1 ;;
   esac
@@ -233,7 +235,7 @@ hakube_ensure_nextest() {
 
 hakube_ensure_deps() {
   local arg want_nextest=0
-  local -a cmds=(etcd etcdctl protoc openssl ip)
+  local -a cmds=(etcd etcdctl protoc openssl ip curl flock)
   for arg in "$@"; do
     case "$arg" in
       haproxy) cmds+=(haproxy) ;;

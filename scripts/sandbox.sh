@@ -56,10 +56,10 @@ usage: sudo scripts/$prog up [--masters N] [--workers M]
 
   up      create the namespaces and install hakube (etcd) on m1; when the
           sandbox is already up, says so and shows its status
-            --masters N   master hosts m1..mN, 10.77.0.11.. (1-9, default 1)
-            --workers M   worker hosts w1..wM, 10.77.0.21.. (0-9, default 0)
-          Only m1 is installed; the other hosts get their namespace and
-          address, ready to be joined.
+            --masters N   master hosts m1..mN, 10.77.0.11.. (1-9, default 3)
+            --workers M   worker hosts w1..wM, 10.77.0.21.. (0-9, default 1)
+          m1 is installed; every other host runs the join script m1 prints
+          (\`hakube node-join-script [--master]\`), all at the same time.
   status  run \`hakube status\` on every installed host (extra flags go to it)
   down    reset every host, stop what still runs in the namespaces, delete
           them and the state directory
@@ -228,12 +228,13 @@ Look inside:
       --cacert $first_root/var/lib/hakube/pki/etcd/ca.crt \\
       --cert $first_root/var/lib/hakube/pki/etcd/healthcheck-client.crt \\
       --key $first_root/var/lib/hakube/pki/etcd/healthcheck-client.key endpoint health
+  cat $state_dir/join-m2.log                  # how a master joined (serialized etcd join)
   sudo scripts/$prog status | down
 EOF
 }
 
 cmd_up() {
-  local masters=1 workers=0 bin i name
+  local masters=3 workers=1 bin i name
   while (($#)); do
     case "$1" in
       --masters | --workers)
@@ -290,9 +291,6 @@ cmd_up() {
     add_host "w$i" "$net_prefix.$((20 + i))"
   done
 
-  # Only m1 is installed. The other hosts are joined with the output of
-  # `hakube node-join-script [--master]`, run inside their namespace, once
-  # the join feature exists.
   name=m1
   if agent_alive "$name"; then
     msg "the sandbox is already up (the agent of $name runs); its status:"
@@ -309,12 +307,72 @@ cmd_up() {
       --components etcd --no-systemd 9>&- ||
       die "hakube install on $name failed or timed out; logs: $(root_of "$name")/var/lib/hakube/logs/"
   fi
+  join_hosts "$bin" "$masters" "$workers"
   up_in_progress=0
 
-  local rc=0
-  host_status "$bin" "$name" || rc=$?
+  local rc=0 h
+  while read -r h _; do
+    has_root "$h" || continue
+    printf '== %s\n' "$h"
+    host_status "$bin" "$h" || rc=$?
+  done < <(recorded_hosts)
   print_summary "$bin"
-  ((rc == 0)) || die "$name is not healthy (hakube status exited $rc)"
+  ((rc == 0)) || die "a host is not healthy (hakube status exited $rc)"
+}
+
+# Joins every host but m1, all at the same moment, with the scripts m1
+# prints: the way a user adds servers, and the case that breaks etcd when
+# masters join unserialized.
+join_hosts() {
+  local bin=$1 masters=$2 workers=$3 name ip role script pids=() names=() failed=0 i
+  local m1_root
+  m1_root=$(root_of m1)
+  local todo=()
+  while read -r name ip; do
+    [[ $name == m1 ]] && continue
+    agent_alive "$name" && continue
+    todo+=("$name $ip")
+  done < <(recorded_hosts)
+  ((${#todo[@]})) || return 0
+  for role in master worker; do
+    script=$state_dir/join-$role.sh
+    if [[ $role == master ]]; then
+      ip netns exec "$(ns_of m1)" "$bin" --root "$m1_root" node-join-script --master 9>&- >"$script" ||
+        die "node-join-script --master on m1 failed"
+    else
+      ip netns exec "$(ns_of m1)" "$bin" --root "$m1_root" node-join-script 9>&- >"$script" ||
+        die "node-join-script on m1 failed"
+    fi
+    chmod 0600 "$script"
+  done
+  msg "joining ${#todo[@]} host(s) at once: ${todo[*]%% *}"
+  for entry in "${todo[@]}"; do
+    name=${entry%% *}
+    ip=${entry##* }
+    mkdir -p -- "$(root_of "$name")"
+    if [[ $name == m* ]]; then
+      script=$state_dir/join-master.sh components=etcd
+    else
+      script=$state_dir/join-worker.sh components=none
+    fi
+    (
+      HAKUBE_BIN=$bin timeout -k 10 "$install_timeout" ip netns exec "$(ns_of "$name")" \
+        bash "$script" --root "$(root_of "$name")" --advertise-address "$ip" --node-name "$name" \
+        --components "$components" --no-systemd >"$state_dir/join-$name.log" 2>&1 9>&-
+    ) &
+    pids+=($!)
+    names+=("$name")
+  done
+  for i in "${!pids[@]}"; do
+    if wait "${pids[$i]}"; then
+      msg "${names[$i]} joined"
+    else
+      warn "${names[$i]} failed to join; its output: $state_dir/join-${names[$i]}.log"
+      tail -n 20 -- "$state_dir/join-${names[$i]}.log" >&2 || true
+      failed=1
+    fi
+  done
+  ((failed == 0)) || die "some hosts did not join"
 }
 
 cmd_status() {
