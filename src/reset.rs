@@ -10,9 +10,15 @@ use crate::host::process::{self, PidFile};
 use crate::host::{lock, systemd};
 use crate::progress::Progress;
 
-pub fn run(paths: &Paths) -> anyhow::Result<()> {
+pub fn run(paths: &Paths, force: bool) -> anyhow::Result<()> {
     let progress = Progress::new("reset");
     let _lock = lock::lock_root(paths.root())?;
+    if let Err(e) = progress.phase("leaving the etcd cluster", || leave_etcd(paths)) {
+        if !force {
+            anyhow::bail!("{e:#}\nnothing was changed; to reset anyway: hakube reset --force");
+        }
+        progress.note(format!("going on anyway (--force): {e:#}"));
+    }
 
     if paths.systemd_unit().exists() && systemd::is_running() {
         progress.phase("stopping hakube.service", || {
@@ -58,6 +64,39 @@ pub fn run(paths: &Paths) -> anyhow::Result<()> {
     }
     progress.note(format!("node reset: nothing of hakube is left under {}", paths.root().display()));
     Ok(())
+}
+
+/// A master removes its own etcd member first, so the cluster does not keep
+/// counting a voter that is gone (and refuses if that would cost quorum).
+fn leave_etcd(paths: &Paths) -> anyhow::Result<()> {
+    use crate::config::{self, Component};
+    use crate::etcd::{self, membership, Credentials};
+    let Some(c) = config::load_installed(&paths.config_file())? else { return Ok(()) };
+    if !c.has(Component::Etcd) || PidFile::holder(&paths.agent_pid_file()).is_none() {
+        return Ok(());
+    }
+    let Ok(creds) = Credentials::load(paths, "apiserver-etcd-client") else { return Ok(()) };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let endpoint = c.etcd_client_url();
+        let mut client =
+            etcd::connect_with(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(3), None).await?;
+        match tokio::time::timeout(
+            Duration::from_secs(90),
+            membership::leave(&mut client, &endpoint, &creds, &c.etcd_peer_url()),
+        )
+        .await
+        {
+            Ok(Ok(Some(id))) => {
+                eprintln!("[reset]   removed etcd member {id:x} ({})", c.etcd_peer_url());
+                let _ = client.delete(format!("{}{}", crate::join::registry::NODE_PREFIX, c.node.name), None).await;
+                Ok(())
+            }
+            Ok(Ok(None)) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::anyhow!("cannot leave the etcd cluster: {e}")),
+            Err(_) => Err(anyhow::anyhow!("cannot leave the etcd cluster: no answer within 90s")),
+        }
+    })
 }
 
 fn runs_binary(pid: u32, name: &str) -> bool {

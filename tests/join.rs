@@ -83,7 +83,22 @@ fn five_masters_joining_at_once_all_become_voters_every_time() {
             handles.into_iter().map(|t| t.join().unwrap()).collect()
         });
         for (h, out) in joiners.iter().zip(&outs) {
-            assert_ok(out, &format!("round {round}: join of {}", h.name));
+            if !out.status.success() {
+                let logs = ["etcd", "agent"].map(|n| {
+                    let p = h.root().join(format!("var/lib/hakube/logs/{n}.log"));
+                    format!("--- {n}.log\n{}", std::fs::read_to_string(p).unwrap_or_default())
+                });
+                let m1_etcd =
+                    std::fs::read_to_string(m1.root().join("var/lib/hakube/logs/etcd.log")).unwrap_or_default();
+                let m1_tail: Vec<_> = m1_etcd.lines().rev().take(40).collect();
+                panic!(
+                    "round {round}: join of {} failed:\n{}\n{}\n--- m1 etcd.log (last 40, newest first)\n{}",
+                    h.name,
+                    stderr(out),
+                    logs.join("\n"),
+                    m1_tail.join("\n")
+                );
+            }
         }
         let mut names = voters(&m1);
         names.sort();
@@ -440,4 +455,36 @@ fn agents_remove_a_learner_whose_join_died() {
     // The join still completes when re-run.
     assert_ok(&run_join(&m2, &join, "etcd", &[BIN]), "re-run");
     assert_eq!(voters(&m1).len(), 2);
+}
+
+#[test]
+fn a_reset_master_leaves_etcd_unless_that_costs_quorum() {
+    let net = Network::new();
+    let m1 = first_master(&net);
+    let (_d, join) = script(&m1, true, &[]);
+    let (m2, m3, m4) = (net.host("m2"), net.host("m3"), net.host("m4"));
+    for h in [&m2, &m3, &m4] {
+        assert_ok(&run_join(h, &join, "etcd", &[BIN]), &h.name);
+    }
+    // A healthy master leaves cleanly: three voters remain.
+    let out = m4.hakube(&["reset"]);
+    assert_ok(&out, "reset m4");
+    assert!(stderr(&out).contains("removed etcd member"), "{}", stderr(&out));
+    let mut names = voters(&m1);
+    names.sort();
+    assert_eq!(names, ["m1", "m2", "m3"]);
+    // With m3 dead, m2 leaving would leave m1 alone of two voters: refused.
+    m3.kill_all();
+    let out = m2.hakube(&["reset"]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("1 of the 2 remaining voting members would be healthy and 2 are needed"),
+        "{err}"
+    );
+    assert!(err.contains("hakube reset --force"), "{err}");
+    assert!(m2.root().join("etc/hakube/cluster.yaml").exists(), "nothing was changed");
+    assert_ok(&m2.hakube(&["status"]), "m2 still runs");
+    // --force goes ahead.
+    assert_ok(&m2.hakube(&["reset", "--force"]), "reset --force");
+    assert!(std::fs::read_dir(m2.root()).unwrap().next().is_none());
 }

@@ -51,8 +51,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stop everything hakube runs here and remove what it created under the root.
-    Reset,
+    /// Stop everything hakube runs here and remove what it created under the root
+    /// (a master first leaves the etcd cluster).
+    Reset {
+        /// Reset even when leaving etcd fails or would cost the rest its quorum.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run the host agent (what the systemd unit starts).
     Agent,
     /// Config file helpers.
@@ -328,8 +333,8 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             }
             Ok(if report.healthy { 0 } else { 1 })
         }
-        Command::Reset => {
-            crate::reset::run(&paths)?;
+        Command::Reset { force } => {
+            crate::reset::run(&paths, force)?;
             Ok(0)
         }
         Command::Agent => {

@@ -262,7 +262,20 @@ pub async fn add_learner(
         }
     };
     let id = resp.member().map(|m| m.id()).unwrap_or_default();
-    Ok((id, super::members(client, endpoint).await?))
+    // The membership as the leader applied the add (a follower's view
+    // read separately might lag it).
+    let after = resp
+        .member_list()
+        .iter()
+        .map(|m| Member {
+            id: m.id(),
+            name: m.name().to_owned(),
+            peer_urls: m.peer_urls().to_vec(),
+            client_urls: m.client_urls().to_vec(),
+            is_learner: m.is_learner(),
+        })
+        .collect();
+    Ok((id, after))
 }
 
 /// `name=peerURL,…` for a member starting with `initial-cluster-state=existing`:
@@ -320,6 +333,64 @@ pub async fn promote_when_ready(
     }
 }
 
+/// Whether the voters left after removing `leaving` still have a healthy
+/// majority among themselves (pure).
+pub fn quorum_after_removal(health: &[(Member, Result<(), String>)], leaving: u64) -> Result<(), String> {
+    let rest: Vec<_> = health.iter().filter(|(m, _)| m.id != leaving).collect();
+    let healthy = rest.iter().filter(|(_, r)| r.is_ok()).count();
+    if rest.is_empty() || healthy >= quorum(rest.len()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "after it leaves, {healthy} of the {} remaining voting members would be healthy and {} are needed",
+            rest.len(),
+            quorum(rest.len())
+        ))
+    }
+}
+
+/// Removes the member with `own_peer` from the cluster, under the lock and
+/// only if the rest keeps its quorum. Returns the removed id, or None when
+/// this member is alone (nothing to leave) or not a member.
+pub async fn leave(
+    client: &mut Client,
+    endpoint: &str,
+    creds: &Credentials,
+    own_peer: &str,
+) -> Result<Option<u64>, MembershipError> {
+    let lock = Lock::acquire(client, endpoint, Duration::from_secs(60)).await?;
+    let result = async {
+        let members = super::members(client, endpoint).await?;
+        let Some(me) = members.iter().find(|m| m.peer_urls.iter().any(|u| u == own_peer)) else { return Ok(None) };
+        if members.len() == 1 {
+            return Ok(None);
+        }
+        if !me.is_learner {
+            let health = voter_health(&members, creds).await;
+            if let Err(why) = quorum_after_removal(&health, me.id) {
+                return Err(MembershipError::QuorumLost {
+                    healthy: health.iter().filter(|(m, r)| m.id != me.id && r.is_ok()).count(),
+                    voters: members.iter().filter(|m| !m.is_learner && m.id != me.id).count(),
+                    needed: quorum(members.iter().filter(|m| !m.is_learner && m.id != me.id).count()),
+                    unhealthy: why,
+                });
+            }
+        }
+        // The same 5 s connectivity check as for adds (see add_learner).
+        let deadline = Instant::now() + RECONFIG_WAIT;
+        loop {
+            match client.member_remove(me.id).await {
+                Ok(_) => return Ok(Some(me.id)),
+                Err(e) if is_transient(&e) && Instant::now() < deadline => sleep(Duration::from_millis(250)).await,
+                Err(e) => return Err(call(endpoint, e).into()),
+            }
+        }
+    }
+    .await;
+    lock.release(client).await;
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +413,16 @@ mod tests {
         assert_eq!(quorum(1), 1);
         assert_eq!(quorum(3), 2);
         assert_eq!(quorum(4), 3);
+    }
+
+    #[test]
+    fn leaving_is_refused_when_the_rest_would_lose_quorum() {
+        let ok = || Ok(());
+        let down = || Err("down".to_owned());
+        let three = [(m(1, "a", "p1", false), ok()), (m(2, "b", "p2", false), ok()), (m(3, "c", "p3", false), down())];
+        assert!(quorum_after_removal(&three, 1).is_err(), "b alone of b, c cannot make 2");
+        assert!(quorum_after_removal(&three, 3).is_ok(), "removing the dead one is fine");
+        let two = [(m(1, "a", "p1", false), ok()), (m(2, "b", "p2", false), ok())];
+        assert!(quorum_after_removal(&two, 1).is_ok());
     }
 }

@@ -297,7 +297,10 @@ fn join_etcd(
             let expect = install::start_agent(paths, c.node.systemd, PidFile::holder(&paths.agent_pid_file()))?;
             progress.note("  local etcd starting as an existing member; waiting to promote it");
             fault_point("after-etcd-start");
-            membership::promote_when_ready(&mut client, &endpoint, id, PROMOTE_WAIT).await?;
+            membership::promote_when_ready(&mut client, &endpoint, id, PROMOTE_WAIT).await.map_err(|e| {
+                let log = paths.component_log("etcd");
+                anyhow::anyhow!("{e}\nthe local etcd log {} ends with:\n{}", log.display(), install::tail(&log, 15))
+            })?;
             progress.note(format!("  member {id:x} is a voting member"));
             membership::wait_gate(&mut client, &endpoint, &creds, &peer, GATE_WAIT, |_| {}).await?;
             anyhow::Ok(expect)
