@@ -48,27 +48,15 @@ if [[ $EUID -ne 0 ]]; then
   die "hakube installs system components and must run as root; re-run with sudo: sudo $0${rerun}"
 fi
 
-# Cargo is often only in the invoking user's ~/.cargo/bin, which sudo drops
-# from PATH.
+# Building needs the source tree, which brings scripts/deps.sh and its
+# hakube_find_cargo (cargo is often only in the invoking user's ~/.cargo/bin,
+# which sudo drops from PATH).
 find_cargo() {
-  local dir home
   command -v cargo >/dev/null 2>&1 && return 0
-  local -a dirs=("${CARGO_HOME:-${HOME:-/root}/.cargo}")
-  if [[ -n ${SUDO_USER:-} && $SUDO_USER != root ]]; then
-    home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
-    [[ -n $home ]] && dirs+=("$home/.cargo")
-  fi
-  for dir in "${dirs[@]}"; do
-    if [[ -x $dir/bin/cargo ]]; then
-      export PATH="$dir/bin:$PATH"
-      export CARGO_HOME=${CARGO_HOME:-$dir}
-      if [[ -z ${RUSTUP_HOME:-} && -d ${dir%/.cargo}/.rustup ]]; then
-        export RUSTUP_HOME=${dir%/.cargo}/.rustup
-      fi
-      return 0
-    fi
-  done
-  return 1
+  [[ -f $script_dir/deps.sh ]] || return 1
+  # shellcheck source=scripts/deps.sh
+  source "$script_dir/deps.sh"
+  hakube_find_cargo
 }
 
 # Builds as the user who ran sudo when the tree is theirs, so that target/

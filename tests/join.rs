@@ -405,7 +405,8 @@ fn a_master_join_is_refused_while_etcd_has_lost_quorum() {
 #[test]
 fn a_join_killed_after_member_add_or_etcd_start_finishes_on_rerun() {
     let net = Network::new();
-    let m1 = first_master(&net);
+    let m1 = net.host("m1");
+    m1.install(&["ha", "taint-control-plane"]);
     let (_d, join) = script(&m1, true, &[]);
     let hosts = [(net.host("m2"), "after-member-add"), (net.host("m3"), "after-etcd-start")];
     for (h, fault) in &hosts {
@@ -420,6 +421,11 @@ fn a_join_killed_after_member_add_or_etcd_start_finishes_on_rerun() {
     let mut names = voters(&m1);
     names.sort();
     assert_eq!(names, ["m1", "m2", "m3"], "{}", members_text(&m1));
+    // The cluster's ha and taint-control-plane apply to the masters that joined.
+    for (h, _) in &hosts {
+        let config = std::fs::read_to_string(h.root().join("etc/hakube/cluster.yaml")).unwrap();
+        assert!(config.contains("ha: true") && config.contains("taintControlPlane: true"), "{config}");
+    }
 }
 
 #[test]

@@ -264,17 +264,7 @@ pub async fn add_learner(
     let id = resp.member().map(|m| m.id()).unwrap_or_default();
     // The membership as the leader applied the add (a follower's view
     // read separately might lag it).
-    let after = resp
-        .member_list()
-        .iter()
-        .map(|m| Member {
-            id: m.id(),
-            name: m.name().to_owned(),
-            peer_urls: m.peer_urls().to_vec(),
-            client_urls: m.client_urls().to_vec(),
-            is_learner: m.is_learner(),
-        })
-        .collect();
+    let after = resp.member_list().iter().map(Member::from).collect();
     Ok((id, after))
 }
 

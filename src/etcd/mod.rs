@@ -96,6 +96,18 @@ pub struct Member {
     pub is_learner: bool,
 }
 
+impl From<&etcd_client::Member> for Member {
+    fn from(m: &etcd_client::Member) -> Self {
+        Member {
+            id: m.id(),
+            name: m.name().to_owned(),
+            peer_urls: m.peer_urls().to_vec(),
+            client_urls: m.client_urls().to_vec(),
+            is_learner: m.is_learner(),
+        }
+    }
+}
+
 impl Member {
     /// A member that was added but whose etcd has not started yet has no name.
     pub fn started(&self) -> bool {
@@ -108,15 +120,5 @@ pub async fn members(client: &mut Client, endpoint: &str) -> Result<Vec<Member>,
         .member_list()
         .await
         .map_err(|e| EtcdError::Call { endpoint: endpoint.to_owned(), message: e.to_string() })?;
-    Ok(resp
-        .members()
-        .iter()
-        .map(|m| Member {
-            id: m.id(),
-            name: m.name().to_owned(),
-            peer_urls: m.peer_urls().to_vec(),
-            client_urls: m.client_urls().to_vec(),
-            is_learner: m.is_learner(),
-        })
-        .collect())
+    Ok(resp.members().iter().map(Member::from).collect())
 }
