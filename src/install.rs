@@ -63,8 +63,7 @@ pub fn plan(paths: &Paths, c: &ClusterConfig, with_unit: bool) -> anyhow::Result
     let pki_plan = pki::plan(paths, c, now)?;
     let ca = pki_plan.ca("ca").expect("the plan holds the cluster CA");
     let (kc_files, kc_decisions) = kubeconfig::plan(paths, c, ca, now)?;
-    let mut files = vec![FileSpec::new(paths.config_file(), c.to_yaml(), 0o644)];
-    files.extend(pki_plan.files);
+    let mut files = pki_plan.files;
     files.extend(kc_files);
     if c.has(Component::Kubelet) {
         files.push(components::kubelet_config(paths, c));
@@ -72,6 +71,9 @@ pub fn plan(paths: &Paths, c: &ClusterConfig, with_unit: bool) -> anyhow::Result
     if with_unit {
         files.push(systemd::unit_file(paths));
     }
+    // The config goes last: its presence tells a re-run that everything it
+    // names was written, so an interrupted write is simply done again.
+    files.push(FileSpec::new(paths.config_file(), c.to_yaml(), 0o644));
     let mut decisions = pki_plan.decisions;
     decisions.extend(kc_decisions);
     Ok(Plan { files, backups: pki_plan.backups, decisions })
@@ -142,8 +144,10 @@ pub fn run(req: Request) -> anyhow::Result<()> {
 /// What to wait for after starting or reloading the agent.
 #[derive(Debug, Clone, Copy)]
 pub enum Expect {
-    /// A new agent with this pid (0: whichever systemd starts).
+    /// A new agent with this pid.
     Started(u32),
+    /// Whichever agent systemd starts, from this time (unix seconds) on.
+    Unit { since: u64 },
     /// The running agent, once it has handled one more reload.
     Reloaded { pid: u32, reloads: u64 },
 }
@@ -165,7 +169,7 @@ pub fn start_agent(paths: &Paths, use_systemd: bool, running: Option<u32>) -> an
         }
         systemd::systemctl(&["daemon-reload"]).map_err(anyhow::Error::msg)?;
         systemd::systemctl(&["enable", "--now", systemd::UNIT_NAME]).map_err(anyhow::Error::msg)?;
-        return Ok(Expect::Started(0));
+        return Ok(Expect::Unit { since: crate::agent::state::now_secs() });
     }
     let args = vec!["--root".to_owned(), paths.root().display().to_string(), "agent".to_owned()];
     let pid = process::spawn_detached(&exe, &args, &paths.component_log("agent"))
@@ -180,7 +184,7 @@ pub fn wait_healthy(paths: &Paths, expect: Expect, limit: Duration, progress: &P
     loop {
         let state = State::read(&paths.state_file());
         let current = state.as_ref().is_some_and(|s| match expect {
-            Expect::Started(0) => true,
+            Expect::Unit { since } => s.started_at >= since,
             Expect::Started(pid) => s.agent_pid == pid,
             Expect::Reloaded { pid, reloads } => s.agent_pid == pid && s.reloads > reloads,
         });
@@ -191,6 +195,7 @@ pub fn wait_healthy(paths: &Paths, expect: Expect, limit: Duration, progress: &P
         }
         let agent_pid = match expect {
             Expect::Started(p) | Expect::Reloaded { pid: p, .. } => p,
+            Expect::Unit { .. } => 0,
         };
         if agent_pid != 0 && !process::alive(agent_pid) {
             bail!(

@@ -72,8 +72,14 @@ fn leave_etcd(paths: &Paths) -> anyhow::Result<()> {
     use crate::config::{self, Component};
     use crate::etcd::{self, membership, Credentials};
     let Some(c) = config::load_installed(&paths.config_file())? else { return Ok(()) };
-    if !c.has(Component::Etcd) || PidFile::holder(&paths.agent_pid_file()).is_none() {
+    if !c.has(Component::Etcd) {
         return Ok(());
+    }
+    if PidFile::holder(&paths.agent_pid_file()).is_none() {
+        anyhow::bail!(
+            "the agent is not running, so this master cannot take its etcd member out of the cluster: \
+             start it first (re-run `hakube install`, or `systemctl start hakube`)"
+        );
     }
     let Ok(creds) = Credentials::load(paths, "apiserver-etcd-client") else { return Ok(()) };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -494,3 +494,28 @@ fn a_reset_master_leaves_etcd_unless_that_costs_quorum() {
     assert_ok(&m2.hakube(&["reset", "--force"]), "reset --force");
     assert!(std::fs::read_dir(m2.root()).unwrap().next().is_none());
 }
+
+#[test]
+fn a_master_wiped_without_leaving_etcd_rejoins_under_its_address() {
+    let net = Network::new();
+    let m1 = first_master(&net);
+    let (_d, join) = script(&m1, true, &[]);
+    let (m2, m3) = (net.host("m2"), net.host("m3"));
+    assert_ok(&run_join(&m2, &join, "etcd", &[BIN]), "m2");
+    assert_ok(&run_join(&m3, &join, "etcd", &[BIN]), "m3");
+    // m3 dies and is wiped without leaving etcd (its agent is gone, so only --force resets it).
+    m3.kill_all();
+    let out = m3.hakube(&["reset"]);
+    assert!(!out.status.success() && stderr(&out).contains("the agent is not running"), "{}", stderr(&out));
+    assert_ok(&m3.hakube(&["reset", "--force"]), "reset --force");
+    assert!(members_text(&m1).contains(&format!("https://{}:2380", m3.addr)), "the stale voter is still there");
+    // Joining again from the same address replaces the stale member.
+    let (_d2, join2) = script(&m1, true, &[]);
+    let out = run_join(&m3, &join2, "etcd", &[BIN]);
+    assert_ok(&out, "re-join");
+    assert!(stderr(&out).contains("removed stale member"), "{}", stderr(&out));
+    let mut names = voters(&m1);
+    names.sort();
+    assert_eq!(names, ["m1", "m2", "m3"], "{}", members_text(&m1));
+    assert_ok(&m3.hakube(&["status"]), "m3 status");
+}

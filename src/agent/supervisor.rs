@@ -128,12 +128,20 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
             for (comp, launch) in launches(&paths, &cfg) {
                 start(comp, launch, &mut senders);
             }
-            let (stop_tx, stop_rx) = watch::channel(false);
             if cfg.has(Component::Etcd) {
                 tokio::task::spawn_local(probe_etcd(paths.clone(), cfg.clone(), state.clone(), dirty.clone()));
-                tokio::task::spawn_local(super::cluster::serve_join_api(paths.clone(), cfg.clone(), stop_rx.clone()));
-                tokio::task::spawn_local(super::cluster::duties(paths.clone(), cfg.clone(), stop_rx.clone()));
             }
+            // The join API and the cluster duties start again on every
+            // reload, so they serve the current certificate and config.
+            let cluster_tasks = |cfg: &ClusterConfig| {
+                let (stop_tx, stop_rx) = watch::channel(false);
+                if cfg.has(Component::Etcd) {
+                    tokio::task::spawn_local(super::cluster::serve_join_api(paths.clone(), cfg.clone(), stop_rx.clone()));
+                    tokio::task::spawn_local(super::cluster::duties(paths.clone(), cfg.clone(), stop_rx));
+                }
+                stop_tx
+            };
+            let mut stop_tx = cluster_tasks(&cfg);
 
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
             let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -149,8 +157,19 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                                 let wanted = launches(&paths, &cfg);
                                 for (comp, (tx, _)) in &senders {
                                     let next = wanted.get(comp).cloned();
-                                    tx.send_if_modified(|cur| if *cur != next { *cur = next; true } else { false });
+                                    if *tx.borrow() != next {
+                                        // Not healthy until restarted: whoever waits on this
+                                        // reload must not see the old process's health.
+                                        update(&state, &dirty, *comp, |s| {
+                                            s.phase = Phase::Starting;
+                                            s.healthy = false;
+                                            s.pid = None;
+                                        });
+                                        let _ = tx.send(next);
+                                    }
                                 }
+                                let _ = stop_tx.send(true);
+                                stop_tx = cluster_tasks(&cfg);
                                 for (comp, launch) in wanted {
                                     if !senders.contains_key(&comp) {
                                         start(comp, launch, &mut senders);
@@ -287,6 +306,17 @@ fn spawn(
     let log_path = paths.component_log(comp.name());
     crate::host::fs::create_dir_all(&paths.log_dir(), 0o755).map_err(std::io::Error::other)?;
     if comp == Component::Etcd {
+        let empty = std::fs::read_dir(paths.etcd_data_dir()).map(|mut d| d.next().is_none()).unwrap_or(true);
+        if empty && paths.etcd_bootstrapped_marker().exists() && args.iter().any(|a| a == "--initial-cluster-state=new")
+        {
+            // Starting again with `new` on empty data would found a second,
+            // empty cluster under the same name: a split brain.
+            return Err(std::io::Error::other(format!(
+                "{} is empty, but this member was bootstrapped before: its data is lost; restore it from a snapshot, \
+                 or `hakube reset` this node and join it again",
+                paths.etcd_data_dir().display()
+            )));
+        }
         crate::host::fs::create_dir_all(&paths.etcd_data_dir(), 0o700).map_err(std::io::Error::other)?;
     }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
@@ -316,9 +346,11 @@ async fn probe_etcd(paths: Paths, cfg: ClusterConfig, state: Shared, dirty: Rc<N
     let endpoint = cfg.etcd_client_url();
     let mut client = None;
     loop {
-        let phase = state.borrow().components.get("etcd").map(|c| (c.phase, c.healthy));
-        let (phase, was_healthy) = phase.unwrap_or((Phase::Stopped, false));
-        if matches!(phase, Phase::Starting | Phase::Running) {
+        let seen = state.borrow().components.get("etcd").map(|c| (c.phase, c.healthy, c.pid));
+        let (phase, was_healthy, pid) = seen.unwrap_or((Phase::Stopped, false, None));
+        // Only a probe of the process the state names counts (not one that
+        // is being replaced after a reload).
+        if matches!(phase, Phase::Starting | Phase::Running) && pid.is_some() {
             let result = async {
                 if client.is_none() {
                     let creds = etcd::Credentials::load(&paths, "etcd/healthcheck-client")?;
@@ -329,6 +361,13 @@ async fn probe_etcd(paths: Paths, cfg: ClusterConfig, state: Shared, dirty: Rc<N
             }
             .await;
             let healthy = result.is_ok();
+            if healthy && !paths.etcd_bootstrapped_marker().exists() {
+                if let Err(e) =
+                    write_atomic(&paths.etcd_bootstrapped_marker(), cfg.node.name.as_str().as_bytes(), 0o644)
+                {
+                    warn!(error = %e, "cannot record that etcd was bootstrapped");
+                }
+            }
             if let Err(e) = &result {
                 client = None;
                 if was_healthy {
@@ -337,7 +376,7 @@ async fn probe_etcd(paths: Paths, cfg: ClusterConfig, state: Shared, dirty: Rc<N
             }
             let message = result.err().map(|e| e.to_string());
             update(&state, &dirty, Component::Etcd, |s| {
-                if matches!(s.phase, Phase::Starting | Phase::Running) {
+                if matches!(s.phase, Phase::Starting | Phase::Running) && s.pid == pid {
                     s.phase = if healthy { Phase::Running } else { s.phase };
                     s.healthy = healthy;
                     s.message = message;

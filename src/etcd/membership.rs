@@ -18,8 +18,10 @@ use super::{check_health, connect, Credentials, EtcdError, Member};
 
 /// The name of the cluster-wide membership lock.
 pub const MEMBERSHIP_LOCK: &str = "/hakube/locks/etcd-membership";
-/// Lease of the lock holder: a crashed joiner's lock expires this soon.
-const LOCK_TTL_SECS: i64 = 10;
+/// Lease of the lock holder: a crashed joiner's lock expires this soon. Long
+/// enough that a slow step while holding it (RSA keys, systemctl) or a
+/// keep-alive stream lost to a leader change does not let it lapse.
+const LOCK_TTL_SECS: i64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
@@ -68,42 +70,16 @@ pub async fn voter_health(members: &[Member], creds: &Credentials) -> Vec<(Membe
         .await;
         (m.clone(), result)
     });
-    futures_join_all(probes).await
-}
-
-/// Runs futures concurrently on the current task, keeping their order (a
-/// small join_all, not worth a dependency).
-async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    join_in_place(futs.into_iter().map(Box::pin).collect()).await
-}
-
-/// Awaits every future in `futs` concurrently, keeping their order.
-async fn join_in_place<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> Vec<F::Output> {
-    use std::task::Poll;
-    let mut results: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if results[i].is_none() {
-                match std::pin::Pin::new(f).poll(cx) {
-                    Poll::Ready(v) => results[i] = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    results.into_iter().map(|r| r.expect("every future finished")).collect()
+    futures_util::future::join_all(probes).await
 }
 
 /// Refuses when etcd has no healthy majority of voters.
 pub async fn check_quorum(members: &[Member], creds: &Credentials) -> Result<(), MembershipError> {
-    let health = voter_health(members, creds).await;
+    quorum_of(&voter_health(members, creds).await)
+}
+
+/// The quorum check on probes already made (pure).
+pub fn quorum_of(health: &[(Member, Result<(), String>)]) -> Result<(), MembershipError> {
     let voters = health.len();
     let healthy = health.iter().filter(|(_, r)| r.is_ok()).count();
     if healthy < quorum(voters) {
@@ -149,8 +125,10 @@ pub async fn gate(
             return Err(MembershipError::Unstarted { id: m.id, peer: m.peer_urls.join(",") });
         }
     }
-    check_quorum(&members, creds).await?;
-    for (m, r) in voter_health(&members, creds).await {
+    let health = voter_health(&members, creds).await;
+    quorum_of(&health)?;
+    // This host's own member (a stale one being replaced) need not be up.
+    for (m, r) in health.into_iter().filter(|(m, _)| !m.peer_urls.iter().any(|u| u == own_peer)) {
         if let Err(why) = r {
             return Err(MembershipError::Unhealthy { name: display_name(&m), endpoint: m.client_urls.join(","), why });
         }
@@ -192,16 +170,19 @@ impl Lock {
     /// Waits (bounded) for the membership lock.
     pub async fn acquire(client: &mut Client, endpoint: &str, limit: Duration) -> Result<Lock, MembershipError> {
         let lease = client.lease_grant(LOCK_TTL_SECS, None).await.map_err(|e| call(endpoint, e))?.id();
-        let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(|e| call(endpoint, e))?;
-        let keeper_task = tokio::task::spawn(async move {
-            loop {
-                if keeper.keep_alive().await.is_err() {
-                    return;
+        let keeper_task = tokio::task::spawn({
+            let mut client = client.clone();
+            async move {
+                // Keep the lease alive; when the stream breaks (a leader
+                // change, a member restart), open a new one and go on.
+                loop {
+                    if let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await {
+                        while keeper.keep_alive().await.is_ok() && stream.message().await.ok().flatten().is_some() {
+                            sleep(Duration::from_secs((LOCK_TTL_SECS / 6) as u64)).await;
+                        }
+                    }
+                    sleep(Duration::from_secs(1)).await;
                 }
-                if stream.message().await.ok().flatten().is_none() {
-                    return;
-                }
-                sleep(Duration::from_secs((LOCK_TTL_SECS / 3) as u64)).await;
             }
         });
         match timeout(limit, client.lock(MEMBERSHIP_LOCK, Some(LockOptions::new().with_lease(lease)))).await {
@@ -269,12 +250,12 @@ pub async fn add_learner(
 }
 
 /// `name=peerURL,…` for a member starting with `initial-cluster-state=existing`:
-/// every started member, plus the new one under its own name.
+/// every member (etcd checks the count), unstarted ones with an empty name as
+/// `etcdctl member add` prints them, the new one under its own name.
 pub fn initial_cluster(members: &[Member], own_name: &str, own_peer: &str) -> String {
     let mut parts: Vec<String> = members
         .iter()
         .filter(|m| !m.peer_urls.iter().any(|u| u == own_peer))
-        .filter(|m| m.started())
         .flat_map(|m| m.peer_urls.iter().map(move |u| format!("{}={u}", m.name)))
         .collect();
     parts.push(format!("{own_name}={own_peer}"));
@@ -339,6 +320,18 @@ pub fn quorum_after_removal(health: &[(Member, Result<(), String>)], leaving: u6
     }
 }
 
+/// Removes a member, waiting out etcd's connectivity check (see add_learner).
+pub async fn remove_member(client: &mut Client, endpoint: &str, id: u64) -> Result<(), MembershipError> {
+    let deadline = Instant::now() + RECONFIG_WAIT;
+    loop {
+        match client.member_remove(id).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_transient(&e) && Instant::now() < deadline => sleep(Duration::from_millis(250)).await,
+            Err(e) => return Err(call(endpoint, e).into()),
+        }
+    }
+}
+
 /// Removes the member with `own_peer` from the cluster, under the lock and
 /// only if the rest keeps its quorum. Returns the removed id, or None when
 /// this member is alone (nothing to leave) or not a member.
@@ -366,15 +359,8 @@ pub async fn leave(
                 });
             }
         }
-        // The same 5 s connectivity check as for adds (see add_learner).
-        let deadline = Instant::now() + RECONFIG_WAIT;
-        loop {
-            match client.member_remove(me.id).await {
-                Ok(_) => return Ok(Some(me.id)),
-                Err(e) if is_transient(&e) && Instant::now() < deadline => sleep(Duration::from_millis(250)).await,
-                Err(e) => return Err(call(endpoint, e).into()),
-            }
-        }
+        remove_member(client, endpoint, me.id).await?;
+        Ok(Some(me.id))
     }
     .await;
     lock.release(client).await;

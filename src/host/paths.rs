@@ -56,6 +56,12 @@ impl Paths {
         self.data_dir().join("etcd")
     }
 
+    /// Written once this node's etcd member has been seen healthy: from then
+    /// on an empty data directory means lost data, not a first start.
+    pub fn etcd_bootstrapped_marker(&self) -> PathBuf {
+        self.data_dir().join("etcd-bootstrapped")
+    }
+
     pub fn kubeconfig_dir(&self) -> PathBuf {
         self.data_dir().join("kubeconfigs")
     }

@@ -38,11 +38,18 @@ pub struct ApiContext {
     pub config: ClusterConfig,
     etcd: tokio::sync::Mutex<Option<Client>>,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    binary: std::sync::OnceLock<Bytes>,
 }
 
 impl ApiContext {
     pub fn new(paths: Paths, config: ClusterConfig) -> Arc<Self> {
-        Arc::new(ApiContext { paths, config, etcd: tokio::sync::Mutex::new(None), buckets: Mutex::new(HashMap::new()) })
+        Arc::new(ApiContext {
+            paths,
+            config,
+            etcd: tokio::sync::Mutex::new(None),
+            buckets: Mutex::new(HashMap::new()),
+            binary: std::sync::OnceLock::new(),
+        })
     }
 
     fn allow(&self, ip: IpAddr) -> bool {
@@ -124,13 +131,27 @@ async fn refuse_declared_oversize(req: axum::extract::Request, next: axum::middl
     next.run(req).await
 }
 
-async fn binary() -> Response {
-    match std::env::current_exe().and_then(std::fs::read) {
-        Ok(bytes) => ([("content-type", "application/octet-stream")], bytes).into_response(),
-        Err(e) => {
-            refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read this master's binary: {e}")).into_response()
+/// The master's own binary, for join scripts on bare hosts (they check its
+/// hash). Rate-limited like joins; read once, then served from memory.
+async fn binary(State(ctx): State<Arc<ApiContext>>, Extension(Remote(remote)): Extension<Remote>) -> Response {
+    if !ctx.allow(remote.ip()) {
+        let msg = format!("too many requests from {}: wait a few seconds", remote.ip());
+        return refuse(StatusCode::TOO_MANY_REQUESTS, msg).into_response();
+    }
+    if ctx.binary.get().is_none() {
+        match tokio::task::spawn_blocking(|| std::env::current_exe().and_then(std::fs::read)).await {
+            Ok(Ok(b)) => {
+                let _ = ctx.binary.set(Bytes::from(b));
+            }
+            Ok(Err(e)) => {
+                let msg = format!("cannot read this master's binary: {e}");
+                return refuse(StatusCode::INTERNAL_SERVER_ERROR, msg).into_response();
+            }
+            Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         }
     }
+    let bytes = ctx.binary.get().cloned().unwrap_or_default();
+    ([("content-type", "application/octet-stream")], bytes).into_response()
 }
 
 async fn join(
@@ -199,7 +220,7 @@ async fn handle_join(ctx: &ApiContext, remote: SocketAddr, body: &[u8]) -> Resul
         .await
         .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let existing = registry::get(&mut client, &endpoint, name.as_str()).await.map_err(unavailable)?;
-    if let Some(msg) = registry::name_conflict(existing.as_ref(), req.advertise_address) {
+    if let Some(msg) = registry::name_conflict(existing.as_ref(), req.advertise_address, req.role) {
         return Err(refuse(StatusCode::CONFLICT, msg));
     }
     // An etcd member of that name on another host is a conflict too, even
@@ -240,7 +261,15 @@ async fn handle_join(ctx: &ApiContext, remote: SocketAddr, body: &[u8]) -> Resul
             );
         }
     }
-    store::record_use(&mut client, &endpoint, &tok.id).await.map_err(unavailable)?;
+    // Counting the use re-reads the token linearizably: a token revoked a
+    // moment ago (the check above read a local copy) is refused here.
+    match store::record_use(&mut client, &endpoint, &tok).await {
+        Ok(()) => {}
+        Err(store::UseError::Gone) => {
+            return Err(refuse(StatusCode::UNAUTHORIZED, TokenError::Unknown(tok.id.clone()).to_string()))
+        }
+        Err(store::UseError::Etcd(e)) => return Err(unavailable(e)),
+    }
     let now = now_secs();
     let record = NodeRecord {
         name: name.to_string(),

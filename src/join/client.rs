@@ -27,12 +27,13 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether another endpoint may do better (a refusal or a pin mismatch
-    /// would be the same everywhere).
+    /// Whether another endpoint may do better: a 4xx refusal or a pin
+    /// mismatch would be the same everywhere; one master's trouble (5xx,
+    /// including "cannot reach etcd") or load (429) may not.
     pub fn try_next(&self) -> bool {
         match self {
             ClientError::Unreachable { .. } | ClientError::Malformed { .. } => true,
-            ClientError::Refused { status, .. } => *status >= 500 && *status != 503,
+            ClientError::Refused { status, .. } => *status >= 500 || *status == 429,
             ClientError::Pin { .. } => false,
         }
     }

@@ -251,11 +251,20 @@ fn join_etcd(
     req: &Request,
 ) -> anyhow::Result<()> {
     let creds = Credentials::load(paths, "apiserver-etcd-client")?;
-    let endpoints = c.node.etcd.join_endpoints.clone();
-    let endpoint = endpoints.join(",");
     let peer = c.etcd_peer_url();
     let name = c.node.name.to_string();
     rt.block_on(async {
+        // The client spreads requests over its endpoints, so it gets only
+        // those that answer now (never this host's own, which is not up or
+        // is a stale member being replaced).
+        let endpoints = reachable(&c.node.etcd.join_endpoints, &c.etcd_client_url(), &creds).await;
+        if endpoints.is_empty() {
+            bail!(
+                "no etcd member of the cluster answers at {}: is the cluster up (`hakube status` on a master)?",
+                c.node.etcd.join_endpoints.join(", ")
+            );
+        }
+        let endpoint = endpoints.join(",");
         let mut client = etcd::connect(&endpoints, &creds, Duration::from_secs(5))
             .await
             .with_context(|| format!("cannot reach the cluster's etcd at {endpoint}"))?;
@@ -276,7 +285,25 @@ fn join_etcd(
             })
             .await?;
             let before = etcd::members(&mut client, &endpoint).await?;
-            let existed = before.iter().any(|m| m.peer_urls.iter().any(|u| u == &peer));
+            let mut existed = before.iter().any(|m| m.peer_urls.iter().any(|u| u == &peer));
+            if let Some(stale) = before.iter().find(|m| m.peer_urls.iter().any(|u| u == &peer) && !m.is_learner) {
+                if !has_data(&paths.etcd_data_dir()) {
+                    // A voter for this address whose data is gone (a reset
+                    // that could not leave etcd): etcd would crash-loop on
+                    // an empty log under that identity. Remove it, if the
+                    // rest keeps its quorum, and join afresh as a learner.
+                    let health = membership::voter_health(&before, &creds).await;
+                    membership::quorum_after_removal(&health, stale.id).map_err(|why| {
+                        anyhow::anyhow!(
+                            "etcd still has a voting member {:x} for {peer} from this host's earlier life, and removing it would cost quorum ({why})",
+                            stale.id
+                        )
+                    })?;
+                    membership::remove_member(&mut client, &endpoint, stale.id).await?;
+                    progress.note(format!("  removed stale member {:x} of this address (its data was gone)", stale.id));
+                    existed = false;
+                }
+            }
             let (id, members) = membership::add_learner(&mut client, &endpoint, &peer).await?;
             progress.note(format!(
                 "  etcd member {id:x} for {peer}: {}",
@@ -323,6 +350,20 @@ fn fault_point(name: &str) {
     }
 }
 
+/// The endpoints, other than `own`, whose etcd answers a status call now.
+async fn reachable(endpoints: &[String], own: &str, creds: &Credentials) -> Vec<String> {
+    let probes = endpoints.iter().filter(|e| e.as_str() != own).map(|e| async move {
+        let ok = async {
+            let mut c = etcd::connect(std::slice::from_ref(e), creds, Duration::from_secs(2)).await.ok()?;
+            tokio::time::timeout(Duration::from_secs(3), c.status()).await.ok()?.ok()
+        }
+        .await
+        .is_some();
+        ok.then(|| e.clone())
+    });
+    futures_util::future::join_all(probes).await.into_iter().flatten().collect()
+}
+
 fn has_data(dir: &std::path::Path) -> bool {
     std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
 }
@@ -356,7 +397,6 @@ fn join_worker(
     }
     progress.phase("writing the kubelet's credentials and config", || -> anyhow::Result<()> {
         let mut files = vec![
-            FileSpec::new(paths.config_file(), c.to_yaml(), 0o644),
             FileSpec::new(paths.pki("ca.crt"), ca.clone(), 0o644),
             FileSpec::new(
                 paths.kubeconfig("kubelet"),
@@ -377,6 +417,8 @@ fn join_worker(
         if c.node.systemd {
             files.push(systemd::unit_file(paths));
         }
+        // Last: a re-run that finds the config takes the worker as joined.
+        files.push(FileSpec::new(paths.config_file(), c.to_yaml(), 0o644));
         create_dir_all(&paths.pki_dir(), 0o700)?;
         apply_files(&files)?;
         Ok(())

@@ -36,14 +36,36 @@ pub async fn put(client: &mut Client, endpoint: &str, record: &NodeRecord) -> Re
     Ok(())
 }
 
-/// Whether `name` may be taken by a host at `address`: free, or already its own.
-pub fn name_conflict(existing: Option<&NodeRecord>, address: IpAddr) -> Option<String> {
+/// Whether `name` may be taken by a `role` host at `address`: free, or
+/// already its own (the same address and role: a re-run of its join).
+pub fn name_conflict(existing: Option<&NodeRecord>, address: IpAddr, role: Role) -> Option<String> {
     match existing {
-        Some(r) if r.address != address => Some(format!(
-            "node name {} is taken by {} ({}): give this host another --node-name, \
+        Some(r) if r.address != address || r.role != role => Some(format!(
+            "node name {} is taken by the {} at {}: give this host another --node-name, \
              or run `hakube reset` on that host and remove it first",
-            r.name, r.address, r.role
+            r.name, r.role, r.address
         )),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_belongs_to_one_host_and_role() {
+        let m1 = NodeRecord {
+            name: "m1".into(),
+            role: Role::Master,
+            address: "10.0.0.11".parse().unwrap(),
+            joined_at: 0,
+            heartbeat_at: 0,
+        };
+        assert_eq!(name_conflict(Some(&m1), m1.address, Role::Master), None, "a re-run of its own join");
+        assert!(name_conflict(Some(&m1), "10.0.0.12".parse().unwrap(), Role::Master).is_some());
+        let err = name_conflict(Some(&m1), m1.address, Role::Worker).unwrap();
+        assert!(err.contains("taken by the master at 10.0.0.11"), "{err}");
+        assert_eq!(name_conflict(None, m1.address, Role::Worker), None);
     }
 }

@@ -64,40 +64,46 @@ pub async fn get_with(
     Ok(resp.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok().map(|r| (r, kv.mod_revision()))))
 }
 
-pub async fn get(client: &mut Client, endpoint: &str, id: &str) -> Result<Option<(TokenRecord, i64)>, EtcdError> {
-    get_with(client, endpoint, id, false).await
-}
-
 pub async fn material(client: &mut Client, endpoint: &str, id: &str) -> Result<Option<String>, EtcdError> {
     let resp = client.get(format!("{MATERIAL_PREFIX}{id}"), None).await.map_err(|e| call(endpoint, e))?;
     Ok(resp.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
 }
 
-/// Counts one use, unless the record changed meanwhile (then retries).
-pub async fn record_use(client: &mut Client, endpoint: &str, id: &str) -> Result<(), EtcdError> {
+#[derive(Debug, thiserror::Error)]
+pub enum UseError {
+    #[error("the token is gone (revoked or expired)")]
+    Gone,
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+}
+
+/// Counts one use of `token`, with a compare-and-swap on its record; the
+/// linearizable read also catches a token revoked since a local read.
+pub async fn record_use(client: &mut Client, endpoint: &str, token: &JoinToken) -> Result<(), UseError> {
+    let key = format!("{TOKEN_PREFIX}{}", token.id);
     for _ in 0..10 {
-        let Some((mut record, rev)) = get(client, endpoint, id).await? else { return Ok(()) };
-        let key = format!("{TOKEN_PREFIX}{id}");
-        let lease = client
-            .get(key.as_str(), None)
-            .await
-            .map_err(|e| call(endpoint, e))?
-            .kvs()
-            .first()
-            .map(|kv| kv.lease())
-            .unwrap_or(0);
+        let resp = client.get(key.as_str(), None).await.map_err(|e| call(endpoint, e))?;
+        let Some(kv) = resp.kvs().first() else { return Err(UseError::Gone) };
+        let Ok(mut record) = serde_json::from_slice::<TokenRecord>(kv.value()) else { return Err(UseError::Gone) };
+        if record.secret_sha256 != token.secret_hash() {
+            return Err(UseError::Gone);
+        }
         record.uses += 1;
         let put = TxnOp::put(
             key.as_str(),
             serde_json::to_vec(&record).expect("record serializes"),
-            Some(PutOptions::new().with_lease(lease)),
+            Some(PutOptions::new().with_lease(kv.lease())),
         );
-        let txn = Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)]).and_then([put]);
+        let txn =
+            Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())]).and_then([put]);
         if client.txn(txn).await.map_err(|e| call(endpoint, e))?.succeeded() {
             return Ok(());
         }
     }
-    Ok(())
+    Err(UseError::Etcd(EtcdError::Call {
+        endpoint: endpoint.to_owned(),
+        message: "the token record kept changing under ten attempts to count a use".into(),
+    }))
 }
 
 pub async fn list(client: &mut Client, endpoint: &str) -> Result<Vec<TokenRecord>, EtcdError> {
