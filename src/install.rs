@@ -97,25 +97,10 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     let agent = PidFile::holder(&paths.agent_pid_file());
 
     progress.phase("preflight checks", || {
-        let failures = preflight::run(&preflight::Context {
-            paths,
-            config: &c,
-            agent_running: agent.is_some(),
-            euid_is_root: nix::unistd::geteuid().is_root(),
-        });
-        let (fatal, ignored) = preflight::triage(failures, &req.ignore_preflight_errors);
-        for f in &ignored {
+        for f in preflight::enforce(paths, &c, &req.ignore_preflight_errors)? {
             progress.note(format!("ignored preflight error [{}]: {}", f.name, f.message));
         }
-        if fatal.is_empty() {
-            return Ok(());
-        }
-        let list: Vec<_> = fatal.iter().map(|f| format!("  [{}] {}", f.name, f.message)).collect();
-        bail!(
-            "preflight checks failed, nothing was written:\n{}\n(to go ahead anyway: --ignore-preflight-errors={})",
-            list.join("\n"),
-            fatal.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(",")
-        )
+        anyhow::Ok(())
     })?;
 
     let plan = progress.phase("planning certificates and files", || plan(paths, &c, use_systemd))?;

@@ -136,6 +136,32 @@ pub fn run(ctx: &Context<'_>) -> Vec<Failure> {
     failures
 }
 
+/// Fatal preflight failures, listed for the user.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "preflight checks failed, nothing was written:\n{}\n(to go ahead anyway: --ignore-preflight-errors={})",
+    .0.iter().map(|f| format!("  [{}] {}", f.name, f.message)).collect::<Vec<_>>().join("\n"),
+    .0.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(",")
+)]
+pub struct PreflightFailed(pub Vec<Failure>);
+
+/// Runs the checks for this host; returns the failures `ignore` waived, or
+/// the fatal ones.
+pub fn enforce(paths: &Paths, config: &ClusterConfig, ignore: &[String]) -> Result<Vec<Failure>, PreflightFailed> {
+    let failures = run(&Context {
+        paths,
+        config,
+        agent_running: crate::host::process::PidFile::holder(&paths.agent_pid_file()).is_some(),
+        euid_is_root: nix::unistd::geteuid().is_root(),
+    });
+    let (fatal, ignored) = triage(failures, ignore);
+    if fatal.is_empty() {
+        Ok(ignored)
+    } else {
+        Err(PreflightFailed(fatal))
+    }
+}
+
 /// Splits failures into fatal and ignored ones.
 pub fn triage(failures: Vec<Failure>, ignore: &[String]) -> (Vec<Failure>, Vec<Failure>) {
     let all = ignore.iter().any(|i| i == "all");

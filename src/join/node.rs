@@ -163,25 +163,10 @@ fn node_config(flags: &serde_yaml::Value, cluster: Option<&config::ClusterSpec>)
 }
 
 fn run_preflight(paths: &Paths, c: &ClusterConfig, ignore: &[String]) -> anyhow::Result<()> {
-    let failures = preflight::run(&preflight::Context {
-        paths,
-        config: c,
-        agent_running: PidFile::holder(&paths.agent_pid_file()).is_some(),
-        euid_is_root: nix::unistd::geteuid().is_root(),
-    });
-    let (fatal, ignored) = preflight::triage(failures, ignore);
-    for f in &ignored {
+    for f in preflight::enforce(paths, c, ignore)? {
         eprintln!("[join] ignored preflight error [{}]: {}", f.name, f.message);
     }
-    if fatal.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<_> = fatal.iter().map(|f| format!("  [{}] {}", f.name, f.message)).collect();
-    bail!(
-        "preflight checks failed, nothing was written:\n{}\n(to go ahead anyway: --ignore-preflight-errors={})",
-        list.join("\n"),
-        fatal.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(",")
-    )
+    Ok(())
 }
 
 fn ask_cluster(
