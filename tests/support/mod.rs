@@ -140,10 +140,19 @@ impl Host {
         String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
     }
 
-    /// Kills every process of the host, as a power cut would.
+    /// Kills every process of the host, as a power cut would, and waits
+    /// (bounded) until they are gone and their sockets closed.
     pub fn kill_all(&self) {
-        for pid in self.pids() {
-            let _ = sh("kill", &["-9", &pid.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() || Instant::now() > deadline {
+                return;
+            }
+            for pid in pids {
+                let _ = sh("kill", &["-9", &pid.to_string()]);
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
