@@ -221,12 +221,15 @@ fn is_transient(e: &etcd_client::Error) -> bool {
 
 /// Adds `peer_url` as a learner unless a member with it exists; returns that
 /// member's id and the membership after the add.
+/// `members` is the caller's view under the lock; it decides whether to
+/// reuse (a second read could come from a follower that lags a change the
+/// caller just made).
 pub async fn add_learner(
     client: &mut Client,
     endpoint: &str,
     peer_url: &str,
+    members: Vec<Member>,
 ) -> Result<(u64, Vec<Member>), MembershipError> {
-    let members = super::members(client, endpoint).await?;
     if let Some(m) = members.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)) {
         return Ok((m.id, members));
     }
@@ -238,6 +241,14 @@ pub async fn add_learner(
     let resp = loop {
         match client.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner())).await {
             Ok(r) => break r,
+            // The caller's view lagged: the member is there after all.
+            Err(e) if e.to_string().contains("already exists") => {
+                let now = super::members(client, endpoint).await?;
+                if let Some(m) = now.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)) {
+                    return Ok((m.id, now));
+                }
+                return Err(call(endpoint, e).into());
+            }
             Err(e) if is_transient(&e) && Instant::now() < deadline => sleep(Duration::from_millis(250)).await,
             Err(e) => return Err(call(endpoint, e).into()),
         }

@@ -269,7 +269,7 @@ fn join_etcd(
                 }
             })
             .await?;
-            let before = etcd::members(&mut client, &endpoint).await?;
+            let mut before = etcd::members(&mut client, &endpoint).await?;
             let mut existed = before.iter().any(|m| m.peer_urls.iter().any(|u| u == &peer));
             if let Some(stale) = before.iter().find(|m| m.peer_urls.iter().any(|u| u == &peer) && !m.is_learner) {
                 if !has_data(&paths.etcd_data_dir()) {
@@ -284,12 +284,14 @@ fn join_etcd(
                             stale.id
                         )
                     })?;
-                    membership::remove_member(&mut client, &endpoint, stale.id).await?;
-                    progress.note(format!("  removed stale member {:x} of this address (its data was gone)", stale.id));
+                    let stale_id = stale.id;
+                    membership::remove_member(&mut client, &endpoint, stale_id).await?;
+                    progress.note(format!("  removed stale member {stale_id:x} of this address (its data was gone)"));
+                    before.retain(|m| m.id != stale_id);
                     existed = false;
                 }
             }
-            let (id, members) = membership::add_learner(&mut client, &endpoint, &peer).await?;
+            let (id, members) = membership::add_learner(&mut client, &endpoint, &peer, before).await?;
             progress.note(format!(
                 "  etcd member {id:x} for {peer}: {}",
                 if existed { "already added (resuming)" } else { "added as a learner" }
