@@ -249,7 +249,11 @@ pub async fn add_learner(
                 }
                 return Err(call(endpoint, e).into());
             }
-            Err(e) if is_transient(&e) && Instant::now() < deadline => sleep(Duration::from_millis(250)).await,
+            // Right after a removal, a member that has not applied it yet
+            // answers an add with "member not found"; that settles too.
+            Err(e) if (is_transient(&e) || e.to_string().contains("member not found")) && Instant::now() < deadline => {
+                sleep(Duration::from_millis(250)).await
+            }
             Err(e) => return Err(call(endpoint, e).into()),
         }
     };

@@ -291,7 +291,7 @@ fn join_etcd(
                     existed = false;
                 }
             }
-            let (id, members) = membership::add_learner(&mut client, &endpoint, &peer, before).await?;
+            let (id, members) = membership::add_learner(&mut client, &endpoint, &peer, before).await.context("adding this node as a learner")?;
             progress.note(format!(
                 "  etcd member {id:x} for {peer}: {}",
                 if existed { "already added (resuming)" } else { "added as a learner" }
