@@ -64,28 +64,8 @@ Environment: BENCH_TRIALS, HAKUBE_BIN (skip the release build), TMPDIR.
 EOF
 }
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-
-# median VALUE...: the median, or "-" when there are no values.
-median() {
-  (($#)) || {
-    echo -
-    return
-  }
-  printf '%s\n' "$@" | sort -g | awk '
-    { v[NR] = $1 }
-    END {
-      if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]
-      else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2
-    }'
-}
-
-# ratio A B: A/B to two decimals, "-" when either is missing or B is zero.
-ratio() {
-  awk -v a="$1" -v b="$2" 'BEGIN {
-    if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f\n", a / b }'
-}
+# shellcheck source=scripts/bench-lib.sh
+source "$script_dir/bench-lib.sh"
 
 # ---------------------------------------------------------------------------
 # The shell baseline: what kubeadm does, with the openssl CLI.
@@ -399,15 +379,7 @@ main() {
   source "$script_dir/deps.sh"
   hakube_ensure_deps || fail "installing dependencies (etcd, etcdctl, openssl, ip)"
 
-  if [[ -n ${HAKUBE_BIN:-} ]]; then
-    bin=$(readlink -f -- "$HAKUBE_BIN") || die "HAKUBE_BIN=$HAKUBE_BIN does not exist"
-    [[ -f $bin && -x $bin ]] || die "HAKUBE_BIN=$HAKUBE_BIN is not an executable file"
-  else
-    hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rustup.rs) or set HAKUBE_BIN"
-    msg "building: cargo build --release"
-    (cd -- "$repo" && hakube_cargo build --release) >&2 || fail "cargo build --release"
-    bin=$repo/target/release/hakube
-  fi
+  bin=$(hakube_binary "$repo") || die "no hakube binary to measure"
   "$bin" version >/dev/null 2>&1 || fail "$bin version"
   etcd --version >/dev/null 2>&1 || fail "etcd --version"
 

@@ -262,3 +262,31 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   esac
   hakube_ensure_deps "$@"
 fi
+
+# hakube_binary REPO: prints the hakube binary to use: $HAKUBE_BIN when set,
+# else a fresh release build of REPO. Messages on stderr; returns 1 on failure.
+hakube_binary() {
+  local repo=$1 bin
+  if [[ -n ${HAKUBE_BIN:-} ]]; then
+    bin=$(readlink -f -- "$HAKUBE_BIN") || {
+      _hakube_deps_msg "HAKUBE_BIN=$HAKUBE_BIN does not exist"
+      return 1
+    }
+    [[ -f $bin && -x $bin ]] || {
+      _hakube_deps_msg "HAKUBE_BIN=$HAKUBE_BIN is not an executable file"
+      return 1
+    }
+  else
+    hakube_find_cargo || {
+      _hakube_deps_msg "cargo not found: install a Rust toolchain (https://rustup.rs) or set HAKUBE_BIN"
+      return 1
+    }
+    _hakube_deps_msg "building: cargo build --release"
+    (cd -- "$repo" && hakube_cargo build --release) >&2 || {
+      _hakube_deps_msg "cargo build --release failed"
+      return 1
+    }
+    bin=$repo/target/release/hakube
+  fi
+  printf '%s\n' "$bin"
+}

@@ -160,18 +160,7 @@ add_host() {
 
 # The hakube binary: HAKUBE_BIN, else a fresh release build.
 resolve_binary_for_up() {
-  local bin
-  if [[ -n ${HAKUBE_BIN:-} ]]; then
-    bin=$(readlink -f -- "$HAKUBE_BIN") || die "HAKUBE_BIN=$HAKUBE_BIN does not exist"
-    [[ -f $bin && -x $bin ]] || die "HAKUBE_BIN=$HAKUBE_BIN is not an executable file"
-  else
-    hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rustup.rs) or set HAKUBE_BIN"
-    msg "building: cargo build --release"
-    (cd -- "$repo" && hakube_cargo build --release) >&2 || die "cargo build --release failed"
-    bin=$repo/target/release/hakube
-    [[ -x $bin ]] || die "the build succeeded but $bin is missing"
-  fi
-  printf '%s\n' "$bin"
+  hakube_binary "$repo" || die "no hakube binary to run"
 }
 
 # The binary for status and down: the one `up` used if it is still there.
