@@ -198,19 +198,9 @@ current_root="" # a hakube root whose agent may be running
 current_ns=""
 bin=""
 
-kill_ns_processes() {
-  local ns=$1 i
-  local -a pids
-  mapfile -t pids < <(ip netns pids "$ns" 2>/dev/null)
-  ((${#pids[@]})) || return 0
-  kill -TERM "${pids[@]}" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    mapfile -t pids < <(ip netns pids "$ns" 2>/dev/null)
-    ((${#pids[@]})) || return 0
-    sleep 0.1
-  done
-  kill -KILL "${pids[@]}" 2>/dev/null || true
-}
+# shellcheck source=scripts/netns.sh
+source "$script_dir/netns.sh"
+kill_ns_processes() { hakube_stop_ns_processes "$1"; }
 
 new_ns() {
   ip netns add "$1" || fail "creating network namespace $1"

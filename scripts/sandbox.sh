@@ -389,21 +389,9 @@ cmd_status() {
 }
 
 # TERM every process in a namespace, KILL what is left after 10 s.
-kill_ns_processes() {
-  local ns=$1 i
-  local -a pids
-  mapfile -t pids < <(ip netns pids "$ns" 2>/dev/null)
-  ((${#pids[@]})) || return 0
-  msg "stopping ${#pids[@]} process(es) left in $ns"
-  kill -TERM "${pids[@]}" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    mapfile -t pids < <(ip netns pids "$ns" 2>/dev/null)
-    ((${#pids[@]})) || return 0
-    sleep 0.1
-  done
-  warn "killing what is still running in $ns: ${pids[*]}"
-  kill -KILL "${pids[@]}" 2>/dev/null || true
-}
+# shellcheck source=scripts/netns.sh
+source "$script_dir/netns.sh"
+kill_ns_processes() { hakube_stop_ns_processes "$1" verbose; }
 
 # Unmounts whatever is still mounted below the state directory.
 unmount_below() {
