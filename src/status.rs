@@ -120,8 +120,8 @@ async fn probe_etcd(paths: &Paths, c: &ClusterConfig) -> EtcdReport {
             let probe = health.iter().find(|(h, _)| h.id == m.id).map(|(_, r)| r.clone());
             MemberReport {
                 started: m.started(),
-                healthy: probe.as_ref().map(Result::is_ok),
-                error: probe.and_then(Result::err),
+                healthy: probe.as_ref().map(membership::Probe::is_healthy),
+                error: probe.and_then(|p| p.problem()),
                 member: m,
             }
         })

@@ -51,52 +51,105 @@ pub fn quorum(voters: usize) -> usize {
     voters / 2 + 1
 }
 
+/// What a probe of one voting member found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// A linearizable read succeeded: the member is part of a quorum.
+    Healthy,
+    /// The member answers, but still as a learner: the membership lists it
+    /// as a voter, and it has not applied its own promotion yet. This lasts
+    /// a moment after `MemberPromote`, longer on a busy host.
+    AnswersAsLearner,
+    Unhealthy(String),
+}
+
+impl Probe {
+    pub fn is_healthy(&self) -> bool {
+        *self == Probe::Healthy
+    }
+
+    /// Why the member is not healthy, for messages.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Probe::Healthy => None,
+            Probe::AnswersAsLearner => Some("still answers as a learner (applying its promotion)".into()),
+            Probe::Unhealthy(why) => Some(why.clone()),
+        }
+    }
+}
+
 /// Health of each voting member, probed on its own client URL.
-pub async fn voter_health(members: &[Member], creds: &Credentials) -> Vec<(Member, Result<(), String>)> {
+pub async fn voter_health(members: &[Member], creds: &Credentials) -> Vec<(Member, Probe)> {
     let probes = members.iter().filter(|m| !m.is_learner).map(|m| async move {
         let endpoint = m.client_urls.first().cloned().unwrap_or_default();
-        let result = async {
+        let probe = async {
             if endpoint.is_empty() {
-                return Err("has no client URL (not started)".to_owned());
+                return Probe::Unhealthy("has no client URL (not started)".to_owned());
             }
-            let mut c = connect(std::slice::from_ref(&endpoint), creds, Duration::from_secs(2))
-                .await
-                .map_err(|e| e.to_string())?;
-            timeout(Duration::from_secs(3), check_health(&mut c, &endpoint))
-                .await
-                .map_err(|_| "no answer within 3s".to_owned())?
-                .map_err(|e| e.to_string())
+            let mut c = match connect(std::slice::from_ref(&endpoint), creds, Duration::from_secs(2)).await {
+                Ok(c) => c,
+                Err(e) => return Probe::Unhealthy(e.to_string()),
+            };
+            match timeout(Duration::from_secs(3), check_health(&mut c, &endpoint)).await {
+                Ok(Ok(())) => Probe::Healthy,
+                Err(_) => Probe::Unhealthy("no answer within 3s".to_owned()),
+                // A learner refuses the read; its status says whether it
+                // still takes itself for one (etcd >= 3.4 reports it). It
+                // may have applied its promotion between the two calls: then
+                // a second read tells.
+                Ok(Err(e)) => match timeout(Duration::from_secs(3), c.status()).await {
+                    Ok(Ok(s)) if s.is_learner() => Probe::AnswersAsLearner,
+                    Ok(Ok(_)) => match timeout(Duration::from_secs(3), check_health(&mut c, &endpoint)).await {
+                        Ok(Ok(())) => Probe::Healthy,
+                        _ => Probe::Unhealthy(e.to_string()),
+                    },
+                    _ => Probe::Unhealthy(e.to_string()),
+                },
+            }
         }
         .await;
-        (m.clone(), result)
+        (m.clone(), probe)
     });
     futures_util::future::join_all(probes).await
 }
 
-/// Refuses when etcd has no healthy majority of voters.
+/// Refuses when etcd has no healthy majority of voters. A member that is
+/// only applying its promotion counts: the leader has its quorum.
 pub async fn check_quorum(members: &[Member], creds: &Credentials) -> Result<(), MembershipError> {
-    quorum_of(&voter_health(members, creds).await)
+    match quorum_of(&voter_health(members, creds).await) {
+        Quorum::Lost(e) => Err(e),
+        Quorum::Healthy | Quorum::Settling(_) => Ok(()),
+    }
+}
+
+/// The quorum as probes show it.
+#[derive(Debug)]
+pub enum Quorum {
+    Healthy,
+    /// Short of a healthy majority only because members are still applying
+    /// their promotion: it settles by itself.
+    Settling(MembershipError),
+    Lost(MembershipError),
 }
 
 /// The quorum check on probes already made (pure).
-pub fn quorum_of(health: &[(Member, Result<(), String>)]) -> Result<(), MembershipError> {
+pub fn quorum_of(health: &[(Member, Probe)]) -> Quorum {
     let voters = health.len();
-    let healthy = health.iter().filter(|(_, r)| r.is_ok()).count();
-    if healthy < quorum(voters) {
-        let unhealthy: Vec<_> = health
-            .iter()
-            .filter_map(|(m, r)| {
-                r.as_ref().err().map(|e| format!("{} at {}: {e}", display_name(m), m.client_urls.join(",")))
-            })
-            .collect();
-        return Err(MembershipError::QuorumLost {
-            healthy,
-            voters,
-            needed: quorum(voters),
-            unhealthy: unhealthy.join("; "),
-        });
+    let healthy = health.iter().filter(|(_, p)| p.is_healthy()).count();
+    let settling = health.iter().filter(|(_, p)| *p == Probe::AnswersAsLearner).count();
+    if healthy >= quorum(voters) {
+        return Quorum::Healthy;
     }
-    Ok(())
+    let unhealthy: Vec<_> = health
+        .iter()
+        .filter_map(|(m, p)| p.problem().map(|e| format!("{} at {}: {e}", display_name(m), m.client_urls.join(","))))
+        .collect();
+    let err = MembershipError::QuorumLost { healthy, voters, needed: quorum(voters), unhealthy: unhealthy.join("; ") };
+    if healthy + settling >= quorum(voters) {
+        Quorum::Settling(err)
+    } else {
+        Quorum::Lost(err)
+    }
 }
 
 fn display_name(m: &Member) -> String {
@@ -107,55 +160,108 @@ fn display_name(m: &Member) -> String {
     }
 }
 
-/// The gate: every voter started and healthy, and no learner pending other
-/// than `own_peer`'s.
+/// When the gate is passed: before this node's member is added (the
+/// member may be a stale one being replaced, down), or after it was
+/// promoted (it must itself answer as a healthy voter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatePoint {
+    BeforeAdd,
+    AfterPromotion,
+}
+
+/// What the gate decides.
+#[derive(Debug)]
+pub enum GateVerdict {
+    Pass,
+    /// Not yet: a state that passes by itself (a join in progress, a member
+    /// starting or applying its promotion).
+    Wait(MembershipError),
+    /// Final: waiting would not help.
+    Refuse(MembershipError),
+}
+
+/// The gate's decision on a membership and its probes (pure): every voter
+/// started and healthy, no learner pending other than `own_peer`'s, and,
+/// after promotion, this node's member a healthy voter.
+pub fn judge_gate(members: &[Member], health: &[(Member, Probe)], own_peer: &str, point: GatePoint) -> GateVerdict {
+    let own = |m: &Member| m.peer_urls.iter().any(|u| u == own_peer);
+    for m in members {
+        if m.is_learner && !own(m) {
+            return GateVerdict::Wait(MembershipError::LearnerPending { id: m.id, peer: m.peer_urls.join(",") });
+        }
+        if !m.is_learner && !m.started() && !own(m) {
+            return GateVerdict::Wait(MembershipError::Unstarted { id: m.id, peer: m.peer_urls.join(",") });
+        }
+    }
+    match quorum_of(health) {
+        Quorum::Lost(e) => return GateVerdict::Refuse(e),
+        Quorum::Settling(e) => return GateVerdict::Wait(e),
+        Quorum::Healthy => {}
+    }
+    for (m, probe) in health {
+        // Before the add, this host's own member (a stale one being
+        // replaced) need not be up.
+        if own(m) && point == GatePoint::BeforeAdd {
+            continue;
+        }
+        if let Some(why) = probe.problem() {
+            return GateVerdict::Wait(MembershipError::Unhealthy {
+                name: display_name(m),
+                endpoint: m.client_urls.join(","),
+                why,
+            });
+        }
+    }
+    if point == GatePoint::AfterPromotion && !health.iter().any(|(m, _)| own(m)) {
+        // The list came from a member that has not applied the promotion.
+        return GateVerdict::Wait(MembershipError::Unhealthy {
+            name: "this node".into(),
+            endpoint: own_peer.into(),
+            why: "not listed as a voting member yet".into(),
+        });
+    }
+    GateVerdict::Pass
+}
+
+/// Reads the membership, probes it and judges it.
 pub async fn gate(
     client: &mut Client,
     endpoint: &str,
     creds: &Credentials,
     own_peer: &str,
-) -> Result<Vec<Member>, MembershipError> {
+    point: GatePoint,
+) -> Result<(Vec<Member>, GateVerdict), MembershipError> {
     let members = super::members(client, endpoint).await?;
-    for m in &members {
-        let own = m.peer_urls.iter().any(|u| u == own_peer);
-        if m.is_learner && !own {
-            return Err(MembershipError::LearnerPending { id: m.id, peer: m.peer_urls.join(",") });
-        }
-        if !m.is_learner && !m.started() && !own {
-            return Err(MembershipError::Unstarted { id: m.id, peer: m.peer_urls.join(",") });
-        }
-    }
     let health = voter_health(&members, creds).await;
-    quorum_of(&health)?;
-    // This host's own member (a stale one being replaced) need not be up.
-    for (m, r) in health.into_iter().filter(|(m, _)| !m.peer_urls.iter().any(|u| u == own_peer)) {
-        if let Err(why) = r {
-            return Err(MembershipError::Unhealthy { name: display_name(&m), endpoint: m.client_urls.join(","), why });
-        }
-    }
-    Ok(members)
+    let verdict = judge_gate(&members, &health, own_peer, point);
+    Ok((members, verdict))
 }
 
-/// Retries the gate until it passes or `limit` runs out (quorum loss is final).
+/// Retries the gate until it passes or `limit` runs out; a refusal (quorum
+/// genuinely lost) is final at once.
 pub async fn wait_gate(
     client: &mut Client,
     endpoint: &str,
     creds: &Credentials,
     own_peer: &str,
+    point: GatePoint,
     limit: Duration,
     mut on_wait: impl FnMut(&MembershipError),
 ) -> Result<Vec<Member>, MembershipError> {
     let deadline = Instant::now() + limit;
     loop {
-        match gate(client, endpoint, creds, own_peer).await {
-            Ok(m) => return Ok(m),
-            Err(e @ MembershipError::QuorumLost { .. }) => return Err(e),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(e) => {
-                on_wait(&e);
-                sleep(Duration::from_millis(500)).await;
-            }
+        let last = match gate(client, endpoint, creds, own_peer, point).await {
+            Ok((members, GateVerdict::Pass)) => return Ok(members),
+            Ok((_, GateVerdict::Refuse(e))) => return Err(e),
+            Ok((_, GateVerdict::Wait(e))) => e,
+            // The member answering the list may itself be restarting.
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(last);
         }
+        on_wait(&last);
+        sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -278,6 +384,10 @@ pub fn initial_cluster(members: &[Member], own_name: &str, own_peer: &str) -> St
     parts.join(",")
 }
 
+/// How long a member may be missing from the membership list before a
+/// promotion gives up on it.
+const ABSENCE_GRACE: Duration = Duration::from_secs(10);
+
 /// Waits until the member has started (etcd reports its name), then promotes
 /// it, retrying while the learner is still catching up.
 pub async fn promote_when_ready(
@@ -287,9 +397,16 @@ pub async fn promote_when_ready(
     limit: Duration,
 ) -> Result<(), MembershipError> {
     let deadline = Instant::now() + limit;
+    // The list comes from whichever member the client asks, which may lag
+    // the add: only an absence that lasts is taken as a removal.
+    let mut absent_since: Option<Instant> = None;
     loop {
         let members = super::members(client, endpoint).await?;
-        match members.iter().find(|m| m.id == id) {
+        let found = members.iter().find(|m| m.id == id);
+        if found.is_some() {
+            absent_since = None;
+        }
+        match found {
             Some(m) if !m.is_learner => return Ok(()),
             Some(m) if m.started() => match client.member_promote(id).await {
                 Ok(_) => return Ok(()),
@@ -299,6 +416,7 @@ pub async fn promote_when_ready(
                 Err(e) => return Err(call(endpoint, e).into()),
             },
             Some(_) => {}
+            None if absent_since.get_or_insert_with(Instant::now).elapsed() < ABSENCE_GRACE => {}
             None => {
                 return Err(EtcdError::Call {
                     endpoint: endpoint.to_owned(),
@@ -321,9 +439,9 @@ pub async fn promote_when_ready(
 
 /// Whether the voters left after removing `leaving` still have a healthy
 /// majority among themselves (pure).
-pub fn quorum_after_removal(health: &[(Member, Result<(), String>)], leaving: u64) -> Result<(), String> {
+pub fn quorum_after_removal(health: &[(Member, Probe)], leaving: u64) -> Result<(), String> {
     let rest: Vec<_> = health.iter().filter(|(m, _)| m.id != leaving).collect();
-    let healthy = rest.iter().filter(|(_, r)| r.is_ok()).count();
+    let healthy = rest.iter().filter(|(_, p)| p.is_healthy()).count();
     if rest.is_empty() || healthy >= quorum(rest.len()) {
         Ok(())
     } else {
@@ -367,7 +485,7 @@ pub async fn leave(
             let health = voter_health(&members, creds).await;
             if let Err(why) = quorum_after_removal(&health, me.id) {
                 return Err(MembershipError::QuorumLost {
-                    healthy: health.iter().filter(|(m, r)| m.id != me.id && r.is_ok()).count(),
+                    healthy: health.iter().filter(|(m, p)| m.id != me.id && p.is_healthy()).count(),
                     voters: members.iter().filter(|m| !m.is_learner && m.id != me.id).count(),
                     needed: quorum(members.iter().filter(|m| !m.is_learner && m.id != me.id).count()),
                     unhealthy: why,
@@ -406,10 +524,81 @@ mod tests {
         assert_eq!(quorum(4), 3);
     }
 
+    fn voter(id: u64, name: &str, peer: &str) -> Member {
+        let mut v = m(id, name, peer, false);
+        v.client_urls = vec![format!("https://{name}:2379")];
+        v
+    }
+
+    #[test]
+    fn a_just_promoted_member_still_answering_as_a_learner_is_waited_for() {
+        // Two voters: m1 healthy, m2 promoted a moment ago and still acting
+        // as a learner. Counting m2 as down would read as a lost quorum (1 of
+        // 2 when 2 are needed); it is a promotion being applied.
+        let (m1, m2) = (voter(1, "m1", "https://a:2380"), voter(2, "m2", "https://b:2380"));
+        let members = [m1.clone(), m2.clone()];
+        let health = [(m1.clone(), Probe::Healthy), (m2.clone(), Probe::AnswersAsLearner)];
+        let verdict = judge_gate(&members, &health, "https://b:2380", GatePoint::AfterPromotion);
+        assert!(matches!(verdict, GateVerdict::Wait(MembershipError::QuorumLost { .. })), "{verdict:?}");
+        assert!(matches!(quorum_of(&health), Quorum::Settling(_)));
+        // Once it answers as a voter, the gate passes.
+        let healthy = [(m1.clone(), Probe::Healthy), (m2.clone(), Probe::Healthy)];
+        assert!(matches!(
+            judge_gate(&members, &healthy, "https://b:2380", GatePoint::AfterPromotion),
+            GateVerdict::Pass
+        ));
+        // A list that does not show this node as a voter yet is not a pass.
+        let only_m1 = [(m1.clone(), Probe::Healthy)];
+        let verdict = judge_gate(std::slice::from_ref(&m1), &only_m1, "https://b:2380", GatePoint::AfterPromotion);
+        assert!(matches!(verdict, GateVerdict::Wait(_)), "{verdict:?}");
+    }
+
+    #[test]
+    fn a_genuinely_lost_quorum_is_refused_at_once() {
+        let (m1, m2, m3) =
+            (voter(1, "m1", "https://a:2380"), voter(2, "m2", "https://b:2380"), voter(3, "m3", "https://c:2380"));
+        let members = [m1.clone(), m2.clone(), m3.clone()];
+        let down = |why: &str| Probe::Unhealthy(why.into());
+        let health =
+            [(m1.clone(), Probe::Healthy), (m2.clone(), down("connection refused")), (m3.clone(), down("timeout"))];
+        let verdict = judge_gate(&members, &health, "https://d:2380", GatePoint::BeforeAdd);
+        match verdict {
+            GateVerdict::Refuse(e @ MembershipError::QuorumLost { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("1 of 3 voting members are healthy and 2 are needed"), "{msg}");
+                assert!(msg.contains("m2 at https://m2:2379: connection refused"), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // One voter down of three keeps quorum: the gate waits for it (every
+        // voter must be healthy before a change), it does not refuse.
+        let one_down = [(m1.clone(), Probe::Healthy), (m2.clone(), Probe::Healthy), (m3.clone(), down("timeout"))];
+        let verdict = judge_gate(&members, &one_down, "https://d:2380", GatePoint::BeforeAdd);
+        assert!(matches!(verdict, GateVerdict::Wait(MembershipError::Unhealthy { .. })), "{verdict:?}");
+        // Before the add, this host's own stale member may be down.
+        let own_down = [(m1.clone(), Probe::Healthy), (m2.clone(), Probe::Healthy), (m3.clone(), down("refused"))];
+        assert!(matches!(judge_gate(&members, &own_down, "https://c:2380", GatePoint::BeforeAdd), GateVerdict::Pass));
+    }
+
+    #[test]
+    fn foreign_learners_and_unstarted_members_are_waited_for() {
+        let m1 = voter(1, "m1", "https://a:2380");
+        let learner = m(2, "", "https://b:2380", true);
+        let members = [m1.clone(), learner];
+        let health = [(m1.clone(), Probe::Healthy)];
+        let verdict = judge_gate(&members, &health, "https://c:2380", GatePoint::BeforeAdd);
+        assert!(matches!(verdict, GateVerdict::Wait(MembershipError::LearnerPending { id: 2, .. })), "{verdict:?}");
+        assert!(matches!(judge_gate(&members, &health, "https://b:2380", GatePoint::BeforeAdd), GateVerdict::Pass));
+        let unstarted = m(3, "", "https://c:2380", false);
+        let members = [m1.clone(), unstarted];
+        let verdict = judge_gate(&members, &health, "https://d:2380", GatePoint::BeforeAdd);
+        assert!(matches!(verdict, GateVerdict::Wait(MembershipError::Unstarted { id: 3, .. })), "{verdict:?}");
+    }
+
     #[test]
     fn leaving_is_refused_when_the_rest_would_lose_quorum() {
-        let ok = || Ok(());
-        let down = || Err("down".to_owned());
+        let ok = || Probe::Healthy;
+        let down = || Probe::Unhealthy("down".to_owned());
         let three = [(m(1, "a", "p1", false), ok()), (m(2, "b", "p2", false), ok()), (m(3, "c", "p3", false), down())];
         assert!(quorum_after_removal(&three, 1).is_err(), "b alone of b, c cannot make 2");
         assert!(quorum_after_removal(&three, 3).is_ok(), "removing the dead one is fine");

@@ -21,7 +21,8 @@ use super::material::{self, CertificateKey};
 use super::token::{JoinToken, Role};
 use super::wire::JoinRequest;
 use crate::config::{self, ClusterConfig, Component, InitialClusterState, NodeName};
-use crate::etcd::{self, membership, Credentials};
+use crate::etcd::membership::{self, GatePoint};
+use crate::etcd::{self, Credentials};
 use crate::host::fs::{apply_files, create_dir_all, FileSpec};
 use crate::host::paths::Paths;
 use crate::host::process::PidFile;
@@ -261,7 +262,7 @@ fn join_etcd(
         progress.note(format!("  lock held after {:.2}s", t.elapsed().as_secs_f64()));
         let result = async {
             let mut last_note = String::new();
-            membership::wait_gate(&mut client, &endpoint, &creds, &peer, GATE_WAIT, |e| {
+            membership::wait_gate(&mut client, &endpoint, &creds, &peer, GatePoint::BeforeAdd, GATE_WAIT, |e| {
                 let s = e.to_string();
                 if s != last_note {
                     progress.note(format!("  waiting for etcd to be healthy: {s}"));
@@ -316,7 +317,10 @@ fn join_etcd(
                 anyhow::anyhow!("{e}\nthe local etcd log {} ends with:\n{}", log.display(), install::tail(&log, 15))
             })?;
             progress.note(format!("  member {id:x} is a voting member"));
-            membership::wait_gate(&mut client, &endpoint, &creds, &peer, GATE_WAIT, |_| {}).await?;
+            // Right after promotion the member may still act as a learner
+            // for a moment: the gate waits for it to answer as a voter.
+            membership::wait_gate(&mut client, &endpoint, &creds, &peer, GatePoint::AfterPromotion, GATE_WAIT, |_| {})
+                .await?;
             anyhow::Ok(expect)
         }
         .await;
