@@ -3,7 +3,7 @@
 # Benchmark (not a test): how fast hakube brings up a healthy, mTLS-secured
 # etcd compared with doing the same job the kubeadm way from a shell.
 #
-#   sudo scripts/bench-install.sh [--trials N]
+#   scripts/bench-install.sh [--trials N]
 #
 # Each trial measures, each run in a network namespace of its own so that
 # ports never clash:
@@ -55,7 +55,7 @@ fail() {
 
 usage() {
   cat >&2 <<EOF
-usage: sudo scripts/$prog [--trials N]
+usage: scripts/$prog [--trials N]
 
 Times hakube's install (etcd only) against a kubeadm-style shell baseline
 (openssl CLI + etcd), and hakube's PKI generation against openssl's.
@@ -363,7 +363,7 @@ main() {
   if [[ ! $trials =~ ^[1-9][0-9]*$ ]] || ((trials > 100)); then
     die "trials must be between 1 and 100 (got '$trials')"
   fi
-  [[ $EUID -eq 0 ]] || die "network namespaces need root; re-run with sudo: sudo $0 $*"
+  [[ $EUID -eq 0 ]] || die "network namespaces need root: run it as root (or with sudo)"
 
   # shellcheck source=scripts/deps.sh
   source "$script_dir/deps.sh"

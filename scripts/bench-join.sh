@@ -3,7 +3,7 @@
 # Benchmark (not a test): N masters joining an etcd cluster at the same
 # moment, with hakube and with two raw-etcd baselines.
 #
-#   sudo scripts/bench-join.sh [--sizes "3 5 7"] [--trials K]
+#   scripts/bench-join.sh [--sizes "3 5 7"] [--trials K]
 #
 # For every size N and every trial, each variant gets a fresh network of its
 # own: a switch namespace holding a bridge and N host namespaces h1..hN
@@ -75,7 +75,7 @@ fail() {
 
 usage() {
   cat >&2 <<EOF
-usage: sudo scripts/$prog [--sizes "N..."] [--trials K]
+usage: scripts/$prog [--sizes "N..."] [--trials K]
 
 Times N masters joining etcd at the same moment: hakube's serialized joins
 against concurrent raw \`etcdctl member add\` (naive) and a one-at-a-time
@@ -718,7 +718,7 @@ main() {
   if [[ ! $trials =~ ^[1-9][0-9]*$ ]] || ((trials > 100)); then
     die "trials must be between 1 and 100 (got '$trials')"
   fi
-  [[ $EUID -eq 0 ]] || die "network namespaces need root; re-run with sudo: sudo $0 $*"
+  [[ $EUID -eq 0 ]] || die "network namespaces need root: run it as root (or with sudo)"
 
   # shellcheck source=scripts/deps.sh
   source "$script_dir/deps.sh"

@@ -3,13 +3,19 @@
 # Dependency helpers for hakube's scripts. Source it, then call:
 #
 #   hakube_ensure_deps [haproxy] [nextest]
-#       Installs the Debian packages behind the commands the scripts need
-#       (etcd, etcdctl, protoc, openssl, ip, curl, flock) when a command is missing.
-#       "haproxy" adds haproxy; "nextest" also makes sure cargo-nextest exists.
-#   hakube_ensure_commands CMD...
-#       The same for exactly the commands named (see _hakube_package_for).
+#       Makes sure what building hakube and running its scripts and tests
+#       needs is here: the commands etcd, etcdctl, protoc, openssl, ip, curl,
+#       flock, and protoc's well-known-type includes (which Debian ships apart
+#       from protoc, in libprotobuf-dev). Installs the Debian packages of
+#       whatever is missing and says what it installed. "haproxy" adds
+#       haproxy; "nextest" also makes sure cargo-nextest exists.
+#   hakube_ensure_needs NEED...
+#       The same for exactly the needs named (see _hakube_need).
 #   hakube_ensure_nextest
 #       Installs cargo-nextest with `cargo install --locked` when it is missing.
+#   hakube_as_root SCRIPT ARGS...
+#       Returns when already root; else re-runs SCRIPT ARGS with sudo (keeping
+#       the Rust toolchain found here), or fails saying to run it as root.
 #   hakube_find_cargo
 #       Puts cargo on PATH when it is only in the invoking user's ~/.cargo/bin
 #       (sudo resets PATH). Returns non-zero when there is no cargo at all.
@@ -18,84 +24,51 @@
 #       that user can (so that target/ stays theirs), else as the current
 #       user.
 #
-# Package installs never start services: a policy-rc.d that answers 101 is in
-# place for the duration of the install, and an etcd the package install left
-# running anyway is stopped. Executed directly, the file runs
-# `hakube_ensure_deps "$@"`.
+# Package installs must not leave services running that fight hakube for its
+# ports: on a host run by systemd, etcd.service is masked before etcd-server
+# is installed (hakube runs etcd itself; a mask is the administrator's own
+# switch, which the package keeps); elsewhere, an etcd the package's init
+# script started is stopped through that same init script, which only knows
+# its own pid. Nothing else on the machine is touched. Executed directly, the
+# file runs `hakube_ensure_deps "$@"`.
 
 _hakube_deps_msg() { printf 'deps: %s\n' "$*" >&2; }
 
-# Debian package that provides a command.
-_hakube_package_for() {
-  case "$1" in
-    etcd) echo etcd-server ;;
-    etcdctl) echo etcd-client ;;
-    protoc) echo protobuf-compiler ;;
-    openssl) echo openssl ;;
-    ip) echo iproute2 ;;
-    curl) echo curl ;;
-    flock) echo util-linux ;;
-    haproxy) echo haproxy ;;
-    *) return 1 ;;
+# _hakube_need NEED: prints "PACKAGE" and returns 0 when NEED is missing,
+# returns 1 when it is present, 2 when NEED is unknown.
+_hakube_need() {
+  local need=$1 pkg
+  case $need in
+    etcd) pkg=etcd-server ;;
+    etcdctl) pkg=etcd-client ;;
+    protoc) pkg=protobuf-compiler ;;
+    # protoc finds google/protobuf/*.proto next to itself; etcd's API needs them.
+    protoc-includes)
+      [[ -e /usr/include/google/protobuf/descriptor.proto ]] && return 1
+      echo libprotobuf-dev
+      return 0
+      ;;
+    openssl) pkg=openssl ;;
+    ip) pkg=iproute2 ;;
+    curl) pkg=curl ;;
+    flock) pkg=util-linux ;;
+    haproxy) pkg=haproxy ;;
+    *) return 2 ;;
   esac
-}
-
-# PIDs of processes whose executable name is exactly "etcd", one per line.
-_hakube_etcd_pids() {
-  local comm_file comm pid
-  for comm_file in /proc/[0-9]*/comm; do
-    read -r comm 2>/dev/null <"$comm_file" || continue
-    [[ $comm == etcd ]] || continue
-    pid=${comm_file#/proc/}
-    echo "${pid%/comm}"
-  done
-}
-
-# Stops (TERM, then KILL after 10 s) the etcd processes that are not in the
-# list of PIDs given as arguments: those the package install started.
-_hakube_stop_new_etcd() {
-  local -a before=("$@") new=()
-  local pid old known i alive
-  while read -r pid; do
-    [[ -n $pid ]] || continue
-    known=0
-    for old in "${before[@]}"; do
-      if [[ $old == "$pid" ]]; then known=1; break; fi
-    done
-    ((known)) || new+=("$pid")
-  done < <(_hakube_etcd_pids)
-  ((${#new[@]})) || return 0
-  _hakube_deps_msg "stopping etcd started by the package install (pid ${new[*]})"
-  kill -TERM "${new[@]}" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    alive=0
-    for pid in "${new[@]}"; do
-      if kill -0 "$pid" 2>/dev/null; then alive=1; fi
-    done
-    ((alive)) || return 0
-    sleep 0.1
-  done
-  _hakube_deps_msg "etcd did not stop within 10 s; killing it"
-  kill -KILL "${new[@]}" 2>/dev/null || true
-}
-
-# Debian enables etcd.service when systemd runs the machine; hakube runs etcd
-# itself on the same ports, so the packaged unit must never start.
-_hakube_disable_packaged_etcd() {
-  [[ -d /run/systemd/system ]] || return 0
-  command -v systemctl >/dev/null 2>&1 || return 0
-  systemctl list-unit-files etcd.service >/dev/null 2>&1 || return 0
-  _hakube_deps_msg "disabling the packaged etcd.service (hakube runs etcd itself)"
-  systemctl disable --now etcd.service >/dev/null 2>&1 || true
+  # ip lives in /usr/sbin, which a non-root PATH may lack.
+  if command -v "$need" >/dev/null 2>&1 || [[ -x /usr/sbin/$need || -x /sbin/$need ]]; then
+    return 1
+  fi
+  echo "$pkg"
 }
 
 _HAKUBE_APT_UPDATED=${_HAKUBE_APT_UPDATED:-0}
 
-# apt-get install the given packages without starting any service.
+# apt-get install the given packages (output kept in a log, shown on failure).
 _hakube_apt_install() {
   local log rc=0
   if [[ ${EUID:-$(id -u)} -ne 0 ]]; then
-    _hakube_deps_msg "installing packages needs root: re-run with sudo (packages: $*)"
+    _hakube_deps_msg "installing packages needs root: run this as root or with sudo (packages: $*)"
     return 1
   fi
   if ! command -v apt-get >/dev/null 2>&1; then
@@ -103,40 +76,18 @@ _hakube_apt_install() {
     return 1
   fi
   log=$(mktemp "${TMPDIR:-/tmp}/hakube-apt.XXXXXX") || return 1
-  # A subshell so that the EXIT trap restoring policy-rc.d is its own and the
-  # caller's traps stay untouched.
   (
     set -euo pipefail
-    policy=/usr/sbin/policy-rc.d
-    backup=
-    # shellcheck disable=SC2317  # called from the EXIT trap
-    restore() {
-      if [[ -n $backup ]]; then
-        mv -f -- "$backup" "$policy"
-      else
-        rm -f -- "$policy"
-      fi
-    }
-    if [[ -e $policy ]]; then
-      backup=$(mktemp "$policy.hakube.XXXXXX")
-      cp -p -- "$policy" "$backup"
-    fi
-    trap restore EXIT
-    printf '#!/bin/sh\n# Installed by hakube deps.sh during a package install: start no services.\nexit 101\n' >"$policy"
-    chmod 0755 "$policy"
-
     export DEBIAN_FRONTEND=noninteractive
     apt_opts=(-q -y -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=300
       -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
     if [[ $_HAKUBE_APT_UPDATED != 1 ]]; then
-      _hakube_deps_msg "apt-get update"
       apt-get "${apt_opts[@]}" update
     fi
-    _hakube_deps_msg "apt-get install $*"
     apt-get "${apt_opts[@]}" install --no-install-recommends "$@"
   ) >"$log" 2>&1 || rc=$?
   if ((rc != 0)); then
-    _hakube_deps_msg "package install failed (exit $rc); last lines of the log $log:"
+    _hakube_deps_msg "apt-get install $* failed (exit $rc); last lines of its log $log:"
     tail -n 20 -- "$log" >&2
     return "$rc"
   fi
@@ -144,36 +95,55 @@ _hakube_apt_install() {
   _HAKUBE_APT_UPDATED=1
 }
 
-hakube_ensure_commands() {
-  local cmd pkg
-  local -a missing_pkgs=() missing_cmds=() etcd_before=()
-  for cmd in "$@"; do
-    if ! pkg=$(_hakube_package_for "$cmd"); then
-      _hakube_deps_msg "do not know which package provides '$cmd'"
-      return 2
-    fi
-    # ip lives in /usr/sbin, which a non-root PATH may lack.
-    if command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd || -x /sbin/$cmd ]]; then
-      continue
-    fi
-    missing_cmds+=("$cmd")
-    missing_pkgs+=("$pkg")
-  done
-  ((${#missing_pkgs[@]})) || return 0
-
-  _hakube_deps_msg "missing: ${missing_cmds[*]}"
-  mapfile -t etcd_before < <(_hakube_etcd_pids)
-  _hakube_apt_install "${missing_pkgs[@]}" || return
-  if [[ " ${missing_pkgs[*]} " == *" etcd-server "* ]]; then
-    _hakube_disable_packaged_etcd
-    _hakube_stop_new_etcd "${etcd_before[@]}"
+# The packaged etcd must never run beside hakube's (same ports).
+_hakube_before_etcd_install() {
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+    _hakube_deps_msg "masking etcd.service: hakube runs etcd itself, on the same ports"
+    systemctl mask etcd.service >/dev/null 2>&1 || true
   fi
-  for cmd in "${missing_cmds[@]}"; do
-    if ! command -v "$cmd" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$cmd && ! -x /sbin/$cmd ]]; then
-      _hakube_deps_msg "'$cmd' is still missing after installing its package"
+}
+
+_hakube_after_etcd_install() {
+  [[ -d /run/systemd/system ]] && return 0
+  [[ -x /etc/init.d/etcd ]] || return 0
+  if /etc/init.d/etcd status >/dev/null 2>&1; then
+    _hakube_deps_msg "stopping the etcd that the package's init script started (hakube runs its own)"
+    /etc/init.d/etcd stop >/dev/null 2>&1 || true
+  fi
+  command -v update-rc.d >/dev/null 2>&1 && update-rc.d etcd disable >/dev/null 2>&1 || true
+}
+
+hakube_ensure_needs() {
+  local need pkg rc
+  local -a pkgs=() needs=()
+  for need in "$@"; do
+    rc=0
+    pkg=$(_hakube_need "$need") || rc=$?
+    case $rc in
+      0)
+        needs+=("$need")
+        [[ " ${pkgs[*]} " == *" $pkg "* ]] || pkgs+=("$pkg")
+        ;;
+      1) ;;
+      *)
+        _hakube_deps_msg "do not know how to provide '$need'"
+        return 2
+        ;;
+    esac
+  done
+  ((${#pkgs[@]})) || return 0
+
+  _hakube_deps_msg "missing: ${needs[*]}; installing ${pkgs[*]}"
+  [[ " ${pkgs[*]} " == *" etcd-server "* ]] && _hakube_before_etcd_install
+  _hakube_apt_install "${pkgs[@]}" || return
+  [[ " ${pkgs[*]} " == *" etcd-server "* ]] && _hakube_after_etcd_install
+  for need in "${needs[@]}"; do
+    if _hakube_need "$need" >/dev/null; then
+      _hakube_deps_msg "'$need' is still missing after installing its package"
       return 1
     fi
   done
+  _hakube_deps_msg "installed ${pkgs[*]}"
 }
 
 hakube_find_cargo() {
@@ -197,6 +167,28 @@ hakube_find_cargo() {
     return 0
   done
   return 1
+}
+
+hakube_as_root() {
+  local script=$1 var cargo_home rustup_home
+  shift
+  [[ ${EUID:-$(id -u)} -eq 0 ]] && return 0
+  if ! command -v sudo >/dev/null 2>&1; then
+    _hakube_deps_msg "${script##*/} needs root (network namespaces, packages) and sudo is not installed: run it as root"
+    exit 1
+  fi
+  # sudo resets PATH and HOME: hand over the toolchain found here.
+  hakube_find_cargo || true
+  local -a env_args=("PATH=$PATH")
+  cargo_home=${CARGO_HOME:-$HOME/.cargo}
+  rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
+  [[ -d $cargo_home ]] && env_args+=("CARGO_HOME=$cargo_home")
+  [[ -d $rustup_home ]] && env_args+=("RUSTUP_HOME=$rustup_home")
+  for var in $(compgen -e); do
+    [[ $var == HAKUBE_* || $var == CI ]] && env_args+=("$var=${!var}")
+  done
+  _hakube_deps_msg "${script##*/} needs root; re-running it with sudo"
+  exec sudo -- env "${env_args[@]}" bash "$script" "$@"
 }
 
 hakube_cargo() {
@@ -235,10 +227,10 @@ hakube_ensure_nextest() {
 
 hakube_ensure_deps() {
   local arg want_nextest=0
-  local -a cmds=(etcd etcdctl protoc openssl ip curl flock)
+  local -a needs=(etcd etcdctl protoc protoc-includes openssl ip curl flock)
   for arg in "$@"; do
     case "$arg" in
-      haproxy) cmds+=(haproxy) ;;
+      haproxy) needs+=(haproxy) ;;
       nextest) want_nextest=1 ;;
       *)
         _hakube_deps_msg "hakube_ensure_deps: unknown option '$arg' (known: haproxy, nextest)"
@@ -246,22 +238,11 @@ hakube_ensure_deps() {
         ;;
     esac
   done
-  hakube_ensure_commands "${cmds[@]}" || return
+  hakube_ensure_needs "${needs[@]}" || return
   if ((want_nextest)); then
     hakube_ensure_nextest || return
   fi
 }
-
-if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
-  set -euo pipefail
-  case "${1:-}" in
-    -h | --help)
-      echo "usage: ${0##*/} [haproxy] [nextest]   (or source it and call hakube_ensure_deps)" >&2
-      exit 0
-      ;;
-  esac
-  hakube_ensure_deps "$@"
-fi
 
 # hakube_binary REPO: prints the hakube binary to use: $HAKUBE_BIN when set,
 # else a fresh release build of REPO. Messages on stderr; returns 1 on failure.
@@ -282,7 +263,7 @@ hakube_binary() {
       return 1
     }
     _hakube_deps_msg "building: cargo build --release"
-    (cd -- "$repo" && hakube_cargo build --release) >&2 || {
+    (cd -- "$repo" && hakube_cargo build --release --locked) >&2 || {
       _hakube_deps_msg "cargo build --release failed"
       return 1
     }
@@ -290,3 +271,14 @@ hakube_binary() {
   fi
   printf '%s\n' "$bin"
 }
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  set -euo pipefail
+  case "${1:-}" in
+    -h | --help)
+      echo "usage: ${0##*/} [haproxy] [nextest]   (or source it and call hakube_ensure_deps)" >&2
+      exit 0
+      ;;
+  esac
+  hakube_ensure_deps "$@"
+fi

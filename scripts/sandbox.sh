@@ -3,9 +3,9 @@
 # A throwaway multi-host hakube sandbox on one machine, built from network
 # namespaces:
 #
-#   sudo scripts/sandbox.sh up [--masters N] [--workers M]
-#   sudo scripts/sandbox.sh status [HAKUBE STATUS FLAGS...]
-#   sudo scripts/sandbox.sh down
+#   scripts/sandbox.sh up [--masters N] [--workers M]
+#   scripts/sandbox.sh status [HAKUBE STATUS FLAGS...]
+#   scripts/sandbox.sh down
 #
 # Layout: a private "switch" namespace (hk-sw) holds the bridge br0; each host
 # gets its own namespace (hk-m1, hk-m2, ..., hk-w1, ...) whose eth0 is one end
@@ -50,9 +50,9 @@ die() {
 
 usage() {
   cat >&2 <<EOF
-usage: sudo scripts/$prog up [--masters N] [--workers M]
-       sudo scripts/$prog status [--json]
-       sudo scripts/$prog down
+usage: scripts/$prog up [--masters N] [--workers M]
+       scripts/$prog status [--json]
+       scripts/$prog down
 
   up      create the namespaces and install hakube (etcd) on m1; when the
           sandbox is already up, says so and shows its status
@@ -72,12 +72,12 @@ EOF
 up_in_progress=0
 on_up_exit() {
   if ((up_in_progress)); then
-    warn "up did not finish; what it made is left for inspection. Remove it with: sudo scripts/$prog down"
+    warn "up did not finish; what it made is left for inspection. Remove it with: scripts/$prog down"
   fi
 }
 
 require_root() {
-  [[ $EUID -eq 0 ]] || die "network namespaces need root; re-run with sudo: sudo $0 ${1:-}"
+  [[ $EUID -eq 0 ]] || die "network namespaces need root: run it as root, or as a user with sudo"
   command -v ip >/dev/null 2>&1 || die "the ip command (iproute2) is missing"
 }
 
@@ -209,16 +209,16 @@ EOF
   cat <<EOF
 
 Look inside:
-  sudo ip netns exec hk-m1 bash                     # a shell on m1's network
-  sudo ip netns exec hk-m1 ss -ltnp                 # what listens on m1
-  sudo ip netns exec hk-m1 $bin --root $first_root status
+  ${SUDO_USER:+sudo }ip netns exec hk-m1 bash                     # a shell on m1's network
+  ${SUDO_USER:+sudo }ip netns exec hk-m1 ss -ltnp                 # what listens on m1
+  ${SUDO_USER:+sudo }ip netns exec hk-m1 $bin --root $first_root status
   ls $first_root/var/lib/hakube/logs/               # component logs
-  sudo ip netns exec hk-m1 env ETCDCTL_API=3 etcdctl --endpoints https://$net_prefix.11:2379 \\
+  ${SUDO_USER:+sudo }ip netns exec hk-m1 env ETCDCTL_API=3 etcdctl --endpoints https://$net_prefix.11:2379 \\
       --cacert $first_root/var/lib/hakube/pki/etcd/ca.crt \\
       --cert $first_root/var/lib/hakube/pki/etcd/healthcheck-client.crt \\
       --key $first_root/var/lib/hakube/pki/etcd/healthcheck-client.key endpoint health
   cat $state_dir/join-m2.log                  # how a master joined (serialized etcd join)
-  sudo scripts/$prog status | down
+  scripts/$prog status | down
 EOF
 }
 
@@ -255,8 +255,6 @@ cmd_up() {
   ((workers >= 0 && workers <= 9)) || die "--workers must be between 0 and 9"
 
   require_root up
-  # shellcheck source=scripts/deps.sh
-  source "$script_dir/deps.sh"
   hakube_ensure_deps || die "could not install the dependencies"
   bin=$(resolve_binary_for_up)
   take_lock
@@ -368,7 +366,7 @@ cmd_status() {
   local bin name ip rc=0 any=0
   require_root status
   if [[ ! -e $marker ]] && ! ip netns list | awk '{print $1}' | grep -qE "$ns_pattern"; then
-    msg "the sandbox is not up (start it with: sudo scripts/$prog up)"
+    msg "the sandbox is not up (start it with: scripts/$prog up)"
     exit 1
   fi
   bin=$(resolve_binary_recorded) || die "no hakube binary found (set HAKUBE_BIN)"
@@ -387,6 +385,9 @@ cmd_status() {
   }
   exit "$rc"
 }
+
+# shellcheck source=scripts/deps.sh
+source "$script_dir/deps.sh"
 
 # TERM every process in a namespace, KILL what is left after 10 s.
 # shellcheck source=scripts/netns.sh
@@ -484,6 +485,9 @@ cmd_down() {
 
 main() {
   local cmd=${1:-}
+  case "$cmd" in
+    up | status | down) hakube_as_root "$script" "$@" ;;
+  esac
   (($#)) && shift
   case "$cmd" in
     up) cmd_up "$@" ;;

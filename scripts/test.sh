@@ -2,9 +2,10 @@
 #
 # The project's test command (CI runs it through .ci/run):
 #
-#   sudo scripts/test.sh [NEXTEST ARGS...]
+#   scripts/test.sh [NEXTEST ARGS...]
 #
-# Root is needed because the integration tests create network namespaces.
+# Root is needed because the integration tests create network namespaces:
+# run it as root, or as a user with sudo (it re-runs itself with sudo).
 # Steps, from the repository root: rustfmt check, clippy with warnings denied,
 # release build (some tests and benchmarks run target/release/hakube), then
 # the tests with cargo-nextest (cargo test when nextest cannot be had).
@@ -32,11 +33,11 @@ die() {
 
 usage() {
   cat >&2 <<EOF
-usage: sudo scripts/$prog [NEXTEST ARGS...]
+usage: scripts/$prog [NEXTEST ARGS...]
 
 Runs cargo fmt --check, cargo clippy -D warnings, cargo build --release and the
 test suite (cargo nextest run; cargo test if nextest is unavailable). Needs
-root for network namespaces; re-runs itself with sudo when it can.
+root for network namespaces; re-runs itself with sudo when not root.
 
 Environment: HAKUBE_TEST_THREADS (default 2), HAKUBE_TEST_TIMEOUT (seconds, default 3600).
 EOF
@@ -57,22 +58,7 @@ test_timeout=${HAKUBE_TEST_TIMEOUT:-3600}
 # shellcheck source=scripts/deps.sh
 source "$script_dir/deps.sh"
 
-if [[ $EUID -ne 0 ]]; then
-  command -v sudo >/dev/null 2>&1 ||
-    die "the integration tests create network namespaces and need root, and sudo is not installed: run this as root"
-  # sudo resets PATH and HOME: hand over the toolchain found here.
-  hakube_find_cargo || true
-  env_args=("PATH=$PATH")
-  cargo_home=${CARGO_HOME:-$HOME/.cargo}
-  rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
-  [[ -d $cargo_home ]] && env_args+=("CARGO_HOME=$cargo_home")
-  [[ -d $rustup_home ]] && env_args+=("RUSTUP_HOME=$rustup_home")
-  for var in HAKUBE_TEST_THREADS HAKUBE_TEST_TIMEOUT CI; do
-    [[ -n ${!var:-} ]] && env_args+=("$var=${!var}")
-  done
-  msg "needs root (network namespaces); re-running with sudo"
-  exec sudo -- env "${env_args[@]}" bash "$script" "$@"
-fi
+hakube_as_root "$script" "$@"
 
 current_step=
 started=$SECONDS
