@@ -18,7 +18,7 @@ use crate::host::fs::{apply_files, FileChange, FileSpec};
 use crate::host::paths::Paths;
 use crate::host::process::{self, PidFile};
 use crate::host::{lock, net, preflight, systemd};
-use crate::kube::{components, kubeconfig};
+use crate::kube::kubeconfig;
 use crate::pki::{self, Decision};
 use crate::progress::Progress;
 
@@ -65,9 +65,6 @@ pub fn plan(paths: &Paths, c: &ClusterConfig, with_unit: bool) -> anyhow::Result
     let (kc_files, kc_decisions) = kubeconfig::plan(paths, c, ca, now)?;
     let mut files = pki_plan.files;
     files.extend(kc_files);
-    if c.has(Component::Kubelet) {
-        files.push(components::kubelet_config(paths, c));
-    }
     if with_unit {
         files.push(systemd::unit_file(paths));
     }
@@ -165,6 +162,7 @@ pub fn start_agent(paths: &Paths, use_systemd: bool, running: Option<u32>) -> an
 /// Polls `state.json` until the agent reports every component healthy.
 pub fn wait_healthy(paths: &Paths, expect: Expect, limit: Duration, progress: &Progress) -> anyhow::Result<State> {
     let deadline = Instant::now() + limit;
+    let expected = config::load_installed(&paths.config_file())?.map(|c| c.node.components).unwrap_or_default();
     let mut last_report = Instant::now();
     loop {
         let state = State::read(&paths.state_file());
@@ -174,7 +172,7 @@ pub fn wait_healthy(paths: &Paths, expect: Expect, limit: Duration, progress: &P
             Expect::Reloaded { pid, reloads } => s.agent_pid == pid && s.reloads > reloads,
         });
         if let (true, Some(s)) = (current, &state) {
-            if s.all_healthy() {
+            if s.all_healthy(&expected) {
                 return Ok(state.unwrap());
             }
         }

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod etcd;
 pub mod host;
+pub mod https;
 pub mod install;
 pub mod join;
 pub mod kube;

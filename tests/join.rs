@@ -15,43 +15,6 @@ fn first_master(net: &Network) -> Host {
     m1
 }
 
-/// `node-join-script [--master]` on `master`, saved to a file.
-fn script(master: &Host, role_master: bool, extra: &[&str]) -> (tempfile::TempDir, PathBuf) {
-    let mut args = vec!["node-join-script"];
-    if role_master {
-        args.push("--master");
-    }
-    args.extend_from_slice(extra);
-    let out = master.hakube(&args);
-    assert_ok(&out, "node-join-script");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("join.sh");
-    std::fs::write(&path, &out.stdout).unwrap();
-    (dir, path)
-}
-
-fn join_args(h: &Host, components: &str) -> Vec<String> {
-    [
-        "--root",
-        h.root().to_str().unwrap(),
-        "--advertise-address",
-        &h.addr,
-        "--node-name",
-        &h.name,
-        "--components",
-        components,
-        "--no-systemd",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn run_join(h: &Host, script: &std::path::Path, components: &str, env: &[(&str, &str)]) -> std::process::Output {
-    let args = join_args(h, components);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    h.bash(script, &refs, env)
-}
-
 /// Voting, started members as `etcdctl member list` sees them from `h`.
 fn voters(h: &Host) -> Vec<String> {
     let out = h.etcdctl(Some("etcd/healthcheck-client"), &["member", "list", "-w", "simple"]);
@@ -67,16 +30,12 @@ fn members_text(h: &Host) -> String {
     stdout(&h.etcdctl(Some("etcd/healthcheck-client"), &["member", "list"]))
 }
 
-/// The binary is on no PATH inside the hosts: scripts fetch it from the
-/// master and check its hash, unless told where it is.
-const BIN: (&str, &str) = ("HAKUBE_BIN", support::HAKUBE);
-
 #[test]
 fn five_masters_joining_at_once_all_become_voters_every_time() {
     for round in 0..3 {
         let net = Network::new();
         let m1 = first_master(&net);
-        let (_d, join) = script(&m1, true, &[]);
+        let (_d, join) = join_script(&m1, true, &[]);
         let joiners: Vec<Host> = (2..=6).map(|i| net.host(&format!("m{i}"))).collect();
         let outs: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = joiners.iter().map(|h| s.spawn(|| run_join(h, &join, "etcd", &[BIN]))).collect();
@@ -115,7 +74,7 @@ fn five_masters_joining_at_once_all_become_voters_every_time() {
 fn a_script_fetches_and_verifies_the_binary_and_a_worker_joins() {
     let net = Network::new();
     let m1 = first_master(&net);
-    let (_d, join) = script(&m1, false, &[]);
+    let (_d, join) = join_script(&m1, false, &[]);
     let w1 = net.host("w1");
     // No HAKUBE_BIN and no hakube on PATH: the script downloads the master's binary.
     let out = run_join(&w1, &join, "none", &[("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")]);
@@ -181,7 +140,7 @@ fn script_var(path: &std::path::Path, var: &str) -> String {
 fn tokens_are_counted_expire_and_can_be_revoked() {
     let net = Network::new();
     let m1 = first_master(&net);
-    let (_d, join) = script(&m1, false, &[]);
+    let (_d, join) = join_script(&m1, false, &[]);
     let id = script_var(&join, "HAKUBE_JOIN_TOKEN")[..6].to_owned();
     assert!(token_line(&m1, &id).contains(" 0 "), "{}", token_line(&m1, &id));
     let w1 = net.host("w1");
@@ -197,7 +156,7 @@ fn tokens_are_counted_expire_and_can_be_revoked() {
     assert!(!m1.hakube(&["token", "revoke", &id]).status.success(), "a second revoke says there is none");
 
     // Expired.
-    let (_d2, short) = script(&m1, false, &["--ttl", "2s"]);
+    let (_d2, short) = join_script(&m1, false, &["--ttl", "2s"]);
     std::thread::sleep(Duration::from_secs(4));
     let out = run_join(&w2, &short, "none", &[BIN]);
     let err = stderr(&out);
@@ -209,7 +168,7 @@ fn tokens_are_counted_expire_and_can_be_revoked() {
 fn secrets_are_not_readable_in_etcd() {
     let net = Network::new();
     let m1 = first_master(&net);
-    let (_d, join) = script(&m1, true, &[]);
+    let (_d, join) = join_script(&m1, true, &[]);
     let token = script_var(&join, "HAKUBE_JOIN_TOKEN");
     let out = m1.etcdctl(Some("apiserver-etcd-client"), &["get", "/hakube", "--prefix"]);
     assert_ok(&out, "etcdctl get /hakube");
@@ -232,7 +191,7 @@ fn secrets_are_not_readable_in_etcd() {
 fn the_ca_is_pinned_before_the_token_is_sent() {
     let net = Network::new();
     let m1 = first_master(&net);
-    let (dir, join) = script(&m1, false, &[]);
+    let (dir, join) = join_script(&m1, false, &[]);
     let id = script_var(&join, "HAKUBE_JOIN_TOKEN")[..6].to_owned();
     let wrong = dir.path().join("wrong.sh");
     let text = std::fs::read_to_string(&join).unwrap();
@@ -251,8 +210,8 @@ fn the_ca_is_pinned_before_the_token_is_sent() {
 fn bad_joins_are_refused_and_leave_the_cluster_untouched() {
     let net = Network::new();
     let m1 = first_master(&net);
-    let (_dm, master) = script(&m1, true, &[]);
-    let (_dw, worker) = script(&m1, false, &[]);
+    let (_dm, master) = join_script(&m1, true, &[]);
+    let (_dw, worker) = join_script(&m1, false, &[]);
     let before = members_text(&m1);
     let h = net.host("m2");
     let empty = |h: &Host| std::fs::read_dir(h.root()).unwrap().next().is_none();
@@ -381,7 +340,7 @@ fn the_join_api_answers_garbage_with_clear_4xx() {
 fn a_master_join_is_refused_while_etcd_has_lost_quorum() {
     let net = Network::new();
     let m1 = first_master(&net);
-    let (_d, join) = script(&m1, true, &[]);
+    let (_d, join) = join_script(&m1, true, &[]);
     let m2 = net.host("m2");
     let m3 = net.host("m3");
     assert_ok(&run_join(&m2, &join, "etcd", &[BIN]), "m2");
@@ -407,7 +366,7 @@ fn a_join_killed_after_member_add_or_etcd_start_finishes_on_rerun() {
     let net = Network::new();
     let m1 = net.host("m1");
     m1.install(&["ha", "taint-control-plane"]);
-    let (_d, join) = script(&m1, true, &[]);
+    let (_d, join) = join_script(&m1, true, &[]);
     let hosts = [(net.host("m2"), "after-member-add"), (net.host("m3"), "after-etcd-start")];
     for (h, fault) in &hosts {
         let out = run_join(h, &join, "etcd", &[BIN, ("HAKUBE_FAULT", fault)]);
@@ -448,7 +407,7 @@ fn agents_remove_a_learner_whose_join_died() {
         &[("HAKUBE_STALLED_LEARNER_SECS", "5")],
     );
     assert_ok(&out, "install");
-    let (_d, join) = script(&m1, true, &[]);
+    let (_d, join) = join_script(&m1, true, &[]);
     let m2 = net.host("m2");
     let out = run_join(&m2, &join, "etcd", &[BIN, ("HAKUBE_FAULT", "after-member-add")]);
     assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
@@ -467,7 +426,7 @@ fn agents_remove_a_learner_whose_join_died() {
 fn a_reset_master_leaves_etcd_unless_that_costs_quorum() {
     let net = Network::new();
     let m1 = first_master(&net);
-    let (_d, join) = script(&m1, true, &[]);
+    let (_d, join) = join_script(&m1, true, &[]);
     let (m2, m3, m4) = (net.host("m2"), net.host("m3"), net.host("m4"));
     for h in [&m2, &m3, &m4] {
         assert_ok(&run_join(h, &join, "etcd", &[BIN]), &h.name);
@@ -499,7 +458,7 @@ fn a_reset_master_leaves_etcd_unless_that_costs_quorum() {
 fn a_master_wiped_without_leaving_etcd_rejoins_under_its_address() {
     let net = Network::new();
     let m1 = first_master(&net);
-    let (_d, join) = script(&m1, true, &[]);
+    let (_d, join) = join_script(&m1, true, &[]);
     let (m2, m3) = (net.host("m2"), net.host("m3"));
     assert_ok(&run_join(&m2, &join, "etcd", &[BIN]), "m2");
     assert_ok(&run_join(&m3, &join, "etcd", &[BIN]), "m3");
@@ -510,7 +469,7 @@ fn a_master_wiped_without_leaving_etcd_rejoins_under_its_address() {
     assert_ok(&m3.hakube(&["reset", "--force"]), "reset --force");
     assert!(members_text(&m1).contains(&format!("https://{}:2380", m3.addr)), "the stale voter is still there");
     // Joining again from the same address replaces the stale member.
-    let (_d2, join2) = script(&m1, true, &[]);
+    let (_d2, join2) = join_script(&m1, true, &[]);
     let out = run_join(&m3, &join2, "etcd", &[BIN]);
     assert_ok(&out, "re-join");
     assert!(stderr(&out).contains("removed stale member"), "{}", stderr(&out));

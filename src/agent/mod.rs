@@ -7,6 +7,10 @@
 //! input files (certificates, kubeconfigs) changed.
 
 mod cluster;
+pub mod facts;
+pub mod images;
+pub mod podnet;
+pub mod probe;
 pub mod state;
 mod supervisor;
 

@@ -44,8 +44,10 @@ pub struct State {
 }
 
 impl State {
-    pub fn all_healthy(&self) -> bool {
-        self.components.values().all(|c| c.phase == Phase::Running && c.healthy)
+    /// Whether every one of `expected` is running and healthy (a state
+    /// written before the agent registered its components has none).
+    pub fn all_healthy(&self, expected: &[crate::config::Component]) -> bool {
+        expected.iter().all(|c| self.components.get(c.name()).is_some_and(|s| s.phase == Phase::Running && s.healthy))
     }
 
     pub fn read(path: &Path) -> Option<State> {

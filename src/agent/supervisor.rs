@@ -11,13 +11,14 @@ use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
 use tracing::{info, warn};
 
+use super::facts::{self, VersionCache};
+use super::probe::Prober;
 use super::state::{now_secs, ComponentState, Phase, State};
 use crate::config::{self, ClusterConfig, Component};
-use crate::etcd;
-use crate::host::fs::write_atomic;
+use crate::host::fs::{apply_files, write_atomic, FileSpec};
 use crate::host::paths::Paths;
 use crate::host::process::PidFile;
-use crate::kube::components::{find_binary, specs, ComponentSpec};
+use crate::kube::components::{find_binary, specs, ComponentSpec, HostFacts};
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -31,29 +32,64 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 struct Launch {
     bundle: Option<PathBuf>,
     args: Vec<String>,
+    /// Its own config files, written before it starts.
+    files: Vec<FileSpec>,
     fingerprint: String,
+    /// Components of this node that must be healthy before it starts.
+    after: Vec<Component>,
+    /// Why it cannot be started at all (an unsupported binary, ...).
+    refused: Option<String>,
+    cgroup: Option<String>,
 }
 
-/// Digest of a spec's command line and the content of its input files: when
-/// it changes, the process must restart to see the change.
+/// Digest of a spec's command line, its own files and the content of its
+/// input files: when it changes, the process must restart to see the change.
 pub fn fingerprint(spec: &ComponentSpec) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for a in &spec.args {
         ctx.update(a.as_bytes());
         ctx.update(b"\0");
     }
-    for f in &spec.inputs {
+    for f in &spec.files {
+        ctx.update(&f.contents);
+        ctx.update(b"\0");
+    }
+    for f in spec.inputs.iter().filter(|i| !spec.files.iter().any(|f| &f.path == *i)) {
         ctx.update(&std::fs::read(f).unwrap_or_default());
         ctx.update(b"\0");
     }
     crate::pki::hex(&ctx.finish().as_ref()[..12])
 }
 
-fn launches(paths: &Paths, c: &ClusterConfig) -> BTreeMap<Component, Launch> {
-    specs(paths, c)
+/// What a component waits for before it starts: the API server for its
+/// local etcd member, kubelet for the container runtime.
+fn dependencies(comp: Component, c: &ClusterConfig) -> Vec<Component> {
+    let wants: &[Component] = match comp {
+        Component::KubeApiserver => &[Component::Etcd],
+        Component::Kubelet => &[Component::Containerd],
+        _ => &[],
+    };
+    wants.iter().copied().filter(|d| c.has(*d)).collect()
+}
+
+fn launches(
+    paths: &Paths,
+    c: &ClusterConfig,
+    facts: &HostFacts,
+    problems: &BTreeMap<Component, String>,
+) -> BTreeMap<Component, Launch> {
+    specs(paths, c, facts)
         .into_iter()
         .map(|s| {
-            let launch = Launch { bundle: c.node.bundle.clone(), fingerprint: fingerprint(&s), args: s.args };
+            let launch = Launch {
+                bundle: c.node.bundle.clone(),
+                fingerprint: fingerprint(&s),
+                after: dependencies(s.component, c),
+                refused: problems.get(&s.component).cloned(),
+                args: s.args,
+                files: s.files,
+                cgroup: s.cgroup,
+            };
             (s.component, launch)
         })
         .collect()
@@ -63,11 +99,10 @@ type Shared = Rc<RefCell<State>>;
 
 fn update(state: &Shared, dirty: &Notify, comp: Component, f: impl FnOnce(&mut ComponentState)) {
     let mut st = state.borrow_mut();
-    let probe = if comp == Component::Etcd { "etcd" } else { "process" };
     let entry = st.components.entry(comp.name().to_owned()).or_insert_with(|| ComponentState {
         phase: Phase::Stopped,
         healthy: false,
-        probe: probe.into(),
+        probe: String::new(),
         pid: None,
         restarts: 0,
         since: now_secs(),
@@ -84,9 +119,18 @@ fn update(state: &Shared, dirty: &Notify, comp: Component, f: impl FnOnce(&mut C
     }
 }
 
+fn healthy(state: &Shared, comp: Component) -> bool {
+    state.borrow().components.get(comp.name()).is_some_and(|s| s.phase == Phase::Running && s.healthy)
+}
+
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(paths: Paths) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    // Signal handlers first: a SIGHUP from an install that finds the pid
+    // file must never meet the default action (death).
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let _pid = PidFile::acquire(&paths.agent_pid_file())
         .with_context(|| format!("cannot start the agent for root {}", paths.root().display()))?;
     let config_file = paths.config_file();
@@ -96,6 +140,14 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
     };
     let mut cfg = load()?;
     info!(root = %paths.root().display(), node = %cfg.node.name, "agent starting");
+    let mut versions = VersionCache::default();
+    let observe = |paths: &Paths, cfg: &ClusterConfig, versions: &mut VersionCache| {
+        let (facts, problems) = facts::observe(paths, cfg, versions);
+        for (comp, why) in &problems {
+            warn!(component = %comp, "cannot run: {why}");
+        }
+        launches(paths, cfg, &facts, &problems)
+    };
 
     let state: Shared =
         Rc::new(RefCell::new(State { agent_pid: std::process::id(), started_at: now_secs(), ..State::default() }));
@@ -125,27 +177,29 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                 let task = tokio::task::spawn_local(supervise(comp, rx, paths.clone(), state.clone(), dirty.clone()));
                 senders.insert(comp, (tx, task));
             };
-            for (comp, launch) in launches(&paths, &cfg) {
+            for (comp, launch) in observe(&paths, &cfg, &mut versions) {
                 start(comp, launch, &mut senders);
             }
-            if cfg.has(Component::Etcd) {
-                tokio::task::spawn_local(probe_etcd(paths.clone(), cfg.clone(), state.clone(), dirty.clone()));
-            }
-            // The join API and the cluster duties start again on every
-            // reload, so they serve the current certificate and config.
-            let cluster_tasks = |cfg: &ClusterConfig| {
+            // Probes, the join API and the cluster duties start again on
+            // every reload, so they see the current certificates and config.
+            let node_tasks = |cfg: &ClusterConfig| {
                 let (stop_tx, stop_rx) = watch::channel(false);
+                for comp in cfg.node.components.iter().copied() {
+                    let prober = Prober::new(comp, cfg, &paths);
+                    let args = (paths.clone(), cfg.clone(), state.clone(), dirty.clone(), stop_rx.clone());
+                    tokio::task::spawn_local(probe_loop(comp, prober, args));
+                }
                 if cfg.has(Component::Etcd) {
                     tokio::task::spawn_local(super::cluster::serve_join_api(paths.clone(), cfg.clone(), stop_rx.clone()));
-                    tokio::task::spawn_local(super::cluster::duties(paths.clone(), cfg.clone(), stop_rx));
+                    tokio::task::spawn_local(super::cluster::duties(paths.clone(), cfg.clone(), stop_rx.clone()));
+                }
+                if cfg.has(Component::Kubelet) {
+                    tokio::task::spawn_local(super::podnet::run(paths.clone(), cfg.clone(), stop_rx));
                 }
                 stop_tx
             };
-            let mut stop_tx = cluster_tasks(&cfg);
+            let mut stop_tx = node_tasks(&cfg);
 
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
             loop {
                 tokio::select! {
                     _ = term.recv() => break,
@@ -154,7 +208,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                         match load() {
                             Ok(new) => {
                                 cfg = new;
-                                let wanted = launches(&paths, &cfg);
+                                let wanted = observe(&paths, &cfg, &mut versions);
                                 for (comp, (tx, _)) in &senders {
                                     let next = wanted.get(comp).cloned();
                                     if *tx.borrow() != next {
@@ -169,7 +223,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                                     }
                                 }
                                 let _ = stop_tx.send(true);
-                                stop_tx = cluster_tasks(&cfg);
+                                stop_tx = node_tasks(&cfg);
                                 for (comp, launch) in wanted {
                                     if !senders.contains_key(&comp) {
                                         start(comp, launch, &mut senders);
@@ -224,10 +278,17 @@ async fn supervise(
             }
             continue;
         };
-        let Some(binary) = find_binary(&paths, launch.bundle.as_deref(), comp.name()) else {
-            let msg = format!("no {comp} binary in {} or PATH", paths.bin_dir().display());
+        let binary = find_binary(&paths, launch.bundle.as_deref(), comp.name());
+        let refusal = launch.refused.clone().or_else(|| {
+            binary.is_none().then(|| {
+                let bundle = launch.bundle.as_ref().map(|b| format!("{}, ", b.display())).unwrap_or_default();
+                format!("no {comp} binary in {}, {bundle}or PATH", paths.bin_dir().display())
+            })
+        });
+        if let Some(msg) = refusal {
             update(&state, &dirty, comp, |s| {
                 s.phase = Phase::Failed;
+                s.healthy = false;
                 s.message = Some(msg.clone());
             });
             // Look again later: the binary may be installed meanwhile.
@@ -236,10 +297,44 @@ async fn supervise(
                 _ = sleep(BACKOFF_MAX) => {}
             }
             continue;
-        };
+        }
+        let binary = binary.expect("checked above");
+        // Dependencies first (a restart waits too: an API server is no use
+        // without its etcd).
+        let mut waiting_noted = false;
+        while let Some(dep) = launch.after.iter().find(|d| !healthy(&state, **d)) {
+            if !waiting_noted {
+                let msg = format!("waiting for {dep} to be healthy");
+                update(&state, &dirty, comp, |s| {
+                    s.phase = Phase::Starting;
+                    s.healthy = false;
+                    s.message = Some(msg);
+                });
+                waiting_noted = true;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return } else { break },
+                _ = sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        if rx.has_changed().unwrap_or(true) {
+            continue;
+        }
+        let prepared = apply_files(&launch.files)
+            .map_err(|e| format!("cannot write its config: {e}"))
+            .and_then(|_| launch.cgroup.as_deref().map(crate::host::cgroups::ensure).unwrap_or(Ok(())));
+        if let Err(msg) = prepared {
+            warn!(component = %comp, error = %msg);
+            update(&state, &dirty, comp, |s| {
+                s.phase = Phase::Backoff;
+                s.message = Some(msg.clone());
+            });
+            sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            continue;
+        }
         let started = Instant::now();
-        let child = spawn(&binary, &launch.args, &paths, comp);
-        let mut child = match child {
+        let mut child = match spawn(&binary, &launch.args, &paths, comp) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("cannot start {}: {e}", binary.display());
@@ -255,9 +350,10 @@ async fn supervise(
         };
         let pid = child.id();
         info!(component = %comp, pid, "started");
+        // Healthy only once its probe says so.
         update(&state, &dirty, comp, |s| {
-            s.phase = if comp == Component::Etcd { Phase::Starting } else { Phase::Running };
-            s.healthy = comp != Component::Etcd;
+            s.phase = Phase::Starting;
+            s.healthy = false;
             s.pid = pid;
             s.message = None;
         });
@@ -341,41 +437,49 @@ async fn stop(child: &mut tokio::process::Child) {
     }
 }
 
-/// Probes etcd: often until it is first healthy, then at a steady pace.
-async fn probe_etcd(paths: Paths, cfg: ClusterConfig, state: Shared, dirty: Rc<Notify>) {
-    let endpoint = cfg.etcd_client_url();
-    let mut client = None;
+type ProbeArgs = (Paths, ClusterConfig, Shared, Rc<Notify>, watch::Receiver<bool>);
+
+/// Probes one component: often until it is healthy, then at a steady pace.
+async fn probe_loop(comp: Component, mut prober: Prober, (paths, cfg, state, dirty, mut stop): ProbeArgs) {
+    let describe = prober.describe();
+    update(&state, &dirty, comp, |s| s.probe = describe);
+    // containerd counts as healthy once the bundle's images are in it.
+    let mut imported_for: Option<u32> = None;
     loop {
-        let seen = state.borrow().components.get("etcd").map(|c| (c.phase, c.healthy, c.pid));
+        let seen = state.borrow().components.get(comp.name()).map(|c| (c.phase, c.healthy, c.pid));
         let (phase, was_healthy, pid) = seen.unwrap_or((Phase::Stopped, false, None));
         // Only a probe of the process the state names counts (not one that
         // is being replaced after a reload).
         if matches!(phase, Phase::Starting | Phase::Running) && pid.is_some() {
-            let result = async {
-                if client.is_none() {
-                    let creds = etcd::Credentials::load(&paths, "etcd/healthcheck-client")?;
-                    client =
-                        Some(etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(2)).await?);
-                }
-                etcd::check_health(client.as_mut().expect("connected"), &endpoint).await
-            }
-            .await;
-            let healthy = result.is_ok();
-            if healthy && !paths.etcd_bootstrapped_marker().exists() {
+            let mut result = prober.check(&paths).await;
+            if comp == Component::Etcd && result.is_ok() && !paths.etcd_bootstrapped_marker().exists() {
                 if let Err(e) =
                     write_atomic(&paths.etcd_bootstrapped_marker(), cfg.node.name.as_str().as_bytes(), 0o644)
                 {
                     warn!(error = %e, "cannot record that etcd was bootstrapped");
                 }
             }
+            if comp == Component::Containerd && result.is_ok() && imported_for != pid {
+                let (p, bundle) = (paths.clone(), cfg.node.bundle.clone());
+                result = match tokio::task::spawn_blocking(move || super::images::import_bundle(&p, bundle.as_deref()))
+                    .await
+                {
+                    Ok(Ok(_)) => {
+                        imported_for = pid;
+                        Ok(())
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(e.to_string()),
+                };
+            }
+            let healthy = result.is_ok();
             if let Err(e) = &result {
-                client = None;
                 if was_healthy {
-                    warn!(error = %e, "etcd is unhealthy");
+                    warn!(component = %comp, error = %e, "unhealthy");
                 }
             }
-            let message = result.err().map(|e| e.to_string());
-            update(&state, &dirty, Component::Etcd, |s| {
+            let message = result.err();
+            update(&state, &dirty, comp, |s| {
                 if matches!(s.phase, Phase::Starting | Phase::Running) && s.pid == pid {
                     s.phase = if healthy { Phase::Running } else { s.phase };
                     s.healthy = healthy;
@@ -383,7 +487,10 @@ async fn probe_etcd(paths: Paths, cfg: ClusterConfig, state: Shared, dirty: Rc<N
                 }
             });
         }
-        let pace = if was_healthy { Duration::from_secs(2) } else { Duration::from_millis(100) };
-        sleep(pace).await;
+        let pace = if was_healthy { Duration::from_secs(2) } else { Duration::from_millis(200) };
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = sleep(pace) => {}
+        }
     }
 }

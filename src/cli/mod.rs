@@ -338,6 +338,9 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Agent => {
+            // Before the runtime starts threads: a mount namespace is the
+            // unsharing thread's.
+            crate::host::mountns::isolate(&paths)?;
             runtime()?.block_on(crate::agent::run(paths))?;
             Ok(0)
         }

@@ -92,6 +92,9 @@ pub struct NodeSpec {
     /// Where component binaries come from, after `<root>/var/lib/hakube/bin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<PathBuf>,
+    /// Where the CNI plugins the pod network uses (bridge, host-local,
+    /// loopback, portmap) are installed.
+    pub cni_bin_dir: PathBuf,
     pub api_server_port: u16,
     pub etcd_client_port: u16,
     pub etcd_peer_port: u16,
@@ -159,8 +162,9 @@ cluster:
   certSans: []
   keyAlgorithm: ecdsa-p256
 node:
-  components: [etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet]
+  components: [etcd, containerd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet]
   systemd: true
+  cniBinDir: /usr/lib/cni
   apiServerPort: 6443
   etcdClientPort: 2379
   etcdPeerPort: 2380
@@ -334,6 +338,20 @@ fn validate(c: &ClusterConfig) -> Result<(), String> {
             }
         }
     }
+    if n.etcd_peer_port == u16::MAX {
+        return Err(
+            "node.etcdPeerPort is 65535, and etcd's metrics listen on the port after it: give a lower port".into()
+        );
+    }
+    if n.etcd_peer_port.checked_add(1).is_some_and(|m| ports.iter().any(|(_, p)| *p == m)) {
+        return Err(format!(
+            "etcd's metrics listen on node.etcdPeerPort + 1 ({}), which another port already takes: choose other ports",
+            n.etcd_peer_port + 1
+        ));
+    }
+    if c.has(Component::Kubelet) && !c.has(Component::Containerd) {
+        return Err("kubelet needs the container runtime: add containerd to the components".into());
+    }
     if c.node.advertise_address.is_unspecified() {
         return Err("node.advertiseAddress is unspecified (0.0.0.0 or ::): give this host's own address".into());
     }
@@ -388,7 +406,7 @@ pub(crate) mod tests {
     fn defaults_resolve_and_round_trip() {
         let c = resolve_with(None, "{}").unwrap();
         assert_eq!(c.node.name.as_str(), "m1");
-        assert_eq!(c.node.components.len(), 5);
+        assert_eq!(c.node.components.len(), 6);
         assert_eq!(c.control_plane_endpoint().to_string(), "10.0.0.11:6443");
         let text = c.to_yaml();
         let back = from_value(parse_source(&text, "x").unwrap(), "x").unwrap();

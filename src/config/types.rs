@@ -308,6 +308,7 @@ impl fmt::Display for KeyAlgorithm {
 #[serde(rename_all = "kebab-case")]
 pub enum Component {
     Etcd,
+    Containerd,
     KubeApiserver,
     KubeControllerManager,
     KubeScheduler,
@@ -315,8 +316,11 @@ pub enum Component {
 }
 
 impl Component {
-    pub const ALL: [Component; 5] = [
+    /// In start order: etcd and the container runtime before the control
+    /// plane, kubelet last.
+    pub const ALL: [Component; 6] = [
         Component::Etcd,
+        Component::Containerd,
         Component::KubeApiserver,
         Component::KubeControllerManager,
         Component::KubeScheduler,
@@ -327,11 +331,28 @@ impl Component {
     pub fn name(self) -> &'static str {
         match self {
             Component::Etcd => "etcd",
+            Component::Containerd => "containerd",
             Component::KubeApiserver => "kube-apiserver",
             Component::KubeControllerManager => "kube-controller-manager",
             Component::KubeScheduler => "kube-scheduler",
             Component::Kubelet => "kubelet",
         }
+    }
+}
+
+impl Component {
+    /// What a master runs unless told otherwise.
+    pub const MASTER: [Component; 6] = Component::ALL;
+    /// What a worker runs unless told otherwise.
+    pub const WORKER: [Component; 2] = [Component::Containerd, Component::Kubelet];
+
+    /// The Kubernetes components, whose binaries come in the bundle and
+    /// whose command lines depend on their version.
+    pub fn is_kubernetes(self) -> bool {
+        matches!(
+            self,
+            Component::KubeApiserver | Component::KubeControllerManager | Component::KubeScheduler | Component::Kubelet
+        )
     }
 }
 

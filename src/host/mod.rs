@@ -1,7 +1,9 @@
 //! Everything that touches the host: files, processes, systemd, preflight.
 
+pub mod cgroups;
 pub mod fs;
 pub mod lock;
+pub mod mountns;
 pub mod net;
 pub mod paths;
 pub mod preflight;

@@ -21,6 +21,11 @@ impl Paths {
         &self.root
     }
 
+    /// Whether this is the machine's own root rather than a simulated host.
+    pub fn is_host_root(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
     /// `root` joined with an absolute host path such as `/etc/hakube`.
     pub fn host(&self, absolute: &str) -> PathBuf {
         self.root.join(absolute.trim_start_matches('/'))
@@ -78,6 +83,52 @@ impl Paths {
         self.host("/var/lib/kubelet")
     }
 
+    /// kubelet's default `--cert-dir` is `/var/lib/kubelet/pki` whatever its
+    /// `--root-dir`: name it so it stays under the root.
+    pub fn kubelet_cert_dir(&self) -> PathBuf {
+        self.kubelet_root_dir().join("pki")
+    }
+
+    /// FlexVolume plugins; kubelet creates the directory at start.
+    pub fn kubelet_volume_plugin_dir(&self) -> PathBuf {
+        self.host("/usr/libexec/kubernetes/kubelet-plugins/volume/exec")
+    }
+
+    /// Where pods' logs go. kubelet hard-codes `/var/log/pods` (and
+    /// `/var/log/containers`); under a root other than `/` the agent maps
+    /// them here (see [`crate::host::mountns`]).
+    pub fn pod_log_dir(&self) -> PathBuf {
+        self.host("/var/log/pods")
+    }
+
+    pub fn containerd_config(&self) -> PathBuf {
+        self.config_dir().join("containerd.toml")
+    }
+
+    /// containerd's persistent root (images, snapshots).
+    pub fn containerd_root(&self) -> PathBuf {
+        self.data_dir().join("containerd")
+    }
+
+    /// containerd's state directory (sockets, runtime state), cleared at boot.
+    pub fn containerd_state(&self) -> PathBuf {
+        self.host("/run/hakube/containerd")
+    }
+
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.containerd_state().join("containerd.sock")
+    }
+
+    /// The pod network's CNI config, which containerd reads.
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.config_dir().join("cni")
+    }
+
+    /// Records of image archives imported into containerd, by digest.
+    pub fn imported_images_dir(&self) -> PathBuf {
+        self.data_dir().join("images-imported")
+    }
+
     pub fn bin_dir(&self) -> PathBuf {
         self.data_dir().join("bin")
     }
@@ -119,7 +170,25 @@ impl Paths {
     /// Everything `install` may create, for `reset` (deepest first is not
     /// required: each is removed recursively).
     pub fn created_by_install(&self) -> Vec<PathBuf> {
-        vec![self.config_dir(), self.data_dir(), self.kubelet_root_dir(), self.systemd_unit()]
+        let mut paths = vec![self.config_dir(), self.systemd_unit()];
+        if self.is_host_root() {
+            paths.extend([
+                self.data_dir(),
+                self.kubelet_root_dir(),
+                self.pod_log_dir(),
+                self.host("/var/log/containers"),
+                self.host("/run/hakube"),
+                // host-local IPAM's leases of the pod network (other CNI
+                // users, podman, share /var/lib/cni).
+                self.host("/var/lib/cni/networks/hakube"),
+            ]);
+        } else {
+            // A simulated host's directories that its agent maps onto the
+            // machine's (host::mountns): only this node wrote there.
+            paths.extend(crate::host::mountns::MAPPED.map(|d| self.host(d)));
+            paths.push(self.host("/usr/libexec/kubernetes"));
+        }
+        paths
     }
 }
 

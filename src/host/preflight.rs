@@ -16,6 +16,9 @@ pub struct Failure {
     pub message: String,
 }
 
+/// The CNI plugins the pod network runs (containerd calls loopback itself).
+pub const CNI_PLUGINS: [&str; 4] = ["bridge", "host-local", "loopback", "portmap"];
+
 /// What the checks need to know beyond the config.
 pub struct Context<'a> {
     pub paths: &'a Paths,
@@ -45,10 +48,15 @@ pub fn listening_ports(c: &ClusterConfig) -> Vec<(&'static str, SocketAddr)> {
                 // Every master (an etcd member) serves the join API.
                 out.push(("the join API", SocketAddr::new(adv, n.join_api_port)));
             }
+            // A unix socket under the root.
+            Component::Containerd => {}
             Component::KubeApiserver => out.push((name, SocketAddr::new(any, n.api_server_port))),
             Component::KubeControllerManager => out.push((name, SocketAddr::new(lo, 10257))),
             Component::KubeScheduler => out.push((name, SocketAddr::new(lo, 10259))),
-            Component::Kubelet => out.push((name, SocketAddr::new(any, 10250))),
+            Component::Kubelet => {
+                out.push((name, SocketAddr::new(any, 10250)));
+                out.push((name, SocketAddr::new(lo, crate::agent::probe::KUBELET_HEALTHZ_PORT)));
+            }
         }
     }
     out
@@ -121,14 +129,63 @@ pub fn run(ctx: &Context<'_>) -> Vec<Failure> {
             }
         }
     }
-    for comp in &c.node.components {
-        if find_binary(ctx.paths, c.node.bundle.as_deref(), comp.name()).is_none() {
+    let bundle = c.node.bundle.as_deref();
+    if let Some(b) = bundle {
+        if !b.is_dir() {
             fail(
+                "bundle".into(),
+                format!("the bundle {} is not a directory: pass the directory that holds the binaries", b.display()),
+            );
+        }
+    }
+    let where_ = || {
+        format!(
+            "{}, {}or PATH",
+            ctx.paths.bin_dir().display(),
+            bundle.map(|b| format!("{}, ", b.display())).unwrap_or_default()
+        )
+    };
+    for comp in &c.node.components {
+        match find_binary(ctx.paths, bundle, comp.name()) {
+            None => fail(
                 format!("binary-{comp}"),
                 format!(
-                    "no {comp} binary in {}, {}or PATH: install it, pass --bundle DIR, or leave {comp} out of --components",
-                    ctx.paths.bin_dir().display(),
-                    c.node.bundle.as_ref().map(|b| format!("{}, ", b.display())).unwrap_or_default(),
+                    "no {comp} binary in {}: install it, pass --bundle DIR, or leave {comp} out of --components",
+                    where_()
+                ),
+            ),
+            Some(bin) if comp.is_kubernetes() => {
+                if let Err(e) = crate::kube::version::detect(&bin) {
+                    fail(format!("version-{comp}"), e.to_string());
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    // What containerd runs pods with, and what the pod network needs.
+    let mut helpers = vec![];
+    if c.has(Component::Containerd) {
+        helpers.extend([("runc", "runc"), ("containerd-shim-runc-v2", "containerd"), ("ctr", "containerd")]);
+    }
+    if c.has(Component::Kubelet) {
+        helpers.extend([("iptables", "iptables"), ("ip", "iproute2")]);
+    }
+    for (cmd, package) in helpers {
+        if find_binary(ctx.paths, bundle, cmd).is_none() {
+            fail(format!("binary-{cmd}"), format!("no {cmd} in {}: install it (Debian: {package})", where_()));
+        }
+    }
+    if c.has(Component::Kubelet) {
+        let dir = &c.node.cni_bin_dir;
+        let missing: Vec<_> = CNI_PLUGINS.iter().filter(|p| !dir.join(p).is_file()).copied().collect();
+        if !missing.is_empty() {
+            fail(
+                "cni-plugins".into(),
+                format!(
+                    "the CNI plugins {} are not in {}: install them (Debian: containernetworking-plugins), \
+                     or set node.cniBinDir to where they are",
+                    missing.join(", "),
+                    dir.display()
                 ),
             );
         }

@@ -39,7 +39,11 @@ pub fn spawn_detached(exe: &Path, args: &[String], log: &Path) -> std::io::Resul
     Ok(child.id())
 }
 
+/// Whether `pid` runs. A child of ours that exited is reaped here, so a
+/// zombie (a detached agent that died while its installer waits) does not
+/// pass for alive.
 pub fn alive(pid: u32) -> bool {
+    reap(pid);
     !matches!(kill(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH))
 }
 
@@ -61,6 +65,27 @@ pub fn terminate(pid: u32, grace: Duration) -> bool {
     let _ = kill(p, Signal::SIGKILL);
     reap(pid);
     true
+}
+
+/// Pids of the processes whose command line satisfies `f`.
+pub fn matching(f: impl Fn(&[String]) -> bool) -> Vec<u32> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let argv: Vec<String> =
+            raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if f(&argv) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// SIGKILL, and reap if it is our child.
+pub fn kill_now(pid: u32) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    reap(pid);
 }
 
 /// Reaps `pid` if it is our exited child, so `alive` stops seeing a zombie.

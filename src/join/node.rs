@@ -28,7 +28,7 @@ use crate::host::paths::Paths;
 use crate::host::process::PidFile;
 use crate::host::{lock, net, preflight, systemd};
 use crate::install::{self, Expect};
-use crate::kube::{components, kubeconfig};
+use crate::kube::kubeconfig;
 use crate::pki::{self, Key};
 use crate::progress::Progress;
 
@@ -107,14 +107,16 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         None => net::detect_address().map_err(anyhow::Error::msg)?,
     };
     let components = req.components.clone().unwrap_or_else(|| match req.role {
-        Role::Master => Component::ALL.to_vec(),
-        Role::Worker => vec![Component::Kubelet],
+        Role::Master => Component::MASTER.to_vec(),
+        Role::Worker => Component::WORKER.to_vec(),
     });
     if req.role == Role::Master && !components.contains(&Component::Etcd) {
         bail!("a master runs etcd: add etcd to --components");
     }
-    if req.role == Role::Worker && components.iter().any(|c| *c != Component::Kubelet) {
-        bail!("a worker runs only kubelet (or nothing: --components none); masters join with a --master script");
+    if req.role == Role::Worker && components.iter().any(|c| !Component::WORKER.contains(c)) {
+        bail!(
+            "a worker runs containerd and kubelet (or nothing: --components none); masters join with a --master script"
+        );
     }
     let use_systemd = !req.no_systemd && systemd::is_running();
     let mut flags = serde_yaml::Mapping::new();
@@ -402,9 +404,6 @@ fn join_worker(
                 0o600,
             ),
         ];
-        if c.has(Component::Kubelet) {
-            files.push(components::kubelet_config(paths, &c));
-        }
         if c.node.systemd {
             files.push(systemd::unit_file(paths));
         }

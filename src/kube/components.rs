@@ -2,8 +2,11 @@
 //! kubeadm writes into its static-pod manifests, pointing at hakube's PKI
 //! and kubeconfigs.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::containerd;
+use super::version::{self, KubeVersion};
 use crate::config::{ClusterConfig, Component, InitialClusterState};
 use crate::host::fs::FileSpec;
 use crate::host::paths::Paths;
@@ -21,6 +24,12 @@ pub struct ComponentSpec {
     /// Files whose content the process reads at start: a change to any of
     /// them means the process must be restarted to pick it up.
     pub inputs: Vec<PathBuf>,
+    /// Files rendered for this process alone (its config), written before
+    /// it starts; they are among its inputs.
+    pub files: Vec<FileSpec>,
+    /// A cgroup that must exist before it starts (kubelet's cgroup root on
+    /// a simulated host).
+    pub cgroup: Option<String>,
 }
 
 impl ComponentSpec {
@@ -36,11 +45,11 @@ impl ComponentSpec {
     }
 }
 
-fn flag(name: &str, value: impl std::fmt::Display) -> String {
+pub(super) fn flag(name: &str, value: impl std::fmt::Display) -> String {
     format!("--{name}={value}")
 }
 
-fn p(path: PathBuf) -> String {
+pub(super) fn p(path: PathBuf) -> String {
     path.display().to_string()
 }
 
@@ -83,7 +92,7 @@ pub fn etcd(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
     let inputs = ["etcd/ca.crt", "etcd/server.crt", "etcd/server.key", "etcd/peer.crt", "etcd/peer.key"]
         .map(|n| paths.pki(n))
         .to_vec();
-    ComponentSpec { component: Component::Etcd, args, inputs }
+    ComponentSpec { component: Component::Etcd, args, inputs, files: vec![], cgroup: None }
 }
 
 pub fn kube_apiserver(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
@@ -131,10 +140,10 @@ pub fn kube_apiserver(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
     ]
     .map(|n| paths.pki(n))
     .to_vec();
-    ComponentSpec { component: Component::KubeApiserver, args, inputs }
+    ComponentSpec { component: Component::KubeApiserver, args, inputs, files: vec![], cgroup: None }
 }
 
-pub fn kube_controller_manager(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
+pub fn kube_controller_manager(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> ComponentSpec {
     let pki = |n: &str| p(paths.pki(n));
     let kc = p(paths.kubeconfig("controller-manager"));
     let args = vec![
@@ -148,6 +157,8 @@ pub fn kube_controller_manager(paths: &Paths, c: &ClusterConfig) -> ComponentSpe
         flag("cluster-signing-cert-file", pki("ca.crt")),
         flag("cluster-signing-key-file", pki("ca.key")),
         flag("controllers", "*,bootstrapsigner,tokencleaner"),
+        // It creates the FlexVolume directory at start, like kubelet.
+        flag("flex-volume-plugin-dir", p(paths.kubelet_volume_plugin_dir())),
         flag("kubeconfig", &kc),
         flag("leader-elect", true),
         flag("requestheader-client-ca-file", pki("front-proxy-ca.crt")),
@@ -156,20 +167,33 @@ pub fn kube_controller_manager(paths: &Paths, c: &ClusterConfig) -> ComponentSpe
         flag("service-cluster-ip-range", c.cluster.service_cidr),
         flag("use-service-account-credentials", true),
     ];
+    let mut args = args;
+    if facts.version(Component::KubeControllerManager).controller_manager_needs_port_0() {
+        args.push(flag("port", 0));
+    }
     let inputs = vec![paths.kubeconfig("controller-manager"), paths.pki("ca.crt"), paths.pki("sa.key")];
-    ComponentSpec { component: Component::KubeControllerManager, args, inputs }
+    ComponentSpec { component: Component::KubeControllerManager, args, inputs, files: vec![], cgroup: None }
 }
 
-pub fn kube_scheduler(paths: &Paths, _c: &ClusterConfig) -> ComponentSpec {
+pub fn kube_scheduler(paths: &Paths, _c: &ClusterConfig, facts: &HostFacts) -> ComponentSpec {
     let kc = p(paths.kubeconfig("scheduler"));
-    let args = vec![
+    let mut args = vec![
         flag("authentication-kubeconfig", &kc),
         flag("authorization-kubeconfig", &kc),
         flag("bind-address", "127.0.0.1"),
         flag("kubeconfig", &kc),
         flag("leader-elect", true),
     ];
-    ComponentSpec { component: Component::KubeScheduler, args, inputs: vec![paths.kubeconfig("scheduler")] }
+    if facts.version(Component::KubeScheduler).scheduler_needs_port_0() {
+        args.push(flag("port", 0));
+    }
+    ComponentSpec {
+        component: Component::KubeScheduler,
+        args,
+        inputs: vec![paths.kubeconfig("scheduler")],
+        files: vec![],
+        cgroup: None,
+    }
 }
 
 /// Whether this node registers as a master (it runs an API server).
@@ -177,19 +201,62 @@ fn is_master(c: &ClusterConfig) -> bool {
     c.has(Component::KubeApiserver) || c.has(Component::Etcd)
 }
 
-pub fn kubelet(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
+/// Facts about the host and its binaries that command lines and rendered
+/// files depend on: observed once by the caller and passed in, so that
+/// rendering stays pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The version of each Kubernetes component's binary.
+    pub versions: BTreeMap<Component, KubeVersion>,
+    /// systemd is PID 1: kubelet and runc use the systemd cgroup driver,
+    /// as they must where systemd manages the cgroup tree.
+    pub systemd_cgroups: bool,
+    /// This host cannot lower a process's oom_score_adj (it lacks
+    /// CAP_SYS_RESOURCE, as containers and some VMs do): containerd must
+    /// not ask for the negative score kubelet gives the pause container.
+    pub restrict_oom_score_adj: bool,
+    /// The pod sandbox image (a bundle names its own, imported at start).
+    pub pause_image: String,
+}
+
+impl HostFacts {
+    fn version(&self, c: Component) -> KubeVersion {
+        // Callers detect every Kubernetes component's version before they
+        // render it; the newest known is the safe reading for tests.
+        self.versions.get(&c).copied().unwrap_or(KubeVersion::new(1, version::NEWEST_MINOR.1, 0))
+    }
+}
+
+/// The cgroup under which this node's kubelet puts its pods. On a real host
+/// the default; several simulated hosts on one machine each get their own.
+pub fn kubelet_cgroup_root(paths: &Paths, facts: &HostFacts) -> Option<String> {
+    if paths.is_host_root() || facts.systemd_cgroups {
+        return None;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, paths.root().as_os_str().as_encoded_bytes());
+    Some(format!("/hakube-{}", &crate::pki::hex(digest.as_ref())[..10]))
+}
+
+pub fn kubelet(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> ComponentSpec {
+    let v = facts.version(Component::Kubelet);
     let mut args = vec![
         flag("config", p(kubelet_config_path(paths))),
         flag("kubeconfig", p(paths.kubeconfig("kubelet"))),
         flag("root-dir", p(paths.kubelet_root_dir())),
+        flag("cert-dir", p(paths.kubelet_cert_dir())),
         flag("hostname-override", &c.node.name),
         flag("node-ip", c.node.advertise_address),
     ];
+    if !v.kubelet_endpoint_in_config() {
+        args.push(flag("container-runtime", "remote"));
+        args.push(flag("container-runtime-endpoint", containerd::endpoint(paths)));
+    }
     if is_master(c) && c.cluster.taint_control_plane {
         args.push(flag("register-with-taints", CONTROL_PLANE_TAINTS.join(",")));
     }
     let inputs = vec![kubelet_config_path(paths), paths.kubeconfig("kubelet"), paths.pki("ca.crt")];
-    ComponentSpec { component: Component::Kubelet, args, inputs }
+    let files = vec![kubelet_config(paths, c, facts)];
+    ComponentSpec { component: Component::Kubelet, args, inputs, files, cgroup: kubelet_cgroup_root(paths, facts) }
 }
 
 pub fn kubelet_config_path(paths: &Paths) -> PathBuf {
@@ -197,8 +264,9 @@ pub fn kubelet_config_path(paths: &Paths) -> PathBuf {
 }
 
 /// The kubelet's KubeletConfiguration file (pure).
-pub fn kubelet_config(paths: &Paths, c: &ClusterConfig) -> FileSpec {
-    let text = format!(
+pub fn kubelet_config(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> FileSpec {
+    let v = facts.version(Component::Kubelet);
+    let mut text = format!(
         "apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 authentication:
@@ -210,23 +278,31 @@ authentication:
     clientCAFile: {ca}
 authorization:
   mode: Webhook
-cgroupDriver: systemd
+cgroupDriver: {driver}
 clusterDNS:
 - {dns}
 clusterDomain: {domain}
-containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
 rotateCertificates: true
 staticPodPath: \"\"
+volumePluginDir: {plugins}
 ",
         ca = paths.pki("ca.crt").display(),
+        driver = if facts.systemd_cgroups { "systemd" } else { "cgroupfs" },
         dns = c.cluster.service_cidr.nth(10),
         domain = c.cluster.dns_domain,
+        plugins = paths.kubelet_volume_plugin_dir().display(),
     );
+    if let Some(root) = kubelet_cgroup_root(paths, facts) {
+        text.push_str(&format!("cgroupRoot: {root}\n"));
+    }
+    if v.kubelet_endpoint_in_config() {
+        text.push_str(&format!("containerRuntimeEndpoint: {}\n", containerd::endpoint(paths)));
+    }
     FileSpec::new(kubelet_config_path(paths), text, 0o644)
 }
 
 /// The specs of every component the node runs, in start order.
-pub fn specs(paths: &Paths, c: &ClusterConfig) -> Vec<ComponentSpec> {
+pub fn specs(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> Vec<ComponentSpec> {
     let mut components = c.node.components.clone();
     components.sort();
     components.dedup();
@@ -234,10 +310,11 @@ pub fn specs(paths: &Paths, c: &ClusterConfig) -> Vec<ComponentSpec> {
         .into_iter()
         .map(|comp| match comp {
             Component::Etcd => etcd(paths, c),
+            Component::Containerd => containerd::spec(paths, c, facts),
             Component::KubeApiserver => kube_apiserver(paths, c),
-            Component::KubeControllerManager => kube_controller_manager(paths, c),
-            Component::KubeScheduler => kube_scheduler(paths, c),
-            Component::Kubelet => kubelet(paths, c),
+            Component::KubeControllerManager => kube_controller_manager(paths, c, facts),
+            Component::KubeScheduler => kube_scheduler(paths, c, facts),
+            Component::Kubelet => kubelet(paths, c, facts),
         })
         .collect()
 }
@@ -263,25 +340,83 @@ mod tests {
     use super::*;
     use crate::config::tests::test_config as config;
 
-    #[test]
-    fn command_lines_match_golden() {
-        let paths = Paths::new("/");
-        let c = config("cluster: {ha: true, loadBalancerAddress: 'lb.example.test:6443', taintControlPlane: true}");
-        let all: String = specs(&paths, &c).iter().map(ComponentSpec::render).collect();
-        crate::golden::check("components-master.txt", &all);
-        crate::golden::check("kubelet-config.yaml", &String::from_utf8(kubelet_config(&paths, &c).contents).unwrap());
+    pub(crate) fn facts(minor: u32) -> HostFacts {
+        let v = KubeVersion::new(1, minor, 0);
+        HostFacts {
+            versions: Component::ALL.into_iter().filter(|c| c.is_kubernetes()).map(|c| (c, v)).collect(),
+            systemd_cgroups: true,
+            restrict_oom_score_adj: false,
+            pause_image: "hakube.local/pause:3.2".into(),
+        }
+    }
+
+    fn render_all(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> String {
+        let mut out = String::new();
+        for s in specs(paths, c, facts) {
+            out.push_str(&s.render());
+            for f in &s.files {
+                out.push_str(&format!(
+                    "--- {} ({:o})\n{}",
+                    f.path.display(),
+                    f.mode,
+                    String::from_utf8_lossy(&f.contents)
+                ));
+            }
+        }
+        out
     }
 
     #[test]
-    fn taints_only_when_asked() {
+    fn command_lines_match_golden_for_each_version() {
         let paths = Paths::new("/");
-        let tainted = kubelet(&paths, &config("cluster: {taintControlPlane: true}"));
+        let c = config("cluster: {ha: true, loadBalancerAddress: 'lb.example.test:6443', taintControlPlane: true}");
+        crate::golden::check("components-master-1.20.txt", &render_all(&paths, &c, &facts(20)));
+        crate::golden::check("components-master-1.33.txt", &render_all(&paths, &c, &facts(33)));
+    }
+
+    #[test]
+    fn a_simulated_host_keeps_kubelet_and_containerd_inside_its_root() {
+        let paths = Paths::new("/srv/hosts/w1");
+        let c = config("node: {components: [containerd, kubelet]}");
+        let mut f = facts(20);
+        f.systemd_cgroups = false;
+        f.restrict_oom_score_adj = true;
+        let all = render_all(&paths, &c, &f);
+        crate::golden::check("components-worker-sandbox-1.20.txt", &all);
+        for line in all.lines().filter(|l| l.contains('/')) {
+            let path_like = line.split(['=', ' ', '"']).filter(|w| w.starts_with('/'));
+            for w in path_like {
+                let ok = w.starts_with("/srv/hosts/w1/") || w.starts_with("/usr/lib/cni") || w.starts_with("/hakube-");
+                assert!(ok, "{w:?} in {line:?} is outside the root");
+            }
+        }
+        // Two roots never share a cgroup.
+        let other = kubelet_cgroup_root(&Paths::new("/srv/hosts/w2"), &f);
+        assert_ne!(kubelet_cgroup_root(&paths, &f), other);
+        assert!(other.is_some());
+        assert_eq!(kubelet_cgroup_root(&Paths::new("/"), &f), None);
+    }
+
+    #[test]
+    fn taints_and_labels_only_for_masters_and_when_asked() {
+        let paths = Paths::new("/");
+        let f = facts(20);
+        let tainted = kubelet(&paths, &config("cluster: {taintControlPlane: true}"), &f);
         assert!(tainted.args.contains(&format!(
             "--register-with-taints={}",
             "node-role.kubernetes.io/control-plane:NoSchedule,node-role.kubernetes.io/master:NoSchedule"
         )));
-        let plain = kubelet(&paths, &config("{}"));
+        let plain = kubelet(&paths, &config("{}"), &f);
         assert!(!plain.args.iter().any(|a| a.starts_with("--register-with-taints")));
+        let worker = kubelet(
+            &paths,
+            &config("cluster: {taintControlPlane: true}\nnode: {components: [containerd, kubelet]}"),
+            &f,
+        );
+        assert!(!worker.args.iter().any(|a| a.starts_with("--register-with-taints")));
+        // kubelet refuses node-role labels on itself (NodeRestriction): the
+        // cluster controller labels masters.
+        assert!(!tainted.args.iter().any(|a| a.starts_with("--node-labels")));
     }
 
     #[test]

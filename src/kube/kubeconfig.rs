@@ -60,7 +60,21 @@ users:
 
 #[derive(Deserialize)]
 struct Kubeconfig {
+    #[serde(default)]
+    clusters: Vec<NamedCluster>,
     users: Vec<NamedUser>,
+}
+
+#[derive(Deserialize)]
+struct NamedCluster {
+    cluster: Cluster,
+}
+
+#[derive(Deserialize)]
+struct Cluster {
+    server: String,
+    #[serde(rename = "certificate-authority-data")]
+    ca: String,
 }
 
 #[derive(Deserialize)]
@@ -76,13 +90,45 @@ struct User {
     key: String,
 }
 
+fn decode(s: &str) -> Option<String> {
+    base64::engine::general_purpose::STANDARD.decode(s).ok().and_then(|b| String::from_utf8(b).ok())
+}
+
 /// The client certificate and key embedded in an existing kubeconfig.
 fn embedded_credentials(text: &[u8]) -> Option<(String, String)> {
     let kc: Kubeconfig = serde_yaml::from_slice(text).ok()?;
     let user = kc.users.into_iter().next()?.user;
-    let decode =
-        |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok().and_then(|b| String::from_utf8(b).ok());
     Some((decode(&user.cert)?, decode(&user.key)?))
+}
+
+/// What a client needs of a kubeconfig hakube wrote: where the API server
+/// is, the CA to trust, the identity to present.
+pub struct Credentials {
+    pub server: String,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <redacted>)", self.server)
+    }
+}
+
+/// Reads a kubeconfig of the shape [`render`] writes.
+pub fn read(path: &std::path::Path) -> Result<Credentials, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bad = |what: &str| format!("{}: {what}", path.display());
+    let kc: Kubeconfig = serde_yaml::from_slice(&text).map_err(|e| bad(&format!("not a kubeconfig: {e}")))?;
+    let cluster = kc.clusters.into_iter().next().ok_or_else(|| bad("no cluster"))?.cluster;
+    let user = kc.users.into_iter().next().ok_or_else(|| bad("no user"))?.user;
+    Ok(Credentials {
+        server: cluster.server,
+        ca_pem: decode(&cluster.ca).ok_or_else(|| bad("certificate-authority-data is not base64 PEM"))?,
+        cert_pem: decode(&user.cert).ok_or_else(|| bad("client-certificate-data is not base64 PEM"))?,
+        key_pem: decode(&user.key).ok_or_else(|| bad("client-key-data is not base64 PEM"))?,
+    })
 }
 
 /// Files to write, and what was decided for each.
@@ -127,5 +173,12 @@ mod tests {
         crate::golden::check("kubeconfig-admin.yaml", &text);
         let (cert, key) = embedded_credentials(text.as_bytes()).unwrap();
         assert_eq!((cert.as_str(), key.as_str()), ("CERT\n", "KEY\n"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.conf");
+        std::fs::write(&path, &text).unwrap();
+        let creds = read(&path).unwrap();
+        assert_eq!(creds.server, "https://lb.example.test:6443");
+        assert_eq!((creds.ca_pem.as_str(), creds.key_pem.as_str()), ("CA\n", "KEY\n"));
+        assert!(!format!("{creds:?}").contains("KEY"));
     }
 }

@@ -1,5 +1,10 @@
-//! The Kubernetes side of a node: kubeconfigs and the command lines of the
-//! components the agent supervises.
+//! The Kubernetes side of a node: kubeconfigs, the command lines and config
+//! files of the components the agent supervises, for the version each
+//! binary reports.
 
+pub mod client;
 pub mod components;
+pub mod containerd;
 pub mod kubeconfig;
+pub mod objects;
+pub mod version;

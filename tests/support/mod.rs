@@ -7,9 +7,35 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const HAKUBE: &str = env!("CARGO_BIN_EXE_hakube");
+
+/// Every component of a master, and of a worker that runs pods.
+pub const MASTER: &str = "etcd,containerd,kube-apiserver,kube-controller-manager,kube-scheduler,kubelet";
+pub const WORKER: &str = "containerd,kubelet";
+
+/// The Kubernetes bundle: `HAKUBE_TEST_BUNDLE` (scripts/test.sh builds it
+/// first), else what `scripts/kube-bundle.sh` prints (it builds it once per
+/// machine and caches it).
+pub fn bundle() -> &'static Path {
+    static BUNDLE: OnceLock<PathBuf> = OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        if let Some(b) = std::env::var_os("HAKUBE_TEST_BUNDLE") {
+            return PathBuf::from(b);
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kube-bundle.sh");
+        let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("kube-bundle.sh");
+        assert!(out.status.success(), "scripts/kube-bundle.sh failed: the Kubernetes tests need its bundle");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+/// The test image of the bundle (a busybox with its applets).
+pub fn test_image() -> String {
+    std::fs::read_to_string(bundle().join("test-image")).expect("the bundle names its test image").trim().to_owned()
+}
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -93,7 +119,52 @@ impl Host {
         self.exec(HAKUBE, &all)
     }
 
-    /// `install` of an etcd-only master (what this machine can run), asserting success.
+    /// `install` of a master with every component, from the bundle.
+    pub fn install_master(&self, extra: &[&str]) -> Output {
+        let bundle = bundle().display().to_string();
+        let mut args = vec![
+            "install",
+            "--advertise-address",
+            &self.addr,
+            "--node-name",
+            &self.name,
+            "--components",
+            MASTER,
+            "--bundle",
+            &bundle,
+            "--no-systemd",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.hakube(&args);
+        assert_ok(&out, &format!("install on {}", self.name));
+        out
+    }
+
+    /// kubectl (Debian's kubernetes-client) with this host's admin kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        let kc = self.root().join("var/lib/hakube/kubeconfigs/admin.conf").display().to_string();
+        let cache = self.root().join(".kube-cache").display().to_string();
+        let mut all = vec!["--kubeconfig", kc.as_str(), "--cache-dir", cache.as_str(), "--request-timeout=20s"];
+        all.extend_from_slice(args);
+        self.exec("kubectl", &all)
+    }
+
+    /// kubectl's output as JSON, asserting success.
+    pub fn kubectl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.kubectl(&all);
+        assert_ok(&out, &format!("kubectl {args:?}"));
+        serde_json::from_slice(&out.stdout).expect("kubectl prints JSON")
+    }
+
+    /// The agent's `state.json`.
+    pub fn state(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.root().join("var/lib/hakube/state.json")).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_default()
+    }
+
+    /// `install` of an etcd-only master, asserting success.
     pub fn install(&self, extra: &[&str]) -> Output {
         let mut args = vec![
             "install",
@@ -155,11 +226,65 @@ impl Host {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// The cgroup this host's kubelet puts its pods under, from its config.
+    pub fn pod_cgroup(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.root().join("var/lib/hakube/kubelet/config.yaml")).ok()?;
+        text.lines().find_map(|l| l.strip_prefix("cgroupRoot: ")).map(|s| s.trim().trim_start_matches('/').to_owned())
+    }
+
+    /// Kills the host's pods (they live in network namespaces of their own,
+    /// so `kill_all` misses them) and removes their cgroups.
+    pub fn kill_pods(&self) {
+        let Some(cgroup) = self.pod_cgroup() else { return };
+        let tops: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join(&cgroup))
+            .filter(|p| p.is_dir())
+            .collect();
+        let mut dirs = vec![];
+        let mut stack = tops;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+            dirs.push(d);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids: Vec<String> = dirs
+                .iter()
+                .flat_map(|d| {
+                    std::fs::read_to_string(d.join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .lines()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            if pids.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in pids {
+                let _ = sh("kill", &["-9", &pid]);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
         self.kill_all();
+        self.kill_pods();
         let _ = sh("ip", &["netns", "del", &self.ns]);
     }
 }
@@ -194,6 +319,9 @@ impl Network {
         must("ip", &["-n", &self.switch, "link", "set", outside, "master", "br0", "up"]);
         must("ip", &["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", inside]);
         must("ip", &["-n", &ns, "link", "set", inside, "up"]);
+        // Kubernetes components pick addresses from the default route and
+        // refuse to start without one; nothing answers beyond the bridge.
+        must("ip", &["-n", &ns, "route", "add", "default", "dev", inside]);
         Host { ns, name: name.into(), root: tempfile::tempdir().expect("tempdir"), addr }
     }
 
@@ -214,6 +342,54 @@ impl Drop for Network {
         let _ = sh("ip", &["netns", "del", &self.switch]);
     }
 }
+
+/// `node-join-script [--master]` on `master`, saved to a file.
+pub fn join_script(master: &Host, role_master: bool, extra: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let mut args = vec!["node-join-script"];
+    if role_master {
+        args.push("--master");
+    }
+    args.extend_from_slice(extra);
+    let out = master.hakube(&args);
+    assert_ok(&out, "node-join-script");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("join.sh");
+    std::fs::write(&path, &out.stdout).unwrap();
+    (dir, path)
+}
+
+/// What a join script gets on a test host; components other than etcd
+/// alone (or none) come from the bundle.
+pub fn join_args(h: &Host, components: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--root",
+        h.root().to_str().unwrap(),
+        "--advertise-address",
+        &h.addr,
+        "--node-name",
+        &h.name,
+        "--components",
+        components,
+        "--no-systemd",
+    ]
+    .map(String::from)
+    .to_vec();
+    if components != "etcd" && components != "none" {
+        args.extend(["--bundle".to_owned(), bundle().display().to_string()]);
+    }
+    args
+}
+
+/// Runs a join script on `h`.
+pub fn run_join(h: &Host, script: &Path, components: &str, env: &[(&str, &str)]) -> Output {
+    let args = join_args(h, components);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    h.bash(script, &refs, env)
+}
+
+/// The binary is on no PATH inside the hosts: scripts fetch it from the
+/// master and check its hash, unless told where it is.
+pub const BIN: (&str, &str) = ("HAKUBE_BIN", HAKUBE);
 
 pub fn assert_ok(out: &Output, what: &str) {
     assert!(

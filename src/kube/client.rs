@@ -1,0 +1,258 @@
+//! A small typed Kubernetes API client: mutual TLS with the certificates
+//! hakube issues, JSON over HTTPS on the existing hyper/rustls stack,
+//! bounded retries, and errors that name the object and the server.
+//!
+//! Reads decode into the few fields hakube uses ([`super::objects`]);
+//! writes are patches, so a field this client does not know is never lost.
+//! The objects used (Node, Pod, Lease, Event) are stable from 1.20 on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tokio::time::sleep;
+
+use crate::config::HostPort;
+use crate::https::{self, HttpsError, Identity, Limits, Request};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KubeError {
+    #[error("{what}: the API server at {server} answered {code} {reason}: {message}")]
+    Status { what: String, server: String, code: u16, reason: String, message: String },
+    #[error("{what}: cannot reach the API server at {server}: {message}")]
+    Unreachable { what: String, server: String, message: String },
+    #[error("{what}: the API server at {server} sent something unreadable: {message}")]
+    Decode { what: String, server: String, message: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl KubeError {
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            KubeError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(404)
+    }
+
+    /// 409: a resourceVersion precondition failed, or the object exists.
+    pub fn is_conflict(&self) -> bool {
+        self.code() == Some(409)
+    }
+}
+
+/// The `Status` object the API server sends with an error.
+#[derive(Deserialize, Default)]
+struct Status {
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// How a write merges into the object.
+#[derive(Debug, Clone, Copy)]
+pub enum Patch {
+    /// RFC 7386: objects merge, lists are replaced, `null` deletes.
+    Merge,
+    /// Kubernetes' own: lists with a merge key merge by it.
+    Strategic,
+}
+
+impl Patch {
+    fn content_type(self) -> &'static str {
+        match self {
+            Patch::Merge => "application/merge-patch+json",
+            Patch::Strategic => "application/strategic-merge-patch+json",
+        }
+    }
+}
+
+/// Attempts per request; waits between them double from 200 ms.
+const ATTEMPTS: u32 = 4;
+
+#[derive(Clone)]
+pub struct KubeClient {
+    /// Tried in order until one answers.
+    servers: Vec<HostPort>,
+    tls: Arc<rustls::ClientConfig>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for KubeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let servers: Vec<_> = self.servers.iter().map(ToString::to_string).collect();
+        write!(f, "KubeClient({})", servers.join(","))
+    }
+}
+
+/// `https://host:port` to the host and port.
+pub fn server_address(url: &str) -> Result<HostPort, KubeError> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| KubeError::Config(format!("API server URL {url:?} is not https://HOST:PORT")))?;
+    rest.trim_end_matches('/')
+        .parse()
+        .map_err(|e: crate::config::types::InvalidValue| KubeError::Config(format!("API server URL {url:?}: {}", e.0)))
+}
+
+impl KubeClient {
+    pub fn new(servers: Vec<HostPort>, ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, KubeError> {
+        if servers.is_empty() {
+            return Err(KubeError::Config("no API server to talk to".into()));
+        }
+        let tls = https::client_config(ca_pem, Some(Identity { cert_pem, key_pem }))
+            .map_err(|e| KubeError::Config(e.to_string()))?;
+        Ok(KubeClient { servers, tls: Arc::new(tls), limits: Limits::default() })
+    }
+
+    /// A client with the server and identity of a kubeconfig hakube wrote.
+    pub fn from_kubeconfig(path: &std::path::Path) -> Result<Self, KubeError> {
+        let c = super::kubeconfig::read(path).map_err(KubeError::Config)?;
+        let server = server_address(&c.server)?;
+        Self::new(vec![server], c.ca_pem.as_bytes(), c.cert_pem.as_bytes(), c.key_pem.as_bytes())
+    }
+
+    /// The same identity, talking to other servers.
+    pub fn with_servers(&self, servers: Vec<HostPort>) -> Self {
+        KubeClient { servers, ..self.clone() }
+    }
+
+    pub fn with_timeout(mut self, exchange: Duration) -> Self {
+        self.limits.exchange = exchange;
+        self
+    }
+
+    /// Sends one request with bounded retries: another server when one
+    /// cannot be reached, a pause and another try when the server is busy
+    /// (429) or unavailable (5xx). `what` names the object for errors.
+    async fn send(
+        &self,
+        what: &str,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<axum::body::Bytes, KubeError> {
+        let mut pause = Duration::from_millis(200);
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            for server in &self.servers {
+                let headers: Vec<(&str, &str)> = [("accept", "application/json")]
+                    .into_iter()
+                    .chain(content_type.map(|c| ("content-type", c)))
+                    .collect();
+                let req = Request { method, path, headers: &headers, body: body.clone() };
+                match https::request(server, self.tls.clone(), req, self.limits).await {
+                    Ok(resp) if (200..300).contains(&resp.status) => return Ok(resp.body),
+                    Ok(resp) => {
+                        let status: Status = serde_json::from_slice(&resp.body).unwrap_or_default();
+                        let err = KubeError::Status {
+                            what: what.to_owned(),
+                            server: server.to_string(),
+                            code: resp.status,
+                            reason: status.reason,
+                            message: if status.message.is_empty() {
+                                String::from_utf8_lossy(&resp.body).chars().take(300).collect()
+                            } else {
+                                status.message
+                            },
+                        };
+                        if resp.status != 429 && resp.status < 500 {
+                            return Err(err);
+                        }
+                        last = Some(err);
+                    }
+                    Err(e) => {
+                        let retry = e.before_sending() || method == "GET";
+                        let err = unreachable(what, server, &e);
+                        if !retry {
+                            return Err(err);
+                        }
+                        last = Some(err);
+                    }
+                }
+            }
+            if attempt + 1 < ATTEMPTS {
+                sleep(pause).await;
+                pause *= 2;
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn decode<T: DeserializeOwned>(&self, what: &str, bytes: &[u8]) -> Result<T, KubeError> {
+        serde_json::from_slice(bytes).map_err(|e| KubeError::Decode {
+            what: what.to_owned(),
+            server: self.servers.first().map(ToString::to_string).unwrap_or_default(),
+            message: e.to_string(),
+        })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<T, KubeError> {
+        let bytes = self.send(what, "GET", path, None, None).await?;
+        self.decode(what, &bytes)
+    }
+
+    /// As [`Self::get`], with a missing object as `None`.
+    pub async fn get_opt<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<Option<T>, KubeError> {
+        match self.get(what, path).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn patch<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        kind: Patch,
+        body: &serde_json::Value,
+    ) -> Result<T, KubeError> {
+        let bytes =
+            self.send(what, "PATCH", path, Some(kind.content_type()), Some(body.to_string().into_bytes())).await?;
+        self.decode(what, &bytes)
+    }
+
+    pub async fn create<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, KubeError> {
+        let bytes =
+            self.send(what, "POST", path, Some("application/json"), Some(body.to_string().into_bytes())).await?;
+        self.decode(what, &bytes)
+    }
+
+    /// Deletes; an object already gone is not an error.
+    pub async fn delete(&self, what: &str, path: &str, body: &serde_json::Value) -> Result<(), KubeError> {
+        match self.send(what, "DELETE", path, Some("application/json"), Some(body.to_string().into_bytes())).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn unreachable(what: &str, server: &HostPort, e: &HttpsError) -> KubeError {
+    KubeError::Unreachable { what: what.to_owned(), server: server.to_string(), message: e.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_become_addresses() {
+        assert_eq!(server_address("https://10.0.0.1:6443").unwrap().to_string(), "10.0.0.1:6443");
+        assert_eq!(server_address("https://lb.example.test:6443/").unwrap().to_string(), "lb.example.test:6443");
+        assert!(server_address("http://10.0.0.1:6443").is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! The fields of Kubernetes objects that hakube reads. Unknown fields are
+//! ignored on read; writes are patches (see [`super::client`]), so nothing
+//! hakube does not model is ever dropped.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ObjectMeta {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub uid: String,
+    pub resource_version: String,
+    pub creation_timestamp: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct List<T> {
+    pub items: Vec<T>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Taint {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub effect: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_added: Option<String>,
+}
+
+impl Taint {
+    /// `key[=value]:effect`, as kubectl writes taints.
+    pub fn parse(s: &str) -> Option<Taint> {
+        let (kv, effect) = s.rsplit_once(':')?;
+        let (key, value) = match kv.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_owned())),
+            None => (kv, None),
+        };
+        Some(Taint { key: key.to_owned(), value, effect: effect.to_owned(), time_added: None })
+    }
+
+    /// Whether two taints are the same taint (key and effect, as kubelet and
+    /// kubectl compare them).
+    pub fn matches(&self, other: &Taint) -> bool {
+        self.key == other.key && self.effect == other.effect
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NodeSpec {
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Option<String>,
+    pub taints: Vec<Taint>,
+    pub unschedulable: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct NodeAddress {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub last_heartbeat_time: Option<String>,
+    pub last_transition_time: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct NodeStatus {
+    pub addresses: Vec<NodeAddress>,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Node {
+    pub metadata: ObjectMeta,
+    pub spec: NodeSpec,
+    pub status: NodeStatus,
+}
+
+impl Node {
+    pub fn internal_ip(&self) -> Option<std::net::IpAddr> {
+        self.status.addresses.iter().find(|a| a.kind == "InternalIP").and_then(|a| a.address.parse().ok())
+    }
+
+    pub fn condition(&self, kind: &str) -> Option<&Condition> {
+        self.status.conditions.iter().find(|c| c.kind == kind)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.condition("Ready").is_some_and(|c| c.status == "True")
+    }
+}
+
+pub fn nodes_path() -> &'static str {
+    "/api/v1/nodes"
+}
+
+pub fn node_path(name: &str) -> String {
+    format!("/api/v1/nodes/{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_reads_from_what_the_api_server_sends() {
+        let json = r#"{"kind":"Node","apiVersion":"v1","metadata":{"name":"w1","resourceVersion":"42",
+            "labels":{"kubernetes.io/hostname":"w1"},"annotations":{"x":"y"}},
+            "spec":{"podCIDR":"10.244.1.0/24","podCIDRs":["10.244.1.0/24"],
+              "taints":[{"key":"node.kubernetes.io/not-ready","effect":"NoSchedule"}]},
+            "status":{"addresses":[{"type":"InternalIP","address":"10.77.0.21"},{"type":"Hostname","address":"w1"}],
+              "conditions":[{"type":"Ready","status":"True","lastTransitionTime":"2026-11-22T00:00:00Z"}]}}"#;
+        let n: Node = serde_json::from_str(json).unwrap();
+        assert_eq!(n.metadata.resource_version, "42");
+        assert_eq!(n.spec.pod_cidr.as_deref(), Some("10.244.1.0/24"));
+        assert_eq!(n.internal_ip(), Some("10.77.0.21".parse().unwrap()));
+        assert!(n.is_ready());
+        assert_eq!(n.spec.taints[0].key, "node.kubernetes.io/not-ready");
+    }
+
+    #[test]
+    fn taints_parse_as_kubectl_writes_them() {
+        let t = Taint::parse("node-role.kubernetes.io/control-plane:NoSchedule").unwrap();
+        assert_eq!(
+            (t.key.as_str(), t.value.as_deref(), t.effect.as_str()),
+            ("node-role.kubernetes.io/control-plane", None, "NoSchedule")
+        );
+        let t = Taint::parse("node.kubernetes.io/out-of-service=nodeshutdown:NoExecute").unwrap();
+        assert_eq!(t.value.as_deref(), Some("nodeshutdown"));
+        assert!(Taint::parse("no-effect").is_none());
+    }
+}

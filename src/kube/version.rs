@@ -1,0 +1,167 @@
+//! Kubernetes versions: what a binary says it is, which versions hakube
+//! renders command lines for, and the few flags that differ between them
+//! (kubeadm keeps the same kind of table in its manifests code).
+
+use std::fmt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KubeVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl KubeVersion {
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
+        KubeVersion { major, minor, patch }
+    }
+
+    /// Whether this is at least `major.minor`.
+    pub fn at_least(self, major: u32, minor: u32) -> bool {
+        (self.major, self.minor) >= (major, minor)
+    }
+
+    /// kubelet takes the runtime endpoint from its config file from 1.27 on
+    /// (`containerRuntimeEndpoint`), where `--container-runtime` is gone;
+    /// before, the endpoint is a flag and `--container-runtime=remote` is
+    /// needed to leave dockershim (the default up to 1.23).
+    pub fn kubelet_endpoint_in_config(self) -> bool {
+        self.at_least(1, 27)
+    }
+
+    /// kube-controller-manager serves plain HTTP on 10252 unless told
+    /// `--port=0`, until 1.22 removed insecure serving (kubernetes#96216).
+    pub fn controller_manager_needs_port_0(self) -> bool {
+        !self.at_least(1, 22)
+    }
+
+    /// kube-scheduler likewise on 10251, until 1.23 (kubernetes#96345).
+    pub fn scheduler_needs_port_0(self) -> bool {
+        !self.at_least(1, 23)
+    }
+}
+
+impl fmt::Display for KubeVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// The oldest and newest minor versions whose flags hakube knows.
+pub const OLDEST: KubeVersion = KubeVersion::new(1, 20, 0);
+pub const NEWEST_MINOR: (u32, u32) = (1, 33);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionError {
+    #[error("cannot run {binary} --version: {reason}")]
+    Run { binary: String, reason: String },
+    #[error("{binary} --version printed {output:?}, which names no Kubernetes version (expected e.g. \"Kubernetes v1.20.2\")")]
+    Unparsable { binary: String, output: String },
+    #[error(
+        "{binary} is Kubernetes {found}, which hakube does not support: use a release from v1.{}.0 to v1.{}.x",
+        OLDEST.minor,
+        NEWEST_MINOR.1
+    )]
+    Unsupported { binary: String, found: KubeVersion },
+}
+
+/// Parses what `kube-apiserver --version` and friends print:
+/// `Kubernetes v1.20.2`, possibly with a pre-release or build suffix.
+pub fn parse(output: &str) -> Option<KubeVersion> {
+    let word =
+        output.split_whitespace().find(|w| w.starts_with('v') && w[1..].starts_with(|c: char| c.is_ascii_digit()))?;
+    let core = word[1..].split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+    let (major, minor, patch) = (parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0));
+    Some(KubeVersion { major, minor, patch })
+}
+
+/// Refuses versions outside the supported range.
+pub fn check_supported(binary: &Path, v: KubeVersion) -> Result<KubeVersion, VersionError> {
+    if v < OLDEST || (v.major, v.minor) > NEWEST_MINOR {
+        return Err(VersionError::Unsupported { binary: binary.display().to_string(), found: v });
+    }
+    Ok(v)
+}
+
+/// Runs `binary --version` (bounded) and checks the version it reports.
+pub fn detect(binary: &Path) -> Result<KubeVersion, VersionError> {
+    let name = binary.display().to_string();
+    let run_err = |reason: String| VersionError::Run { binary: name.clone(), reason };
+    let mut child = Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| run_err(e.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match child.try_wait().map_err(|e| run_err(e.to_string()))? {
+            Some(_) => break,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(run_err("no answer within 10s".into()));
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| run_err(e.to_string()))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let v = parse(&text).ok_or_else(|| VersionError::Unparsable { binary: name.clone(), output: text.clone() })?;
+    check_supported(binary, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_the_binaries_print() {
+        assert_eq!(parse("Kubernetes v1.20.2"), Some(KubeVersion::new(1, 20, 2)));
+        assert_eq!(parse("Kubernetes v1.33.1-rc.0+abc123"), Some(KubeVersion::new(1, 33, 1)));
+        assert_eq!(parse("Kubernetes v1.21"), Some(KubeVersion::new(1, 21, 0)));
+        assert_eq!(parse("Kubernetes v0.0.0-master+$Format:%H$"), Some(KubeVersion::new(0, 0, 0)));
+        assert_eq!(parse("kubelet version unknown"), None);
+        assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn the_supported_range_is_named_in_refusals() {
+        let bin = Path::new("/b/kubelet");
+        assert!(check_supported(bin, KubeVersion::new(1, 20, 2)).is_ok());
+        assert!(check_supported(bin, KubeVersion::new(1, 33, 9)).is_ok());
+        let e = check_supported(bin, KubeVersion::new(1, 19, 16)).unwrap_err().to_string();
+        assert!(e.contains("/b/kubelet is Kubernetes v1.19.16") && e.contains("from v1.20.0 to v1.33.x"), "{e}");
+        assert!(check_supported(bin, KubeVersion::new(1, 34, 0)).is_err());
+        // An unstamped build (no version ldflags) is refused, not guessed.
+        assert!(check_supported(bin, KubeVersion::new(0, 0, 0)).is_err());
+    }
+
+    #[test]
+    fn flags_follow_the_version() {
+        let (v120, v127, v133) = (KubeVersion::new(1, 20, 2), KubeVersion::new(1, 27, 0), KubeVersion::new(1, 33, 0));
+        assert!(!v120.kubelet_endpoint_in_config() && v127.kubelet_endpoint_in_config());
+        assert!(v120.controller_manager_needs_port_0() && !v133.controller_manager_needs_port_0());
+        assert!(v120.scheduler_needs_port_0() && !KubeVersion::new(1, 23, 0).scheduler_needs_port_0());
+    }
+
+    #[test]
+    fn detection_runs_the_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("kubelet");
+        std::fs::write(&fake, "#!/bin/sh\necho 'Kubernetes v1.20.2'\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(detect(&fake), Ok(KubeVersion::new(1, 20, 2)));
+        std::fs::write(&fake, "#!/bin/sh\necho 'Kubernetes v1.18.0'\n").unwrap();
+        assert!(matches!(detect(&fake), Err(VersionError::Unsupported { .. })));
+        assert!(matches!(detect(&dir.path().join("missing")), Err(VersionError::Run { .. })));
+    }
+}

@@ -1,0 +1,309 @@
+//! Real Kubernetes: the bundle's kube-apiserver, controller-manager,
+//! scheduler and kubelet (1.20.2, built from Debian's source) with Debian's
+//! containerd, runc and CNI plugins, on hosts in network namespaces.
+//! kubectl (Debian's kubernetes-client) is the independent judge.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::*;
+
+/// A cluster: `m1` installed, the other hosts joined with the scripts it
+/// prints, all at the same moment.
+struct Cluster {
+    masters: Vec<Host>,
+    workers: Vec<Host>,
+    _net: Network,
+}
+
+impl Cluster {
+    fn new(masters: usize, workers: usize) -> Cluster {
+        let net = Network::new();
+        let m1 = net.host("m1");
+        m1.install_master(&["ha"]);
+        let (_dm, master_script) = join_script(&m1, true, &[]);
+        let (_dw, worker_script) = join_script(&m1, false, &[]);
+        let more: Vec<Host> = (2..=masters).map(|i| net.host(&format!("m{i}"))).collect();
+        let workers: Vec<Host> = (1..=workers).map(|i| net.host(&format!("w{i}"))).collect();
+        std::thread::scope(|s| {
+            let joins: Vec<_> = more
+                .iter()
+                .map(|h| (h, s.spawn(|| run_join(h, &master_script, MASTER, &[BIN]))))
+                .chain(workers.iter().map(|h| (h, s.spawn(|| run_join(h, &worker_script, WORKER, &[BIN])))))
+                .collect();
+            for (h, j) in joins {
+                let out = j.join().unwrap();
+                if !out.status.success() {
+                    panic!("join of {} failed:\n{}\n{}", h.name, stderr(&out), logs(h));
+                }
+            }
+        });
+        let mut masters = vec![m1];
+        masters.extend(more);
+        Cluster { masters, workers, _net: net }
+    }
+
+    fn m1(&self) -> &Host {
+        &self.masters[0]
+    }
+
+    fn hosts(&self) -> impl Iterator<Item = &Host> {
+        self.masters.iter().chain(&self.workers)
+    }
+
+    fn host(&self, name: &str) -> &Host {
+        self.hosts().find(|h| h.name == name).unwrap_or_else(|| panic!("no host {name}"))
+    }
+}
+
+/// The tails of a host's logs, for failure messages.
+fn logs(h: &Host) -> String {
+    let dir = h.root().join("var/lib/hakube/logs");
+    let mut out = String::new();
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let tail: Vec<_> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        out.push_str(&format!("--- {} ({})\n{}\n", e.path().display(), h.name, tail.join("\n")));
+    }
+    out
+}
+
+/// Names of the Nodes whose Ready condition is True.
+fn ready_nodes(m: &Host) -> Vec<String> {
+    let out = m.kubectl(&["get", "nodes", "-o", "json"]);
+    if !out.status.success() {
+        return vec![];
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut names: Vec<String> = v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| {
+            n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Running pods of a Deployment: (name, node, pod IP).
+fn running_pods(m: &Host, app: &str) -> Vec<(String, String, String)> {
+    let v = m.kubectl_json(&["get", "pods", "-l", &format!("app={app}")]);
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
+        .map(|p| {
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+            (s(&p["metadata"]["name"]), s(&p["spec"]["nodeName"]), s(&p["status"]["podIP"]))
+        })
+        .collect()
+}
+
+fn pid_of(h: &Host, component: &str) -> Option<u64> {
+    h.state()["components"][component]["pid"].as_u64()
+}
+
+fn healthy(h: &Host, component: &str) -> bool {
+    let s = h.state();
+    s["components"][component]["healthy"] == true && s["components"][component]["phase"] == "running"
+}
+
+#[test]
+fn three_masters_and_two_workers_run_pods_that_reach_each_other_and_survive_killed_components() {
+    let c = Cluster::new(3, 2);
+    let m1 = c.m1();
+    let all: Vec<String> = ["m1", "m2", "m3", "w1", "w2"].map(String::from).to_vec();
+    wait_for("all five Nodes to be Ready", Duration::from_secs(300), || ready_nodes(m1) == all);
+
+    // Every node renews its Lease; controller-manager and scheduler hold theirs.
+    let leases = m1.kubectl_json(&["get", "lease", "-n", "kube-node-lease"]);
+    let mut holders: Vec<String> = leases["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+        .collect();
+    holders.sort();
+    assert_eq!(holders, all, "{leases}");
+    for lease in ["kube-controller-manager", "kube-scheduler"] {
+        let l = m1.kubectl_json(&["get", "lease", "-n", "kube-system", lease]);
+        assert!(l["spec"]["holderIdentity"].as_str().is_some_and(|h| !h.is_empty()), "{l}");
+    }
+
+    // A Deployment of the bundle's test image, four replicas, spreads over
+    // the nodes, and its pods reach each other across nodes.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write(
+        dir.path(),
+        "deploy.yaml",
+        &format!(
+            "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: pinger}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: pinger}}}}
+  template:
+    metadata: {{labels: {{app: pinger}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: {image}
+        imagePullPolicy: Never
+        command: [sleep, '3600']
+",
+            image = test_image()
+        ),
+    );
+    assert_ok(&m1.kubectl(&["apply", "-f", manifest.to_str().unwrap()]), "apply the Deployment");
+    wait_for("four pinger pods Running", Duration::from_secs(180), || running_pods(m1, "pinger").len() == 4);
+    let pods = running_pods(m1, "pinger");
+    let nodes: std::collections::BTreeSet<_> = pods.iter().map(|p| p.1.clone()).collect();
+    assert!(nodes.len() > 1, "the replicas all landed on one node: {pods:?}");
+    let (a, b) = pods
+        .iter()
+        .flat_map(|a| pods.iter().map(move |b| (a, b)))
+        .find(|(a, b)| a.1 != b.1)
+        .expect("two pods on different nodes");
+    let ping = m1.kubectl(&["exec", &a.0, "--", "ping", "-c", "2", "-W", "3", &b.2]);
+    assert_ok(&ping, &format!("pod {} on {} pings pod {} ({}) on {}", a.0, a.1, b.0, b.2, b.1));
+    assert!(stdout(&ping).contains("2 packets received"), "{}", stdout(&ping));
+    // A pod sees its own address (no masquerade inside the cluster).
+    let seen = m1.kubectl(&["exec", &b.0, "--", "sh", "-c", "ip -4 -o addr show eth0"]);
+    assert!(stdout(&seen).contains(&b.2), "{}", stdout(&seen));
+
+    // A killed API server is restarted by its agent and answers again.
+    let m2 = c.host("m2");
+    let old = pid_of(m2, "kube-apiserver").expect("m2's API server runs");
+    sh("kill", &["-9", &old.to_string()]);
+    wait_for("m2's API server to be restarted and ready", Duration::from_secs(120), || {
+        pid_of(m2, "kube-apiserver").is_some_and(|p| p != old) && healthy(m2, "kube-apiserver")
+    });
+    assert!(m2.state()["components"]["kube-apiserver"]["restarts"].as_u64() >= Some(1));
+    assert_ok(&m2.kubectl(&["get", "--raw", "/readyz"]), "m2's API server after the restart");
+
+    // A killed kubelet too, and its Node is Ready again.
+    let w1 = c.host("w1");
+    let old = pid_of(w1, "kubelet").expect("w1's kubelet runs");
+    sh("kill", &["-9", &old.to_string()]);
+    wait_for("w1's kubelet to be restarted", Duration::from_secs(60), || {
+        pid_of(w1, "kubelet").is_some_and(|p| p != old) && healthy(w1, "kubelet")
+    });
+    wait_for("w1 Ready after its kubelet's restart", Duration::from_secs(120), || ready_nodes(m1) == all);
+    for h in c.hosts() {
+        assert_ok(&h.hakube(&["status"]), &format!("status of {}", h.name));
+    }
+}
+
+/// A copy of the bundle whose `name` is replaced by a shell script.
+fn bundle_with(name: &str, script: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(bundle()).unwrap().flatten() {
+        std::os::unix::fs::symlink(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let fake = dir.path().join(name);
+    let _ = std::fs::remove_file(&fake);
+    std::fs::write(&fake, format!("#!/bin/sh\n{script}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn install_with_bundle(h: &Host, bundle: &Path, extra: &[&str]) -> std::process::Output {
+    let b = bundle.display().to_string();
+    let mut args =
+        vec!["install", "--advertise-address", &h.addr, "--node-name", "m1", "--components", MASTER, "--no-systemd"];
+    args.extend(["--bundle", &b]);
+    args.extend_from_slice(extra);
+    h.hakube(&args)
+}
+
+#[test]
+fn unsupported_or_missing_binaries_and_plugins_are_refused_before_anything_is_written() {
+    let net = Network::new();
+    let h = net.host("m1");
+    let empty = |h: &Host| std::fs::read_dir(h.root()).unwrap().next().is_none();
+
+    let old = bundle_with("kubelet", "echo 'Kubernetes v1.18.20'");
+    let out = install_with_bundle(&h, old.path(), &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("[version-kubelet]"), "{err}");
+    assert!(err.contains("is Kubernetes v1.18.20") && err.contains("from v1.20.0 to v1.33.x"), "{err}");
+    assert!(empty(&h), "nothing written");
+
+    let lacking = bundle_with("kube-scheduler", "exit 0");
+    std::fs::remove_file(lacking.path().join("kube-scheduler")).unwrap();
+    let out = install_with_bundle(&h, lacking.path(), &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("[binary-kube-scheduler] no kube-scheduler binary"), "{err}");
+    assert!(empty(&h));
+
+    let conf = tempfile::tempdir().unwrap();
+    let file = write(
+        conf.path(),
+        "cluster.yaml",
+        "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\nnode: {cniBinDir: /nonexistent/cni}\n",
+    );
+    let out = install_with_bundle(&h, bundle(), &["--config", file.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("[cni-plugins] the CNI plugins bridge, host-local, loopback, portmap"),
+        "{err}"
+    );
+    assert!(err.contains("/nonexistent/cni"), "{err}");
+    assert!(empty(&h));
+}
+
+#[test]
+fn a_component_that_never_comes_up_fails_the_install_and_names_its_log() {
+    let net = Network::new();
+    let h = net.host("m1");
+    // A scheduler that reports a good version, then dies at once.
+    let crashing = bundle_with(
+        "kube-scheduler",
+        "if [ \"$1\" = --version ]; then echo 'Kubernetes v1.20.2'; exit 0; fi\necho 'scheduler: boom' >&2; exit 3",
+    );
+    let out = install_with_bundle(&h, crashing.path(), &["--timeout", "40s"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "a crash-looping component must fail the install:\n{err}");
+    assert!(err.contains("did not become healthy within 40s") && err.contains("kube-scheduler is"), "{err}");
+    assert!(err.contains("logs/kube-scheduler.log") && err.contains("scheduler: boom"), "{err}");
+    // The others are healthy: only the broken one is named.
+    for ok in ["etcd", "containerd", "kube-apiserver"] {
+        assert!(healthy(&h, ok), "{ok}: {}", h.state());
+    }
+    assert!(!healthy(&h, "kube-scheduler"));
+}
+
+#[test]
+fn a_containerd_that_does_not_come_up_is_named_with_its_log() {
+    let net = Network::new();
+    let h = net.host("m1");
+    let broken = bundle_with("containerd", "echo 'containerd: cannot start: broken on purpose' >&2; exit 1");
+    let out = install_with_bundle(&h, broken.path(), &["--timeout", "30s"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("containerd is") && err.contains("logs/containerd.log"), "{err}");
+    assert!(err.contains("broken on purpose"), "{err}");
+    // kubelet waits for its runtime rather than crash-looping against it.
+    let s = h.state();
+    assert_eq!(s["components"]["kubelet"]["message"], "waiting for containerd to be healthy", "{s}");
+    assert!(s["components"]["kubelet"]["pid"].is_null(), "{s}");
+}
