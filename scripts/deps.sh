@@ -2,13 +2,15 @@
 #
 # Dependency helpers for hakube's scripts. Source it, then call:
 #
-#   hakube_ensure_deps [haproxy] [nextest]
+#   hakube_ensure_deps [kube] [haproxy] [nextest]
 #       Makes sure what building hakube and running its scripts and tests
 #       needs is here: the commands etcd, etcdctl, protoc, openssl, ip, curl,
 #       flock, and protoc's well-known-type includes (which Debian ships apart
 #       from protoc, in libprotobuf-dev). Installs the Debian packages of
-#       whatever is missing and says what it installed. "haproxy" adds
-#       haproxy; "nextest" also makes sure cargo-nextest exists.
+#       whatever is missing and says what it installed. "kube" adds what
+#       nodes that run pods need (containerd, runc, the CNI plugins,
+#       iptables) and kubectl; "haproxy" adds haproxy; "nextest" also makes
+#       sure cargo-nextest exists.
 #   hakube_ensure_needs NEED...
 #       The same for exactly the needs named (see _hakube_need).
 #   hakube_ensure_nextest
@@ -48,6 +50,17 @@ _hakube_need() {
       echo libprotobuf-dev
       return 0
       ;;
+    # What a node that runs pods needs: containerd (with ctr and its runc
+    # shim), runc, the CNI plugins, iptables; kubectl to look at the cluster.
+    containerd | ctr | containerd-shim-runc-v2) pkg=containerd ;;
+    runc) pkg=runc ;;
+    cni-plugins)
+      [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback && -x /usr/lib/cni/portmap ]] && return 1
+      echo containernetworking-plugins
+      return 0
+      ;;
+    iptables) pkg=iptables ;;
+    kubectl) pkg=kubernetes-client ;;
     openssl) pkg=openssl ;;
     ip) pkg=iproute2 ;;
     curl) pkg=curl ;;
@@ -230,10 +243,11 @@ hakube_ensure_deps() {
   local -a needs=(etcd etcdctl protoc protoc-includes openssl ip curl flock)
   for arg in "$@"; do
     case "$arg" in
+      kube) needs+=(containerd ctr containerd-shim-runc-v2 runc cni-plugins iptables kubectl) ;;
       haproxy) needs+=(haproxy) ;;
       nextest) want_nextest=1 ;;
       *)
-        _hakube_deps_msg "hakube_ensure_deps: unknown option '$arg' (known: haproxy, nextest)"
+        _hakube_deps_msg "hakube_ensure_deps: unknown option '$arg' (known: kube, haproxy, nextest)"
         return 2
         ;;
     esac
@@ -276,7 +290,7 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   set -euo pipefail
   case "${1:-}" in
     -h | --help)
-      echo "usage: ${0##*/} [haproxy] [nextest]   (or source it and call hakube_ensure_deps)" >&2
+      echo "usage: ${0##*/} [kube] [haproxy] [nextest]   (or source it and call hakube_ensure_deps)" >&2
       exit 0
       ;;
   esac

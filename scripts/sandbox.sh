@@ -38,6 +38,9 @@ net_bits=24
 ns_pattern='^hk-(sw|[mw][0-9]+)$' # every namespace this script may create
 
 install_timeout=300 # seconds `hakube install` may take to report healthy
+ready_timeout=300   # seconds the Nodes may take to be Ready after the joins
+master_components=etcd,containerd,kube-apiserver,kube-controller-manager,kube-scheduler,kubelet
+worker_components=containerd,kubelet
 status_timeout=60
 reset_timeout=120
 
@@ -54,12 +57,15 @@ usage: scripts/$prog up [--masters N] [--workers M]
        scripts/$prog status [--json]
        scripts/$prog down
 
-  up      create the namespaces and install hakube (etcd) on m1; when the
-          sandbox is already up, says so and shows its status
+  up      create the namespaces and install hakube on m1 (etcd, containerd,
+          the control plane and kubelet, from the Kubernetes bundle that
+          scripts/kube-bundle.sh builds); when the sandbox is already up, says
+          so and shows its status
             --masters N   master hosts m1..mN, 10.77.0.11.. (1-9, default 3)
-            --workers M   worker hosts w1..wM, 10.77.0.21.. (0-9, default 1)
+            --workers M   worker hosts w1..wM, 10.77.0.21.. (0-9, default 2)
           m1 is installed; every other host runs the join script m1 prints
-          (\`hakube node-join-script [--master]\`), all at the same time.
+          (\`hakube node-join-script [--master]\`), all at the same time;
+          then it waits for every Node to be Ready.
   status  run \`hakube status\` on every installed host (extra flags go to it)
   down    reset every host, stop what still runs in the namespaces, delete
           them and the state directory
@@ -188,8 +194,31 @@ host_status() {
   timeout --foreground -k 5 "$status_timeout" ip netns exec "$ns" "$bin" --root "$root" status "$@"
 }
 
+# kubectl on m1's network with its admin kubeconfig.
+sandbox_kubectl() {
+  ip netns exec "$(ns_of m1)" kubectl --kubeconfig "$(root_of m1)/var/lib/hakube/kubeconfigs/admin.conf" \
+    --request-timeout=10s "$@"
+}
+
+# Waits (bounded) until every installed host's Node is Ready.
+wait_nodes_ready() {
+  local want ready deadline=$((SECONDS + ready_timeout))
+  want=$(recorded_hosts | awk '{print $1}' | while read -r h; do has_root "$h" && echo "$h"; done | sort | xargs)
+  msg "waiting for the Nodes to be Ready: $want (at most ${ready_timeout} s)"
+  while :; do
+    ready=$(sandbox_kubectl get nodes --no-headers 2>/dev/null | awk '$2 == "Ready" {print $1}' | sort | xargs)
+    [[ $ready == "$want" ]] && break
+    ((SECONDS < deadline)) || {
+      sandbox_kubectl get nodes >&2 || true
+      die "not every Node became Ready within ${ready_timeout} s (Ready: ${ready:-none}); see the hosts' logs under $state_dir/*/var/lib/hakube/logs/"
+    }
+    sleep 2
+  done
+  sandbox_kubectl get nodes -o wide
+}
+
 print_summary() {
-  local bin=$1 name ip ns root
+  local bin=$1 bundle=$2 name ip ns root
   local first_root
   first_root=$(root_of m1)
   cat <<EOF
@@ -219,11 +248,20 @@ Look inside:
       --key $first_root/var/lib/hakube/pki/etcd/healthcheck-client.key endpoint health
   cat $state_dir/join-m2.log                  # how a master joined (serialized etcd join)
   scripts/$prog status | down
+
+kubectl (on m1's network, with its admin kubeconfig):
+  alias k='${SUDO_USER:+sudo }ip netns exec hk-m1 kubectl --kubeconfig $first_root/var/lib/hakube/kubeconfigs/admin.conf'
+  k get nodes -o wide
+  k create deployment hello --image=$(cat "$bundle/test-image") --replicas=4 -- sleep 3600
+  k get pods -o wide                                # spread over the nodes, each with its own pod IP
+  k exec deploy/hello -- ping -c 2 POD_IP_OF_ANOTHER_NODE
+(no image registry is reachable here: the bundle's images are imported into every node's
+containerd, and a pinned tag is never pulled; use imagePullPolicy: Never for :latest ones)
 EOF
 }
 
 cmd_up() {
-  local masters=3 workers=1 bin i name
+  local masters=3 workers=2 bin bundle i name
   while (($#)); do
     case "$1" in
       --masters | --workers)
@@ -255,8 +293,9 @@ cmd_up() {
   ((workers >= 0 && workers <= 9)) || die "--workers must be between 0 and 9"
 
   require_root up
-  hakube_ensure_deps || die "could not install the dependencies"
+  hakube_ensure_deps kube || die "could not install the dependencies"
   bin=$(resolve_binary_for_up)
+  bundle=$(bash "$script_dir/kube-bundle.sh") || die "could not build or find the Kubernetes bundle"
   take_lock
 
   if [[ -e $state_dir && ! -e $marker ]] && [[ -n $(ls -A -- "$state_dir" 2>/dev/null) ]]; then
@@ -286,15 +325,16 @@ cmd_up() {
       msg "$name has a root but no running agent; installing again"
     fi
     mkdir -p -- "$(root_of "$name")"
-    msg "installing hakube on $name (etcd only; waits for it to be healthy, at most ${install_timeout} s)"
+    msg "installing hakube on $name (etcd, containerd, the control plane and kubelet; at most ${install_timeout} s)"
     # 9>&-: the agent install leaves running must not inherit the lock.
     timeout --foreground -k 10 "$install_timeout" ip netns exec "$(ns_of "$name")" \
       "$bin" --root "$(root_of "$name")" install ha \
       --advertise-address "$net_prefix.11" --node-name "$name" \
-      --components etcd --no-systemd 9>&- ||
+      --components "$master_components" --bundle "$bundle" --no-systemd 9>&- ||
       die "hakube install on $name failed or timed out; logs: $(root_of "$name")/var/lib/hakube/logs/"
   fi
-  join_hosts "$bin" "$masters" "$workers"
+  join_hosts "$bin" "$bundle"
+  wait_nodes_ready
   up_in_progress=0
 
   local rc=0 h
@@ -303,7 +343,7 @@ cmd_up() {
     printf '== %s\n' "$h"
     host_status "$bin" "$h" || rc=$?
   done < <(recorded_hosts)
-  print_summary "$bin"
+  print_summary "$bin" "$bundle"
   ((rc == 0)) || die "a host is not healthy (hakube status exited $rc)"
 }
 
@@ -311,7 +351,7 @@ cmd_up() {
 # prints: the way a user adds servers, and the case that breaks etcd when
 # masters join unserialized.
 join_hosts() {
-  local bin=$1 masters=$2 workers=$3 name ip role script pids=() names=() failed=0 i
+  local bin=$1 bundle=$2 name ip role script components pids=() names=() failed=0 i
   local m1_root
   m1_root=$(root_of m1)
   local todo=()
@@ -338,14 +378,14 @@ join_hosts() {
     ip=${entry##* }
     mkdir -p -- "$(root_of "$name")"
     if [[ $name == m* ]]; then
-      script=$state_dir/join-master.sh components=etcd
+      script=$state_dir/join-master.sh components=$master_components
     else
-      script=$state_dir/join-worker.sh components=none
+      script=$state_dir/join-worker.sh components=$worker_components
     fi
     (
       HAKUBE_BIN=$bin timeout -k 10 "$install_timeout" ip netns exec "$(ns_of "$name")" \
         bash "$script" --root "$(root_of "$name")" --advertise-address "$ip" --node-name "$name" \
-        --components "$components" --no-systemd >"$state_dir/join-$name.log" 2>&1 9>&-
+        --components "$components" --bundle "$bundle" --no-systemd >"$state_dir/join-$name.log" 2>&1 9>&-
     ) &
     pids+=($!)
     names+=("$name")

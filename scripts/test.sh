@@ -6,9 +6,11 @@
 #
 # Root is needed because the integration tests create network namespaces:
 # run it as root, or as a user with sudo (it re-runs itself with sudo).
-# Steps, from the repository root: rustfmt check, clippy with warnings denied,
-# release build (some tests and benchmarks run target/release/hakube), then
-# the tests with cargo-nextest (cargo test when nextest cannot be had).
+# Steps, from the repository root: dependencies (Debian packages, and the
+# Kubernetes bundle that scripts/kube-bundle.sh builds from Debian's source
+# once per machine), rustfmt check, clippy with warnings denied, release
+# build (some tests and benchmarks run target/release/hakube), then the tests
+# with cargo-nextest (cargo test when nextest cannot be had).
 # Extra arguments go to `cargo nextest run`.
 #
 # Under sudo the builds run as the invoking user, so that target/ stays theirs;
@@ -82,8 +84,13 @@ step() {
 
 cd -- "$repo"
 
-step "dependencies" hakube_ensure_deps
+step "dependencies" hakube_ensure_deps kube
 hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rustup.rs), then re-run"
+
+# The Kubernetes tests run the real components: build them once (cached
+# afterwards; a cold build takes several minutes).
+kube_bundle() { HAKUBE_TEST_BUNDLE=$(bash "$script_dir/kube-bundle.sh") && export HAKUBE_TEST_BUNDLE; }
+step "Kubernetes bundle (scripts/kube-bundle.sh)" kube_bundle
 
 have_nextest=1
 if ! hakube_ensure_nextest; then
