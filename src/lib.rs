@@ -14,17 +14,16 @@
 
 pub mod agent;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod etcd;
 pub mod host;
 pub mod https;
-pub mod install;
 pub mod join;
 pub mod kube;
 pub mod pki;
+pub mod preflight;
 pub mod progress;
-pub mod reset;
-pub mod status;
 
 #[cfg(test)]
 mod golden;

@@ -6,7 +6,7 @@
 //! the config and restarts exactly the components whose command line or
 //! input files (certificates, kubeconfigs) changed.
 
-mod cluster;
+pub mod control;
 pub mod facts;
 pub mod images;
 pub mod podnet;
@@ -14,5 +14,4 @@ pub mod probe;
 pub mod state;
 mod supervisor;
 
-pub use cluster::stalled_learner_limit;
 pub use supervisor::{fingerprint, run};

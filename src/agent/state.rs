@@ -40,6 +40,9 @@ pub struct State {
     pub started_at: u64,
     /// Counts configuration reloads the agent has finished acting on.
     pub reloads: u64,
+    /// Why the last reload was refused (the old configuration stays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_error: Option<String>,
     pub components: BTreeMap<String, ComponentState>,
 }
 
@@ -53,8 +56,4 @@ impl State {
     pub fn read(path: &Path) -> Option<State> {
         serde_json::from_slice(&std::fs::read(path).ok()?).ok()
     }
-}
-
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

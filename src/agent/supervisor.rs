@@ -13,8 +13,9 @@ use tracing::{info, warn};
 
 use super::facts::{self, VersionCache};
 use super::probe::Prober;
-use super::state::{now_secs, ComponentState, Phase, State};
+use super::state::{ComponentState, Phase, State};
 use crate::config::{self, ClusterConfig, Component};
+use crate::host::clock::now_secs;
 use crate::host::fs::{apply_files, write_atomic, FileSpec};
 use crate::host::paths::Paths;
 use crate::host::process::PidFile;
@@ -190,8 +191,12 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                     tokio::task::spawn_local(probe_loop(comp, prober, args));
                 }
                 if cfg.has(Component::Etcd) {
-                    tokio::task::spawn_local(super::cluster::serve_join_api(paths.clone(), cfg.clone(), stop_rx.clone()));
-                    tokio::task::spawn_local(super::cluster::duties(paths.clone(), cfg.clone(), stop_rx.clone()));
+                    tokio::task::spawn_local(crate::cluster::duties::serve_join_api(
+                        paths.clone(),
+                        cfg.clone(),
+                        stop_rx.clone(),
+                    ));
+                    tokio::task::spawn_local(crate::cluster::duties::run(paths.clone(), cfg.clone(), stop_rx.clone()));
                 }
                 if cfg.has(Component::Kubelet) {
                     tokio::task::spawn_local(super::podnet::run(paths.clone(), cfg.clone(), stop_rx));
@@ -230,8 +235,13 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                                     }
                                 }
                                 info!("configuration reloaded");
+                                state.borrow_mut().reload_error = None;
                             }
-                            Err(e) => warn!(error = %format!("{e:#}"), "reload refused: keeping the running configuration"),
+                            Err(e) => {
+                                let reason = format!("{e:#}");
+                                warn!(error = %reason, "reload refused: keeping the running configuration");
+                                state.borrow_mut().reload_error = Some(reason);
+                            }
                         }
                         state.borrow_mut().reloads += 1;
                         dirty.notify_one();

@@ -3,6 +3,11 @@
 //! as `name=value`) as well as the same options as `--flags`; both become one
 //! partial config tree, validated with everything else.
 
+pub mod install;
+pub mod join;
+pub mod reset;
+pub mod status;
+pub mod tokens;
 mod words;
 
 use std::ffi::OsString;
@@ -275,7 +280,7 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
     let paths = Paths::new(std::path::absolute(&cli.root).with_context(|| format!("--root {}", cli.root.display()))?);
     match cli.command {
         Command::Install(a) => {
-            crate::install::run(crate::install::Request {
+            crate::cli::install::run(crate::cli::install::Request {
                 paths,
                 flags: a.flags_tree(),
                 config_file: a.config.clone(),
@@ -285,8 +290,8 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Join(a) => {
-            use crate::join::token::Role;
-            crate::join::node::run(crate::join::node::Request {
+            use crate::cluster::Role;
+            crate::cli::join::run(crate::cli::join::Request {
                 paths,
                 role: if a.master { Role::Master } else { Role::Worker },
                 endpoints: a.endpoints,
@@ -304,37 +309,37 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::NodeJoinScript { master, ttl } => {
-            use crate::join::token::Role;
+            use crate::cluster::Role;
             let role = if master { Role::Master } else { Role::Worker };
-            print!("{}", crate::join::issue::node_join_script(&paths, role, ttl)?);
+            print!("{}", crate::cli::tokens::node_join_script(&paths, role, ttl)?);
             Ok(0)
         }
         Command::Token(TokenCommand::List) => {
-            print!("{}", crate::join::issue::render_list(&crate::join::issue::list(&paths)?));
+            print!("{}", crate::cli::tokens::render_list(&crate::cli::tokens::list(&paths)?));
             Ok(0)
         }
         Command::Token(TokenCommand::Revoke { id }) => {
-            crate::join::issue::revoke(&paths, &id)?;
+            crate::cli::tokens::revoke(&paths, &id)?;
             Ok(0)
         }
         Command::Status { json } => {
-            let report = match runtime()?.block_on(crate::status::gather(&paths)) {
+            let report = match runtime()?.block_on(crate::cli::status::gather(&paths)) {
                 Ok(r) => r,
-                Err(e) if e.is::<crate::status::NotInstalled>() => {
+                Err(e) if e.is::<crate::cli::status::NotInstalled>() => {
                     eprintln!("error: {e}");
-                    return Ok(crate::status::EXIT_NOT_INSTALLED);
+                    return Ok(crate::cli::status::EXIT_NOT_INSTALLED);
                 }
                 Err(e) => return Err(e),
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", crate::status::render(&report));
+                print!("{}", crate::cli::status::render(&report));
             }
             Ok(if report.healthy { 0 } else { 1 })
         }
         Command::Reset { force } => {
-            crate::reset::run(&paths, force)?;
+            crate::cli::reset::run(&paths, force)?;
             Ok(0)
         }
         Command::Agent => {
@@ -352,11 +357,11 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Certs(CertsCommand::Generate(a)) => {
-            crate::install::generate_certs(&paths, a.flags_tree(), a.config.as_ref())?;
+            crate::cli::install::generate_certs(&paths, a.flags_tree(), a.config.as_ref())?;
             Ok(0)
         }
         Command::Certs(CertsCommand::CheckExpiration) => {
-            print!("{}", crate::install::check_expiration(&paths)?);
+            print!("{}", crate::cli::install::check_expiration(&paths)?);
             Ok(0)
         }
         Command::Version => {

@@ -1,11 +1,11 @@
 //! Everything that touches the host: files, processes, systemd, preflight.
 
 pub mod cgroups;
+pub mod clock;
 pub mod fs;
 pub mod lock;
 pub mod mountns;
 pub mod net;
 pub mod paths;
-pub mod preflight;
 pub mod process;
 pub mod systemd;

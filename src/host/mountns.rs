@@ -19,8 +19,7 @@ use nix::sched::{unshare, CloneFlags};
 
 use super::paths::Paths;
 
-/// The host directories mapped onto the root's.
-pub const MAPPED: [&str; 3] = ["/var/lib", "/var/log", "/run"];
+pub use super::paths::MAPPED;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountNsError {

@@ -6,6 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
+/// The machine directories a simulated host's agent maps onto the root's
+/// own (see [`crate::host::mountns`]).
+pub const MAPPED: [&str; 3] = ["/var/lib", "/var/log", "/run"];
+
 /// The host paths of one node, all below `root`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
@@ -185,7 +189,7 @@ impl Paths {
         } else {
             // A simulated host's directories that its agent maps onto the
             // machine's (host::mountns): only this node wrote there.
-            paths.extend(crate::host::mountns::MAPPED.map(|d| self.host(d)));
+            paths.extend(MAPPED.map(|d| self.host(d)));
             paths.push(self.host("/usr/libexec/kubernetes"));
         }
         paths

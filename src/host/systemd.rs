@@ -20,6 +20,12 @@ pub fn unit_file(paths: &Paths) -> FileSpec {
     FileSpec::new(paths.systemd_unit(), UNIT, 0o644)
 }
 
+/// `ActiveState` of a unit (`active`, `activating`, `failed`, ...).
+pub fn unit_state(unit: &str) -> Option<String> {
+    let out = Command::new("systemctl").args(["show", "-p", "ActiveState", "--value", unit]).output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 pub fn systemctl(args: &[&str]) -> Result<(), String> {
     let out = Command::new("systemctl").args(args).output().map_err(|e| format!("cannot run systemctl: {e}"))?;
     if out.status.success() {

@@ -19,13 +19,13 @@ use etcd_client::Client;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use super::registry::{self, NodeRecord};
 use super::store;
 use super::token::{self, JoinToken, Role, TokenError};
 use super::wire::{ApiError, JoinRequest, JoinResponse, MAX_BODY};
-use crate::agent::state::now_secs;
+use crate::cluster::registry::{self, NodeRecord};
 use crate::config::{ClusterConfig, NodeName};
 use crate::etcd::{self, membership, Credentials};
+use crate::host::clock::now_secs;
 use crate::host::paths::Paths;
 use crate::pki::{self, Ca};
 

@@ -3,10 +3,7 @@
 
 pub mod api;
 pub mod client;
-pub mod issue;
 pub mod material;
-pub mod node;
-pub mod registry;
 pub mod script;
 pub mod store;
 pub mod tls;

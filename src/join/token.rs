@@ -10,23 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::types::InvalidValue;
 
+pub use crate::cluster::Role;
+
 pub const TOKEN_PREFIX: &str = "/hakube/tokens/";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Master,
-    Worker,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            Role::Master => "master",
-            Role::Worker => "worker",
-        })
-    }
-}
 
 impl Role {
     /// How long a token of this role lives unless told otherwise: masters

@@ -2,11 +2,10 @@
 //! kubeadm writes into its static-pod manifests, pointing at hakube's PKI
 //! and kubeconfigs.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::containerd;
-use super::version::{self, KubeVersion};
+pub use super::spec::{flag, p, ComponentSpec, HostFacts};
 use crate::config::{ClusterConfig, Component, InitialClusterState};
 use crate::host::fs::FileSpec;
 use crate::host::paths::Paths;
@@ -15,43 +14,6 @@ use crate::host::paths::Paths;
 /// key, and the legacy one that older tolerations still name.
 pub const CONTROL_PLANE_TAINTS: [&str; 2] =
     ["node-role.kubernetes.io/control-plane:NoSchedule", "node-role.kubernetes.io/master:NoSchedule"];
-
-/// One supervised process, fully described.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ComponentSpec {
-    pub component: Component,
-    pub args: Vec<String>,
-    /// Files whose content the process reads at start: a change to any of
-    /// them means the process must be restarted to pick it up.
-    pub inputs: Vec<PathBuf>,
-    /// Files rendered for this process alone (its config), written before
-    /// it starts; they are among its inputs.
-    pub files: Vec<FileSpec>,
-    /// A cgroup that must exist before it starts (kubelet's cgroup root on
-    /// a simulated host).
-    pub cgroup: Option<String>,
-}
-
-impl ComponentSpec {
-    /// The command line as text, one argument a line (for golden tests and logs).
-    pub fn render(&self) -> String {
-        let mut out = format!("{}\n", self.component.name());
-        for a in &self.args {
-            out.push_str("  ");
-            out.push_str(a);
-            out.push('\n');
-        }
-        out
-    }
-}
-
-pub(super) fn flag(name: &str, value: impl std::fmt::Display) -> String {
-    format!("--{name}={value}")
-}
-
-pub(super) fn p(path: PathBuf) -> String {
-    path.display().to_string()
-}
 
 pub fn etcd(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
     let pki = |n: &str| p(paths.pki(n));
@@ -201,32 +163,6 @@ fn is_master(c: &ClusterConfig) -> bool {
     c.has(Component::KubeApiserver) || c.has(Component::Etcd)
 }
 
-/// Facts about the host and its binaries that command lines and rendered
-/// files depend on: observed once by the caller and passed in, so that
-/// rendering stays pure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostFacts {
-    /// The version of each Kubernetes component's binary.
-    pub versions: BTreeMap<Component, KubeVersion>,
-    /// systemd is PID 1: kubelet and runc use the systemd cgroup driver,
-    /// as they must where systemd manages the cgroup tree.
-    pub systemd_cgroups: bool,
-    /// This host cannot lower a process's oom_score_adj (it lacks
-    /// CAP_SYS_RESOURCE, as containers and some VMs do): containerd must
-    /// not ask for the negative score kubelet gives the pause container.
-    pub restrict_oom_score_adj: bool,
-    /// The pod sandbox image (a bundle names its own, imported at start).
-    pub pause_image: String,
-}
-
-impl HostFacts {
-    fn version(&self, c: Component) -> KubeVersion {
-        // Callers detect every Kubernetes component's version before they
-        // render it; the newest known is the safe reading for tests.
-        self.versions.get(&c).copied().unwrap_or(KubeVersion::new(1, version::NEWEST_MINOR.1, 0))
-    }
-}
-
 /// The cgroup under which this node's kubelet puts its pods. On a real host
 /// the default; several simulated hosts on one machine each get their own.
 pub fn kubelet_cgroup_root(paths: &Paths, facts: &HostFacts) -> Option<String> {
@@ -339,6 +275,7 @@ fn is_executable(f: &Path) -> bool {
 mod tests {
     use super::*;
     use crate::config::tests::test_config as config;
+    use crate::kube::version::KubeVersion;
 
     pub(crate) fn facts(minor: u32) -> HostFacts {
         let v = KubeVersion::new(1, minor, 0);

@@ -4,7 +4,7 @@
 //! Rendering is pure; [`super::components::HostFacts`] brings what was
 //! observed of the host.
 
-use super::components::{flag, p, ComponentSpec, HostFacts};
+use super::spec::{flag, p, ComponentSpec, HostFacts};
 use crate::config::{ClusterConfig, Component};
 use crate::host::fs::FileSpec;
 use crate::host::paths::Paths;

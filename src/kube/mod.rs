@@ -7,4 +7,5 @@ pub mod components;
 pub mod containerd;
 pub mod kubeconfig;
 pub mod objects;
+pub mod spec;
 pub mod version;

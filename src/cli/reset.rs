@@ -109,7 +109,7 @@ fn leave_etcd(paths: &Paths) -> anyhow::Result<()> {
         {
             Ok(Ok(Some(id))) => {
                 eprintln!("[reset]   removed etcd member {id:x} ({})", c.etcd_peer_url());
-                let _ = client.delete(format!("{}{}", crate::join::registry::NODE_PREFIX, c.node.name), None).await;
+                let _ = client.delete(format!("{}{}", crate::cluster::registry::NODE_PREFIX, c.node.name), None).await;
                 Ok(())
             }
             Ok(Ok(None)) => Ok(()),

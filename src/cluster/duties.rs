@@ -10,12 +10,12 @@ use tokio::sync::watch;
 use tokio::time::{sleep, timeout};
 use tracing::{info, warn};
 
-use super::state::now_secs;
+use super::registry::{self, NodeRecord};
+use super::Role;
 use crate::config::ClusterConfig;
 use crate::etcd::{self, membership, Credentials};
+use crate::host::clock::now_secs;
 use crate::host::paths::Paths;
-use crate::join::registry::{self, NodeRecord};
-use crate::join::token::Role;
 use crate::join::{api, tls};
 
 const DUTY_INTERVAL: Duration = Duration::from_secs(10);
@@ -59,7 +59,7 @@ pub async fn serve_join_api(paths: Paths, cfg: ClusterConfig, mut stop: watch::R
 }
 
 /// Heartbeats and learner clean-up, every few seconds, until `stop` changes.
-pub async fn duties(paths: Paths, cfg: ClusterConfig, mut stop: watch::Receiver<bool>) {
+pub async fn run(paths: Paths, cfg: ClusterConfig, mut stop: watch::Receiver<bool>) {
     let endpoint = cfg.etcd_client_url();
     let mut client = None;
     let mut learners: HashMap<u64, Instant> = HashMap::new();

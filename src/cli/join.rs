@@ -16,20 +16,21 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use super::client;
-use super::material::{self, CertificateKey};
-use super::token::{JoinToken, Role};
-use super::wire::JoinRequest;
+use crate::agent::control;
+use crate::cli::install;
 use crate::config::{self, ClusterConfig, Component, InitialClusterState, NodeName};
 use crate::etcd::membership::{self, GatePoint};
 use crate::etcd::{self, Credentials};
 use crate::host::fs::{apply_files, create_dir_all, FileSpec};
 use crate::host::paths::Paths;
-use crate::host::process::PidFile;
-use crate::host::{lock, net, preflight, systemd};
-use crate::install::{self, Expect};
+use crate::host::{lock, net, systemd};
+use crate::join::client;
+use crate::join::material::{self, CertificateKey};
+use crate::join::token::{JoinToken, Role};
+use crate::join::wire::JoinRequest;
 use crate::kube::kubeconfig;
 use crate::pki::{self, Key};
+use crate::preflight;
 use crate::progress::Progress;
 
 /// How long a joiner waits for its turn at the etcd membership lock.
@@ -178,7 +179,7 @@ fn ask_cluster(
     endpoints: &[String],
     ca_hash: &str,
     ask: &JoinRequest,
-) -> anyhow::Result<super::wire::JoinResponse> {
+) -> anyhow::Result<crate::join::wire::JoinResponse> {
     let (ep, resp) = progress.phase(&format!("asking the cluster to join ({})", endpoints.join(", ")), || {
         rt.block_on(client::join_any(endpoints, ca_hash, ask))
     })?;
@@ -302,7 +303,7 @@ fn join_etcd(
             fault_point("after-member-add");
             if !existed && has_data(&paths.etcd_data_dir()) {
                 // Data of a previous membership would make etcd refuse the new one.
-                let aside = paths.data_dir().join(format!("etcd.old-{}", crate::agent::state::now_secs()));
+                let aside = paths.data_dir().join(format!("etcd.old-{}", crate::host::clock::now_secs()));
                 std::fs::rename(paths.etcd_data_dir(), &aside)
                     .with_context(|| format!("cannot move the old etcd data aside to {}", aside.display()))?;
                 create_dir_all(&paths.etcd_data_dir(), 0o700)?;
@@ -311,12 +312,12 @@ fn join_etcd(
             c.node.etcd.initial_cluster = Some(membership::initial_cluster(&members, &name, &peer));
             c.node.etcd.initial_cluster_state = InitialClusterState::Existing;
             write_node_files(paths, &c)?;
-            let expect = install::start_agent(paths, c.node.systemd, PidFile::holder(&paths.agent_pid_file()))?;
+            let expect = control::start(paths, c.node.systemd)?;
             progress.note("  local etcd starting as an existing member; waiting to promote it");
             fault_point("after-etcd-start");
             membership::promote_when_ready(&mut client, &endpoint, id, PROMOTE_WAIT).await.map_err(|e| {
                 let log = paths.component_log("etcd");
-                anyhow::anyhow!("{e}\nthe local etcd log {} ends with:\n{}", log.display(), install::tail(&log, 15))
+                anyhow::anyhow!("{e}\nthe local etcd log {} ends with:\n{}", log.display(), control::tail(&log, 15))
             })?;
             progress.note(format!("  member {id:x} is a voting member"));
             // Right after promotion the member may still act as a learner
@@ -328,7 +329,7 @@ fn join_etcd(
         .await;
         lock.release(&mut lock_client).await;
         let expect = result?;
-        let state = install::wait_healthy(paths, expect, req.timeout, progress)?;
+        let state = control::wait_healthy(paths, expect, req.timeout, progress)?;
         install::summary(progress, paths, &c, &state, c.node.systemd);
         anyhow::Ok(())
     })
@@ -380,7 +381,7 @@ fn join_worker(
         .etcd_members
         .iter()
         .filter(|m| !m.is_learner)
-        .filter_map(|m| m.client_urls.first().and_then(|u| super::api::host_of_url(u)))
+        .filter_map(|m| m.client_urls.first().and_then(|u| crate::join::api::host_of_url(u)))
         .filter_map(|h| format!("{h}:{}", c.node.api_server_port).parse().ok())
         .collect();
     let cert = resp.kubelet_cert.context("the join API sent no kubelet certificate")?;
@@ -413,11 +414,9 @@ fn join_worker(
         apply_files(&files)?;
         Ok(())
     })?;
-    let expect = progress.phase("starting the agent", || {
-        install::start_agent(paths, c.node.systemd, PidFile::holder(&paths.agent_pid_file()))
-    })?;
+    let expect = progress.phase("starting the agent", || control::start(paths, c.node.systemd))?;
     let state = progress.phase("waiting for the node to become healthy", || {
-        install::wait_healthy(paths, expect, req.timeout, progress)
+        control::wait_healthy(paths, expect, req.timeout, progress)
     })?;
     install::summary(progress, paths, &c, &state, c.node.systemd);
     Ok(())
@@ -443,8 +442,8 @@ fn resume(
         return join_etcd(rt, progress, paths, c, req);
     }
     progress.note("this worker is already joined: making sure its agent runs");
-    let expect: Expect = install::start_agent(paths, c.node.systemd, PidFile::holder(&paths.agent_pid_file()))?;
-    let state = install::wait_healthy(paths, expect, req.timeout, progress)?;
+    let expect = control::start(paths, c.node.systemd)?;
+    let state = control::wait_healthy(paths, expect, req.timeout, progress)?;
     install::summary(progress, paths, &c, &state, c.node.systemd);
     Ok(())
 }

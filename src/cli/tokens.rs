@@ -6,14 +6,14 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use etcd_client::Client;
 
-use super::material::{self, CertificateKey};
-use super::script::{self, ScriptSpec};
-use super::store;
-use super::token::{JoinToken, Role, TokenRecord};
-use crate::agent::state::now_secs;
 use crate::config::{self, ClusterConfig, Component};
 use crate::etcd::{self, Credentials};
+use crate::host::clock::now_secs;
 use crate::host::paths::Paths;
+use crate::join::material::{self, CertificateKey};
+use crate::join::script::{self, ScriptSpec};
+use crate::join::store;
+use crate::join::token::{JoinToken, Role, TokenRecord};
 
 fn master_config(paths: &Paths) -> anyhow::Result<ClusterConfig> {
     let c = config::load_installed(&paths.config_file())?
@@ -68,7 +68,7 @@ pub fn node_join_script(paths: &Paths, role: Role, ttl: Option<Duration>) -> any
         let own = format!("{}:{port}", config::Host::Ip(c.node.advertise_address));
         let mut endpoints = vec![own.clone()];
         for m in members.iter().filter(|m| !m.is_learner) {
-            if let Some(h) = m.client_urls.first().and_then(|u| super::api::host_of_url(u)) {
+            if let Some(h) = m.client_urls.first().and_then(|u| crate::join::api::host_of_url(u)) {
                 let ep = format!("{h}:{port}");
                 if !endpoints.contains(&ep) {
                     endpoints.push(ep);

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use etcd_client::Client;
 use serde::{Deserialize, Serialize};
 
-use super::token::Role;
+use super::Role;
 use crate::etcd::EtcdError;
 
 pub const NODE_PREFIX: &str = "/hakube/nodes/";

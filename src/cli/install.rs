@@ -6,20 +6,21 @@
 //! changed, start or reload the agent, wait until the node is healthy.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use serde_yaml::Value;
 use time::OffsetDateTime;
 
+use crate::agent::control;
 use crate::agent::state::State;
 use crate::config::{self, ClusterConfig, Component, Sources};
 use crate::host::fs::{apply_files, FileChange, FileSpec};
 use crate::host::paths::Paths;
-use crate::host::process::{self, PidFile};
-use crate::host::{lock, net, preflight, systemd};
+use crate::host::{lock, net, systemd};
 use crate::kube::kubeconfig;
 use crate::pki::{self, Decision};
+use crate::preflight;
 use crate::progress::Progress;
 
 /// Everything `install` needs from the command line.
@@ -91,7 +92,6 @@ pub fn run(req: Request) -> anyhow::Result<()> {
              (pass --no-systemd to make that explicit)",
         );
     }
-    let agent = PidFile::holder(&paths.agent_pid_file());
 
     progress.phase("preflight checks", || {
         for f in preflight::enforce(paths, &c, &req.ignore_preflight_errors)? {
@@ -116,124 +116,12 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     let changed = changes.iter().filter(|(_, ch)| *ch != FileChange::Unchanged).count();
     progress.note(format!("{changed} of {} files written, the rest already current", changes.len()));
 
-    let expect = progress.phase("starting the agent", || start_agent(paths, use_systemd, agent))?;
-    let state = progress
-        .phase("waiting for the node to become healthy", || wait_healthy(paths, expect, req.timeout, &progress))?;
+    let expect = progress.phase("starting the agent", || control::start(paths, use_systemd))?;
+    let state = progress.phase("waiting for the node to become healthy", || {
+        control::wait_healthy(paths, expect, req.timeout, &progress)
+    })?;
     summary(&progress, paths, &c, &state, use_systemd);
     Ok(())
-}
-
-/// What to wait for after starting or reloading the agent.
-#[derive(Debug, Clone, Copy)]
-pub enum Expect {
-    /// A new agent with this pid.
-    Started(u32),
-    /// Whichever agent systemd starts, from this time (unix seconds) on.
-    Unit { since: u64 },
-    /// The running agent, once it has handled one more reload.
-    Reloaded { pid: u32, reloads: u64 },
-}
-
-pub fn start_agent(paths: &Paths, use_systemd: bool, running: Option<u32>) -> anyhow::Result<Expect> {
-    if let Some(pid) = running {
-        let reloads = State::read(&paths.state_file()).map(|s| s.reloads).unwrap_or(0);
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)
-            .with_context(|| format!("cannot signal the running agent (pid {pid}) to reload"))?;
-        return Ok(Expect::Reloaded { pid, reloads });
-    }
-    let exe = std::env::current_exe().context("cannot find the hakube binary being run")?;
-    if use_systemd {
-        let target = paths.installed_binary();
-        if std::fs::read(&target).ok() != std::fs::read(&exe).ok() {
-            let bytes = std::fs::read(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
-            crate::host::fs::write_atomic(&target, &bytes, 0o755)?;
-            crate::host::fs::write_atomic(&paths.installed_binary_marker(), b"", 0o644)?;
-        }
-        systemd::systemctl(&["daemon-reload"]).map_err(anyhow::Error::msg)?;
-        systemd::systemctl(&["enable", "--now", systemd::UNIT_NAME]).map_err(anyhow::Error::msg)?;
-        return Ok(Expect::Unit { since: crate::agent::state::now_secs() });
-    }
-    let args = vec!["--root".to_owned(), paths.root().display().to_string(), "agent".to_owned()];
-    let pid = process::spawn_detached(&exe, &args, &paths.component_log("agent"))
-        .with_context(|| format!("cannot start {} agent", exe.display()))?;
-    Ok(Expect::Started(pid))
-}
-
-/// Polls `state.json` until the agent reports every component healthy.
-pub fn wait_healthy(paths: &Paths, expect: Expect, limit: Duration, progress: &Progress) -> anyhow::Result<State> {
-    let deadline = Instant::now() + limit;
-    let expected = config::load_installed(&paths.config_file())?.map(|c| c.node.components).unwrap_or_default();
-    let mut last_report = Instant::now();
-    loop {
-        let state = State::read(&paths.state_file());
-        let current = state.as_ref().is_some_and(|s| match expect {
-            Expect::Unit { since } => s.started_at >= since,
-            Expect::Started(pid) => s.agent_pid == pid,
-            Expect::Reloaded { pid, reloads } => s.agent_pid == pid && s.reloads > reloads,
-        });
-        if let (true, Some(s)) = (current, &state) {
-            if s.all_healthy(&expected) {
-                return Ok(state.unwrap());
-            }
-        }
-        let agent_pid = match expect {
-            Expect::Started(p) | Expect::Reloaded { pid: p, .. } => p,
-            Expect::Unit { .. } => 0,
-        };
-        if agent_pid != 0 && !process::alive(agent_pid) {
-            bail!(
-                "the agent (pid {agent_pid}) exited during start-up; its log {} ends with:\n{}",
-                paths.component_log("agent").display(),
-                tail(&paths.component_log("agent"), 15)
-            );
-        }
-        let unhealthy = || {
-            state
-                .as_ref()
-                .map(|s| {
-                    s.components
-                        .iter()
-                        .filter(|(_, c)| !(c.healthy && c.phase == crate::agent::state::Phase::Running))
-                        .map(|(n, c)| {
-                            let why = c.message.as_deref().or(c.last_exit.as_deref()).unwrap_or("");
-                            format!("{n} is {:?} {why}", c.phase).to_lowercase()
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_else(|| vec!["the agent has not reported yet".to_owned()])
-        };
-        if Instant::now() >= deadline {
-            let names: Vec<_> = state.iter().flat_map(|s| s.components.keys().cloned()).collect();
-            let logs: Vec<_> = names
-                .iter()
-                .map(|n| {
-                    format!(
-                        "--- {} (last lines)\n{}",
-                        paths.component_log(n).display(),
-                        tail(&paths.component_log(n), 10)
-                    )
-                })
-                .collect();
-            bail!(
-                "the node did not become healthy within {}s: {}\n{}\n(the agent keeps trying; `hakube status` shows progress)",
-                limit.as_secs(),
-                unhealthy().join("; "),
-                logs.join("\n")
-            );
-        }
-        if last_report.elapsed() > Duration::from_secs(5) {
-            progress.note(format!("  still waiting: {}", unhealthy().join("; ")));
-            last_report = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The last `n` lines of a log, for error messages.
-pub fn tail(path: &std::path::Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<_> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 pub fn summary(progress: &Progress, paths: &Paths, c: &ClusterConfig, state: &State, use_systemd: bool) {
