@@ -332,7 +332,13 @@ EOF
     -o "Dir::Etc::sourceparts=$apt_dir/sources.list.d"
     -o "Dir::State::Lists=$apt_dir/lists"
     -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache="
-    -o "Acquire::Retries=3" -o "Acquire::http::Timeout=30" -o "Acquire::https::Timeout=30")
+    -o "Acquire::Retries=3" -o "Acquire::http::Timeout=30" -o "Acquire::https::Timeout=30"
+    # Fetch as root rather than as apt's sandbox user _apt: where other
+    # users cannot reach the network or read /etc/resolv.conf (a root made
+    # from a directory of mode 0700, as chroots often are), _apt's download
+    # fails with a name-resolution error while root's works. What is
+    # fetched is checked against the signed index either way.
+    -o "APT::Sandbox::User=root")
   apt_mirror=$mirror
 }
 

@@ -32,6 +32,10 @@ pub enum HttpsError {
     Connect(String),
     #[error("TLS: {0}")]
     Tls(String),
+    /// The server's certificate is not one to trust (wrong CA, wrong name,
+    /// a pin that does not match): the same at any server of that cluster.
+    #[error("TLS: {0}")]
+    Untrusted(String),
     #[error("{0}")]
     Http(String),
     #[error("no answer within {0:?}")]
@@ -42,7 +46,7 @@ impl HttpsError {
     /// Whether the server was never reached (nothing was sent): a request
     /// may go to another server without having been seen by this one.
     pub fn before_sending(&self) -> bool {
-        matches!(self, HttpsError::Connect(_) | HttpsError::Tls(_))
+        matches!(self, HttpsError::Connect(_) | HttpsError::Tls(_) | HttpsError::Untrusted(_))
     }
 }
 
@@ -187,6 +191,19 @@ pub fn target(hp: &HostPort) -> String {
     }
 }
 
+/// A failed handshake, told apart: a certificate refused, or anything else.
+fn tls_error(e: std::io::Error) -> HttpsError {
+    let refused = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).and_then(|r| match r {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => Some(other.0.to_string()),
+        rustls::Error::InvalidCertificate(c) => Some(format!("the server's certificate is not trusted: {c:?}")),
+        _ => None,
+    });
+    match refused {
+        Some(why) => HttpsError::Untrusted(why),
+        None => HttpsError::Tls(e.to_string()),
+    }
+}
+
 /// One request on a fresh connection to `hp`, TLS with `tls`.
 pub async fn request(
     hp: &HostPort,
@@ -204,7 +221,7 @@ pub async fn request(
     let stream = timeout(limits.exchange, connector.connect(name, tcp))
         .await
         .map_err(|_| HttpsError::Tls("handshake timed out".into()))?
-        .map_err(|e| HttpsError::Tls(e.to_string()))?;
+        .map_err(tls_error)?;
     let exchange = async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -227,4 +244,78 @@ pub async fn request(
         Ok(Response { status, body })
     };
     timeout(limits.exchange, exchange).await.map_err(|_| HttpsError::Timeout(limits.exchange))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A TLS server on loopback that answers every connection with `reply`
+    /// and then stalls.
+    async fn stalling_server(reply: &'static [u8]) -> (HostPort, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let ca_pem = cert.pem().into_bytes();
+        let server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let mut tls = acceptor.accept(tcp).await.unwrap();
+                    let mut buf = [0u8; 4096];
+                    let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+                    tls.write_all(reply).await.unwrap();
+                    tls.flush().await.unwrap();
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                });
+            }
+        });
+        (format!("127.0.0.1:{port}").parse().unwrap(), ca_pem)
+    }
+
+    #[tokio::test]
+    async fn a_server_that_stalls_mid_answer_is_given_up_on_within_the_bound() {
+        let (at, ca) = stalling_server(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part").await;
+        let tls = Arc::new(client_config(&ca, None).unwrap());
+        let limits =
+            Limits { connect: Duration::from_secs(2), exchange: Duration::from_millis(500), max_body: 1 << 20 };
+        let t = std::time::Instant::now();
+        let e = request(&at, tls, Request::get("/"), limits).await.unwrap_err();
+        assert_eq!(e, HttpsError::Timeout(Duration::from_millis(500)));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_size_bound_is_refused() {
+        let (at, ca) =
+            stalling_server(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789012345678901234567890123456789")
+                .await;
+        let tls = Arc::new(client_config(&ca, None).unwrap());
+        let limits = Limits { connect: Duration::from_secs(2), exchange: Duration::from_secs(5), max_body: 16 };
+        let e = request(&at, tls, Request::get("/"), limits).await.unwrap_err();
+        assert!(matches!(&e, HttpsError::Http(m) if m.contains("reading the response")), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_server_of_another_ca_is_untrusted_before_anything_is_sent() {
+        let (at, _) = stalling_server(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        let other = rcgen::CertificateParams::new(vec!["x".to_owned()]).unwrap();
+        let other = other.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem();
+        let tls = Arc::new(client_config(other.as_bytes(), None).unwrap());
+        let e = request(&at, tls, Request::get("/"), Limits::default()).await.unwrap_err();
+        assert!(matches!(e, HttpsError::Untrusted(_)) && e.before_sending(), "{e:?}");
+    }
 }

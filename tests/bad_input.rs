@@ -37,6 +37,16 @@ fn bad_flags_and_words_write_nothing() {
         "192.0.2.10 is not an address of this host",
     );
     refused(&h, &with(&["--timeout", "5 minutes"]), "is not a duration");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ports.yaml");
+    std::fs::write(&file, "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\nnode: {etcdPeerPort: 65535}\n")
+        .unwrap();
+    let f = file.to_str().unwrap();
+    refused(
+        &h,
+        &["--advertise-address", "127.0.0.1", "--node-name", "m1", "--config", f],
+        "node.etcdPeerPort is 65535",
+    );
 }
 
 #[test]
@@ -72,8 +82,22 @@ fn listen_in(h: &Host, port: u16) -> Child {
 #[test]
 fn a_port_in_use_is_named_and_can_be_ignored() {
     let h = Host::isolated();
-    let mut squatter = listen_in(&h, 2381);
-    refused(&h, &["--advertise-address", "127.0.0.1"], "[port-2381] 127.0.0.1:2381 is in use");
+    let mut squatter = listen_in(&h, 9443);
+    refused(&h, &["--advertise-address", "127.0.0.1"], "[port-9443] 127.0.0.1:9443 is in use");
+    // Ignored by name, the install goes on: the join API waits for its port
+    // while etcd comes up healthy.
+    let out = h.hakube(&[
+        "install",
+        "--no-systemd",
+        "--components",
+        "etcd",
+        "--advertise-address",
+        "127.0.0.1",
+        "--ignore-preflight-errors",
+        "port-9443",
+    ]);
+    assert_ok(&out, "install ignoring port-9443");
+    assert!(stderr(&out).contains("ignored preflight error [port-9443]"), "{}", stderr(&out));
     squatter.kill().ok();
     squatter.wait().ok();
 }
@@ -118,7 +142,10 @@ fn a_concurrent_install_on_the_same_root_is_refused() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Until the holder has it, a probe of our own takes it (and lets go).
+    wait_for("flock to hold the root", Duration::from_secs(10), || {
+        !sh("flock", &["--nonblock", "--no-fork", "-x", h.root().to_str().unwrap(), "true"]).status.success()
+    });
     refused(&h, &["--advertise-address", "127.0.0.1"], "another hakube command is already changing");
     holder.kill().ok();
     holder.wait().ok();

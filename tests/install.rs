@@ -32,8 +32,18 @@ fn install_serves_etcd_over_mtls_and_a_rerun_changes_nothing() {
     assert_ok(&h.etcdctl(Some("apiserver-etcd-client"), &["put", "k", "v"]), "etcdctl put");
     assert!(!h.etcdctl(None, &["get", "k"]).status.success(), "etcd must demand a client certificate");
     assert_ok(&h.hakube(&["status"]), "status");
-    let json = stdout(&h.hakube(&["status", "--json"]));
-    assert!(json.contains("\"healthy\": true"), "{json}");
+    let json: serde_json::Value = serde_json::from_slice(&h.hakube(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(json["healthy"], true, "{json}");
+    assert_eq!(json["etcd"]["healthy"], true, "{json}");
+    let components = json["components"].as_array().unwrap();
+    assert_eq!(components.len(), 1, "{json}");
+    assert_eq!(components[0][0], "etcd");
+    assert_eq!(
+        (components[0][1]["phase"].as_str(), components[0][1]["healthy"].as_bool()),
+        (Some("running"), Some(true))
+    );
+    let members = json["etcd"]["members"].as_array().unwrap();
+    assert!(members.iter().all(|m| m["healthy"] == true && m["is_learner"] == false), "{json}");
 
     // openssl accepts every leaf against its own CA, and no other.
     for (leaf, ca) in LEAVES {
@@ -161,7 +171,10 @@ fn the_agent_restarts_a_killed_component() {
     let first = pid_of_etcd().expect("etcd pid");
     sh("kill", &["-9", &first.to_string()]);
     wait_for("etcd to be restarted and healthy", Duration::from_secs(30), || {
-        pid_of_etcd().is_some_and(|p| p != first) && state().contains("\"healthy\": true")
+        let s: serde_json::Value = serde_json::from_str(&state()).unwrap_or_default();
+        pid_of_etcd().is_some_and(|p| p != first)
+            && s["components"]["etcd"]["healthy"] == true
+            && s["components"]["etcd"]["phase"] == "running"
     });
     assert!(state().contains("\"restarts\": 1"), "{}", state());
     assert_ok(&h.hakube(&["status"]), "status after restart");
@@ -208,4 +221,82 @@ fn lost_etcd_data_is_not_refounded_as_a_new_cluster() {
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("this member was bootstrapped before: its data is lost"), "{err}");
     assert!(std::fs::read_dir(&data).unwrap().next().is_none(), "etcd did not start on the empty data directory");
+}
+
+#[test]
+fn a_reload_signal_the_moment_the_agent_is_found_does_not_kill_it() {
+    let h = Host::isolated();
+    h.install(&[]);
+    let pid_file = h.root().join("var/lib/hakube/agent.pid");
+    for round in 0..5 {
+        h.kill_all();
+        let root = h.root().display().to_string();
+        let mut agent = std::process::Command::new("ip")
+            .args(["netns", "exec", &h.ns, HAKUBE, "--root", &root, "agent"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // As an install would: as soon as the pid file is locked, signal the
+        // pid in it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let pid = loop {
+            assert!(std::time::Instant::now() < deadline, "the agent never took its pid file");
+            let held = !sh("flock", &["--nonblock", "--shared", pid_file.to_str().unwrap(), "true"]).status.success();
+            let pid = std::fs::read_to_string(&pid_file).unwrap_or_default().trim().parse::<u32>().ok();
+            if let (true, Some(p)) = (held, pid) {
+                break p;
+            }
+        };
+        sh("kill", &["-HUP", &pid.to_string()]);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            agent.try_wait().unwrap().is_none(),
+            "round {round}: SIGHUP killed the agent that just took its pid file"
+        );
+        sh("kill", &["-TERM", &pid.to_string()]);
+        agent.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_refused_reload_is_reported_not_taken_for_done() {
+    let h = Host::isolated();
+    h.install(&[]);
+    let config = h.root().join("etc/hakube/cluster.yaml");
+    std::fs::write(&config, "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\nnode: {components: [etcd, nope]}\n")
+        .unwrap();
+    let pid = h.state()["agent_pid"].as_u64().unwrap().to_string();
+    sh("kill", &["-HUP", &pid]);
+    wait_for("the agent to record the refusal", Duration::from_secs(10), || h.state()["reload_error"].is_string());
+    let refusal = h.state()["reload_error"].as_str().unwrap().to_owned();
+    assert!(refusal.contains("cluster.yaml: node.components[1]: unknown variant `nope`"), "{refusal}");
+    // status names the broken file too.
+    let out = h.hakube(&["status"]);
+    assert!(!out.status.success() && stderr(&out).contains("cluster.yaml"), "{}", stderr(&out));
+    // It keeps running what it had.
+    assert_ok(&h.etcdctl(Some("etcd/healthcheck-client"), &["endpoint", "health"]), "etcd still serves");
+}
+
+#[test]
+fn reset_unmounts_what_is_mounted_below_and_never_deletes_through_a_mount() {
+    let h = Host::isolated();
+    h.install(&[]);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious"), "keep me").unwrap();
+    let mount_point = h.root().join("var/lib/kubelet/pods/p1/volumes/kubernetes.io~empty-dir/data");
+    std::fs::create_dir_all(&mount_point).unwrap();
+    // A pod volume bind-mounted from outside the root, in the namespace
+    // reset runs in (as kubelet's mounts are on a real host).
+    let script = format!(
+        "mount --bind {} {} && exec {HAKUBE} --root {} reset --force",
+        outside.path().display(),
+        mount_point.display(),
+        h.root().display()
+    );
+    let out = h.exec("unshare", &["--mount", "--propagation", "private", "sh", "-c", &script]);
+    assert_ok(&out, "reset with a mount below the kubelet directory");
+    assert_eq!(std::fs::read_to_string(outside.path().join("precious")).unwrap(), "keep me");
+    let left: Vec<_> = std::fs::read_dir(h.root()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

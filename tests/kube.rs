@@ -307,3 +307,37 @@ fn a_containerd_that_does_not_come_up_is_named_with_its_log() {
     assert_eq!(s["components"]["kubelet"]["message"], "waiting for containerd to be healthy", "{s}");
     assert!(s["components"]["kubelet"]["pid"].is_null(), "{s}");
 }
+
+/// The components the agent restarted for a configuration change, in the
+/// order its log says (a crash restart is not one of them: a
+/// controller-manager that loses its lease while the API server restarts
+/// exits by itself).
+fn reload_restarts(h: &Host) -> Vec<String> {
+    let log = std::fs::read_to_string(h.root().join("var/lib/hakube/logs/agent.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains("stopping for a configuration change"))
+        .filter_map(|l| l.split("component=").nth(1))
+        .map(|c| c.split_whitespace().next().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn a_rerun_restarts_exactly_the_components_whose_inputs_changed() {
+    let net = Network::new();
+    let h = net.host("m1");
+    h.install_master(&["ha"]);
+    assert!(reload_restarts(&h).is_empty());
+
+    // A new name for the API server: its certificate changes, nothing else.
+    h.install_master(&["ha", "cert-sans=api.example.test"]);
+    assert_eq!(reload_restarts(&h), ["kube-apiserver"]);
+
+    // The same again: nothing restarts.
+    h.install_master(&["ha", "cert-sans=api.example.test"]);
+    assert_eq!(reload_restarts(&h), ["kube-apiserver"], "an unchanged re-run restarts nothing");
+
+    // A load balancer on loopback: kubelet's kubeconfig changes (the API
+    // server's certificate already names 127.0.0.1), nothing else.
+    h.install_master(&["ha", "cert-sans=api.example.test", "load-balancer-address=127.0.0.1:6443"]);
+    assert_eq!(reload_restarts(&h), ["kube-apiserver", "kubelet"]);
+}

@@ -391,7 +391,11 @@ async fn supervise(
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
             r = rx.changed() => {
-                info!(component = %comp, "stopping for a configuration change");
+                if rx.borrow().is_some() {
+                    info!(component = %comp, "stopping for a configuration change");
+                } else {
+                    info!(component = %comp, "stopping");
+                }
                 stop(&mut child).await;
                 backoff = BACKOFF_START;
                 if r.is_err() {

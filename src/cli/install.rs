@@ -85,7 +85,8 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     if !c.has(Component::Etcd) {
         bail!("install sets up a master, which runs etcd: add etcd to --components (workers join with `hakube node-join-script`)");
     }
-    let use_systemd = c.node.systemd && systemd::is_running();
+    let use_systemd =
+        systemd::decide(paths.is_host_root(), c.node.systemd, systemd::is_running()).map_err(anyhow::Error::msg)?;
     if c.node.systemd && !use_systemd {
         progress.note(
             "systemd is not running on this host: the agent starts detached and will not come back after a reboot \
@@ -154,8 +155,9 @@ pub fn summary(progress: &Progress, paths: &Paths, c: &ClusterConfig, state: &St
     ));
     if c.has(Component::Etcd) {
         text.push_str(&format!(
-            "  hakube{root_flag} node-join-script --master > join-master.sh   # then run it on each new master\n  \
-             hakube{root_flag} node-join-script > join-worker.sh            # then run it on each worker\n"
+            "  hakube{root_flag} node-join-script --master --output join-master.sh   # then run it on each new master\n  \
+             hakube{root_flag} node-join-script --output join-worker.sh            # then run it on each worker\n  \
+             (the scripts hold secrets: they are written 0600)\n"
         ));
     }
     if c.cluster.ha && c.cluster.load_balancer_address.is_none() {

@@ -42,9 +42,9 @@ pub struct Request {
     pub paths: Paths,
     pub role: Role,
     pub endpoints: Vec<String>,
-    pub token: Option<String>,
+    pub token: Option<JoinToken>,
     pub ca_hash: Option<String>,
-    pub certificate_key: Option<String>,
+    pub certificate_key: Option<CertificateKey>,
     pub node_name: Option<NodeName>,
     pub advertise_address: Option<IpAddr>,
     pub components: Option<Vec<Component>>,
@@ -62,20 +62,15 @@ struct Checked {
 }
 
 fn check(req: &Request) -> anyhow::Result<Checked> {
-    let token: JoinToken = req
-        .token
-        .as_deref()
-        .context("no join token: run the join script, or pass --token / HAKUBE_JOIN_TOKEN")?
-        .parse()
-        .map_err(|e: config::types::InvalidValue| anyhow::anyhow!("--token: {}", e.0))?;
+    let token = req.token.clone().context("no join token: run the join script, or pass --token / HAKUBE_JOIN_TOKEN")?;
     let ca_hash = req.ca_hash.clone().context("no --ca-hash (HAKUBE_CA_HASH): run the join script")?;
     let hex = ca_hash.strip_prefix("sha256:").unwrap_or("");
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("--ca-hash {ca_hash:?} is not of the form sha256:<64 hex digits>: copy it from the join script");
     }
-    let key = match (req.role, req.certificate_key.as_deref()) {
+    let key = match (req.role, &req.certificate_key) {
         (Role::Master, None) => bail!("a master join needs --certificate-key (HAKUBE_CERTIFICATE_KEY): use a script from `hakube node-join-script --master`"),
-        (Role::Master, Some(k)) => Some(k.parse::<CertificateKey>().map_err(|e| anyhow::anyhow!("--certificate-key: {}", e.0))?),
+        (Role::Master, Some(k)) => Some(k.clone()),
         (Role::Worker, _) => None,
     };
     if req.endpoints.is_empty() {
@@ -119,7 +114,8 @@ pub fn run(req: Request) -> anyhow::Result<()> {
             "a worker runs containerd and kubelet (or nothing: --components none); masters join with a --master script"
         );
     }
-    let use_systemd = !req.no_systemd && systemd::is_running();
+    let use_systemd =
+        systemd::decide(paths.is_host_root(), !req.no_systemd, systemd::is_running()).map_err(anyhow::Error::msg)?;
     let mut flags = serde_yaml::Mapping::new();
     let node = serde_yaml::to_value(serde_json::json!({
         "name": name.as_str(),
@@ -139,7 +135,7 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     progress.phase("preflight checks", || run_preflight(&paths, &probe, &req.ignore_preflight_errors))?;
 
     let ask = JoinRequest {
-        token: checked.token.reveal(),
+        token: checked.token.clone(),
         role: req.role,
         node_name: name.to_string(),
         advertise_address: address,
@@ -265,43 +261,37 @@ fn join_etcd(
         progress.note(format!("  lock held after {:.2}s", t.elapsed().as_secs_f64()));
         let result = async {
             let mut last_note = String::new();
-            membership::wait_gate(&mut client, &endpoint, &creds, &peer, GatePoint::BeforeAdd, GATE_WAIT, |e| {
-                let s = e.to_string();
-                if s != last_note {
-                    progress.note(format!("  waiting for etcd to be healthy: {s}"));
-                    last_note = s;
-                }
-            })
-            .await?;
-            let mut before = etcd::members(&mut client, &endpoint).await?;
-            let mut existed = before.iter().any(|m| m.peer_urls.iter().any(|u| u == &peer));
-            if let Some(stale) = before.iter().find(|m| m.peer_urls.iter().any(|u| u == &peer) && !m.is_learner) {
-                if !has_data(&paths.etcd_data_dir()) {
-                    // A voter for this address whose data is gone (a reset
-                    // that could not leave etcd): etcd would crash-loop on
-                    // an empty log under that identity. Remove it, if the
-                    // rest keeps its quorum, and join afresh as a learner.
-                    let health = membership::voter_health(&before, &creds).await;
-                    membership::quorum_after_removal(&health, stale.id).map_err(|why| {
-                        anyhow::anyhow!(
-                            "etcd still has a voting member {:x} for {peer} from this host's earlier life, and removing it would cost quorum ({why})",
-                            stale.id
-                        )
-                    })?;
-                    let stale_id = stale.id;
-                    membership::remove_member(&mut client, &endpoint, stale_id).await?;
-                    progress.note(format!("  removed stale member {stale_id:x} of this address (its data was gone)"));
-                    before.retain(|m| m.id != stale_id);
-                    existed = false;
-                }
+            // The gate waits at most as long as the whole join may take.
+            let gate_wait = GATE_WAIT.min(req.timeout);
+            let mut before =
+                membership::wait_gate(&mut client, &endpoint, &creds, &peer, GatePoint::BeforeAdd, gate_wait, |e| {
+                    let s = e.to_string();
+                    if s != last_note {
+                        progress.note(format!("  waiting for etcd to be healthy: {s}"));
+                        last_note = s;
+                    }
+                })
+                .await?;
+            let health = membership::voter_health(&before, &creds).await;
+            let plan = membership::plan_etcd_join(&before, &health, &peer, has_data(&paths.etcd_data_dir()))
+                .map_err(anyhow::Error::msg)?;
+            if let Some(stale) = plan.remove_stale {
+                membership::remove_member(&mut client, &endpoint, stale, &lock).await?;
+                progress.note(format!("  removed stale member {stale:x} of this address (its data was gone)"));
+                before.retain(|m| m.id != stale);
             }
-            let (id, members) = membership::add_learner(&mut client, &endpoint, &peer, before).await.context("adding this node as a learner")?;
+            let (id, members) = match plan.reuse {
+                Some(id) => (id, before),
+                None => membership::add_learner(&mut client, &endpoint, &peer, before, &lock)
+                    .await
+                    .context("adding this node as a learner")?,
+            };
             progress.note(format!(
                 "  etcd member {id:x} for {peer}: {}",
-                if existed { "already added (resuming)" } else { "added as a learner" }
+                if plan.reuse.is_some() { "already added (resuming)" } else { "added as a learner" }
             ));
             fault_point("after-member-add");
-            if !existed && has_data(&paths.etcd_data_dir()) {
+            if plan.move_data_aside {
                 // Data of a previous membership would make etcd refuse the new one.
                 let aside = paths.data_dir().join(format!("etcd.old-{}", crate::host::clock::now_secs()));
                 std::fs::rename(paths.etcd_data_dir(), &aside)
@@ -315,7 +305,7 @@ fn join_etcd(
             let expect = control::start(paths, c.node.systemd)?;
             progress.note("  local etcd starting as an existing member; waiting to promote it");
             fault_point("after-etcd-start");
-            membership::promote_when_ready(&mut client, &endpoint, id, PROMOTE_WAIT).await.map_err(|e| {
+            membership::promote_when_ready(&mut client, &endpoint, id, PROMOTE_WAIT, &lock).await.map_err(|e| {
                 let log = paths.component_log("etcd");
                 anyhow::anyhow!("{e}\nthe local etcd log {} ends with:\n{}", log.display(), control::tail(&log, 15))
             })?;

@@ -5,6 +5,7 @@
 
 pub mod install;
 pub mod join;
+pub mod node;
 pub mod reset;
 pub mod status;
 pub mod tokens;
@@ -46,10 +47,17 @@ pub enum Command {
         /// How long the script's token lives (default 2h for masters, 24h for workers).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         ttl: Option<Duration>,
+        /// Write the script to FILE, readable by its owner only (it holds
+        /// secrets), instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Join tokens (run on a master).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The cluster's nodes (run on a master).
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Show the node's components and etcd; exit 0 only when all are healthy.
     Status {
         /// Print JSON instead of text.
@@ -73,6 +81,13 @@ pub enum Command {
     Certs(CertsCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Take a node that is gone for good out of the cluster (its etcd member,
+    /// only if the rest keeps quorum, and its registration).
+    Remove { name: NodeName },
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,13 +124,13 @@ pub struct JoinArgs {
     #[arg(long, env = "HAKUBE_JOIN_ENDPOINTS", value_delimiter = ',', value_name = "HOST:PORT,…")]
     pub endpoints: Vec<String>,
     #[arg(long, env = "HAKUBE_JOIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
-    pub token: Option<String>,
+    pub token: Option<crate::join::token::JoinToken>,
     /// sha256:<hex> of the cluster CA's public key.
     #[arg(long, env = "HAKUBE_CA_HASH", value_name = "HASH")]
     pub ca_hash: Option<String>,
     /// Opens the cluster's key material (masters).
     #[arg(long, env = "HAKUBE_CERTIFICATE_KEY", hide_env_values = true, value_name = "KEY")]
-    pub certificate_key: Option<String>,
+    pub certificate_key: Option<crate::join::material::CertificateKey>,
     #[arg(long, value_name = "IP")]
     pub advertise_address: Option<IpAddr>,
     #[arg(long, value_name = "NAME")]
@@ -308,14 +323,26 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             })?;
             Ok(0)
         }
-        Command::NodeJoinScript { master, ttl } => {
+        Command::NodeJoinScript { master, ttl, output } => {
             use crate::cluster::Role;
             let role = if master { Role::Master } else { Role::Worker };
-            print!("{}", crate::cli::tokens::node_join_script(&paths, role, ttl)?);
+            let script = crate::cli::tokens::node_join_script(&paths, role, ttl)?;
+            match output {
+                Some(file) => {
+                    crate::host::fs::write_atomic(&file, script.as_bytes(), 0o600)?;
+                    eprintln!("[node-join-script] wrote {} (mode 0600)", file.display());
+                }
+                None => print!("{script}"),
+            }
             Ok(0)
         }
         Command::Token(TokenCommand::List) => {
-            print!("{}", crate::cli::tokens::render_list(&crate::cli::tokens::list(&paths)?));
+            let tokens = crate::cli::tokens::list(&paths)?;
+            print!("{}", crate::cli::tokens::render_list(&tokens, crate::host::clock::now_secs()));
+            Ok(0)
+        }
+        Command::Node(NodeCommand::Remove { name }) => {
+            crate::cli::node::remove(&paths, name.as_str())?;
             Ok(0)
         }
         Command::Token(TokenCommand::Revoke { id }) => {

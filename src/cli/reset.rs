@@ -22,7 +22,7 @@ pub fn run(paths: &Paths, force: bool) -> anyhow::Result<()> {
         progress.note(format!("going on anyway (--force): {e:#}"));
     }
 
-    if paths.systemd_unit().exists() && systemd::is_running() {
+    if paths.is_host_root() && paths.systemd_unit().exists() && systemd::is_running() {
         progress.phase("stopping hakube.service", || {
             systemd::systemctl(&["disable", "--now", systemd::UNIT_NAME]).map_err(anyhow::Error::msg)
         })?;
@@ -73,7 +73,7 @@ pub fn run(paths: &Paths, force: bool) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
-    if paths.systemd_unit().parent().is_some_and(Path::exists) && systemd::is_running() {
+    if paths.is_host_root() && systemd::is_running() {
         let _ = systemd::systemctl(&["daemon-reload"]);
     }
     progress.note(format!("node reset: nothing of hakube is left under {}", paths.root().display()));
@@ -150,14 +150,15 @@ fn runs_binary(pid: u32, name: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Removes `path`: first unmounts whatever is mounted below it (kubelet's
+/// pod volumes, as kubeadm's reset does), then deletes without ever
+/// crossing into another filesystem: a mount that could not be taken down
+/// is left, with its content, and named.
 fn remove(path: &Path) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let r = match std::fs::symlink_metadata(path) {
-        Err(_) => return Ok(()),
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-    };
-    r.with_context(|| format!("cannot remove {}", path.display()))
+    for e in crate::host::mountns::unmount_below(path) {
+        eprintln!("[reset] {e}");
+    }
+    crate::host::fs::remove_tree(path).map_err(anyhow::Error::from)
 }
 
 /// Removes directories left empty between `path` and `root` (exclusive).

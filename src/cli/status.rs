@@ -82,6 +82,12 @@ pub async fn gather(paths: &Paths) -> anyhow::Result<Report> {
             _ => problems.push(format!("{comp} is not running")),
         }
     }
+    if let (Some(_), Some(reason)) = (agent_pid, &state.reload_error) {
+        problems.push(format!(
+            "the agent refused the last configuration and runs the one before: {reason} (fix {} and re-run install)",
+            paths.config_file().display()
+        ));
+    }
     let etcd = if c.has(Component::Etcd) { Some(probe_etcd(paths, &c).await) } else { None };
     if let Some(e) = &etcd {
         if !e.healthy {

@@ -107,17 +107,12 @@ pub fn list(paths: &Paths) -> anyhow::Result<Vec<TokenRecord>> {
     })
 }
 
-pub fn render_list(records: &[TokenRecord]) -> String {
-    let mut out = format!("{:<8} {:<7} {:<21} {:>5}  {}\n", "ID", "ROLE", "EXPIRES", "USES", "CREATED BY");
+pub fn render_list(records: &[TokenRecord], now: u64) -> String {
+    let mut out = format!("{:<8} {:<7} {:<31} {:>5}  {}\n", "ID", "ROLE", "EXPIRES", "USES", "CREATED BY");
     for r in records {
-        out.push_str(&format!(
-            "{:<8} {:<7} {:<21} {:>5}  {}\n",
-            r.id,
-            r.role,
-            rfc3339(r.expires_at),
-            r.uses,
-            r.created_by
-        ));
+        let expires =
+            if now >= r.expires_at { format!("{} (expired)", rfc3339(r.expires_at)) } else { rfc3339(r.expires_at) };
+        out.push_str(&format!("{:<8} {:<7} {:<31} {:>5}  {}\n", r.id, r.role, expires, r.uses, r.created_by));
     }
     out
 }

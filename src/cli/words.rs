@@ -121,6 +121,18 @@ mod tests {
     }
 
     #[test]
+    fn join_arguments_never_show_their_secrets_in_debug() {
+        let key = "ab".repeat(32);
+        let argv = ["hakube", "join", "--master", "--token", "abcdef.0123456789abcdef", "--certificate-key", &key];
+        let cli = parse(argv.iter().map(Into::into).collect()).unwrap();
+        let dbg = format!("{cli:?}");
+        assert!(!dbg.contains("0123456789abcdef") && !dbg.contains(&key), "{dbg}");
+        let bad = ["hakube", "join", "--token", "not-a-token"];
+        let e = parse(bad.iter().map(Into::into).collect()).unwrap_err().to_string();
+        assert!(e.contains("a join token has the form"), "{e}");
+    }
+
+    #[test]
     fn bad_words_are_named_with_the_nearest_one() {
         let e = install(&["install", "taint-controlplane"]).unwrap_err();
         assert!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::time::{sleep, timeout};
+use tokio::time::sleep;
 use tracing::{info, warn};
 
 use super::registry::{self, NodeRecord};
@@ -118,15 +118,14 @@ async fn remove_stalled_learners(
         let Ok(lock) = membership::Lock::acquire(client, endpoint, Duration::from_secs(2)).await else { continue };
         let still = etcd::members(client, endpoint).await.ok().and_then(|ms| ms.into_iter().find(|x| x.id == m.id));
         if still.is_some_and(|x| x.is_learner) {
-            match timeout(Duration::from_secs(5), client.member_remove(m.id)).await {
-                Ok(Ok(_)) => warn!(
+            match membership::remove_member(client, endpoint, m.id, &lock).await {
+                Ok(()) => warn!(
                     member = %format!("{:x}", m.id),
                     peer = %m.peer_urls.join(","),
                     "removed a learner stalled for {}s (a join that did not finish; re-running it adds the member again)",
                     first.elapsed().as_secs()
                 ),
-                Ok(Err(e)) => warn!(error = %e, "cannot remove stalled learner {:x}", m.id),
-                Err(_) => warn!("removing stalled learner {:x} timed out", m.id),
+                Err(e) => warn!(error = %e, "cannot remove stalled learner {:x}", m.id),
             }
             seen.remove(&m.id);
         }

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use etcd_client::Client;
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::Role;
@@ -34,6 +34,66 @@ pub async fn put(client: &mut Client, endpoint: &str, record: &NodeRecord) -> Re
         .await
         .map_err(|e| EtcdError::Call { endpoint: endpoint.into(), message: e.to_string() })?;
     Ok(())
+}
+
+fn call(endpoint: &str, e: etcd_client::Error) -> EtcdError {
+    EtcdError::Call { endpoint: endpoint.into(), message: e.to_string() }
+}
+
+pub fn key(name: &str) -> String {
+    format!("{NODE_PREFIX}{name}")
+}
+
+/// What a claim of a name ended in.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The record is written; the earlier one, if the host had one.
+    Claimed(Option<NodeRecord>),
+    /// Another host holds the name.
+    Conflict(String),
+}
+
+/// Claims `record.name` for `record`'s host in one compare-and-swap: the
+/// name is free (no key) or already this host's (the key unchanged since it
+/// was read and naming the same address and role). Two joins with one name
+/// at once: one claims it, the other is told who holds it.
+/// `keep_joined_at` keeps the first join's time on a re-run.
+pub async fn claim(client: &mut Client, endpoint: &str, mut record: NodeRecord) -> Result<Claim, EtcdError> {
+    let k = key(&record.name);
+    for _ in 0..10 {
+        let resp = client.get(k.as_str(), None).await.map_err(|e| call(endpoint, e))?;
+        let existing = resp.kvs().first();
+        let current: Option<NodeRecord> = existing.and_then(|kv| serde_json::from_slice(kv.value()).ok());
+        if let Some(msg) = name_conflict(current.as_ref(), record.address, record.role) {
+            return Ok(Claim::Conflict(msg));
+        }
+        let guard = match existing {
+            None => Compare::create_revision(k.as_str(), CompareOp::Equal, 0),
+            Some(kv) => Compare::mod_revision(k.as_str(), CompareOp::Equal, kv.mod_revision()),
+        };
+        if let Some(c) = &current {
+            record.joined_at = c.joined_at;
+        }
+        let put = TxnOp::put(k.as_str(), serde_json::to_vec(&record).expect("record serializes"), None);
+        let txn = Txn::new().when([guard]).and_then([put]);
+        if client.txn(txn).await.map_err(|e| call(endpoint, e))?.succeeded() {
+            return Ok(Claim::Claimed(current));
+        }
+    }
+    Err(EtcdError::Call {
+        endpoint: endpoint.to_owned(),
+        message: format!("the registry record of {} kept changing under ten attempts to claim it", record.name),
+    })
+}
+
+pub async fn delete(client: &mut Client, endpoint: &str, name: &str) -> Result<(), EtcdError> {
+    client.delete(key(name), None).await.map_err(|e| call(endpoint, e))?;
+    Ok(())
+}
+
+pub async fn list(client: &mut Client, endpoint: &str) -> Result<Vec<NodeRecord>, EtcdError> {
+    let resp = client.get(NODE_PREFIX, Some(GetOptions::new().with_prefix())).await.map_err(|e| call(endpoint, e))?;
+    Ok(resp.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect())
 }
 
 /// Whether `name` may be taken by a `role` host at `address`: free, or

@@ -9,12 +9,14 @@
 //! two voting members being added before either has started; here the
 //! second add cannot happen before the first member is started and voting.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, LockOptions, MemberAddOptions};
 use tokio::time::{sleep, timeout, Instant};
 
-use super::{check_health, connect, Credentials, EtcdError, Member};
+use super::{check_health, connect, Credentials, ErrorKind, EtcdError, Member};
 
 /// The name of the cluster-wide membership lock.
 pub const MEMBERSHIP_LOCK: &str = "/hakube/locks/etcd-membership";
@@ -32,7 +34,10 @@ pub enum MembershipError {
          ({unhealthy}); no master can join until quorum is restored"
     )]
     QuorumLost { healthy: usize, voters: usize, needed: usize, unhealthy: String },
-    #[error("etcd member {name} ({endpoint}) is not healthy: {why}")]
+    #[error(
+        "etcd member {name} ({endpoint}) is not healthy: {why}. Every voting member must be healthy before a \
+         membership change; if {name} is gone for good, remove it with `hakube node remove {name}` on a healthy master"
+    )]
     Unhealthy { name: String, endpoint: String, why: String },
     #[error("etcd member {id:x} ({peer}) was added but has not started: a join in progress, or one that died")]
     Unstarted { id: u64, peer: String },
@@ -40,6 +45,11 @@ pub enum MembershipError {
     LearnerPending { id: u64, peer: String },
     #[error("timed out after {secs}s {what}")]
     Timeout { secs: u64, what: String },
+    #[error(
+        "the etcd membership lock ({key}) was lost (its lease expired: this host was cut off from etcd for too long); \
+         nothing more was changed: run the join again"
+    )]
+    LockLost { key: String },
 }
 
 fn call(endpoint: &str, e: etcd_client::Error) -> EtcdError {
@@ -265,65 +275,175 @@ pub async fn wait_gate(
     }
 }
 
+/// Every call the lock makes is bounded by this (the caller's client may
+/// have no request timeout, so that waiting for the lock itself can last).
+const LOCK_CALL: Duration = Duration::from_secs(5);
+
 /// The cluster lock, held on a kept-alive lease.
+///
+/// Holding it is checked, not assumed: the keeper marks the lock lost when
+/// etcd answers a keep-alive with TTL 0 (the lease expired or was revoked)
+/// or when no keep-alive has succeeded for a whole TTL, and
+/// [`Lock::ensure_held`] (called right before each membership change) also
+/// reads the lock key back: it must still exist on this lock's lease. A
+/// dropped lock stops its keeper and revokes its lease.
 pub struct Lock {
     key: Vec<u8>,
     lease: i64,
+    held: Arc<AtomicBool>,
     keeper: tokio::task::JoinHandle<()>,
+    client: Client,
+    released: bool,
 }
 
 impl Lock {
     /// Waits (bounded) for the membership lock.
     pub async fn acquire(client: &mut Client, endpoint: &str, limit: Duration) -> Result<Lock, MembershipError> {
-        let lease = client.lease_grant(LOCK_TTL_SECS, None).await.map_err(|e| call(endpoint, e))?.id();
-        let keeper_task = tokio::task::spawn({
-            let mut client = client.clone();
-            async move {
-                // Keep the lease alive; when the stream breaks (a leader
-                // change, a member restart), open a new one and go on.
-                loop {
-                    if let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await {
-                        while keeper.keep_alive().await.is_ok() && stream.message().await.ok().flatten().is_some() {
-                            sleep(Duration::from_secs((LOCK_TTL_SECS / 6) as u64)).await;
-                        }
-                    }
-                    sleep(Duration::from_secs(1)).await;
-                }
-            }
-        });
+        Self::acquire_with_ttl(client, endpoint, limit, LOCK_TTL_SECS).await
+    }
+
+    pub async fn acquire_with_ttl(
+        client: &mut Client,
+        endpoint: &str,
+        limit: Duration,
+        ttl: i64,
+    ) -> Result<Lock, MembershipError> {
+        let lease = bounded(endpoint, "granting the lock's lease", client.lease_grant(ttl, None))
+            .await
+            .map_err(|b| unwrap_call(b).map_or_else(|e| e, |e| call(endpoint, e).into()))?
+            .id();
+        let held = Arc::new(AtomicBool::new(true));
+        let keeper = tokio::task::spawn(keep_alive(client.clone(), lease, ttl, held.clone()));
+        let mut lock = Lock { key: vec![], lease, held, keeper, client: client.clone(), released: false };
         match timeout(limit, client.lock(MEMBERSHIP_LOCK, Some(LockOptions::new().with_lease(lease)))).await {
-            Ok(Ok(resp)) => Ok(Lock { key: resp.key().to_vec(), lease, keeper: keeper_task }),
-            Ok(Err(e)) => {
-                keeper_task.abort();
-                let _ = client.lease_revoke(lease).await;
-                Err(call(endpoint, e).into())
+            Ok(Ok(resp)) => {
+                lock.key = resp.key().to_vec();
+                Ok(lock)
             }
-            Err(_) => {
-                keeper_task.abort();
-                let _ = client.lease_revoke(lease).await;
-                Err(MembershipError::Timeout {
-                    secs: limit.as_secs(),
-                    what: format!("waiting for the etcd membership lock {MEMBERSHIP_LOCK} (another master is joining)"),
-                })
+            // Dropping `lock` stops the keeper and revokes the lease.
+            Ok(Err(e)) => Err(call(endpoint, e).into()),
+            Err(_) => Err(MembershipError::Timeout {
+                secs: limit.as_secs(),
+                what: format!("waiting for the etcd membership lock {MEMBERSHIP_LOCK} (another master is joining)"),
+            }),
+        }
+    }
+
+    /// Refuses unless this lock is still held: its lease alive and the lock
+    /// key still on it. Call it right before every membership change (etcd
+    /// has no transaction that spans a member change and a key).
+    pub async fn ensure_held(&self, client: &mut Client, endpoint: &str) -> Result<(), MembershipError> {
+        let lost = || MembershipError::LockLost { key: String::from_utf8_lossy(&self.key).into_owned() };
+        if !self.held.load(Ordering::SeqCst) {
+            return Err(lost());
+        }
+        let resp = bounded(endpoint, "reading the lock key", client.get(self.key.clone(), None))
+            .await
+            .map_err(|b| unwrap_call(b).map_or_else(|e| e, |e| call(endpoint, e).into()))?;
+        match resp.kvs().first() {
+            Some(kv) if kv.lease() == self.lease => Ok(()),
+            _ => {
+                self.held.store(false, Ordering::SeqCst);
+                Err(lost())
             }
         }
     }
 
-    pub async fn release(self, client: &mut Client) {
-        let _ = client.unlock(self.key.clone()).await;
+    /// Unlocks and revokes the lease (bounded; a lease that cannot be
+    /// revoked expires by itself).
+    pub async fn release(mut self, client: &mut Client) {
         self.keeper.abort();
-        let _ = client.lease_revoke(self.lease).await;
+        let _ = timeout(LOCK_CALL, client.unlock(self.key.clone())).await;
+        let _ = timeout(LOCK_CALL, client.lease_revoke(self.lease)).await;
+        self.released = true;
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.keeper.abort();
+        if self.released {
+            return;
+        }
+        // A holder whose future was dropped must not keep the lock for as
+        // long as the process lives: revoke the lease (which deletes the
+        // lock key), in the background when a runtime is still there.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (mut client, lease) = (self.client.clone(), self.lease);
+            rt.spawn(async move {
+                let _ = timeout(LOCK_CALL, client.lease_revoke(lease)).await;
+            });
+        }
+    }
+}
+
+/// Keeps `lease` alive until it is lost: etcd answers TTL 0, or no
+/// keep-alive succeeded for a whole TTL. A broken stream (a leader change,
+/// a member restart) is opened again.
+async fn keep_alive(mut client: Client, lease: i64, ttl: i64, held: Arc<AtomicBool>) {
+    let ttl_span = Duration::from_secs(ttl.max(1) as u64);
+    let every = Duration::from_secs_f64((ttl as f64 / 6.0).max(0.2));
+    let mut last_ok = Instant::now();
+    loop {
+        if let Ok(Ok((mut keeper, mut stream))) = timeout(LOCK_CALL, client.lease_keep_alive(lease)).await {
+            loop {
+                let answer = async {
+                    keeper.keep_alive().await.ok()?;
+                    stream.message().await.ok().flatten()
+                };
+                match timeout(LOCK_CALL, answer).await {
+                    Ok(Some(resp)) if resp.ttl() > 0 => last_ok = Instant::now(),
+                    Ok(Some(_)) => {
+                        held.store(false, Ordering::SeqCst);
+                        return;
+                    }
+                    _ => break,
+                }
+                if last_ok.elapsed() >= ttl_span {
+                    break;
+                }
+                sleep(every).await;
+            }
+        }
+        if last_ok.elapsed() >= ttl_span {
+            held.store(false, Ordering::SeqCst);
+            return;
+        }
+        sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One etcd call, bounded by [`LOCK_CALL`].
+async fn bounded<T>(
+    endpoint: &str,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, Bounded> {
+    match timeout(LOCK_CALL, f).await {
+        Ok(r) => r.map_err(Bounded::Etcd),
+        Err(_) => Err(Bounded::Timeout(MembershipError::Timeout {
+            secs: LOCK_CALL.as_secs(),
+            what: format!("{what} at {endpoint}"),
+        })),
+    }
+}
+
+/// A bounded call's failure: etcd's own error (to classify), or the bound.
+enum Bounded {
+    Etcd(etcd_client::Error),
+    Timeout(MembershipError),
+}
+
+/// `Ok(etcd error)` to look at, or `Err(final error)`.
+fn unwrap_call(b: Bounded) -> Result<etcd_client::Error, MembershipError> {
+    match b {
+        Bounded::Etcd(e) => Ok(e),
+        Bounded::Timeout(e) => Err(e),
     }
 }
 
 /// How long a membership change may wait for etcd to consider itself healthy.
 const RECONFIG_WAIT: Duration = Duration::from_secs(60);
-
-/// Refusals etcd lifts by itself within seconds.
-fn is_transient(e: &etcd_client::Error) -> bool {
-    let s = e.to_string();
-    s.contains("unhealthy cluster") || s.contains("in sync") || s.contains("not ready") || s.contains("leader changed")
-}
 
 /// Adds `peer_url` as a learner unless a member with it exists; returns that
 /// member's id and the membership after the add.
@@ -335,6 +455,7 @@ pub async fn add_learner(
     endpoint: &str,
     peer_url: &str,
     members: Vec<Member>,
+    lock: &Lock,
 ) -> Result<(u64, Vec<Member>), MembershipError> {
     if let Some(m) = members.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)) {
         return Ok((m.id, members));
@@ -345,10 +466,13 @@ pub async fn add_learner(
     // seconds, so wait it out rather than fail.
     let deadline = Instant::now() + RECONFIG_WAIT;
     let resp = loop {
-        match client.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner())).await {
+        lock.ensure_held(client, endpoint).await?;
+        let add = client.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()));
+        match bounded(endpoint, "adding a learner", add).await.map_err(unwrap_call) {
             Ok(r) => break r,
+            Err(Err(e)) => return Err(e),
             // The caller's view lagged: the member is there after all.
-            Err(e) if e.to_string().contains("already exists") => {
+            Err(Ok(e)) if ErrorKind::of(&e) == ErrorKind::MemberExists => {
                 let now = super::members(client, endpoint).await?;
                 if let Some(m) = now.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)) {
                     return Ok((m.id, now));
@@ -357,10 +481,13 @@ pub async fn add_learner(
             }
             // Right after a removal, a member that has not applied it yet
             // answers an add with "member not found"; that settles too.
-            Err(e) if (is_transient(&e) || e.to_string().contains("member not found")) && Instant::now() < deadline => {
+            Err(Ok(e))
+                if (ErrorKind::of(&e).is_transient() || ErrorKind::of(&e) == ErrorKind::MemberNotFound)
+                    && Instant::now() < deadline =>
+            {
                 sleep(Duration::from_millis(250)).await
             }
-            Err(e) => return Err(call(endpoint, e).into()),
+            Err(Ok(e)) => return Err(call(endpoint, e).into()),
         }
     };
     let id = resp.member().map(|m| m.id()).unwrap_or_default();
@@ -368,6 +495,44 @@ pub async fn add_learner(
     // read separately might lag it).
     let after = resp.member_list().iter().map(Member::from).collect();
     Ok((id, after))
+}
+
+/// What a master's etcd join does, decided under the lock from the
+/// membership, the voters' health and this host's data (pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdJoinPlan {
+    /// A voter of this node's peer URL whose data is gone (a reset that
+    /// could not leave etcd): etcd would crash-loop on an empty log under
+    /// that identity, so it is removed first, and the node joins afresh.
+    pub remove_stale: Option<u64>,
+    /// The member of an interrupted join of this host, taken up again.
+    pub reuse: Option<u64>,
+    /// Data of an earlier membership, which etcd would refuse to start on
+    /// as a new member: moved aside.
+    pub move_data_aside: bool,
+}
+
+pub fn plan_etcd_join(
+    members: &[Member],
+    health: &[(Member, Probe)],
+    own_peer: &str,
+    has_data: bool,
+) -> Result<EtcdJoinPlan, String> {
+    let own = members.iter().find(|m| m.peer_urls.iter().any(|u| u == own_peer));
+    match own {
+        Some(m) if !m.is_learner && !has_data => {
+            quorum_after_removal(health, m.id).map_err(|why| {
+                format!(
+                    "etcd still has a voting member {:x} for {own_peer} from this host's earlier life, and removing it \
+                     would cost quorum ({why})",
+                    m.id
+                )
+            })?;
+            Ok(EtcdJoinPlan { remove_stale: Some(m.id), reuse: None, move_data_aside: false })
+        }
+        Some(m) => Ok(EtcdJoinPlan { remove_stale: None, reuse: Some(m.id), move_data_aside: false }),
+        None => Ok(EtcdJoinPlan { remove_stale: None, reuse: None, move_data_aside: has_data }),
+    }
 }
 
 /// `name=peerURL,…` for a member starting with `initial-cluster-state=existing`:
@@ -395,6 +560,7 @@ pub async fn promote_when_ready(
     endpoint: &str,
     id: u64,
     limit: Duration,
+    lock: &Lock,
 ) -> Result<(), MembershipError> {
     let deadline = Instant::now() + limit;
     // The list comes from whichever member the client asks, which may lag
@@ -408,13 +574,17 @@ pub async fn promote_when_ready(
         }
         match found {
             Some(m) if !m.is_learner => return Ok(()),
-            Some(m) if m.started() => match client.member_promote(id).await {
-                Ok(_) => return Ok(()),
-                // "can only promote a learner member which is in sync with leader",
-                // or the cluster's 5 s connectivity check (see add_learner).
-                Err(e) if is_transient(&e) => {}
-                Err(e) => return Err(call(endpoint, e).into()),
-            },
+            Some(m) if m.started() => {
+                lock.ensure_held(client, endpoint).await?;
+                match bounded(endpoint, "promoting the learner", client.member_promote(id)).await.map_err(unwrap_call) {
+                    Ok(_) => return Ok(()),
+                    Err(Err(e)) => return Err(e),
+                    // "can only promote a learner member which is in sync with leader",
+                    // or the cluster's 5 s connectivity check (see add_learner).
+                    Err(Ok(e)) if ErrorKind::of(&e).is_transient() => {}
+                    Err(Ok(e)) => return Err(call(endpoint, e).into()),
+                }
+            }
             Some(_) => {}
             None if absent_since.get_or_insert_with(Instant::now).elapsed() < ABSENCE_GRACE => {}
             None => {
@@ -453,14 +623,19 @@ pub fn quorum_after_removal(health: &[(Member, Probe)], leaving: u64) -> Result<
     }
 }
 
-/// Removes a member, waiting out etcd's connectivity check (see add_learner).
-pub async fn remove_member(client: &mut Client, endpoint: &str, id: u64) -> Result<(), MembershipError> {
+/// Removes a member under `lock`, waiting out etcd's connectivity check
+/// (see add_learner).
+pub async fn remove_member(client: &mut Client, endpoint: &str, id: u64, lock: &Lock) -> Result<(), MembershipError> {
     let deadline = Instant::now() + RECONFIG_WAIT;
     loop {
-        match client.member_remove(id).await {
+        lock.ensure_held(client, endpoint).await?;
+        match bounded(endpoint, "removing a member", client.member_remove(id)).await.map_err(unwrap_call) {
             Ok(_) => return Ok(()),
-            Err(e) if is_transient(&e) && Instant::now() < deadline => sleep(Duration::from_millis(250)).await,
-            Err(e) => return Err(call(endpoint, e).into()),
+            Err(Err(e)) => return Err(e),
+            Err(Ok(e)) if ErrorKind::of(&e).is_transient() && Instant::now() < deadline => {
+                sleep(Duration::from_millis(250)).await
+            }
+            Err(Ok(e)) => return Err(call(endpoint, e).into()),
         }
     }
 }
@@ -492,7 +667,7 @@ pub async fn leave(
                 });
             }
         }
-        remove_member(client, endpoint, me.id).await?;
+        remove_member(client, endpoint, me.id, &lock).await?;
         Ok(Some(me.id))
     }
     .await;
@@ -593,6 +768,34 @@ mod tests {
         let members = [m1.clone(), unstarted];
         let verdict = judge_gate(&members, &health, "https://d:2380", GatePoint::BeforeAdd);
         assert!(matches!(verdict, GateVerdict::Wait(MembershipError::Unstarted { id: 3, .. })), "{verdict:?}");
+    }
+
+    #[test]
+    fn the_etcd_join_plan_covers_each_state_a_host_can_be_in() {
+        let (m1, m2, m3) = (voter(1, "m1", "p1"), voter(2, "m2", "p2"), voter(3, "m3", "p3"));
+        let healthy = |ms: &[&Member]| ms.iter().map(|m| ((*m).clone(), Probe::Healthy)).collect::<Vec<_>>();
+        let members = [m1.clone(), m2.clone(), m3.clone()];
+        // A fresh host: add a learner; data of another life goes aside.
+        let fresh = plan_etcd_join(&members, &healthy(&[&m1, &m2, &m3]), "p4", false).unwrap();
+        assert_eq!(fresh, EtcdJoinPlan { remove_stale: None, reuse: None, move_data_aside: false });
+        assert!(plan_etcd_join(&members, &healthy(&[&m1, &m2, &m3]), "p4", true).unwrap().move_data_aside);
+        // A join interrupted after the add: its learner is taken up again.
+        let learner = m(4, "", "p4", true);
+        let with_learner = [m1.clone(), m2.clone(), m3.clone(), learner];
+        let resumed = plan_etcd_join(&with_learner, &healthy(&[&m1, &m2, &m3]), "p4", false).unwrap();
+        assert_eq!(resumed.reuse, Some(4));
+        // A voter with data of its own: a re-run after promotion.
+        assert_eq!(plan_etcd_join(&members, &healthy(&[&m1, &m2, &m3]), "p3", true).unwrap().reuse, Some(3));
+        // A voter whose data is gone: removed first, if the rest keeps quorum.
+        let mut health = healthy(&[&m1, &m2]);
+        health.push((m3.clone(), Probe::Unhealthy("down".into())));
+        let stale = plan_etcd_join(&members, &health, "p3", false).unwrap();
+        assert_eq!(stale, EtcdJoinPlan { remove_stale: Some(3), reuse: None, move_data_aside: false });
+        let mut health = healthy(&[&m1]);
+        health.push((m2.clone(), Probe::Unhealthy("down".into())));
+        health.push((m3.clone(), Probe::Unhealthy("down".into())));
+        let e = plan_etcd_join(&members, &health, "p3", false).unwrap_err();
+        assert!(e.contains("would cost quorum"), "{e}");
     }
 
     #[test]

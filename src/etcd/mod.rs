@@ -81,7 +81,7 @@ pub async fn check_health(client: &mut Client, endpoint: &str) -> Result<(), Etc
     match client.get("health", None).await {
         Ok(_) => Ok(()),
         // A permission error still proves a quorum answered (etcdctl does the same).
-        Err(e) if e.to_string().contains("permission denied") => Ok(()),
+        Err(e) if ErrorKind::of(&e) == ErrorKind::PermissionDenied => Ok(()),
         Err(e) => Err(EtcdError::Call { endpoint: endpoint.to_owned(), message: e.to_string() }),
     }
 }
@@ -121,4 +121,76 @@ pub async fn members(client: &mut Client, endpoint: &str) -> Result<Vec<Member>,
         .await
         .map_err(|e| EtcdError::Call { endpoint: endpoint.to_owned(), message: e.to_string() })?;
     Ok(resp.members().iter().map(Member::from).collect())
+}
+
+/// What an etcd error means. etcd tells its errors apart by their
+/// descriptions (`rpctypes` in its API: `ErrGRPCMemberNotFound` and the
+/// rest share a few gRPC codes), and its own clients match on those; so
+/// does this, once, here, and the rest of hakube matches on the kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// "etcdserver: unhealthy cluster": a membership change is refused until
+    /// every voter has been connected to the leader for a few seconds.
+    UnhealthyCluster,
+    /// "can only promote a learner member which is in sync with leader".
+    LearnerNotReady,
+    /// "leader changed", "not ready", "too many requests": settles by itself.
+    Busy,
+    /// "member not found".
+    MemberNotFound,
+    /// "peerURL exists" / "member ID already exist".
+    MemberExists,
+    /// "rpc not supported for learner".
+    NotSupportedForLearner,
+    PermissionDenied,
+    Other,
+}
+
+impl ErrorKind {
+    pub fn of(e: &etcd_client::Error) -> ErrorKind {
+        match e {
+            etcd_client::Error::GRpcStatus(s) => ErrorKind::from_description(s.message()),
+            _ => ErrorKind::Other,
+        }
+    }
+
+    fn from_description(desc: &str) -> ErrorKind {
+        let desc = desc.strip_prefix("etcdserver: ").unwrap_or(desc);
+        match desc {
+            "unhealthy cluster" => ErrorKind::UnhealthyCluster,
+            "can only promote a learner member which is in sync with leader" => ErrorKind::LearnerNotReady,
+            "leader changed" | "not ready" | "too many requests" | "request timed out" => ErrorKind::Busy,
+            "member not found" => ErrorKind::MemberNotFound,
+            "peerURL exists" | "member ID already exist" => ErrorKind::MemberExists,
+            "rpc not supported for learner" => ErrorKind::NotSupportedForLearner,
+            d if d.starts_with("permission denied") => ErrorKind::PermissionDenied,
+            _ => ErrorKind::Other,
+        }
+    }
+
+    /// Refusals etcd lifts by itself within seconds.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorKind::UnhealthyCluster | ErrorKind::LearnerNotReady | ErrorKind::Busy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_told_apart_by_etcds_descriptions() {
+        let kind = ErrorKind::from_description;
+        assert_eq!(kind("etcdserver: unhealthy cluster"), ErrorKind::UnhealthyCluster);
+        assert_eq!(
+            kind("etcdserver: can only promote a learner member which is in sync with leader"),
+            ErrorKind::LearnerNotReady
+        );
+        assert_eq!(kind("etcdserver: member not found"), ErrorKind::MemberNotFound);
+        assert_eq!(kind("etcdserver: peerURL exists"), ErrorKind::MemberExists);
+        assert_eq!(kind("etcdserver: rpc not supported for learner"), ErrorKind::NotSupportedForLearner);
+        assert_eq!(kind("etcdserver: permission denied"), ErrorKind::PermissionDenied);
+        assert!(kind("etcdserver: leader changed").is_transient());
+        assert_eq!(kind("something else"), ErrorKind::Other);
+    }
 }

@@ -18,6 +18,13 @@ pub enum FsError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot remove {path}: {source}")]
+    Remove { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{mount} is still mounted inside {path}, which was emptied around it: unmount it \
+         (`umount {mount}`), then remove {path}"
+    )]
+    MountInside { path: PathBuf, mount: PathBuf },
 }
 
 /// A file to be written: the whole of its desired state.
@@ -122,6 +129,52 @@ pub fn apply_files(specs: &[FileSpec]) -> Result<Vec<(PathBuf, FileChange)>, FsE
     Ok(changes)
 }
 
+/// Removes a file or a directory tree without following symlinks and
+/// without crossing into another filesystem: a directory on another device
+/// (a mount point) is neither entered nor removed, and is named in the
+/// error. An absent path is not an error.
+pub fn remove_tree(path: &Path) -> Result<(), FsError> {
+    use std::os::unix::fs::MetadataExt;
+    let err = |p: &Path, source| FsError::Remove { path: p.to_owned(), source };
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(path, e)),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path).map_err(|e| err(path, e));
+    }
+    let device = meta.dev();
+    let mut crossed = vec![];
+    // Depth first, removing each directory once it is empty.
+    fn walk(dir: &Path, device: u64, crossed: &mut Vec<PathBuf>) -> Result<(), FsError> {
+        let err = |p: &Path, source| FsError::Remove { path: p.to_owned(), source };
+        for entry in fs::read_dir(dir).map_err(|e| err(dir, e))? {
+            let entry = entry.map_err(|e| err(dir, e))?;
+            let p = entry.path();
+            let m = fs::symlink_metadata(&p).map_err(|e| err(&p, e))?;
+            if m.is_dir() {
+                if m.dev() != device {
+                    crossed.push(p);
+                    continue;
+                }
+                walk(&p, device, crossed)?;
+                if !crossed.iter().any(|c| c.starts_with(&p)) {
+                    fs::remove_dir(&p).map_err(|e| err(&p, e))?;
+                }
+            } else {
+                fs::remove_file(&p).map_err(|e| err(&p, e))?;
+            }
+        }
+        Ok(())
+    }
+    walk(path, device, &mut crossed)?;
+    if let Some(first) = crossed.first() {
+        return Err(FsError::MountInside { path: path.to_owned(), mount: first.clone() });
+    }
+    fs::remove_dir(path).map_err(|e| err(path, e))
+}
+
 /// Reads a file that may be absent.
 pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
     match fs::read(path) {
@@ -144,6 +197,20 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("key.pem")]);
+    }
+
+    #[test]
+    fn removing_a_tree_never_follows_a_link_out_of_it() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("precious"), "keep").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("var/lib/kubelet");
+        write_atomic(&tree.join("pods/p/volumes/x/data"), b"pod data", 0o644).unwrap();
+        std::os::unix::fs::symlink(outside.path(), tree.join("pods/p/volumes/link")).unwrap();
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        assert_eq!(std::fs::read_to_string(outside.path().join("precious")).unwrap(), "keep");
+        remove_tree(&tree).unwrap(); // already gone: fine
     }
 
     #[test]

@@ -100,6 +100,51 @@ pub fn enter_for_cgroups(paths: &Paths) -> Result<(), MountNsError> {
     mount_machine_cgroups()
 }
 
+/// Unmounts everything mounted at or below `dir` in this mount namespace,
+/// deepest first (lazily, as a busy mount may still have users). Returns
+/// what could not be unmounted.
+pub fn unmount_below(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(unescape)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
+        .into_iter()
+        .filter_map(|p| {
+            nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)
+                .err()
+                .map(|e| format!("cannot unmount {}: {e}", p.display()))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.by_ref().take(3).collect();
+            match u8::from_str_radix(&code, 8) {
+                Ok(b) => out.push(b as char),
+                Err(_) => {
+                    out.push('\\');
+                    out.push_str(&code);
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 const CGROUP_DIR: &str = "/sys/fs/cgroup";
 
 /// One mount of the machine's cgroup tree.
@@ -185,6 +230,12 @@ mod tests {
             ]
         );
         assert_eq!(m[1].flags, MsFlags::MS_NOSUID | MsFlags::MS_RELATIME);
+    }
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(unescape("/var/lib/kubelet/pods/a\\040b"), "/var/lib/kubelet/pods/a b");
+        assert_eq!(unescape("/plain"), "/plain");
     }
 
     #[test]

@@ -105,14 +105,23 @@ impl PidFile {
         if let Some(dir) = path.parent() {
             create_dir_all(dir, 0o755).map_err(std::io::Error::other)?;
         }
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            if e == Errno::EWOULDBLOCK {
-                std::io::Error::other(format!("another agent holds {}", path.display()))
-            } else {
-                e.into()
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        // `holder` probes with a shared lock for a moment: a lock that stays
+        // taken for a second is another agent's.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut lock = loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => break l,
+                Err((f, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                    file = f;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((_, Errno::EWOULDBLOCK)) => {
+                    return Err(std::io::Error::other(format!("another agent holds {}", path.display())))
+                }
+                Err((_, e)) => return Err(e.into()),
             }
-        })?;
+        };
         lock.set_len(0)?;
         lock.rewind()?;
         writeln!(lock, "{}", std::process::id())?;

@@ -16,6 +16,19 @@ pub fn is_running() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
+/// Whether the agent runs as the systemd unit (pure). The unit is the
+/// machine's own `hakube.service`: a simulated host (a root other than `/`)
+/// must never start, stop or remove it.
+pub fn decide(root_is_host: bool, wanted: bool, running: bool) -> Result<bool, String> {
+    match (wanted, running, root_is_host) {
+        (true, true, false) => Err("with a --root other than /, the agent cannot be the machine's hakube.service: \
+             pass --no-systemd (the agent then runs detached)"
+            .into()),
+        (true, true, true) => Ok(true),
+        _ => Ok(false),
+    }
+}
+
 pub fn unit_file(paths: &Paths) -> FileSpec {
     FileSpec::new(paths.systemd_unit(), UNIT, 0o644)
 }
@@ -32,5 +45,20 @@ pub fn systemctl(args: &[&str]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("systemctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_simulated_host_never_takes_the_machines_unit() {
+        assert_eq!(decide(true, true, true), Ok(true));
+        assert_eq!(decide(true, true, false), Ok(false), "systemd is not PID 1: detached");
+        assert_eq!(decide(true, false, true), Ok(false), "--no-systemd");
+        let e = decide(false, true, true).unwrap_err();
+        assert!(e.contains("--no-systemd"), "{e}");
+        assert_eq!(decide(false, false, true), Ok(false));
     }
 }

@@ -29,6 +29,9 @@ use crate::host::clock::now_secs;
 use crate::host::paths::Paths;
 use crate::pki::{self, Ca};
 
+/// Connections served at once; more are closed as they arrive.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Requests a source address may make in a burst, and per second after it.
 const BURST: f64 = 20.0;
 const PER_SECOND: f64 = 5.0;
@@ -112,7 +115,23 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), rate_limit))
         .with_state(ctx)
+}
+
+/// Refuses a source over its rate before any of its body is read.
+async fn rate_limit(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path() != "/healthz" && !ctx.allow(remote.ip()) {
+        let msg = format!("too many requests from {}: wait a few seconds", remote.ip());
+        warn!(target: "audit", %remote, path = %req.uri().path(), decision = "refused", status = 429, reason = %msg, "join");
+        return refuse(StatusCode::TOO_MANY_REQUESTS, msg).into_response();
+    }
+    next.run(req).await
 }
 
 /// Refuses a body whose declared length is over the limit before reading
@@ -133,11 +152,7 @@ async fn refuse_declared_oversize(req: axum::extract::Request, next: axum::middl
 
 /// The master's own binary, for join scripts on bare hosts (they check its
 /// hash). Rate-limited like joins; read once, then served from memory.
-async fn binary(State(ctx): State<Arc<ApiContext>>, Extension(Remote(remote)): Extension<Remote>) -> Response {
-    if !ctx.allow(remote.ip()) {
-        let msg = format!("too many requests from {}: wait a few seconds", remote.ip());
-        return refuse(StatusCode::TOO_MANY_REQUESTS, msg).into_response();
-    }
+async fn binary(State(ctx): State<Arc<ApiContext>>) -> Response {
     if ctx.binary.get().is_none() {
         match tokio::task::spawn_blocking(|| std::env::current_exe().and_then(std::fs::read)).await {
             Ok(Ok(b)) => {
@@ -162,7 +177,7 @@ async fn join(
     let (node, role) = serde_json::from_slice::<JoinRequest>(&body)
         .map(|r| (r.node_name.clone(), r.role.to_string()))
         .unwrap_or_else(|_| ("?".into(), "?".into()));
-    let result = handle_join(&ctx, remote, &body).await;
+    let result = handle_join(&ctx, &body).await;
     match result {
         Ok(resp) => {
             info!(target: "audit", %remote, %node, %role, decision = "accepted", "join");
@@ -175,17 +190,10 @@ async fn join(
     }
 }
 
-async fn handle_join(ctx: &ApiContext, remote: SocketAddr, body: &[u8]) -> Result<JoinResponse, Refusal> {
-    if !ctx.allow(remote.ip()) {
-        return Err(refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("too many requests from {}: wait a few seconds", remote.ip()),
-        ));
-    }
+async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refusal> {
     let req: JoinRequest = serde_json::from_slice(body)
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("the body is not a join request: {e}")))?;
-    let tok: JoinToken =
-        req.token.parse().map_err(|e: crate::config::types::InvalidValue| refuse(StatusCode::BAD_REQUEST, e.0))?;
+    let tok: JoinToken = req.token.clone();
     let name: NodeName =
         req.node_name.parse().map_err(|e: crate::config::types::InvalidValue| refuse(StatusCode::BAD_REQUEST, e.0))?;
     if req.advertise_address.is_unspecified() || req.advertise_address.is_multicast() {
@@ -275,10 +283,15 @@ async fn handle_join(ctx: &ApiContext, remote: SocketAddr, body: &[u8]) -> Resul
         name: name.to_string(),
         role: req.role,
         address: req.advertise_address,
-        joined_at: existing.as_ref().map(|r| r.joined_at).unwrap_or(now),
+        joined_at: now,
         heartbeat_at: now,
     };
-    registry::put(&mut client, &endpoint, &record).await.map_err(unavailable)?;
+    // The check above was a read; the claim is the compare-and-swap that
+    // settles two joins with one name at once.
+    match registry::claim(&mut client, &endpoint, record).await.map_err(unavailable)? {
+        registry::Claim::Claimed(_) => {}
+        registry::Claim::Conflict(msg) => return Err(refuse(StatusCode::CONFLICT, msg)),
+    }
 
     let mut ca_certs = BTreeMap::new();
     for name in ["ca.crt", "etcd/ca.crt", "front-proxy-ca.crt"] {
@@ -319,6 +332,7 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let app = router(ctx);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -332,9 +346,17 @@ pub async fn serve(
                 }
             },
         };
+        // Beyond the cap a connection is closed at once: a flood of idle
+        // connections cannot pile up handshakes and tasks.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(target: "audit", %remote, decision = "refused", reason = "too many connections", "join");
+            drop(tcp);
+            continue;
+        };
         let acceptor = acceptor.clone();
         let app = app.clone().layer(Extension(Remote(remote)));
         tokio::spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {

@@ -5,14 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use http_body_util::{BodyExt, Full};
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio::time::timeout;
 
 use super::tls;
 use super::wire::{ApiError, JoinRequest, JoinResponse};
-use crate::config::{Host, HostPort};
+use crate::config::HostPort;
+use crate::https::{self, HttpsError, Limits, Request};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -47,49 +44,16 @@ async fn request(
 ) -> Result<(u16, Bytes), ClientError> {
     let unreachable = |message: String| ClientError::Unreachable { endpoint: endpoint.to_owned(), message };
     let hp: HostPort = endpoint.parse().map_err(|e: crate::config::types::InvalidValue| unreachable(e.0))?;
-    let server_name = match &hp.host {
-        Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
-        Host::Dns(d) => ServerName::try_from(d.clone()).map_err(|e| unreachable(e.to_string()))?,
-    };
-    let addr = match &hp.host {
-        Host::Ip(ip) => std::net::SocketAddr::new(*ip, hp.port).to_string(),
-        Host::Dns(d) => format!("{d}:{}", hp.port),
-    };
-    let tcp = timeout(Duration::from_secs(5), TcpStream::connect(&addr))
-        .await
-        .map_err(|_| unreachable("no answer within 5s".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(ca_hash)));
-    let stream = timeout(Duration::from_secs(10), connector.connect(server_name, tcp))
-        .await
-        .map_err(|_| unreachable("TLS handshake timed out".into()))?
-        .map_err(|e| {
-            let message = e.to_string();
-            if message.contains("pinned") {
-                ClientError::Pin { endpoint: endpoint.to_owned(), message }
-            } else {
-                unreachable(format!("TLS: {message}"))
-            }
-        })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(conn);
     let method = if body.is_some() { "POST" } else { "GET" };
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", endpoint)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .expect("request builds");
-    let resp = timeout(Duration::from_secs(60), sender.send_request(req))
-        .await
-        .map_err(|_| unreachable("no response within 60s".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
-    Ok((status, bytes))
+    let req = Request { method, path, headers: &[("content-type", "application/json")], body };
+    // Every step bounded, the answer too: a server that stalls mid-body
+    // does not hold a join forever.
+    let limits = Limits { connect: Duration::from_secs(5), exchange: Duration::from_secs(120), max_body: 256 << 20 };
+    match https::request(&hp, Arc::new(tls::client_config(ca_hash)), req, limits).await {
+        Ok(resp) => Ok((resp.status, resp.body)),
+        Err(HttpsError::Untrusted(message)) => Err(ClientError::Pin { endpoint: endpoint.to_owned(), message }),
+        Err(e) => Err(unreachable(e.to_string())),
+    }
 }
 
 /// Asks one endpoint to join.

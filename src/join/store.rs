@@ -24,8 +24,12 @@ pub fn new_record(token: &JoinToken, role: Role, ttl_secs: u64, created_by: &str
     }
 }
 
+/// How long an expired token's record stays, so that a join with it is told
+/// "expired" rather than "unknown" (it is refused either way).
+pub const EXPIRED_KEPT_SECS: u64 = 3600;
+
 /// Stores a token record (and, for masters, its sealed material) on a
-/// lease that ends when the token expires.
+/// lease that ends a while after the token expires.
 pub async fn create(
     client: &mut Client,
     endpoint: &str,
@@ -33,7 +37,7 @@ pub async fn create(
     sealed_material: Option<String>,
 ) -> Result<(), EtcdError> {
     let ttl = record.expires_at.saturating_sub(record.created_at).max(1);
-    let lease = client.lease_grant(ttl as i64, None).await.map_err(|e| call(endpoint, e))?.id();
+    let lease = client.lease_grant((ttl + EXPIRED_KEPT_SECS) as i64, None).await.map_err(|e| call(endpoint, e))?.id();
     let key = format!("{TOKEN_PREFIX}{}", record.id);
     let mut ops = vec![TxnOp::put(
         key,
@@ -41,10 +45,12 @@ pub async fn create(
         Some(PutOptions::new().with_lease(lease)),
     )];
     if let Some(sealed) = sealed_material {
+        // The sealed key material lives exactly as long as the token.
+        let material_lease = client.lease_grant(ttl as i64, None).await.map_err(|e| call(endpoint, e))?.id();
         ops.push(TxnOp::put(
             format!("{MATERIAL_PREFIX}{}", record.id),
             sealed,
-            Some(PutOptions::new().with_lease(lease)),
+            Some(PutOptions::new().with_lease(material_lease)),
         ));
     }
     client.txn(Txn::new().and_then(ops)).await.map_err(|e| call(endpoint, e))?;
@@ -85,7 +91,7 @@ pub async fn record_use(client: &mut Client, endpoint: &str, token: &JoinToken) 
         let resp = client.get(key.as_str(), None).await.map_err(|e| call(endpoint, e))?;
         let Some(kv) = resp.kvs().first() else { return Err(UseError::Gone) };
         let Ok(mut record) = serde_json::from_slice::<TokenRecord>(kv.value()) else { return Err(UseError::Gone) };
-        if record.secret_sha256 != token.secret_hash() {
+        if !super::token::constant_time_eq(record.secret_sha256.as_bytes(), token.secret_hash().as_bytes()) {
             return Err(UseError::Gone);
         }
         record.uses += 1;

@@ -46,6 +46,23 @@ pub fn spki_hash(der: &[u8]) -> Option<String> {
     Some(format!("sha256:{}", crate::pki::hex(digest.as_ref())))
 }
 
+/// The server's chain does not hold the pinned CA.
+#[derive(Debug)]
+pub struct PinMismatch(pub String);
+
+impl std::fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the server's CA does not match the pinned {}: this is not the cluster the script was made for \
+             (or someone is in the middle); the token was not sent",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
 /// Trusts a server only through the CA whose key hash was pinned.
 #[derive(Debug)]
 pub struct PinnedCa {
@@ -70,11 +87,9 @@ impl ServerCertVerifier for PinnedCa {
     ) -> Result<ServerCertVerified, Error> {
         let ca =
             intermediates.iter().find(|c| spki_hash(c).as_deref() == Some(self.hash.as_str())).ok_or_else(|| {
-                Error::General(format!(
-                    "the server's CA does not match the pinned {}: this is not the cluster the script was made for \
-                 (or someone is in the middle); the token was not sent",
-                    self.hash
-                ))
+                Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch(
+                    self.hash.clone(),
+                )))))
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned()).map_err(|e| Error::General(format!("pinned CA: {e}")))?;

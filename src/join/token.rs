@@ -26,7 +26,8 @@ impl Role {
 }
 
 /// A join token `id.secret`. Debug never shows the secret.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct JoinToken {
     pub id: String,
     secret: String,
@@ -50,6 +51,19 @@ impl JoinToken {
 
     pub fn secret_hash(&self) -> String {
         crate::pki::hex(ring::digest::digest(&ring::digest::SHA256, self.secret.as_bytes()).as_ref())
+    }
+}
+
+impl From<JoinToken> for String {
+    fn from(t: JoinToken) -> String {
+        t.reveal()
+    }
+}
+
+impl TryFrom<String> for JoinToken {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        s.parse()
     }
 }
 
@@ -111,7 +125,7 @@ pub enum TokenError {
 }
 
 /// Compares without an early exit, so timing does not tell how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
 }
 

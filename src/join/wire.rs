@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::token::Role;
+use super::token::{JoinToken, Role};
 use crate::config::ClusterSpec;
 use crate::etcd::Member;
 
@@ -15,7 +15,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
-    pub token: String,
+    /// Redacted in `Debug`; on the wire as `id.secret`.
+    pub token: JoinToken,
     pub role: Role,
     pub node_name: String,
     pub advertise_address: IpAddr,
@@ -44,4 +45,29 @@ pub struct JoinResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_request_never_shows_its_secret_in_debug() {
+        let req = JoinRequest {
+            token: "abcdef.0123456789abcdef".parse().unwrap(),
+            role: Role::Worker,
+            node_name: "w1".into(),
+            advertise_address: "10.0.0.21".parse().unwrap(),
+            kubelet_csr: None,
+        };
+        let dbg = format!("{req:?}");
+        assert!(dbg.contains("abcdef") && !dbg.contains("0123456789abcdef"), "{dbg}");
+        // On the wire it is whole, and parses back.
+        let json = serde_json::to_string(&req).unwrap();
+        assert!(json.contains("\"token\":\"abcdef.0123456789abcdef\""), "{json}");
+        let back: JoinRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.token, req.token);
+        let e = serde_json::from_str::<JoinRequest>(&json.replace("abcdef.0123456789abcdef", "nope")).unwrap_err();
+        assert!(e.to_string().contains("a join token has the form"), "{e}");
+    }
 }

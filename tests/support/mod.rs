@@ -80,6 +80,30 @@ impl Host {
         self.root().join("var/lib/hakube/pki").join(name)
     }
 
+    /// Runs `f` on a thread that lives in the host's network namespace: for
+    /// tests that drive the library against the host's etcd.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(format!("/run/netns/{}", self.ns)).expect("the host's namespace");
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("the thread in the namespace")
+        })
+    }
+
+    /// An etcd client of this host's etcd with its `apiserver-etcd-client`
+    /// pair (call inside [`Self::within`]).
+    pub async fn etcd_client(&self, request_timeout: Option<Duration>) -> etcd_client::Client {
+        let creds =
+            hakube::etcd::Credentials::load(&hakube::host::paths::Paths::new(self.root()), "apiserver-etcd-client")
+                .expect("etcd credentials");
+        let endpoint = format!("https://{}:2379", self.addr);
+        hakube::etcd::connect_with(&[endpoint], &creds, Duration::from_secs(5), request_timeout).await.expect("connect")
+    }
+
     /// Runs a command inside the host's namespace.
     pub fn exec(&self, cmd: &str, args: &[&str]) -> Output {
         Command::new("ip")

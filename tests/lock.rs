@@ -1,0 +1,132 @@
+//! The etcd membership lock against real etcd: a lock whose lease is gone is
+//! lost before the next membership change, a dropped lock is released, and
+//! no call waits without bound.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use hakube::etcd::membership::{self, Lock, MembershipError};
+use support::*;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn endpoint(h: &Host) -> String {
+    format!("https://{}:2379", h.addr)
+}
+
+#[test]
+fn a_lock_whose_lease_is_gone_fences_off_the_next_membership_change() {
+    let h = Host::isolated();
+    h.install(&[]);
+    h.within(|| {
+        runtime().block_on(async {
+            let ep = endpoint(&h);
+            let mut client = h.etcd_client(None).await;
+            let lock = Lock::acquire_with_ttl(&mut client, &ep, Duration::from_secs(5), 3).await.unwrap();
+            lock.ensure_held(&mut client, &ep).await.expect("held right after taking it");
+            // The lease ends as it would for a holder cut off for longer
+            // than its TTL: etcd answers the next keep-alive with TTL 0.
+            let leases = client.leases().await.unwrap();
+            for l in leases.leases() {
+                client.lease_revoke(l.id()).await.unwrap();
+            }
+            let e = lock.ensure_held(&mut client, &ep).await.unwrap_err();
+            assert!(matches!(e, MembershipError::LockLost { .. }), "{e}");
+            // And no member is added under a lost lock.
+            let before = hakube::etcd::members(&mut client, &ep).await.unwrap();
+            let e = membership::add_learner(&mut client, &ep, "https://10.9.9.9:2380", before.clone(), &lock)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, MembershipError::LockLost { .. }), "{e}");
+            assert_eq!(hakube::etcd::members(&mut client, &ep).await.unwrap(), before, "membership untouched");
+        })
+    });
+}
+
+#[test]
+fn the_keeper_sees_an_expired_lease_by_itself() {
+    let h = Host::isolated();
+    h.install(&[]);
+    h.within(|| {
+        runtime().block_on(async {
+            let ep = endpoint(&h);
+            let mut client = h.etcd_client(None).await;
+            let lock = Lock::acquire_with_ttl(&mut client, &ep, Duration::from_secs(5), 2).await.unwrap();
+            // Make the lock key vanish without touching the lease: only the
+            // keeper's TTL-0 answer or the key check can tell.
+            let leases = client.leases().await.unwrap();
+            let id = leases.leases()[0].id();
+            client.lease_revoke(id).await.unwrap();
+            // The keeper notices on its next keep-alive (every TTL/6).
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let e = lock.ensure_held(&mut client, &ep).await.unwrap_err();
+            assert!(matches!(e, MembershipError::LockLost { .. }), "{e}");
+        })
+    });
+}
+
+#[test]
+fn a_dropped_lock_is_released_at_once() {
+    let h = Host::isolated();
+    h.install(&[]);
+    h.within(|| {
+        runtime().block_on(async {
+            let ep = endpoint(&h);
+            let mut a = h.etcd_client(None).await;
+            let mut b = h.etcd_client(None).await;
+            {
+                // A holder whose future is dropped (a cancelled join).
+                let _held = Lock::acquire(&mut a, &ep, Duration::from_secs(5)).await.unwrap();
+            }
+            let t = Instant::now();
+            let lock = Lock::acquire(&mut b, &ep, Duration::from_secs(10)).await.expect("the lock is free again");
+            assert!(t.elapsed() < Duration::from_secs(5), "took {:?}: the lease was kept alive", t.elapsed());
+            lock.release(&mut b).await;
+        })
+    });
+}
+
+#[test]
+fn releasing_the_lock_is_bounded_when_etcd_stops_answering() {
+    let h = Host::isolated();
+    h.install(&[]);
+    let etcd_pid = h.state()["components"]["etcd"]["pid"].as_u64().expect("etcd runs").to_string();
+    h.within(|| {
+        runtime().block_on(async {
+            let ep = endpoint(&h);
+            // No request timeout on the client, as for waiting on the lock.
+            let mut client = h.etcd_client(None).await;
+            let lock = Lock::acquire(&mut client, &ep, Duration::from_secs(5)).await.unwrap();
+            sh("kill", &["-STOP", &etcd_pid]);
+            let t = Instant::now();
+            lock.release(&mut client).await;
+            let took = t.elapsed();
+            sh("kill", &["-CONT", &etcd_pid]);
+            assert!(took < Duration::from_secs(15), "release waited {took:?} on a frozen etcd");
+        })
+    });
+}
+
+#[test]
+fn a_promotion_waits_out_a_member_list_that_lags_before_giving_up() {
+    let h = Host::isolated();
+    h.install(&[]);
+    h.within(|| {
+        runtime().block_on(async {
+            let ep = endpoint(&h);
+            let mut client = h.etcd_client(Some(Duration::from_secs(5))).await;
+            let lock = Lock::acquire(&mut client, &ep, Duration::from_secs(5)).await.unwrap();
+            let t = Instant::now();
+            let e = membership::promote_when_ready(&mut client, &ep, 0xdead, Duration::from_secs(60), &lock)
+                .await
+                .unwrap_err();
+            let took = t.elapsed();
+            assert!(e.to_string().contains("disappeared while joining"), "{e}");
+            assert!(took >= Duration::from_secs(9), "absence taken as final after {took:?}");
+            lock.release(&mut client).await;
+        })
+    });
+}
