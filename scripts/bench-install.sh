@@ -200,12 +200,9 @@ bin=""
 
 # shellcheck source=scripts/netns.sh
 source "$script_dir/netns.sh"
-kill_ns_processes() { hakube_stop_ns_processes "$1"; }
+kill_ns_processes() { hakube_netns_stop "$1"; }
 
-new_ns() {
-  ip netns add "$1" || fail "creating network namespace $1"
-  ip -n "$1" link set lo up || fail "bringing up lo in $1"
-}
+new_ns() { hakube_netns_loopback "$1" || fail "setting up network namespace $1"; }
 
 drop_ns() {
   kill_ns_processes "$1"

@@ -113,29 +113,17 @@ ns_exists() {
 build_net() {
   local n=$1 i sw ns
   sw=$(switch_ns)
-  ip netns add "$sw" || fail "creating network namespace $sw"
-  ip -n "$sw" link set lo up || fail "bringing up lo in $sw"
-  ip -n "$sw" link add br0 type bridge ||
-    fail "creating a bridge in $sw (is the bridge kernel module available?)"
-  ip -n "$sw" link set br0 up || fail "bringing up br0 in $sw"
+  hakube_netns_switch "$sw" || fail "setting up the switch namespace $sw"
   for ((i = 1; i <= n; i++)); do
     ns=$(ns_of "$i")
-    ip netns add "$ns" || fail "creating network namespace $ns"
-    ip -n "$ns" link set lo up || fail "bringing up lo in $ns"
-    ip -n "$sw" link add "p$i" type veth peer name eth0 netns "$ns" || fail "creating the veth pair of $ns"
-    ip -n "$sw" link set "p$i" master br0 up || fail "attaching p$i to br0"
-    ip -n "$ns" addr add "$(ip_of "$i")/24" dev eth0 || fail "addressing eth0 in $ns"
-    ip -n "$ns" link set eth0 up || fail "bringing up eth0 in $ns"
-    # Nothing answers beyond the bridge; a default route makes the host look
-    # like a real one to anything that picks its address from it.
-    ip -n "$ns" route replace default dev eth0 || fail "adding a default route in $ns"
+    hakube_netns_host "$ns" "$sw" "p$i" "$(ip_of "$i")/24" || fail "setting up host namespace $ns"
   done
 }
 
 # TERM every process in a namespace, KILL what is left after 10 s.
 # shellcheck source=scripts/netns.sh
 source "$script_dir/netns.sh"
-kill_ns_processes() { hakube_stop_ns_processes "$1"; }
+kill_ns_processes() { hakube_netns_stop "$1"; }
 
 drop_ns() {
   ns_exists "$1" || return 0

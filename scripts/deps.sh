@@ -123,7 +123,9 @@ _hakube_after_etcd_install() {
     _hakube_deps_msg "stopping the etcd that the package's init script started (hakube runs its own)"
     /etc/init.d/etcd stop >/dev/null 2>&1 || true
   fi
-  command -v update-rc.d >/dev/null 2>&1 && update-rc.d etcd disable >/dev/null 2>&1 || true
+  if command -v update-rc.d >/dev/null 2>&1; then
+    update-rc.d etcd disable >/dev/null 2>&1 || true
+  fi
 }
 
 hakube_ensure_needs() {

@@ -128,39 +128,14 @@ agent_alive() {
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q hakube
 }
 
-ensure_switch() {
-  if ! ns_exists "$switch_ns"; then
-    ip netns add "$switch_ns"
-  fi
-  ip -n "$switch_ns" link set lo up
-  if ! ip -n "$switch_ns" link show "$bridge" >/dev/null 2>&1; then
-    ip -n "$switch_ns" link add "$bridge" type bridge ||
-      die "cannot create a bridge in $switch_ns (is the bridge kernel module available?)"
-  fi
-  ip -n "$switch_ns" link set "$bridge" up
-}
+ensure_switch() { hakube_netns_switch "$switch_ns" || die "cannot set up the switch namespace $switch_ns"; }
 
 # add_host NAME IP: namespace hk-NAME whose eth0 (IP/24) is wired to br0.
 # Safe to call again for a host that already exists.
 add_host() {
-  local name=$1 ip=$2 ns port
-  ns=$(ns_of "$name")
-  port=p-$name # the switch-side end; interface names are at most 15 bytes
-  if ! ns_exists "$ns"; then
-    ip netns add "$ns"
-  fi
-  ip -n "$ns" link set lo up
-  if ! ip -n "$switch_ns" link show "$port" >/dev/null 2>&1; then
-    # A half-made pair (say, the switch namespace was deleted) is rebuilt.
-    ip -n "$ns" link del eth0 >/dev/null 2>&1 || true
-    ip -n "$switch_ns" link add "$port" type veth peer name eth0 netns "$ns"
-  fi
-  ip -n "$switch_ns" link set "$port" master "$bridge" up
-  ip -n "$ns" addr replace "$ip/$net_bits" dev eth0
-  ip -n "$ns" link set eth0 up
-  # Kubernetes components pick their node address from the default route and
-  # refuse to start without one. Nothing answers beyond the bridge.
-  ip -n "$ns" route replace default dev eth0
+  local name=$1 ip=$2
+  # The switch-side end is p-NAME (interface names are at most 15 bytes).
+  hakube_netns_host "$(ns_of "$name")" "$switch_ns" "p-$name" "$ip/$net_bits" || die "cannot set up host $name"
   record_host "$name" "$ip"
 }
 
@@ -428,11 +403,11 @@ cmd_status() {
 
 # shellcheck source=scripts/deps.sh
 source "$script_dir/deps.sh"
-
-# TERM every process in a namespace, KILL what is left after 10 s.
 # shellcheck source=scripts/netns.sh
 source "$script_dir/netns.sh"
-kill_ns_processes() { hakube_stop_ns_processes "$1" verbose; }
+
+# TERM every process in a namespace, KILL what is left after 10 s.
+kill_ns_processes() { hakube_netns_stop "$1" verbose; }
 
 # Unmounts whatever is still mounted below the state directory.
 unmount_below() {

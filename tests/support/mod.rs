@@ -48,6 +48,14 @@ pub fn sh(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
 
+/// `scripts/netns.sh ARGS…`: namespaces are set up the one way the sandbox
+/// and the benchmarks set them up.
+fn netns(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/netns.sh");
+    let out = Command::new("bash").arg(script).args(args).output().expect("bash");
+    assert!(out.status.success(), "netns.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn must(cmd: &str, args: &[&str]) {
     let out = sh(cmd, args);
     assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -67,8 +75,7 @@ impl Host {
     /// A host alone, reachable only on its own loopback.
     pub fn isolated() -> Host {
         let ns = unique("hkt");
-        must("ip", &["netns", "add", &ns]);
-        must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        netns(&["loopback", &ns]);
         Host { ns, name: "m1".into(), root: tempfile::tempdir().expect("tempdir"), addr: "127.0.0.1".into() }
     }
 
@@ -323,9 +330,7 @@ pub struct Network {
 impl Network {
     pub fn new() -> Network {
         let switch = unique("hks");
-        must("ip", &["netns", "add", &switch]);
-        must("ip", &["-n", &switch, "link", "add", "br0", "type", "bridge"]);
-        must("ip", &["-n", &switch, "link", "set", "br0", "up"]);
+        netns(&["switch", &switch]);
         let subnet = (std::process::id() % 200) as u8 + NEXT.fetch_add(1, Ordering::SeqCst) as u8 % 50;
         Network { switch, subnet, next_host: AtomicU32::new(11) }
     }
@@ -335,17 +340,9 @@ impl Network {
         let n = self.next_host.fetch_add(1, Ordering::SeqCst);
         let ns = unique("hkt");
         let addr = format!("10.{}.0.{n}", 100 + self.subnet % 100);
-        must("ip", &["netns", "add", &ns]);
-        must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        let (outside, inside) = (format!("v{ns}"), "eth0");
-        let outside = &outside[..outside.len().min(15)];
-        must("ip", &["-n", &self.switch, "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", &ns]);
-        must("ip", &["-n", &self.switch, "link", "set", outside, "master", "br0", "up"]);
-        must("ip", &["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", inside]);
-        must("ip", &["-n", &ns, "link", "set", inside, "up"]);
-        // Kubernetes components pick addresses from the default route and
-        // refuse to start without one; nothing answers beyond the bridge.
-        must("ip", &["-n", &ns, "route", "add", "default", "dev", inside]);
+        let port = format!("v{ns}");
+        let port = &port[..port.len().min(15)];
+        netns(&["host", &ns, &self.switch, port, &format!("{addr}/24")]);
         Host { ns, name: name.into(), root: tempfile::tempdir().expect("tempdir"), addr }
     }
 
