@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod etcd;
+pub mod files;
 pub mod host;
 pub mod https;
 pub mod join;

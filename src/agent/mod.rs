@@ -11,6 +11,7 @@ pub mod facts;
 pub mod images;
 pub mod podnet;
 pub mod probe;
+pub mod settings;
 pub mod state;
 mod supervisor;
 

@@ -181,8 +181,21 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
             for (comp, launch) in observe(&paths, &cfg, &mut versions) {
                 start(comp, launch, &mut senders);
             }
-            // Probes, the join API and the cluster duties start again on
-            // every reload, so they see the current certificates and config.
+            // The election lives as long as the agent (a reload must not
+            // hand the leadership over); the rest starts again on every
+            // reload, so it sees the current certificates and config.
+            let (agent_stop_tx, agent_stop_rx) = watch::channel(false);
+            let (view_tx, view_rx) = watch::channel(crate::cluster::election::View::default());
+            let election = cfg.has(Component::Etcd).then(|| {
+                tokio::task::spawn_local(crate::cluster::election::run(
+                    paths.clone(),
+                    cfg.clone(),
+                    view_tx,
+                    agent_stop_rx,
+                ))
+            });
+            let applied = Rc::new(watch::channel(0i64).0);
+            let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
             let node_tasks = |cfg: &ClusterConfig| {
                 let (stop_tx, stop_rx) = watch::channel(false);
                 for comp in cfg.node.components.iter().copied() {
@@ -190,13 +203,21 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                     let args = (paths.clone(), cfg.clone(), state.clone(), dirty.clone(), stop_rx.clone());
                     tokio::task::spawn_local(probe_loop(comp, prober, args));
                 }
+                let sync = super::settings::run(
+                    paths.clone(),
+                    cfg.clone(),
+                    applied.clone(),
+                    reload_tx.clone(),
+                    stop_rx.clone(),
+                );
+                tokio::task::spawn_local(sync);
                 if cfg.has(Component::Etcd) {
-                    tokio::task::spawn_local(crate::cluster::duties::serve_join_api(
-                        paths.clone(),
-                        cfg.clone(),
-                        stop_rx.clone(),
-                    ));
-                    tokio::task::spawn_local(crate::cluster::duties::run(paths.clone(), cfg.clone(), stop_rx.clone()));
+                    use crate::cluster::{controller, duties};
+                    tokio::task::spawn_local(duties::serve_api(paths.clone(), cfg.clone(), stop_rx.clone()));
+                    let beat = duties::heartbeat(paths.clone(), cfg.clone(), applied.subscribe(), stop_rx.clone());
+                    tokio::task::spawn_local(beat);
+                    let control = controller::run(paths.clone(), cfg.clone(), view_rx.clone(), stop_rx.clone());
+                    tokio::task::spawn_local(control);
                 }
                 if cfg.has(Component::Kubelet) {
                     tokio::task::spawn_local(super::podnet::run(paths.clone(), cfg.clone(), stop_rx));
@@ -209,7 +230,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                 tokio::select! {
                     _ = term.recv() => break,
                     _ = int.recv() => break,
-                    _ = hup.recv() => {
+                    _ = async { tokio::select! { _ = hup.recv() => {}, _ = reload_rx.recv() => {} } } => {
                         match load() {
                             Ok(new) => {
                                 cfg = new;
@@ -252,6 +273,10 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
             // before the etcd they write to.
             info!("stopping components");
             let _ = stop_tx.send(true);
+            let _ = agent_stop_tx.send(true);
+            if let Some(e) = election {
+                let _ = timeout(Duration::from_secs(6), e).await;
+            }
             for (comp, (tx, task)) in senders.into_iter().rev() {
                 let _ = tx.send(None);
                 drop(tx);

@@ -14,11 +14,12 @@ use time::OffsetDateTime;
 
 use crate::agent::control;
 use crate::agent::state::State;
-use crate::config::{self, ClusterConfig, Component, Sources};
-use crate::host::fs::{apply_files, FileChange, FileSpec};
+use crate::cluster::settings;
+use crate::config::{self, ClusterConfig, ClusterSpec, Component, Sources};
+use crate::host::clock::now_secs;
+use crate::host::fs::{apply_files, FileChange};
 use crate::host::paths::Paths;
 use crate::host::{lock, net, systemd};
-use crate::kube::kubeconfig;
 use crate::pki::{self, Decision};
 use crate::preflight;
 use crate::progress::Progress;
@@ -33,8 +34,40 @@ pub struct Request {
     pub timeout: Duration,
 }
 
-/// Merges the sources into the config to install (writes nothing).
-pub fn resolve_config(paths: &Paths, flags: Value, config_file: Option<&PathBuf>) -> anyhow::Result<ClusterConfig> {
+fn settings_client(paths: &Paths, c: &ClusterConfig) -> anyhow::Result<(tokio::runtime::Runtime, etcd_client::Client)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let creds = crate::etcd::Credentials::load(paths, "apiserver-etcd-client")?;
+    let endpoint = c.etcd_client_url();
+    let client = rt
+        .block_on(crate::etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(5)))
+        .with_context(|| {
+            format!("cannot reach this master's etcd at {endpoint} (is the agent running? `hakube status`)")
+        })?;
+    Ok((rt, client))
+}
+
+fn read_settings(paths: &Paths, c: &ClusterConfig) -> anyhow::Result<Option<settings::Settings>> {
+    let (rt, mut client) = settings_client(paths, c)?;
+    Ok(rt.block_on(settings::read(&mut client, &c.etcd_client_url()))?)
+}
+
+/// Compare-and-swap on the revision read: a concurrent change by another
+/// master's install is a conflict, told, not overwritten.
+fn write_settings(paths: &Paths, c: &ClusterConfig, expected: i64) -> anyhow::Result<i64> {
+    let (rt, mut client) = settings_client(paths, c)?;
+    let by = c.node.name.as_str();
+    Ok(rt.block_on(settings::write(&mut client, &c.etcd_client_url(), &c.cluster, expected, by, now_secs()))?)
+}
+
+/// Merges the sources into the config to install (writes nothing). On a
+/// re-run, `cluster` is the cluster-wide settings as etcd has them: the
+/// options given apply over those, not over this host's copy.
+pub fn resolve_config(
+    paths: &Paths,
+    flags: Value,
+    config_file: Option<&PathBuf>,
+    cluster: Option<&ClusterSpec>,
+) -> anyhow::Result<ClusterConfig> {
     let file = match config_file {
         Some(path) => {
             let v = config::read_file(path)?.with_context(|| format!("--config {}: no such file", path.display()))?;
@@ -42,7 +75,10 @@ pub fn resolve_config(paths: &Paths, flags: Value, config_file: Option<&PathBuf>
         }
         None => None,
     };
-    let installed = config::read_file(&paths.config_file())?;
+    let mut installed = config::read_file(&paths.config_file())?;
+    if let (Some(Value::Mapping(tree)), Some(spec)) = (installed.as_mut(), cluster) {
+        tree.insert("cluster".into(), serde_yaml::to_value(spec)?);
+    }
     Ok(config::resolve(Sources {
         installed,
         file,
@@ -52,36 +88,28 @@ pub fn resolve_config(paths: &Paths, flags: Value, config_file: Option<&PathBuf>
     })?)
 }
 
-/// Every file of a master, planned; nothing is written.
-pub struct Plan {
-    pub files: Vec<FileSpec>,
-    pub backups: Vec<FileSpec>,
-    pub decisions: Vec<(String, Decision)>,
-}
-
-pub fn plan(paths: &Paths, c: &ClusterConfig, with_unit: bool) -> anyhow::Result<Plan> {
-    let now = OffsetDateTime::now_utc();
-    let pki_plan = pki::plan(paths, c, now)?;
-    let ca = pki_plan.ca("ca").expect("the plan holds the cluster CA");
-    let (kc_files, kc_decisions) = kubeconfig::plan(paths, c, ca, now)?;
-    let mut files = pki_plan.files;
-    files.extend(kc_files);
-    if with_unit {
-        files.push(systemd::unit_file(paths));
-    }
-    // The config goes last: its presence tells a re-run that everything it
-    // names was written, so an interrupted write is simply done again.
-    files.push(FileSpec::new(paths.config_file(), c.to_yaml(), 0o644));
-    let mut decisions = pki_plan.decisions;
-    decisions.extend(kc_decisions);
-    Ok(Plan { files, backups: pki_plan.backups, decisions })
-}
-
 pub fn run(req: Request) -> anyhow::Result<()> {
     let progress = Progress::new("install");
     let paths = &req.paths;
     let _lock = lock::lock_root(paths.root())?;
-    let c = resolve_config(paths, req.flags, req.config_file.as_ref())?;
+    // A re-run: the cluster-wide settings are the record in etcd.
+    let changes_cluster = req.flags.get("cluster").is_some() || req.config_file.is_some();
+    let record = match config::load_installed(&paths.config_file())? {
+        Some(installed) if installed.has(Component::Etcd) => {
+            match progress.phase("reading the cluster-wide settings", || read_settings(paths, &installed)) {
+                Ok(r) => r,
+                Err(e) if changes_cluster => {
+                    return Err(e.context("the cluster-wide settings live in etcd, which must answer to change them"))
+                }
+                Err(e) => {
+                    progress.note(format!("  going on with this host's copy of the cluster-wide settings ({e:#})"));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let c = resolve_config(paths, req.flags, req.config_file.as_ref(), record.as_ref().map(|r| &r.spec))?;
     if !c.has(Component::Etcd) {
         bail!("install sets up a master, which runs etcd: add etcd to --components (workers join with `hakube node-join-script`)");
     }
@@ -101,7 +129,18 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
 
-    let plan = progress.phase("planning certificates and files", || plan(paths, &c, use_systemd))?;
+    if let Some(r) = &record {
+        if r.spec != c.cluster {
+            // For the tests of concurrent re-runs: hold the window between
+            // reading the record and writing it open.
+            if std::env::var("HAKUBE_FAULT").as_deref() == Ok("slow-settings-write") {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            let rev = progress.phase("changing the cluster-wide settings", || write_settings(paths, &c, r.revision))?;
+            progress.note(format!("  revision {rev}: every node converges on it (`hakube status` shows which have)"));
+        }
+    }
+    let plan = progress.phase("planning certificates and files", || crate::files::plan(paths, &c, use_systemd))?;
     for (name, d) in plan.decisions.iter().filter(|(_, d)| *d != Decision::Keep) {
         progress.note(format!("  {name}: {d}"));
     }
@@ -172,7 +211,7 @@ pub fn summary(progress: &Progress, paths: &Paths, c: &ClusterConfig, state: &St
 pub fn generate_certs(paths: &Paths, flags: Value, config_file: Option<&PathBuf>) -> anyhow::Result<()> {
     let progress = Progress::new("certs");
     let _lock = lock::lock_root(paths.root())?;
-    let c = resolve_config(paths, flags, config_file)?;
+    let c = resolve_config(paths, flags, config_file, None)?;
     let plan = progress.phase("planning certificates", || pki::plan(paths, &c, OffsetDateTime::now_utc()))?;
     progress.phase("writing certificates", || -> anyhow::Result<()> {
         crate::host::fs::create_dir_all(&paths.pki_dir(), 0o700)?;

@@ -218,7 +218,7 @@ fn join_master(
 /// Writes the config and every planned file of a master (its leaves are
 /// issued here, by the CAs just written).
 fn write_node_files(paths: &Paths, c: &ClusterConfig) -> anyhow::Result<()> {
-    let plan = install::plan(paths, c, c.node.systemd)?;
+    let plan = crate::files::plan(paths, c, c.node.systemd)?;
     if c.has(Component::Etcd) {
         create_dir_all(&paths.etcd_data_dir(), 0o700)?;
     }

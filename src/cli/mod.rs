@@ -7,6 +7,7 @@ pub mod install;
 pub mod join;
 pub mod node;
 pub mod reset;
+pub mod show_config;
 pub mod status;
 pub mod tokens;
 mod words;
@@ -150,6 +151,8 @@ pub struct JoinArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
+    /// Print this node's effective config, and where each value comes from.
+    Print,
     /// Print the default cluster config (node name and address are detected at install).
     PrintDefaults,
 }
@@ -173,9 +176,12 @@ pub struct InstallArgs {
     /// External TCP load balancer for the API servers; the port defaults to 6443.
     #[arg(long, value_name = "HOST:PORT")]
     pub load_balancer_address: Option<HostPort>,
-    /// Keep workloads off the masters.
-    #[arg(long)]
-    pub taint_control_plane: bool,
+    /// Keep workloads off the masters (`=false` takes it back).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub taint_control_plane: Option<bool>,
+    /// How long a node may be lost before it is purged (e.g. 20m, 1h, never).
+    #[arg(long, value_name = "DURATION|never")]
+    pub lost_node_toleration: Option<crate::config::Toleration>,
     /// This host's address for etcd and the API server (default: the default route's).
     #[arg(long, value_name = "IP")]
     pub advertise_address: Option<IpAddr>,
@@ -235,8 +241,11 @@ impl InstallArgs {
         if let Some(lb) = &self.load_balancer_address {
             set("cluster", "loadBalancerAddress", lb.to_string().into());
         }
-        if self.taint_control_plane {
-            set("cluster", "taintControlPlane", Value::Bool(true));
+        if let Some(t) = self.taint_control_plane {
+            set("cluster", "taintControlPlane", Value::Bool(t));
+        }
+        if let Some(t) = self.lost_node_toleration {
+            set("cluster", "lostNodeToleration", t.to_string().into());
         }
         if !self.cert_sans.is_empty() {
             set("cluster", "certSans", self.cert_sans.iter().map(|s| Value::from(s.as_str())).collect());
@@ -374,6 +383,10 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             // unsharing thread's.
             crate::host::mountns::isolate(&paths)?;
             runtime()?.block_on(crate::agent::run(paths))?;
+            Ok(0)
+        }
+        Command::Config(ConfigCommand::Print) => {
+            print!("{}", crate::cli::show_config::print(&paths)?);
             Ok(0)
         }
         Command::Config(ConfigCommand::PrintDefaults) => {

@@ -18,8 +18,24 @@ pub struct Report {
     pub agent_pid: Option<u32>,
     pub components: Vec<(String, ComponentState)>,
     pub etcd: Option<EtcdReport>,
+    /// The cluster as a whole, as a master sees it in etcd.
+    pub cluster: Option<ClusterReport>,
     pub healthy: bool,
     pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterReport {
+    /// The elected leader of the masters' agents.
+    pub leader: Option<String>,
+    pub settings: Option<crate::config::ClusterSpec>,
+    pub settings_revision: i64,
+    pub settings_written_by: String,
+    /// Every registered node, with its last heartbeat and the settings
+    /// revision it runs.
+    pub nodes: Vec<crate::cluster::registry::NodeRecord>,
+    /// Nodes not yet on the current settings revision.
+    pub not_converged: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,14 +110,41 @@ pub async fn gather(paths: &Paths) -> anyhow::Result<Report> {
             problems.push(format!("etcd at {} is unhealthy: {}", e.endpoint, e.error.as_deref().unwrap_or("")));
         }
     }
+    let cluster = match &etcd {
+        Some(e) if e.healthy => probe_cluster(paths, &c).await.ok(),
+        _ => None,
+    };
     Ok(Report {
         node: c.node.name.to_string(),
         root: paths.root().display().to_string(),
         agent_pid,
         components,
         etcd,
+        cluster,
         healthy: problems.is_empty(),
         problems,
+    })
+}
+
+async fn probe_cluster(paths: &Paths, c: &ClusterConfig) -> Result<ClusterReport, String> {
+    let endpoint = c.etcd_client_url();
+    let creds = etcd::Credentials::load(paths, "apiserver-etcd-client").map_err(|e| e.to_string())?;
+    let mut client = etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(3))
+        .await
+        .map_err(|e| e.to_string())?;
+    let leader = crate::cluster::election::leader(&mut client, &endpoint).await.map_err(|e| e.to_string())?;
+    let settings = crate::cluster::settings::read(&mut client, &endpoint).await.map_err(|e| e.to_string())?;
+    let mut nodes = crate::cluster::registry::list(&mut client, &endpoint).await.map_err(|e| e.to_string())?;
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let revision = settings.as_ref().map(|s| s.revision).unwrap_or(0);
+    let not_converged = nodes.iter().filter(|n| n.settings_revision != revision).map(|n| n.name.clone()).collect();
+    Ok(ClusterReport {
+        leader,
+        settings_revision: revision,
+        settings_written_by: settings.as_ref().map(|s| s.written_by.clone()).unwrap_or_default(),
+        settings: settings.map(|s| s.spec),
+        nodes,
+        not_converged,
     })
 }
 
@@ -199,6 +242,35 @@ pub fn render(r: &Report) -> String {
         }
         for w in &e.warnings {
             out.push_str(&format!("  warning: {w}\n"));
+        }
+    }
+    if let Some(cl) = &r.cluster {
+        out.push_str(&format!("cluster: leader {}\n", cl.leader.as_deref().unwrap_or("(none elected)")));
+        if let Some(s) = &cl.settings {
+            out.push_str(&format!(
+                "  settings revision {} (written by {}): ha {}, load-balancer-address {}, taint-control-plane {}, lost-node-toleration {}\n",
+                cl.settings_revision,
+                cl.settings_written_by,
+                s.ha,
+                s.load_balancer_address.as_ref().map(ToString::to_string).unwrap_or_else(|| "none".into()),
+                s.taint_control_plane,
+                s.lost_node_toleration,
+            ));
+        }
+        let now = crate::host::clock::now_secs();
+        for n in &cl.nodes {
+            let lag = if n.settings_revision == cl.settings_revision {
+                String::new()
+            } else {
+                format!("  NOT CONVERGED (runs revision {})", n.settings_revision)
+            };
+            out.push_str(&format!(
+                "  node {:<16} {:<7} {:<15} heartbeat {}s ago{lag}\n",
+                n.name,
+                n.role.to_string(),
+                n.address.to_string(),
+                now.saturating_sub(n.heartbeat_at)
+            ));
         }
     }
     if r.healthy {

@@ -25,9 +25,14 @@ pub fn fold(args: &mut InstallArgs) -> Result<(), clap::Error> {
     if words.is_empty() {
         return Ok(());
     }
-    let known: Vec<(String, bool)> = Words::command()
+    // (name, takes a value, the value may be left out: `taint-control-plane`
+    // alone means `=true`)
+    let known: Vec<(String, bool, bool)> = Words::command()
         .get_arguments()
-        .filter_map(|a| Some((a.get_long()?.to_owned(), a.get_action().takes_values())))
+        .filter_map(|a| {
+            let optional = a.get_num_args().is_some_and(|n| n.min_values() == 0);
+            Some((a.get_long()?.to_owned(), a.get_action().takes_values(), optional))
+        })
         .collect();
     let mut flags: Vec<OsString> = Vec::new();
     for word in &words {
@@ -35,10 +40,10 @@ pub fn fold(args: &mut InstallArgs) -> Result<(), clap::Error> {
             Some((n, v)) => (n, Some(v)),
             None => (word.as_str(), None),
         };
-        let Some((_, takes_value)) = known.iter().find(|(k, _)| k == name) else {
+        let Some((_, takes_value, optional)) = known.iter().find(|(k, _, _)| k == name) else {
             let nearest = known
                 .iter()
-                .map(|(k, _)| (strsim::jaro_winkler(name, k), k))
+                .map(|(k, _, _)| (strsim::jaro_winkler(name, k), k))
                 .max_by(|a, b| a.0.total_cmp(&b.0))
                 .filter(|(score, _)| *score > 0.7)
                 .map(|(_, k)| format!(" (did you mean `{k}`?)"))
@@ -50,6 +55,7 @@ pub fn fold(args: &mut InstallArgs) -> Result<(), clap::Error> {
         };
         match (takes_value, value) {
             (true, Some(v)) => flags.push(format!("--{name}={v}").into()),
+            (true, None) if *optional => flags.push(format!("--{name}").into()),
             (true, None) => return Err(err(format!("word `{name}` needs a value: write {name}=VALUE"))),
             (false, None) => flags.push(format!("--{name}").into()),
             (false, Some(_)) => return Err(err(format!("word `{name}` takes no value: write just {name}"))),
@@ -73,7 +79,8 @@ fn merge(a: &mut InstallArgs, w: InstallArgs) -> Result<(), clap::Error> {
         }
     }
     a.ha |= w.ha;
-    a.taint_control_plane |= w.taint_control_plane;
+    one("taint-control-plane", &mut a.taint_control_plane, w.taint_control_plane)?;
+    one("lost-node-toleration", &mut a.lost_node_toleration, w.lost_node_toleration)?;
     a.no_systemd |= w.no_systemd;
     one("load-balancer-address", &mut a.load_balancer_address, w.load_balancer_address)?;
     one("advertise-address", &mut a.advertise_address, w.advertise_address)?;
@@ -104,6 +111,20 @@ mod tests {
             Command::Install(a) => Ok(*a),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_setting_can_be_turned_off_by_word_or_flag() {
+        let on = install(&["install", "taint-control-plane"]).unwrap();
+        assert_eq!(on.taint_control_plane, Some(true));
+        let off = install(&["install", "taint-control-plane=false"]).unwrap();
+        assert_eq!(off.taint_control_plane, Some(false));
+        let flag = install(&["install", "--taint-control-plane=false"]).unwrap();
+        assert_eq!(flag.flags_tree(), off.flags_tree());
+        let t = install(&["install", "lost-node-toleration=20s"]).unwrap();
+        assert_eq!(serde_yaml::to_string(&t.flags_tree()).unwrap(), "cluster:\n  lostNodeToleration: 20s\n");
+        let e = install(&["install", "taint-control-plane=maybe"]).unwrap_err();
+        assert!(e.contains("maybe"), "{e}");
     }
 
     #[test]
@@ -143,6 +164,8 @@ mod tests {
         assert!(e.contains("needs a value"), "{e}");
         let e = install(&["install", "ha=yes"]).unwrap_err();
         assert!(e.contains("takes no value"), "{e}");
+        let e = install(&["install", "lost-node-toleration=1day"]).unwrap_err();
+        assert!(e.contains("write a duration such as 20s"), "{e}");
         let e = install(&["install", "load-balancer-address=https://lb:6443"]).unwrap_err();
         assert!(e.contains("has a scheme"), "{e}");
         let e = install(&["install", "load-balancer-address=a:1", "--load-balancer-address", "b:1"]).unwrap_err();

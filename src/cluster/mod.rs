@@ -2,8 +2,12 @@
 //! masters' agents perform for every node (serving joins, heartbeats,
 //! removing stalled learners).
 
+pub mod controller;
 pub mod duties;
+pub mod election;
 pub mod registry;
+pub mod settings;
+pub mod taints;
 
 use std::fmt;
 

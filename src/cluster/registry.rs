@@ -18,6 +18,9 @@ pub struct NodeRecord {
     pub address: IpAddr,
     pub joined_at: u64,
     pub heartbeat_at: u64,
+    /// The revision of the cluster-wide settings the node last applied.
+    #[serde(default)]
+    pub settings_revision: i64,
 }
 
 pub async fn get(client: &mut Client, endpoint: &str, name: &str) -> Result<Option<NodeRecord>, EtcdError> {
@@ -86,6 +89,30 @@ pub async fn claim(client: &mut Client, endpoint: &str, mut record: NodeRecord) 
     })
 }
 
+/// Changes a node's record with `f`, by compare-and-swap; `None` when the
+/// node has no record (never joined, or removed).
+pub async fn update(
+    client: &mut Client,
+    endpoint: &str,
+    name: &str,
+    mut f: impl FnMut(&mut NodeRecord),
+) -> Result<Option<NodeRecord>, EtcdError> {
+    let k = key(name);
+    for _ in 0..10 {
+        let resp = client.get(k.as_str(), None).await.map_err(|e| call(endpoint, e))?;
+        let Some(kv) = resp.kvs().first() else { return Ok(None) };
+        let Ok(mut record) = serde_json::from_slice::<NodeRecord>(kv.value()) else { return Ok(None) };
+        f(&mut record);
+        let put = TxnOp::put(k.as_str(), serde_json::to_vec(&record).expect("record serializes"), None);
+        let txn =
+            Txn::new().when([Compare::mod_revision(k.as_str(), CompareOp::Equal, kv.mod_revision())]).and_then([put]);
+        if client.txn(txn).await.map_err(|e| call(endpoint, e))?.succeeded() {
+            return Ok(Some(record));
+        }
+    }
+    Err(EtcdError::Call { endpoint: endpoint.to_owned(), message: format!("the record of {name} kept changing") })
+}
+
 pub async fn delete(client: &mut Client, endpoint: &str, name: &str) -> Result<(), EtcdError> {
     client.delete(key(name), None).await.map_err(|e| call(endpoint, e))?;
     Ok(())
@@ -121,6 +148,7 @@ mod tests {
             address: "10.0.0.11".parse().unwrap(),
             joined_at: 0,
             heartbeat_at: 0,
+            settings_revision: 0,
         };
         assert_eq!(name_conflict(Some(&m1), m1.address, Role::Master), None, "a re-run of its own join");
         assert!(name_conflict(Some(&m1), "10.0.0.12".parse().unwrap(), Role::Master).is_some());

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
-pub use types::{CertSan, Cidr, Component, Host, HostPort, KeyAlgorithm, NodeName};
+pub use types::{CertSan, Cidr, Component, Host, HostPort, KeyAlgorithm, NodeName, Toleration};
 
 pub const API_VERSION: &str = "hakube.io/v1alpha1";
 pub const KIND: &str = "ClusterConfig";
@@ -55,6 +55,14 @@ pub struct ClusterSpec {
     pub dns_domain: String,
     pub cert_sans: Vec<CertSan>,
     pub key_algorithm: KeyAlgorithm,
+    /// How long a node may be lost (its heartbeat and its Kubernetes signal
+    /// both stale) before the elected agent purges it; `never` to keep it.
+    #[serde(default = "default_toleration")]
+    pub lost_node_toleration: Toleration,
+}
+
+fn default_toleration() -> Toleration {
+    Toleration::After(std::time::Duration::from_secs(3600))
 }
 
 /// How this node's etcd member starts: `new` for the first master, `existing`
@@ -161,6 +169,7 @@ cluster:
   dnsDomain: cluster.local
   certSans: []
   keyAlgorithm: ecdsa-p256
+  lostNodeToleration: 1h
 node:
   components: [etcd, containerd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet]
   systemd: true

@@ -283,6 +283,85 @@ impl FromStr for Cidr {
     }
 }
 
+/// How long a node may be lost before it is purged: a duration (`90s`,
+/// `20m`, `1h`, `2h30m`) or `never`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Toleration {
+    After(std::time::Duration),
+    Never,
+}
+
+impl fmt::Display for Toleration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Toleration::Never => f.write_str("never"),
+            Toleration::After(d) => {
+                let s = d.as_secs();
+                let (h, m, sec) = (s / 3600, s % 3600 / 60, s % 60);
+                let mut out = String::new();
+                if h > 0 {
+                    out.push_str(&format!("{h}h"));
+                }
+                if m > 0 {
+                    out.push_str(&format!("{m}m"));
+                }
+                if sec > 0 || out.is_empty() {
+                    out.push_str(&format!("{sec}s"));
+                }
+                f.write_str(&out)
+            }
+        }
+    }
+}
+
+impl From<Toleration> for String {
+    fn from(v: Toleration) -> String {
+        v.to_string()
+    }
+}
+
+impl TryFrom<String> for Toleration {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        s.parse()
+    }
+}
+
+impl FromStr for Toleration {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        let bad = || {
+            invalid(format!(
+                "{s:?} is not a toleration: write a duration such as 20s, 15m, 1h or 1h30m, or `never` to never purge"
+            ))
+        };
+        if s == "never" {
+            return Ok(Toleration::Never);
+        }
+        let mut total = 0u64;
+        let mut num = String::new();
+        for c in s.chars() {
+            if c.is_ascii_digit() {
+                num.push(c);
+                continue;
+            }
+            let n: u64 = num.parse().map_err(|_| bad())?;
+            num.clear();
+            total += n * match c {
+                'h' => 3600,
+                'm' => 60,
+                's' => 1,
+                _ => return Err(bad()),
+            };
+        }
+        if !num.is_empty() || total == 0 {
+            return Err(bad());
+        }
+        Ok(Toleration::After(std::time::Duration::from_secs(total)))
+    }
+}
+
 /// Which key type new keys get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -412,6 +491,19 @@ mod tests {
         for (input, want) in cases {
             let err = input.parse::<HostPort>().unwrap_err().to_string();
             assert!(err.contains(want), "{input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn tolerations_read_as_users_write_them() {
+        for (input, secs) in [("20s", 20), ("15m", 900), ("1h", 3600), ("1h30m", 5400), ("2h0m5s", 7205)] {
+            assert_eq!(input.parse::<Toleration>().unwrap(), Toleration::After(std::time::Duration::from_secs(secs)));
+        }
+        assert_eq!("never".parse::<Toleration>().unwrap(), Toleration::Never);
+        assert_eq!("1h30m".parse::<Toleration>().unwrap().to_string(), "1h30m");
+        for bad in ["", "0s", "1d", "h", "10", "-5m", "1 h", "forever"] {
+            let e = bad.parse::<Toleration>().unwrap_err().to_string();
+            assert!(e.contains("write a duration such as 20s"), "{bad:?}: {e}");
         }
     }
 

@@ -313,7 +313,7 @@ impl Lock {
             .map_err(|b| unwrap_call(b).map_or_else(|e| e, |e| call(endpoint, e).into()))?
             .id();
         let held = Arc::new(AtomicBool::new(true));
-        let keeper = tokio::task::spawn(keep_alive(client.clone(), lease, ttl, held.clone()));
+        let keeper = tokio::task::spawn(super::lease::keep_alive(client.clone(), lease, ttl, held.clone()));
         let mut lock = Lock { key: vec![], lease, held, keeper, client: client.clone(), released: false };
         match timeout(limit, client.lock(MEMBERSHIP_LOCK, Some(LockOptions::new().with_lease(lease)))).await {
             Ok(Ok(resp)) => {
@@ -374,42 +374,6 @@ impl Drop for Lock {
                 let _ = timeout(LOCK_CALL, client.lease_revoke(lease)).await;
             });
         }
-    }
-}
-
-/// Keeps `lease` alive until it is lost: etcd answers TTL 0, or no
-/// keep-alive succeeded for a whole TTL. A broken stream (a leader change,
-/// a member restart) is opened again.
-async fn keep_alive(mut client: Client, lease: i64, ttl: i64, held: Arc<AtomicBool>) {
-    let ttl_span = Duration::from_secs(ttl.max(1) as u64);
-    let every = Duration::from_secs_f64((ttl as f64 / 6.0).max(0.2));
-    let mut last_ok = Instant::now();
-    loop {
-        if let Ok(Ok((mut keeper, mut stream))) = timeout(LOCK_CALL, client.lease_keep_alive(lease)).await {
-            loop {
-                let answer = async {
-                    keeper.keep_alive().await.ok()?;
-                    stream.message().await.ok().flatten()
-                };
-                match timeout(LOCK_CALL, answer).await {
-                    Ok(Some(resp)) if resp.ttl() > 0 => last_ok = Instant::now(),
-                    Ok(Some(_)) => {
-                        held.store(false, Ordering::SeqCst);
-                        return;
-                    }
-                    _ => break,
-                }
-                if last_ok.elapsed() >= ttl_span {
-                    break;
-                }
-                sleep(every).await;
-            }
-        }
-        if last_ok.elapsed() >= ttl_span {
-            held.store(false, Ordering::SeqCst);
-            return;
-        }
-        sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -1,5 +1,6 @@
 //! Talking to etcd over mutual TLS: health and membership.
 
+pub mod lease;
 pub mod membership;
 
 use std::time::Duration;

@@ -20,8 +20,9 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use super::store;
+use super::tls;
 use super::token::{self, JoinToken, Role, TokenError};
-use super::wire::{ApiError, JoinRequest, JoinResponse, MAX_BODY};
+use super::wire::{ApiError, Heartbeat, JoinRequest, JoinResponse, MasterView, NodeView, MAX_BODY};
 use crate::cluster::registry::{self, NodeRecord};
 use crate::config::{ClusterConfig, NodeName};
 use crate::etcd::{self, membership, Credentials};
@@ -108,11 +109,18 @@ fn refuse(status: StatusCode, msg: impl Into<String>) -> Refusal {
 #[derive(Clone, Copy)]
 struct Remote(SocketAddr);
 
+/// The node a connection's client certificate names (verified against the
+/// cluster CA during the handshake), if it presented one.
+#[derive(Clone)]
+struct Peer(Option<String>);
+
 pub fn router(ctx: Arc<ApiContext>) -> Router {
     Router::new()
         .route("/v1/join", post(join))
         .route("/v1/binary", get(binary))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/node/cluster", get(node_cluster))
+        .route("/v1/node/heartbeat", post(node_heartbeat))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), rate_limit))
@@ -285,6 +293,7 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
         address: req.advertise_address,
         joined_at: now,
         heartbeat_at: now,
+        settings_revision: 0,
     };
     // The check above was a read; the claim is the compare-and-swap that
     // settles two joins with one name at once.
@@ -306,14 +315,106 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
         .filter_map(|m| m.client_urls.first())
         .filter_map(|u| host_of_url(u).map(|h| format!("{h}:{port}")))
         .collect();
-    Ok(JoinResponse {
-        cluster: ctx.config.cluster.clone(),
-        ca_certs,
-        sealed_material,
-        kubelet_cert,
-        etcd_members: members,
-        join_endpoints,
+    // The cluster-wide settings as they are now, not as this master's copy
+    // has them (it may lag a change made on another master).
+    let cluster = match crate::cluster::settings::read(&mut client, &endpoint).await {
+        Ok(Some(s)) => s.spec,
+        Ok(None) => ctx.config.cluster.clone(),
+        Err(e) => {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("this master cannot read the cluster's settings: {e}"),
+            ))
+        }
+    };
+    Ok(JoinResponse { cluster, ca_certs, sealed_material, kubelet_cert, etcd_members: members, join_endpoints })
+}
+
+/// The node endpoints want a node's certificate.
+fn node_of(peer: Option<String>, remote: SocketAddr, path: &str) -> Result<String, Refusal> {
+    peer.ok_or_else(|| {
+        let msg = "this endpoint is for the cluster's nodes: present the node's client certificate";
+        warn!(target: "audit", %remote, %path, decision = "refused", status = 401, reason = msg, "node");
+        refuse(StatusCode::UNAUTHORIZED, msg)
     })
+}
+
+/// `GET /v1/node/cluster`: the cluster-wide settings and the masters, for a
+/// node that cannot read etcd (a worker).
+async fn node_cluster(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    Extension(Peer(peer)): Extension<Peer>,
+) -> Response {
+    let _node = match node_of(peer, remote, "/v1/node/cluster") {
+        Ok(n) => n,
+        Err(r) => return r.into_response(),
+    };
+    let endpoint = ctx.config.etcd_client_url();
+    let view = async {
+        let mut client = ctx.client().await?;
+        let settings = crate::cluster::settings::read(&mut client, &endpoint).await.map_err(|e| match e {
+            crate::cluster::settings::SettingsError::Etcd(e) => e,
+            other => etcd::EtcdError::Call { endpoint: endpoint.clone(), message: other.to_string() },
+        })?;
+        let masters = registry::list(&mut client, &endpoint)
+            .await?
+            .into_iter()
+            .filter(|r| r.role == crate::cluster::Role::Master)
+            .map(|r| MasterView { name: r.name, address: r.address })
+            .collect();
+        Ok::<_, etcd::EtcdError>(NodeView {
+            settings_revision: settings.as_ref().map(|s| s.revision).unwrap_or(0),
+            settings: settings.map(|s| s.spec),
+            masters,
+        })
+    };
+    match view.await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => {
+            ctx.forget_client().await;
+            refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")).into_response()
+        }
+    }
+}
+
+/// `POST /v1/node/heartbeat`: a node says it is alive, and which settings
+/// it runs; its name is its certificate's.
+async fn node_heartbeat(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    Extension(Peer(peer)): Extension<Peer>,
+    body: Bytes,
+) -> Response {
+    let node = match node_of(peer, remote, "/v1/node/heartbeat") {
+        Ok(n) => n,
+        Err(r) => return r.into_response(),
+    };
+    let beat: Heartbeat = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the body is not a heartbeat: {e}")).into_response(),
+    };
+    let endpoint = ctx.config.etcd_client_url();
+    let result = async {
+        let mut client = ctx.client().await?;
+        registry::update(&mut client, &endpoint, &node, |r| {
+            r.heartbeat_at = now_secs();
+            r.settings_revision = beat.settings_revision;
+        })
+        .await
+    };
+    match result.await {
+        Ok(Some(_)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(None) => {
+            let msg = format!("node {node} is not registered in this cluster: `hakube reset` it and join it again");
+            warn!(target: "audit", %remote, %node, decision = "refused", status = 404, reason = %msg, "heartbeat");
+            refuse(StatusCode::NOT_FOUND, msg).into_response()
+        }
+        Err(e) => {
+            ctx.forget_client().await;
+            refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")).into_response()
+        }
+    }
 }
 
 /// `10.0.0.1` from `https://10.0.0.1:2379`, `[fd00::1]` kept bracketed.
@@ -354,7 +455,7 @@ pub async fn serve(
             continue;
         };
         let acceptor = acceptor.clone();
-        let app = app.clone().layer(Extension(Remote(remote)));
+        let app = app.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -365,6 +466,8 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
+            let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| tls::node_of(c));
+            let app = app.layer(Extension(Remote(remote))).layer(Extension(Peer(peer)));
             let service = hyper_util::service::TowerToHyperService::new(app);
             let conn = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)

@@ -18,7 +18,10 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The server side: `apiserver.crt` + `ca.crt` as the chain.
+/// The server side: `apiserver.crt` + `ca.crt` as the chain. A client
+/// certificate is asked for but not required: a joining host has none,
+/// a node presents its kubelet's (issued by the cluster CA) for the node
+/// endpoints.
 pub fn server_config(paths: &Paths) -> Result<ServerConfig, String> {
     let read = |name: &str| std::fs::read(paths.pki(name)).map_err(|e| format!("{}: {e}", paths.pki(name).display()));
     let mut chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read("apiserver.crt")?)
@@ -30,12 +33,31 @@ pub fn server_config(paths: &Paths) -> Result<ServerConfig, String> {
             .map_err(|e| format!("ca.crt: {e}"))?,
     );
     let key = PrivateKeyDer::from_pem_slice(&read("apiserver.key")?).map_err(|e| format!("apiserver.key: {e}"))?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&read("ca.crt")?) {
+        roots.add(ca.map_err(|e| format!("ca.crt: {e}"))?).map_err(|e| format!("ca.crt: {e}"))?;
+    }
+    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("client verifier: {e}"))?;
     ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .with_client_cert_verifier(clients)
         .with_single_cert(chain, key)
         .map_err(|e| e.to_string())
+}
+
+/// The node a verified client certificate names: `system:node:NAME` in the
+/// `system:nodes` group, as the cluster CA issues kubelets' certificates.
+pub fn node_of(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    let in_group = cert.subject().iter_organization().any(|o| o.as_str() == Ok("system:nodes"));
+    let name = cn.strip_prefix("system:node:")?;
+    (in_group && !name.is_empty()).then(|| name.to_owned())
 }
 
 /// `sha256:<hex>` of a DER certificate's SubjectPublicKeyInfo.

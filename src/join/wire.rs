@@ -42,6 +42,32 @@ pub struct JoinResponse {
     pub join_endpoints: Vec<String>,
 }
 
+/// What a node learns from `GET /v1/node/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The cluster-wide settings and their revision (None before the first
+    /// master's agent wrote them).
+    pub settings: Option<ClusterSpec>,
+    pub settings_revision: i64,
+    /// Every master: name and address.
+    pub masters: Vec<MasterView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterView {
+    pub name: String,
+    pub address: IpAddr,
+}
+
+/// What a node reports with `POST /v1/node/heartbeat` (its name is its
+/// certificate's, never the request's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The revision of the cluster-wide settings the node has applied.
+    pub settings_revision: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,

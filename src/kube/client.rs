@@ -62,6 +62,9 @@ pub enum Patch {
     Merge,
     /// Kubernetes' own: lists with a merge key merge by it.
     Strategic,
+    /// Server-side apply: the object as this field manager wants it,
+    /// created when absent (append `?fieldManager=…&force=true` to the path).
+    Apply,
 }
 
 impl Patch {
@@ -69,6 +72,7 @@ impl Patch {
         match self {
             Patch::Merge => "application/merge-patch+json",
             Patch::Strategic => "application/strategic-merge-patch+json",
+            Patch::Apply => "application/apply-patch+yaml",
         }
     }
 }

@@ -15,14 +15,17 @@ use crate::host::paths::Paths;
 use crate::pki::{self, Ca, Decision, Key, PkiError};
 
 /// The kubeconfigs of a master, and which endpoint each talks to.
-pub const KUBECONFIGS: [&str; 4] = ["admin", "controller-manager", "scheduler", "kubelet"];
+pub const KUBECONFIGS: [&str; 5] = ["admin", "controller-manager", "scheduler", "kubelet", "hakube-controller"];
 
-/// controller-manager and scheduler talk to their own node's API server, as
-/// with kubeadm, so they keep working while the load balancer is changed;
-/// admin and kubelet go through the control-plane endpoint.
+/// controller-manager, scheduler and hakube's own controller talk to their
+/// own node's API server, as with kubeadm, so they keep working while the
+/// load balancer is changed; admin and kubelet go through the control-plane
+/// endpoint.
 pub fn server_for(c: &ClusterConfig, kubeconfig: &str) -> String {
     let endpoint = match kubeconfig {
-        "controller-manager" | "scheduler" => HostPort::new(Host::Ip(c.node.advertise_address), c.node.api_server_port),
+        "controller-manager" | "scheduler" | "hakube-controller" => {
+            HostPort::new(Host::Ip(c.node.advertise_address), c.node.api_server_port)
+        }
         _ => c.control_plane_endpoint(),
     };
     format!("https://{endpoint}")

@@ -7,5 +7,6 @@ pub mod components;
 pub mod containerd;
 pub mod kubeconfig;
 pub mod objects;
+pub mod rbac;
 pub mod spec;
 pub mod version;

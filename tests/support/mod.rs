@@ -462,3 +462,63 @@ pub fn digests(dir: &Path) -> Vec<(String, Vec<u8>)> {
 pub fn openssl(args: &[&str]) -> Output {
     sh("openssl", args)
 }
+
+/// A cluster: `m1` installed, the other hosts joined with the scripts it
+/// prints, all at the same moment.
+pub struct Cluster {
+    pub masters: Vec<Host>,
+    pub workers: Vec<Host>,
+    pub net: Network,
+}
+
+impl Cluster {
+    pub fn new(masters: usize, workers: usize) -> Cluster {
+        let net = Network::new();
+        let m1 = net.host("m1");
+        m1.install_master(&["ha"]);
+        let (_dm, master_script) = join_script(&m1, true, &[]);
+        let (_dw, worker_script) = join_script(&m1, false, &[]);
+        let more: Vec<Host> = (2..=masters).map(|i| net.host(&format!("m{i}"))).collect();
+        let workers: Vec<Host> = (1..=workers).map(|i| net.host(&format!("w{i}"))).collect();
+        std::thread::scope(|s| {
+            let joins: Vec<_> = more
+                .iter()
+                .map(|h| (h, s.spawn(|| run_join(h, &master_script, MASTER, &[BIN]))))
+                .chain(workers.iter().map(|h| (h, s.spawn(|| run_join(h, &worker_script, WORKER, &[BIN])))))
+                .collect();
+            for (h, j) in joins {
+                let out = j.join().unwrap();
+                if !out.status.success() {
+                    panic!("join of {} failed:\n{}\n{}", h.name, stderr(&out), logs(h));
+                }
+            }
+        });
+        let mut masters = vec![m1];
+        masters.extend(more);
+        Cluster { masters, workers, net }
+    }
+
+    pub fn m1(&self) -> &Host {
+        &self.masters[0]
+    }
+
+    pub fn hosts(&self) -> impl Iterator<Item = &Host> {
+        self.masters.iter().chain(&self.workers)
+    }
+
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts().find(|h| h.name == name).unwrap_or_else(|| panic!("no host {name}"))
+    }
+}
+
+/// The tails of a host's logs, for failure messages.
+pub fn logs(h: &Host) -> String {
+    let dir = h.root().join("var/lib/hakube/logs");
+    let mut out = String::new();
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let tail: Vec<_> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        out.push_str(&format!("--- {} ({})\n{}\n", e.path().display(), h.name, tail.join("\n")));
+    }
+    out
+}

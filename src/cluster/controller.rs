@@ -1,0 +1,236 @@
+//! What the elected leader among the masters' agents does for the whole
+//! cluster, one round every few seconds while it leads: bootstrap the
+//! controller's RBAC (with the admin identity, once per term), mirror its
+//! leadership into the Lease `kube-system/hakube-controller`, give every
+//! master's Node its role (labels, and taints while `taint-control-plane`
+//! is set), and remove learners that a failed join left behind. Failures
+//! are logged and retried next round; nothing here crashes the agent.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::sleep;
+use tracing::{debug, info, warn};
+
+use super::election::{Term, View, LEADER_TTL_SECS};
+use super::registry;
+use super::taints::{self, Outcome};
+use super::Role;
+use crate::config::ClusterConfig;
+use crate::etcd::{self, membership, Credentials};
+use crate::host::paths::Paths;
+use crate::kube::client::{KubeClient, Patch};
+use crate::kube::rbac;
+
+const ROUND: Duration = Duration::from_secs(2);
+
+/// How long a learner may stay a learner before the leader removes it
+/// (`HAKUBE_STALLED_LEARNER_SECS`, default 10 minutes): long enough for any
+/// real join to finish, short enough that a dead one does not linger.
+pub fn stalled_learner_limit() -> Duration {
+    let secs = std::env::var("HAKUBE_STALLED_LEARNER_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    Duration::from_secs(secs)
+}
+
+/// Kubernetes' MicroTime: RFC 3339 with microseconds, in UTC.
+pub fn micro_time(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!("{}T{:02}:{:02}:{:02}.{:06}Z", t.date(), t.hour(), t.minute(), t.second(), t.microsecond())
+}
+
+/// State kept across rounds of one agent.
+struct Controller {
+    paths: Paths,
+    cfg: ClusterConfig,
+    etcd: Option<etcd_client::Client>,
+    admin: Option<KubeClient>,
+    kube: Option<KubeClient>,
+    rbac_for: Option<Term>,
+    acquired: String,
+    learners: HashMap<u64, Instant>,
+}
+
+/// Runs the leader's rounds whenever `view` says this node leads, until
+/// `stop` changes.
+pub async fn run(paths: Paths, cfg: ClusterConfig, mut view: watch::Receiver<View>, mut stop: watch::Receiver<bool>) {
+    let mut c = Controller {
+        paths,
+        cfg,
+        etcd: None,
+        admin: None,
+        kube: None,
+        rbac_for: None,
+        acquired: String::new(),
+        learners: HashMap::new(),
+    };
+    loop {
+        let term = view.borrow().term.clone();
+        if let Some(term) = term {
+            if let Err(e) = c.round(&term).await {
+                warn!(error = %e, "cluster controller round failed; retrying");
+            }
+        } else {
+            c.learners.clear();
+            c.rbac_for = None;
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = view.changed() => {}
+            _ = sleep(ROUND) => {}
+        }
+    }
+}
+
+impl Controller {
+    async fn round(&mut self, term: &Term) -> Result<(), String> {
+        if self.etcd.is_none() {
+            let creds = Credentials::load(&self.paths, "apiserver-etcd-client").map_err(|e| e.to_string())?;
+            let endpoint = self.cfg.etcd_client_url();
+            let client = etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(3))
+                .await
+                .map_err(|e| e.to_string())?;
+            self.etcd = Some(client);
+        }
+        let endpoint = self.cfg.etcd_client_url();
+        let etcd = self.etcd.as_mut().expect("connected");
+        if !term.holds(etcd).await {
+            self.etcd = None;
+            return Err("the leadership was lost before this round".into());
+        }
+        let masters: Vec<String> = registry::list(etcd, &endpoint)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|r| r.role == Role::Master)
+            .map(|r| r.name)
+            .collect();
+        self.remove_stalled_learners().await;
+
+        // Kubernetes, through this node's own API server (a master that
+        // runs none, etcd alone, leaves this part to none).
+        if !self.cfg.has(crate::config::Component::KubeApiserver) {
+            return Ok(());
+        }
+        if self.admin.is_none() {
+            self.admin = Some(KubeClient::from_kubeconfig(&self.paths.kubeconfig("admin")).map_err(|e| e.to_string())?);
+            self.kube = Some(
+                KubeClient::from_kubeconfig(&self.paths.kubeconfig("hakube-controller")).map_err(|e| e.to_string())?,
+            );
+        }
+        let admin = self.admin.clone().expect("set above");
+        let kube = self.kube.clone().expect("set above");
+        if self.rbac_for.as_ref() != Some(term) {
+            // The admin client talks to the control-plane endpoint; the
+            // bootstrap goes to this node's own API server, like the rest.
+            let local = kube_local(&self.cfg);
+            let admin = admin.with_servers(vec![local]);
+            for (path, obj) in rbac::objects() {
+                let what = format!("{} {}", obj["kind"].as_str().unwrap_or(""), obj["metadata"]["name"]);
+                admin
+                    .patch::<serde_json::Value>(
+                        &what,
+                        &format!("{path}?fieldManager=hakube&force=true"),
+                        Patch::Apply,
+                        &obj,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            info!("controller RBAC applied");
+            self.rbac_for = Some(term.clone());
+            self.acquired = micro_time(time::OffsetDateTime::now_utc());
+        }
+        self.mirror_lease(&kube).await?;
+        // The record itself, not this node's copy (which may lag it).
+        let etcd = self.etcd.as_mut().expect("connected");
+        let tainted = match super::settings::read(etcd, &endpoint).await {
+            Ok(Some(s)) => s.spec.taint_control_plane,
+            Ok(None) => self.cfg.cluster.taint_control_plane,
+            Err(e) => return Err(e.to_string()),
+        };
+        for m in masters {
+            match taints::apply(&kube, &m, tainted).await {
+                Ok(Outcome::Patched) => info!(node = %m, tainted, "control-plane role set on the master's Node"),
+                Ok(Outcome::NotRegistered) => debug!(node = %m, "master's Node not registered yet"),
+                Ok(Outcome::Conflict) => debug!(node = %m, "master's Node changed meanwhile; next round"),
+                Ok(Outcome::Current) => {}
+                Err(e) => warn!(node = %m, error = %e, "cannot set the control-plane role"),
+            }
+        }
+        Ok(())
+    }
+
+    /// `kube-system/hakube-controller`, held by this node, for `kubectl get lease`.
+    async fn mirror_lease(&self, kube: &KubeClient) -> Result<(), String> {
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": rbac::LEADER_LEASE, "namespace": "kube-system"},
+            "spec": {
+                "holderIdentity": self.cfg.node.name.as_str(),
+                "leaseDurationSeconds": LEADER_TTL_SECS,
+                "acquireTime": self.acquired,
+                "renewTime": micro_time(time::OffsetDateTime::now_utc()),
+            }
+        });
+        let path = format!(
+            "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{}?fieldManager=hakube&force=true",
+            rbac::LEADER_LEASE
+        );
+        kube.patch::<serde_json::Value>("lease kube-system/hakube-controller", &path, Patch::Apply, &lease)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn remove_stalled_learners(&mut self) {
+        let endpoint = self.cfg.etcd_client_url();
+        let limit = stalled_learner_limit();
+        let Some(client) = self.etcd.as_mut() else { return };
+        let Ok(members) = etcd::members(client, &endpoint).await else { return };
+        self.learners.retain(|id, _| members.iter().any(|m| m.id == *id && m.is_learner));
+        for m in members.iter().filter(|m| m.is_learner) {
+            let first = *self.learners.entry(m.id).or_insert_with(Instant::now);
+            if first.elapsed() < limit {
+                continue;
+            }
+            // Only while no join holds the lock: a join in progress owns its learner.
+            let Ok(lock) = membership::Lock::acquire(client, &endpoint, Duration::from_secs(2)).await else {
+                continue;
+            };
+            let still =
+                etcd::members(client, &endpoint).await.ok().and_then(|ms| ms.into_iter().find(|x| x.id == m.id));
+            if still.is_some_and(|x| x.is_learner) {
+                match membership::remove_member(client, &endpoint, m.id, &lock).await {
+                    Ok(()) => warn!(
+                        member = %format!("{:x}", m.id),
+                        peer = %m.peer_urls.join(","),
+                        "removed a learner stalled for {}s (a join that did not finish; re-running it adds the member again)",
+                        first.elapsed().as_secs()
+                    ),
+                    Err(e) => warn!(error = %e, "cannot remove stalled learner {:x}", m.id),
+                }
+                self.learners.remove(&m.id);
+            }
+            lock.release(client).await;
+        }
+    }
+}
+
+/// This node's own API server.
+fn kube_local(c: &ClusterConfig) -> crate::config::HostPort {
+    crate::config::HostPort::new(crate::config::Host::Ip(c.node.advertise_address), c.node.api_server_port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micro_time_is_what_the_api_server_parses() {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_456_789).unwrap();
+        assert_eq!(micro_time(t), "2026-11-18T11:06:40.123456Z");
+    }
+}
