@@ -625,3 +625,52 @@ fn a_join_script_written_to_a_file_is_for_its_owner_only() {
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(std::fs::read_to_string(&file).unwrap().contains("HAKUBE_CERTIFICATE_KEY="));
 }
+
+#[test]
+fn node_endpoints_take_the_nodes_name_from_its_certificate_only() {
+    let net = Network::new();
+    let m1 = first_master(&net);
+    let (_d, join) = join_script(&m1, false, &[]);
+    let w1 = net.host("w1");
+    assert_ok(&run_join(&w1, &join, "none", &[BIN]), "w1 joins");
+    // w1's certificate and key, from its kubelet kubeconfig.
+    let kc = std::fs::read_to_string(w1.root().join("var/lib/hakube/kubeconfigs/kubelet.conf")).unwrap();
+    let field = |name: &str| kc.lines().find_map(|l| l.trim().strip_prefix(&format!("{name}: "))).unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("w1.crt"), dir.path().join("w1.key"));
+    std::fs::write(&cert, base64_decode(&field("client-certificate-data"))).unwrap();
+    std::fs::write(&key, base64_decode(&field("client-key-data"))).unwrap();
+    let url = |p: &str| format!("https://{}:9443{p}", m1.addr);
+    let curl = |extra: &[&str], path: &str, body: Option<&str>| {
+        let mut args: Vec<String> = vec!["-sk".into(), "-o".into(), "-".into(), "-w".into(), "\n%{http_code}".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        if let Some(b) = body {
+            args.extend(["-H".into(), "content-type: application/json".into(), "--data".into(), b.into()]);
+        }
+        args.push(url(path));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = w1.exec("curl", &refs);
+        let text = stdout(&out);
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        (code.to_owned(), body.to_owned())
+    };
+    let with_cert = ["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()];
+    // No certificate: refused.
+    let (code, body) = curl(&[], "/v1/node/heartbeat", Some(r#"{"settings_revision":1}"#));
+    assert_eq!(code, "401", "{body}");
+    assert!(body.contains("present the node's client certificate"), "{body}");
+    // The node's own certificate: its heartbeat counts for it.
+    let (code, body) = curl(&with_cert, "/v1/node/heartbeat", Some(r#"{"settings_revision":1}"#));
+    assert_eq!(code, "204", "{body}");
+    let reg = stdout(&m1.etcdctl(Some("apiserver-etcd-client"), &["get", "/hakube/nodes/w1", "--print-value-only"]));
+    assert!(reg.contains("\"settings_revision\":1"), "{reg}");
+    // A request cannot name another node: the name is the certificate's.
+    let (code, body) = curl(&with_cert, "/v1/node/heartbeat", Some(r#"{"settings_revision":1,"name":"m1"}"#));
+    assert_eq!(code, "400", "{body}");
+    let log = std::fs::read_to_string(m1.root().join("var/lib/hakube/logs/agent.log")).unwrap();
+    assert!(log.contains("present the node's client certificate"), "the refusal is audited");
+    // The cluster view, for a node with a certificate.
+    let (code, body) = curl(&with_cert, "/v1/node/cluster", None);
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("\"masters\":[{\"name\":\"m1\""), "{body}");
+}

@@ -10,30 +10,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// Names of the Nodes whose Ready condition is True.
-fn ready_nodes(m: &Host) -> Vec<String> {
-    let out = m.kubectl(&["get", "nodes", "-o", "json"]);
-    if !out.status.success() {
-        return vec![];
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let mut names: Vec<String> = v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| {
-            n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
-        .collect();
-    names.sort();
-    names
-}
-
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();

@@ -32,6 +32,8 @@ pub enum ControlError {
     UnitFailed { state: String, log: String, tail: String },
     #[error("the running agent refused the new configuration and keeps the old one: {reason}")]
     ReloadRefused { reason: String },
+    #[error("{0}")]
+    Purged(String),
     #[error(
         "the node did not become healthy within {secs}s: {problems}\n{logs}\n(the agent keeps trying; `hakube status` shows progress)"
     )]
@@ -109,6 +111,9 @@ pub fn judge(expect: Expect, state: Option<&State>, expected: &[Component]) -> P
     if let (Expect::Reloaded { .. }, Some(reason)) = (expect, &s.reload_error) {
         return Progressing::Failed(reason.clone());
     }
+    if let Some(msg) = &s.purged {
+        return Progressing::Failed(msg.clone());
+    }
     if s.all_healthy(expected) {
         return Progressing::Done;
     }
@@ -142,6 +147,9 @@ pub fn wait_healthy(
         let state = State::read(&paths.state_file());
         let problems = match judge(expect, state.as_ref(), &expected) {
             Progressing::Done => return Ok(state.expect("judged done on a state")),
+            Progressing::Failed(reason) if state.as_ref().is_some_and(|s| s.purged.is_some()) => {
+                return Err(ControlError::Purged(reason))
+            }
             Progressing::Failed(reason) => return Err(ControlError::ReloadRefused { reason }),
             Progressing::Waiting(p) => p,
         };
@@ -215,6 +223,7 @@ mod tests {
             started_at: 100,
             reloads,
             reload_error: reload_error.map(str::to_owned),
+            purged: None,
             components: [("etcd".to_owned(), c)].into(),
         }
     }

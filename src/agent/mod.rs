@@ -9,6 +9,7 @@
 pub mod control;
 pub mod facts;
 pub mod images;
+pub mod masters;
 pub mod podnet;
 pub mod probe;
 pub mod settings;

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::sleep;
 use tracing::{debug, info, warn};
 
+use super::masters;
 use crate::config::{ClusterConfig, ClusterSpec, Component, HostPort, InitialClusterState};
 use crate::etcd::{self, Credentials};
 use crate::host::clock::now_secs;
@@ -22,53 +23,85 @@ use crate::join::wire::{Heartbeat, NodeView};
 
 const ROUND: Duration = Duration::from_secs(2);
 
-/// The record as this node can read it: (spec, revision).
+/// What one read found: the record, and the masters.
+struct Found {
+    record: Option<(ClusterSpec, i64)>,
+    masters: Vec<masters::Master>,
+}
+
+/// The record as this node can read it: a master from etcd (the first
+/// master founds it), a worker through the masters' node endpoint.
 async fn read_record(
     paths: &Paths,
     cfg: &ClusterConfig,
     etcd_client: &mut Option<etcd_client::Client>,
     node_api: &NodeApi,
-) -> Result<Option<(ClusterSpec, i64)>, String> {
-    if cfg.has(Component::Etcd) {
-        let endpoint = cfg.etcd_client_url();
-        if etcd_client.is_none() {
-            let creds = Credentials::load(paths, "apiserver-etcd-client").map_err(|e| e.to_string())?;
-            let c = etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(3))
-                .await
-                .map_err(|e| e.to_string())?;
-            *etcd_client = Some(c);
-        }
-        let c = etcd_client.as_mut().expect("connected");
-        let record = match crate::cluster::settings::read(c, &endpoint).await {
-            Ok(r) => r,
-            Err(e) => {
-                *etcd_client = None;
-                return Err(e.to_string());
-            }
-        };
-        if record.is_none() && cfg.node.etcd.initial_cluster_state == InitialClusterState::New {
-            // The first master founds the record from its own config.
-            let rev =
-                crate::cluster::settings::write(c, &endpoint, &cfg.cluster, 0, cfg.node.name.as_str(), now_secs())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            info!(revision = rev, "cluster-wide settings recorded");
-            return Ok(Some((cfg.cluster.clone(), rev)));
-        }
-        return Ok(record.map(|s| (s.spec, s.revision)));
+) -> Result<Found, NodeApiError> {
+    if !cfg.has(Component::Etcd) {
+        let view: NodeView = node_api.get("/v1/node/cluster").await?;
+        let masters = view.masters.into_iter().map(|m| masters::Master { name: m.name, address: m.address }).collect();
+        return Ok(Found { record: view.settings.map(|s| (s, view.settings_revision)), masters });
     }
-    let view: NodeView = node_api.get("/v1/node/cluster").await?;
-    Ok(view.settings.map(|s| (s, view.settings_revision)))
+    let other = |e: String| NodeApiError::Other(e);
+    let endpoint = cfg.etcd_client_url();
+    if etcd_client.is_none() {
+        let creds = Credentials::load(paths, "apiserver-etcd-client").map_err(|e| other(e.to_string()))?;
+        let c = etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(3))
+            .await
+            .map_err(|e| other(e.to_string()))?;
+        *etcd_client = Some(c);
+    }
+    let c = etcd_client.as_mut().expect("connected");
+    let read = async {
+        let record = crate::cluster::settings::read(c, &endpoint).await.map_err(|e| other(e.to_string()))?;
+        let masters: Vec<masters::Master> = crate::cluster::registry::list(c, &endpoint)
+            .await
+            .map_err(|e| other(e.to_string()))?
+            .into_iter()
+            .filter(|r| r.role == crate::cluster::Role::Master)
+            .map(|r| masters::Master { name: r.name, address: r.address })
+            .collect();
+        let tombstone = crate::cluster::purge::tombstone(c, &endpoint, cfg.node.name.as_str()).await;
+        if let Some(t) = tombstone.map_err(|e| other(e.to_string()))? {
+            return Err(NodeApiError::Purged(t.message(cfg.node.name.as_str())));
+        }
+        Ok((record, masters))
+    };
+    let (record, masters) = match read.await {
+        Ok(r) => r,
+        Err(NodeApiError::Other(e)) => {
+            *etcd_client = None;
+            // This master's own etcd may be out of the cluster (a purged
+            // master's member was removed): the other masters tell.
+            if let Err(NodeApiError::Purged(m)) = node_api.get::<NodeView>("/v1/node/cluster").await {
+                return Err(NodeApiError::Purged(m));
+            }
+            return Err(other(e));
+        }
+        Err(purged) => return Err(purged),
+    };
+    if record.is_none() && cfg.node.etcd.initial_cluster_state == InitialClusterState::New {
+        // The first master founds the record from its own config.
+        let rev = crate::cluster::settings::write(c, &endpoint, &cfg.cluster, 0, cfg.node.name.as_str(), now_secs())
+            .await
+            .map_err(|e| other(e.to_string()))?;
+        info!(revision = rev, "cluster-wide settings recorded");
+        return Ok(Found { record: Some((cfg.cluster.clone(), rev)), masters });
+    }
+    Ok(Found { record: record.map(|s| (s.spec, s.revision)), masters })
 }
 
 /// Keeps this node on the cluster-wide settings until `stop` changes:
 /// publishes the revision it runs in `applied`, asks for a reload through
-/// `reload` once its files are rewritten for a new revision.
+/// `reload` once its files are rewritten for a new revision, keeps the
+/// masters it knows on disk, and says so in `purged` when the cluster
+/// purged this node.
 pub async fn run(
     paths: Paths,
     cfg: ClusterConfig,
     applied: std::rc::Rc<watch::Sender<i64>>,
     reload: mpsc::UnboundedSender<()>,
+    purged: std::rc::Rc<watch::Sender<Option<String>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let node_api = NodeApi::new(&paths, &cfg);
@@ -77,39 +110,52 @@ pub async fn run(
     let mut converging_to = 0;
     loop {
         match read_record(&paths, &cfg, &mut etcd_client, &node_api).await {
-            Ok(Some((spec, rev))) if spec == cfg.cluster => {
-                applied.send_if_modified(|v| std::mem::replace(v, rev) != rev);
+            Err(NodeApiError::Purged(msg)) => {
+                purged.send_replace(Some(msg));
             }
-            Ok(Some((spec, rev))) if rev != converging_to => {
-                info!(revision = rev, "the cluster-wide settings changed: converging");
-                let mut next = cfg.clone();
-                next.cluster = spec;
-                let p = paths.clone();
-                let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
-                    let plan = crate::files::plan(&p, &next, next.node.systemd).map_err(|e| e.to_string())?;
-                    apply_files(&plan.backups).map_err(|e| e.to_string())?;
-                    apply_files(&plan.files).map_err(|e| e.to_string())?;
-                    Ok(())
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r);
-                match result {
-                    Ok(()) => {
-                        converging_to = rev;
-                        let _ = reload.send(());
+            Err(NodeApiError::Other(e)) => debug!(error = %e, "cluster-wide settings not read this round"),
+            Ok(found) => {
+                if let Err(e) = masters::write(&paths, &found.masters) {
+                    warn!(error = %e, "cannot record the masters");
+                }
+                match found.record {
+                    Some((spec, rev)) if spec == cfg.cluster => {
+                        applied.send_if_modified(|v| std::mem::replace(v, rev) != rev);
                     }
-                    Err(e) => warn!(error = %e, revision = rev, "cannot converge on the cluster-wide settings"),
+                    Some((spec, rev)) if rev != converging_to => {
+                        info!(revision = rev, "the cluster-wide settings changed: converging");
+                        let mut next = cfg.clone();
+                        next.cluster = spec;
+                        let p = paths.clone();
+                        let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
+                            let plan = crate::files::plan(&p, &next, next.node.systemd).map_err(|e| e.to_string())?;
+                            apply_files(&plan.backups).map_err(|e| e.to_string())?;
+                            apply_files(&plan.files).map_err(|e| e.to_string())?;
+                            Ok(())
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r);
+                        match result {
+                            Ok(()) => {
+                                converging_to = rev;
+                                let _ = reload.send(());
+                            }
+                            Err(e) => warn!(error = %e, revision = rev, "cannot converge on the cluster-wide settings"),
+                        }
+                    }
+                    _ => {}
                 }
             }
-            Ok(_) => {}
-            Err(e) => debug!(error = %e, "cluster-wide settings not read this round"),
         }
         // A worker's heartbeat goes through the masters' node endpoint.
         if !cfg.has(Component::Etcd) && last_beat.elapsed() >= crate::cluster::duties::HEARTBEAT_INTERVAL {
             let beat = Heartbeat { settings_revision: *applied.borrow() };
             match node_api.post("/v1/node/heartbeat", &beat).await {
                 Ok(()) => last_beat = std::time::Instant::now(),
+                Err(NodeApiError::Purged(msg)) => {
+                    purged.send_replace(Some(msg));
+                }
                 Err(e) => warn!(error = %e, "heartbeat not delivered to any master"),
             }
         }
@@ -120,47 +166,87 @@ pub async fn run(
     }
 }
 
-/// The masters' node endpoints, as a worker reaches them: its kubelet's
-/// certificate, the cluster CA, every master it knows in turn.
+/// Whether the cluster purged this node, asked of the other masters before
+/// anything starts (a purged node's kubelet would register its Node again).
+/// Bounded: when no master answers, nothing is known and `None` returned.
+pub async fn purged_at_start(paths: &Paths, cfg: &ClusterConfig) -> Option<String> {
+    let api = NodeApi::new(paths, cfg);
+    match tokio::time::timeout(Duration::from_secs(8), api.get::<NodeView>("/v1/node/cluster")).await {
+        Ok(Err(NodeApiError::Purged(msg))) => Some(msg),
+        _ => None,
+    }
+}
+
+/// Why the masters' node endpoint gave nothing.
+#[derive(Debug)]
+enum NodeApiError {
+    /// The cluster purged this node (410): what it says.
+    Purged(String),
+    Other(String),
+}
+
+impl std::fmt::Display for NodeApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeApiError::Purged(m) | NodeApiError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The masters' node endpoints, as a node reaches them: its kubelet's
+/// certificate, the cluster CA, every other master it knows in turn.
 struct NodeApi {
-    masters: Vec<HostPort>,
+    paths: Paths,
+    cfg: ClusterConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
     why_not: String,
 }
 
 impl NodeApi {
     fn new(paths: &Paths, cfg: &ClusterConfig) -> NodeApi {
-        let masters =
-            cfg.node.api_servers.iter().map(|m| HostPort::new(m.host.clone(), cfg.node.join_api_port)).collect();
         let tls = crate::kube::kubeconfig::read(&paths.kubeconfig("kubelet")).and_then(|c| {
             let id = Identity { cert_pem: c.cert_pem.as_bytes(), key_pem: c.key_pem.as_bytes() };
             https::client_config(c.ca_pem.as_bytes(), Some(id)).map_err(|e| e.to_string())
         });
         let why_not = tls.as_ref().err().cloned().unwrap_or_default();
-        NodeApi { masters, tls: tls.ok().map(Arc::new), why_not }
+        NodeApi { paths: paths.clone(), cfg: cfg.clone(), tls: tls.ok().map(Arc::new), why_not }
     }
 
-    async fn send(&self, req: impl Fn() -> Request<'static>) -> Result<axum::body::Bytes, String> {
-        let tls = self.tls.clone().ok_or_else(|| format!("no node identity: {}", self.why_not))?;
+    fn masters(&self) -> Vec<HostPort> {
+        masters::read(&self.paths, &self.cfg)
+            .into_iter()
+            .filter(|m| m.address != self.cfg.node.advertise_address)
+            .map(|m| HostPort::new(crate::config::Host::Ip(m.address), self.cfg.node.join_api_port))
+            .collect()
+    }
+
+    async fn send(&self, req: impl Fn() -> Request<'static>) -> Result<axum::body::Bytes, NodeApiError> {
+        let tls = self.tls.clone().ok_or_else(|| NodeApiError::Other(format!("no node identity: {}", self.why_not)))?;
         let mut errors = vec![];
-        for m in &self.masters {
+        for m in self.masters() {
             let limits =
                 Limits { connect: Duration::from_secs(2), exchange: Duration::from_secs(5), max_body: 1 << 20 };
-            match https::request(m, tls.clone(), req(), limits).await {
+            match https::request(&m, tls.clone(), req(), limits).await {
                 Ok(r) if (200..300).contains(&r.status) => return Ok(r.body),
+                Ok(r) if r.status == 410 => {
+                    let msg = serde_json::from_slice::<crate::join::wire::ApiError>(&r.body)
+                        .map(|e| e.error)
+                        .unwrap_or_else(|_| String::from_utf8_lossy(&r.body).into_owned());
+                    return Err(NodeApiError::Purged(msg));
+                }
                 Ok(r) => errors.push(format!("{m}: {} {}", r.status, String::from_utf8_lossy(&r.body))),
                 Err(e) => errors.push(format!("{m}: {e}")),
             }
         }
-        Err(if errors.is_empty() { "no master known".into() } else { errors.join("; ") })
+        Err(NodeApiError::Other(if errors.is_empty() { "no other master known".into() } else { errors.join("; ") }))
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &'static str) -> Result<T, String> {
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &'static str) -> Result<T, NodeApiError> {
         let body = self.send(|| Request::get(path)).await?;
-        serde_json::from_slice(&body).map_err(|e| e.to_string())
+        serde_json::from_slice(&body).map_err(|e| NodeApiError::Other(e.to_string()))
     }
 
-    async fn post<T: serde::Serialize>(&self, path: &'static str, body: &T) -> Result<(), String> {
+    async fn post<T: serde::Serialize>(&self, path: &'static str, body: &T) -> Result<(), NodeApiError> {
         let json = serde_json::to_vec(body).expect("serializes");
         self.send(|| Request {
             method: "POST",

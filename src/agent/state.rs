@@ -43,6 +43,9 @@ pub struct State {
     /// Why the last reload was refused (the old configuration stays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload_error: Option<String>,
+    /// Set when the cluster purged this node: why, and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged: Option<String>,
     pub components: BTreeMap<String, ComponentState>,
 }
 

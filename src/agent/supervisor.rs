@@ -178,8 +178,22 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                 let task = tokio::task::spawn_local(supervise(comp, rx, paths.clone(), state.clone(), dirty.clone()));
                 senders.insert(comp, (tx, task));
             };
-            for (comp, launch) in observe(&paths, &cfg, &mut versions) {
-                start(comp, launch, &mut senders);
+            // A node the cluster purged runs nothing until it is reset.
+            let mut purged_before = std::fs::read_to_string(paths.purged_marker()).ok();
+            if purged_before.is_none() {
+                if let Some(msg) = super::settings::purged_at_start(&paths, &cfg).await {
+                    let _ = write_atomic(&paths.purged_marker(), format!("{msg}\n").as_bytes(), 0o644);
+                    purged_before = Some(msg);
+                }
+            }
+            if let Some(msg) = &purged_before {
+                warn!("{}", msg.trim());
+                state.borrow_mut().purged = Some(msg.trim().to_owned());
+                dirty.notify_one();
+            } else {
+                for (comp, launch) in observe(&paths, &cfg, &mut versions) {
+                    start(comp, launch, &mut senders);
+                }
             }
             // The election lives as long as the agent (a reload must not
             // hand the leadership over); the rest starts again on every
@@ -195,6 +209,8 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                 ))
             });
             let applied = Rc::new(watch::channel(0i64).0);
+            let purged = Rc::new(watch::channel(None::<String>).0);
+            let mut purged_rx = purged.subscribe();
             let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
             let node_tasks = |cfg: &ClusterConfig| {
                 let (stop_tx, stop_rx) = watch::channel(false);
@@ -208,6 +224,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                     cfg.clone(),
                     applied.clone(),
                     reload_tx.clone(),
+                    purged.clone(),
                     stop_rx.clone(),
                 );
                 tokio::task::spawn_local(sync);
@@ -224,13 +241,33 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                 }
                 stop_tx
             };
-            let mut stop_tx = node_tasks(&cfg);
+            let mut stop_tx = if purged_before.is_some() { watch::channel(false).0 } else { node_tasks(&cfg) };
 
             loop {
                 tokio::select! {
                     _ = term.recv() => break,
                     _ = int.recv() => break,
+                    _ = purged_rx.changed() => {
+                        let Some(msg) = purged_rx.borrow_and_update().clone() else { continue };
+                        // Stop everything, touch nothing of the cluster, and
+                        // keep saying why until the node is reset.
+                        warn!("{msg}: stopping every component");
+                        if let Err(e) = write_atomic(&paths.purged_marker(), format!("{msg}\n").as_bytes(), 0o644) {
+                            warn!(error = %e, "cannot record the purge");
+                        }
+                        let _ = stop_tx.send(true);
+                        let _ = agent_stop_tx.send(true);
+                        for (tx, _) in senders.values() {
+                            let _ = tx.send(None);
+                        }
+                        state.borrow_mut().purged = Some(msg);
+                        dirty.notify_one();
+                    }
                     _ = async { tokio::select! { _ = hup.recv() => {}, _ = reload_rx.recv() => {} } } => {
+                        if state.borrow().purged.is_some() {
+                            warn!("this node was purged: a reload changes nothing until it is reset");
+                            continue;
+                        }
                         match load() {
                             Ok(new) => {
                                 cfg = new;

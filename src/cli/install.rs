@@ -92,17 +92,17 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     let progress = Progress::new("install");
     let paths = &req.paths;
     let _lock = lock::lock_root(paths.root())?;
-    // A re-run: the cluster-wide settings are the record in etcd.
-    let changes_cluster = req.flags.get("cluster").is_some() || req.config_file.is_some();
-    let record = match config::load_installed(&paths.config_file())? {
-        Some(installed) if installed.has(Component::Etcd) => {
-            match progress.phase("reading the cluster-wide settings", || read_settings(paths, &installed)) {
+    // A re-run: the cluster-wide settings are the record in etcd. Without
+    // etcd (this master's agent is down), the options may only restate
+    // this host's copy: a change needs the record.
+    let installed = config::load_installed(&paths.config_file())?;
+    let mut unreachable = None;
+    let record = match &installed {
+        Some(i) if i.has(Component::Etcd) => {
+            match progress.phase("reading the cluster-wide settings", || read_settings(paths, i)) {
                 Ok(r) => r,
-                Err(e) if changes_cluster => {
-                    return Err(e.context("the cluster-wide settings live in etcd, which must answer to change them"))
-                }
                 Err(e) => {
-                    progress.note(format!("  going on with this host's copy of the cluster-wide settings ({e:#})"));
+                    unreachable = Some(e);
                     None
                 }
             }
@@ -110,6 +110,12 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         _ => None,
     };
     let c = resolve_config(paths, req.flags, req.config_file.as_ref(), record.as_ref().map(|r| &r.spec))?;
+    if let (Some(e), Some(i)) = (unreachable, &installed) {
+        if c.cluster != i.cluster {
+            return Err(e.context("the cluster-wide settings live in etcd, which must answer to change them"));
+        }
+        progress.note(format!("  going on with this host's copy of the cluster-wide settings ({e:#})"));
+    }
     if !c.has(Component::Etcd) {
         bail!("install sets up a master, which runs etcd: add etcd to --components (workers join with `hakube node-join-script`)");
     }

@@ -36,6 +36,10 @@ pub struct ClusterReport {
     pub nodes: Vec<crate::cluster::registry::NodeRecord>,
     /// Nodes not yet on the current settings revision.
     pub not_converged: Vec<String>,
+    /// What the leader last saw of the nodes (lost, purge due, held back).
+    pub purge: Option<crate::cluster::purge::View>,
+    /// The last purges, newest first.
+    pub purged: Vec<crate::cluster::purge::Purge>,
 }
 
 #[derive(Debug, Serialize)]
@@ -98,6 +102,9 @@ pub async fn gather(paths: &Paths) -> anyhow::Result<Report> {
             _ => problems.push(format!("{comp} is not running")),
         }
     }
+    if let Some(msg) = &state.purged {
+        problems.push(msg.clone());
+    }
     if let (Some(_), Some(reason)) = (agent_pid, &state.reload_error) {
         problems.push(format!(
             "the agent refused the last configuration and runs the one before: {reason} (fix {} and re-run install)",
@@ -107,7 +114,12 @@ pub async fn gather(paths: &Paths) -> anyhow::Result<Report> {
     let etcd = if c.has(Component::Etcd) { Some(probe_etcd(paths, &c).await) } else { None };
     if let Some(e) = &etcd {
         if !e.healthy {
-            problems.push(format!("etcd at {} is unhealthy: {}", e.endpoint, e.error.as_deref().unwrap_or("")));
+            problems.push(format!(
+                "etcd at {} is unhealthy: {} (without a quorum nothing is purged and no master joins: \
+                 a member is never removed when that would cost quorum; bring the masters back)",
+                e.endpoint,
+                e.error.as_deref().unwrap_or("")
+            ));
         }
     }
     let cluster = match &etcd {
@@ -138,7 +150,16 @@ async fn probe_cluster(paths: &Paths, c: &ClusterConfig) -> Result<ClusterReport
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let revision = settings.as_ref().map(|s| s.revision).unwrap_or(0);
     let not_converged = nodes.iter().filter(|n| n.settings_revision != revision).map(|n| n.name.clone()).collect();
+    let mut purge = crate::cluster::purge::read_view(&mut client, &endpoint).await.map_err(|e| e.to_string())?;
+    if let Some(v) = purge.as_mut() {
+        v.current = crate::cluster::purge::in_progress(&mut client, &endpoint).await.map_err(|e| e.to_string())?;
+    }
+    let mut purged = crate::cluster::purge::history(&mut client, &endpoint).await.map_err(|e| e.to_string())?;
+    purged.reverse();
+    purged.truncate(5);
     Ok(ClusterReport {
+        purge,
+        purged,
         leader,
         settings_revision: revision,
         settings_written_by: settings.as_ref().map(|s| s.written_by.clone()).unwrap_or_default(),
@@ -259,17 +280,49 @@ pub fn render(r: &Report) -> String {
         }
         let now = crate::host::clock::now_secs();
         for n in &cl.nodes {
-            let lag = if n.settings_revision == cl.settings_revision {
+            let mut lag = if n.settings_revision == cl.settings_revision {
                 String::new()
             } else {
                 format!("  NOT CONVERGED (runs revision {})", n.settings_revision)
             };
+            use crate::cluster::purge::{human, Assessment};
+            if let Some(v) = cl.purge.as_ref().and_then(|p| p.nodes.iter().find(|v| v.name == n.name)) {
+                match &v.assessment {
+                    Assessment::Alive => {}
+                    Assessment::Lost { lost_for, purge_in: Some(d) } => {
+                        lag.push_str(&format!("  LOST for {}, purge in {}", human(*lost_for), human(*d)))
+                    }
+                    Assessment::Lost { lost_for, purge_in: None } => lag.push_str(&format!(
+                        "  LOST for {} (lost-node-toleration is never: not purged)",
+                        human(*lost_for)
+                    )),
+                    Assessment::Due { lost_for } => {
+                        lag.push_str(&format!("  LOST for {}, purge due", human(*lost_for)))
+                    }
+                }
+                if let Some(why) = &v.held_back {
+                    lag.push_str(&format!(" but held back: {why}"));
+                }
+            }
             out.push_str(&format!(
                 "  node {:<16} {:<7} {:<15} heartbeat {}s ago{lag}\n",
                 n.name,
                 n.role.to_string(),
                 n.address.to_string(),
                 now.saturating_sub(n.heartbeat_at)
+            ));
+        }
+        if let Some(p) = cl.purge.as_ref().and_then(|v| v.current.as_ref()) {
+            out.push_str(&format!("  purging {} ({:?} next), started by {}\n", p.node.name, p.step, p.started_by));
+        }
+        for p in &cl.purged {
+            out.push_str(&format!(
+                "  purged {} {} at {} after {} lost (by {})\n",
+                p.node.role,
+                p.node.name,
+                crate::cli::tokens::rfc3339(p.finished_at.unwrap_or(p.started_at)),
+                crate::cluster::purge::human(p.lost_for),
+                p.started_by
             ));
         }
     }

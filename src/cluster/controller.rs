@@ -106,13 +106,25 @@ impl Controller {
             .filter(|r| r.role == Role::Master)
             .map(|r| r.name)
             .collect();
+        // The record itself, not this node's copy (which may lag it).
+        let spec = match super::settings::read(etcd, &endpoint).await.map_err(|e| e.to_string())? {
+            Some(s) => s.spec,
+            None => self.cfg.cluster.clone(),
+        };
         self.remove_stalled_learners().await;
 
         // Kubernetes, through this node's own API server (a master that
         // runs none, etcd alone, leaves this part to none).
-        if !self.cfg.has(crate::config::Component::KubeApiserver) {
-            return Ok(());
-        }
+        let kube = if self.cfg.has(crate::config::Component::KubeApiserver) {
+            let kube = self.kube_round(term, &masters, spec.taint_control_plane).await?;
+            Some(kube)
+        } else {
+            None
+        };
+        self.purge_round(term, kube.as_ref(), spec.lost_node_toleration).await
+    }
+
+    async fn kube_round(&mut self, term: &Term, masters: &[String], tainted: bool) -> Result<KubeClient, String> {
         if self.admin.is_none() {
             self.admin = Some(KubeClient::from_kubeconfig(&self.paths.kubeconfig("admin")).map_err(|e| e.to_string())?);
             self.kube = Some(
@@ -124,8 +136,7 @@ impl Controller {
         if self.rbac_for.as_ref() != Some(term) {
             // The admin client talks to the control-plane endpoint; the
             // bootstrap goes to this node's own API server, like the rest.
-            let local = kube_local(&self.cfg);
-            let admin = admin.with_servers(vec![local]);
+            let admin = admin.with_servers(vec![kube_local(&self.cfg)]);
             for (path, obj) in rbac::objects() {
                 let what = format!("{} {}", obj["kind"].as_str().unwrap_or(""), obj["metadata"]["name"]);
                 admin
@@ -143,15 +154,8 @@ impl Controller {
             self.acquired = micro_time(time::OffsetDateTime::now_utc());
         }
         self.mirror_lease(&kube).await?;
-        // The record itself, not this node's copy (which may lag it).
-        let etcd = self.etcd.as_mut().expect("connected");
-        let tainted = match super::settings::read(etcd, &endpoint).await {
-            Ok(Some(s)) => s.spec.taint_control_plane,
-            Ok(None) => self.cfg.cluster.taint_control_plane,
-            Err(e) => return Err(e.to_string()),
-        };
         for m in masters {
-            match taints::apply(&kube, &m, tainted).await {
+            match taints::apply(&kube, m, tainted).await {
                 Ok(Outcome::Patched) => info!(node = %m, tainted, "control-plane role set on the master's Node"),
                 Ok(Outcome::NotRegistered) => debug!(node = %m, "master's Node not registered yet"),
                 Ok(Outcome::Conflict) => debug!(node = %m, "master's Node changed meanwhile; next round"),
@@ -159,7 +163,31 @@ impl Controller {
                 Err(e) => warn!(node = %m, error = %e, "cannot set the control-plane role"),
             }
         }
-        Ok(())
+        Ok(kube)
+    }
+
+    async fn purge_round(
+        &mut self,
+        term: &Term,
+        kube: Option<&KubeClient>,
+        toleration: crate::config::Toleration,
+    ) -> Result<(), String> {
+        let endpoint = self.cfg.etcd_client_url();
+        let creds = Credentials::load(&self.paths, "apiserver-etcd-client").map_err(|e| e.to_string())?;
+        let etcd = self.etcd.as_mut().expect("connected");
+        let mut purger = super::purge::Purger {
+            etcd,
+            endpoint: &endpoint,
+            creds: &creds,
+            kube,
+            leader: self.cfg.node.name.as_str(),
+            toleration,
+            term,
+        };
+        let view = purger.round().await?;
+        super::purge::store_view(self.etcd.as_mut().expect("connected"), &endpoint, &view)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// `kube-system/hakube-controller`, held by this node, for `kubectl get lease`.

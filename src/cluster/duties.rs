@@ -74,6 +74,10 @@ pub async fn heartbeat(
                 r.settings_revision = revision;
             };
             if registry::update(c, &endpoint, cfg.node.name.as_str(), beat).await?.is_none() {
+                // A purged master stays out (its agent learns it and stops).
+                if crate::cluster::purge::tombstone(c, &endpoint, cfg.node.name.as_str()).await?.is_some() {
+                    return Ok(());
+                }
                 // The first master registers itself.
                 let record = NodeRecord {
                     name: cfg.node.name.to_string(),

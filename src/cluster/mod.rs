@@ -5,6 +5,7 @@
 pub mod controller;
 pub mod duties;
 pub mod election;
+pub mod purge;
 pub mod registry;
 pub mod settings;
 pub mod taints;

@@ -36,7 +36,8 @@ pub enum MembershipError {
     QuorumLost { healthy: usize, voters: usize, needed: usize, unhealthy: String },
     #[error(
         "etcd member {name} ({endpoint}) is not healthy: {why}. Every voting member must be healthy before a \
-         membership change; if {name} is gone for good, remove it with `hakube node remove {name}` on a healthy master"
+         membership change; if {name} is gone for good, remove it with `hakube node remove {name}` on a healthy master \
+         (hakube purges a master lost for longer than the cluster's lost-node-toleration by itself)"
     )]
     Unhealthy { name: String, endpoint: String, why: String },
     #[error("etcd member {id:x} ({peer}) was added but has not started: a join in progress, or one that died")]

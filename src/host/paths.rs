@@ -128,6 +128,19 @@ impl Paths {
         self.config_dir().join("cni")
     }
 
+    /// Written when the cluster purged this node: its agent then runs
+    /// nothing until the node is reset and joined again.
+    pub fn purged_marker(&self) -> PathBuf {
+        self.data_dir().join("purged")
+    }
+
+    /// The masters this node knows (name and address), kept current by its
+    /// agent: where it finds the cluster when etcd or the API is out of
+    /// reach, and the node-local load balancer's backends.
+    pub fn masters_file(&self) -> PathBuf {
+        self.data_dir().join("masters.json")
+    }
+
     /// Records of image archives imported into containerd, by digest.
     pub fn imported_images_dir(&self) -> PathBuf {
         self.data_dir().join("images-imported")

@@ -301,6 +301,8 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
         registry::Claim::Claimed(_) => {}
         registry::Claim::Conflict(msg) => return Err(refuse(StatusCode::CONFLICT, msg)),
     }
+    // A purged node reset and joined again is a member once more.
+    crate::cluster::purge::clear_tombstone(&mut client, &endpoint, name.as_str()).await.map_err(unavailable)?;
 
     let mut ca_certs = BTreeMap::new();
     for name in ["ca.crt", "etcd/ca.crt", "front-proxy-ca.crt"] {
@@ -339,6 +341,32 @@ fn node_of(peer: Option<String>, remote: SocketAddr, path: &str) -> Result<Strin
     })
 }
 
+/// A purged node's identity is refused (410) until it is reset and joined
+/// again; the refusal says what happened and what to do.
+async fn refuse_purged(ctx: &ApiContext, node: &str, remote: SocketAddr) -> Result<(), Response> {
+    let endpoint = ctx.config.etcd_client_url();
+    let mut client = match ctx.client().await {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(
+                refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")).into_response()
+            )
+        }
+    };
+    match crate::cluster::purge::tombstone(&mut client, &endpoint, node).await {
+        Ok(None) => Ok(()),
+        Ok(Some(t)) => {
+            let msg = t.message(node);
+            warn!(target: "audit", %remote, %node, decision = "refused", status = 410, reason = %msg, "node");
+            Err(refuse(StatusCode::GONE, msg).into_response())
+        }
+        Err(e) => {
+            ctx.forget_client().await;
+            Err(refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")).into_response())
+        }
+    }
+}
+
 /// `GET /v1/node/cluster`: the cluster-wide settings and the masters, for a
 /// node that cannot read etcd (a worker).
 async fn node_cluster(
@@ -346,10 +374,13 @@ async fn node_cluster(
     Extension(Remote(remote)): Extension<Remote>,
     Extension(Peer(peer)): Extension<Peer>,
 ) -> Response {
-    let _node = match node_of(peer, remote, "/v1/node/cluster") {
+    let node = match node_of(peer, remote, "/v1/node/cluster") {
         Ok(n) => n,
         Err(r) => return r.into_response(),
     };
+    if let Err(r) = refuse_purged(&ctx, &node, remote).await {
+        return r;
+    }
     let endpoint = ctx.config.etcd_client_url();
     let view = async {
         let mut client = ctx.client().await?;
@@ -390,6 +421,9 @@ async fn node_heartbeat(
         Ok(n) => n,
         Err(r) => return r.into_response(),
     };
+    if let Err(r) = refuse_purged(&ctx, &node, remote).await {
+        return r;
+    }
     let beat: Heartbeat = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the body is not a heartbeat: {e}")).into_response(),

@@ -110,6 +110,53 @@ impl Node {
     }
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LeaseSpec {
+    pub holder_identity: Option<String>,
+    pub renew_time: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Lease {
+    pub metadata: ObjectMeta,
+    pub spec: LeaseSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PodSpec {
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Pod {
+    pub metadata: ObjectMeta,
+    pub spec: PodSpec,
+}
+
+/// Seconds since the epoch of an RFC 3339 time as the API server writes
+/// them (`2026-11-22T05:00:00Z`, with or without a fraction, in UTC).
+pub fn unix_secs(t: &str) -> Option<u64> {
+    let t = t.strip_suffix('Z')?;
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i32>().ok());
+    let (y, mo, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.split('.').next()?;
+    let mut h = time.split(':').map(|p| p.parse::<u8>().ok());
+    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
+    let month = time::Month::try_from(u8::try_from(mo).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(y, month, u8::try_from(day).ok()?).ok()?;
+    let dt = date.with_hms(hh, mm, ss).ok()?.assume_utc();
+    u64::try_from(dt.unix_timestamp()).ok()
+}
+
+pub fn node_lease_path(name: &str) -> String {
+    format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}")
+}
+
 pub fn nodes_path() -> &'static str {
     "/api/v1/nodes"
 }
@@ -136,6 +183,14 @@ mod tests {
         assert_eq!(n.internal_ip(), Some("10.77.0.21".parse().unwrap()));
         assert!(n.is_ready());
         assert_eq!(n.spec.taints[0].key, "node.kubernetes.io/not-ready");
+    }
+
+    #[test]
+    fn api_server_times_read_as_seconds() {
+        assert_eq!(unix_secs("2026-11-18T11:06:40Z"), Some(1_795_000_000));
+        assert_eq!(unix_secs("2026-11-18T11:06:40.123456Z"), Some(1_795_000_000));
+        assert_eq!(unix_secs("2026-11-18 11:06:40"), None);
+        assert_eq!(unix_secs("2026-13-18T11:06:40Z"), None);
     }
 
     #[test]

@@ -152,6 +152,11 @@ impl Host {
 
     /// `install` of a master with every component, from the bundle.
     pub fn install_master(&self, extra: &[&str]) -> Output {
+        self.install_master_env(extra, &[])
+    }
+
+    /// As [`Self::install_master`], with extra environment for the agent.
+    pub fn install_master_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let bundle = bundle().display().to_string();
         let mut args = vec![
             "install",
@@ -166,7 +171,7 @@ impl Host {
             "--no-systemd",
         ];
         args.extend_from_slice(extra);
-        let out = self.hakube(&args);
+        let out = self.hakube_env(&args, env);
         assert_ok(&out, &format!("install on {}", self.name));
         out
     }
@@ -473,9 +478,21 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(masters: usize, workers: usize) -> Cluster {
+        Self::with_install_env(masters, workers, &["ha"], &[])
+    }
+
+    /// A cluster whose first master is installed with `words`.
+    pub fn with_install(masters: usize, workers: usize, words: &[&str]) -> Cluster {
+        Self::with_install_env(masters, workers, words, &[])
+    }
+
+    /// As [`Self::with_install`], every agent started with `env`.
+    pub fn with_install_env(masters: usize, workers: usize, words: &[&str], env: &[(&str, &str)]) -> Cluster {
         let net = Network::new();
         let m1 = net.host("m1");
-        m1.install_master(&["ha"]);
+        m1.install_master_env(words, env);
+        let mut join_env = vec![BIN];
+        join_env.extend_from_slice(env);
         let (_dm, master_script) = join_script(&m1, true, &[]);
         let (_dw, worker_script) = join_script(&m1, false, &[]);
         let more: Vec<Host> = (2..=masters).map(|i| net.host(&format!("m{i}"))).collect();
@@ -483,8 +500,8 @@ impl Cluster {
         std::thread::scope(|s| {
             let joins: Vec<_> = more
                 .iter()
-                .map(|h| (h, s.spawn(|| run_join(h, &master_script, MASTER, &[BIN]))))
-                .chain(workers.iter().map(|h| (h, s.spawn(|| run_join(h, &worker_script, WORKER, &[BIN])))))
+                .map(|h| (h, s.spawn(|| run_join(h, &master_script, MASTER, &join_env))))
+                .chain(workers.iter().map(|h| (h, s.spawn(|| run_join(h, &worker_script, WORKER, &join_env)))))
                 .collect();
             for (h, j) in joins {
                 let out = j.join().unwrap();
@@ -521,4 +538,28 @@ pub fn logs(h: &Host) -> String {
         out.push_str(&format!("--- {} ({})\n{}\n", e.path().display(), h.name, tail.join("\n")));
     }
     out
+}
+
+/// Names of the Nodes whose Ready condition is True.
+pub fn ready_nodes(m: &Host) -> Vec<String> {
+    let out = m.kubectl(&["get", "nodes", "-o", "json"]);
+    if !out.status.success() {
+        return vec![];
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut names: Vec<String> = v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| {
+            n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
 }

@@ -1,0 +1,195 @@
+//! Lost nodes purged by the elected leader, with the real control plane and
+//! a short toleration: a worker's StatefulSet pod comes back elsewhere, a
+//! master's etcd member goes without costing quorum, a short partition
+//! purges nothing, a purged node that comes back refuses to run, a new
+//! leader finishes a purge its predecessor started.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn status_json(h: &Host) -> serde_json::Value {
+    serde_json::from_slice(&h.hakube(&["status", "--json"]).stdout).unwrap_or_default()
+}
+
+fn node_names(m: &Host) -> Vec<String> {
+    let v = m.kubectl_json(&["get", "nodes"]);
+    let mut n: Vec<String> = v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    n.sort();
+    n
+}
+
+fn registered(m: &Host) -> Vec<String> {
+    let mut n: Vec<String> = status_json(m)["cluster"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["name"].as_str().map(str::to_owned))
+        .collect();
+    n.sort();
+    n
+}
+
+fn heartbeat_age(m: &Host, node: &str) -> Option<u64> {
+    let s = status_json(m);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    s["cluster"]["nodes"].as_array()?.iter().find(|n| n["name"] == node)?["heartbeat_at"]
+        .as_u64()
+        .map(|t| now.saturating_sub(t))
+}
+
+/// A host dies: its processes, its pods.
+fn stop(h: &Host) {
+    h.kill_all();
+    h.kill_pods();
+}
+
+fn statefulset(image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: db}}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec:
+      terminationGracePeriodSeconds: 30
+      affinity:
+        nodeAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 100
+            preference:
+              matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [w1]}}]
+      containers:
+      - name: c
+        image: {image}
+        imagePullPolicy: Never
+        command: [sleep, '3600']
+"
+    )
+}
+
+fn db_pod(m: &Host) -> Option<(String, String)> {
+    let v = m.kubectl_json(&["get", "pod", "-l", "app=db"]);
+    let p = v["items"]
+        .as_array()?
+        .iter()
+        .find(|p| p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null())?;
+    Some((p["metadata"]["name"].as_str()?.to_owned(), p["spec"]["nodeName"].as_str()?.to_owned()))
+}
+
+#[test]
+fn lost_workers_and_masters_are_purged_safely_and_a_short_partition_is_not() {
+    let c = Cluster::with_install(3, 2, &["ha", "lost-node-toleration=20s"]);
+    let (m1, w1, w2) = (c.host("m1"), c.host("w1"), c.host("w2"));
+    wait_for("five Nodes Ready", Duration::from_secs(240), || ready_nodes(m1).len() == 5);
+
+    // A StatefulSet pod on w1.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db.yaml");
+    std::fs::write(&file, statefulset(&test_image())).unwrap();
+    assert_ok(&m1.kubectl(&["apply", "-f", file.to_str().unwrap()]), "apply the StatefulSet");
+    wait_for("db-0 Running on w1", Duration::from_secs(120), || db_pod(m1).is_some_and(|p| p.1 == "w1"));
+
+    // A partition shorter than the toleration: nothing is purged, w2 recovers.
+    c.net.set_link(w2, false);
+    std::thread::sleep(Duration::from_secs(12));
+    c.net.set_link(w2, true);
+    wait_for("w2's heartbeat again", Duration::from_secs(30), || heartbeat_age(m1, "w2").is_some_and(|a| a < 8));
+    assert!(registered(m1).contains(&"w2".to_owned()));
+
+    // w1 stops: within the toleration plus 15 s its Node, its pods and its
+    // registration are gone, and db-0 runs elsewhere.
+    stop(w1);
+    let t = Instant::now();
+    wait_for("w1 purged", Duration::from_secs(20 + 15 + 20), || {
+        !registered(m1).contains(&"w1".to_owned()) && !node_names(m1).contains(&"w1".to_owned())
+    });
+    eprintln!("w1 purged {:.1}s after it stopped", t.elapsed().as_secs_f64());
+    wait_for("db-0 running on another node", Duration::from_secs(120), || db_pod(m1).is_some_and(|p| p.1 != "w1"));
+    assert_eq!(node_names(m1), ["m1", "m2", "m3", "w2"], "the rest of the cluster is untouched");
+    let s = status_json(m1);
+    let history = s["cluster"]["purged"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "{s}");
+    assert_eq!(history[0]["node"]["name"], "w1");
+    let events = stdout(&m1.kubectl(&["get", "events", "--field-selector", "reason=NodePurged"]));
+    assert!(events.contains("hakube purged worker w1"), "{events}");
+
+    // w1 comes back: it learns it was purged, runs nothing, and says so.
+    let (_d, join) = join_script(m1, false, &[]);
+    let out = run_join(w1, &join, WORKER, &[BIN]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("node w1 was purged from the cluster"), "{err}");
+    assert!(err.contains("run `hakube reset` on it and join it again"), "{err}");
+    let st = w1.hakube(&["status"]);
+    assert!(!st.status.success() && stdout(&st).contains("was purged from the cluster"), "{}", stdout(&st));
+    assert!(w1.state()["components"].as_object().is_none_or(|c| c.is_empty()), "nothing runs: {}", w1.state());
+    assert!(!node_names(m1).contains(&"w1".to_owned()), "its kubelet never registered it again");
+
+    // m1 stops (a master, and the first w2 would heartbeat through): w2's
+    // heartbeats go on through another master, m1's etcd member goes, and
+    // the two left are healthy voters.
+    let lost = m1;
+    let watcher = c.host("m2");
+    stop(lost);
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(heartbeat_age(watcher, "w2").is_some_and(|a| a < 10), "w2's heartbeats stopped with m1");
+    wait_for("m1 purged", Duration::from_secs(60), || !registered(watcher).contains(&"m1".to_owned()));
+    let e = &status_json(watcher)["etcd"];
+    let members = e["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{e}");
+    assert!(members.iter().all(|m| m["healthy"] == true && m["is_learner"] == false), "{e}");
+    let leader = status_json(watcher)["cluster"]["leader"].as_str().unwrap().to_owned();
+    let (survivor, watcher) = if leader == "m2" { (c.host("m2"), c.host("m3")) } else { (c.host("m3"), c.host("m2")) };
+
+    // Losing a second master of three would cost quorum: never purged, and
+    // status says why; once it is back, it is still a member.
+    stop(watcher);
+    std::thread::sleep(Duration::from_secs(35));
+    let st = survivor.hakube(&["status"]);
+    let text = stdout(&st);
+    assert!(!st.status.success() && text.contains("nothing is purged"), "{text}");
+    watcher.install_master(&["ha"]);
+    wait_for("quorum back", Duration::from_secs(60), || status_json(survivor)["etcd"]["healthy"] == true);
+    assert!(registered(survivor).contains(&watcher.name), "the second lost master was purged");
+    let members = status_json(survivor)["etcd"]["members"].as_array().unwrap().len();
+    assert_eq!(members, 2);
+}
+
+#[test]
+fn a_new_leader_finishes_a_purge_its_predecessor_started() {
+    // Every purge step is slow, so the leader can be killed in the middle.
+    let c = Cluster::with_install_env(3, 1, &["ha", "lost-node-toleration=20s"], &[("HAKUBE_FAULT", "slow-purge")]);
+    let (m1, w1) = (c.host("m1"), c.host("w1"));
+    wait_for("four Nodes Ready", Duration::from_secs(240), || ready_nodes(m1).len() == 4);
+    stop(w1);
+    let mut leader = String::new();
+    wait_for("the purge of w1 under way", Duration::from_secs(90), || {
+        let v = status_json(m1);
+        let step = v["cluster"]["purge"]["current"]["step"].as_str().unwrap_or("");
+        leader = v["cluster"]["leader"].as_str().unwrap_or("").to_owned();
+        v["cluster"]["purge"]["current"]["node"]["name"] == "w1" && step != "taint" && !step.is_empty()
+    });
+    stop(c.host(&leader));
+    let other = c.masters.iter().find(|h| h.name != leader).unwrap();
+    wait_for("w1's purge finished by the next leader", Duration::from_secs(120), || {
+        let v = status_json(other);
+        v["cluster"]["purged"].as_array().into_iter().flatten().any(|p| p["node"]["name"] == "w1")
+    });
+    assert!(!registered(other).contains(&"w1".to_owned()));
+    assert!(!node_names(other).contains(&"w1".to_owned()));
+    let v = status_json(other);
+    let p = v["cluster"]["purged"].as_array().unwrap().iter().find(|p| p["node"]["name"] == "w1").unwrap().clone();
+    assert_eq!(p["started_by"], leader.as_str(), "started by the leader that was killed: {p}");
+    assert_ne!(p["finished_by"], leader.as_str(), "finished by another: {p}");
+}
