@@ -66,6 +66,7 @@ _hakube_need() {
     curl) pkg=curl ;;
     flock) pkg=util-linux ;;
     haproxy) pkg=haproxy ;;
+    jq) pkg=jq ;;
     *) return 2 ;;
   esac
   # ip lives in /usr/sbin, which a non-root PATH may lack.

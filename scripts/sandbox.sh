@@ -19,6 +19,9 @@
 # Environment:
 #   HAKUBE_SANDBOX_DIR  state directory (default: <repo>/.sandbox)
 #   HAKUBE_BIN          hakube binary to use instead of building target/release/hakube
+#   HAKUBE_SANDBOX_INSTALL
+#                       extra words for m1's install, which set the cluster's
+#                       settings, e.g. 'taint-control-plane lost-node-toleration=5m'
 set -euo pipefail
 
 prog=sandbox.sh
@@ -72,6 +75,7 @@ usage: scripts/$prog up [--masters N] [--workers M]
 
 State directory: $state_dir (HAKUBE_SANDBOX_DIR)
 Binary: HAKUBE_BIN, else $repo/target/release/hakube (built by \`up\`)
+Cluster settings for m1's install: HAKUBE_SANDBOX_INSTALL (e.g. 'taint-control-plane')
 EOF
 }
 
@@ -237,6 +241,8 @@ EOF
 
 cmd_up() {
   local masters=3 workers=2 bin bundle i name
+  local -a extra_words=()
+  read -r -a extra_words <<<"${HAKUBE_SANDBOX_INSTALL:-}"
   while (($#)); do
     case "$1" in
       --masters | --workers)
@@ -303,7 +309,7 @@ cmd_up() {
     msg "installing hakube on $name (etcd, containerd, the control plane and kubelet; at most ${install_timeout} s)"
     # 9>&-: the agent install leaves running must not inherit the lock.
     timeout --foreground -k 10 "$install_timeout" ip netns exec "$(ns_of "$name")" \
-      "$bin" --root "$(root_of "$name")" install ha \
+      "$bin" --root "$(root_of "$name")" install ha "${extra_words[@]}" \
       --advertise-address "$net_prefix.11" --node-name "$name" \
       --components "$master_components" --bundle "$bundle" --no-systemd 9>&- ||
       die "hakube install on $name failed or timed out; logs: $(root_of "$name")/var/lib/hakube/logs/"

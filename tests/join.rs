@@ -484,11 +484,23 @@ fn a_master_wiped_without_leaving_etcd_rejoins_under_its_address() {
     let (m2, m3) = (net.host("m2"), net.host("m3"));
     assert_ok(&run_join(&m2, &join, "etcd", &[BIN]), "m2");
     assert_ok(&run_join(&m3, &join, "etcd", &[BIN]), "m3");
-    // m3 dies and is wiped without leaving etcd (its agent is gone, so only --force resets it).
+    // m3 dies: with its agent gone, a reset leaves etcd through another master.
     m3.kill_all();
     let out = m3.hakube(&["reset"]);
-    assert!(!out.status.success() && stderr(&out).contains("the agent is not running"), "{}", stderr(&out));
-    assert_ok(&m3.hakube(&["reset", "--force"]), "reset --force");
+    assert_ok(&out, "reset of a dead master");
+    let err = stderr(&out);
+    assert!(
+        [&m1, &m2].iter().any(|h| err.contains(&format!("through https://{}:2379", h.addr))),
+        "left through another master: {err}"
+    );
+    let mut names = voters(&m1);
+    names.sort();
+    assert_eq!(names, ["m1", "m2"], "{}", members_text(&m1));
+    assert_ok(&run_join(&m3, &join, "etcd", &[BIN]), "m3 again");
+    // m3 dies again and its disk is wiped: it never left etcd.
+    m3.kill_all();
+    std::fs::remove_dir_all(m3.root()).unwrap();
+    std::fs::create_dir(m3.root()).unwrap();
     assert!(members_text(&m1).contains(&format!("https://{}:2380", m3.addr)), "the stale voter is still there");
     // Joining again from the same address replaces the stale member.
     let (_d2, join2) = join_script(&m1, true, &[]);

@@ -82,33 +82,72 @@ pub fn run(paths: &Paths, force: bool) -> anyhow::Result<()> {
 
 /// A master removes its own etcd member first, so the cluster does not keep
 /// counting a voter that is gone (and refuses if that would cost quorum).
+/// Through its own etcd while the agent runs it; else through the other
+/// masters it knows, so that a dead or purged master can still be reset
+/// cleanly.
 fn leave_etcd(paths: &Paths) -> anyhow::Result<()> {
-    use crate::config::{self, Component};
+    use crate::config::{self, Component, Host, HostPort};
     use crate::etcd::{self, membership, Credentials};
     let Some(c) = config::load_installed(&paths.config_file())? else { return Ok(()) };
     if !c.has(Component::Etcd) {
         return Ok(());
     }
-    if PidFile::holder(&paths.agent_pid_file()).is_none() {
-        anyhow::bail!(
-            "the agent is not running, so this master cannot take its etcd member out of the cluster: \
-             start it first (re-run `hakube install`, or `systemctl start hakube`)"
-        );
+    if paths.purged_marker().exists() {
+        eprintln!("[reset]   this master was purged: its etcd member was removed then");
+        return Ok(());
     }
     let Ok(creds) = Credentials::load(paths, "apiserver-etcd-client") else { return Ok(()) };
+    let agent_runs = PidFile::holder(&paths.agent_pid_file()).is_some();
+    let endpoints: Vec<String> = if agent_runs {
+        vec![c.etcd_client_url()]
+    } else {
+        // The masters it last knew, then those it joined through.
+        let own = c.etcd_client_url();
+        let mut v: Vec<String> = crate::agent::masters::read(paths, &c)
+            .into_iter()
+            .map(|m| format!("https://{}", HostPort::new(Host::Ip(m.address), c.node.etcd_client_port)))
+            .chain(c.node.etcd.join_endpoints.iter().cloned())
+            .filter(|u| *u != own)
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|u| seen.insert(u.clone()));
+        v
+    };
+    if endpoints.is_empty() {
+        eprintln!("[reset]   the only master this node knows is itself: no etcd cluster to leave");
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let endpoint = c.etcd_client_url();
-        let mut client =
-            etcd::connect_with(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(3), None).await?;
+        let mut reached = None;
+        for endpoint in &endpoints {
+            if let Ok(client) =
+                etcd::connect_with(std::slice::from_ref(endpoint), &creds, Duration::from_secs(3), None).await
+            {
+                reached = Some((endpoint, client));
+                break;
+            }
+        }
+        let Some((endpoint, mut client)) = reached else {
+            anyhow::bail!(
+                "{}, so this master cannot take its etcd member out of the cluster: start the agent \
+                 (re-run `hakube install`, or `systemctl start hakube`)",
+                if agent_runs {
+                    format!("its etcd at {} does not answer", endpoints.join(", "))
+                } else {
+                    format!("the agent is not running and no other master's etcd answers ({})", endpoints.join(", "))
+                }
+            );
+        };
         match tokio::time::timeout(
             Duration::from_secs(90),
-            membership::leave(&mut client, &endpoint, &creds, &c.etcd_peer_url()),
+            membership::leave(&mut client, endpoint, &creds, &c.etcd_peer_url()),
         )
         .await
         {
             Ok(Ok(Some(id))) => {
-                eprintln!("[reset]   removed etcd member {id:x} ({})", c.etcd_peer_url());
+                let via = if agent_runs { String::new() } else { format!(" through {endpoint}") };
+                eprintln!("[reset]   removed etcd member {id:x} ({}){via}", c.etcd_peer_url());
                 let _ = client.delete(format!("{}{}", crate::cluster::registry::NODE_PREFIX, c.node.name), None).await;
                 Ok(())
             }
