@@ -84,7 +84,7 @@ step() {
 
 cd -- "$repo"
 
-step "dependencies" hakube_ensure_deps kube
+step "dependencies" hakube_ensure_deps kube haproxy
 hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rustup.rs), then re-run"
 
 # The Kubernetes tests run the real components: build them once (cached

@@ -8,9 +8,12 @@
 //! - [`kube`]: kubeconfigs and the components' command lines;
 //! - [`etcd`]: talking to etcd (health, membership);
 //! - [`agent`]: the supervisor of the node's processes;
-//! - [`host`]: files, processes, systemd, preflight — everything that touches the host;
-//! - [`install`], [`status`], [`reset`]: the commands, each a plan then its application;
-//! - [`cli`]: the command line, kURL-style words included.
+//! - [`lb`]: the node-local load balancer to the masters' API servers;
+//! - [`cluster`]: what the masters' agents do for the cluster as a whole;
+//! - [`join`]: tokens, join scripts and the join API;
+//! - [`host`]: files, processes, systemd — everything that touches the host;
+//! - [`cli`]: the command line and the commands, each a plan then its
+//!   application.
 
 pub mod agent;
 pub mod cli;
@@ -22,6 +25,7 @@ pub mod host;
 pub mod https;
 pub mod join;
 pub mod kube;
+pub mod lb;
 pub mod pki;
 pub mod preflight;
 pub mod progress;

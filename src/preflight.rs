@@ -6,7 +6,9 @@ use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 
-use crate::config::{ClusterConfig, Component};
+use std::time::Duration;
+
+use crate::config::{ClusterConfig, Component, HostPort};
 use crate::host::paths::Paths;
 use crate::kube::components::find_binary;
 
@@ -57,6 +59,11 @@ pub fn listening_ports(c: &ClusterConfig) -> Vec<(&'static str, SocketAddr)> {
                 out.push((name, SocketAddr::new(any, 10250)));
                 out.push((name, SocketAddr::new(lo, crate::agent::probe::KUBELET_HEALTHZ_PORT)));
             }
+        }
+    }
+    if c.runs_local_lb() {
+        if let crate::config::Host::Ip(ip) = c.local_lb_endpoint().host {
+            out.push(("the node-local load balancer", SocketAddr::new(ip, n.local_load_balancer.port)));
         }
     }
     out
@@ -216,6 +223,69 @@ pub fn enforce(paths: &Paths, config: &ClusterConfig, ignore: &[String]) -> Resu
         Ok(ignored)
     } else {
         Err(PreflightFailed(fatal))
+    }
+}
+
+/// Checks a load-balancer address before the cluster is changed to use it
+/// (what kURL's hairpin check asks): it resolves, it accepts TCP, and a TLS
+/// handshake through it reaches an API server whose certificate chains to
+/// this cluster's CA (`ca_pem`; the name is not checked, since no
+/// certificate names the address yet). Each failure is named; a later
+/// check is skipped when an earlier one failed.
+pub fn load_balancer(addr: &HostPort, ca_pem: &[u8]) -> Vec<Failure> {
+    use std::net::ToSocketAddrs;
+    let fail = |name: &str, message: String| vec![Failure { name: name.into(), message }];
+    // Name resolution blocks: bounded from a thread of its own.
+    let target = crate::https::target(addr);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(target.to_socket_addrs().map(Iterator::collect::<Vec<_>>));
+    });
+    let resolved = match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(v)) if !v.is_empty() => v,
+        Ok(Ok(_)) => return fail("load-balancer-resolves", format!("{} resolves to no address", addr.host)),
+        Ok(Err(e)) => {
+            return fail(
+                "load-balancer-resolves",
+                format!("{} does not resolve ({e}): give a name this host resolves, or an IP address", addr.host),
+            )
+        }
+        Err(_) => return fail("load-balancer-resolves", format!("resolving {} took longer than 10s", addr.host)),
+    };
+    let mut errors = vec![];
+    let accepted = resolved.iter().any(|sa| match std::net::TcpStream::connect_timeout(sa, Duration::from_secs(3)) {
+        Ok(_) => true,
+        Err(e) => {
+            errors.push(format!("{sa}: {e}"));
+            false
+        }
+    });
+    if !accepted {
+        return fail(
+            "load-balancer-accepts",
+            format!(
+                "{addr} accepts no TCP connection ({}): is the load balancer up and listening on port {}?",
+                errors.join("; "),
+                addr.port
+            ),
+        );
+    }
+    let hairpin = async {
+        let tls = std::sync::Arc::new(crate::https::chain_only_client_config(ca_pem).map_err(|e| e.to_string())?);
+        let limits =
+            crate::https::Limits { connect: Duration::from_secs(3), exchange: Duration::from_secs(5), max_body: 0 };
+        crate::https::peer_certificate(addr, tls, limits).await.map(drop).map_err(|e| e.to_string())
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    match rt.map_err(|e| e.to_string()).and_then(|rt| rt.block_on(hairpin)) {
+        Ok(()) => vec![],
+        Err(e) => fail(
+            "load-balancer-reaches-cluster",
+            format!(
+                "a TLS connection through {addr} does not reach an API server of this cluster ({e}): \
+                 check that it passes TCP through (no TLS of its own) to the masters' API servers"
+            ),
+        ),
     }
 }
 

@@ -100,19 +100,54 @@ fn install_serves_etcd_over_mtls_and_a_rerun_changes_nothing() {
 }
 
 #[test]
-fn changing_the_load_balancer_reissues_only_the_apiserver_cert() {
+fn changing_the_load_balancer_names_both_then_drops_the_old_and_reissues_only_the_apiserver_cert() {
     let h = Host::isolated();
     h.install(&["load-balancer-address=lb1.example.test:6443"]);
     let before = pki_files(&h);
-    let out = h.install(&["load-balancer-address=lb2.example.test:8443"]);
-    assert!(
-        stderr(&out).contains("apiserver: reissued (SANs changed: +DNS:lb2.example.test -DNS:lb1.example.test)"),
-        "{}",
-        stderr(&out)
-    );
+    let config_before = std::fs::read(h.root().join("etc/hakube/cluster.yaml")).unwrap();
+    let install = |extra: &[&str]| {
+        let mut args = vec![
+            "install",
+            "--advertise-address",
+            &h.addr,
+            "--node-name",
+            "m1",
+            "--components",
+            "etcd",
+            "--no-systemd",
+        ];
+        args.extend_from_slice(extra);
+        h.hakube(&args)
+    };
+
+    // A new address that resolves nowhere is refused before anything changes.
+    let out = install(&["load-balancer-address=lb2.example.test:8443"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("[load-balancer-resolves] lb2.example.test does not resolve"), "{err}");
+    assert!(err.contains("nothing was written") && err.contains("--ignore-preflight-errors=load-balancer-resolves"));
+    assert_eq!(pki_files(&h), before);
+    assert_eq!(std::fs::read(h.root().join("etc/hakube/cluster.yaml")).unwrap(), config_before);
+
+    // Waived by name, the change runs its three phases to the end.
+    let out =
+        install(&["load-balancer-address=lb2.example.test:8443", "--ignore-preflight-errors=load-balancer-resolves"]);
+    assert_ok(&out, "install with a new load-balancer address");
+    let err = stderr(&out);
+    for line in [
+        "ignored preflight error [load-balancer-resolves]",
+        "apiserver: reissued (SANs changed: +DNS:lb2.example.test)",
+        "phase add-name done on every master that is up",
+        "phase switch done on every master that is up",
+        "phase drop-name done on every master that is up",
+        "every master serves lb2.example.test:8443; the old name is dropped",
+        "endpoint:   https://lb2.example.test:8443",
+    ] {
+        assert!(err.contains(line), "no {line:?} in:\n{err}");
+    }
     let after = pki_files(&h);
     let changed: Vec<_> = before.iter().zip(&after).filter(|(a, b)| a != b).map(|(a, _)| a.0.as_str()).collect();
-    assert_eq!(changed, ["apiserver.crt"], "only the apiserver certificate changes");
+    assert_eq!(changed, ["apiserver.crt"], "only the apiserver certificate changes (its key is kept)");
     let text = stdout(&openssl(&[
         "x509",
         "-noout",
@@ -123,10 +158,20 @@ fn changing_the_load_balancer_reissues_only_the_apiserver_cert() {
     ]));
     assert!(text.contains("lb2.example.test") && !text.contains("lb1.example.test"), "{text}");
     let backups = digests(&h.pki("backup"));
-    assert_eq!(backups.len(), 1, "the old certificate is kept");
-    assert_eq!(backups[0].1, before.iter().find(|(n, _)| n == "apiserver.crt").unwrap().1);
+    assert_eq!(backups.len(), 2, "both earlier certificates are kept: {backups:?}");
+    assert!(backups.iter().any(|(_, d)| *d == before.iter().find(|(n, _)| n == "apiserver.crt").unwrap().1));
     let admin = std::fs::read_to_string(h.root().join("var/lib/hakube/kubeconfigs/admin.conf")).unwrap();
     assert!(admin.contains("server: https://lb2.example.test:8443"), "{admin}");
+    let json: serde_json::Value = serde_json::from_slice(&h.hakube(&["status", "--json"]).stdout).unwrap();
+    let settings = &json["cluster"]["settings"];
+    assert_eq!(settings["loadBalancerAddress"], "lb2.example.test:8443", "{json}");
+    assert!(settings["loadBalancerChange"].is_null(), "{json}");
+
+    // The same address again: nothing to do, and it says so.
+    let out = install(&["load-balancer-address=lb2.example.test:8443"]);
+    assert_ok(&out, "the same address again");
+    assert!(stderr(&out).contains("the load-balancer address is lb2.example.test:8443 already: nothing to change"));
+    assert_eq!(pki_files(&h), after);
 }
 
 #[test]

@@ -224,6 +224,7 @@ mod tests {
             reloads,
             reload_error: reload_error.map(str::to_owned),
             purged: None,
+            load_balancer: None,
             components: [("etcd".to_owned(), c)].into(),
         }
     }

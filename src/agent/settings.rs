@@ -127,15 +127,10 @@ pub async fn run(
                         let mut next = cfg.clone();
                         next.cluster = spec;
                         let p = paths.clone();
-                        let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
-                            let plan = crate::files::plan(&p, &next, next.node.systemd).map_err(|e| e.to_string())?;
-                            apply_files(&plan.backups).map_err(|e| e.to_string())?;
-                            apply_files(&plan.files).map_err(|e| e.to_string())?;
-                            Ok(())
-                        })
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r);
+                        let result = tokio::task::spawn_blocking(move || converge(&p, &next))
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r);
                         match result {
                             Ok(()) => {
                                 converging_to = rev;
@@ -166,14 +161,35 @@ pub async fn run(
     }
 }
 
-/// Whether the cluster purged this node, asked of the other masters before
-/// anything starts (a purged node's kubelet would register its Node again).
-/// Bounded: when no master answers, nothing is known and `None` returned.
-pub async fn purged_at_start(paths: &Paths, cfg: &ClusterConfig) -> Option<String> {
+/// Rewrites this host's files for `next` (certificates, kubeconfigs, the
+/// copy in `cluster.yaml`), holding the root as `install` does: while an
+/// install or a join changes this host, the round is skipped (they write
+/// the same files from the same record).
+pub fn converge(paths: &Paths, next: &ClusterConfig) -> Result<(), String> {
+    let _lock = crate::host::lock::lock_root(paths.root()).map_err(|e| e.to_string())?;
+    let plan = crate::files::plan(paths, next, next.node.systemd).map_err(|e| e.to_string())?;
+    apply_files(&plan.backups).map_err(|e| e.to_string())?;
+    apply_files(&plan.files).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// What the other masters say of this node before anything starts.
+#[derive(Default)]
+pub struct AtStart {
+    /// The cluster purged it (its kubelet would register its Node again).
+    pub purged: Option<String>,
+    /// The cluster-wide settings in force, which it may have missed while
+    /// it was down.
+    pub settings: Option<ClusterSpec>,
+}
+
+/// Asks the other masters, bounded: when none answers, nothing is known.
+pub async fn at_start(paths: &Paths, cfg: &ClusterConfig) -> AtStart {
     let api = NodeApi::new(paths, cfg);
     match tokio::time::timeout(Duration::from_secs(8), api.get::<NodeView>("/v1/node/cluster")).await {
-        Ok(Err(NodeApiError::Purged(msg))) => Some(msg),
-        _ => None,
+        Ok(Err(NodeApiError::Purged(msg))) => AtStart { purged: Some(msg), settings: None },
+        Ok(Ok(view)) => AtStart { purged: None, settings: view.settings },
+        _ => AtStart::default(),
     }
 }
 

@@ -47,6 +47,9 @@ pub struct State {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purged: Option<String>,
     pub components: BTreeMap<String, ComponentState>,
+    /// The node-local load balancer, where it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<crate::lb::Status>,
 }
 
 impl State {

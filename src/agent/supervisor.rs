@@ -124,6 +124,22 @@ fn healthy(state: &Shared, comp: Component) -> bool {
     state.borrow().components.get(comp.name()).is_some_and(|s| s.phase == Phase::Running && s.healthy)
 }
 
+/// Starts the node-local load balancer over the masters this node knows
+/// (re-read as the agent keeps them current).
+fn start_lb(paths: &Paths, cfg: &ClusterConfig) -> std::io::Result<crate::lb::Handle> {
+    let (p, c) = (paths.clone(), cfg.clone());
+    let port = cfg.node.api_server_port;
+    crate::lb::spawn(crate::lb::Options::new(paths, cfg), move || {
+        super::masters::read(&p, &c)
+            .into_iter()
+            .map(|m| crate::lb::Target {
+                name: if m.name.is_empty() { m.address.to_string() } else { m.name },
+                addr: std::net::SocketAddr::new(m.address, port),
+            })
+            .collect()
+    })
+}
+
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(paths: Paths) -> anyhow::Result<()> {
     use anyhow::Context as _;
@@ -181,9 +197,44 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
             // A node the cluster purged runs nothing until it is reset.
             let mut purged_before = std::fs::read_to_string(paths.purged_marker()).ok();
             if purged_before.is_none() {
-                if let Some(msg) = super::settings::purged_at_start(&paths, &cfg).await {
+                let told = super::settings::at_start(&paths, &cfg).await;
+                if let Some(msg) = told.purged {
                     let _ = write_atomic(&paths.purged_marker(), format!("{msg}\n").as_bytes(), 0o644);
                     purged_before = Some(msg);
+                }
+                // A node that was down while the settings changed (a new
+                // load-balancer address) catches up before anything starts.
+                if let Some(spec) = told.settings.filter(|s| *s != cfg.cluster) {
+                    let mut next = cfg.clone();
+                    next.cluster = spec;
+                    match super::settings::converge(&paths, &next).and_then(|()| load().map_err(|e| e.to_string())) {
+                        Ok(new) => {
+                            info!("caught up with the cluster-wide settings changed while this node was away");
+                            cfg = new;
+                        }
+                        Err(e) => warn!(error = %e, "not caught up with the cluster-wide settings before starting"),
+                    }
+                }
+            }
+            // The node-local load balancer, before anything that uses it
+            // (kubelet), for as long as the agent runs.
+            let mut lb = None;
+            if purged_before.is_none() && cfg.runs_local_lb() {
+                match start_lb(&paths, &cfg) {
+                    Ok(h) => {
+                        let (state, dirty, mut rx) = (state.clone(), dirty.clone(), h.status.clone());
+                        tokio::task::spawn_local(async move {
+                            loop {
+                                state.borrow_mut().load_balancer = Some(rx.borrow_and_update().clone());
+                                dirty.notify_one();
+                                if rx.changed().await.is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                        lb = Some(h);
+                    }
+                    Err(e) => warn!(error = %e, "cannot start the node-local load balancer"),
                 }
             }
             if let Some(msg) = &purged_before {
@@ -260,6 +311,9 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                         for (tx, _) in senders.values() {
                             let _ = tx.send(None);
                         }
+                        if let Some(h) = lb.take() {
+                            h.stop();
+                        }
                         state.borrow_mut().purged = Some(msg);
                         dirty.notify_one();
                     }
@@ -320,6 +374,9 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                 if timeout(STOP_GRACE + Duration::from_secs(2), task).await.is_err() {
                     warn!(component = %comp, "did not stop in time");
                 }
+            }
+            if let Some(h) = lb.take() {
+                h.stop();
             }
             let json = serde_json::to_vec_pretty(&*state.borrow()).expect("state serializes");
             let _ = write_atomic(&paths.state_file(), &json, 0o644);

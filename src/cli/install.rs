@@ -14,8 +14,9 @@ use time::OffsetDateTime;
 
 use crate::agent::control;
 use crate::agent::state::State;
+use crate::cluster::lbchange::{self, Ask};
 use crate::cluster::settings;
-use crate::config::{self, ClusterConfig, ClusterSpec, Component, Sources};
+use crate::config::{self, ClusterConfig, ClusterSpec, Component, HostPort, LbPhase, Sources};
 use crate::host::clock::now_secs;
 use crate::host::fs::{apply_files, FileChange};
 use crate::host::paths::Paths;
@@ -91,7 +92,7 @@ pub fn resolve_config(
 pub fn run(req: Request) -> anyhow::Result<()> {
     let progress = Progress::new("install");
     let paths = &req.paths;
-    let _lock = lock::lock_root(paths.root())?;
+    let lock = lock::lock_root(paths.root())?;
     // A re-run: the cluster-wide settings are the record in etcd. Without
     // etcd (this master's agent is down), the options may only restate
     // this host's copy: a change needs the record.
@@ -100,7 +101,16 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     let record = match &installed {
         Some(i) if i.has(Component::Etcd) => {
             match progress.phase("reading the cluster-wide settings", || read_settings(paths, i)) {
-                Ok(r) => r,
+                // Not founded yet (the agent founds it from this host's
+                // copy): this install founds it instead, from the same copy.
+                Ok(r) => r.or_else(|| {
+                    Some(settings::Settings {
+                        spec: i.cluster.clone(),
+                        revision: 0,
+                        written_by: String::new(),
+                        written_at: 0,
+                    })
+                }),
                 Err(e) => {
                     unreachable = Some(e);
                     None
@@ -109,7 +119,44 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let c = resolve_config(paths, req.flags, req.config_file.as_ref(), record.as_ref().map(|r| &r.spec))?;
+    let lb_given = config::names_load_balancer(&req.flags);
+    let mut c = resolve_config(paths, req.flags, req.config_file.as_ref(), record.as_ref().map(|r| &r.spec))?;
+    // A change of the load-balancer address under way is the record's (or,
+    // without etcd, this host's copy's): options never set it.
+    c.cluster.load_balancer_change = match (&record, &installed) {
+        (Some(r), _) => r.spec.load_balancer_change.clone(),
+        (None, Some(i)) => i.cluster.load_balancer_change.clone(),
+        (None, None) => None,
+    };
+    let lb_ask = match &record {
+        Some(r) => lbchange::ask(
+            r.spec.load_balancer_address.as_ref(),
+            r.spec.load_balancer_change.as_ref(),
+            c.cluster.load_balancer_address.as_ref(),
+            lb_given,
+            c.node.name.as_str(),
+            now_secs(),
+        )
+        .map_err(anyhow::Error::msg)?,
+        None => Ask::Nothing,
+    };
+    match &lb_ask {
+        Ask::Start(ch) => {
+            // The address in force stays until every master's certificate
+            // names the new one; the elected agent takes it from here.
+            c.cluster.load_balancer_address = ch.from.clone();
+            c.cluster.load_balancer_change = Some(ch.clone());
+        }
+        Ask::Join(ch) => progress.note(format!(
+            "the change of the load-balancer address to {} is under way (phase {}): waiting for it",
+            ch.to, ch.phase
+        )),
+        Ask::AlreadyThere => progress.note(format!(
+            "the load-balancer address is {} already: nothing to change",
+            c.cluster.load_balancer_address.as_ref().map(ToString::to_string).unwrap_or_default()
+        )),
+        Ask::Nothing => {}
+    }
     if let (Some(e), Some(i)) = (unreachable, &installed) {
         if c.cluster != i.cluster {
             return Err(e.context("the cluster-wide settings live in etcd, which must answer to change them"));
@@ -129,7 +176,18 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     }
 
     progress.phase("preflight checks", || {
-        for f in preflight::enforce(paths, &c, &req.ignore_preflight_errors)? {
+        let mut ignored = preflight::enforce(paths, &c, &req.ignore_preflight_errors)?;
+        if let Ask::Start(ch) = &lb_ask {
+            let ca =
+                std::fs::read(paths.pki("ca.crt")).with_context(|| format!("{}", paths.pki("ca.crt").display()))?;
+            let (fatal, waived) =
+                preflight::triage(preflight::load_balancer(&ch.to, &ca), &req.ignore_preflight_errors);
+            if !fatal.is_empty() {
+                return Err(preflight::PreflightFailed(fatal).into());
+            }
+            ignored.extend(waived);
+        }
+        for f in ignored {
             progress.note(format!("ignored preflight error [{}]: {}", f.name, f.message));
         }
         anyhow::Ok(())
@@ -166,8 +224,89 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     let state = progress.phase("waiting for the node to become healthy", || {
         control::wait_healthy(paths, expect, req.timeout, &progress)
     })?;
+    if let Ask::Start(ch) | Ask::Join(ch) = &lb_ask {
+        // This host's agent converges on the later phases itself: the root
+        // is not ours to hold while it does.
+        drop(lock);
+        progress.phase(&format!("changing the load-balancer address to {}", ch.to), || {
+            wait_lb_change(paths, &c, &ch.to, req.timeout, &progress)
+        })?;
+        c = config::load_installed(&paths.config_file())?.unwrap_or(c);
+    }
     summary(&progress, paths, &c, &state, use_systemd);
     Ok(())
+}
+
+/// Follows a change of the load-balancer address, which the elected agent
+/// drives, until it is complete: prints each master's part as it changes;
+/// on timeout, names the masters that hold it up.
+fn wait_lb_change(
+    paths: &Paths,
+    c: &ClusterConfig,
+    to: &HostPort,
+    timeout: Duration,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let (rt, mut client) = settings_client(paths, c)?;
+    let endpoint = c.etcd_client_url();
+    let deadline = std::time::Instant::now() + timeout;
+    let mut told: std::collections::BTreeMap<String, String> = Default::default();
+    let mut last: Option<lbchange::Progress> = None;
+    // Phases go one way: a poll that finds a later one (or none) has seen
+    // the earlier ones confirmed, even those it did not catch under way.
+    let mut unreported = Some(LbPhase::AddName);
+    let mut phases_done = |now: Option<LbPhase>| {
+        while let Some(p) = unreported.filter(|p| now.is_none_or(|n| *p < n)) {
+            progress.note(format!("  phase {p} done on every master that is up: {}", p.what()));
+            unreported = p.next();
+        }
+    };
+    loop {
+        let (record, at) = rt.block_on(async {
+            let record = settings::read(&mut client, &endpoint).await?;
+            let at = lbchange::read_progress(&mut client, &endpoint).await?;
+            anyhow::Ok((record, at))
+        })?;
+        let Some(record) = record else { bail!("the cluster-wide settings record is gone from etcd") };
+        match &record.spec.load_balancer_change {
+            None if record.spec.load_balancer_address.as_ref() == Some(to) => {
+                phases_done(None);
+                progress.note(format!("  every master serves {to}; the old name is dropped"));
+                return Ok(());
+            }
+            None => bail!(
+                "the load-balancer address is {} and no change is under way: another install changed it meanwhile",
+                record.spec.load_balancer_address.as_ref().map(ToString::to_string).unwrap_or_else(|| "none".into())
+            ),
+            Some(ch) if &ch.to != to => bail!("another change of the load-balancer address, to {}, took over", ch.to),
+            Some(ch) => phases_done(Some(ch.phase)),
+        }
+        if let Some(p) = &at {
+            for m in &p.masters {
+                let line = format!("{}: {}", p.change.phase, m.state);
+                if told.get(&m.name) != Some(&line) {
+                    progress.note(format!("  {:<12} {line}", m.name));
+                    told.insert(m.name.clone(), line);
+                }
+            }
+            last = at;
+        }
+        if std::time::Instant::now() >= deadline {
+            let holding: Vec<String> = last
+                .iter()
+                .flat_map(|p| &p.masters)
+                .filter(|m| !matches!(m.state, lbchange::Confirm::Done(_)))
+                .map(|m| format!("{} ({})", m.name, m.state))
+                .collect();
+            bail!(
+                "the load-balancer address change to {to} is not complete after {}s; held up by: {}. The elected \
+                 agent keeps driving it: `hakube status` shows where it stands",
+                timeout.as_secs(),
+                if holding.is_empty() { "no master reported yet".to_owned() } else { holding.join(", ") }
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 pub fn summary(progress: &Progress, paths: &Paths, c: &ClusterConfig, state: &State, use_systemd: bool) {
@@ -206,9 +345,11 @@ pub fn summary(progress: &Progress, paths: &Paths, c: &ClusterConfig, state: &St
         ));
     }
     if c.cluster.ha && c.cluster.load_balancer_address.is_none() {
-        text.push_str(
-            "  (ha without load-balancer-address: clients reach the API through a single master until you add one)\n",
-        );
+        text.push_str(&format!(
+            "  (ha without load-balancer-address: every node reaches the API servers through its node-local \
+             balancer at {}; for clients outside the cluster, add one with load-balancer-address=HOST:PORT)\n",
+            c.local_lb_endpoint()
+        ));
     }
     eprint!("{text}");
 }

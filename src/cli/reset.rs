@@ -98,10 +98,8 @@ fn leave_etcd(paths: &Paths) -> anyhow::Result<()> {
     }
     let Ok(creds) = Credentials::load(paths, "apiserver-etcd-client") else { return Ok(()) };
     let agent_runs = PidFile::holder(&paths.agent_pid_file()).is_some();
-    let endpoints: Vec<String> = if agent_runs {
-        vec![c.etcd_client_url()]
-    } else {
-        // The masters it last knew, then those it joined through.
+    // The other masters it last knew, then those it joined through.
+    let others: Vec<String> = {
         let own = c.etcd_client_url();
         let mut v: Vec<String> = crate::agent::masters::read(paths, &c)
             .into_iter()
@@ -113,6 +111,7 @@ fn leave_etcd(paths: &Paths) -> anyhow::Result<()> {
         v.retain(|u| seen.insert(u.clone()));
         v
     };
+    let endpoints = if agent_runs { vec![c.etcd_client_url()] } else { others.clone() };
     if endpoints.is_empty() {
         eprintln!("[reset]   the only master this node knows is itself: no etcd cluster to leave");
         return Ok(());
@@ -148,7 +147,30 @@ fn leave_etcd(paths: &Paths) -> anyhow::Result<()> {
             Ok(Ok(Some(id))) => {
                 let via = if agent_runs { String::new() } else { format!(" through {endpoint}") };
                 eprintln!("[reset]   removed etcd member {id:x} ({}){via}", c.etcd_peer_url());
-                let _ = client.delete(format!("{}{}", crate::cluster::registry::NODE_PREFIX, c.node.name), None).await;
+                // Out of the registry too, so that every node's balancer
+                // drops it: through another master, since this one's etcd
+                // stops serving once its member is removed.
+                let key = format!("{}{}", crate::cluster::registry::NODE_PREFIX, c.node.name);
+                let mut deleted = Err("no other master's etcd answers".to_owned());
+                for other in &others {
+                    let Ok(mut client) =
+                        etcd::connect_with(std::slice::from_ref(other), &creds, Duration::from_secs(3), None).await
+                    else {
+                        continue;
+                    };
+                    deleted = client.delete(key.as_str(), None).await.map(drop).map_err(|e| e.to_string());
+                    if deleted.is_ok() {
+                        break;
+                    }
+                }
+                match deleted {
+                    Ok(()) => eprintln!("[reset]   removed {} from the cluster's node registry", c.node.name),
+                    Err(e) => eprintln!(
+                        "[reset]   warning: {} stays in the node registry ({e}): the elected agent purges it \
+                         once it has been lost for lost-node-toleration",
+                        c.node.name
+                    ),
+                }
                 Ok(())
             }
             Ok(Ok(None)) => Ok(()),

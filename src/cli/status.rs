@@ -17,6 +17,8 @@ pub struct Report {
     pub root: String,
     pub agent_pid: Option<u32>,
     pub components: Vec<(String, ComponentState)>,
+    /// The node-local load balancer, as the agent last saw it.
+    pub load_balancer: Option<crate::lb::Status>,
     pub etcd: Option<EtcdReport>,
     /// The cluster as a whole, as a master sees it in etcd.
     pub cluster: Option<ClusterReport>,
@@ -40,6 +42,9 @@ pub struct ClusterReport {
     pub purge: Option<crate::cluster::purge::View>,
     /// The last purges, newest first.
     pub purged: Vec<crate::cluster::purge::Purge>,
+    /// A change of the load-balancer address under way, as the leader last
+    /// saw each master's part in it.
+    pub load_balancer_change: Option<crate::cluster::lbchange::Progress>,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,6 +110,18 @@ pub async fn gather(paths: &Paths) -> anyhow::Result<Report> {
     if let Some(msg) = &state.purged {
         problems.push(msg.clone());
     }
+    let load_balancer = agent_pid.and(state.load_balancer.clone());
+    if let Some(lb) = &load_balancer {
+        use crate::lb::Health;
+        if let Some(e) = &lb.error {
+            problems.push(format!("the node-local load balancer is not listening: {e}"));
+        } else if !lb.backends.is_empty() && lb.backends.iter().all(|b| b.health == Health::Down) {
+            problems.push(format!(
+                "every API server behind the node-local load balancer {} is down (it tries them all anyway)",
+                lb.listen
+            ));
+        }
+    }
     if let (Some(_), Some(reason)) = (agent_pid, &state.reload_error) {
         problems.push(format!(
             "the agent refused the last configuration and runs the one before: {reason} (fix {} and re-run install)",
@@ -131,6 +148,7 @@ pub async fn gather(paths: &Paths) -> anyhow::Result<Report> {
         root: paths.root().display().to_string(),
         agent_pid,
         components,
+        load_balancer,
         etcd,
         cluster,
         healthy: problems.is_empty(),
@@ -157,7 +175,12 @@ async fn probe_cluster(paths: &Paths, c: &ClusterConfig) -> Result<ClusterReport
     let mut purged = crate::cluster::purge::history(&mut client, &endpoint).await.map_err(|e| e.to_string())?;
     purged.reverse();
     purged.truncate(5);
+    let load_balancer_change = match settings.as_ref().and_then(|s| s.spec.load_balancer_change.as_ref()) {
+        Some(_) => crate::cluster::lbchange::read_progress(&mut client, &endpoint).await.map_err(|e| e.to_string())?,
+        None => None,
+    };
     Ok(ClusterReport {
+        load_balancer_change,
         purge,
         purged,
         leader,
@@ -238,6 +261,28 @@ pub fn render(r: &Report) -> String {
             s.restarts
         ));
     }
+    if let Some(lb) = &r.load_balancer {
+        let now = crate::host::clock::now_secs();
+        out.push_str(&format!(
+            "load balancer {}: {}\n",
+            lb.listen,
+            lb.error.as_deref().unwrap_or(if lb.listening { "listening" } else { "starting" })
+        ));
+        for b in &lb.backends {
+            out.push_str(&format!(
+                "  backend {:<16} {:<22} {:<9} for {:<8} {} active{}\n",
+                b.name,
+                b.address,
+                format!("{:?}", b.health).to_lowercase(),
+                crate::cluster::purge::human(now.saturating_sub(b.since)),
+                b.active,
+                match (&b.last_error, b.health) {
+                    (Some(e), crate::lb::Health::Down) => format!(" ({e})"),
+                    _ => String::new(),
+                }
+            ));
+        }
+    }
     if let Some(e) = &r.etcd {
         out.push_str(&format!("etcd {}: {}\n", e.endpoint, if e.healthy { "healthy" } else { "UNHEALTHY" }));
         for m in &e.members {
@@ -277,6 +322,19 @@ pub fn render(r: &Report) -> String {
                 s.taint_control_plane,
                 s.lost_node_toleration,
             ));
+            if let Some(ch) = &s.load_balancer_change {
+                out.push_str(&format!(
+                    "  load-balancer address: {} in force, {} pending (phase {}, started by {} at {})\n",
+                    s.load_balancer_address.as_ref().map(ToString::to_string).unwrap_or_else(|| "none".into()),
+                    ch.to,
+                    ch.phase,
+                    ch.started_by,
+                    crate::cli::tokens::rfc3339(ch.started_at),
+                ));
+                for m in cl.load_balancer_change.iter().flat_map(|p| &p.masters) {
+                    out.push_str(&format!("    {:<12} {}\n", m.name, m.state));
+                }
+            }
         }
         let now = crate::host::clock::now_secs();
         for n in &cl.nodes {

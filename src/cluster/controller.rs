@@ -99,19 +99,17 @@ impl Controller {
             self.etcd = None;
             return Err("the leadership was lost before this round".into());
         }
-        let masters: Vec<String> = registry::list(etcd, &endpoint)
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|r| r.role == Role::Master)
-            .map(|r| r.name)
-            .collect();
+        let nodes = registry::list(etcd, &endpoint).await.map_err(|e| e.to_string())?;
+        let masters: Vec<String> = nodes.iter().filter(|r| r.role == Role::Master).map(|r| r.name.clone()).collect();
         // The record itself, not this node's copy (which may lag it).
         let spec = match super::settings::read(etcd, &endpoint).await.map_err(|e| e.to_string())? {
             Some(s) => s.spec,
             None => self.cfg.cluster.clone(),
         };
         self.remove_stalled_learners().await;
+        if let Err(e) = self.lb_round(&nodes).await {
+            warn!(error = %e, "load-balancer address change: round failed; retrying");
+        }
 
         // Kubernetes, through this node's own API server (a master that
         // runs none, etcd alone, leaves this part to none).
@@ -188,6 +186,15 @@ impl Controller {
         super::purge::store_view(self.etcd.as_mut().expect("connected"), &endpoint, &view)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    async fn lb_round(&mut self, nodes: &[registry::NodeRecord]) -> Result<(), String> {
+        let endpoint = self.cfg.etcd_client_url();
+        let ca_file = self.paths.pki("ca.crt");
+        let ca = std::fs::read(&ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        let etcd = self.etcd.as_mut().expect("connected");
+        let leader = self.cfg.node.name.as_str();
+        super::lbchange::round(etcd, &endpoint, leader, nodes, self.cfg.node.api_server_port, &ca).await
     }
 
     /// `kube-system/hakube-controller`, held by this node, for `kubectl get lease`.

@@ -56,11 +56,12 @@ pub async fn serve_api(paths: Paths, cfg: ClusterConfig, mut stop: watch::Receiv
 pub async fn heartbeat(
     paths: Paths,
     cfg: ClusterConfig,
-    applied: watch::Receiver<i64>,
+    mut applied: watch::Receiver<i64>,
     mut stop: watch::Receiver<bool>,
 ) {
     let endpoint = cfg.etcd_client_url();
     let mut client = None;
+    let mut registered = false;
     loop {
         let round = async {
             if client.is_none() {
@@ -68,14 +69,24 @@ pub async fn heartbeat(
                 client = Some(etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(3)).await?);
             }
             let c = client.as_mut().expect("connected");
-            let (now, revision) = (now_secs(), *applied.borrow());
+            let (now, revision) = (now_secs(), *applied.borrow_and_update());
             let beat = |r: &mut NodeRecord| {
                 r.heartbeat_at = now;
                 r.settings_revision = revision;
             };
-            if registry::update(c, &endpoint, cfg.node.name.as_str(), beat).await?.is_none() {
+            if registry::update(c, &endpoint, cfg.node.name.as_str(), beat).await?.is_some() {
+                registered = true;
+            } else {
                 // A purged master stays out (its agent learns it and stops).
                 if crate::cluster::purge::tombstone(c, &endpoint, cfg.node.name.as_str()).await?.is_some() {
+                    return Ok(());
+                }
+                // A record that was there and is gone was removed on
+                // purpose (a reset leaving the cluster): never put back.
+                // Only the first master, never registered by a join,
+                // registers itself, once.
+                if registered || cfg.node.etcd.initial_cluster_state != crate::config::InitialClusterState::New {
+                    warn!("this master's record is gone from the registry (a reset or a purge): not registering again");
                     return Ok(());
                 }
                 // The first master registers itself.
@@ -87,8 +98,9 @@ pub async fn heartbeat(
                     heartbeat_at: now,
                     settings_revision: revision,
                 };
-                if let Claim::Conflict(msg) = registry::claim(c, &endpoint, record).await? {
-                    warn!("cannot register this master: {msg}");
+                match registry::claim(c, &endpoint, record).await? {
+                    Claim::Conflict(msg) => warn!("cannot register this master: {msg}"),
+                    _ => registered = true,
                 }
             }
             Ok::<_, etcd::EtcdError>(())
@@ -102,8 +114,11 @@ pub async fn heartbeat(
                 Duration::from_secs(1)
             }
         };
+        // A newly applied settings revision is told at once: a change of
+        // the load-balancer address waits on it.
         tokio::select! {
             _ = stop.changed() => return,
+            _ = applied.changed() => {}
             _ = sleep(pause) => {}
         }
     }

@@ -1,10 +1,13 @@
-//! The cluster as a whole: the registry of its hosts and the duties the
-//! masters' agents perform for every node (serving joins, heartbeats,
-//! removing stalled learners).
+//! The cluster as a whole: the registry of its hosts, the cluster-wide
+//! settings, and what the masters' agents do for every node (serving joins
+//! and heartbeats; the elected one sets control-plane roles, removes
+//! stalled learners, purges lost nodes and drives load-balancer address
+//! changes).
 
 pub mod controller;
 pub mod duties;
 pub mod election;
+pub mod lbchange;
 pub mod purge;
 pub mod registry;
 pub mod settings;

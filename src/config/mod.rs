@@ -59,6 +59,104 @@ pub struct ClusterSpec {
     /// both stale) before the elected agent purges it; `never` to keep it.
     #[serde(default = "default_toleration")]
     pub lost_node_toleration: Toleration,
+    /// A change of `loadBalancerAddress` under way, which the elected agent
+    /// drives phase by phase (`cluster::lbchange`). Only hakube writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_change: Option<LbChange>,
+}
+
+/// A change of the load-balancer address, from `from` (none: the cluster
+/// had no external balancer) to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LbChange {
+    pub from: Option<HostPort>,
+    pub to: HostPort,
+    pub phase: LbPhase,
+    pub started_by: String,
+    pub started_at: u64,
+}
+
+/// The phases of a load-balancer address change, in order. The address in
+/// force (`loadBalancerAddress`) is `from` during `add-name`, `to` after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LbPhase {
+    /// Every master's API server certificate names both addresses.
+    AddName,
+    /// Admin kubeconfigs use `to`; the certificates still name both.
+    Switch,
+    /// The certificates name `to` only.
+    DropName,
+}
+
+impl LbPhase {
+    pub fn next(self) -> Option<LbPhase> {
+        match self {
+            LbPhase::AddName => Some(LbPhase::Switch),
+            LbPhase::Switch => Some(LbPhase::DropName),
+            LbPhase::DropName => None,
+        }
+    }
+
+    /// What the phase does, for people.
+    pub fn what(self) -> &'static str {
+        match self {
+            LbPhase::AddName => "every API server certificate names both addresses",
+            LbPhase::Switch => "admin kubeconfigs and new joins use the new address",
+            LbPhase::DropName => "the old name is dropped from the certificates",
+        }
+    }
+}
+
+impl std::fmt::Display for LbPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LbPhase::AddName => "add-name",
+            LbPhase::Switch => "switch",
+            LbPhase::DropName => "drop-name",
+        })
+    }
+}
+
+impl ClusterSpec {
+    /// Every load-balancer address the API servers' certificates must name
+    /// now: the one in force, and both ends of a change until its old name
+    /// is dropped.
+    pub fn load_balancer_names(&self) -> Vec<&HostPort> {
+        let mut v: Vec<&HostPort> = self.load_balancer_address.iter().collect();
+        if let Some(ch) = &self.load_balancer_change {
+            if ch.phase != LbPhase::DropName {
+                for a in ch.from.iter().chain([&ch.to]) {
+                    if !v.contains(&a) {
+                        v.push(a);
+                    }
+                }
+            }
+        }
+        v
+    }
+}
+
+/// The node-local load balancer: every node's agent passes TCP through to
+/// the masters' API servers, and the node's own kubelet goes through it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalLoadBalancer {
+    /// Listens on 127.0.0.1 at this port.
+    pub port: u16,
+    /// Milliseconds between two active checks (`GET /readyz`) of a backend.
+    pub check_interval_ms: u32,
+    /// Failed checks in a row that take a backend out.
+    pub fall: u32,
+    /// Passed checks in a row that bring it back.
+    pub rise: u32,
+}
+
+impl Default for LocalLoadBalancer {
+    fn default() -> Self {
+        LocalLoadBalancer { port: 6444, check_interval_ms: 1000, fall: 2, rise: 2 }
+    }
 }
 
 fn default_toleration() -> Toleration {
@@ -113,6 +211,8 @@ pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_servers: Vec<HostPort>,
     pub etcd: EtcdMemberSpec,
+    #[serde(default)]
+    pub local_load_balancer: LocalLoadBalancer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,13 +229,30 @@ impl ClusterConfig {
         self.node.components.contains(&c)
     }
 
-    /// Where clients reach the API servers: the load balancer when there is
-    /// one, else this node (a master) or the first master it knows (a worker).
+    /// Whether the agent runs the node-local load balancer: wherever
+    /// something of Kubernetes runs (kubelet is its client; a master's
+    /// admin kubeconfig may be too).
+    pub fn runs_local_lb(&self) -> bool {
+        self.has(Component::Kubelet) || self.has(Component::KubeApiserver)
+    }
+
+    /// The node-local load balancer, as clients on this node reach it.
+    pub fn local_lb_endpoint(&self) -> HostPort {
+        let lo = match self.node.advertise_address {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        };
+        HostPort::new(Host::Ip(lo), self.node.local_load_balancer.port)
+    }
+
+    /// Where admin kubeconfigs reach the API servers: the external load
+    /// balancer when there is one, else in `ha` mode (and on a worker) the
+    /// node-local one, else this master itself.
     pub fn control_plane_endpoint(&self) -> HostPort {
-        match (&self.cluster.load_balancer_address, self.node.api_servers.first()) {
-            (Some(lb), _) => lb.clone(),
-            (None, Some(master)) if !self.has(Component::Etcd) => master.clone(),
-            _ => HostPort::new(Host::Ip(self.node.advertise_address), self.node.api_server_port),
+        match &self.cluster.load_balancer_address {
+            Some(lb) => lb.clone(),
+            None if self.cluster.ha || !self.has(Component::KubeApiserver) => self.local_lb_endpoint(),
+            None => HostPort::new(Host::Ip(self.node.advertise_address), self.node.api_server_port),
         }
     }
 
@@ -256,6 +373,12 @@ pub fn set(tree: &mut Value, section: &str, key: &str, value: Value) {
     }
 }
 
+/// Whether a partial config tree (command-line options) names the
+/// load-balancer address.
+pub fn names_load_balancer(tree: &Value) -> bool {
+    get(tree, "cluster", "loadBalancerAddress").is_some()
+}
+
 fn get<'a>(tree: &'a Value, section: &str, key: &str) -> Option<&'a Value> {
     tree.get(section)?.get(key)
 }
@@ -336,6 +459,7 @@ fn validate(c: &ClusterConfig) -> Result<(), String> {
         ("etcdClientPort", n.etcd_client_port),
         ("etcdPeerPort", n.etcd_peer_port),
         ("joinApiPort", n.join_api_port),
+        ("localLoadBalancer.port", n.local_load_balancer.port),
     ];
     for (i, (a, pa)) in ports.iter().enumerate() {
         if *pa == 0 {
@@ -357,6 +481,18 @@ fn validate(c: &ClusterConfig) -> Result<(), String> {
             "etcd's metrics listen on node.etcdPeerPort + 1 ({}), which another port already takes: choose other ports",
             n.etcd_peer_port + 1
         ));
+    }
+    let lb = &n.local_load_balancer;
+    if !(100..=60_000).contains(&lb.check_interval_ms) {
+        return Err(format!(
+            "node.localLoadBalancer.checkIntervalMs is {}: give 100 to 60000 milliseconds",
+            lb.check_interval_ms
+        ));
+    }
+    for (what, v) in [("fall", lb.fall), ("rise", lb.rise)] {
+        if !(1..=10).contains(&v) {
+            return Err(format!("node.localLoadBalancer.{what} is {v}: give 1 to 10 checks"));
+        }
     }
     if c.has(Component::Kubelet) && !c.has(Component::Containerd) {
         return Err("kubelet needs the container runtime: add containerd to the components".into());

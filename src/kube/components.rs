@@ -89,10 +89,12 @@ pub fn kube_apiserver(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
         flag("tls-cert-file", pki("apiserver.crt")),
         flag("tls-private-key-file", pki("apiserver.key")),
     ];
+    // Not its serving certificate: kube-apiserver reloads that itself
+    // (since 1.17), so a new name, as a load-balancer address change adds
+    // one, reaches clients with no restart. Its key is kept across
+    // reissues, so the pair it reads always matches.
     let inputs = [
         "ca.crt",
-        "apiserver.crt",
-        "apiserver.key",
         "apiserver-etcd-client.crt",
         "apiserver-kubelet-client.crt",
         "front-proxy-client.crt",

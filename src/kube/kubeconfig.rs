@@ -18,14 +18,15 @@ use crate::pki::{self, Ca, Decision, Key, PkiError};
 pub const KUBECONFIGS: [&str; 5] = ["admin", "controller-manager", "scheduler", "kubelet", "hakube-controller"];
 
 /// controller-manager, scheduler and hakube's own controller talk to their
-/// own node's API server, as with kubeadm, so they keep working while the
-/// load balancer is changed; admin and kubelet go through the control-plane
-/// endpoint.
+/// own node's API server, as with kubeadm; kubelet goes through the
+/// node-local load balancer, so neither ever changes with the load-balancer
+/// address; admin goes through the control-plane endpoint.
 pub fn server_for(c: &ClusterConfig, kubeconfig: &str) -> String {
     let endpoint = match kubeconfig {
         "controller-manager" | "scheduler" | "hakube-controller" => {
             HostPort::new(Host::Ip(c.node.advertise_address), c.node.api_server_port)
         }
+        "kubelet" => c.local_lb_endpoint(),
         _ => c.control_plane_endpoint(),
     };
     format!("https://{endpoint}")

@@ -140,9 +140,14 @@ pub struct Observed {
 
 /// Parses a PEM certificate; `issuer_spki` checks its signature.
 pub fn observe(pem: &[u8], issuer_spki: Option<&[u8]>) -> Result<Observed, String> {
-    use x509_parser::prelude::*;
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM ({e})"))?;
-    let cert = pem.parse_x509().map_err(|e| format!("not an X.509 certificate ({e})"))?;
+    observe_der(&pem.contents, issuer_spki)
+}
+
+/// [`observe`] for a DER certificate (as a TLS handshake presents it).
+pub fn observe_der(der: &[u8], issuer_spki: Option<&[u8]>) -> Result<Observed, String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate ({e})"))?;
     let mut sans = BTreeSet::new();
     if let Ok(Some(ext)) = cert.subject_alternative_name() {
         for name in &ext.value.general_names {

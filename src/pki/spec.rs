@@ -93,7 +93,7 @@ pub fn apiserver_sans(c: &ClusterConfig) -> BTreeSet<San> {
     sans.insert(San::Ip(c.cluster.service_cidr.nth(1)));
     sans.insert(San::Ip(c.node.advertise_address));
     sans.insert(San::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-    if let Some(lb) = &c.cluster.load_balancer_address {
+    for lb in c.cluster.load_balancer_names() {
         sans.insert(match &lb.host {
             Host::Ip(ip) => San::Ip(*ip),
             Host::Dns(d) => San::Dns(d.clone()),

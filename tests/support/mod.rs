@@ -121,6 +121,16 @@ impl Host {
             .expect("ip netns exec")
     }
 
+    /// The subject alternative names the TLS server at `addr` presents, as
+    /// `openssl s_client` sees it from this host's namespace (empty when
+    /// nothing answers).
+    pub fn served_names(&self, addr: &str) -> String {
+        let script = format!(
+            "openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName 2>/dev/null"
+        );
+        stdout(&self.exec("timeout", &["10", "sh", "-c", &script]))
+    }
+
     /// Runs `bash SCRIPT ARGS…` inside the host's namespace with extra environment.
     pub fn bash(&self, script: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new("ip");

@@ -1,0 +1,338 @@
+//! Changing the load-balancer address of the whole cluster from one re-run
+//! of `install load-balancer-address=NEW` on any master.
+//!
+//! The re-run checks NEW (it resolves, accepts TCP, and reaches an API
+//! server of this cluster) and records the change in the cluster-wide
+//! settings; the elected agent then drives it, one revision of the
+//! settings per phase, and moves on only once every master that is up has
+//! confirmed the phase:
+//! 1. `add-name`: every master's API server certificate names both
+//!    addresses (issued locally, reloaded by kube-apiserver without a
+//!    restart); confirmed by a TLS handshake to each master;
+//! 2. `switch`: the address in force is NEW: admin kubeconfigs use it, and
+//!    nodes joining from now on take it; confirmed by each master running
+//!    that revision;
+//! 3. `drop-name`: the certificates name NEW only; confirmed by handshake.
+//!
+//! Node components never see any of it: kubelet goes through the
+//! node-local load balancer, controller-manager and scheduler to their own
+//! API server. A master that is down is not waited for: its agent applies
+//! the settings in force before it starts anything when it comes back.
+//! Progress, per master, is kept under [`PROGRESS`] for `install` and
+//! `status`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::Client;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::registry::NodeRecord;
+use super::Role;
+use crate::config::{ClusterSpec, Host, HostPort, LbChange, LbPhase};
+use crate::etcd::EtcdError;
+use crate::https::{self, Limits};
+use crate::pki::San;
+
+pub const PROGRESS: &str = "/hakube/lb/progress";
+
+/// Where a change stands, as the elected agent last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub change: LbChange,
+    /// The settings revision the phase was written at.
+    pub revision: i64,
+    pub leader: String,
+    pub at: u64,
+    pub masters: Vec<MasterProgress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterProgress {
+    pub name: String,
+    pub address: IpAddr,
+    pub state: Confirm,
+}
+
+/// One master's part in the current phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state", content = "detail")]
+pub enum Confirm {
+    Done(String),
+    Waiting(String),
+    /// Not heartbeating: not waited for; it catches up when it returns.
+    Down(String),
+}
+
+impl std::fmt::Display for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Confirm::Done(d) => write!(f, "done: {d}"),
+            Confirm::Waiting(d) => write!(f, "waiting: {d}"),
+            Confirm::Down(d) => write!(f, "down: {d}"),
+        }
+    }
+}
+
+/// What an install asks of the load-balancer address (pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ask {
+    /// The address is not part of this run.
+    Nothing,
+    /// Asked for the address already in force, with no change under way.
+    AlreadyThere,
+    /// A change to start.
+    Start(LbChange),
+    /// The change asked for is under way already: wait for it.
+    Join(LbChange),
+}
+
+/// Decides what a re-run does with the load-balancer address: `current`
+/// and `pending` from the record, `wanted` from the merged options, `given`
+/// whether the options named it.
+pub fn ask(
+    current: Option<&HostPort>,
+    pending: Option<&LbChange>,
+    wanted: Option<&HostPort>,
+    given: bool,
+    by: &str,
+    now: u64,
+) -> Result<Ask, String> {
+    if !given && wanted == current {
+        return Ok(Ask::Nothing);
+    }
+    let Some(wanted) = wanted else {
+        return match current {
+            None => Ok(Ask::Nothing),
+            Some(c) => Err(format!(
+                "the load-balancer address cannot be removed (it is {c}): give another one with \
+                 load-balancer-address=HOST:PORT"
+            )),
+        };
+    };
+    match pending {
+        Some(p) if &p.to == wanted => Ok(Ask::Join(p.clone())),
+        Some(p) => Err(format!(
+            "a change of the load-balancer address from {} to {} is under way (phase {}, started by {} at {}): \
+             wait for it to finish (`hakube status` shows where it stands), then run this again",
+            p.from.as_ref().map(ToString::to_string).unwrap_or_else(|| "none".into()),
+            p.to,
+            p.phase,
+            p.started_by,
+            crate::cli::tokens::rfc3339(p.started_at),
+        )),
+        None if current == Some(wanted) => Ok(Ask::AlreadyThere),
+        None => Ok(Ask::Start(LbChange {
+            from: current.cloned(),
+            to: wanted.clone(),
+            phase: LbPhase::AddName,
+            started_by: by.to_owned(),
+            started_at: now,
+        })),
+    }
+}
+
+/// The settings for the next phase once every master that is up has
+/// confirmed this one (pure); `None` to wait.
+pub fn advance(spec: &ClusterSpec, masters: &[MasterProgress]) -> Option<ClusterSpec> {
+    let ch = spec.load_balancer_change.as_ref()?;
+    let up: Vec<_> = masters.iter().filter(|m| !matches!(m.state, Confirm::Down(_))).collect();
+    if up.is_empty() || up.iter().any(|m| matches!(m.state, Confirm::Waiting(_))) {
+        return None;
+    }
+    let mut next = spec.clone();
+    match ch.phase {
+        LbPhase::AddName => {
+            next.load_balancer_address = Some(ch.to.clone());
+            next.load_balancer_change.as_mut().expect("checked").phase = LbPhase::Switch;
+        }
+        LbPhase::Switch => next.load_balancer_change.as_mut().expect("checked").phase = LbPhase::DropName,
+        LbPhase::DropName => next.load_balancer_change = None,
+    }
+    Some(next)
+}
+
+fn san_of(h: &Host) -> San {
+    match h {
+        Host::Ip(ip) => San::Ip(*ip),
+        Host::Dns(d) => San::Dns(d.clone()),
+    }
+}
+
+/// The names a master's API server presents right now; `Ok(None)` when it
+/// does not accept connections (it serves no one, so it cannot serve an
+/// old certificate).
+pub async fn presented_names(at: &HostPort, ca_pem: &[u8]) -> Result<Option<Vec<San>>, String> {
+    let tls = Arc::new(https::client_config(ca_pem, None).map_err(|e| e.to_string())?);
+    let limits = Limits { connect: Duration::from_secs(2), exchange: Duration::from_secs(3), max_body: 0 };
+    match https::peer_certificate(at, tls, limits).await {
+        Ok(der) => Ok(Some(crate::pki::observe_der(der.as_ref(), None)?.sans.into_iter().collect())),
+        Err(https::HttpsError::Connect(e)) if e.contains("refused") => Ok(None),
+        Err(e) => Err(format!("TLS handshake with {at}: {e}")),
+    }
+}
+
+/// One master's part in the phase (what the elected agent checks).
+pub async fn confirm(ch: &LbChange, revision: i64, m: &NodeRecord, api_port: u16, ca_pem: &[u8]) -> Confirm {
+    if m.settings_revision < revision {
+        return Confirm::Waiting(format!(
+            "runs settings revision {}, not yet {revision} (its agent converges within seconds)",
+            m.settings_revision
+        ));
+    }
+    let names = || async { presented_names(&HostPort::new(Host::Ip(m.address), api_port), ca_pem).await };
+    let (must_have, must_not) = match ch.phase {
+        LbPhase::AddName => (Some(&ch.to), None),
+        LbPhase::Switch => return Confirm::Done(format!("its admin kubeconfig uses {}", ch.to)),
+        LbPhase::DropName => (None, ch.from.as_ref().filter(|f| f.host != ch.to.host)),
+    };
+    match names().await {
+        Err(e) => Confirm::Waiting(e),
+        Ok(None) => Confirm::Done("its API server is not serving; it starts with the new certificate".into()),
+        Ok(Some(sans)) => {
+            if let Some(to) = must_have {
+                if !sans.contains(&san_of(&to.host)) {
+                    return Confirm::Waiting(format!("its API server does not present {} yet", to.host));
+                }
+                return Confirm::Done(format!("its API server presents {}", to.host));
+            }
+            if let Some(from) = must_not {
+                if sans.contains(&san_of(&from.host)) {
+                    return Confirm::Waiting(format!("its API server still presents {}", from.host));
+                }
+                return Confirm::Done(format!("its API server no longer presents {}", from.host));
+            }
+            Confirm::Done("nothing to drop".into())
+        }
+    }
+}
+
+fn call(endpoint: &str, e: etcd_client::Error) -> EtcdError {
+    EtcdError::Call { endpoint: endpoint.into(), message: e.to_string() }
+}
+
+pub async fn read_progress(client: &mut Client, endpoint: &str) -> Result<Option<Progress>, EtcdError> {
+    let resp = client.get(PROGRESS, None).await.map_err(|e| call(endpoint, e))?;
+    Ok(resp.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+}
+
+/// The elected agent's round: confirm the phase on every master that is
+/// up, record where it stands, and move to the next phase when all have.
+pub async fn round(
+    client: &mut Client,
+    endpoint: &str,
+    leader: &str,
+    nodes: &[NodeRecord],
+    api_port: u16,
+    ca_pem: &[u8],
+) -> Result<(), String> {
+    let Some(s) = super::settings::read(client, endpoint).await.map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let Some(ch) = s.spec.load_balancer_change.clone() else {
+        if read_progress(client, endpoint).await.map_err(|e| e.to_string())?.is_some() {
+            client.delete(PROGRESS, None).await.map_err(|e| call(endpoint, e).to_string())?;
+        }
+        return Ok(());
+    };
+    let now = crate::host::clock::now_secs();
+    let mut masters = vec![];
+    for m in nodes.iter().filter(|n| n.role == Role::Master) {
+        let silent = now.saturating_sub(m.heartbeat_at);
+        let state = if silent > super::purge::STALE_AFTER {
+            Confirm::Down(format!(
+                "no heartbeat since {}: not waited for; its agent applies the settings in force before it starts \
+                 anything when it comes back",
+                crate::cli::tokens::rfc3339(m.heartbeat_at)
+            ))
+        } else {
+            confirm(&ch, s.revision, m, api_port, ca_pem).await
+        };
+        masters.push(MasterProgress { name: m.name.clone(), address: m.address, state });
+    }
+    let progress = Progress { change: ch.clone(), revision: s.revision, leader: leader.to_owned(), at: now, masters };
+    client
+        .put(PROGRESS, serde_json::to_vec(&progress).expect("progress serializes"), None)
+        .await
+        .map_err(|e| call(endpoint, e).to_string())?;
+    let Some(next) = advance(&s.spec, &progress.masters) else { return Ok(()) };
+    match super::settings::write(client, endpoint, &next, s.revision, leader, now).await {
+        Ok(rev) => {
+            let what = match &next.load_balancer_change {
+                Some(n) => format!("phase {}", n.phase),
+                None => "complete".to_owned(),
+            };
+            info!(from = ?ch.from.as_ref().map(ToString::to_string), to = %ch.to, revision = rev,
+                "load-balancer address change: phase {} confirmed by every master that is up; {what}", ch.phase);
+            Ok(())
+        }
+        Err(e) => {
+            warn!(error = %e, "load-balancer address change: the next phase was not recorded; next round");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hp(s: &str) -> HostPort {
+        s.parse().unwrap()
+    }
+
+    fn change(from: Option<&str>, to: &str, phase: LbPhase) -> LbChange {
+        LbChange { from: from.map(hp), to: hp(to), phase, started_by: "m1".into(), started_at: 1 }
+    }
+
+    #[test]
+    fn a_rerun_starts_joins_or_refuses_a_change() {
+        let (old, new, other) = (hp("lb1:6443"), hp("lb2:6443"), hp("lb3:6443"));
+        assert_eq!(ask(Some(&old), None, Some(&old), false, "m2", 5), Ok(Ask::Nothing));
+        assert_eq!(ask(Some(&old), None, Some(&old), true, "m2", 5), Ok(Ask::AlreadyThere));
+        let started = ask(Some(&old), None, Some(&new), true, "m2", 5).unwrap();
+        let Ask::Start(ch) = &started else { panic!("{started:?}") };
+        assert_eq!((ch.from.as_ref(), &ch.to, ch.phase), (Some(&old), &new, LbPhase::AddName));
+        assert_eq!(ask(None, None, Some(&new), true, "m2", 5).map(|a| matches!(a, Ask::Start(_))), Ok(true));
+        let pending = change(Some("lb1:6443"), "lb2:6443", LbPhase::Switch);
+        assert_eq!(ask(Some(&new), Some(&pending), Some(&new), true, "m2", 5), Ok(Ask::Join(pending.clone())));
+        let e = ask(Some(&new), Some(&pending), Some(&other), true, "m2", 5).unwrap_err();
+        assert!(e.contains("from lb1:6443 to lb2:6443 is under way (phase switch, started by m1"), "{e}");
+        assert_eq!(ask(Some(&new), Some(&pending), Some(&new), false, "m2", 5), Ok(Ask::Nothing));
+        let e = ask(Some(&old), None, None, true, "m2", 5).unwrap_err();
+        assert!(e.contains("cannot be removed"), "{e}");
+    }
+
+    fn spec_with(ch: LbChange, lb: &str) -> ClusterSpec {
+        let mut spec = crate::config::tests::test_config("{}").cluster;
+        spec.load_balancer_address = Some(hp(lb));
+        spec.load_balancer_change = Some(ch);
+        spec
+    }
+
+    fn m(name: &str, state: Confirm) -> MasterProgress {
+        MasterProgress { name: name.into(), address: "10.0.0.1".parse().unwrap(), state }
+    }
+
+    #[test]
+    fn each_phase_waits_for_every_master_that_is_up() {
+        let spec = spec_with(change(Some("lb1:6443"), "lb2:6443", LbPhase::AddName), "lb1:6443");
+        let done = || Confirm::Done("ok".into());
+        assert_eq!(advance(&spec, &[m("m1", done()), m("m2", Confirm::Waiting("not yet".into()))]), None);
+        assert_eq!(advance(&spec, &[m("m1", Confirm::Down("gone".into()))]), None, "nobody confirmed");
+        let next = advance(&spec, &[m("m1", done()), m("m2", Confirm::Down("gone".into()))]).unwrap();
+        assert_eq!(next.load_balancer_address, Some(hp("lb2:6443")));
+        assert_eq!(next.load_balancer_change.as_ref().unwrap().phase, LbPhase::Switch);
+        let names: Vec<_> = next.load_balancer_names().into_iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["lb2:6443", "lb1:6443"], "both names while switching");
+        let next = advance(&next, &[m("m1", done())]).unwrap();
+        assert_eq!(next.load_balancer_change.as_ref().unwrap().phase, LbPhase::DropName);
+        let names: Vec<_> = next.load_balancer_names().into_iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["lb2:6443"], "the old name is dropped");
+        let next = advance(&next, &[m("m1", done())]).unwrap();
+        assert_eq!(next.load_balancer_change, None);
+        assert_eq!(next.load_balancer_address, Some(hp("lb2:6443")));
+    }
+}
