@@ -244,7 +244,8 @@ for ((t = 1; t <= trials; t++)); do
     for path in hakube haproxy; do
       target=127.0.0.1:6444
       [[ $path == haproxy ]] && target=127.0.0.1:6445
-      read -r g l < <(fault "$kind" "$target")
+      out=$(fault "$kind" "$target") || exit 1
+      read -r g l <<<"$out"
       gap[$kind-$path]+="$g " lost[$kind-$path]+="$l "
       msg "trial $t/$trials: $kind via $path: no success for ${g} ms, $l failed"
     done
@@ -256,7 +257,9 @@ hakube_netns_host hk-lb1 hk-sw p-lb1 "$net.201/24" || fail "host lb1"
 hakube_netns_host hk-lb2 hk-sw p-lb2 "$net.202/24" || fail "host lb2"
 start_haproxy hk-lb1 "$net.201:6443"
 start_haproxy hk-lb2 "$net.202:6443"
-sleep 4
+lb_serves() { ip netns exec hk-m1 curl -skf --max-time 2 "https://$1/readyz" >/dev/null; }
+wait_until 30 "HAProxy on lb1 with a master up" lb_serves "$net.201:6443"
+wait_until 30 "HAProxy on lb2 with a master up" lb_serves "$net.202:6443"
 install_on() { # HOST WORDS...
   local host=$1
   shift

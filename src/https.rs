@@ -67,11 +67,16 @@ fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, HttpsEr
 }
 
 /// Trusts servers whose chain leads to `ca_pem`; presents `identity` when given.
-pub fn client_config(ca_pem: &[u8], identity: Option<Identity<'_>>) -> Result<ClientConfig, HttpsError> {
+fn roots(ca_pem: &[u8]) -> Result<RootCertStore, HttpsError> {
     let mut roots = RootCertStore::empty();
     for c in certs(ca_pem, "CA certificate")? {
         roots.add(c).map_err(|e| HttpsError::Config(format!("CA certificate: {e}")))?;
     }
+    Ok(roots)
+}
+
+pub fn client_config(ca_pem: &[u8], identity: Option<Identity<'_>>) -> Result<ClientConfig, HttpsError> {
+    let roots = roots(ca_pem)?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| HttpsError::Config(e.to_string()))?
@@ -105,11 +110,7 @@ pub fn unverified_client_config() -> ClientConfig {
 /// load balancer's address before the certificates name it (the check
 /// that it reaches this cluster's API servers at all).
 pub fn chain_only_client_config(ca_pem: &[u8]) -> Result<ClientConfig, HttpsError> {
-    let mut roots = RootCertStore::empty();
-    for c in certs(ca_pem, "CA certificate")? {
-        roots.add(c).map_err(|e| HttpsError::Config(format!("CA certificate: {e}")))?;
-    }
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
         .build()
         .map_err(|e| HttpsError::Config(e.to_string()))?;
     Ok(ClientConfig::builder_with_provider(provider())

@@ -230,21 +230,7 @@ fn component_pids(h: &Host) -> BTreeMap<String, u64> {
 }
 
 fn install_out(h: &Host, extra: &[&str]) -> std::process::Output {
-    let bundle = bundle().display().to_string();
-    let mut args = vec![
-        "install",
-        "--advertise-address",
-        &h.addr,
-        "--node-name",
-        &h.name,
-        "--components",
-        MASTER,
-        "--bundle",
-        &bundle,
-        "--no-systemd",
-    ];
-    args.extend_from_slice(extra);
-    h.hakube(&args)
+    h.install_master_unchecked(extra, &[])
 }
 
 #[test]

@@ -167,6 +167,13 @@ impl Host {
 
     /// As [`Self::install_master`], with extra environment for the agent.
     pub fn install_master_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let out = self.install_master_unchecked(extra, env);
+        assert_ok(&out, &format!("install on {}", self.name));
+        out
+    }
+
+    /// As [`Self::install_master_env`], whether or not it succeeds.
+    pub fn install_master_unchecked(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let bundle = bundle().display().to_string();
         let mut args = vec![
             "install",
@@ -181,9 +188,7 @@ impl Host {
             "--no-systemd",
         ];
         args.extend_from_slice(extra);
-        let out = self.hakube_env(&args, env);
-        assert_ok(&out, &format!("install on {}", self.name));
-        out
+        self.hakube_env(&args, env)
     }
 
     /// kubectl (Debian's kubernetes-client) with this host's admin kubeconfig.
