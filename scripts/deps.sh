@@ -2,19 +2,24 @@
 #
 # Dependency helpers for hakube's scripts. Source it, then call:
 #
-#   hakube_ensure_deps [kube] [haproxy] [nextest]
+#   hakube_ensure_deps [kube] [haproxy] [vm] [nextest]
 #       Makes sure what building hakube and running its scripts and tests
 #       needs is here: the commands etcd, etcdctl, protoc, openssl, ip, curl,
 #       flock, and protoc's well-known-type includes (which Debian ships apart
 #       from protoc, in libprotobuf-dev). Installs the Debian packages of
 #       whatever is missing and says what it installed. "kube" adds what
 #       nodes that run pods need (containerd, runc, the CNI plugins,
-#       iptables) and kubectl; "haproxy" adds haproxy; "nextest" also makes
-#       sure cargo-nextest exists.
+#       iptables) and kubectl; "haproxy" adds haproxy; "vm" adds what
+#       scripts/vm.sh needs to build and boot virtual machines (qemu,
+#       qemu-img, debootstrap, mkfs.ext4, ssh); "nextest" also makes sure
+#       cargo-nextest exists.
 #   hakube_ensure_needs NEED...
 #       The same for exactly the needs named (see _hakube_need).
 #   hakube_ensure_nextest
 #       Installs cargo-nextest with `cargo install --locked` when it is missing.
+#   hakube_debian_mirror [SUITE]
+#       Prints the URI of the Debian mirror this machine's apt uses for SUITE
+#       (default bookworm), or $HAKUBE_DEBIAN_MIRROR when set.
 #   hakube_as_root SCRIPT ARGS...
 #       Returns when already root; else re-runs SCRIPT ARGS with sudo (keeping
 #       the Rust toolchain found here), or fails saying to run it as root.
@@ -67,6 +72,14 @@ _hakube_need() {
     flock) pkg=util-linux ;;
     haproxy) pkg=haproxy ;;
     jq) pkg=jq ;;
+    # What scripts/vm.sh needs: a Debian root made with debootstrap, turned
+    # into a disk image by mkfs.ext4 -d, booted by qemu over qcow2 overlays
+    # that qemu-img makes, driven over ssh.
+    qemu-system-x86_64) pkg=qemu-system-x86 ;;
+    qemu-img) pkg=qemu-utils ;;
+    debootstrap) pkg=debootstrap ;;
+    mkfs.ext4) pkg=e2fsprogs ;;
+    ssh | ssh-keygen) pkg=openssh-client ;;
     *) return 2 ;;
   esac
   # ip lives in /usr/sbin, which a non-root PATH may lack.
@@ -77,6 +90,24 @@ _hakube_need() {
 }
 
 _HAKUBE_APT_UPDATED=${_HAKUBE_APT_UPDATED:-0}
+
+# _hakube_version_pins PACKAGE...: prints extra "NAME=VERSION" arguments that
+# apt needs to install PACKAGE... at all. qemu-system-x86 and qemu-utils must
+# come from the same qemu release (a newer qemu-utils "Breaks" an older
+# qemu-system-common): when the machine has another release's qemu-utils
+# (say a backport), it is pinned to qemu-system-x86's candidate, which may
+# be a downgrade. Nothing depends on qemu-utils but qemu itself.
+_hakube_version_pins() {
+  local want installed
+  [[ " $* " == *" qemu-system-x86 "* ]] || return 0
+  command -v apt-cache >/dev/null 2>&1 || return 0
+  want=$(apt-cache policy qemu-system-x86 2>/dev/null | awk '$1 == "Candidate:" {print $2}')
+  installed=$(dpkg-query -W -f='${db:Status-Status} ${Version}' qemu-utils 2>/dev/null | awk '$1 == "installed" {print $2}')
+  [[ -n $want && $want != "(none)" && -n $installed && $installed != "$want" ]] || return 0
+  apt-cache madison qemu-utils 2>/dev/null | awk -v v="$want" '$3 == v {found = 1} END {exit !found}' || return 0
+  _hakube_deps_msg "qemu-utils $installed is from another qemu release than qemu-system-x86 $want: installing qemu-utils $want with it"
+  echo "qemu-utils=$want"
+}
 
 # apt-get install the given packages (output kept in a log, shown on failure).
 _hakube_apt_install() {
@@ -98,8 +129,11 @@ _hakube_apt_install() {
     if [[ $_HAKUBE_APT_UPDATED != 1 ]]; then
       apt-get "${apt_opts[@]}" update
     fi
-    apt-get "${apt_opts[@]}" install --no-install-recommends "$@"
-  ) >"$log" 2>&1 || rc=$?
+    # Pins (NAME=VERSION) may be downgrades; apt downgrades only those.
+    mapfile -t pins < <(_hakube_version_pins "$@" 2>&3)
+    ((${#pins[@]} == 0)) || apt_opts+=(--allow-downgrades)
+    apt-get "${apt_opts[@]}" install --no-install-recommends "$@" "${pins[@]}"
+  ) 3>&2 >"$log" 2>&1 || rc=$?
   if ((rc != 0)); then
     _hakube_deps_msg "apt-get install $* failed (exit $rc); last lines of its log $log:"
     tail -n 20 -- "$log" >&2
@@ -160,6 +194,73 @@ hakube_ensure_needs() {
     fi
   done
   _hakube_deps_msg "installed ${pkgs[*]}"
+}
+
+# hakube_debian_mirror [SUITE]: the first deb or deb-src URI that apt's
+# sources give for SUITE (deb822 .sources files first, then one-line lists).
+hakube_debian_mirror() {
+  local suite=${1:-bookworm} f uri
+  if [[ -n ${HAKUBE_DEBIAN_MIRROR:-} ]]; then
+    printf '%s\n' "$HAKUBE_DEBIAN_MIRROR"
+    return 0
+  fi
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [[ -r $f ]] || continue
+    # Paragraph mode: one record per stanza; keys are case-insensitive and
+    # values may continue on indented lines.
+    uri=$(awk -v suite="$suite" '
+      BEGIN { RS = ""; FS = "\n" }
+      {
+        types = ""; uris = ""; suites = ""; enabled = "yes"; key = ""
+        for (i = 1; i <= NF; i++) {
+          line = $i
+          if (line ~ /^#/) continue
+          if (line ~ /^[ \t]/) {
+            val = line; sub(/^[ \t]+/, "", val)
+            if (key == "types") types = types " " val
+            else if (key == "uris") uris = uris " " val
+            else if (key == "suites") suites = suites " " val
+            continue
+          }
+          p = index(line, ":"); if (!p) continue
+          key = tolower(substr(line, 1, p - 1)); val = substr(line, p + 1)
+          gsub(/^[ \t]+|[ \t]+$/, "", val)
+          if (key == "types") types = val
+          else if (key == "uris") uris = val
+          else if (key == "suites") suites = val
+          else if (key == "enabled") enabled = tolower(val)
+        }
+        if (enabled == "no") next
+        sub(/^[ \t]+/, "", types); sub(/^[ \t]+/, "", uris); sub(/^[ \t]+/, "", suites)
+        debtype = 0; n = split(types, t, /[ \t]+/)
+        for (j = 1; j <= n; j++) if (t[j] == "deb" || t[j] == "deb-src") debtype = 1
+        insuite = 0; n = split(suites, s, /[ \t]+/)
+        for (j = 1; j <= n; j++) if (s[j] == suite) insuite = 1
+        if (!debtype || !insuite) next
+        split(uris, u, /[ \t]+/)
+        if (u[1] != "") { print u[1]; exit }
+      }' "$f")
+    if [[ -n $uri ]]; then
+      printf '%s\n' "$uri"
+      return 0
+    fi
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [[ -r $f ]] || continue
+    uri=$(awk -v suite="$suite" '
+      {
+        sub(/#.*/, "")
+        if (NF < 3 || ($1 != "deb" && $1 != "deb-src")) next
+        i = 2
+        if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+        if ($(i + 1) == suite) { print $i; exit }
+      }' "$f")
+    if [[ -n $uri ]]; then
+      printf '%s\n' "$uri"
+      return 0
+    fi
+  done
+  return 1
 }
 
 hakube_find_cargo() {
@@ -248,9 +349,10 @@ hakube_ensure_deps() {
     case "$arg" in
       kube) needs+=(containerd ctr containerd-shim-runc-v2 runc cni-plugins iptables kubectl) ;;
       haproxy) needs+=(haproxy) ;;
+      vm) needs+=(qemu-system-x86_64 qemu-img debootstrap mkfs.ext4 ssh ssh-keygen) ;;
       nextest) want_nextest=1 ;;
       *)
-        _hakube_deps_msg "hakube_ensure_deps: unknown option '$arg' (known: kube, haproxy, nextest)"
+        _hakube_deps_msg "hakube_ensure_deps: unknown option '$arg' (known: kube, haproxy, vm, nextest)"
         return 2
         ;;
     esac
@@ -293,7 +395,7 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   set -euo pipefail
   case "${1:-}" in
     -h | --help)
-      echo "usage: ${0##*/} [kube] [haproxy] [nextest]   (or source it and call hakube_ensure_deps)" >&2
+      echo "usage: ${0##*/} [kube] [haproxy] [vm] [nextest]   (or source it and call hakube_ensure_deps)" >&2
       exit 0
       ;;
   esac

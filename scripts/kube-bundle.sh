@@ -72,6 +72,8 @@ set -euo pipefail
 
 prog=kube-bundle.sh
 script=$(readlink -f -- "${BASH_SOURCE[0]}")
+# shellcheck source=scripts/deps.sh
+source "${script%/*}/deps.sh"
 
 # Bump when anything below changes what ends up in a bundle.
 readonly RECIPE=1
@@ -226,10 +228,9 @@ ensure_packages() {
   msg "installing missing packages: ${missing[*]}"
   log=$(mktemp "${TMPDIR:-/tmp}/kube-bundle-apt.XXXXXX")
   (
-    export DEBIAN_FRONTEND=noninteractive
     opts=(-q -y -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=300)
-    timeout -k 30 900 apt-get "${opts[@]}" update &&
-      timeout -k 30 1800 apt-get "${opts[@]}" install --no-install-recommends "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive timeout -k 30 900 apt-get "${opts[@]}" update &&
+      DEBIAN_FRONTEND=noninteractive timeout -k 30 1800 apt-get "${opts[@]}" install --no-install-recommends "${missing[@]}"
   ) >"$log" 2>&1 </dev/null || rc=$?
   if ((rc != 0)); then
     msg "apt-get install ${missing[*]} failed (exit $rc); last lines of $log:"
@@ -246,70 +247,8 @@ ensure_packages() {
 # deb822 *.sources files (the stanza whose Suites include it), else from a
 # one-line sources.list (`deb [opts] URI bookworm main`, as debootstrap writes
 # it) or *.list files.
-find_debian_mirror() {
-  local f uri
-  if [[ -n ${HAKUBE_DEBIAN_MIRROR:-} ]]; then
-    printf '%s\n' "$HAKUBE_DEBIAN_MIRROR"
-    return 0
-  fi
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [[ -r $f ]] || continue
-    # Paragraph mode: one record per stanza; keys are case-insensitive and
-    # values may continue on indented lines.
-    uri=$(awk -v suite="$DEBIAN_SUITE" '
-      BEGIN { RS = ""; FS = "\n" }
-      {
-        types = ""; uris = ""; suites = ""; enabled = "yes"; key = ""
-        for (i = 1; i <= NF; i++) {
-          line = $i
-          if (line ~ /^#/) continue
-          if (line ~ /^[ \t]/) {
-            val = line; sub(/^[ \t]+/, "", val)
-            if (key == "types") types = types " " val
-            else if (key == "uris") uris = uris " " val
-            else if (key == "suites") suites = suites " " val
-            continue
-          }
-          p = index(line, ":"); if (!p) continue
-          key = tolower(substr(line, 1, p - 1)); val = substr(line, p + 1)
-          gsub(/^[ \t]+|[ \t]+$/, "", val)
-          if (key == "types") types = val
-          else if (key == "uris") uris = val
-          else if (key == "suites") suites = val
-          else if (key == "enabled") enabled = tolower(val)
-        }
-        if (enabled == "no") next
-        sub(/^[ \t]+/, "", types); sub(/^[ \t]+/, "", uris); sub(/^[ \t]+/, "", suites)
-        debtype = 0; n = split(types, t, /[ \t]+/)
-        for (j = 1; j <= n; j++) if (t[j] == "deb" || t[j] == "deb-src") debtype = 1
-        insuite = 0; n = split(suites, s, /[ \t]+/)
-        for (j = 1; j <= n; j++) if (s[j] == suite) insuite = 1
-        if (!debtype || !insuite) next
-        split(uris, u, /[ \t]+/)
-        if (u[1] != "") { print u[1]; exit }
-      }' "$f")
-    if [[ -n $uri ]]; then
-      printf '%s\n' "$uri"
-      return 0
-    fi
-  done
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [[ -r $f ]] || continue
-    uri=$(awk -v suite="$DEBIAN_SUITE" '
-      {
-        sub(/#.*/, "")
-        if (NF < 3 || ($1 != "deb" && $1 != "deb-src")) next
-        i = 2
-        if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
-        if ($(i + 1) == suite) { print $i; exit }
-      }' "$f")
-    if [[ -n $uri ]]; then
-      printf '%s\n' "$uri"
-      return 0
-    fi
-  done
-  return 1
-}
+# The mirror this machine's apt uses for the suite (deps.sh knows how).
+find_debian_mirror() { hakube_debian_mirror "$DEBIAN_SUITE"; }
 
 # Sets apt_opts: apt reads our sources and keeps its lists in $root/apt, and
 # writes no cache files of its own; the rest of /etc/apt (proxies, ...) applies.

@@ -10,7 +10,8 @@
 # Kubernetes bundle that scripts/kube-bundle.sh builds from Debian's source
 # once per machine), rustfmt check, clippy with warnings denied, release
 # build (some tests and benchmarks run target/release/hakube), then the tests
-# with cargo-nextest (cargo test when nextest cannot be had).
+# with cargo-nextest (cargo test when nextest cannot be had), then the VM
+# tests (scripts/test-vm.sh).
 # Extra arguments go to `cargo nextest run`.
 #
 # Under sudo the builds run as the invoking user, so that target/ stays theirs;
@@ -20,6 +21,8 @@
 #   HAKUBE_TEST_THREADS   tests run in parallel (default 2)
 #   HAKUBE_TEST_TIMEOUT   seconds the test run may take before it is stopped
 #                         (default 3600)
+#   HAKUBE_TEST_VM        0 skips the VM tests (scripts/test-vm.sh; default 1)
+#   HAKUBE_TEST_VM_TIMEOUT  seconds the VM tests may take (default 2400)
 set -euo pipefail
 
 prog=test.sh
@@ -37,11 +40,13 @@ usage() {
   cat >&2 <<EOF
 usage: scripts/$prog [NEXTEST ARGS...]
 
-Runs cargo fmt --check, cargo clippy -D warnings, cargo build --release and the
-test suite (cargo nextest run; cargo test if nextest is unavailable). Needs
-root for network namespaces; re-runs itself with sudo when not root.
+Runs cargo fmt --check, cargo clippy -D warnings, cargo build --release, the
+test suite (cargo nextest run; cargo test if nextest is unavailable) and the
+VM tests (scripts/test-vm.sh). Needs root for network namespaces; re-runs
+itself with sudo when not root.
 
-Environment: HAKUBE_TEST_THREADS (default 2), HAKUBE_TEST_TIMEOUT (seconds, default 3600).
+Environment: HAKUBE_TEST_THREADS (default 2), HAKUBE_TEST_TIMEOUT (seconds, default 3600),
+HAKUBE_TEST_VM (0 skips the VM tests), HAKUBE_TEST_VM_TIMEOUT (seconds, default 2400).
 EOF
 }
 
@@ -54,8 +59,12 @@ esac
 
 threads=${HAKUBE_TEST_THREADS:-2}
 test_timeout=${HAKUBE_TEST_TIMEOUT:-3600}
+vm_test=${HAKUBE_TEST_VM:-1}
+vm_timeout=${HAKUBE_TEST_VM_TIMEOUT:-2400}
 [[ $threads =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_THREADS must be a positive integer (got '$threads')"
 [[ $test_timeout =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_TIMEOUT must be a positive number of seconds (got '$test_timeout')"
+[[ $vm_test == [01] ]] || die "HAKUBE_TEST_VM must be 0 or 1 (got '$vm_test')"
+[[ $vm_timeout =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_VM_TIMEOUT must be a positive number of seconds (got '$vm_timeout')"
 
 # shellcheck source=scripts/deps.sh
 source "$script_dir/deps.sh"
@@ -130,5 +139,15 @@ else
   step "cargo test" timeout "${timeout_args[@]}" "$test_timeout" cargo test --locked --no-fail-fast "$@" -- --test-threads "$threads"
 fi
 
+# hakube as the systemd unit of real VMs: install, joins, stop and start,
+# reboot, power loss, reset (scripts/test-vm.sh, which says what it shows).
+# A step of its own, after the rest: it boots VMs and takes minutes.
+vm_tests=skipped
+if [[ $vm_test == 1 ]]; then
+  step "VM tests (scripts/test-vm.sh)" timeout "${timeout_args[@]}" "$vm_timeout" \
+    env HAKUBE_BIN="$repo/target/release/hakube" bash "$script_dir/test-vm.sh"
+  vm_tests=passed
+fi
+
 current_step=
-printf '%s: all checks passed: fmt, clippy, release build and tests (%d s)\n' "$prog" "$((SECONDS - started))"
+printf '%s: all checks passed: fmt, clippy, release build, tests, VM tests %s (%d s)\n' "$prog" "$vm_tests" "$((SECONDS - started))"

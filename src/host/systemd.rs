@@ -52,6 +52,56 @@ pub fn systemctl(args: &[&str]) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// The value of `key=` in the unit's `[section]`, as systemd reads it (the
+    /// last assignment wins; comments and other sections are skipped).
+    fn directive<'a>(unit: &'a str, section: &str, key: &str) -> Option<&'a str> {
+        let mut current = "";
+        let mut value = None;
+        for line in unit.lines().map(str::trim) {
+            if line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                current = name;
+            } else if let Some((k, v)) = line.split_once('=') {
+                if current == section && k.trim() == key {
+                    value = Some(v.trim());
+                }
+            }
+        }
+        value
+    }
+
+    #[test]
+    fn the_unit_comes_back_by_itself_and_keeps_the_pods_across_a_restart() {
+        let get = |section, key| directive(UNIT, section, key).unwrap_or_else(|| panic!("no {key}= in [{section}]"));
+        assert_eq!(get("Service", "ExecStart"), "/usr/local/bin/hakube agent");
+        // Enabled for boot, after the node's address is configured.
+        assert_eq!(get("Install", "WantedBy"), "multi-user.target");
+        assert_eq!(get("Unit", "After"), "network-online.target");
+        assert_eq!(get("Unit", "Wants"), "network-online.target");
+        // Restarted however often it fails.
+        assert_eq!(get("Service", "Restart"), "always");
+        assert_eq!(get("Unit", "StartLimitIntervalSec"), "0");
+        // Only the agent is signalled: it stops its children in order, and
+        // the containerd shims (the pods) outlive a restart of the agent.
+        assert_eq!(get("Service", "KillMode"), "process");
+        // Long enough for the agent's ordered stop: six components, 12 s
+        // each at most, and 6 s for the leader election.
+        let stop: u64 = get("Service", "TimeoutStopSec").parse().expect("TimeoutStopSec in seconds");
+        assert!(stop >= 6 * 12 + 6, "TimeoutStopSec={stop}");
+        assert_eq!(get("Service", "Delegate"), "yes");
+    }
+
+    #[test]
+    fn directives_are_read_as_systemd_reads_them() {
+        let unit = "[Unit]\n# KillMode=none\nAfter=a\n[Service]\nKillMode=mixed\nKillMode = process\n";
+        assert_eq!(directive(unit, "Service", "KillMode"), Some("process"));
+        assert_eq!(directive(unit, "Unit", "After"), Some("a"));
+        assert_eq!(directive(unit, "Unit", "KillMode"), None);
+        assert_eq!(directive(unit, "Install", "WantedBy"), None);
+    }
+
     #[test]
     fn a_simulated_host_never_takes_the_machines_unit() {
         assert_eq!(decide(true, true, true), Ok(true));
