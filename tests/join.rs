@@ -87,7 +87,10 @@ fn a_script_fetches_and_verifies_the_binary_and_a_worker_joins() {
     let out = run_join(&w1, &join, "none", &[("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")]);
     assert_ok(&out, "worker join");
     let kubeconfig = std::fs::read_to_string(w1.root().join("var/lib/hakube/kubeconfigs/kubelet.conf")).unwrap();
-    assert!(kubeconfig.contains(&format!("server: https://{}:6443", m1.addr)), "{kubeconfig}");
+    // kubelet goes through the node's own balancer, which knows the master.
+    assert!(kubeconfig.contains("server: https://127.0.0.1:6444"), "{kubeconfig}");
+    let config = std::fs::read_to_string(w1.root().join("etc/hakube/cluster.yaml")).unwrap();
+    assert!(config.contains(&format!("{}:6443", m1.addr)), "the balancer's first backend:\n{config}");
     // The kubelet certificate verifies against the cluster CA and names the node.
     let cert = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("client-certificate-data: ")).unwrap();
     let pem = String::from_utf8(base64_decode(cert)).unwrap();

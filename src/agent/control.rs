@@ -59,30 +59,38 @@ pub enum Expect {
 /// here, right before the signal, not earlier (a pid read long before may
 /// name another process by then).
 pub fn start(paths: &Paths, use_systemd: bool) -> Result<Expect, ControlError> {
-    if let Some(pid) = PidFile::holder(&paths.agent_pid_file()) {
-        let reloads = State::read(&paths.state_file()).map(|s| s.reloads).unwrap_or(0);
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)
-            .map_err(|source| ControlError::Signal { pid, source })?;
-        return Ok(Expect::Reloaded { pid, reloads });
-    }
     let exe = std::env::current_exe().map_err(|e| ControlError::Start {
         exe: "hakube".into(),
         reason: format!("cannot find the binary being run: {e}"),
     })?;
     let start_err = |reason: String| ControlError::Start { exe: exe.display().to_string(), reason };
+    let running = PidFile::holder(&paths.agent_pid_file());
     if use_systemd {
+        // A new binary is installed and run: systemd restarts the agent
+        // (the unit's KillMode=process keeps the pods). A unit file the
+        // plan rewrote is read again either way.
         let target = paths.installed_binary();
         let bytes = std::fs::read(&exe).map_err(|e| start_err(format!("cannot read it: {e}")))?;
-        if std::fs::read(&target).ok().as_deref() != Some(&bytes[..]) {
+        let new_binary = std::fs::read(&target).ok().as_deref() != Some(&bytes[..]);
+        if new_binary {
             crate::host::fs::write_atomic(&target, &bytes, 0o755)?;
             crate::host::fs::write_atomic(&paths.installed_binary_marker(), b"", 0o644)?;
         }
-        // Before the start: the agent systemd starts records its own start
-        // time, which must count.
-        let since = now_secs();
         systemd::systemctl(&["daemon-reload"]).map_err(ControlError::Systemd)?;
-        systemd::systemctl(&["enable", "--now", systemd::UNIT_NAME]).map_err(ControlError::Systemd)?;
-        return Ok(Expect::Unit { since });
+        if running.is_none() || new_binary {
+            // Before the start: the agent systemd starts records its own
+            // start time, which must count.
+            let since = now_secs();
+            systemd::systemctl(&["enable", systemd::UNIT_NAME]).map_err(ControlError::Systemd)?;
+            systemd::systemctl(&["restart", systemd::UNIT_NAME]).map_err(ControlError::Systemd)?;
+            return Ok(Expect::Unit { since });
+        }
+    }
+    if let Some(pid) = running {
+        let reloads = State::read(&paths.state_file()).map(|s| s.reloads).unwrap_or(0);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)
+            .map_err(|source| ControlError::Signal { pid, source })?;
+        return Ok(Expect::Reloaded { pid, reloads });
     }
     let args = vec!["--root".to_owned(), paths.root().display().to_string(), "agent".to_owned()];
     let pid =
@@ -143,6 +151,9 @@ pub fn wait_healthy(
     let expected = config::load_installed(&paths.config_file())?.map(|c| c.node.components).unwrap_or_default();
     let agent_log = paths.component_log("agent");
     let mut last_report = Instant::now();
+    // systemctl is a process of its own, and PID 1's time: asked once a
+    // second, not on every look at the state.
+    let mut unit_checked = Instant::now() - Duration::from_secs(1);
     loop {
         let state = State::read(&paths.state_file());
         let problems = match judge(expect, state.as_ref(), &expected) {
@@ -161,7 +172,8 @@ pub fn wait_healthy(
                     tail: tail(&agent_log, 15),
                 });
             }
-            Expect::Unit { .. } => {
+            Expect::Unit { .. } if unit_checked.elapsed() >= Duration::from_secs(1) => {
+                unit_checked = Instant::now();
                 let unit = systemd::unit_state(systemd::UNIT_NAME);
                 if unit.as_deref() == Some("failed") {
                     return Err(ControlError::UnitFailed {
