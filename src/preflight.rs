@@ -226,6 +226,8 @@ pub fn enforce(paths: &Paths, config: &ClusterConfig, ignore: &[String]) -> Resu
     }
 }
 
+const HAIRPIN_ATTEMPTS: usize = 3;
+
 /// Checks a load-balancer address before the cluster is changed to use it
 /// (what kURL's hairpin check asks): it resolves, it accepts TCP, and a TLS
 /// handshake through it reaches an API server whose certificate chains to
@@ -270,11 +272,25 @@ pub fn load_balancer(addr: &HostPort, ca_pem: &[u8]) -> Vec<Failure> {
             ),
         );
     }
+    // A balancer may send one connection to a master that died a moment
+    // ago and is not yet taken out: it reaches the cluster if any of a few
+    // connections, a second apart, does.
     let hairpin = async {
         let tls = std::sync::Arc::new(crate::https::chain_only_client_config(ca_pem).map_err(|e| e.to_string())?);
         let limits =
             crate::https::Limits { connect: Duration::from_secs(3), exchange: Duration::from_secs(5), max_body: 0 };
-        crate::https::peer_certificate(addr, tls, limits).await.map(drop).map_err(|e| e.to_string())
+        let mut errors = vec![];
+        for attempt in 0..HAIRPIN_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            match crate::https::peer_certificate(addr, tls.clone(), limits).await {
+                Ok(_) => return Ok(()),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        errors.dedup();
+        Err(format!("{HAIRPIN_ATTEMPTS} connections: {}", errors.join("; ")))
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
     match rt.map_err(|e| e.to_string()).and_then(|rt| rt.block_on(hairpin)) {
