@@ -33,6 +33,18 @@ fn is_learner(m: &Host, host: &Host) -> Option<bool> {
     members_text(m).lines().find(|l| l.contains(&peer)).map(|l| l.trim_end().ends_with("true"))
 }
 
+/// The client URL's address of etcd's leader, from `etcdctl endpoint
+/// status --cluster` as `h` sees it.
+fn etcd_leader(h: &Host) -> String {
+    let out = h.etcdctl(Some("etcd/healthcheck-client"), &["endpoint", "status", "--cluster", "-w", "simple"]);
+    assert_ok(&out, "endpoint status");
+    let text = stdout(&out);
+    let line =
+        text.lines().find(|l| l.split(", ").nth(4) == Some("true")).unwrap_or_else(|| panic!("no leader: {text}"));
+    let endpoint = line.split(", ").next().unwrap();
+    endpoint.trim_start_matches("https://").rsplit_once(':').unwrap().0.to_owned()
+}
+
 fn members_text(h: &Host) -> String {
     stdout(&h.etcdctl(Some("etcd/healthcheck-client"), &["member", "list"]))
 }
@@ -456,27 +468,47 @@ fn a_reset_master_leaves_etcd_unless_that_costs_quorum() {
     for h in [&m2, &m3, &m4] {
         assert_ok(&run_join(h, &join, "etcd", &[BIN]), &h.name);
     }
-    // A healthy master leaves cleanly: three voters remain.
-    let out = m4.hakube(&["reset"]);
-    assert_ok(&out, "reset m4");
-    assert!(stderr(&out).contains("removed etcd member"), "{}", stderr(&out));
-    let mut names = voters(&m1);
+    // The etcd leader leaves cleanly: the others elect another leader, it
+    // is out of the node registry too (written once they have), and three
+    // voters remain.
+    let all = [&m1, &m2, &m3, &m4];
+    let leader = etcd_leader(&m1);
+    let (gone, rest): (Vec<&Host>, Vec<&Host>) = all.into_iter().partition(|h| h.addr == leader);
+    let gone = gone[0];
+    let out = gone.hakube(&["reset"]);
+    assert_ok(&out, &format!("reset of the leader {}", gone.name));
+    let err = stderr(&out);
+    assert!(err.contains("removed etcd member"), "{err}");
+    assert!(err.contains(&format!("removed {} from the cluster's node registry", gone.name)), "{err}");
+    let (a, b, c) = (rest[0], rest[1], rest[2]);
+    // It let go of the membership lock through the members left (its own
+    // etcd no longer serves it), not by its lease running out.
+    let locks =
+        stdout(&a.etcdctl(Some("etcd/healthcheck-client"), &["get", "--prefix", "--keys-only", "/hakube/locks/"]));
+    assert!(!locks.contains("etcd-membership"), "the lock is still held: {locks}");
+    let registry =
+        stdout(&a.etcdctl(Some("etcd/healthcheck-client"), &["get", "--prefix", "--keys-only", "/hakube/nodes/"]));
+    assert!(!registry.contains(&format!("/hakube/nodes/{}\n", gone.name)), "{registry}");
+    assert!(registry.contains(&format!("/hakube/nodes/{}\n", a.name)), "{registry}");
+    let mut names = voters(a);
     names.sort();
-    assert_eq!(names, ["m1", "m2", "m3"]);
-    // With m3 dead, m2 leaving would leave m1 alone of two voters: refused.
-    m3.kill_all();
-    let out = m2.hakube(&["reset"]);
+    let mut expected: Vec<String> = rest.iter().map(|h| h.name.clone()).collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    // With c dead, b leaving would leave a alone of two voters: refused.
+    c.kill_all();
+    let out = b.hakube(&["reset"]);
     let err = stderr(&out);
     assert!(
         !out.status.success() && err.contains("1 of the 2 remaining voting members would be healthy and 2 are needed"),
         "{err}"
     );
     assert!(err.contains("hakube reset --force"), "{err}");
-    assert!(m2.root().join("etc/hakube/cluster.yaml").exists(), "nothing was changed");
-    assert_ok(&m2.hakube(&["status"]), "m2 still runs");
+    assert!(b.root().join("etc/hakube/cluster.yaml").exists(), "nothing was changed");
+    assert_ok(&b.hakube(&["status"]), "b still runs");
     // --force goes ahead.
-    assert_ok(&m2.hakube(&["reset", "--force"]), "reset --force");
-    assert!(std::fs::read_dir(m2.root()).unwrap().next().is_none());
+    assert_ok(&b.hakube(&["reset", "--force"]), "reset --force");
+    assert!(std::fs::read_dir(b.root()).unwrap().next().is_none());
 }
 
 #[test]

@@ -151,20 +151,11 @@ fn leave_etcd(paths: &Paths) -> anyhow::Result<()> {
                 // drops it: through another master, since this one's etcd
                 // stops serving once its member is removed.
                 let key = format!("{}{}", crate::cluster::registry::NODE_PREFIX, c.node.name);
-                let mut deleted = Err("no other master's etcd answers".to_owned());
-                for other in &others {
-                    let Ok(mut client) =
-                        etcd::connect_with(std::slice::from_ref(other), &creds, Duration::from_secs(3), None).await
-                    else {
-                        continue;
-                    };
-                    deleted = client.delete(key.as_str(), None).await.map(drop).map_err(|e| e.to_string());
-                    if deleted.is_ok() {
-                        break;
-                    }
-                }
+                let deleted = unregister(&others, &creds, &key).await;
                 match deleted {
-                    Ok(()) => eprintln!("[reset]   removed {} from the cluster's node registry", c.node.name),
+                    Ok(via) => {
+                        eprintln!("[reset]   removed {} from the cluster's node registry (through {via})", c.node.name)
+                    }
                     Err(e) => eprintln!(
                         "[reset]   warning: {} stays in the node registry ({e}): the elected agent purges it \
                          once it has been lost for lost-node-toleration",
@@ -178,6 +169,52 @@ fn leave_etcd(paths: &Paths) -> anyhow::Result<()> {
             Err(_) => Err(anyhow::anyhow!("cannot leave the etcd cluster: no answer within 90s")),
         }
     })
+}
+
+/// How long reset keeps trying to take its record out of the registry: the
+/// member it just removed may have been etcd's leader, and the rest answer
+/// writes only once they have elected another (a second or so, longer on a
+/// loaded host).
+const UNREGISTER_WITHIN: Duration = Duration::from_secs(30);
+
+/// Deletes `key` through the first of `others` whose etcd takes the write,
+/// trying them all again, once a second, while a new leader may be being
+/// elected. Returns the endpoint that took it, or the last error of each.
+async fn unregister(others: &[String], creds: &crate::etcd::Credentials, key: &str) -> Result<String, String> {
+    let deadline = tokio::time::Instant::now() + UNREGISTER_WITHIN;
+    let mut said = false;
+    loop {
+        let mut errors = Vec::new();
+        for other in others {
+            let attempt = async {
+                let mut client =
+                    crate::etcd::connect_with(std::slice::from_ref(other), creds, Duration::from_secs(3), None)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                client.delete(key, None).await.map(drop).map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(Ok(())) => return Ok(other.clone()),
+                Ok(Err(e)) => errors.push(format!("{other}: {e}")),
+                Err(_) => errors.push(format!("{other}: no answer within 5s")),
+            }
+        }
+        if errors.is_empty() {
+            return Err("no other master is known".to_owned());
+        }
+        if tokio::time::Instant::now() + Duration::from_secs(1) >= deadline {
+            return Err(errors.join("; "));
+        }
+        if !said {
+            eprintln!(
+                "[reset]   no other master's etcd took the registry change yet (it may be electing a leader); \
+                 trying again for up to {}s",
+                UNREGISTER_WITHIN.as_secs()
+            );
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The cgroup kubelet puts this node's pods in, from its config: a

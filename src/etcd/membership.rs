@@ -615,6 +615,7 @@ pub async fn leave(
     own_peer: &str,
 ) -> Result<Option<u64>, MembershipError> {
     let lock = Lock::acquire(client, endpoint, Duration::from_secs(60)).await?;
+    let mut rest = Vec::new();
     let result = async {
         let members = super::members(client, endpoint).await?;
         let Some(me) = members.iter().find(|m| m.peer_urls.iter().any(|u| u == own_peer)) else { return Ok(None) };
@@ -633,10 +634,21 @@ pub async fn leave(
             }
         }
         remove_member(client, endpoint, me.id, &lock).await?;
+        if me.client_urls.iter().any(|u| u == endpoint) {
+            rest = members.iter().filter(|m| m.id != me.id).flat_map(|m| m.client_urls.clone()).collect();
+        }
         Ok(Some(me.id))
     }
     .await;
-    lock.release(client).await;
+    // A member that removed itself through its own etcd can no longer
+    // reach the cluster that way: the lock goes through the members left,
+    // else it would stay held, blocking every join, until its lease ran out.
+    let through_rest =
+        if rest.is_empty() { None } else { super::connect_with(&rest, creds, Duration::from_secs(3), None).await.ok() };
+    match through_rest {
+        Some(mut other) => lock.release(&mut other).await,
+        None => lock.release(client).await,
+    }
     result
 }
 
