@@ -677,6 +677,10 @@ fn a_join_script_written_to_a_file_is_for_its_owner_only() {
 fn node_endpoints_take_the_nodes_name_from_its_certificate_only() {
     let net = Network::new();
     let m1 = first_master(&net);
+    // Install returns once the first master has founded the cluster's
+    // records: what a node joining right away is told comes from them.
+    let keys = stdout(&m1.etcdctl(Some("apiserver-etcd-client"), &["get", "--prefix", "--keys-only", "/hakube/"]));
+    assert!(keys.contains("/hakube/cluster/settings\n") && keys.contains("/hakube/nodes/m1\n"), "{keys}");
     let (_d, join) = join_script(&m1, false, &[]);
     let w1 = net.host("w1");
     assert_ok(&run_join(&w1, &join, "none", &[BIN]), "w1 joins");

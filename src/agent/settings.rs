@@ -22,6 +22,7 @@ use crate::https::{self, Identity, Limits, Request};
 use crate::join::wire::{Heartbeat, NodeView};
 
 const ROUND: Duration = Duration::from_secs(2);
+const RETRY: Duration = Duration::from_millis(500);
 
 /// What one read found: the record, and the masters.
 struct Found {
@@ -109,11 +110,19 @@ pub async fn run(
     let mut last_beat = std::time::Instant::now() - Duration::from_secs(3600);
     let mut converging_to = 0;
     loop {
+        // Until a master's own etcd answers (it is starting), try again
+        // soon: the first master founds the record on its first good round.
+        let mut pause = ROUND;
         match read_record(&paths, &cfg, &mut etcd_client, &node_api).await {
             Err(NodeApiError::Purged(msg)) => {
                 purged.send_replace(Some(msg));
             }
-            Err(NodeApiError::Other(e)) => debug!(error = %e, "cluster-wide settings not read this round"),
+            Err(NodeApiError::Other(e)) => {
+                debug!(error = %e, "cluster-wide settings not read this round");
+                if cfg.has(Component::Etcd) {
+                    pause = RETRY;
+                }
+            }
             Ok(found) => {
                 if let Err(e) = masters::write(&paths, &found.masters) {
                     warn!(error = %e, "cannot record the masters");
@@ -156,7 +165,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = stop.changed() => return,
-            _ = sleep(ROUND) => {}
+            _ = sleep(pause) => {}
         }
     }
 }

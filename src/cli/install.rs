@@ -16,7 +16,7 @@ use crate::agent::control;
 use crate::agent::state::State;
 use crate::cluster::lbchange::{self, Ask};
 use crate::cluster::settings;
-use crate::config::{self, ClusterConfig, ClusterSpec, Component, HostPort, LbPhase, Sources};
+use crate::config::{self, ClusterConfig, ClusterSpec, Component, HostPort, InitialClusterState, LbPhase, Sources};
 use crate::host::clock::now_secs;
 use crate::host::fs::{apply_files, FileChange};
 use crate::host::paths::Paths;
@@ -224,6 +224,11 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     let state = progress.phase("waiting for the node to become healthy", || {
         control::wait_healthy(paths, expect, req.timeout, &progress)
     })?;
+    if record.is_none() && c.has(Component::Etcd) && c.node.etcd.initial_cluster_state == InitialClusterState::New {
+        // The first master's agent founds the cluster's records once etcd
+        // answers; a join right after install must find them.
+        progress.phase("waiting for the cluster's records", || wait_founded(paths, &c, req.timeout))?;
+    }
     if let Ask::Start(ch) | Ask::Join(ch) = &lb_ask {
         // This host's agent converges on the later phases itself: the root
         // is not ours to hold while it does.
@@ -235,6 +240,41 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     }
     summary(&progress, paths, &c, &state, use_systemd);
     Ok(())
+}
+
+/// Waits until the first master's agent has recorded the cluster-wide
+/// settings and this master in the node registry: a node that joins or a
+/// worker that asks for the cluster right after install is told both.
+fn wait_founded(paths: &Paths, c: &ClusterConfig, limit: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    let (rt, mut client) = settings_client(paths, c)?;
+    let endpoint = c.etcd_client_url();
+    let name = c.node.name.as_str();
+    loop {
+        let missing = rt.block_on(async {
+            let mut missing = Vec::new();
+            if settings::read(&mut client, &endpoint).await.map_err(|e| e.to_string())?.is_none() {
+                missing.push("the cluster-wide settings".to_owned());
+            }
+            if crate::cluster::registry::get(&mut client, &endpoint, name).await.map_err(|e| e.to_string())?.is_none() {
+                missing.push(format!("{name} in the node registry"));
+            }
+            Ok::<_, String>(missing)
+        });
+        let why = match missing {
+            Ok(m) if m.is_empty() => return Ok(()),
+            Ok(m) => format!("not recorded yet: {}", m.join(", ")),
+            Err(e) => format!("etcd did not answer: {e}"),
+        };
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "the agent did not record the cluster within {}s ({why}); see {}",
+                limit.as_secs(),
+                paths.component_log("agent").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Follows a change of the load-balancer address, which the elected agent

@@ -111,7 +111,7 @@ pub async fn heartbeat(
             Err(e) => {
                 client = None;
                 debug!(error = %e, "heartbeat skipped a round");
-                Duration::from_secs(1)
+                Duration::from_millis(500)
             }
         };
         // A newly applied settings revision is told at once: a change of
