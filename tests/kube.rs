@@ -99,7 +99,32 @@ spec:
         .find(|(a, b)| a.1 != b.1)
         .expect("two pods on different nodes");
     let ping = m1.kubectl(&["exec", &a.0, "--", "ping", "-c", "2", "-W", "3", &b.2]);
-    assert_ok(&ping, &format!("pod {} on {} pings pod {} ({}) on {}", a.0, a.1, b.0, b.2, b.1));
+    if !ping.status.success() {
+        // What the pod's container holds, and what its node ran, to tell a
+        // broken image or exec from a broken network.
+        let ls = m1.kubectl(&[
+            "exec",
+            &a.0,
+            "--",
+            "/bin/busybox",
+            "ls",
+            "-l",
+            "/bin/ping",
+            "/bin/busybox",
+            "/proc/1/root/bin/ping",
+        ]);
+        let pod = m1.kubectl(&["get", "pod", &a.0, "-o", "yaml"]);
+        let host = c.host(&a.1);
+        let log = |n: &str| {
+            std::fs::read_to_string(host.root().join(format!("var/lib/hakube/logs/{n}.log"))).unwrap_or_default()
+        };
+        let tail =
+            |t: String| t.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        panic!(
+            "pod {} on {} pings pod {} ({}) on {}: {}\n--- ls in the pod: {}{}\n--- pod:\n{}\n--- containerd.log:\n{}\n--- kubelet.log:\n{}",
+            a.0, a.1, b.0, b.2, b.1, stderr(&ping), stdout(&ls), stderr(&ls), stdout(&pod), tail(log("containerd")), tail(log("kubelet"))
+        );
+    }
     assert!(stdout(&ping).contains("2 packets received"), "{}", stdout(&ping));
     // A pod sees its own address (no masquerade inside the cluster).
     let seen = m1.kubectl(&["exec", &b.0, "--", "sh", "-c", "ip -4 -o addr show eth0"]);
