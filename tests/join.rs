@@ -34,15 +34,19 @@ fn is_learner(m: &Host, host: &Host) -> Option<bool> {
 }
 
 /// The client URL's address of etcd's leader, from `etcdctl endpoint
-/// status --cluster` as `h` sees it.
+/// status --cluster` as `h` sees it, once there is one (bounded).
 fn etcd_leader(h: &Host) -> String {
-    let out = h.etcdctl(Some("etcd/healthcheck-client"), &["endpoint", "status", "--cluster", "-w", "simple"]);
-    assert_ok(&out, "endpoint status");
-    let text = stdout(&out);
-    let line =
-        text.lines().find(|l| l.split(", ").nth(4) == Some("true")).unwrap_or_else(|| panic!("no leader: {text}"));
-    let endpoint = line.split(", ").next().unwrap();
-    endpoint.trim_start_matches("https://").rsplit_once(':').unwrap().0.to_owned()
+    let mut text = String::new();
+    for _ in 0..60 {
+        let out = h.etcdctl(Some("etcd/healthcheck-client"), &["endpoint", "status", "--cluster", "-w", "simple"]);
+        text = stdout(&out);
+        if let Some(line) = text.lines().find(|l| l.split(", ").nth(4) == Some("true")) {
+            let endpoint = line.split(", ").next().unwrap();
+            return endpoint.trim_start_matches("https://").rsplit_once(':').unwrap().0.to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("no etcd leader within 30 s: {text}");
 }
 
 fn members_text(h: &Host) -> String {
@@ -480,7 +484,12 @@ fn a_reset_master_leaves_etcd_unless_that_costs_quorum() {
     let err = stderr(&out);
     assert!(err.contains("removed etcd member"), "{err}");
     assert!(err.contains(&format!("removed {} from the cluster's node registry", gone.name)), "{err}");
-    let (a, b, c) = (rest[0], rest[1], rest[2]);
+    // The next leader is the one to die below, so that the reset after it
+    // meets an election under way.
+    let next = etcd_leader(rest[0]);
+    let c = *rest.iter().find(|h| h.addr == next).unwrap();
+    let others: Vec<&Host> = rest.iter().copied().filter(|h| h.addr != next).collect();
+    let (a, b) = (others[0], others[1]);
     // It let go of the membership lock through the members left (its own
     // etcd no longer serves it), not by its lease running out.
     let locks =
@@ -495,7 +504,8 @@ fn a_reset_master_leaves_etcd_unless_that_costs_quorum() {
     let mut expected: Vec<String> = rest.iter().map(|h| h.name.clone()).collect();
     expected.sort();
     assert_eq!(names, expected);
-    // With c dead, b leaving would leave a alone of two voters: refused.
+    // With c, the leader, dead, b leaving would leave a alone of two
+    // voters: refused, once a and b have elected a leader.
     c.kill_all();
     let out = b.hakube(&["reset"]);
     let err = stderr(&out);

@@ -280,6 +280,11 @@ pub async fn wait_gate(
 /// have no request timeout, so that waiting for the lock itself can last).
 const LOCK_CALL: Duration = Duration::from_secs(5);
 
+/// How long taking the lock waits out an election (a few election
+/// timeouts): a join or reset right after a master died is not refused for
+/// a state that lasts a second or two.
+const ELECTION_WAIT: Duration = Duration::from_secs(15);
+
 /// The cluster lock, held on a kept-alive lease.
 ///
 /// Holding it is checked, not assumed: the keeper marks the lock lost when
@@ -309,10 +314,21 @@ impl Lock {
         limit: Duration,
         ttl: i64,
     ) -> Result<Lock, MembershipError> {
-        let lease = bounded(endpoint, "granting the lock's lease", client.lease_grant(ttl, None))
-            .await
-            .map_err(|b| unwrap_call(b).map_or_else(|e| e, |e| call(endpoint, e).into()))?
-            .id();
+        // Only a leader grants a lease: while the members elect one (the
+        // leader just died or left), the grant is tried again, bounded.
+        let grant_until = Instant::now() + limit.min(ELECTION_WAIT);
+        let lease = loop {
+            match bounded(endpoint, "granting the lock's lease", client.lease_grant(ttl, None)).await {
+                Ok(r) => break r.id(),
+                Err(b) => {
+                    let e = unwrap_call(b).map_or_else(|e| e, |e| call(endpoint, e).into());
+                    if Instant::now() + Duration::from_millis(500) >= grant_until {
+                        return Err(e);
+                    }
+                    sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
         let held = Arc::new(AtomicBool::new(true));
         let keeper = tokio::task::spawn(super::lease::keep_alive(client.clone(), lease, ttl, held.clone()));
         let mut lock = Lock { key: vec![], lease, held, keeper, client: client.clone(), released: false };
