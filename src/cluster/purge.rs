@@ -92,15 +92,22 @@ pub fn assess(o: &Observed, now: u64, toleration: Toleration) -> Assessment {
     }
 }
 
-/// Why a due node is not purged now (pure): never the leader itself; a
-/// master only if the started healthy voters left are a quorum of the
-/// members left.
+/// Why a due node is not purged now (pure): never the leader itself; never
+/// a master whose etcd member still answers as part of a quorum (its
+/// heartbeat is stale, yet the host is not lost: removing a healthy voter
+/// would only weaken etcd); a master only if the started healthy voters
+/// left are a quorum of the members left.
 pub fn guard(o: &Observed, leader: &str, members: &[Member], health: &[(Member, Probe)]) -> Result<(), String> {
     if o.name == leader {
         return Err("it is the leader itself".into());
     }
     if o.role == Role::Master {
         if let Some(m) = member_of(o, members) {
+            if health.iter().any(|(h, p)| h.id == m.id && !matches!(p, Probe::Unhealthy(_))) {
+                return Err("its etcd member still answers: the host is not lost, only its agent's heartbeat is \
+                            stale (see its agent log)"
+                    .into());
+            }
             if !m.is_learner {
                 membership::quorum_after_removal(health, m.id).map_err(|why| {
                     format!(
@@ -620,6 +627,16 @@ mod tests {
         let health = [(m1.clone(), up.clone()), (m2.clone(), down.clone()), (m3.clone(), down)];
         let e = guard(&lost_m3, "m1", &members, &health).unwrap_err();
         assert!(e.contains("would cost quorum"), "{e}");
+        // Never a master whose etcd member still answers: only its
+        // agent's heartbeat is stale (seen: a loaded host's agent), and
+        // removing a healthy voter weakens etcd. Here it would even have
+        // passed the quorum check.
+        let health_m3_up = [(m1.clone(), up.clone()), (m2.clone(), up.clone()), (m3.clone(), up.clone())];
+        let e = guard(&lost_m3, "m1", &members, &health_m3_up).unwrap_err();
+        assert!(e.contains("its etcd member still answers"), "{e}");
+        let learner_answer =
+            [(m1.clone(), up.clone()), (m2.clone(), up.clone()), (m3.clone(), Probe::AnswersAsLearner)];
+        assert!(guard(&lost_m3, "m1", &members, &learner_answer).is_err());
         // Never the leader.
         assert!(guard(&node("m1", Role::Master, 0, None), "m1", &members, &health).is_err());
         // A worker has no member to weigh.
