@@ -49,6 +49,11 @@ fn etcd_leader(h: &Host) -> String {
     panic!("no etcd leader within 30 s: {text}");
 }
 
+/// The keys under `prefix` in etcd, one per line, as `h` reads them.
+fn keys(h: &Host, client: &str, prefix: &str) -> String {
+    stdout(&h.etcdctl(Some(client), &["get", "--prefix", "--keys-only", prefix]))
+}
+
 fn members_text(h: &Host) -> String {
     stdout(&h.etcdctl(Some("etcd/healthcheck-client"), &["member", "list"]))
 }
@@ -492,11 +497,9 @@ fn a_reset_master_leaves_etcd_unless_that_costs_quorum() {
     let (a, b) = (others[0], others[1]);
     // It let go of the membership lock through the members left (its own
     // etcd no longer serves it), not by its lease running out.
-    let locks =
-        stdout(&a.etcdctl(Some("etcd/healthcheck-client"), &["get", "--prefix", "--keys-only", "/hakube/locks/"]));
+    let locks = keys(a, "etcd/healthcheck-client", "/hakube/locks/");
     assert!(!locks.contains("etcd-membership"), "the lock is still held: {locks}");
-    let registry =
-        stdout(&a.etcdctl(Some("etcd/healthcheck-client"), &["get", "--prefix", "--keys-only", "/hakube/nodes/"]));
+    let registry = keys(a, "etcd/healthcheck-client", "/hakube/nodes/");
     assert!(!registry.contains(&format!("/hakube/nodes/{}\n", gone.name)), "{registry}");
     assert!(registry.contains(&format!("/hakube/nodes/{}\n", a.name)), "{registry}");
     let mut names = voters(a);
@@ -689,8 +692,8 @@ fn node_endpoints_take_the_nodes_name_from_its_certificate_only() {
     let m1 = first_master(&net);
     // Install returns once the first master has founded the cluster's
     // records: what a node joining right away is told comes from them.
-    let keys = stdout(&m1.etcdctl(Some("apiserver-etcd-client"), &["get", "--prefix", "--keys-only", "/hakube/"]));
-    assert!(keys.contains("/hakube/cluster/settings\n") && keys.contains("/hakube/nodes/m1\n"), "{keys}");
+    let founded = keys(&m1, "apiserver-etcd-client", "/hakube/");
+    assert!(founded.contains("/hakube/cluster/settings\n") && founded.contains("/hakube/nodes/m1\n"), "{founded}");
     let (_d, join) = join_script(&m1, false, &[]);
     let w1 = net.host("w1");
     assert_ok(&run_join(&w1, &join, "none", &[BIN]), "w1 joins");

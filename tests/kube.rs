@@ -114,15 +114,18 @@ spec:
             "/proc/1/root/bin/ping",
         ]);
         let pod = m1.kubectl(&["get", "pod", &a.0, "-o", "yaml"]);
-        let host = c.host(&a.1);
-        let log = |n: &str| {
-            std::fs::read_to_string(host.root().join(format!("var/lib/hakube/logs/{n}.log"))).unwrap_or_default()
-        };
-        let tail =
-            |t: String| t.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         panic!(
-            "pod {} on {} pings pod {} ({}) on {}: {}\n--- ls in the pod: {}{}\n--- pod:\n{}\n--- containerd.log:\n{}\n--- kubelet.log:\n{}",
-            a.0, a.1, b.0, b.2, b.1, stderr(&ping), stdout(&ls), stderr(&ls), stdout(&pod), tail(log("containerd")), tail(log("kubelet"))
+            "pod {} on {} pings pod {} ({}) on {}: {}\n--- ls in the pod: {}{}\n--- pod:\n{}\n{}",
+            a.0,
+            a.1,
+            b.0,
+            b.2,
+            b.1,
+            stderr(&ping),
+            stdout(&ls),
+            stderr(&ls),
+            stdout(&pod),
+            logs(c.host(&a.1))
         );
     }
     assert!(stdout(&ping).contains("2 packets received"), "{}", stdout(&ping));
