@@ -4,7 +4,8 @@
 //!
 //! Reads decode into the few fields hakube uses ([`super::objects`]);
 //! writes are patches, so a field this client does not know is never lost.
-//! The objects used (Node, Pod, Lease, Event) are stable from 1.20 on.
+//! The objects used (Node, Pod, Lease, Event, Deployment) are stable from
+//! 1.20 on.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -137,6 +137,27 @@ pub struct Pod {
     pub spec: PodSpec,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct DeploymentSpec {
+    /// Absent means 1 (the API server's default).
+    pub replicas: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeploymentStatus {
+    pub ready_replicas: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Deployment {
+    pub metadata: ObjectMeta,
+    pub spec: DeploymentSpec,
+    pub status: DeploymentStatus,
+}
+
 /// Seconds since the epoch of an RFC 3339 time as the API server writes
 /// them (`2026-11-22T05:00:00Z`, with or without a fraction, in UTC).
 pub fn unix_secs(t: &str) -> Option<u64> {
@@ -165,6 +186,10 @@ pub fn node_path(name: &str) -> String {
     format!("/api/v1/nodes/{name}")
 }
 
+pub fn deployment_path(namespace: &str, name: &str) -> String {
+    format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +208,17 @@ mod tests {
         assert_eq!(n.internal_ip(), Some("10.77.0.21".parse().unwrap()));
         assert!(n.is_ready());
         assert_eq!(n.spec.taints[0].key, "node.kubernetes.io/not-ready");
+    }
+
+    #[test]
+    fn a_deployment_reads_its_replicas() {
+        let json = r#"{"kind":"Deployment","metadata":{"name":"coredns","namespace":"kube-system"},
+            "spec":{"replicas":2,"selector":{}},"status":{"replicas":2,"readyReplicas":1}}"#;
+        let d: Deployment = serde_json::from_str(json).unwrap();
+        assert_eq!((d.spec.replicas, d.status.ready_replicas), (Some(2), 1));
+        // A new Deployment's status has no readyReplicas yet.
+        let d: Deployment = serde_json::from_str(r#"{"spec":{},"status":{}}"#).unwrap();
+        assert_eq!((d.spec.replicas, d.status.ready_replicas), (None, 0));
     }
 
     #[test]
