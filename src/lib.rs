@@ -10,11 +10,13 @@
 //! - [`agent`]: the supervisor of the node's processes;
 //! - [`lb`]: the node-local load balancer to the masters' API servers;
 //! - [`cluster`]: what the masters' agents do for the cluster as a whole;
+//! - [`addons`]: CoreDNS and the local-path provisioner, rendered and applied;
 //! - [`join`]: tokens, join scripts and the join API;
 //! - [`host`]: files, processes, systemd — everything that touches the host;
 //! - [`cli`]: the command line and the commands, each a plan then its
 //!   application.
 
+pub mod addons;
 pub mod agent;
 pub mod cli;
 pub mod cluster;
