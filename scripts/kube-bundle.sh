@@ -77,10 +77,11 @@
 # the machine's, --rebuild builds again anyway.
 #
 # Next to the bundles, kube-bundle/gomod is Go's module cache (GOMODCACHE,
-# ~3.5 GB: the module zips and their sources) and kube-bundle/go-build is Go's
-# build cache (GOCACHE, several GB). Both are kept between builds: with them
-# warm a build takes minutes, cold on 2 cores 30 minutes or more. Both are
-# safe to delete.
+# ~4 GB: the module zips and their sources) and kube-bundle/go-build is Go's
+# build cache (GOCACHE, ~6 GB, ~4 GB more for each other Kubernetes version).
+# Both are kept between builds: with them warm a build takes 1-2 minutes
+# (mostly linking), cold on 2 cores 30 minutes or more (measured: 33 minutes
+# for Kubernetes alone). Both are safe to delete.
 #
 # A bundle is complete by construction: it is built in a hidden staging dir
 # (.staging.*) next to it and renamed into place as the last step. A build
@@ -149,7 +150,7 @@ coredns.tar (coredns-image), local-path-provisioner.tar
 (local-path-provisioner-image); plus VERSION, MANIFEST and SHA256SUMS.
 Builds the bundle the first time; later runs reuse it at no cost. A cold
 build (empty Go caches) takes 30 minutes or more on 2 cores and ~12 GB of
-disk; with warm caches a few minutes. Only the path goes to stdout.
+disk; with warm caches 1-2 minutes. Only the path goes to stdout.
 
 Building needs root (package installs); the script re-runs itself with sudo
 when needed. A cache hit needs neither root nor the network nor Go.
@@ -183,9 +184,10 @@ Environment:
                               through sudo), except the ones that shape the
                               build (GOFLAGS, GOTOOLCHAIN, GOOS, GOARCH, ...).
 
-Disk: each bundle is ~900 MB; kube-bundle/gomod (modules, ~3.5 GB) and
-kube-bundle/go-build (Go's build cache, several GB) are safe to delete; old
-bundles are not pruned (delete their dirs).
+Disk: each bundle is ~900 MB; kube-bundle/gomod (modules, ~4 GB) and
+kube-bundle/go-build (Go's build cache, ~6 GB, ~4 GB more per other
+Kubernetes version) are safe to delete; old bundles are not pruned (delete
+their dirs).
 EOF
 }
 
@@ -738,7 +740,7 @@ build_bundle() {
   cache_kb=$(du -sk -- "$root/go-build" | cut -f1)
   if ((cache_kb < 2 * 1024 * 1024)); then
     need_gb=12
-    msg "Go's build cache ($root/go-build) is (nearly) empty: this is a cold build, which downloads ~3.5 GB of modules and compiles for 30 minutes or more on 2 cores"
+    msg "Go's build cache ($root/go-build) is (nearly) empty: this is a cold build, which downloads ~4 GB of modules and compiles for 30 minutes or more on 2 cores"
   else
     need_gb=3
     msg "Go's build cache holds $((cache_kb / 1024 / 1024)) GB: if it has these packages the build takes minutes, else 30 minutes or more"
