@@ -204,7 +204,25 @@ pub fn judge_gate(members: &[Member], health: &[(Member, Probe)], own_peer: &str
             return GateVerdict::Wait(MembershipError::Unstarted { id: m.id, peer: m.peer_urls.join(",") });
         }
     }
-    match quorum_of(health) {
+    // After promotion, this node's own member may not answer yet: it is
+    // catching up on the log the moment it became a voter (with two voters,
+    // even the other's reads wait for it). That settles by itself, so it
+    // counts as settling, never as a lost quorum; the caller's limit bounds
+    // the wait.
+    let adjusted: Vec<(Member, Probe)>;
+    let for_quorum = if point == GatePoint::AfterPromotion {
+        adjusted = health
+            .iter()
+            .map(|(m, p)| match p {
+                Probe::Unhealthy(_) if own(m) => (m.clone(), Probe::AnswersAsLearner),
+                _ => (m.clone(), p.clone()),
+            })
+            .collect();
+        &adjusted[..]
+    } else {
+        health
+    };
+    match quorum_of(for_quorum) {
         Quorum::Lost(e) => return GateVerdict::Refuse(e),
         Quorum::Settling(e) => return GateVerdict::Wait(e),
         Quorum::Healthy => {}
@@ -719,6 +737,20 @@ mod tests {
         let only_m1 = [(m1.clone(), Probe::Healthy)];
         let verdict = judge_gate(std::slice::from_ref(&m1), &only_m1, "https://b:2380", GatePoint::AfterPromotion);
         assert!(matches!(verdict, GateVerdict::Wait(_)), "{verdict:?}");
+    }
+
+    #[test]
+    fn a_just_promoted_member_that_does_not_answer_yet_is_waited_for() {
+        // Two voters, the second promoted a moment ago and still catching
+        // up: its read times out. Not a lost quorum: it settles by itself.
+        let (m1, m2) = (voter(1, "m1", "https://a:2380"), voter(2, "m2", "https://b:2380"));
+        let members = [m1.clone(), m2.clone()];
+        let slow = [(m1.clone(), Probe::Healthy), (m2.clone(), Probe::Unhealthy("no answer within 3s".into()))];
+        let verdict = judge_gate(&members, &slow, "https://b:2380", GatePoint::AfterPromotion);
+        assert!(matches!(verdict, GateVerdict::Wait(_)), "{verdict:?}");
+        // Another member down is still a lost quorum, promotion or not.
+        let other = judge_gate(&members, &slow, "https://c:2380", GatePoint::AfterPromotion);
+        assert!(matches!(other, GateVerdict::Refuse(_)), "{other:?}");
     }
 
     #[test]
