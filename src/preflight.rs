@@ -59,6 +59,10 @@ pub fn listening_ports(c: &ClusterConfig) -> Vec<(&'static str, SocketAddr)> {
                 out.push((name, SocketAddr::new(any, 10250)));
                 out.push((name, SocketAddr::new(lo, crate::agent::probe::KUBELET_HEALTHZ_PORT)));
             }
+            Component::KubeProxy => {
+                out.push((name, SocketAddr::new(lo, crate::agent::probe::KUBE_PROXY_HEALTHZ_PORT)));
+                out.push((name, SocketAddr::new(lo, crate::agent::probe::KUBE_PROXY_METRICS_PORT)));
+            }
         }
     }
     if c.runs_local_lb() {
@@ -182,6 +186,11 @@ pub fn run(ctx: &Context<'_>) -> Vec<Failure> {
             fail(format!("binary-{cmd}"), format!("no {cmd} in {}: install it (Debian: {package})", where_()));
         }
     }
+    if c.has(Component::KubeProxy) && ctx.euid_is_root {
+        if let Err(e) = crate::host::sysctl::ensure() {
+            fail("kernel-network".into(), e.to_string());
+        }
+    }
     if c.has(Component::Kubelet) {
         let dir = &c.node.cni_bin_dir;
         let missing: Vec<_> = CNI_PLUGINS.iter().filter(|p| !dir.join(p).is_file()).copied().collect();
@@ -198,6 +207,20 @@ pub fn run(ctx: &Context<'_>) -> Vec<Failure> {
         }
     }
     failures
+}
+
+/// What is worth saying but stops nothing.
+pub fn warnings(c: &ClusterConfig) -> Vec<String> {
+    let mut out = vec![];
+    if c.has(Component::Kubelet) && crate::agent::facts::cgroup_v1() {
+        out.push(
+            "this host uses cgroup v1, which Kubernetes deprecated: kubelet runs here only because hakube sets \
+             failCgroupV1: false, and a release after 1.37 may refuse it; boot with cgroup v2 \
+             (systemd.unified_cgroup_hierarchy=1) before upgrading past 1.37"
+                .to_owned(),
+        );
+    }
+    out
 }
 
 /// Fatal preflight failures, listed for the user.

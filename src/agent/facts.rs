@@ -81,6 +81,63 @@ pub fn observe(paths: &Paths, c: &ClusterConfig, cache: &mut VersionCache) -> (H
         systemd_cgroups: crate::host::systemd::is_running(),
         restrict_oom_score_adj: !has_cap_sys_resource(),
         pause_image: pause_image(c.node.bundle.as_deref()),
+        cgroup_v1: cgroup_v1(),
+        resolv_conf: resolv_conf(paths, |f| std::fs::read_to_string(f).ok()),
     };
     (facts, problems)
+}
+
+/// Whether `/sys/fs/cgroup` is anything but the unified (v2) hierarchy:
+/// v1 and hybrid hosts both count as v1 for kubelet.
+pub fn cgroup_v1() -> bool {
+    match nix::sys::statfs::statfs("/sys/fs/cgroup") {
+        Ok(fs) => fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC,
+        Err(_) => false,
+    }
+}
+
+/// The resolv.conf kubelet gives pods with `dnsPolicy: Default` (pure but
+/// for `read`): a simulated host's own `<root>/etc/resolv.conf` when it has
+/// one; else the machine's, unless that names systemd-resolved's stub
+/// (127.0.0.53, which in a pod is the pod itself: CoreDNS would forward to
+/// itself), where resolved's list of real upstreams is used, as kubeadm does.
+pub fn resolv_conf(paths: &Paths, read: impl Fn(&Path) -> Option<String>) -> PathBuf {
+    let own = paths.root().join("etc/resolv.conf");
+    if !paths.is_host_root() && read(&own).is_some() {
+        return own;
+    }
+    let etc = PathBuf::from("/etc/resolv.conf");
+    let resolved = PathBuf::from("/run/systemd/resolve/resolv.conf");
+    let stub = read(&etc)
+        .is_some_and(|t| t.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["nameserver", "127.0.0.53"]));
+    if stub && read(&resolved).is_some() {
+        return resolved;
+    }
+    etc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_never_get_the_resolved_stub() {
+        fn files<'a>(list: &'a [(&'a str, &'a str)]) -> impl Fn(&Path) -> Option<String> + 'a {
+            move |f: &Path| list.iter().find(|(p, _)| Path::new(p) == f).map(|(_, t)| t.to_string())
+        }
+        let host = Paths::new("/");
+        let stub = [
+            ("/etc/resolv.conf", "nameserver 127.0.0.53\n"),
+            ("/run/systemd/resolve/resolv.conf", "nameserver 192.0.2.1\n"),
+        ];
+        assert_eq!(resolv_conf(&host, files(&stub)), PathBuf::from("/run/systemd/resolve/resolv.conf"));
+        let plain = [("/etc/resolv.conf", "nameserver 192.0.2.1\n")];
+        assert_eq!(resolv_conf(&host, files(&plain)), PathBuf::from("/etc/resolv.conf"));
+        // A simulated host keeps to its own file when it has one.
+        let sim = Paths::new("/srv/h1");
+        let own =
+            [("/srv/h1/etc/resolv.conf", "nameserver 10.0.0.1\n"), ("/etc/resolv.conf", "nameserver 192.0.2.1\n")];
+        assert_eq!(resolv_conf(&sim, files(&own)), PathBuf::from("/srv/h1/etc/resolv.conf"));
+        assert_eq!(resolv_conf(&sim, files(&plain)), PathBuf::from("/etc/resolv.conf"));
+    }
 }

@@ -139,6 +139,13 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut stop: watch::Receiver<boo
     let mut client: Option<KubeClient> = None;
     let mut converged = false;
     let mut masq_warned = false;
+    // Forwarding and bridged traffic through iptables: a reboot resets them.
+    match tokio::task::spawn_blocking(crate::host::sysctl::ensure).await {
+        Ok(Ok(changed)) if !changed.is_empty() => info!(?changed, "kernel network settings set"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!(error = %e, "Services and the pod network may not work"),
+        Err(e) => warn!(error = %e, "cannot check the kernel network settings"),
+    }
     loop {
         let round = async {
             if client.is_none() {

@@ -2,7 +2,8 @@
 //! healthy only when it answers, the way kubeadm's static-pod probes ask:
 //! etcd a linearizable read, kube-apiserver `/readyz`, controller-manager
 //! and scheduler `/healthz` on their secure ports, kubelet `/healthz` on
-//! 10248, containerd its socket (and the bundle's images imported).
+//! 10248, kube-proxy `/healthz` on 10256, containerd its socket (and the
+//! bundle's images imported).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -21,6 +22,10 @@ pub const CONTROLLER_MANAGER_PORT: u16 = 10257;
 pub const SCHEDULER_PORT: u16 = 10259;
 /// kubelet's healthz endpoint (plain HTTP on loopback, its default).
 pub const KUBELET_HEALTHZ_PORT: u16 = 10248;
+/// kube-proxy's healthz (200 once its rules are in sync) and metrics, both
+/// on loopback only.
+pub const KUBE_PROXY_HEALTHZ_PORT: u16 = 10256;
+pub const KUBE_PROXY_METRICS_PORT: u16 = 10249;
 
 /// How one component is asked whether it is healthy.
 pub enum Prober {
@@ -58,6 +63,7 @@ impl Prober {
                 verify: false,
             },
             Component::Kubelet => Prober::Http { at: lo(KUBELET_HEALTHZ_PORT), path: "/healthz" },
+            Component::KubeProxy => Prober::Http { at: lo(KUBE_PROXY_HEALTHZ_PORT), path: "/healthz" },
         }
     }
 

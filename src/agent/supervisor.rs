@@ -551,6 +551,15 @@ fn spawn(
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let mut cmd = Command::new(binary);
     cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
+    // What a component runs in turn comes from where it came from first:
+    // containerd's shim, and the shim's runc, from the same bundle.
+    if let Some(dir) = binary.parent() {
+        let rest = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&rest)));
+        if let Ok(path) = path {
+            cmd.env("PATH", path);
+        }
+    }
     // SAFETY: prctl is async-signal-safe. If the agent dies, its children
     // get SIGTERM rather than running on unsupervised.
     unsafe {

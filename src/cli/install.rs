@@ -187,6 +187,9 @@ pub fn run(req: Request) -> anyhow::Result<()> {
             }
             ignored.extend(waived);
         }
+        for w in preflight::warnings(&c) {
+            progress.note(format!("warning: {w}"));
+        }
         for f in ignored {
             progress.note(format!("ignored preflight error [{}]: {}", f.name, f.message));
         }

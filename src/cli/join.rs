@@ -111,7 +111,8 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     }
     if req.role == Role::Worker && components.iter().any(|c| !Component::WORKER.contains(c)) {
         bail!(
-            "a worker runs containerd and kubelet (or nothing: --components none); masters join with a --master script"
+            "a worker runs containerd, kubelet and kube-proxy (or some of them, or nothing: --components none); \
+             masters join with a --master script"
         );
     }
     let use_systemd =
@@ -140,6 +141,7 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         node_name: name.to_string(),
         advertise_address: address,
         kubelet_csr: None,
+        kube_proxy_csr: None,
     };
     match req.role {
         Role::Master => join_master(&rt, &progress, &paths, flags, ask, &checked, &req),
@@ -163,6 +165,9 @@ fn node_config(flags: &serde_yaml::Value, cluster: Option<&config::ClusterSpec>)
 }
 
 fn run_preflight(paths: &Paths, c: &ClusterConfig, ignore: &[String]) -> anyhow::Result<()> {
+    for w in preflight::warnings(c) {
+        eprintln!("[join] warning: {w}");
+    }
     for f in preflight::enforce(paths, c, ignore)? {
         eprintln!("[join] ignored preflight error [{}]: {}", f.name, f.message);
     }
@@ -365,6 +370,14 @@ fn join_worker(
     let key = Key::generate(config::KeyAlgorithm::EcdsaP256).map_err(anyhow::Error::msg)?;
     let csr = rcgen::CertificateParams::default().serialize_request(&key.pair)?.pem()?;
     ask.kubelet_csr = Some(csr);
+    // kube-proxy's likewise, when this worker runs it.
+    let proxy_key = match node_config(&flags, None)?.has(Component::KubeProxy) {
+        true => Some(Key::generate(config::KeyAlgorithm::EcdsaP256).map_err(anyhow::Error::msg)?),
+        false => None,
+    };
+    if let Some(k) = &proxy_key {
+        ask.kube_proxy_csr = Some(rcgen::CertificateParams::default().serialize_request(&k.pair)?.pem()?);
+    }
     let resp = ask_cluster(rt, progress, &req.endpoints, &checked.ca_hash, &ask)?;
     let mut c = node_config(&flags, Some(&resp.cluster))?;
     c.node.api_servers = resp
@@ -395,6 +408,18 @@ fn join_worker(
                 0o600,
             ),
         ];
+        if let Some(k) = &proxy_key {
+            let cert = resp.kube_proxy_cert.as_deref().context("the join API sent no kube-proxy certificate")?;
+            let text = kubeconfig::render(
+                &c.cluster.name,
+                &kubeconfig::server_for(&c, "kube-proxy"),
+                ca,
+                pki::KUBE_PROXY_USER,
+                cert,
+                &k.pem,
+            );
+            files.push(FileSpec::new(paths.kubeconfig("kube-proxy"), text, 0o600));
+        }
         if c.node.systemd {
             files.push(systemd::unit_file(paths));
         }

@@ -58,6 +58,7 @@ pub fn run(paths: &Paths, force: bool) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
+    progress.phase("removing kube-proxy's rules", || remove_proxy_rules(paths))?;
     progress.phase("removing files", || -> anyhow::Result<()> {
         let mut created = paths.created_by_install();
         if paths.installed_binary_marker().exists() {
@@ -77,6 +78,45 @@ pub fn run(paths: &Paths, force: bool) -> anyhow::Result<()> {
         let _ = systemd::systemctl(&["daemon-reload"]);
     }
     progress.note(format!("node reset: nothing of hakube is left under {}", paths.root().display()));
+    Ok(())
+}
+
+/// kube-proxy's Service rules outlive it: its own `--cleanup` removes
+/// them (iptables, and the nftables and ipvs modes' leftovers too), bounded.
+fn remove_proxy_rules(paths: &Paths) -> anyhow::Result<()> {
+    use crate::config::{self, Component};
+    let Some(c) = config::load_installed(&paths.config_file())? else { return Ok(()) };
+    if !c.has(Component::KubeProxy) {
+        return Ok(());
+    }
+    let Some(binary) = crate::kube::components::find_binary(paths, c.node.bundle.as_deref(), "kube-proxy") else {
+        anyhow::bail!("no kube-proxy binary to remove its rules with: run `kube-proxy --cleanup` by hand");
+    };
+    let mut child = std::process::Command::new(&binary)
+        .arg("--cleanup")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run {} --cleanup: {e}", binary.display()))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("{} --cleanup did not finish within 60s", binary.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{} --cleanup failed ({}): {}",
+            binary.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        );
+    }
     Ok(())
 }
 

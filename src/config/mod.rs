@@ -233,7 +233,7 @@ impl ClusterConfig {
     /// something of Kubernetes runs (kubelet is its client; a master's
     /// admin kubeconfig may be too).
     pub fn runs_local_lb(&self) -> bool {
-        self.has(Component::Kubelet) || self.has(Component::KubeApiserver)
+        self.has(Component::Kubelet) || self.has(Component::KubeApiserver) || self.has(Component::KubeProxy)
     }
 
     /// The node-local load balancer, as clients on this node reach it.
@@ -288,7 +288,7 @@ cluster:
   keyAlgorithm: ecdsa-p256
   lostNodeToleration: 1h
 node:
-  components: [etcd, containerd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet]
+  components: [etcd, containerd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy]
   systemd: true
   cniBinDir: /usr/lib/cni
   apiServerPort: 6443
@@ -497,6 +497,12 @@ fn validate(c: &ClusterConfig) -> Result<(), String> {
     if c.has(Component::Kubelet) && !c.has(Component::Containerd) {
         return Err("kubelet needs the container runtime: add containerd to the components".into());
     }
+    if c.has(Component::KubeProxy) && !c.has(Component::Kubelet) {
+        return Err(
+            "kube-proxy serves the Services of a node's pods: add kubelet to the components, or leave kube-proxy out"
+                .into(),
+        );
+    }
     if c.node.advertise_address.is_unspecified() {
         return Err("node.advertiseAddress is unspecified (0.0.0.0 or ::): give this host's own address".into());
     }
@@ -551,7 +557,7 @@ pub(crate) mod tests {
     fn defaults_resolve_and_round_trip() {
         let c = resolve_with(None, "{}").unwrap();
         assert_eq!(c.node.name.as_str(), "m1");
-        assert_eq!(c.node.components.len(), 6);
+        assert_eq!(c.node.components.len(), 7);
         assert_eq!(c.control_plane_endpoint().to_string(), "10.0.0.11:6443");
         let text = c.to_yaml();
         let back = from_value(parse_source(&text, "x").unwrap(), "x").unwrap();

@@ -392,18 +392,20 @@ pub enum Component {
     KubeControllerManager,
     KubeScheduler,
     Kubelet,
+    KubeProxy,
 }
 
 impl Component {
     /// In start order: etcd and the container runtime before the control
     /// plane, kubelet last.
-    pub const ALL: [Component; 6] = [
+    pub const ALL: [Component; 7] = [
         Component::Etcd,
         Component::Containerd,
         Component::KubeApiserver,
         Component::KubeControllerManager,
         Component::KubeScheduler,
         Component::Kubelet,
+        Component::KubeProxy,
     ];
 
     /// The component's name, which is also its binary's name.
@@ -415,22 +417,27 @@ impl Component {
             Component::KubeControllerManager => "kube-controller-manager",
             Component::KubeScheduler => "kube-scheduler",
             Component::Kubelet => "kubelet",
+            Component::KubeProxy => "kube-proxy",
         }
     }
 }
 
 impl Component {
     /// What a master runs unless told otherwise.
-    pub const MASTER: [Component; 6] = Component::ALL;
+    pub const MASTER: [Component; 7] = Component::ALL;
     /// What a worker runs unless told otherwise.
-    pub const WORKER: [Component; 2] = [Component::Containerd, Component::Kubelet];
+    pub const WORKER: [Component; 3] = [Component::Containerd, Component::Kubelet, Component::KubeProxy];
 
     /// The Kubernetes components, whose binaries come in the bundle and
     /// whose command lines depend on their version.
     pub fn is_kubernetes(self) -> bool {
         matches!(
             self,
-            Component::KubeApiserver | Component::KubeControllerManager | Component::KubeScheduler | Component::Kubelet
+            Component::KubeApiserver
+                | Component::KubeControllerManager
+                | Component::KubeScheduler
+                | Component::Kubelet
+                | Component::KubeProxy
         )
     }
 }

@@ -8,4 +8,5 @@ pub mod mountns;
 pub mod net;
 pub mod paths;
 pub mod process;
+pub mod sysctl;
 pub mod systemd;

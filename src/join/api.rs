@@ -254,7 +254,7 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
             ));
         }
     }
-    let (mut sealed_material, mut kubelet_cert) = (None, None);
+    let (mut sealed_material, mut kubelet_cert, mut kube_proxy_cert) = (None, None, None);
     match req.role {
         Role::Master => {
             let sealed = store::material(&mut client, &endpoint, &tok.id).await.map_err(unavailable)?;
@@ -275,6 +275,13 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
                 ca.sign_csr(csr, &spec, time::OffsetDateTime::now_utc())
                     .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("kubelet_csr: {e}")))?,
             );
+            if let Some(csr) = req.kube_proxy_csr.as_deref() {
+                let spec = pki::kube_proxy_client_spec();
+                kube_proxy_cert = Some(
+                    ca.sign_csr(csr, &spec, time::OffsetDateTime::now_utc())
+                        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("kube_proxy_csr: {e}")))?,
+                );
+            }
         }
     }
     // Counting the use re-reads the token linearizably: a token revoked a
@@ -329,7 +336,15 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
             ))
         }
     };
-    Ok(JoinResponse { cluster, ca_certs, sealed_material, kubelet_cert, etcd_members: members, join_endpoints })
+    Ok(JoinResponse {
+        cluster,
+        ca_certs,
+        sealed_material,
+        kubelet_cert,
+        kube_proxy_cert,
+        etcd_members: members,
+        join_endpoints,
+    })
 }
 
 /// The node endpoints want a node's certificate.

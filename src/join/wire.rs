@@ -24,6 +24,9 @@ pub struct JoinRequest {
     /// stays on the worker.
     #[serde(default)]
     pub kubelet_csr: Option<String>,
+    /// A worker's CSR for its kube-proxy client certificate (PEM).
+    #[serde(default)]
+    pub kube_proxy_csr: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +40,9 @@ pub struct JoinResponse {
     /// Workers: the kubelet client certificate issued from the CSR.
     #[serde(default)]
     pub kubelet_cert: Option<String>,
+    /// Workers: kube-proxy's client certificate, when asked for.
+    #[serde(default)]
+    pub kube_proxy_cert: Option<String>,
     pub etcd_members: Vec<Member>,
     /// Every master's join API (`host:port`).
     pub join_endpoints: Vec<String>,
@@ -85,6 +91,7 @@ mod tests {
             node_name: "w1".into(),
             advertise_address: "10.0.0.21".parse().unwrap(),
             kubelet_csr: None,
+            kube_proxy_csr: None,
         };
         let dbg = format!("{req:?}");
         assert!(dbg.contains("abcdef") && !dbg.contains("0123456789abcdef"), "{dbg}");

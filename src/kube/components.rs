@@ -107,7 +107,7 @@ pub fn kube_apiserver(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
     ComponentSpec { component: Component::KubeApiserver, args, inputs, files: vec![], cgroup: None }
 }
 
-pub fn kube_controller_manager(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> ComponentSpec {
+pub fn kube_controller_manager(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
     let pki = |n: &str| p(paths.pki(n));
     let kc = p(paths.kubeconfig("controller-manager"));
     let args = vec![
@@ -131,26 +131,19 @@ pub fn kube_controller_manager(paths: &Paths, c: &ClusterConfig, facts: &HostFac
         flag("service-cluster-ip-range", c.cluster.service_cidr),
         flag("use-service-account-credentials", true),
     ];
-    let mut args = args;
-    if facts.version(Component::KubeControllerManager).controller_manager_needs_port_0() {
-        args.push(flag("port", 0));
-    }
     let inputs = vec![paths.kubeconfig("controller-manager"), paths.pki("ca.crt"), paths.pki("sa.key")];
     ComponentSpec { component: Component::KubeControllerManager, args, inputs, files: vec![], cgroup: None }
 }
 
-pub fn kube_scheduler(paths: &Paths, _c: &ClusterConfig, facts: &HostFacts) -> ComponentSpec {
+pub fn kube_scheduler(paths: &Paths) -> ComponentSpec {
     let kc = p(paths.kubeconfig("scheduler"));
-    let mut args = vec![
+    let args = vec![
         flag("authentication-kubeconfig", &kc),
         flag("authorization-kubeconfig", &kc),
         flag("bind-address", "127.0.0.1"),
         flag("kubeconfig", &kc),
         flag("leader-elect", true),
     ];
-    if facts.version(Component::KubeScheduler).scheduler_needs_port_0() {
-        args.push(flag("port", 0));
-    }
     ComponentSpec {
         component: Component::KubeScheduler,
         args,
@@ -176,7 +169,6 @@ pub fn kubelet_cgroup_root(paths: &Paths, facts: &HostFacts) -> Option<String> {
 }
 
 pub fn kubelet(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> ComponentSpec {
-    let v = facts.version(Component::Kubelet);
     let mut args = vec![
         flag("config", p(kubelet_config_path(paths))),
         flag("kubeconfig", p(paths.kubeconfig("kubelet"))),
@@ -185,10 +177,6 @@ pub fn kubelet(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> Component
         flag("hostname-override", &c.node.name),
         flag("node-ip", c.node.advertise_address),
     ];
-    if !v.kubelet_endpoint_in_config() {
-        args.push(flag("container-runtime", "remote"));
-        args.push(flag("container-runtime-endpoint", containerd::endpoint(paths)));
-    }
     if is_master(c) && c.cluster.taint_control_plane {
         args.push(flag("register-with-taints", CONTROL_PLANE_TAINTS.join(",")));
     }
@@ -201,42 +189,90 @@ pub fn kubelet_config_path(paths: &Paths) -> PathBuf {
     paths.kubelet_dir().join("config.yaml")
 }
 
-/// The kubelet's KubeletConfiguration file (pure).
+/// The kubelet's KubeletConfiguration file (pure), serialized from a value
+/// so that no name can break its structure.
 pub fn kubelet_config(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> FileSpec {
-    let v = facts.version(Component::Kubelet);
-    let mut text = format!(
-        "apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-authentication:
-  anonymous:
-    enabled: false
-  webhook:
-    enabled: true
-  x509:
-    clientCAFile: {ca}
-authorization:
-  mode: Webhook
-cgroupDriver: {driver}
-clusterDNS:
-- {dns}
-clusterDomain: {domain}
-rotateCertificates: true
-staticPodPath: \"\"
-volumePluginDir: {plugins}
-",
-        ca = paths.pki("ca.crt").display(),
-        driver = if facts.systemd_cgroups { "systemd" } else { "cgroupfs" },
-        dns = c.cluster.service_cidr.nth(10),
-        domain = c.cluster.dns_domain,
-        plugins = paths.kubelet_volume_plugin_dir().display(),
-    );
+    let mut conf = serde_json::json!({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "authentication": {
+            "anonymous": {"enabled": false},
+            "webhook": {"enabled": true},
+            "x509": {"clientCAFile": p(paths.pki("ca.crt"))},
+        },
+        "authorization": {"mode": "Webhook"},
+        // Only a fallback since 1.34: kubelet asks containerd 2 for the
+        // driver it uses (KEP-4033), which hakube sets to the same.
+        "cgroupDriver": if facts.systemd_cgroups { "systemd" } else { "cgroupfs" },
+        "clusterDNS": [c.cluster.service_cidr.nth(10).to_string()],
+        "clusterDomain": c.cluster.dns_domain,
+        "containerRuntimeEndpoint": containerd::endpoint(paths),
+        // CoreDNS forwards what is not the cluster's to the resolvers pods
+        // with `dnsPolicy: Default` get: this file's.
+        "resolvConf": p(facts.resolv_conf.clone()),
+        "rotateCertificates": true,
+        "staticPodPath": "",
+        "volumePluginDir": p(paths.kubelet_volume_plugin_dir()),
+    });
     if let Some(root) = kubelet_cgroup_root(paths, facts) {
-        text.push_str(&format!("cgroupRoot: {root}\n"));
+        conf["cgroupRoot"] = root.into();
     }
-    if v.kubelet_endpoint_in_config() {
-        text.push_str(&format!("containerRuntimeEndpoint: {}\n", containerd::endpoint(paths)));
+    if facts.cgroup_v1 {
+        // From 1.35 kubelet refuses a cgroup v1 host unless told this
+        // (KEP-5573); 1.37 still honours it. Set only where the host is v1:
+        // a v2 host gets kubelet's own default.
+        conf["failCgroupV1"] = false.into();
     }
+    let text = serde_yaml::to_string(&conf).expect("kubelet config serializes");
     FileSpec::new(kubelet_config_path(paths), text, 0o644)
+}
+
+pub fn kube_proxy_config_path(paths: &Paths) -> PathBuf {
+    paths.data_dir().join("kube-proxy/config.yaml")
+}
+
+/// kube-proxy as a host process (as k3s runs it): no image to build, the
+/// host's own iptables, and the agent's supervision. It reaches the API
+/// through the node-local balancer with its own certificate
+/// (`system:kube-proxy`, bound to `system:node-proxier` by default RBAC).
+pub fn kube_proxy(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
+    let lo = |port: u16| format!("127.0.0.1:{port}");
+    let conf = serde_json::json!({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": p(paths.kubeconfig("kube-proxy"))},
+        "hostnameOverride": c.node.name.as_str(),
+        // iptables: the default, and what Debian 12's iptables-nft and the
+        // CNI portmap plugin share (ipvs is deprecated since 1.35).
+        "mode": "iptables",
+        "clusterCIDR": c.cluster.pod_cidr.to_string(),
+        "healthzBindAddress": lo(crate::agent::probe::KUBE_PROXY_HEALTHZ_PORT),
+        "metricsBindAddress": lo(crate::agent::probe::KUBE_PROXY_METRICS_PORT),
+        // Leave the host's conntrack table size and timeouts as they are:
+        // they are the administrator's (and global to the machine, where
+        // several simulated hosts share a kernel).
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+        },
+        // NodePorts on the node's own address (the Node's InternalIP), not
+        // on every address the host has.
+        "nodePortAddresses": ["primary"],
+    });
+    let file = FileSpec::new(
+        kube_proxy_config_path(paths),
+        serde_yaml::to_string(&conf).expect("kube-proxy config serializes"),
+        0o644,
+    );
+    ComponentSpec {
+        component: Component::KubeProxy,
+        args: vec![flag("config", p(kube_proxy_config_path(paths)))],
+        inputs: vec![kube_proxy_config_path(paths), paths.kubeconfig("kube-proxy")],
+        files: vec![file],
+        cgroup: None,
+    }
 }
 
 /// The specs of every component the node runs, in start order.
@@ -250,9 +286,10 @@ pub fn specs(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> Vec<Compone
             Component::Etcd => etcd(paths, c),
             Component::Containerd => containerd::spec(paths, c, facts),
             Component::KubeApiserver => kube_apiserver(paths, c),
-            Component::KubeControllerManager => kube_controller_manager(paths, c, facts),
-            Component::KubeScheduler => kube_scheduler(paths, c, facts),
+            Component::KubeControllerManager => kube_controller_manager(paths, c),
+            Component::KubeScheduler => kube_scheduler(paths),
             Component::Kubelet => kubelet(paths, c, facts),
+            Component::KubeProxy => kube_proxy(paths, c),
         })
         .collect()
 }
@@ -285,7 +322,9 @@ mod tests {
             versions: Component::ALL.into_iter().filter(|c| c.is_kubernetes()).map(|c| (c, v)).collect(),
             systemd_cgroups: true,
             restrict_oom_score_adj: false,
-            pause_image: "hakube.local/pause:3.2".into(),
+            pause_image: "hakube.local/pause:3.10".into(),
+            cgroup_v1: false,
+            resolv_conf: "/etc/resolv.conf".into(),
         }
     }
 
@@ -309,19 +348,22 @@ mod tests {
     fn command_lines_match_golden_for_each_version() {
         let paths = Paths::new("/");
         let c = config("cluster: {ha: true, loadBalancerAddress: 'lb.example.test:6443', taintControlPlane: true}");
-        crate::golden::check("components-master-1.20.txt", &render_all(&paths, &c, &facts(20)));
-        crate::golden::check("components-master-1.33.txt", &render_all(&paths, &c, &facts(33)));
+        for minor in 35..=37 {
+            crate::golden::check(&format!("components-master-1.{minor}.txt"), &render_all(&paths, &c, &facts(minor)));
+        }
     }
 
     #[test]
     fn a_simulated_host_keeps_kubelet_and_containerd_inside_its_root() {
         let paths = Paths::new("/srv/hosts/w1");
-        let c = config("node: {components: [containerd, kubelet]}");
-        let mut f = facts(20);
+        let c = config("node: {components: [containerd, kubelet, kube-proxy]}");
+        let mut f = facts(37);
         f.systemd_cgroups = false;
         f.restrict_oom_score_adj = true;
+        f.cgroup_v1 = true;
+        f.resolv_conf = "/srv/hosts/w1/etc/resolv.conf".into();
         let all = render_all(&paths, &c, &f);
-        crate::golden::check("components-worker-sandbox-1.20.txt", &all);
+        crate::golden::check("components-worker-sandbox-1.37.txt", &all);
         for line in all.lines().filter(|l| l.contains('/')) {
             let path_like = line.split(['=', ' ', '"']).filter(|w| w.starts_with('/'));
             for w in path_like {
@@ -339,7 +381,7 @@ mod tests {
     #[test]
     fn taints_and_labels_only_for_masters_and_when_asked() {
         let paths = Paths::new("/");
-        let f = facts(20);
+        let f = facts(37);
         let tainted = kubelet(&paths, &config("cluster: {taintControlPlane: true}"), &f);
         assert!(tainted.args.contains(&format!(
             "--register-with-taints={}",
@@ -356,6 +398,36 @@ mod tests {
         // kubelet refuses node-role labels on itself (NodeRestriction): the
         // cluster controller labels masters.
         assert!(!tainted.args.iter().any(|a| a.starts_with("--node-labels")));
+    }
+
+    #[test]
+    fn kubelet_is_told_to_run_on_cgroup_v1_only_where_the_host_is_v1() {
+        let paths = Paths::new("/");
+        let c = config("{}");
+        let mut f = facts(37);
+        let v2 = String::from_utf8(kubelet_config(&paths, &c, &f).contents).unwrap();
+        assert!(!v2.contains("failCgroupV1"), "{v2}");
+        f.cgroup_v1 = true;
+        let v1 = String::from_utf8(kubelet_config(&paths, &c, &f).contents).unwrap();
+        assert!(v1.contains("failCgroupV1: false"), "{v1}");
+    }
+
+    #[test]
+    fn a_name_cannot_break_the_rendered_files() {
+        // A node name is validated, but the files must not depend on it:
+        // they are serialized, so a quote stays inside its value.
+        let paths = Paths::new("/srv/a\"b\nc");
+        let c = config("{}");
+        let f = facts(37);
+        for spec in specs(&paths, &c, &f) {
+            for file in spec.files {
+                let text = String::from_utf8(file.contents).unwrap();
+                if file.path.extension().is_some_and(|e| e == "yaml") {
+                    let v: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+                    assert!(v.get("kind").is_some(), "{text}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -14,22 +14,24 @@ pub fn endpoint(paths: &Paths) -> String {
     format!("unix://{}", paths.containerd_socket().display())
 }
 
-/// TOML basic string.
+/// A TOML basic string. JSON's string escapes are TOML's (`\"`, `\\`,
+/// control characters as `\uXXXX`), so a path with a quote or a newline
+/// stays one value.
 fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    serde_json::to_string(s).expect("a string serializes")
 }
 
-/// containerd's config (version 2, read by containerd 1.5 to 1.7 and
-/// migrated by 2.x).
+/// containerd 2's config (schema version 3; the CRI plugin is split into
+/// `cri.v1.runtime` and `cri.v1.images` there).
 pub fn config(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> FileSpec {
     let q = |path: std::path::PathBuf| quote(&path.display().to_string());
     let text = format!(
         r#"# Rendered by hakube for this node's containerd; hakube rewrites it.
-version = 2
+version = 3
 root = {root}
 state = {state}
 # Snapshotters this host cannot use only add warnings at start.
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.erofs"]
 
 [grpc]
   address = {socket}
@@ -37,24 +39,27 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [plugins."io.containerd.internal.v1.opt"]
   path = {opt}
 
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = {pause}
+[plugins."io.containerd.cri.v1.runtime"]
   # Without CAP_SYS_RESOURCE a negative oom_score_adj (kubelet asks -998
   # for the pause container) cannot be set and every sandbox fails.
   restrict_oom_score_adj = {restrict}
 
-  [plugins."io.containerd.grpc.v1.cri".containerd]
+  [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
 
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
 
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        # kubelet takes the cgroup driver from here (KEP-4033).
         SystemdCgroup = {systemd}
 
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = {cni_bin}
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = [{cni_bin}]
     conf_dir = {cni_conf}
+
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = {pause}
 "#,
         root = q(paths.containerd_root()),
         state = q(paths.containerd_state()),
@@ -87,5 +92,6 @@ mod tests {
     #[test]
     fn quotes_toml_strings() {
         assert_eq!(quote(r#"a "b" \c"#), r#""a \"b\" \\c""#);
+        assert_eq!(quote("a\nb"), r#""a\nb""#);
     }
 }

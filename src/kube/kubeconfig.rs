@@ -15,18 +15,19 @@ use crate::host::paths::Paths;
 use crate::pki::{self, Ca, Decision, Key, PkiError};
 
 /// The kubeconfigs of a master, and which endpoint each talks to.
-pub const KUBECONFIGS: [&str; 5] = ["admin", "controller-manager", "scheduler", "kubelet", "hakube-controller"];
+pub const KUBECONFIGS: [&str; 6] =
+    ["admin", "controller-manager", "scheduler", "kubelet", "kube-proxy", "hakube-controller"];
 
 /// controller-manager, scheduler and hakube's own controller talk to their
 /// own node's API server, as with kubeadm; kubelet goes through the
-/// node-local load balancer, so neither ever changes with the load-balancer
+/// node-local load balancer, and so does kube-proxy, so none ever changes with the load-balancer
 /// address; admin goes through the control-plane endpoint.
 pub fn server_for(c: &ClusterConfig, kubeconfig: &str) -> String {
     let endpoint = match kubeconfig {
         "controller-manager" | "scheduler" | "hakube-controller" => {
             HostPort::new(Host::Ip(c.node.advertise_address), c.node.api_server_port)
         }
-        "kubelet" => c.local_lb_endpoint(),
+        "kubelet" | "kube-proxy" => c.local_lb_endpoint(),
         _ => c.control_plane_endpoint(),
     };
     format!("https://{endpoint}")

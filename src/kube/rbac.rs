@@ -1,4 +1,5 @@
-//! The cluster controller's identity and what it may do: the least it
+//! The cluster controller's identity and what it may do, and what the
+//! nodes' agents may read for the pod network: the least it
 //! needs (the production checklist), applied at bootstrap by the elected
 //! leader with the admin identity, then used by the controller itself.
 //! Rendered here (pure) and golden-tested.
@@ -9,6 +10,8 @@ use serde_json::{json, Value};
 /// (no group: it is in none of the system groups).
 pub const CONTROLLER_USER: &str = "hakube:controller";
 pub const CLUSTER_ROLE: &str = "hakube:controller";
+/// What every node's agent may read for the pod network: all the Nodes.
+pub const NODE_NETWORK_ROLE: &str = "hakube:node-network";
 /// The Lease that mirrors the elected leader, in kube-system.
 pub const LEADER_LEASE: &str = "hakube-controller";
 
@@ -57,8 +60,28 @@ pub fn objects() -> Vec<(String, Value)> {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "hakube:controller-lease"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": CONTROLLER_USER}]
     });
+    // Each node's agent routes to every other node's pods (host-gw), so it
+    // reads every Node's podCIDR and address with its kubelet's identity.
+    // Since 1.32 the Node authorizer lets a node read only its own Node
+    // (AuthorizeNodeWithSelectors); RBAC adds reading them all back, for
+    // the nodes group and nothing else.
+    let node_network = json!({
+        "apiVersion": rbac,
+        "kind": "ClusterRole",
+        "metadata": {"name": NODE_NETWORK_ROLE, "labels": {"app.kubernetes.io/managed-by": "hakube"}},
+        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
+    });
+    let node_network_binding = json!({
+        "apiVersion": rbac,
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": NODE_NETWORK_ROLE, "labels": {"app.kubernetes.io/managed-by": "hakube"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODE_NETWORK_ROLE},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]
+    });
     let base = "/apis/rbac.authorization.k8s.io/v1";
     vec![
+        (format!("{base}/clusterroles/{NODE_NETWORK_ROLE}"), node_network),
+        (format!("{base}/clusterrolebindings/{NODE_NETWORK_ROLE}"), node_network_binding),
         (format!("{base}/clusterroles/{CLUSTER_ROLE}"), cluster_role),
         (format!("{base}/clusterrolebindings/{CLUSTER_ROLE}"), cluster_binding),
         (format!("{base}/namespaces/kube-system/roles/hakube:controller-lease"), lease_role),

@@ -54,6 +54,11 @@ pub struct HostFacts {
     pub restrict_oom_score_adj: bool,
     /// The pod sandbox image (a bundle names its own, imported at start).
     pub pause_image: String,
+    /// The host's cgroup hierarchy is v1 (or hybrid): kubelet 1.35+ must be
+    /// told to run anyway, and preflight warns.
+    pub cgroup_v1: bool,
+    /// The resolvers pods with `dnsPolicy: Default` (CoreDNS) are given.
+    pub resolv_conf: PathBuf,
 }
 
 impl HostFacts {

@@ -25,25 +25,6 @@ impl KubeVersion {
     pub fn at_least(self, major: u32, minor: u32) -> bool {
         (self.major, self.minor) >= (major, minor)
     }
-
-    /// kubelet takes the runtime endpoint from its config file from 1.27 on
-    /// (`containerRuntimeEndpoint`), where `--container-runtime` is gone;
-    /// before, the endpoint is a flag and `--container-runtime=remote` is
-    /// needed to leave dockershim (the default up to 1.23).
-    pub fn kubelet_endpoint_in_config(self) -> bool {
-        self.at_least(1, 27)
-    }
-
-    /// kube-controller-manager serves plain HTTP on 10252 unless told
-    /// `--port=0`, until 1.22 removed insecure serving (kubernetes#96216).
-    pub fn controller_manager_needs_port_0(self) -> bool {
-        !self.at_least(1, 22)
-    }
-
-    /// kube-scheduler likewise on 10251, until 1.23 (kubernetes#96345).
-    pub fn scheduler_needs_port_0(self) -> bool {
-        !self.at_least(1, 23)
-    }
 }
 
 impl fmt::Display for KubeVersion {
@@ -52,15 +33,19 @@ impl fmt::Display for KubeVersion {
     }
 }
 
-/// The oldest and newest minor versions whose flags hakube knows.
-pub const OLDEST: KubeVersion = KubeVersion::new(1, 20, 0);
-pub const NEWEST_MINOR: (u32, u32) = (1, 33);
+/// The oldest and newest minor versions whose command lines hakube renders
+/// and tests (golden files for each): the three newest minors, as upstream
+/// supports them. 1.35 is the first kubelet that refuses a cgroup v1 host
+/// unless told `failCgroupV1: false`, which every supported version is told
+/// where the host is v1; 1.38 may drop cgroup v1 altogether.
+pub const OLDEST: KubeVersion = KubeVersion::new(1, 35, 0);
+pub const NEWEST_MINOR: (u32, u32) = (1, 37);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VersionError {
     #[error("cannot run {binary} --version: {reason}")]
     Run { binary: String, reason: String },
-    #[error("{binary} --version printed {output:?}, which names no Kubernetes version (expected e.g. \"Kubernetes v1.20.2\")")]
+    #[error("{binary} --version printed {output:?}, which names no Kubernetes version (expected e.g. \"Kubernetes v1.37.2\")")]
     Unparsable { binary: String, output: String },
     #[error(
         "{binary} is Kubernetes {found}, which hakube does not support: use a release from v1.{}.0 to v1.{}.x",
@@ -71,7 +56,7 @@ pub enum VersionError {
 }
 
 /// Parses what `kube-apiserver --version` and friends print:
-/// `Kubernetes v1.20.2`, possibly with a pre-release or build suffix.
+/// `Kubernetes v1.37.2`, possibly with a pre-release or build suffix.
 pub fn parse(output: &str) -> Option<KubeVersion> {
     let word =
         output.split_whitespace().find(|w| w.starts_with('v') && w[1..].starts_with(|c: char| c.is_ascii_digit()))?;
@@ -135,31 +120,24 @@ mod tests {
     #[test]
     fn the_supported_range_is_named_in_refusals() {
         let bin = Path::new("/b/kubelet");
-        assert!(check_supported(bin, KubeVersion::new(1, 20, 2)).is_ok());
-        assert!(check_supported(bin, KubeVersion::new(1, 33, 9)).is_ok());
-        let e = check_supported(bin, KubeVersion::new(1, 19, 16)).unwrap_err().to_string();
-        assert!(e.contains("/b/kubelet is Kubernetes v1.19.16") && e.contains("from v1.20.0 to v1.33.x"), "{e}");
-        assert!(check_supported(bin, KubeVersion::new(1, 34, 0)).is_err());
+        assert!(check_supported(bin, KubeVersion::new(1, 35, 0)).is_ok());
+        assert!(check_supported(bin, KubeVersion::new(1, 37, 9)).is_ok());
+        let e = check_supported(bin, KubeVersion::new(1, 34, 4)).unwrap_err().to_string();
+        assert!(e.contains("/b/kubelet is Kubernetes v1.34.4") && e.contains("from v1.35.0 to v1.37.x"), "{e}");
+        assert!(check_supported(bin, KubeVersion::new(1, 38, 0)).is_err());
+        assert!(check_supported(bin, KubeVersion::new(1, 20, 2)).is_err());
         // An unstamped build (no version ldflags) is refused, not guessed.
         assert!(check_supported(bin, KubeVersion::new(0, 0, 0)).is_err());
-    }
-
-    #[test]
-    fn flags_follow_the_version() {
-        let (v120, v127, v133) = (KubeVersion::new(1, 20, 2), KubeVersion::new(1, 27, 0), KubeVersion::new(1, 33, 0));
-        assert!(!v120.kubelet_endpoint_in_config() && v127.kubelet_endpoint_in_config());
-        assert!(v120.controller_manager_needs_port_0() && !v133.controller_manager_needs_port_0());
-        assert!(v120.scheduler_needs_port_0() && !KubeVersion::new(1, 23, 0).scheduler_needs_port_0());
     }
 
     #[test]
     fn detection_runs_the_binary() {
         let dir = tempfile::tempdir().unwrap();
         let fake = dir.path().join("kubelet");
-        std::fs::write(&fake, "#!/bin/sh\necho 'Kubernetes v1.20.2'\n").unwrap();
+        std::fs::write(&fake, "#!/bin/sh\necho 'Kubernetes v1.37.2'\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(detect(&fake), Ok(KubeVersion::new(1, 20, 2)));
+        assert_eq!(detect(&fake), Ok(KubeVersion::new(1, 37, 2)));
         std::fs::write(&fake, "#!/bin/sh\necho 'Kubernetes v1.18.0'\n").unwrap();
         assert!(matches!(detect(&fake), Err(VersionError::Unsupported { .. })));
         assert!(matches!(detect(&dir.path().join("missing")), Err(VersionError::Run { .. })));

@@ -23,7 +23,10 @@ use crate::config::{ClusterConfig, KeyAlgorithm};
 use crate::host::fs::{read_optional, FileSpec, FsError};
 use crate::host::paths::Paths;
 
-pub use spec::{cluster_cert_specs, kubeconfig_cert_spec, kubelet_client_spec, CertSpec, San, Usage};
+pub use spec::{
+    cluster_cert_specs, kube_proxy_client_spec, kubeconfig_cert_spec, kubelet_client_spec, CertSpec, San, Usage,
+    KUBE_PROXY_USER,
+};
 
 /// CAs live ten years, leaves one, as kubeadm issues them.
 pub const CA_VALIDITY: Duration = Duration::days(3650);

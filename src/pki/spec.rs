@@ -146,10 +146,21 @@ pub fn kubelet_client_spec(node: &str) -> CertSpec {
     CertSpec::new("kubelet", Some("ca"), &format!("system:node:{node}"), Some("system:nodes"), Usage::Client, [])
 }
 
+/// kube-proxy's client certificate: the user the default RBAC binds to
+/// `system:node-proxier` (the same on every node, as with kubeadm).
+pub fn kube_proxy_client_spec() -> CertSpec {
+    CertSpec::new("kube-proxy", Some("ca"), KUBE_PROXY_USER, None, Usage::Client, [])
+}
+
+/// The user name kube-proxy's certificate carries.
+pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
+
 /// The client certificate embedded in a kubeconfig, by kubeconfig name.
 pub fn kubeconfig_cert_spec(c: &ClusterConfig, kubeconfig: &str) -> CertSpec {
-    if kubeconfig == "kubelet" {
-        return kubelet_client_spec(c.node.name.as_str());
+    match kubeconfig {
+        "kubelet" => return kubelet_client_spec(c.node.name.as_str()),
+        "kube-proxy" => return kube_proxy_client_spec(),
+        _ => {}
     }
     let (cn, org) = match kubeconfig {
         "admin" => ("kubernetes-admin", Some("system:masters")),
