@@ -299,7 +299,7 @@ pub async fn apply(kube: &KubeClient, spec: &AddonSpec) -> Result<ApplyReport, A
 }
 
 /// One add-on's workload, as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AddonStatus {
     pub name: &'static str,
     pub namespace: &'static str,

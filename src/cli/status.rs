@@ -22,6 +22,11 @@ pub struct Report {
     pub etcd: Option<EtcdReport>,
     /// The cluster as a whole, as a master sees it in etcd.
     pub cluster: Option<ClusterReport>,
+    /// The cluster's add-ons, as this master's API server reports them.
+    pub addons: Vec<crate::addons::AddonStatus>,
+    /// What is worth knowing but does not make the node unhealthy (an
+    /// add-on still starting, fewer nodes than `ha` wants).
+    pub warnings: Vec<String>,
     pub healthy: bool,
     pub problems: Vec<String>,
 }
@@ -143,6 +148,11 @@ pub async fn gather(paths: &Paths) -> anyhow::Result<Report> {
         Some(e) if e.healthy => probe_cluster(paths, &c).await.ok(),
         _ => None,
     };
+    let (addons, warnings) = if agent_pid.is_some() && c.has(Component::KubeApiserver) {
+        probe_addons(paths, &c).await
+    } else {
+        (vec![], vec![])
+    };
     Ok(Report {
         node: c.node.name.to_string(),
         root: paths.root().display().to_string(),
@@ -151,9 +161,46 @@ pub async fn gather(paths: &Paths) -> anyhow::Result<Report> {
         load_balancer,
         etcd,
         cluster,
+        addons,
+        warnings,
         healthy: problems.is_empty(),
         problems,
     })
+}
+
+/// The add-ons' workloads, and whether `ha` has the nodes it wants for
+/// CoreDNS, through this master's own API server (bounded).
+async fn probe_addons(paths: &Paths, c: &ClusterConfig) -> (Vec<crate::addons::AddonStatus>, Vec<String>) {
+    use crate::kube::objects::{self, List, Node};
+    let client = match crate::kube::client::KubeClient::from_kubeconfig(&paths.kubeconfig("admin")) {
+        Ok(k) => k.with_servers(vec![crate::config::HostPort::new(
+            crate::config::Host::Ip(c.node.advertise_address),
+            c.node.api_server_port,
+        )]),
+        Err(e) => return (vec![], vec![format!("cannot read the add-ons: {e}")]),
+    };
+    let client = client.with_timeout(Duration::from_secs(3));
+    let gathered = async {
+        let addons = crate::addons::status(&client).await;
+        let mut warnings: Vec<String> =
+            addons.iter().filter(|a| !a.is_ready()).map(|a| format!("add-on {}: {}", a.name, a.message)).collect();
+        if c.cluster.ha {
+            if let Ok(nodes) = client.get::<List<Node>>("the nodes", objects::nodes_path()).await {
+                let n = crate::addons::count_schedulable(&nodes.items);
+                if n < 3 {
+                    warnings.push(format!(
+                        "ha: CoreDNS runs {} replica(s) on {n} schedulable node(s); ha wants 3 on distinct nodes",
+                        crate::addons::coredns_replicas(true, n)
+                    ));
+                }
+            }
+        }
+        (addons, warnings)
+    };
+    match tokio::time::timeout(Duration::from_secs(10), gathered).await {
+        Ok(r) => r,
+        Err(_) => (vec![], vec!["the API server did not say within 10s how the add-ons are".into()]),
+    }
 }
 
 async fn probe_cluster(paths: &Paths, c: &ClusterConfig) -> Result<ClusterReport, String> {
@@ -383,6 +430,15 @@ pub fn render(r: &Report) -> String {
                 p.started_by
             ));
         }
+    }
+    if !r.addons.is_empty() {
+        out.push_str("add-ons:\n");
+        for a in &r.addons {
+            out.push_str(&format!("  {:<24} {}/{:<3} {}\n", a.name, a.ready, a.desired, a.message));
+        }
+    }
+    for w in &r.warnings {
+        out.push_str(&format!("warning: {w}\n"));
     }
     if r.healthy {
         out.push_str("status: healthy\n");

@@ -3,8 +3,10 @@
 //! controller's RBAC (with the admin identity, once per term), mirror its
 //! leadership into the Lease `kube-system/hakube-controller`, give every
 //! master's Node its role (labels, and taints while `taint-control-plane`
-//! is set), and remove learners that a failed join left behind. Failures
-//! are logged and retried next round; nothing here crashes the agent.
+//! is set), keep the cluster's add-ons (CoreDNS, the local volume
+//! provisioner) applied and sized to the schedulable nodes, and remove
+//! learners that a failed join left behind. Failures are logged and retried
+//! next round; nothing here crashes the agent.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,13 +20,21 @@ use super::election::{Term, View, LEADER_TTL_SECS};
 use super::registry;
 use super::taints::{self, Outcome};
 use super::Role;
+use crate::addons::{self, AddonSpec};
 use crate::config::ClusterConfig;
+use crate::config::ClusterSpec;
 use crate::etcd::{self, membership, Credentials};
 use crate::host::paths::Paths;
 use crate::kube::client::{KubeClient, Patch};
+use crate::kube::objects::{self, List, Node};
 use crate::kube::rbac;
 
 const ROUND: Duration = Duration::from_secs(2);
+/// How often the leader looks at the nodes to size the add-ons.
+const ADDONS_CHECK: Duration = Duration::from_secs(10);
+/// How often it applies them even when nothing changed, so that an add-on
+/// object deleted or edited by hand comes back within minutes.
+const ADDONS_REFRESH: Duration = Duration::from_secs(300);
 
 /// How long a learner may stay a learner before the leader removes it
 /// (`HAKUBE_STALLED_LEARNER_SECS`, default 10 minutes): long enough for any
@@ -50,6 +60,9 @@ struct Controller {
     rbac_for: Option<Term>,
     acquired: String,
     learners: HashMap<u64, Instant>,
+    /// The add-ons as last applied in this term, and when.
+    addons: Option<(AddonSpec, Instant)>,
+    addons_checked: Option<Instant>,
 }
 
 /// Runs the leader's rounds whenever `view` says this node leads, until
@@ -64,6 +77,8 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut view: watch::Receiver<Vie
         rbac_for: None,
         acquired: String::new(),
         learners: HashMap::new(),
+        addons: None,
+        addons_checked: None,
     };
     loop {
         let term = view.borrow().term.clone();
@@ -74,6 +89,8 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut view: watch::Receiver<Vie
         } else {
             c.learners.clear();
             c.rbac_for = None;
+            c.addons = None;
+            c.addons_checked = None;
         }
         tokio::select! {
             _ = stop.changed() => return,
@@ -114,7 +131,7 @@ impl Controller {
         // Kubernetes, through this node's own API server (a master that
         // runs none, etcd alone, leaves this part to none).
         let kube = if self.cfg.has(crate::config::Component::KubeApiserver) {
-            let kube = self.kube_round(term, &masters, spec.taint_control_plane).await?;
+            let kube = self.kube_round(term, &masters, &spec).await?;
             Some(kube)
         } else {
             None
@@ -122,7 +139,8 @@ impl Controller {
         self.purge_round(term, kube.as_ref(), spec.lost_node_toleration).await
     }
 
-    async fn kube_round(&mut self, term: &Term, masters: &[String], tainted: bool) -> Result<KubeClient, String> {
+    async fn kube_round(&mut self, term: &Term, masters: &[String], spec: &ClusterSpec) -> Result<KubeClient, String> {
+        let tainted = spec.taint_control_plane;
         if self.admin.is_none() {
             self.admin = Some(KubeClient::from_kubeconfig(&self.paths.kubeconfig("admin")).map_err(|e| e.to_string())?);
             self.kube = Some(
@@ -161,7 +179,44 @@ impl Controller {
                 Err(e) => warn!(node = %m, error = %e, "cannot set the control-plane role"),
             }
         }
+        if self.addons_checked.is_none_or(|t| t.elapsed() >= ADDONS_CHECK) {
+            self.addons_checked = Some(Instant::now());
+            let admin = admin.with_servers(vec![kube_local(&self.cfg)]);
+            if let Err(e) = self.addons_round(&admin, spec).await {
+                warn!(error = %e, "add-ons not applied; retrying");
+            }
+        }
         Ok(kube)
+    }
+
+    /// Applies the add-ons (server-side, as field manager `hakube`) when
+    /// what they are rendered from changed, or every few minutes.
+    async fn addons_round(&mut self, admin: &KubeClient, cluster: &ClusterSpec) -> Result<(), String> {
+        let bundle = self.cfg.node.bundle.clone().unwrap_or_else(|| self.paths.bin_dir());
+        let images = addons::images_from_bundle(&bundle).map_err(|e| e.to_string())?;
+        let nodes: List<Node> = admin.get("the nodes", objects::nodes_path()).await.map_err(|e| e.to_string())?;
+        let info: serde_json::Value =
+            admin.get("the API server's version", "/version").await.map_err(|e| e.to_string())?;
+        let git = info["gitVersion"].as_str().unwrap_or_default();
+        let version = crate::kube::version::parse(git).ok_or(format!("the API server reports version {git:?}"))?;
+        let mut c = self.cfg.clone();
+        c.cluster = cluster.clone();
+        let schedulable = addons::count_schedulable(&nodes.items);
+        let spec = AddonSpec::from_config(&c, version, schedulable, images, addons::DEFAULT_LOCAL_PATH_DIR.into());
+        let due = match &self.addons {
+            Some((last, at)) => *last != spec || at.elapsed() >= ADDONS_REFRESH,
+            None => true,
+        };
+        if !due {
+            return Ok(());
+        }
+        addons::apply(admin, &spec).await.map_err(|e| e.to_string())?;
+        info!(schedulable, coredns_replicas = addons::coredns_replicas(spec.ha, schedulable), "add-ons applied");
+        for w in addons::warnings(&spec) {
+            warn!("{w}");
+        }
+        self.addons = Some((spec, Instant::now()));
+        Ok(())
     }
 
     async fn purge_round(
