@@ -8,8 +8,8 @@
 #       flock, and protoc's well-known-type includes (which Debian ships apart
 #       from protoc, in libprotobuf-dev). Installs the Debian packages of
 #       whatever is missing and says what it installed. "kube" adds what
-#       nodes that run pods need (containerd, runc, the CNI plugins,
-#       iptables) and kubectl; "haproxy" adds haproxy; "vm" adds what
+#       nodes that run pods need besides the bundle (the CNI
+#       plugins, iptables); "haproxy" adds haproxy; "vm" adds what
 #       scripts/vm.sh needs to build and boot virtual machines (qemu,
 #       qemu-img, debootstrap, mkfs.ext4, ssh); "nextest" also makes sure
 #       cargo-nextest exists.
@@ -347,7 +347,10 @@ hakube_ensure_deps() {
   local -a needs=(etcd etcdctl protoc protoc-includes openssl ip curl flock)
   for arg in "$@"; do
     case "$arg" in
-      kube) needs+=(containerd ctr containerd-shim-runc-v2 runc cni-plugins iptables kubectl) ;;
+      # containerd, runc, kubectl and etcd's own come in the Kubernetes
+      # bundle (scripts/kube-bundle.sh); the host gives the CNI plugins and
+      # iptables (kube-proxy's rules).
+      kube) needs+=(cni-plugins iptables) ;;
       haproxy) needs+=(haproxy) ;;
       vm) needs+=(qemu-system-x86_64 qemu-img debootstrap mkfs.ext4 ssh ssh-keygen) ;;
       nextest) want_nextest=1 ;;

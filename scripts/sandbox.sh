@@ -32,6 +32,7 @@ repo=$(cd -- "$script_dir/.." && pwd -P)
 state_dir=$(realpath -m -- "${HAKUBE_SANDBOX_DIR:-$repo/.sandbox}")
 hosts_file=$state_dir/hosts # one "NAME IP" line per host
 bin_file=$state_dir/bin     # the hakube binary `up` used
+bundle_file=$state_dir/bundle  # the Kubernetes bundle `up` used (its kubectl and etcdctl)
 marker=$state_dir/.hakube-sandbox
 
 switch_ns=hk-sw
@@ -42,8 +43,8 @@ ns_pattern='^hk-(sw|[mw][0-9]+)$' # every namespace this script may create
 
 install_timeout=300 # seconds `hakube install` may take to report healthy
 ready_timeout=300   # seconds the Nodes may take to be Ready after the joins
-master_components=etcd,containerd,kube-apiserver,kube-controller-manager,kube-scheduler,kubelet
-worker_components=containerd,kubelet
+master_components=etcd,containerd,kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy
+worker_components=containerd,kubelet,kube-proxy
 status_timeout=60
 reset_timeout=120
 
@@ -143,6 +144,17 @@ add_host() {
   record_host "$name" "$ip"
 }
 
+# make_root NAME: the host's root, with its own resolv.conf: pods with
+# dnsPolicy Default (CoreDNS) get it, and it names the host itself, where
+# nothing answers on port 53, so a name outside the cluster fails at once
+# and no query leaves the sandbox's network.
+make_root() {
+  local name=$1 root
+  root=$(root_of "$name")
+  mkdir -p -- "$root/etc"
+  printf 'nameserver %s\n' "$(recorded_hosts | awk -v n="$name" '$1 == n {print $2}')" >"$root/etc/resolv.conf"
+}
+
 # The hakube binary: HAKUBE_BIN, else a fresh release build.
 resolve_binary_for_up() {
   hakube_binary "$repo" || die "no hakube binary to run"
@@ -173,9 +185,16 @@ host_status() {
   timeout --foreground -k 5 "$status_timeout" ip netns exec "$ns" "$bin" --root "$root" status "$@"
 }
 
+# The bundle's kubectl (the version the cluster runs), else the machine's.
+kubectl_bin() {
+  local b
+  b=$(cat -- "$bundle_file" 2>/dev/null || true)
+  if [[ -n $b && -x $b/kubectl ]]; then printf '%s\n' "$b/kubectl"; else printf 'kubectl\n'; fi
+}
+
 # kubectl on m1's network with its admin kubeconfig.
 sandbox_kubectl() {
-  ip netns exec "$(ns_of m1)" kubectl --kubeconfig "$(root_of m1)/var/lib/hakube/kubeconfigs/admin.conf" \
+  ip netns exec "$(ns_of m1)" "$(kubectl_bin)" --kubeconfig "$(root_of m1)/var/lib/hakube/kubeconfigs/admin.conf" \
     --request-timeout=10s "$@"
 }
 
@@ -221,21 +240,30 @@ Look inside:
   ${SUDO_USER:+sudo }ip netns exec hk-m1 ss -ltnp                 # what listens on m1
   ${SUDO_USER:+sudo }ip netns exec hk-m1 $bin --root $first_root status
   ls $first_root/var/lib/hakube/logs/               # component logs
-  ${SUDO_USER:+sudo }ip netns exec hk-m1 env ETCDCTL_API=3 etcdctl --endpoints https://$net_prefix.11:2379 \\
+  ${SUDO_USER:+sudo }ip netns exec hk-m1 $bundle/etcdctl --endpoints https://$net_prefix.11:2379 \\
       --cacert $first_root/var/lib/hakube/pki/etcd/ca.crt \\
       --cert $first_root/var/lib/hakube/pki/etcd/healthcheck-client.crt \\
       --key $first_root/var/lib/hakube/pki/etcd/healthcheck-client.key endpoint health
   cat $state_dir/join-m2.log                  # how a master joined (serialized etcd join)
   scripts/$prog status | down
 
-kubectl (on m1's network, with its admin kubeconfig):
-  alias k='${SUDO_USER:+sudo }ip netns exec hk-m1 kubectl --kubeconfig $first_root/var/lib/hakube/kubeconfigs/admin.conf'
+kubectl (the bundle's $(cat "$bundle/VERSION"), on m1's network, with its admin kubeconfig):
+  alias k='${SUDO_USER:+sudo }ip netns exec hk-m1 $bundle/kubectl --kubeconfig $first_root/var/lib/hakube/kubeconfigs/admin.conf'
   k get nodes -o wide
-  k create deployment hello --image=$(cat "$bundle/test-image") --replicas=4 -- sleep 3600
-  k get pods -o wide                                # spread over the nodes, each with its own pod IP
-  k exec deploy/hello -- ping -c 2 POD_IP_OF_ANOTHER_NODE
+  k -n kube-system get pods -o wide                 # kube-proxy runs on every node as a host process; CoreDNS here
+
+A sample application: a web server behind a Service, and a volume that outlives its pod.
+  k create deployment web --image=$(cat "$bundle/test-image") --replicas=2 --port=8080 -- \\
+      sh -c 'mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www'
+  k expose deployment web --port=80 --target-port=8080 --type=NodePort
+  k run client --image=$(cat "$bundle/test-image") --image-pull-policy=Never --restart=Never -- sleep 3600
+  k exec client -- wget -qO- http://web/index.html        # by name, through CoreDNS and kube-proxy
+  ${SUDO_USER:+sudo }ip netns exec hk-m2 busybox wget -qO- http://$net_prefix.21:\$(k get svc web -o jsonpath='{.spec.ports[0].nodePort}')/index.html
+  k apply -f - <<<'{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{"name":"data"},"spec":{"accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"64Mi"}}}}'
+  k get pvc data                                   # Pending until a pod uses it (WaitForFirstConsumer), then Bound
 (no image registry is reachable here: the bundle's images are imported into every node's
-containerd, and a pinned tag is never pulled; use imagePullPolicy: Never for :latest ones)
+containerd, and a pinned tag is never pulled; use imagePullPolicy: Never for :latest ones.
+A local-path volume lives on one node's disk: if that node is lost, so is its data.)
 EOF
 }
 
@@ -286,6 +314,7 @@ cmd_up() {
   mkdir -p -- "$state_dir"
   : >"$marker"
   printf '%s\n' "$bin" >"$bin_file"
+  printf '%s\n' "$bundle" >"$bundle_file"
 
   up_in_progress=1
   trap on_up_exit EXIT
@@ -305,7 +334,7 @@ cmd_up() {
     if has_root "$name"; then
       msg "$name has a root but no running agent; installing again"
     fi
-    mkdir -p -- "$(root_of "$name")"
+    make_root "$name"
     msg "installing hakube on $name (etcd, containerd, the control plane and kubelet; at most ${install_timeout} s)"
     # 9>&-: the agent install leaves running must not inherit the lock.
     timeout --foreground -k 10 "$install_timeout" ip netns exec "$(ns_of "$name")" \
@@ -357,7 +386,7 @@ join_hosts() {
   for entry in "${todo[@]}"; do
     name=${entry%% *}
     ip=${entry##* }
-    mkdir -p -- "$(root_of "$name")"
+    make_root "$name"
     if [[ $name == m* ]]; then
       script=$state_dir/join-master.sh components=$master_components
     else

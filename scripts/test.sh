@@ -7,8 +7,8 @@
 # Root is needed because the integration tests create network namespaces:
 # run it as root, or as a user with sudo (it re-runs itself with sudo).
 # Steps, from the repository root: dependencies (Debian packages, and the
-# Kubernetes bundle that scripts/kube-bundle.sh builds from Debian's source
-# once per machine), rustfmt check, clippy with warnings denied, release
+# Kubernetes bundle that scripts/kube-bundle.sh builds from Go modules once
+# per machine and keeps in /var/cache/hakube), rustfmt check, clippy with warnings denied, release
 # build (some tests and benchmarks run target/release/hakube), then the tests
 # with cargo-nextest (cargo test when nextest cannot be had), then the VM
 # tests (scripts/test-vm.sh).
@@ -97,7 +97,7 @@ step "dependencies" hakube_ensure_deps kube haproxy
 hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rustup.rs), then re-run"
 
 # The Kubernetes tests run the real components: build them once (cached
-# afterwards; a cold build takes several minutes).
+# afterwards; a cold build takes half an hour on 2 cores, and says so).
 kube_bundle() { HAKUBE_TEST_BUNDLE=$(bash "$script_dir/kube-bundle.sh") && export HAKUBE_TEST_BUNDLE; }
 step "Kubernetes bundle (scripts/kube-bundle.sh)" kube_bundle
 

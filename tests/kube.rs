@@ -1,7 +1,7 @@
 //! Real Kubernetes: the bundle's kube-apiserver, controller-manager,
-//! scheduler and kubelet (1.20.2, built from Debian's source) with Debian's
-//! containerd, runc and CNI plugins, on hosts in network namespaces.
-//! kubectl (Debian's kubernetes-client) is the independent judge.
+//! scheduler, kubelet and kube-proxy (v1.37, built from Go modules) with
+//! the bundle's containerd and runc and the host's CNI plugins, on hosts in
+//! network namespaces. kubectl (the bundle's) is the independent judge.
 
 mod support;
 
@@ -185,11 +185,11 @@ fn unsupported_or_missing_binaries_and_plugins_are_refused_before_anything_is_wr
     let h = net.host("m1");
     let empty = |h: &Host| std::fs::read_dir(h.root()).unwrap().next().is_none();
 
-    let old = bundle_with("kubelet", "echo 'Kubernetes v1.18.20'");
+    let old = bundle_with("kubelet", "echo 'Kubernetes v1.34.4'");
     let out = install_with_bundle(&h, old.path(), &[]);
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("[version-kubelet]"), "{err}");
-    assert!(err.contains("is Kubernetes v1.18.20") && err.contains("from v1.20.0 to v1.33.x"), "{err}");
+    assert!(err.contains("is Kubernetes v1.34.4") && err.contains("from v1.35.0 to v1.37.x"), "{err}");
     assert!(empty(&h), "nothing written");
 
     let lacking = bundle_with("kube-scheduler", "exit 0");
@@ -222,7 +222,7 @@ fn a_component_that_never_comes_up_fails_the_install_and_names_its_log() {
     // A scheduler that reports a good version, then dies at once.
     let crashing = bundle_with(
         "kube-scheduler",
-        "if [ \"$1\" = --version ]; then echo 'Kubernetes v1.20.2'; exit 0; fi\necho 'scheduler: boom' >&2; exit 3",
+        "if [ \"$1\" = --version ]; then echo 'Kubernetes v1.37.2'; exit 0; fi\necho 'scheduler: boom' >&2; exit 3",
     );
     let out = install_with_bundle(&h, crashing.path(), &["--timeout", "40s"]);
     let err = stderr(&out);

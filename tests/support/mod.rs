@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 pub const HAKUBE: &str = env!("CARGO_BIN_EXE_hakube");
 
 /// Every component of a master, and of a worker that runs pods.
-pub const MASTER: &str = "etcd,containerd,kube-apiserver,kube-controller-manager,kube-scheduler,kubelet";
-pub const WORKER: &str = "containerd,kubelet";
+pub const MASTER: &str = "etcd,containerd,kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy";
+pub const WORKER: &str = "containerd,kubelet,kube-proxy";
 
 /// The Kubernetes bundle: `HAKUBE_TEST_BUNDLE` (scripts/test.sh builds it
 /// first), else what `scripts/kube-bundle.sh` prints (it builds it once per
@@ -30,6 +30,15 @@ pub fn bundle() -> &'static Path {
         assert!(out.status.success(), "scripts/kube-bundle.sh failed: the Kubernetes tests need its bundle");
         PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
     })
+}
+
+/// `PATH` for what runs on a test host: the bundle first, so that etcd,
+/// etcdctl and kubectl are the bundle's (the versions hakube ships), never
+/// whatever the machine has.
+pub fn path_env() -> std::ffi::OsString {
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::iter::once(bundle().to_path_buf()).chain(std::env::split_paths(&rest));
+    std::env::join_paths(dirs).expect("PATH joins")
 }
 
 /// The test image of the bundle (a busybox with its applets).
@@ -116,6 +125,7 @@ impl Host {
         Command::new("ip")
             .args(["netns", "exec", &self.ns, cmd])
             .args(args)
+            .env("PATH", path_env())
             .stdin(Stdio::null())
             .output()
             .expect("ip netns exec")
@@ -134,7 +144,11 @@ impl Host {
     /// Runs `bash SCRIPT ARGS…` inside the host's namespace with extra environment.
     pub fn bash(&self, script: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns, "bash"]).arg(script).args(args).stdin(Stdio::null());
+        cmd.args(["netns", "exec", &self.ns, "bash"])
+            .arg(script)
+            .args(args)
+            .env("PATH", path_env())
+            .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -145,7 +159,10 @@ impl Host {
     pub fn hakube_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let root = self.root().display().to_string();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns, HAKUBE, "--root", &root]).args(args).stdin(Stdio::null());
+        cmd.args(["netns", "exec", &self.ns, HAKUBE, "--root", &root])
+            .args(args)
+            .env("PATH", path_env())
+            .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -191,7 +208,7 @@ impl Host {
         self.hakube_env(&args, env)
     }
 
-    /// kubectl (Debian's kubernetes-client) with this host's admin kubeconfig.
+    /// kubectl (the bundle's) with this host's admin kubeconfig.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         let kc = self.root().join("var/lib/hakube/kubeconfigs/admin.conf").display().to_string();
         let cache = self.root().join(".kube-cache").display().to_string();
@@ -215,8 +232,9 @@ impl Host {
         serde_json::from_str(&text).unwrap_or_default()
     }
 
-    /// `install` of an etcd-only master, asserting success.
+    /// `install` of an etcd-only master (the bundle's etcd), asserting success.
     pub fn install(&self, extra: &[&str]) -> Output {
+        let bundle = bundle().display().to_string();
         let mut args = vec![
             "install",
             "--advertise-address",
@@ -226,6 +244,8 @@ impl Host {
             "--components",
             "etcd",
             "--no-systemd",
+            "--bundle",
+            &bundle,
         ];
         args.extend_from_slice(extra);
         let out = self.hakube(&args);
@@ -252,7 +272,7 @@ impl Host {
         all.extend(args.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns, "etcdctl"]).args(&refs).env("ETCDCTL_API", "3");
+        cmd.args(["netns", "exec", &self.ns, "etcdctl"]).args(&refs).env("ETCDCTL_API", "3").env("PATH", path_env());
         cmd.output().expect("etcdctl")
     }
 
@@ -363,7 +383,14 @@ impl Network {
         let port = format!("v{ns}");
         let port = &port[..port.len().min(15)];
         netns(&["host", &ns, &self.switch, port, &format!("{addr}/24")]);
-        Host { ns, name: name.into(), root: tempfile::tempdir().expect("tempdir"), addr }
+        let root = tempfile::tempdir().expect("tempdir");
+        // The host's resolvers, for pods with `dnsPolicy: Default` (CoreDNS
+        // forwards what is not the cluster's there): the host itself, where
+        // nothing answers on port 53, so a lookup outside the cluster fails
+        // at once and never leaves the test's own network.
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        std::fs::write(root.path().join("etc/resolv.conf"), format!("nameserver {addr}\n")).unwrap();
+        Host { ns, name: name.into(), root, addr }
     }
 
     /// Cuts a host off the network (its link down) or reconnects it.
@@ -399,8 +426,8 @@ pub fn join_script(master: &Host, role_master: bool, extra: &[&str]) -> (tempfil
     (dir, path)
 }
 
-/// What a join script gets on a test host; components other than etcd
-/// alone (or none) come from the bundle.
+/// What a join script gets on a test host; every component comes from the
+/// bundle.
 pub fn join_args(h: &Host, components: &str) -> Vec<String> {
     let mut args: Vec<String> = [
         "--root",
@@ -415,7 +442,7 @@ pub fn join_args(h: &Host, components: &str) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec();
-    if components != "etcd" && components != "none" {
+    if components != "none" {
         args.extend(["--bundle".to_owned(), bundle().display().to_string()]);
     }
     args
