@@ -115,7 +115,7 @@ fn a_missing_component_binary_is_named() {
     ]);
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("[binary-kube-apiserver] no kube-apiserver binary"), "{err}");
-    assert!(std::fs::read_dir(h.root()).unwrap().next().is_none());
+    assert!(untouched(&h));
 }
 
 #[test]

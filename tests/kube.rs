@@ -183,7 +183,7 @@ fn install_with_bundle(h: &Host, bundle: &Path, extra: &[&str]) -> std::process:
 fn unsupported_or_missing_binaries_and_plugins_are_refused_before_anything_is_written() {
     let net = Network::new();
     let h = net.host("m1");
-    let empty = |h: &Host| std::fs::read_dir(h.root()).unwrap().next().is_none();
+    let empty = untouched;
 
     let old = bundle_with("kubelet", "echo 'Kubernetes v1.34.4'");
     let out = install_with_bundle(&h, old.path(), &[]);

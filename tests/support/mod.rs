@@ -32,13 +32,39 @@ pub fn bundle() -> &'static Path {
     })
 }
 
-/// `PATH` for what runs on a test host: the bundle first, so that etcd,
-/// etcdctl and kubectl are the bundle's (the versions hakube ships), never
-/// whatever the machine has.
+/// `PATH` for what runs on a test host: the bundle's etcd, etcdctl and
+/// kubectl first (the versions hakube ships), never whatever the machine
+/// has; the bundle's other binaries only where a test passes `--bundle`.
 pub fn path_env() -> std::ffi::OsString {
+    static TOOLS: OnceLock<PathBuf> = OnceLock::new();
+    let tools = TOOLS.get_or_init(|| {
+        let digest =
+            bundle().display().to_string().bytes().fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(b as u64));
+        let dir = std::env::temp_dir().join(format!("hakube-test-tools-{digest:x}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for tool in ["etcd", "etcdctl", "kubectl"] {
+            // Test processes race to make the same links: one wins.
+            match std::os::unix::fs::symlink(bundle().join(tool), dir.join(tool)) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => panic!("{tool}: {e}"),
+                _ => {}
+            }
+        }
+        dir
+    });
     let rest = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::iter::once(bundle().to_path_buf()).chain(std::env::split_paths(&rest));
+    let dirs = std::iter::once(tools.clone()).chain(std::env::split_paths(&rest));
     std::env::join_paths(dirs).expect("PATH joins")
+}
+
+/// Whether hakube left `h`'s root as the test made it: nothing but the
+/// host's own `etc/resolv.conf`.
+pub fn untouched(h: &Host) -> bool {
+    let entries = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    entries(h.root()) == ["etc"] && entries(&h.root().join("etc")) == ["resolv.conf"]
 }
 
 /// The test image of the bundle (a busybox with its applets).
@@ -85,7 +111,7 @@ impl Host {
     pub fn isolated() -> Host {
         let ns = unique("hkt");
         netns(&["loopback", &ns]);
-        Host { ns, name: "m1".into(), root: tempfile::tempdir().expect("tempdir"), addr: "127.0.0.1".into() }
+        Host { ns, name: "m1".into(), root: host_root("127.0.0.1"), addr: "127.0.0.1".into() }
     }
 
     pub fn root(&self) -> &Path {
@@ -360,6 +386,17 @@ impl Drop for Host {
     }
 }
 
+/// A test host's root, with the host's own resolvers: pods with
+/// `dnsPolicy: Default` (CoreDNS forwards what is not the cluster's there)
+/// get the host itself, where nothing answers on port 53, so a lookup
+/// outside the cluster fails at once and never leaves the test's network.
+fn host_root(addr: &str) -> tempfile::TempDir {
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(root.path().join("etc")).unwrap();
+    std::fs::write(root.path().join("etc/resolv.conf"), format!("nameserver {addr}\n")).unwrap();
+    root
+}
+
 /// Hosts on one bridge, in 10.x addresses private to the test's namespaces.
 pub struct Network {
     pub switch: String,
@@ -383,14 +420,7 @@ impl Network {
         let port = format!("v{ns}");
         let port = &port[..port.len().min(15)];
         netns(&["host", &ns, &self.switch, port, &format!("{addr}/24")]);
-        let root = tempfile::tempdir().expect("tempdir");
-        // The host's resolvers, for pods with `dnsPolicy: Default` (CoreDNS
-        // forwards what is not the cluster's there): the host itself, where
-        // nothing answers on port 53, so a lookup outside the cluster fails
-        // at once and never leaves the test's own network.
-        std::fs::create_dir_all(root.path().join("etc")).unwrap();
-        std::fs::write(root.path().join("etc/resolv.conf"), format!("nameserver {addr}\n")).unwrap();
-        Host { ns, name: name.into(), root, addr }
+        Host { ns, name: name.into(), root: host_root(&addr), addr }
     }
 
     /// Cuts a host off the network (its link down) or reconnects it.
