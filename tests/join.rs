@@ -532,7 +532,7 @@ fn a_reset_master_leaves_etcd_unless_that_costs_quorum() {
     assert_ok(&b.hakube(&["status"]), "b still runs");
     // --force goes ahead.
     assert_ok(&b.hakube(&["reset", "--force"]), "reset --force");
-    assert!(untouched(&b));
+    assert!(untouched(b));
 }
 
 #[test]
