@@ -47,16 +47,22 @@ fn three_masters_and_two_workers_run_pods_that_reach_each_other_and_survive_kill
     let all: Vec<String> = ["m1", "m2", "m3", "w1", "w2"].map(String::from).to_vec();
     wait_for("all five Nodes to be Ready", Duration::from_secs(300), || ready_nodes(m1) == all);
 
-    // Every node renews its Lease; controller-manager and scheduler hold theirs.
-    let leases = m1.kubectl_json(&["get", "lease", "-n", "kube-node-lease"]);
-    let mut holders: Vec<String> = leases["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
-        .collect();
-    holders.sort();
-    assert_eq!(holders, all, "{leases}");
+    // Every node renews its Lease; controller-manager and scheduler hold
+    // theirs. A kubelet's lease controller starts beside its node status
+    // updates (1.37 may report Ready first), so the Lease may come a moment
+    // after the Node is Ready.
+    let holders = || {
+        let leases = m1.kubectl_json(&["get", "lease", "-n", "kube-node-lease"]);
+        let mut holders: Vec<String> = leases["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+            .collect();
+        holders.sort();
+        holders
+    };
+    wait_for("every node to hold its Lease", Duration::from_secs(60), || holders() == all);
     for lease in ["kube-controller-manager", "kube-scheduler"] {
         let l = m1.kubectl_json(&["get", "lease", "-n", "kube-system", lease]);
         assert!(l["spec"]["holderIdentity"].as_str().is_some_and(|h| !h.is_empty()), "{l}");
