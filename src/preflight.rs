@@ -147,6 +147,13 @@ pub fn run(ctx: &Context<'_>) -> Vec<Failure> {
                 "bundle".into(),
                 format!("the bundle {} is not a directory: pass the directory that holds the binaries", b.display()),
             );
+        } else if c.has(Component::KubeApiserver) {
+            // A master's agent may be elected to apply the add-ons: their
+            // images must be named before anything is written, not found
+            // missing later.
+            if let Err(e) = crate::addons::images_from_bundle(b) {
+                fail("bundle-images".into(), e.to_string());
+            }
         }
     }
     let where_ = || {

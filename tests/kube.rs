@@ -205,6 +205,14 @@ fn unsupported_or_missing_binaries_and_plugins_are_refused_before_anything_is_wr
     assert!(!out.status.success() && err.contains("[binary-kube-scheduler] no kube-scheduler binary"), "{err}");
     assert!(empty(&h));
 
+    // A bundle that does not name an add-on's image: refused too.
+    let imageless = bundle_with("coredns-image", "exit 0");
+    std::fs::remove_file(imageless.path().join("coredns-image")).unwrap();
+    let out = install_with_bundle(&h, imageless.path(), &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("[bundle-images]") && err.contains("coredns-image"), "{err}");
+    assert!(empty(&h));
+
     let conf = tempfile::tempdir().unwrap();
     let file = write(
         conf.path(),
