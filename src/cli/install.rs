@@ -92,7 +92,7 @@ pub fn resolve_config(
 pub fn run(req: Request) -> anyhow::Result<()> {
     let progress = Progress::new("install");
     let paths = &req.paths;
-    let lock = lock::lock_root(paths.root())?;
+    let lock = lock::lock_root_waiting(paths.root(), std::time::Duration::from_secs(5))?;
     // A re-run: the cluster-wide settings are the record in etcd. Without
     // etcd (this master's agent is down), the options may only restate
     // this host's copy: a change needs the record.
@@ -400,7 +400,7 @@ pub fn summary(progress: &Progress, paths: &Paths, c: &ClusterConfig, state: &St
 /// `hakube certs generate`: the PKI alone, for the given options.
 pub fn generate_certs(paths: &Paths, flags: Value, config_file: Option<&PathBuf>) -> anyhow::Result<()> {
     let progress = Progress::new("certs");
-    let _lock = lock::lock_root(paths.root())?;
+    let _lock = lock::lock_root_waiting(paths.root(), std::time::Duration::from_secs(5))?;
     let c = resolve_config(paths, flags, config_file, None)?;
     let plan = progress.phase("planning certificates", || pki::plan(paths, &c, OffsetDateTime::now_utc()))?;
     progress.phase("writing certificates", || -> anyhow::Result<()> {

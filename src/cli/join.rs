@@ -85,7 +85,7 @@ fn check(req: &Request) -> anyhow::Result<Checked> {
 pub fn run(req: Request) -> anyhow::Result<()> {
     let progress = Progress::new("join");
     let paths = req.paths.clone();
-    let _lock = lock::lock_root(paths.root())?;
+    let _lock = lock::lock_root_waiting(paths.root(), std::time::Duration::from_secs(5))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
     if let Some(installed) = config::load_installed(&paths.config_file())? {

@@ -12,7 +12,7 @@ use crate::progress::Progress;
 
 pub fn run(paths: &Paths, force: bool) -> anyhow::Result<()> {
     let progress = Progress::new("reset");
-    let _lock = lock::lock_root(paths.root())?;
+    let _lock = lock::lock_root_waiting(paths.root(), std::time::Duration::from_secs(5))?;
     // While this process has one thread (see host::mountns).
     crate::host::mountns::enter_for_cgroups(paths)?;
     if let Err(e) = progress.phase("leaving the etcd cluster", || leave_etcd(paths)) {

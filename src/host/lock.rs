@@ -41,6 +41,24 @@ pub fn lock_root(root: &Path) -> Result<RootLock, LockError> {
     }
 }
 
+/// As [`lock_root`], waiting up to `limit` while another holds it. The
+/// agent takes the root for the moment it rewrites this host's files for
+/// new cluster-wide settings (`agent::settings::converge`); a command run
+/// right then, as a re-run right after an address change is, waits that
+/// moment out instead of being refused. A command that holds it longer (a
+/// second install) is still refused, after `limit`.
+pub fn lock_root_waiting(root: &Path, limit: std::time::Duration) -> Result<RootLock, LockError> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match lock_root(root) {
+            Err(LockError::Held { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +72,18 @@ mod tests {
         lock_root(dir.path()).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         assert!(matches!(lock_root(&dir.path().join("missing")), Err(LockError::NoRoot { .. })));
+    }
+
+    #[test]
+    fn a_waiting_lock_takes_the_root_once_a_brief_holder_lets_go_and_refuses_a_long_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_root(dir.path()).unwrap();
+        let short = std::time::Duration::from_millis(300);
+        assert!(matches!(lock_root_waiting(dir.path(), short), Err(LockError::Held { .. })));
+        let path = dir.path().to_owned();
+        let waiter = std::thread::spawn(move || lock_root_waiting(&path, std::time::Duration::from_secs(10)).is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(held);
+        assert!(waiter.join().unwrap(), "taken once the holder let go");
     }
 }
