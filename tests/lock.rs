@@ -130,3 +130,39 @@ fn a_promotion_waits_out_a_member_list_that_lags_before_giving_up() {
         })
     });
 }
+
+#[test]
+fn waiting_for_the_lock_outlasts_the_clients_request_timeout() {
+    // The leader's and `node remove`'s clients time requests out after a
+    // few seconds; a wait for a lock another master holds longer (a join)
+    // must last the wait's own limit, not die at the first timeout.
+    let h = Host::isolated();
+    h.install(&[]);
+    h.within(|| {
+        runtime().block_on(async {
+            let ep = endpoint(&h);
+            let mut holder = h.etcd_client(None).await;
+            let mut waiter = h.etcd_client(Some(Duration::from_secs(1))).await;
+            let held = Lock::acquire(&mut holder, &ep, Duration::from_secs(5)).await.unwrap();
+            let release = async {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                held.release(&mut holder).await;
+            };
+            let t = Instant::now();
+            let (lock, ()) = tokio::join!(Lock::acquire(&mut waiter, &ep, Duration::from_secs(20)), release);
+            let lock = lock.unwrap_or_else(|e| panic!("gave up after {:?}: {e}", t.elapsed()));
+            assert!(t.elapsed() >= Duration::from_secs(3), "taken at {:?} while held", t.elapsed());
+            lock.ensure_held(&mut waiter, &ep).await.expect("held");
+            lock.release(&mut waiter).await;
+            // A lock never released is still waited for only up to the limit.
+            let mut other = h.etcd_client(None).await;
+            let _held = Lock::acquire(&mut other, &ep, Duration::from_secs(5)).await.unwrap();
+            let t = Instant::now();
+            let Err(e) = Lock::acquire(&mut waiter, &ep, Duration::from_secs(3)).await else {
+                panic!("taken while another holds it")
+            };
+            assert!(matches!(e, MembershipError::Timeout { .. }), "{e}");
+            assert!(t.elapsed() < Duration::from_secs(8), "waited {:?}", t.elapsed());
+        })
+    });
+}

@@ -350,17 +350,31 @@ impl Lock {
         let held = Arc::new(AtomicBool::new(true));
         let keeper = tokio::task::spawn(super::lease::keep_alive(client.clone(), lease, ttl, held.clone()));
         let mut lock = Lock { key: vec![], lease, held, keeper, client: client.clone(), released: false };
-        match timeout(limit, client.lock(MEMBERSHIP_LOCK, Some(LockOptions::new().with_lease(lease)))).await {
-            Ok(Ok(resp)) => {
-                lock.key = resp.key().to_vec();
-                Ok(lock)
+        // The client's own request timeout (seconds, on most clients) may
+        // end a lock call long before `limit`: the wait goes on with
+        // another call, on the same lease (etcd drops the key of a call
+        // that timed out), until `limit`.
+        let until = Instant::now() + limit;
+        let timed_out = || MembershipError::Timeout {
+            secs: limit.as_secs(),
+            what: format!("waiting for the etcd membership lock {MEMBERSHIP_LOCK} (another master is joining)"),
+        };
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match timeout(left, client.lock(MEMBERSHIP_LOCK, Some(LockOptions::new().with_lease(lease)))).await {
+                Ok(Ok(resp)) => {
+                    lock.key = resp.key().to_vec();
+                    return Ok(lock);
+                }
+                Ok(Err(e)) if super::is_request_timeout(&e) => {
+                    if Instant::now() >= until {
+                        return Err(timed_out());
+                    }
+                }
+                // Dropping `lock` stops the keeper and revokes the lease.
+                Ok(Err(e)) => return Err(call(endpoint, e).into()),
+                Err(_) => return Err(timed_out()),
             }
-            // Dropping `lock` stops the keeper and revokes the lease.
-            Ok(Err(e)) => Err(call(endpoint, e).into()),
-            Err(_) => Err(MembershipError::Timeout {
-                secs: limit.as_secs(),
-                what: format!("waiting for the etcd membership lock {MEMBERSHIP_LOCK} (another master is joining)"),
-            }),
         }
     }
 

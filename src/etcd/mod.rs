@@ -76,6 +76,19 @@ pub async fn connect_with(
         .map_err(|e| EtcdError::Call { endpoint: endpoints.join(","), message: e.to_string() })
 }
 
+/// Whether a call ended on the client's own request timeout (tonic's
+/// "Timeout expired"), not on anything etcd said.
+pub fn is_request_timeout(e: &etcd_client::Error) -> bool {
+    match e {
+        // gRPC codes: 1 cancelled (tonic's timeout), 4 deadline exceeded.
+        etcd_client::Error::GRpcStatus(s) => {
+            let code = i32::from(s.code());
+            code == 4 || (code == 1 && s.message() == "Timeout expired")
+        }
+        _ => false,
+    }
+}
+
 /// The health check `etcdctl endpoint health` makes: a linearizable read,
 /// which only succeeds when the member is part of a quorum with a leader.
 pub async fn check_health(client: &mut Client, endpoint: &str) -> Result<(), EtcdError> {
