@@ -150,3 +150,20 @@ fn a_concurrent_install_on_the_same_root_is_refused() {
     holder.kill().ok();
     holder.wait().ok();
 }
+
+#[test]
+fn a_root_that_is_the_machines_own_in_disguise_is_refused() {
+    // `reset` under such a root would remove the machine's /var/lib: every
+    // command refuses it before reading anything (`status` here, harmless
+    // were the check ever lost).
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("h1");
+    std::os::unix::fs::symlink("/", &link).unwrap();
+    let out = sh(HAKUBE, &["--root", link.to_str().unwrap(), "status"]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("resolves to / (this machine's own root)"), "{err}");
+    let dotdot = format!("{}/..", dir.path().display());
+    let out = sh(HAKUBE, &["--root", &dotdot, "status"]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("a root with `..` in it is refused"), "{err}");
+}

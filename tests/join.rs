@@ -242,6 +242,21 @@ fn secrets_are_not_readable_in_etcd() {
     for chunk in der.chunks(16).filter(|c| c.len() == 16) {
         assert!(!raw.windows(16).any(|w| w == chunk), "raw bytes of ca.key are in the sealed material");
     }
+    // Nor in the environment of anything the join leaves running (the
+    // script exports them for `hakube join`; the agent and etcd inherit
+    // nothing of them).
+    let key = script_var(&join, "HAKUBE_CERTIFICATE_KEY");
+    let m2 = net.host("m2");
+    assert_ok(&run_join(&m2, &join, "etcd", &[BIN]), "m2 joins");
+    let pids = m2.pids();
+    assert!(pids.len() >= 2, "the agent and etcd run: {pids:?}");
+    for pid in pids {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let env = String::from_utf8_lossy(&env);
+        for secret in [&token, &key] {
+            assert!(!env.contains(secret.as_str()), "pid {pid} has a join secret in its environment");
+        }
+    }
 }
 
 #[test]

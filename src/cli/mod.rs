@@ -17,7 +17,6 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde_yaml::Value;
 
@@ -301,7 +300,12 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             return Ok(code);
         }
     };
-    let paths = Paths::new(std::path::absolute(&cli.root).with_context(|| format!("--root {}", cli.root.display()))?);
+    // Read by the parse (a join script exports them): gone before anything
+    // is spawned, so that the agent and its components never inherit them.
+    for secret in ["HAKUBE_JOIN_TOKEN", "HAKUBE_CERTIFICATE_KEY"] {
+        std::env::remove_var(secret);
+    }
+    let paths = Paths::new(crate::host::paths::resolve_root(&cli.root)?);
     match cli.command {
         Command::Install(a) => {
             crate::cli::install::run(crate::cli::install::Request {

@@ -16,6 +16,50 @@ pub struct Paths {
     root: PathBuf,
 }
 
+/// `--root` given as something other than a directory of its own.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RootError {
+    #[error("--root {0}: a root with `..` in it is refused; give the directory itself")]
+    DotDot(PathBuf),
+    #[error("--root {given} resolves to / (this machine's own root): pass `--root /` if that is meant")]
+    IsMachineRoot { given: PathBuf },
+    #[error("--root {given}: {message}")]
+    Unreadable { given: PathBuf, message: String },
+}
+
+/// The root as hakube uses it: absolute, with symlinks resolved once, so
+/// that what `reset` removes under a simulated root is never the machine's
+/// own `/var/lib` because of a `..` or a symlink to `/`. `/` is only ever
+/// `/` when given as `/`.
+pub fn resolve_root(given: &Path) -> Result<PathBuf, RootError> {
+    if given == Path::new("/") {
+        return Ok(given.to_owned());
+    }
+    if given.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(RootError::DotDot(given.to_owned()));
+    }
+    let unreadable = |e: std::io::Error| RootError::Unreadable { given: given.to_owned(), message: e.to_string() };
+    let abs = std::path::absolute(given).map_err(unreadable)?;
+    // The longest part that exists, resolved; the rest is created later.
+    let mut existing = abs.as_path();
+    let mut rest = vec![];
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = existing.canonicalize().map_err(unreadable)?;
+    resolved.extend(rest.iter().rev());
+    if resolved == Path::new("/") {
+        return Err(RootError::IsMachineRoot { given: given.to_owned() });
+    }
+    Ok(resolved)
+}
+
 impl Paths {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
@@ -212,6 +256,26 @@ impl Paths {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_root_resolves_once_and_never_to_the_machines_own_by_accident() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        assert_eq!(resolve_root(Path::new("/")), Ok(PathBuf::from("/")));
+        assert_eq!(resolve_root(&real), Ok(real.clone()));
+        // Not there yet: resolved as far as it exists.
+        assert_eq!(resolve_root(&real.join("h1/x")), Ok(real.join("h1/x")));
+        // A symlink to a host root is followed.
+        std::os::unix::fs::symlink(&real, real.join("link")).unwrap();
+        assert_eq!(resolve_root(&real.join("link")), Ok(real.clone()));
+        // The two ways to reach the machine's root by accident.
+        std::os::unix::fs::symlink("/", real.join("to-root")).unwrap();
+        let e = resolve_root(&real.join("to-root")).unwrap_err();
+        assert!(matches!(e, RootError::IsMachineRoot { .. }), "{e}");
+        assert!(e.to_string().contains("pass `--root /`"), "{e}");
+        let e = resolve_root(Path::new("/tmp/..")).unwrap_err();
+        assert_eq!(e, RootError::DotDot("/tmp/..".into()));
+    }
 
     #[test]
     fn every_path_stays_below_the_root() {
