@@ -332,6 +332,24 @@ fn bad_joins_are_refused_and_leave_the_cluster_untouched() {
     // A join aimed at a worker (nothing serves the join API there).
     let w = net.host("w1");
     assert_ok(&run_join(&w, &worker, "none", &[BIN]), "worker join");
+    // Another host claiming that live worker's name and address (a worker
+    // token alone must not hand out a live node's identity).
+    let impostor = [
+        "--root",
+        h.root().to_str().unwrap(),
+        "--advertise-address",
+        &w.addr,
+        "--node-name",
+        "w1",
+        "--components",
+        "none",
+        "--no-systemd",
+        "--ignore-preflight-errors",
+        "advertise-address",
+    ];
+    let out = h.bash(&worker, &impostor, &[BIN]);
+    assert!(stderr(&out).contains("node w1 is alive"), "{}", stderr(&out));
+    assert!(empty(&h));
     let out = run_join(&h, &edited(&worker, "HAKUBE_JOIN_ENDPOINTS", &format!("{}:9443", w.addr)), "none", &[BIN]);
     assert!(
         stderr(&out).contains("cannot reach the join API") && stderr(&out).contains("a master's address"),

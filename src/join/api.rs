@@ -239,6 +239,38 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
     if let Some(msg) = registry::name_conflict(existing.as_ref(), req.advertise_address, req.role) {
         return Err(refuse(StatusCode::CONFLICT, msg));
     }
+    // A worker's address is its own word: a live worker's name is not
+    // handed to whoever names its address too.
+    if let Some(r) = existing.as_ref().filter(|r| r.role == Role::Worker) {
+        let ago = now_secs().saturating_sub(r.heartbeat_at);
+        if ago <= crate::cluster::purge::STALE_AFTER {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                format!(
+                    "node {name} is alive (its heartbeat came {ago}s ago): another host cannot take its name; \
+                     if this host is {name} itself, run `hakube reset` on it and join again once its heartbeat \
+                     has stopped ({}s)",
+                    crate::cluster::purge::STALE_AFTER
+                ),
+            ));
+        }
+    }
+    // A node being purged joins once its purge is over (the purge's last
+    // steps would undo the join).
+    if let Some(p) = crate::cluster::purge::in_progress(&mut client, &endpoint)
+        .await
+        .map_err(unavailable)?
+        .filter(|p| p.node.name == name.as_str())
+    {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "node {name} is being purged right now ({:?} next): run the join again in a minute, once \
+                 `hakube status` on a master lists it as purged",
+                p.step
+            ),
+        ));
+    }
     // An etcd member of that name on another host is a conflict too, even
     // before its agent has registered it.
     let own_host = crate::config::Host::Ip(req.advertise_address).to_string();
