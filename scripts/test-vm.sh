@@ -150,7 +150,8 @@ time_to_healthy() {
   printf '%s\n' $((SECONDS - t0))
 }
 
-no_process() { ! on "$1" 20 pgrep -x "$2" >/dev/null; }
+# (pgrep -x matches the 15-byte comm, too short for kube-controller-manager.)
+no_process() { ! on "$1" 20 "pgrep -f '(^|/)$2( |\$)'" >/dev/null; }
 agent_gone() { ! on "$1" 20 "pgrep -f '^/usr/local/bin/hakube agent'" >/dev/null; }
 boot_id() { on "$1" 20 cat /proc/sys/kernel/random/boot_id; }
 # shellcheck disable=SC2317 # called through wait_for
@@ -306,6 +307,8 @@ test_restart_keeps_containers() {
     fail "$name" "hakube install components=etcd,containerd on m1 failed"
     return 1
   fi
+  # (The agent imports the bundle's images only where kubelet runs.)
+  on m1 120 "$ctr images import /opt/hakube/bundle/pause.tar" >/dev/null || why+="ctr images import failed; "
   on m1 120 "$ctr run -d \$(cat /opt/hakube/bundle/pause-image) $id" >/dev/null || why+="ctr run failed; "
   before=$(on m1 20 "$ctr task ls" | awk -v id="$id" '$1 == id {print $2, $3}') || true
   [[ $before == *" RUNNING" ]] || why+="the container is '$before' before the restart; "

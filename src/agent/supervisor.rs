@@ -601,8 +601,16 @@ async fn probe_loop(comp: Component, mut prober: Prober, (paths, cfg, state, dir
                     warn!(error = %e, "cannot record that etcd was bootstrapped");
                 }
             }
-            if comp == Component::Containerd && result.is_ok() && imported_for != pid {
+            // Only where kubelet runs pods: nothing else uses the images,
+            // and importing them costs minutes on a slow host.
+            if comp == Component::Containerd && cfg.has(Component::Kubelet) && result.is_ok() && imported_for != pid {
                 let (p, bundle) = (paths.clone(), cfg.node.bundle.clone());
+                let n = bundle.as_deref().map_or(0, |b| super::images::archives(b).len());
+                update(&state, &dirty, comp, |s| {
+                    if s.pid == pid {
+                        s.message = Some(format!("importing the bundle's {n} image archive(s)"));
+                    }
+                });
                 result = match tokio::task::spawn_blocking(move || super::images::import_bundle(&p, bundle.as_deref()))
                     .await
                 {
