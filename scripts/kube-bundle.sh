@@ -76,12 +76,14 @@
 # its versions are in MANIFEST, --refresh builds again when they differ from
 # the machine's, --rebuild builds again anyway.
 #
-# Next to the bundles, kube-bundle/gomod is Go's module cache (GOMODCACHE,
-# ~4 GB: the module zips and their sources) and kube-bundle/go-build is Go's
-# build cache (GOCACHE, ~6 GB, ~4 GB more for each other Kubernetes version).
-# Both are kept between builds: with them warm a build takes 1-2 minutes
-# (mostly linking), cold on 2 cores 30 minutes or more (measured: 33 minutes
-# for Kubernetes alone). Both are safe to delete.
+# The modules go to the machine's own Go module cache (`go env GOMODCACHE`,
+# ~4 GB: the module zips and their sources), shared with any other Go work
+# there, so a module is fetched once per machine; next to the bundles,
+# kube-bundle/go-build is Go's build cache (GOCACHE, ~6 GB, ~4 GB more for
+# each other Kubernetes version). Both are kept between builds: with them
+# warm a build takes 1-2 minutes (mostly linking), cold on 2 cores 30 minutes
+# or more (measured: 33 minutes for Kubernetes alone). Both are safe to
+# delete.
 #
 # A bundle is complete by construction: it is built in a hidden staging dir
 # (.staging.*) next to it and renamed into place as the last step. A build
@@ -184,10 +186,10 @@ Environment:
                               through sudo), except the ones that shape the
                               build (GOFLAGS, GOTOOLCHAIN, GOOS, GOARCH, ...).
 
-Disk: each bundle is ~900 MB; kube-bundle/gomod (modules, ~4 GB) and
-kube-bundle/go-build (Go's build cache, ~6 GB, ~4 GB more per other
-Kubernetes version) are safe to delete; old bundles are not pruned (delete
-their dirs).
+Disk: each bundle is ~900 MB; the modules (~4 GB, in Go's own module cache,
+`go env GOMODCACHE`) and kube-bundle/go-build (Go's build cache, ~6 GB, ~4 GB
+more per other Kubernetes version) are safe to delete; old bundles are not
+pruned (delete their dirs).
 EOF
 }
 
@@ -504,11 +506,13 @@ trap 'on_signal HUP' HUP
 # caller's that shapes a build.
 go_environment() {
   goarch=$(GOTOOLCHAIN=local "$go_bin" env GOHOSTARCH)
+  gomodcache=$(GOTOOLCHAIN=local "$go_bin" env GOMODCACHE)
+  [[ -n $gomodcache ]] || die "go env GOMODCACHE is empty: set GOMODCACHE or GOPATH"
   go_env=(env -u GOROOT -u GOBIN -u GOEXPERIMENT -u GCCGO -u CC -u CXX
     -u CGO_CFLAGS -u CGO_CPPFLAGS -u CGO_LDFLAGS -u CGO_CXXFLAGS -u GODEBUG
     "PATH=${go_bin%/*}:$PATH" GOTOOLCHAIN=local "GOFLAGS=-trimpath -modcacherw" GOWORK=off
     GOOS=linux "GOARCH=$goarch" GOAMD64=v1 CGO_ENABLED=0
-    "GOMODCACHE=$root/gomod" "GOCACHE=$root/go-build" LC_ALL=C TZ=UTC)
+    "GOMODCACHE=$gomodcache" "GOCACHE=$root/go-build" LC_ALL=C TZ=UTC)
 }
 
 # resolve_kubernetes: the Kubernetes wrapper module, up to `go mod tidy`
