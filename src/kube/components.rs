@@ -217,6 +217,20 @@ pub fn kubelet_config(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> Fi
     if let Some(root) = kubelet_cgroup_root(paths, facts) {
         conf["cgroupRoot"] = root.into();
     }
+    if !paths.is_host_root() {
+        // A simulated host (the sandbox, the tests) shares the machine's
+        // disk with everything else on it: kubelet's default thresholds,
+        // percentages of that whole disk (imagefs 15%), would mark every
+        // such node DiskPressure on a busy machine and schedule nothing.
+        // Absolute floors keep eviction for a disk that really runs out.
+        conf["evictionHard"] = serde_json::json!({
+            "memory.available": "100Mi",
+            "nodefs.available": "1Gi",
+            "imagefs.available": "1Gi",
+            "nodefs.inodesFree": "5%",
+            "imagefs.inodesFree": "5%",
+        });
+    }
     if facts.cgroup_v1 {
         // From 1.35 kubelet refuses a cgroup v1 host unless told this
         // (KEP-5573); 1.37 still honours it. Set only where the host is v1:
@@ -398,6 +412,19 @@ mod tests {
         // kubelet refuses node-role labels on itself (NodeRestriction): the
         // cluster controller labels masters.
         assert!(!tainted.args.iter().any(|a| a.starts_with("--node-labels")));
+    }
+
+    #[test]
+    fn only_a_simulated_hosts_kubelet_gets_absolute_disk_floors() {
+        let (c, f) = (config("{}"), facts(37));
+        let real = String::from_utf8(kubelet_config(&Paths::new("/"), &c, &f).contents).unwrap();
+        assert!(!real.contains("evictionHard"), "{real}");
+        let sim = String::from_utf8(kubelet_config(&Paths::new("/srv/h1"), &c, &f).contents).unwrap();
+        let v: serde_yaml::Value = serde_yaml::from_str(&sim).unwrap();
+        assert_eq!(v["evictionHard"]["imagefs.available"].as_str(), Some("1Gi"), "{sim}");
+        assert_eq!(v["evictionHard"]["nodefs.available"].as_str(), Some("1Gi"), "{sim}");
+        // Every signal is named: kubelet sets the ones left out to zero.
+        assert_eq!(v["evictionHard"].as_mapping().map(|m| m.len()), Some(5), "{sim}");
     }
 
     #[test]
