@@ -108,15 +108,28 @@ fn lost_workers_and_masters_are_purged_safely_and_a_short_partition_is_not() {
     wait_for("w2's heartbeat again", Duration::from_secs(30), || heartbeat_age(m1, "w2").is_some_and(|a| a < 8));
     assert!(registered(m1).contains(&"w2".to_owned()));
 
-    // w1 stops: within the toleration plus 15 s its Node, its pods and its
-    // registration are gone, and db-0 runs elsewhere.
-    stop(w1);
+    // w1 is cut off, its pods still running: within the toleration plus
+    // 15 s its Node, its pods and its registration are gone, and db-0 runs
+    // elsewhere.
+    assert!(!w1.pod_pids().is_empty(), "db-0's processes run on w1");
+    c.net.set_link(w1, false);
     let t = Instant::now();
     wait_for("w1 purged", Duration::from_secs(20 + 15 + 20), || {
         !registered(m1).contains(&"w1".to_owned()) && !node_names(m1).contains(&"w1".to_owned())
     });
-    eprintln!("w1 purged {:.1}s after it stopped", t.elapsed().as_secs_f64());
+    eprintln!("w1 purged {:.1}s after it was cut off", t.elapsed().as_secs_f64());
     wait_for("db-0 running on another node", Duration::from_secs(120), || db_pod(m1).is_some_and(|p| p.1 != "w1"));
+    // Back on the network, w1 learns it was purged: its components stop,
+    // and so do its pods' containers, which outlive them (db-0 must not
+    // run twice).
+    c.net.set_link(w1, true);
+    wait_for("w1 knows it was purged", Duration::from_secs(60), || !w1.state()["purged"].is_null());
+    wait_for("w1's components stopped", Duration::from_secs(60), || {
+        w1.state()["components"].as_object().is_some_and(|c| c.values().all(|c| c["pid"].is_null()))
+    });
+    wait_for("w1's pods stopped", Duration::from_secs(60), || w1.pod_pids().is_empty());
+    wait_for("no Node w1 again", Duration::from_secs(30), || !node_names(m1).contains(&"w1".to_owned()));
+    stop(w1);
     assert_eq!(node_names(m1), ["m1", "m2", "m3", "w2"], "the rest of the cluster is untouched");
     let s = status_json(m1);
     let history = s["cluster"]["purged"].as_array().unwrap();
@@ -133,7 +146,6 @@ fn lost_workers_and_masters_are_purged_safely_and_a_short_partition_is_not() {
     assert!(err.contains("run `hakube reset` on it and join it again"), "{err}");
     let st = w1.hakube(&["status"]);
     assert!(!st.status.success() && stdout(&st).contains("was purged from the cluster"), "{}", stdout(&st));
-    assert!(w1.state()["components"].as_object().is_none_or(|c| c.is_empty()), "nothing runs: {}", w1.state());
     assert!(!node_names(m1).contains(&"w1".to_owned()), "its kubelet never registered it again");
 
     // m1 stops (a master, and the first w2 would heartbeat through): w2's
@@ -192,4 +204,63 @@ fn a_new_leader_finishes_a_purge_its_predecessor_started() {
     let p = v["cluster"]["purged"].as_array().unwrap().iter().find(|p| p["node"]["name"] == "w1").unwrap().clone();
     assert_eq!(p["started_by"], leader.as_str(), "started by the leader that was killed: {p}");
     assert_ne!(p["finished_by"], leader.as_str(), "finished by another: {p}");
+}
+
+#[test]
+fn a_worker_cut_off_from_the_join_api_is_never_purged_while_its_kubelet_lives() {
+    // The common firewall mistake: 6443 open, 9443 closed. w1's hakube
+    // heartbeat stops, its kubelet stays Ready; meanwhile the leader's own
+    // API server is killed again and again (every kill a chance for an
+    // unreadable signal to pass for a stale one).
+    let c = Cluster::with_install(3, 1, &["ha", "lost-node-toleration=20s"]);
+    let (m1, w1) = (c.host("m1"), c.host("w1"));
+    wait_for("four Nodes Ready", Duration::from_secs(240), || ready_nodes(m1).len() == 4);
+    assert_ok(&w1.exec("iptables", &["-I", "OUTPUT", "-p", "tcp", "--dport", "9443", "-j", "REJECT"]), "block 9443");
+    // The killer: the leader's API server, every 3 s, for 90 s.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let t = Instant::now();
+    let kills = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            let mut kills = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let leader = status_json(m1)["cluster"]["leader"].as_str().unwrap_or("m1").to_owned();
+                if let Some(pid) = c.host(&leader).state()["components"]["kube-apiserver"]["pid"].as_u64() {
+                    if sh("kill", &["-9", &pid.to_string()]).status.success() {
+                        kills += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            kills
+        });
+        // Stops the killer however this thread leaves (a failed assertion too).
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let stop = Stop(&done);
+        while t.elapsed() < Duration::from_secs(90) {
+            std::thread::sleep(Duration::from_secs(2));
+            let node = m1.kubectl_json(&["get", "node", "w1"]);
+            let tainted = node["spec"]["taints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| t["key"] == "node.kubernetes.io/out-of-service");
+            let at = t.elapsed().as_secs_f64();
+            assert!(!tainted, "w1 was tainted out-of-service {at:.0}s in");
+            assert!(registered(m1).contains(&"w1".to_owned()), "w1 was unregistered {at:.0}s in");
+        }
+        drop(stop);
+        killer.join().unwrap()
+    });
+    eprintln!("the leader's API server was killed {kills} times in 90 s");
+    assert!(kills >= 10, "the leader's API server was killed only {kills} times");
+    assert!(heartbeat_age(m1, "w1").is_some_and(|a| a > 60), "w1's heartbeat really stopped");
+    wait_for("w1 Ready", Duration::from_secs(60), || ready_nodes(m1).contains(&"w1".to_owned()));
+    let s = status_json(m1);
+    assert!(s["cluster"]["purged"].as_array().is_none_or(|p| p.is_empty()), "{s}");
+    assert!(node_names(m1).contains(&"w1".to_owned()));
 }

@@ -316,6 +316,25 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                         }
                         state.borrow_mut().purged = Some(msg);
                         dirty.notify_one();
+                        // The cluster has given its pods to other nodes (a
+                        // StatefulSet's may run elsewhere already): its
+                        // containers, which outlive kubelet and containerd,
+                        // go too, once those two have stopped.
+                        let (state, paths) = (state.clone(), paths.clone());
+                        tokio::task::spawn_local(async move {
+                            let stopped = || {
+                                let s = state.borrow();
+                                [Component::Kubelet, Component::Containerd]
+                                    .iter()
+                                    .all(|c| s.components.get(c.name()).is_none_or(|c| c.pid.is_none()))
+                            };
+                            let until = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(5);
+                            while !stopped() && tokio::time::Instant::now() < until {
+                                sleep(Duration::from_millis(200)).await;
+                            }
+                            let left = tokio::task::spawn_blocking(move || crate::host::pods::stop_all(&paths)).await;
+                            warn!(cgroups_left = ?left.unwrap_or_default(), "stopped this purged node's pods");
+                        });
                     }
                     _ = async { tokio::select! { _ = hup.recv() => {}, _ = reload_rx.recv() => {} } } => {
                         if state.borrow().purged.is_some() {

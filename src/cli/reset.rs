@@ -44,17 +44,8 @@ pub fn run(paths: &Paths, force: bool) -> anyhow::Result<()> {
                 }
             }
         }
-        // Pods outlive kubelet and containerd (their shims re-parent to
-        // init): whatever still runs in this node's pod cgroup goes, then
-        // the shims of this node's containerd (they ignore SIGTERM).
-        if let Some(cgroup) = kubelet_cgroup_root(paths) {
-            for left in crate::host::cgroups::remove(&cgroup) {
-                progress.note(format!("could not remove cgroup {left}"));
-            }
-        }
-        let socket = paths.containerd_socket().display().to_string();
-        for pid in process::matching(|argv| is_shim_of(argv, &socket)) {
-            process::kill_now(pid);
+        for left in crate::host::pods::stop_all(paths) {
+            progress.note(format!("could not remove cgroup {left}"));
         }
         Ok(())
     })?;
@@ -257,28 +248,6 @@ async fn unregister(others: &[String], creds: &crate::etcd::Credentials, key: &s
     }
 }
 
-/// The cgroup kubelet puts this node's pods in, from its config: a
-/// simulated host's own root, else kubelet's default for its driver.
-fn kubelet_cgroup_root(paths: &Paths) -> Option<String> {
-    let text = std::fs::read_to_string(crate::kube::components::kubelet_config_path(paths)).ok()?;
-    let v: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
-    if let Some(root) = v.get("cgroupRoot").and_then(|r| r.as_str()) {
-        return Some(root.to_owned());
-    }
-    Some(match v.get("cgroupDriver").and_then(|d| d.as_str()) {
-        Some("systemd") => "/kubepods.slice".to_owned(),
-        _ => "/kubepods".to_owned(),
-    })
-}
-
-/// A containerd shim serving the containerd at `socket`.
-fn is_shim_of(argv: &[String], socket: &str) -> bool {
-    let is_shim = argv
-        .first()
-        .is_some_and(|a| Path::new(a).file_name().is_some_and(|f| f.to_string_lossy().starts_with("containerd-shim")));
-    is_shim && argv.windows(2).any(|w| w[0] == "-address" && w[1] == socket)
-}
-
 fn runs_binary(pid: u32, name: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| {
@@ -307,22 +276,5 @@ fn prune_empty_parents(path: &Path, root: &Path) {
             break;
         }
         dir = d.parent();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shims_are_told_apart_by_their_containerd() {
-        let argv = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
-        let sock = "/srv/w1/run/hakube/containerd/containerd.sock";
-        let ours = argv("/usr/bin/containerd-shim-runc-v2 -namespace k8s.io -id abc -address /srv/w1/run/hakube/containerd/containerd.sock");
-        let theirs =
-            argv("/usr/bin/containerd-shim-runc-v2 -namespace k8s.io -id abc -address /run/containerd/containerd.sock");
-        assert!(is_shim_of(&ours, sock));
-        assert!(!is_shim_of(&theirs, sock));
-        assert!(!is_shim_of(&argv("/usr/bin/containerd --config x"), sock));
     }
 }

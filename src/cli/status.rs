@@ -404,6 +404,10 @@ pub fn render(r: &Report) -> String {
                     Assessment::Due { lost_for } => {
                         lag.push_str(&format!("  LOST for {}, purge due", human(*lost_for)))
                     }
+                    Assessment::Unknown { silent_for, why } => lag.push_str(&format!(
+                        "  SILENT for {} but its Kubernetes signal cannot be read, so it is not judged: {why}",
+                        human(*silent_for)
+                    )),
                 }
                 if let Some(why) = &v.held_back {
                     lag.push_str(&format!(" but held back: {why}"));
@@ -416,6 +420,9 @@ pub fn render(r: &Report) -> String {
                 n.address.to_string(),
                 now.saturating_sub(n.heartbeat_at)
             ));
+        }
+        if let Some(note) = cl.purge.as_ref().and_then(|v| v.note.as_ref()) {
+            out.push_str(&format!("  purge: {note}\n"));
         }
         if let Some(p) = cl.purge.as_ref().and_then(|v| v.current.as_ref()) {
             out.push_str(&format!("  purging {} ({:?} next), started by {}\n", p.node.name, p.step, p.started_by));

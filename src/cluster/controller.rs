@@ -17,6 +17,7 @@ use tokio::time::sleep;
 use tracing::{debug, info, warn};
 
 use super::election::{Term, View, LEADER_TTL_SECS};
+use super::purge::{Live, Purger, Tracker};
 use super::registry;
 use super::taints::{self, Outcome};
 use super::Role;
@@ -63,6 +64,8 @@ struct Controller {
     /// The add-ons as last applied in this term, and when.
     addons: Option<(AddonSpec, Instant)>,
     addons_checked: Option<Instant>,
+    /// When the purge last saw each node's signals move, in this term.
+    tracker: Option<(Term, Tracker)>,
 }
 
 /// Runs the leader's rounds whenever `view` says this node leads, until
@@ -79,6 +82,7 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut view: watch::Receiver<Vie
         learners: HashMap::new(),
         addons: None,
         addons_checked: None,
+        tracker: None,
     };
     loop {
         let term = view.borrow().term.clone();
@@ -91,6 +95,7 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut view: watch::Receiver<Vie
             c.rbac_for = None;
             c.addons = None;
             c.addons_checked = None;
+            c.tracker = None;
         }
         tokio::select! {
             _ = stop.changed() => return,
@@ -129,14 +134,36 @@ impl Controller {
         }
 
         // Kubernetes, through this node's own API server (a master that
-        // runs none, etcd alone, leaves this part to none).
-        let kube = if self.cfg.has(crate::config::Component::KubeApiserver) {
-            let kube = self.kube_round(term, &masters, &spec).await?;
-            Some(kube)
-        } else {
-            None
-        };
-        self.purge_round(term, kube.as_ref(), spec.lost_node_toleration).await
+        // runs none, etcd alone, leaves this part to none). Its failure
+        // does not hold the purge up: the purge reaches any API server.
+        if self.cfg.has(crate::config::Component::KubeApiserver) {
+            if let Err(e) = self.kube_round(term, &masters, &spec).await {
+                warn!(error = %e, "Kubernetes part of the round failed; retrying");
+            }
+        }
+        self.purge_round(term, spec.lost_node_toleration).await
+    }
+
+    /// The client the purge reads nodes with: this node's API server, then
+    /// the node-local balancer (any API server), so that a leader whose own
+    /// API server is down still judges nodes; None when this node runs no
+    /// Kubernetes at all (an etcd-only cluster: heartbeats are all there is).
+    fn purge_kube(&mut self) -> Result<Option<KubeClient>, String> {
+        if !self.cfg.runs_local_lb() {
+            return Ok(None);
+        }
+        if self.kube.is_none() {
+            self.kube = Some(
+                KubeClient::from_kubeconfig(&self.paths.kubeconfig("hakube-controller")).map_err(|e| e.to_string())?,
+            );
+        }
+        let kube = self.kube.as_ref().expect("set above");
+        let mut servers = vec![];
+        if self.cfg.has(crate::config::Component::KubeApiserver) {
+            servers.push(kube_local(&self.cfg));
+        }
+        servers.push(self.cfg.local_lb_endpoint());
+        Ok(Some(kube.with_servers(servers)))
     }
 
     async fn kube_round(&mut self, term: &Term, masters: &[String], spec: &ClusterSpec) -> Result<KubeClient, String> {
@@ -169,7 +196,10 @@ impl Controller {
             self.rbac_for = Some(term.clone());
             self.acquired = micro_time(time::OffsetDateTime::now_utc());
         }
-        self.mirror_lease(&kube).await?;
+        // Best effort: `kubectl get lease` is for people, the term is etcd's.
+        if let Err(e) = self.mirror_lease(&kube).await {
+            warn!(error = %e, "cannot mirror the leadership into its Lease");
+        }
         for m in masters {
             match taints::apply(&kube, m, tainted).await {
                 Ok(Outcome::Patched) => info!(node = %m, tainted, "control-plane role set on the master's Node"),
@@ -219,25 +249,22 @@ impl Controller {
         Ok(())
     }
 
-    async fn purge_round(
-        &mut self,
-        term: &Term,
-        kube: Option<&KubeClient>,
-        toleration: crate::config::Toleration,
-    ) -> Result<(), String> {
+    async fn purge_round(&mut self, term: &Term, toleration: crate::config::Toleration) -> Result<(), String> {
         let endpoint = self.cfg.etcd_client_url();
         let creds = Credentials::load(&self.paths, "apiserver-etcd-client").map_err(|e| e.to_string())?;
+        let kube = self.purge_kube()?;
+        if self.tracker.as_ref().is_none_or(|(t, _)| t != term) {
+            self.tracker = Some((term.clone(), Tracker::default()));
+        }
+        let (_, tracker) = self.tracker.as_mut().expect("set above");
         let etcd = self.etcd.as_mut().expect("connected");
-        let mut purger = super::purge::Purger {
-            etcd,
-            endpoint: &endpoint,
-            creds: &creds,
-            kube,
-            leader: self.cfg.node.name.as_str(),
-            toleration,
-            term,
+        let world = Live { etcd, endpoint: &endpoint, creds: &creds, kube: kube.as_ref(), term };
+        let mut purger = Purger { world, tracker, leader: self.cfg.node.name.as_str(), toleration };
+        let result = purger.round(crate::host::clock::now_secs()).await;
+        let view = match &result {
+            Ok(view) => view.clone(),
+            Err(_) => return result.map(drop),
         };
-        let view = purger.round().await?;
         super::purge::store_view(self.etcd.as_mut().expect("connected"), &endpoint, &view)
             .await
             .map_err(|e| e.to_string())

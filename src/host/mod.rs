@@ -7,6 +7,7 @@ pub mod lock;
 pub mod mountns;
 pub mod net;
 pub mod paths;
+pub mod pods;
 pub mod process;
 pub mod sysctl;
 pub mod systemd;

@@ -332,10 +332,9 @@ impl Host {
         text.lines().find_map(|l| l.strip_prefix("cgroupRoot: ")).map(|s| s.trim().trim_start_matches('/').to_owned())
     }
 
-    /// Kills the host's pods (they live in network namespaces of their own,
-    /// so `kill_all` misses them) and removes their cgroups.
-    pub fn kill_pods(&self) {
-        let Some(cgroup) = self.pod_cgroup() else { return };
+    /// The cgroup directories of the host's pods, in every hierarchy.
+    fn pod_cgroup_dirs(&self) -> Vec<PathBuf> {
+        let Some(cgroup) = self.pod_cgroup() else { return vec![] };
         let tops: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()
@@ -353,18 +352,22 @@ impl Host {
             }
             dirs.push(d);
         }
+        dirs
+    }
+
+    /// Pids of the processes of the host's pods (in their own network
+    /// namespaces, so not among [`Host::pids`]).
+    pub fn pod_pids(&self) -> Vec<String> {
+        pids_in(&self.pod_cgroup_dirs())
+    }
+
+    /// Kills the host's pods (they live in network namespaces of their own,
+    /// so `kill_all` misses them) and removes their cgroups.
+    pub fn kill_pods(&self) {
+        let mut dirs = self.pod_cgroup_dirs();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let pids: Vec<String> = dirs
-                .iter()
-                .flat_map(|d| {
-                    std::fs::read_to_string(d.join("cgroup.procs"))
-                        .unwrap_or_default()
-                        .lines()
-                        .map(str::to_owned)
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            let pids = pids_in(&dirs);
             if pids.is_empty() || Instant::now() > deadline {
                 break;
             }
@@ -378,6 +381,22 @@ impl Host {
             let _ = std::fs::remove_dir(d);
         }
     }
+}
+
+fn pids_in(dirs: &[PathBuf]) -> Vec<String> {
+    let mut pids: Vec<String> = dirs
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    pids.sort();
+    pids.dedup();
+    pids
 }
 
 impl Drop for Host {

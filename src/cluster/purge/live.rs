@@ -1,0 +1,313 @@
+//! The purge's one seam ([`World`]): what it reads of the nodes and every
+//! change it makes. [`Live`] is etcd and the API servers; the unit tests'
+//! fake records each call, so the purge's order and guards are tested in
+//! milliseconds with paused time.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::decide::{guard, member_of, KubeSignal, Observed, Reading};
+use super::{call, human, Purge, Tombstone, CURRENT, HISTORY_PREFIX, OUT_OF_SERVICE, TOMBSTONE_PREFIX};
+use crate::cluster::election::Term;
+use crate::cluster::registry;
+use crate::etcd::membership::{self, Lock, Probe};
+use crate::etcd::{self, Credentials, Member};
+use crate::kube::client::{KubeClient, Patch};
+use crate::kube::objects::{self, List, Node, Pod};
+
+/// What the purge reads and changes. Every call is one step that can fail
+/// on its own; the purge decides between them.
+#[allow(async_fn_in_trait)]
+pub trait World {
+    /// Every registered node, with both its signals.
+    async fn readings(&mut self) -> Result<Vec<Reading>, String>;
+    /// One node again: its registry heartbeat (None: not registered) and
+    /// its Kubernetes signal.
+    async fn reread(&mut self, name: &str) -> Result<(Option<u64>, KubeSignal), String>;
+    /// etcd's members and how each voter answers.
+    async fn members(&mut self) -> Result<(Vec<Member>, Vec<(Member, Probe)>), String>;
+    /// Whether this leader's term still holds.
+    async fn holds_term(&mut self) -> bool;
+    /// The purge under way and its record's revision.
+    async fn current(&mut self) -> Result<Option<(Purge, i64)>, String>;
+    /// Writes the purge if its record is still at `rev` (0: none yet); the
+    /// new revision, or None when another leader wrote it meanwhile.
+    async fn advance(&mut self, p: &Purge, rev: i64) -> Result<Option<i64>, String>;
+    /// Removes the record of a purge called off, if still at `rev`.
+    async fn call_off(&mut self, rev: i64) -> Result<(), String>;
+    /// The history record, the Event and the audit line of a finished purge.
+    async fn finish(&mut self, p: &Purge) -> Result<(), String>;
+    /// Adds (or removes) the out-of-service taint.
+    async fn taint(&mut self, name: &str, on: bool) -> Result<(), String>;
+    async fn delete_pods(&mut self, name: &str) -> Result<(), String>;
+    /// Removes a lost master's etcd member under the membership lock, with
+    /// the guard checked again right before.
+    async fn remove_member(&mut self, node: &Observed, leader: &str) -> Result<(), String>;
+    async fn unregister(&mut self, name: &str) -> Result<(), String>;
+    /// Whether the node is registered (again: a re-join after its record went).
+    async fn registered(&mut self, name: &str) -> Result<bool, String>;
+    async fn delete_node(&mut self, name: &str) -> Result<(), String>;
+    /// Writes the tombstone only while the node is not registered (a node
+    /// that joined again meanwhile is not shut out); whether it did.
+    async fn tombstone(&mut self, name: &str, t: &Tombstone) -> Result<bool, String>;
+    /// Deletes the Nodes that purged nodes' kubelets registered again.
+    async fn sweep_tombstoned_nodes(&mut self);
+}
+
+/// etcd through the leader's client; Kubernetes through `kube` (None: the
+/// cluster runs no Kubernetes, and heartbeats are the only signal).
+pub struct Live<'a> {
+    pub etcd: &'a mut Client,
+    pub endpoint: &'a str,
+    pub creds: &'a Credentials,
+    pub kube: Option<&'a KubeClient>,
+    pub term: &'a Term,
+}
+
+/// Waits for the membership lock this long (the client's own request
+/// timeout is seconds: [`Lock::acquire`] waits beyond it).
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+impl World for Live<'_> {
+    async fn readings(&mut self) -> Result<Vec<Reading>, String> {
+        let records = registry::list(self.etcd, self.endpoint).await.map_err(|e| e.to_string())?;
+        let signals = futures_util::future::join_all(records.iter().map(|r| signal(self.kube, &r.name))).await;
+        Ok(records
+            .into_iter()
+            .zip(signals)
+            .map(|(r, kube)| Reading {
+                name: r.name,
+                role: r.role,
+                address: r.address,
+                heartbeat_at: r.heartbeat_at,
+                kube,
+            })
+            .collect())
+    }
+
+    async fn reread(&mut self, name: &str) -> Result<(Option<u64>, KubeSignal), String> {
+        let r = registry::get(self.etcd, self.endpoint, name).await.map_err(|e| e.to_string())?;
+        Ok((r.map(|r| r.heartbeat_at), signal(self.kube, name).await))
+    }
+
+    async fn members(&mut self) -> Result<(Vec<Member>, Vec<(Member, Probe)>), String> {
+        let members = etcd::members(self.etcd, self.endpoint).await.map_err(|e| e.to_string())?;
+        let health = membership::voter_health(&members, self.creds).await;
+        Ok((members, health))
+    }
+
+    async fn holds_term(&mut self) -> bool {
+        self.term.holds(self.etcd).await
+    }
+
+    async fn current(&mut self) -> Result<Option<(Purge, i64)>, String> {
+        super::current(self.etcd, self.endpoint).await.map_err(|e| e.to_string())
+    }
+
+    async fn advance(&mut self, p: &Purge, rev: i64) -> Result<Option<i64>, String> {
+        let body = serde_json::to_vec(p).expect("purge serializes");
+        let guard = if rev == 0 {
+            Compare::create_revision(CURRENT, CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(CURRENT, CompareOp::Equal, rev)
+        };
+        let resp = self
+            .etcd
+            .txn(Txn::new().when([guard]).and_then([TxnOp::put(CURRENT, body, None)]))
+            .await
+            .map_err(|e| call(self.endpoint, e).to_string())?;
+        Ok(resp.succeeded().then(|| resp.header().map(|h| h.revision()).unwrap_or(rev + 1)))
+    }
+
+    async fn call_off(&mut self, rev: i64) -> Result<(), String> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(CURRENT, CompareOp::Equal, rev)])
+            .and_then([TxnOp::delete(CURRENT, None)]);
+        self.etcd.txn(txn).await.map(drop).map_err(|e| call(self.endpoint, e).to_string())
+    }
+
+    async fn finish(&mut self, p: &Purge) -> Result<(), String> {
+        let key = format!("{HISTORY_PREFIX}{:020}-{}", p.started_at, p.node.name);
+        let body = serde_json::to_vec(p).expect("purge serializes");
+        let txn = Txn::new().and_then([TxnOp::put(key, body, None), TxnOp::delete(CURRENT, None)]);
+        self.etcd.txn(txn).await.map_err(|e| call(self.endpoint, e).to_string())?;
+        info!(target: "audit", node = %p.node.name, role = %p.node.role, lost_for = %human(p.lost_for), by = %p.started_by, "purged a lost node");
+        if let Some(kube) = self.kube {
+            if let Err(e) = event(kube, p).await {
+                warn!(error = %e, "cannot record the purge's Event");
+            }
+        }
+        Ok(())
+    }
+
+    async fn taint(&mut self, name: &str, on: bool) -> Result<(), String> {
+        let Some(kube) = self.kube else { return Ok(()) };
+        let what = format!("node {name}");
+        let Some(node) = kube.get_opt::<Node>(&what, &objects::node_path(name)).await.map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let t = objects::Taint::parse(OUT_OF_SERVICE).expect("well-formed");
+        let has = node.spec.taints.iter().any(|x| x.matches(&t));
+        if has == on {
+            return Ok(());
+        }
+        let mut taints: Vec<_> = node.spec.taints.iter().filter(|x| !x.matches(&t)).cloned().collect();
+        if on {
+            taints.push(t);
+        }
+        // A merge patch replaces the list, under the version read: a taint
+        // added meanwhile by someone else is not lost (409, next round).
+        let patch =
+            json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"taints": taints}});
+        kube.patch::<serde_json::Value>(&what, &objects::node_path(name), Patch::Merge, &patch)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn delete_pods(&mut self, name: &str) -> Result<(), String> {
+        let Some(kube) = self.kube else { return Ok(()) };
+        let path = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{name}");
+        let pods: List<Pod> = kube.get(&format!("the pods of {name}"), &path).await.map_err(|e| e.to_string())?;
+        for pod in pods.items {
+            let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let what = format!("pod {ns}/{}", pod.metadata.name);
+            let path = format!("/api/v1/namespaces/{ns}/pods/{}", pod.metadata.name);
+            kube.delete(&what, &path, &json!({"gracePeriodSeconds": 0})).await.map_err(|e| e.to_string())?;
+            info!(node = %name, pod = %what, "force-deleted a lost node's pod");
+        }
+        Ok(())
+    }
+
+    async fn remove_member(&mut self, node: &Observed, leader: &str) -> Result<(), String> {
+        let lock = Lock::acquire(self.etcd, self.endpoint, LOCK_WAIT).await.map_err(|e| e.to_string())?;
+        let result = async {
+            let members = etcd::members(self.etcd, self.endpoint).await.map_err(|e| e.to_string())?;
+            let Some(m) = member_of(node, &members).cloned() else { return Ok(()) };
+            // The guard again, right before the change.
+            let health = membership::voter_health(&members, self.creds).await;
+            guard(node, leader, &members, &health)?;
+            membership::remove_member(self.etcd, self.endpoint, m.id, &lock).await.map_err(|e| e.to_string())?;
+            warn!(node = %node.name, member = %format!("{:x}", m.id), "removed a lost master's etcd member");
+            Ok::<_, String>(())
+        }
+        .await;
+        lock.release(self.etcd).await;
+        result
+    }
+
+    async fn unregister(&mut self, name: &str) -> Result<(), String> {
+        registry::delete(self.etcd, self.endpoint, name).await.map_err(|e| e.to_string())
+    }
+
+    async fn registered(&mut self, name: &str) -> Result<bool, String> {
+        Ok(registry::get(self.etcd, self.endpoint, name).await.map_err(|e| e.to_string())?.is_some())
+    }
+
+    async fn delete_node(&mut self, name: &str) -> Result<(), String> {
+        let Some(kube) = self.kube else { return Ok(()) };
+        kube.delete(&format!("node {name}"), &objects::node_path(name), &json!({})).await.map_err(|e| e.to_string())
+    }
+
+    async fn tombstone(&mut self, name: &str, t: &Tombstone) -> Result<bool, String> {
+        let body = serde_json::to_vec(t).expect("tombstone serializes");
+        let txn = Txn::new()
+            .when([Compare::create_revision(registry::key(name), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(format!("{TOMBSTONE_PREFIX}{name}"), body, None)]);
+        let resp = self.etcd.txn(txn).await.map_err(|e| call(self.endpoint, e).to_string())?;
+        Ok(resp.succeeded())
+    }
+
+    async fn sweep_tombstoned_nodes(&mut self) {
+        let Some(kube) = self.kube else { return };
+        let Ok(resp) = self.etcd.get(TOMBSTONE_PREFIX, Some(GetOptions::new().with_prefix().with_keys_only())).await
+        else {
+            return;
+        };
+        let names: Vec<String> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| String::from_utf8_lossy(kv.key()).strip_prefix(TOMBSTONE_PREFIX).map(str::to_owned))
+            .collect();
+        for name in names {
+            let what = format!("node {name}");
+            if let Ok(Some(_)) = kube.get_opt::<Node>(&what, &objects::node_path(&name)).await {
+                match kube.delete(&what, &objects::node_path(&name), &json!({})).await {
+                    Ok(()) => warn!(node = %name, "deleted the Node a purged node registered again"),
+                    Err(e) => warn!(node = %name, error = %e, "cannot delete the Node of a purged node"),
+                }
+            }
+        }
+    }
+}
+
+/// A node's Kubernetes sign of life: the freshest of its Lease's renewal
+/// and its Ready heartbeat. Any error is [`KubeSignal::Unknown`], never a
+/// missing signal: a node that cannot be seen is not a node seen dead.
+pub async fn signal(kube: Option<&KubeClient>, name: &str) -> KubeSignal {
+    let Some(kube) = kube else { return KubeSignal::Absent };
+    let lease_what = format!("lease of {name}");
+    let node_what = format!("node {name}");
+    let (lease, node) = futures_util::future::join(
+        kube.get_opt::<objects::Lease>(&lease_what, &objects::node_lease_path(name)),
+        kube.get_opt::<Node>(&node_what, &objects::node_path(name)),
+    )
+    .await;
+    let time = |what: &str, t: Option<&str>| -> Result<Option<u64>, String> {
+        match t {
+            None => Ok(None),
+            Some(t) => objects::unix_secs(t).map(Some).ok_or_else(|| format!("{what}: cannot read the time {t:?}")),
+        }
+    };
+    let lease = match lease {
+        Err(e) => return KubeSignal::Unknown(e.to_string()),
+        Ok(l) => match time(&lease_what, l.as_ref().and_then(|l| l.spec.renew_time.as_deref())) {
+            Ok(t) => t,
+            Err(e) => return KubeSignal::Unknown(e),
+        },
+    };
+    let ready = match node {
+        Err(e) => return KubeSignal::Unknown(e.to_string()),
+        Ok(n) => {
+            let c = n.as_ref().and_then(|n| n.condition("Ready"));
+            match time(&node_what, c.and_then(|c| c.last_heartbeat_time.as_deref())) {
+                Ok(t) => t,
+                Err(e) => return KubeSignal::Unknown(e),
+            }
+        }
+    };
+    match lease.max(ready) {
+        Some(t) => KubeSignal::Seen(t),
+        None => KubeSignal::Absent,
+    }
+}
+
+async fn event(kube: &KubeClient, p: &Purge) -> Result<(), crate::kube::client::KubeError> {
+    let now = crate::cluster::controller::micro_time(time::OffsetDateTime::now_utc());
+    let name = format!("{}.hakube-purge.{}", p.node.name, p.started_at);
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": "default"},
+        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": p.node.name},
+        "reason": "NodePurged",
+        "message": format!(
+            "hakube purged {} {} after it was unreachable for {} (its hakube heartbeat and its Kubernetes signal both stale)",
+            p.node.role, p.node.name, human(p.lost_for)
+        ),
+        "type": "Warning",
+        "source": {"component": "hakube"},
+        "firstTimestamp": now.split('.').next().map(|s| format!("{s}Z")),
+        "lastTimestamp": now.split('.').next().map(|s| format!("{s}Z")),
+        "count": 1,
+        "reportingComponent": "hakube",
+        "reportingInstance": p.started_by,
+    });
+    kube.create::<serde_json::Value>(&format!("event {name}"), "/api/v1/namespaces/default/events", &body)
+        .await
+        .map(drop)
+}
