@@ -1,6 +1,7 @@
-//! The etcd membership lock against real etcd: a lock whose lease is gone is
-//! lost before the next membership change, a dropped lock is released, and
-//! no call waits without bound.
+//! The etcd membership lock and the leader election against real etcd: a
+//! lock whose lease is gone is lost before the next membership change, a
+//! dropped lock is released, no call waits without bound, and a leader whose
+//! control plane stays unhealthy makes way for a healthy master.
 
 mod support;
 
@@ -164,5 +165,89 @@ fn waiting_for_the_lock_outlasts_the_clients_request_timeout() {
             assert!(matches!(e, MembershipError::Timeout { .. }), "{e}");
             assert!(t.elapsed() < Duration::from_secs(8), "waited {:?}", t.elapsed());
         })
+    });
+}
+
+/// Two agents' elections on one etcd (the host's own agent stopped), each
+/// told by a flag whether its control plane is healthy.
+#[test]
+fn a_leader_whose_control_plane_stays_unhealthy_makes_way_and_none_flaps() {
+    use hakube::cluster::election::{self, View, Yield};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::sync::watch;
+
+    let h = Host::isolated();
+    h.install(&[]);
+    // The host's agent leads; kill it alone (etcd runs on) so that only the
+    // two elections below campaign once its lease is gone.
+    let agent = h.state()["agent_pid"].as_u64().expect("agent pid");
+    assert!(sh("kill", &["-9", &agent.to_string()]).status.success());
+    let paths = hakube::host::paths::Paths::new(h.root());
+    let cfg = hakube::config::load_installed(&paths.config_file()).unwrap().expect("installed config");
+    let rule = Yield { resign_after: Duration::from_secs(3), vacancy_wait: Duration::from_secs(4) };
+
+    h.within(|| {
+        runtime().block_on(tokio::task::LocalSet::new().run_until(async {
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let agent = |name: &str, healthy: Arc<AtomicBool>| {
+                let mut cfg = cfg.clone();
+                cfg.node.name = name.parse().unwrap();
+                let (tx, rx) = watch::channel(View::default());
+                let fit = move || healthy.load(Ordering::SeqCst);
+                tokio::task::spawn_local(election::run(paths.clone(), cfg, fit, rule, tx, stop_rx.clone()));
+                rx
+            };
+            let leads = |rx: &watch::Receiver<View>| rx.borrow().term.is_some();
+            async fn until(what: &str, limit: Duration, f: impl Fn() -> bool) {
+                let t = Instant::now();
+                while !f() {
+                    assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+
+            let a_ok = Arc::new(AtomicBool::new(true));
+            let b_ok = Arc::new(AtomicBool::new(true));
+            let a = agent("a", a_ok.clone());
+            // The killed agent's lease expires within its TTL.
+            until("a is elected", Duration::from_secs(20), || leads(&a)).await;
+            let b = agent("b", b_ok.clone());
+            until("b sees a lead", Duration::from_secs(5), || b.borrow().leader.as_deref() == Some("a")).await;
+
+            // A restart-length blip hands nothing over.
+            a_ok.store(false, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            a_ok.store(true, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            assert!(leads(&a) && !leads(&b), "a blip shorter than resign_after kept a leading");
+
+            // Unhealthy for good: a resigns and the healthy b takes over,
+            // well before a's lease would have run out by itself.
+            a_ok.store(false, Ordering::SeqCst);
+            let t = Instant::now();
+            until("b leads", Duration::from_secs(8), || leads(&b) && !leads(&a)).await;
+            assert!(t.elapsed() >= Duration::from_secs(3), "a resigned before resign_after");
+
+            // Both unhealthy: b resigns, and after the vacancy wait one of
+            // them leads again (nobody healthier exists) and keeps it.
+            b_ok.store(false, Ordering::SeqCst);
+            until("b resigns", Duration::from_secs(8), || !leads(&b)).await;
+            until("someone leads again", Duration::from_secs(10), || leads(&a) || leads(&b)).await;
+            let holder = if leads(&a) { "a" } else { "b" };
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let now = if leads(&a) {
+                    Some("a")
+                } else if leads(&b) {
+                    Some("b")
+                } else {
+                    None
+                };
+                assert_eq!(now, Some(holder), "a term won while every master is unhealthy is kept");
+            }
+            stop_tx.send_replace(true);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }))
     });
 }

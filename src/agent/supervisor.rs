@@ -252,9 +252,17 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
             let (agent_stop_tx, agent_stop_rx) = watch::channel(false);
             let (view_tx, view_rx) = watch::channel(crate::cluster::election::View::default());
             let election = cfg.has(Component::Etcd).then(|| {
+                // Fit to lead while its kube-apiserver (if it runs one) is healthy.
+                let fit = {
+                    let state = state.clone();
+                    let needs_apiserver = cfg.has(Component::KubeApiserver);
+                    move || !needs_apiserver || healthy(&state, Component::KubeApiserver)
+                };
                 tokio::task::spawn_local(crate::cluster::election::run(
                     paths.clone(),
                     cfg.clone(),
+                    fit,
+                    crate::cluster::election::Yield::default(),
                     view_tx,
                     agent_stop_rx,
                 ))

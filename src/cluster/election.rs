@@ -5,6 +5,14 @@
 //! takes the key within about a TTL. The leader's work checks it still
 //! holds the key (on its own lease) before acting; a leader that stops
 //! resigns by revoking its lease, so another takes over at once.
+//!
+//! The leader's work needs its own control plane: a leader whose local
+//! kube-apiserver stays unhealthy for [`Yield::resign_after`] resigns, and
+//! an agent whose control plane is unhealthy campaigns for a vacancy only
+//! once it has stood for [`Yield::vacancy_wait`], so that a healthy master
+//! takes it first. When none is healthy, one still leads (the purge reads
+//! nodes through any API server, and etcd's own duties need none), and it
+//! keeps a term won while unhealthy: no hand-over back and forth.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +20,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
-use tokio::time::{sleep, timeout};
+use tokio::time::{sleep, timeout, Instant};
 use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
@@ -23,6 +31,63 @@ pub const LEADER_KEY: &str = "/hakube/leader";
 /// The leader's lease: a dead leader is replaced within about this long.
 pub const LEADER_TTL_SECS: i64 = 10;
 const CALL: Duration = Duration::from_secs(5);
+
+/// How an agent whose local control plane is unhealthy makes way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Yield {
+    /// A leader unhealthy this long, continuously, resigns. Longer than a
+    /// kube-apiserver's restart, so that a restart alone hands nothing over.
+    pub resign_after: Duration,
+    /// An unhealthy agent campaigns only for a vacancy this old: a healthy
+    /// master, which campaigns at once, gets it first.
+    pub vacancy_wait: Duration,
+}
+
+impl Default for Yield {
+    fn default() -> Self {
+        Yield { resign_after: Duration::from_secs(30), vacancy_wait: Duration::from_secs(2 * LEADER_TTL_SECS as u64) }
+    }
+}
+
+/// The election's memory of this agent's health and of a vacancy: the
+/// rule of [`Yield`], kept apart from etcd so that it is tested alone.
+#[derive(Debug, Clone)]
+pub struct Fitness {
+    rule: Yield,
+    unhealthy_since: Option<Instant>,
+    vacant_since: Option<Instant>,
+}
+
+impl Fitness {
+    pub fn new(rule: Yield) -> Self {
+        Fitness { rule, unhealthy_since: None, vacant_since: None }
+    }
+
+    /// Records what the probe says now.
+    pub fn observe(&mut self, healthy: bool, now: Instant) {
+        if healthy {
+            self.unhealthy_since = None;
+        } else {
+            self.unhealthy_since.get_or_insert(now);
+        }
+    }
+
+    /// Whether a leader whose term began at `began` resigns: unhealthy for
+    /// `resign_after` since a moment inside its term.
+    pub fn should_resign(&self, began: Instant, now: Instant) -> bool {
+        self.unhealthy_since.is_some_and(|u| u > began && now.duration_since(u) >= self.rule.resign_after)
+    }
+
+    /// Whether to campaign, seeing the leadership `vacant` or not.
+    pub fn may_campaign(&mut self, vacant: bool, now: Instant) -> bool {
+        if !vacant {
+            self.vacant_since = None;
+            return false;
+        }
+        let since = *self.vacant_since.get_or_insert(now);
+        self.unhealthy_since.is_none() || now.duration_since(since) >= self.rule.vacancy_wait
+    }
+}
 
 /// Who leads, as this agent sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -39,6 +104,7 @@ pub struct View {
 pub struct Term {
     lease: i64,
     held: Arc<AtomicBool>,
+    began: Instant,
 }
 
 impl PartialEq for Term {
@@ -73,12 +139,24 @@ pub async fn leader(client: &mut Client, endpoint: &str) -> Result<Option<String
 }
 
 /// Campaigns for leadership until `stop` changes, publishing who leads.
-pub async fn run(paths: Paths, cfg: ClusterConfig, tx: watch::Sender<View>, mut stop: watch::Receiver<bool>) {
+/// `healthy` tells whether this node's control plane can do the leader's
+/// work (its kube-apiserver answers, when it runs one); `rule` is how an
+/// unhealthy agent makes way.
+pub async fn run(
+    paths: Paths,
+    cfg: ClusterConfig,
+    healthy: impl Fn() -> bool,
+    rule: Yield,
+    tx: watch::Sender<View>,
+    mut stop: watch::Receiver<bool>,
+) {
     let endpoint = cfg.etcd_client_url();
     let name = cfg.node.name.to_string();
     let mut client: Option<Client> = None;
     let mut current: Option<(Term, tokio::task::JoinHandle<()>)> = None;
+    let mut fitness = Fitness::new(rule);
     loop {
+        fitness.observe(healthy(), Instant::now());
         let round = async {
             if client.is_none() {
                 let creds = Credentials::load(&paths, "apiserver-etcd-client")?;
@@ -87,15 +165,24 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, tx: watch::Sender<View>, mut 
             let c = client.as_mut().expect("connected");
             // A term whose lease was lost is over.
             if let Some((term, _)) = &current {
-                if term.holds(c).await {
+                if fitness.should_resign(term.began, Instant::now()) {
+                    let (term, keeper) = current.take().expect("checked");
+                    keeper.abort();
+                    let _ = timeout(CALL, c.lease_revoke(term.lease)).await;
+                    warn!(
+                        "resigned the leadership: this master's control plane has been unhealthy for {}s",
+                        rule.resign_after.as_secs()
+                    );
+                } else if term.holds(c).await {
                     return Ok(View { leader: Some(name.clone()), term: Some(term.clone()) });
+                } else {
+                    let (_, keeper) = current.take().expect("checked");
+                    keeper.abort();
+                    warn!("lost the leadership (the lease expired: this master was cut off from etcd)");
                 }
-                let (_, keeper) = current.take().expect("checked");
-                keeper.abort();
-                warn!("lost the leadership (the lease expired: this master was cut off from etcd)");
             }
             let holder = leader(c, &endpoint).await?;
-            if holder.is_some() {
+            if !fitness.may_campaign(holder.is_none(), Instant::now()) {
                 return Ok(View { leader: holder, term: None });
             }
             // Vacant: campaign.
@@ -107,7 +194,7 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, tx: watch::Sender<View>, mut 
             if c.txn(txn).await.map_err(call)?.succeeded() {
                 let held = Arc::new(AtomicBool::new(true));
                 let keeper = tokio::spawn(etcd::lease::keep_alive(c.clone(), lease, LEADER_TTL_SECS, held.clone()));
-                let term = Term { lease, held };
+                let term = Term { lease, held, began: Instant::now() };
                 info!("elected leader of the masters' agents");
                 current = Some((term.clone(), keeper));
                 return Ok(View { leader: Some(name.clone()), term: Some(term) });
@@ -141,4 +228,62 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, tx: watch::Sender<View>, mut 
         info!("resigned the leadership");
     }
     tx.send_replace(View::default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn rule() -> Yield {
+        Yield { resign_after: 30 * S, vacancy_wait: 20 * S }
+    }
+
+    #[test]
+    fn a_leader_resigns_only_after_staying_unhealthy() {
+        let t0 = Instant::now();
+        let mut f = Fitness::new(rule());
+        f.observe(true, t0);
+        let began = t0 + S;
+        f.observe(false, t0 + 10 * S);
+        assert!(!f.should_resign(began, t0 + 39 * S), "29 s unhealthy: a restart, not a reason");
+        assert!(f.should_resign(began, t0 + 40 * S));
+        // A probe that passes in between starts the count again.
+        f.observe(true, t0 + 35 * S);
+        f.observe(false, t0 + 36 * S);
+        assert!(!f.should_resign(began, t0 + 60 * S));
+        assert!(f.should_resign(began, t0 + 66 * S));
+    }
+
+    #[test]
+    fn a_term_won_while_unhealthy_is_kept_until_health_comes_and_goes_again() {
+        let t0 = Instant::now();
+        let mut f = Fitness::new(rule());
+        f.observe(false, t0);
+        let began = t0 + 25 * S;
+        assert!(!f.should_resign(began, t0 + 300 * S), "nobody healthier took it: no hand-over back and forth");
+        f.observe(true, t0 + 301 * S);
+        f.observe(false, t0 + 302 * S);
+        assert!(f.should_resign(began, t0 + 332 * S));
+    }
+
+    #[test]
+    fn a_healthy_agent_campaigns_at_once_an_unhealthy_one_after_the_vacancy_wait() {
+        let t0 = Instant::now();
+        let mut healthy = Fitness::new(rule());
+        healthy.observe(true, t0);
+        assert!(healthy.may_campaign(true, t0));
+        assert!(!healthy.may_campaign(false, t0), "someone leads");
+
+        let mut sick = Fitness::new(rule());
+        sick.observe(false, t0);
+        assert!(!sick.may_campaign(true, t0));
+        assert!(!sick.may_campaign(true, t0 + 19 * S));
+        assert!(sick.may_campaign(true, t0 + 20 * S));
+        // A vacancy that was filled and opened again is timed anew.
+        assert!(!sick.may_campaign(false, t0 + 21 * S));
+        assert!(!sick.may_campaign(true, t0 + 22 * S));
+        assert!(sick.may_campaign(true, t0 + 42 * S));
+    }
 }
