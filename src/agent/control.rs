@@ -27,7 +27,7 @@ pub enum ControlError {
     #[error("the agent (pid {pid}) exited during start-up; its log {log} ends with:\n{tail}")]
     Exited { pid: u32, log: String, tail: String },
     #[error(
-        "hakube.service is {state}: systemd gave up on the agent; `journalctl -u hakube.service` and its log {log} say why:\n{tail}"
+        "hakube.service is {state}: the agent does not start; `journalctl -u hakube.service` and its log {log} say why:\n{tail}"
     )]
     UnitFailed { state: String, log: String, tail: String },
     #[error("the running agent refused the new configuration and keeps the old one: {reason}")]
@@ -154,6 +154,7 @@ pub fn wait_healthy(
     // systemctl is a process of its own, and PID 1's time: asked once a
     // second, not on every look at the state.
     let mut unit_checked = Instant::now() - Duration::from_secs(1);
+    let mut restarts_at_start = None;
     loop {
         let state = State::read(&paths.state_file());
         let problems = match judge(expect, state.as_ref(), &expected) {
@@ -174,13 +175,15 @@ pub fn wait_healthy(
             }
             Expect::Unit { .. } if unit_checked.elapsed() >= Duration::from_secs(1) => {
                 unit_checked = Instant::now();
-                let unit = systemd::unit_state(systemd::UNIT_NAME);
-                if unit.as_deref() == Some("failed") {
-                    return Err(ControlError::UnitFailed {
-                        state: "failed".into(),
-                        log: agent_log.display().to_string(),
-                        tail: tail(&agent_log, 15),
-                    });
+                if let Some(unit) = systemd::unit_state(systemd::UNIT_NAME) {
+                    let first = *restarts_at_start.get_or_insert(unit.restarts);
+                    if let Some(state) = unit_gave_up(&unit, first) {
+                        return Err(ControlError::UnitFailed {
+                            state,
+                            log: agent_log.display().to_string(),
+                            tail: tail(&agent_log, 15),
+                        });
+                    }
                 }
             }
             _ => {}
@@ -204,6 +207,24 @@ pub fn wait_healthy(
             last_report = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Restarts of the unit while waiting that mean the agent crash-loops:
+/// with `Restart=always` and no start limit the unit never reaches `failed`,
+/// so three restarts (15 s of RestartSec at least) are the agent failing.
+const CRASH_LOOP_RESTARTS: u32 = 3;
+
+/// Whether the unit shows the agent will not come up by itself: `failed`,
+/// or restarted [`CRASH_LOOP_RESTARTS`] times since the wait began.
+fn unit_gave_up(unit: &systemd::UnitState, restarts_at_start: u32) -> Option<String> {
+    let restarts = unit.restarts.saturating_sub(restarts_at_start);
+    if unit.active == "failed" {
+        Some("failed".into())
+    } else if restarts >= CRASH_LOOP_RESTARTS {
+        Some(format!("{} and restarted {restarts} times while install waited (the agent crash-loops)", unit.active))
+    } else {
+        None
     }
 }
 
@@ -268,5 +289,15 @@ mod tests {
             matches!(judge(Expect::Unit { since: 101 }, Some(&s), &[]), Progressing::Waiting(_)),
             "an older agent's"
         );
+    }
+
+    #[test]
+    fn a_crash_looping_unit_is_judged_by_its_restarts_not_a_failed_state_it_never_reaches() {
+        let unit = |active: &str, restarts| systemd::UnitState { active: active.into(), restarts };
+        assert_eq!(unit_gave_up(&unit("active", 7), 7), None, "restarts from before the wait do not count");
+        assert_eq!(unit_gave_up(&unit("activating", 9), 7), None);
+        let why = unit_gave_up(&unit("activating", 10), 7).expect("three restarts while waiting");
+        assert!(why.contains("restarted 3 times") && why.contains("crash-loops"), "{why}");
+        assert_eq!(unit_gave_up(&unit("failed", 0), 0).as_deref(), Some("failed"));
     }
 }

@@ -33,10 +33,26 @@ pub fn unit_file(paths: &Paths) -> FileSpec {
     FileSpec::new(paths.systemd_unit(), UNIT, 0o644)
 }
 
-/// `ActiveState` of a unit (`active`, `activating`, `failed`, ...).
-pub fn unit_state(unit: &str) -> Option<String> {
-    let out = Command::new("systemctl").args(["show", "-p", "ActiveState", "--value", unit]).output().ok()?;
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+/// What systemd says of a unit: its `ActiveState` (`active`,
+/// `activating`, `failed`, ...) and `NRestarts`, how often it restarted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitState {
+    pub active: String,
+    pub restarts: u32,
+}
+
+pub fn unit_state(unit: &str) -> Option<UnitState> {
+    let out = Command::new("systemctl").args(["show", "-p", "ActiveState,NRestarts", unit]).output().ok()?;
+    parse_show(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `systemctl show -p ActiveState,NRestarts` output (`Key=value` lines).
+fn parse_show(text: &str) -> Option<UnitState> {
+    let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')).map(str::trim);
+    Some(UnitState {
+        active: get("ActiveState")?.to_owned(),
+        restarts: get("NRestarts").and_then(|n| n.parse().ok()).unwrap_or(0),
+    })
 }
 
 pub fn systemctl(args: &[&str]) -> Result<(), String> {
@@ -110,5 +126,14 @@ mod tests {
         let e = decide(false, true, true).unwrap_err();
         assert!(e.contains("--no-systemd"), "{e}");
         assert_eq!(decide(false, false, true), Ok(false));
+    }
+
+    #[test]
+    fn systemctl_show_is_read_whatever_the_order() {
+        let u = parse_show("NRestarts=4\nActiveState=activating\n").unwrap();
+        assert_eq!(u, UnitState { active: "activating".into(), restarts: 4 });
+        // systemd older than 235 has no NRestarts.
+        assert_eq!(parse_show("ActiveState=active\n").unwrap().restarts, 0);
+        assert_eq!(parse_show(""), None);
     }
 }
