@@ -118,6 +118,18 @@ fn a_script_fetches_and_verifies_the_binary_and_a_worker_joins() {
     // No HAKUBE_BIN and no hakube on PATH: the script downloads the master's binary.
     let out = run_join(&w1, &join, "none", &[("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")]);
     assert_ok(&out, "worker join");
+    // The binary is for holders of a join token only.
+    let url = format!("https://{}:9443/v1/binary", m1.addr);
+    for auth in [None, Some("Bearer abcdef.0123456789abcdef"), Some("Basic eDp5")] {
+        let mut args = vec!["-sk", "-o", "/dev/null", "-w", "%{http_code}"];
+        let header = auth.map(|a| format!("Authorization: {a}"));
+        if let Some(h) = &header {
+            args.extend(["-H", h.as_str()]);
+        }
+        args.push(&url);
+        let code = stdout(&w1.exec("curl", &args));
+        assert_eq!(code.trim(), "401", "GET /v1/binary with {auth:?}");
+    }
     let kubeconfig = std::fs::read_to_string(w1.root().join("var/lib/hakube/kubeconfigs/kubelet.conf")).unwrap();
     // kubelet goes through the node's own balancer, which knows the master.
     assert!(kubeconfig.contains("server: https://127.0.0.1:6444"), "{kubeconfig}");

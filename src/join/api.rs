@@ -159,8 +159,20 @@ async fn refuse_declared_oversize(req: axum::extract::Request, next: axum::middl
 }
 
 /// The master's own binary, for join scripts on bare hosts (they check its
-/// hash). Rate-limited like joins; read once, then served from memory.
-async fn binary(State(ctx): State<Arc<ApiContext>>) -> Response {
+/// hash). Only to a holder of a valid join token (`Authorization: Bearer
+/// TOKEN`, as the script sends it): tens of megabytes are not for anyone
+/// who can reach the port. Rate-limited like joins; read once, then served
+/// from memory.
+async fn binary(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Err(Refusal(status, msg)) = binary_allowed(&ctx, &headers).await {
+        warn!(target: "audit", %remote, decision = "refused", status = status.as_u16(), reason = %msg, "binary");
+        return refuse(status, msg).into_response();
+    }
+    info!(target: "audit", %remote, decision = "accepted", "binary");
     if ctx.binary.get().is_none() {
         match tokio::task::spawn_blocking(|| std::env::current_exe().and_then(std::fs::read)).await {
             Ok(Ok(b)) => {
@@ -175,6 +187,42 @@ async fn binary(State(ctx): State<Arc<ApiContext>>) -> Response {
     }
     let bytes = ctx.binary.get().cloned().unwrap_or_default();
     ([("content-type", "application/octet-stream")], bytes).into_response()
+}
+
+/// Whether the request carries a join token that is valid now (either role).
+async fn binary_allowed(ctx: &ApiContext, headers: &axum::http::HeaderMap) -> Result<(), Refusal> {
+    let unauthorized = |why: &str| {
+        refuse(
+            StatusCode::UNAUTHORIZED,
+            format!("{why}: the binary is served to holders of a join token (header `Authorization: Bearer TOKEN`, as join scripts send it)"),
+        )
+    };
+    let value = headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| unauthorized("no join token"))?;
+    let tok: JoinToken = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| unauthorized("the Authorization header holds no join token"))?;
+    let endpoint = ctx.config.etcd_client_url();
+    let unavailable =
+        |e: etcd::EtcdError| refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}"));
+    let mut client = ctx.client().await.map_err(unavailable)?;
+    let record = match store::get_with(&mut client, &endpoint, &tok.id, false).await {
+        Ok(r) => r.map(|(r, _)| r),
+        Err(e) => {
+            ctx.forget_client().await;
+            return Err(unavailable(e));
+        }
+    };
+    let role = record.as_ref().map(|r| r.role).unwrap_or(Role::Worker);
+    token::verify(&tok, record.as_ref(), role, now_secs()).map_err(|e| {
+        let status = match e {
+            TokenError::Unknown(_) | TokenError::Mismatch(_) => StatusCode::UNAUTHORIZED,
+            TokenError::Expired { .. } | TokenError::WrongRole { .. } => StatusCode::FORBIDDEN,
+        };
+        refuse(status, e.to_string())
+    })
 }
 
 async fn join(

@@ -54,9 +54,12 @@ find_hakube() {{
     fi
   done
   dir=$(mktemp -d)
+  # The token goes in a header read from a file, never on a command line.
+  printf 'Authorization: Bearer %s\n' "$HAKUBE_JOIN_TOKEN" >"$dir/auth"
+  printf 'header = Authorization: Bearer %s\n' "$HAKUBE_JOIN_TOKEN" >"$dir/wgetrc"
   for ep in ${{HAKUBE_JOIN_ENDPOINTS//,/ }}; do
-    if curl -fsSk --max-time 120 -o "$dir/hakube" "https://$ep/v1/binary" 2>/dev/null ||
-      wget -q -T 120 --no-check-certificate -O "$dir/hakube" "https://$ep/v1/binary" 2>/dev/null; then
+    if curl -fsSk --max-time 120 -H @"$dir/auth" -o "$dir/hakube" "https://$ep/v1/binary" 2>/dev/null ||
+      wget -q -T 120 --config="$dir/wgetrc" --no-check-certificate -O "$dir/hakube" "https://$ep/v1/binary" 2>/dev/null; then
       if [[ $(sha256sum "$dir/hakube" | cut -d' ' -f1) == "$binary_sha256" ]]; then
         chmod 0755 "$dir/hakube"
         printf '%s\n' "$dir/hakube"
