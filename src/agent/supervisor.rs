@@ -563,13 +563,15 @@ fn spawn(
     crate::host::fs::create_dir_all(&paths.log_dir(), 0o755).map_err(std::io::Error::other)?;
     if comp == Component::Etcd {
         let empty = std::fs::read_dir(paths.etcd_data_dir()).map(|mut d| d.next().is_none()).unwrap_or(true);
-        if empty && paths.etcd_bootstrapped_marker().exists() && args.iter().any(|a| a == "--initial-cluster-state=new")
-        {
-            // Starting again with `new` on empty data would found a second,
-            // empty cluster under the same name: a split brain.
+        if empty && paths.etcd_bootstrapped_marker().exists() {
+            // The first master starting again with `new` on empty data would
+            // found a second, empty cluster under the same name (a split
+            // brain); a joined one (`existing`) would crash-loop on "member
+            // has already been bootstrapped". Either way: say what happened.
             return Err(std::io::Error::other(format!(
-                "{} is empty, but this member was bootstrapped before: its data is lost; restore it from a snapshot, \
-                 or `hakube reset` this node and join it again",
+                "{} is empty, but this member was bootstrapped before: its data is lost; if other masters are \
+                 healthy, `hakube reset` this node and join it again; if it was the cluster's only member, restore \
+                 its data from an etcd snapshot (`etcdutl snapshot restore`) if one exists",
                 paths.etcd_data_dir().display()
             )));
         }
