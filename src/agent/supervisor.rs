@@ -246,6 +246,24 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                     start(comp, launch, &mut senders);
                 }
             }
+            // The logs under logs/ stay under their cap for as long as the agent runs.
+            let log_dir = paths.log_dir();
+            tokio::task::spawn_local(async move {
+                loop {
+                    let dir = log_dir.clone();
+                    let policy = crate::host::logrotate::DEFAULT;
+                    match tokio::task::spawn_blocking(move || crate::host::logrotate::rotate_dir(&dir, policy)).await {
+                        Ok(Ok(rotated)) => {
+                            for log in rotated {
+                                info!(log = %log.display(), "log rotated (over {} MiB)", policy.max_bytes >> 20);
+                            }
+                        }
+                        Ok(Err(e)) => warn!(error = %e, "cannot rotate the logs"),
+                        Err(_) => {}
+                    }
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
             // The election lives as long as the agent (a reload must not
             // hand the leadership over); the rest starts again on every
             // reload, so it sees the current certificates and config.

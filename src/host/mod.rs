@@ -4,6 +4,7 @@ pub mod cgroups;
 pub mod clock;
 pub mod fs;
 pub mod lock;
+pub mod logrotate;
 pub mod mountns;
 pub mod net;
 pub mod paths;
