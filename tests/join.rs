@@ -153,6 +153,16 @@ fn a_script_fetches_and_verifies_the_binary_and_a_worker_joins() {
     let reg = stdout(&m1.etcdctl(Some("apiserver-etcd-client"), &["get", "/hakube/nodes/w1", "--print-value-only"]));
     assert!(reg.contains("\"role\":\"worker\"") && reg.contains(&w1.addr), "{reg}");
     assert_ok(&w1.hakube(&["status"]), "worker status");
+    // Its heartbeat carries its clock's offset from the masters': one
+    // machine's clock here, so within the measurement's error of zero.
+    let mut offset = None;
+    wait_for("w1's clock offset in its record", Duration::from_secs(30), || {
+        let reg =
+            stdout(&m1.etcdctl(Some("apiserver-etcd-client"), &["get", "/hakube/nodes/w1", "--print-value-only"]));
+        offset = serde_json::from_str::<serde_json::Value>(&reg).ok().and_then(|v| v["clock_offset_ms"].as_i64());
+        offset.is_some()
+    });
+    assert!(offset.unwrap().abs() < 1000, "offset {offset:?} ms on one clock");
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {

@@ -3,7 +3,9 @@
 //! rewrite this host's files for it (certificates, kubeconfigs, the copy in
 //! `cluster.yaml`) and reload; report the revision it runs. A worker also
 //! heartbeats through the masters' node endpoint, with its own certificate,
-//! trying the next master when one does not answer.
+//! trying the next master when one does not answer, and with how far its
+//! clock is from the masters' (a master measures its own against another
+//! master's once a minute and records it in the registry).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,12 +24,16 @@ use crate::https::{self, Identity, Limits, Request};
 use crate::join::wire::{Heartbeat, NodeView};
 
 const ROUND: Duration = Duration::from_secs(2);
+/// How often a master measures its clock against another master's.
+const CLOCK_CHECK: Duration = Duration::from_secs(60);
 const RETRY: Duration = Duration::from_millis(500);
 
 /// What one read found: the record, and the masters.
 struct Found {
     record: Option<(ClusterSpec, i64)>,
     masters: Vec<masters::Master>,
+    /// A worker's clock minus the master's that answered, when measurable.
+    clock_offset_ms: Option<i64>,
 }
 
 /// The record as this node can read it: a master from etcd (the first
@@ -39,9 +45,9 @@ async fn read_record(
     node_api: &NodeApi,
 ) -> Result<Found, NodeApiError> {
     if !cfg.has(Component::Etcd) {
-        let view: NodeView = node_api.get("/v1/node/cluster").await?;
+        let (view, clock_offset_ms) = node_api.cluster_view().await?;
         let masters = view.masters.into_iter().map(|m| masters::Master { name: m.name, address: m.address }).collect();
-        return Ok(Found { record: view.settings.map(|s| (s, view.settings_revision)), masters });
+        return Ok(Found { record: view.settings.map(|s| (s, view.settings_revision)), masters, clock_offset_ms });
     }
     let other = |e: String| NodeApiError::Other(e);
     let endpoint = cfg.etcd_client_url();
@@ -87,9 +93,9 @@ async fn read_record(
             .await
             .map_err(|e| other(e.to_string()))?;
         info!(revision = rev, "cluster-wide settings recorded");
-        return Ok(Found { record: Some((cfg.cluster.clone(), rev)), masters });
+        return Ok(Found { record: Some((cfg.cluster.clone(), rev)), masters, clock_offset_ms: None });
     }
-    Ok(Found { record: record.map(|s| (s.spec, s.revision)), masters })
+    Ok(Found { record: record.map(|s| (s.spec, s.revision)), masters, clock_offset_ms: None })
 }
 
 /// Keeps this node on the cluster-wide settings until `stop` changes:
@@ -109,6 +115,8 @@ pub async fn run(
     let mut etcd_client = None;
     let mut last_beat = std::time::Instant::now() - Duration::from_secs(3600);
     let mut converging_to = 0;
+    let mut clock_offset_ms = None;
+    let mut clock_checked = std::time::Instant::now() - CLOCK_CHECK;
     loop {
         // Until a master's own etcd answers (it is starting), try again
         // soon: the first master founds the record on its first good round.
@@ -124,6 +132,9 @@ pub async fn run(
                 }
             }
             Ok(found) => {
+                if found.clock_offset_ms.is_some() {
+                    clock_offset_ms = found.clock_offset_ms;
+                }
                 if let Err(e) = masters::write(&paths, &found.masters) {
                     warn!(error = %e, "cannot record the masters");
                 }
@@ -152,9 +163,23 @@ pub async fn run(
                 }
             }
         }
+        // A master's clock against another master's, into its own record.
+        if cfg.has(Component::Etcd) && clock_checked.elapsed() >= CLOCK_CHECK {
+            clock_checked = std::time::Instant::now();
+            if let (Ok((_, Some(offset))), Some(c)) = (node_api.cluster_view().await, etcd_client.as_mut()) {
+                let endpoint = cfg.etcd_client_url();
+                let record = |r: &mut crate::cluster::registry::NodeRecord| r.clock_offset_ms = Some(offset);
+                if let Err(e) = crate::cluster::registry::update(c, &endpoint, cfg.node.name.as_str(), record).await {
+                    debug!(error = %e, "clock offset not recorded this round");
+                }
+                if let Some(warning) = crate::host::clock::describe_offset(offset) {
+                    warn!("{warning}");
+                }
+            }
+        }
         // A worker's heartbeat goes through the masters' node endpoint.
         if !cfg.has(Component::Etcd) && last_beat.elapsed() >= crate::cluster::duties::HEARTBEAT_INTERVAL {
-            let beat = Heartbeat { settings_revision: *applied.borrow() };
+            let beat = Heartbeat { settings_revision: *applied.borrow(), clock_offset_ms };
             match node_api.post("/v1/node/heartbeat", &beat).await {
                 Ok(()) => last_beat = std::time::Instant::now(),
                 Err(NodeApiError::Purged(msg)) => {
@@ -264,6 +289,16 @@ impl NodeApi {
             }
         }
         Err(NodeApiError::Other(if errors.is_empty() { "no other master known".into() } else { errors.join("; ") }))
+    }
+
+    /// `GET /v1/node/cluster`, with this clock's offset from the answering
+    /// master's when the answer says precisely enough.
+    async fn cluster_view(&self) -> Result<(NodeView, Option<i64>), NodeApiError> {
+        use crate::host::clock::{now_millis, offset_ms};
+        let sent = now_millis();
+        let view: NodeView = self.get("/v1/node/cluster").await?;
+        let offset = view.now_ms.and_then(|peer| offset_ms(sent, peer, now_millis()));
+        Ok((view, offset))
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &'static str) -> Result<T, NodeApiError> {

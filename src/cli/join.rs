@@ -185,6 +185,9 @@ fn ask_cluster(
         rt.block_on(client::join_any(endpoints, ca_hash, ask))
     })?;
     progress.note(format!("  accepted by {ep}; {} etcd member(s)", resp.etcd_members.len()));
+    if let Some(warning) = resp.clock_offset_ms.and_then(crate::host::clock::describe_offset) {
+        progress.note(format!("  warning: this host's {warning}"));
+    }
     Ok(resp)
 }
 

@@ -413,6 +413,9 @@ pub fn render(r: &Report) -> String {
                     lag.push_str(&format!(" but held back: {why}"));
                 }
             }
+            if let Some(w) = n.clock_offset_ms.and_then(crate::host::clock::describe_offset) {
+                lag.push_str(&format!("  WARNING: {w}"));
+            }
             out.push_str(&format!(
                 "  node {:<16} {:<7} {:<15} heartbeat {}s ago{lag}\n",
                 n.name,

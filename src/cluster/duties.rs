@@ -97,6 +97,7 @@ pub async fn heartbeat(
                     joined_at: now,
                     heartbeat_at: now,
                     settings_revision: revision,
+                    clock_offset_ms: None,
                 };
                 match registry::claim(c, &endpoint, record).await? {
                     Claim::Conflict(msg) => warn!("cannot register this master: {msg}"),

@@ -21,6 +21,10 @@ pub struct NodeRecord {
     /// The revision of the cluster-wide settings the node last applied.
     #[serde(default)]
     pub settings_revision: i64,
+    /// The node's clock minus a master's, as the node last measured it
+    /// (ms; none before it could, e.g. a master alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
 }
 
 pub async fn get(client: &mut Client, endpoint: &str, name: &str) -> Result<Option<NodeRecord>, EtcdError> {
@@ -149,6 +153,7 @@ mod tests {
             joined_at: 0,
             heartbeat_at: 0,
             settings_revision: 0,
+            clock_offset_ms: None,
         };
         assert_eq!(name_conflict(Some(&m1), m1.address, Role::Master), None, "a re-run of its own join");
         assert!(name_conflict(Some(&m1), "10.0.0.12".parse().unwrap(), Role::Master).is_some());

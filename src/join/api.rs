@@ -381,6 +381,7 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
         joined_at: now,
         heartbeat_at: now,
         settings_revision: 0,
+        clock_offset_ms: None,
     };
     // The check above was a read; the claim is the compare-and-swap that
     // settles two joins with one name at once.
@@ -424,6 +425,8 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
         kube_proxy_cert,
         etcd_members: members,
         join_endpoints,
+        now_ms: Some(crate::host::clock::now_millis()),
+        clock_offset_ms: None,
     })
 }
 
@@ -493,6 +496,7 @@ async fn node_cluster(
             settings_revision: settings.as_ref().map(|s| s.revision).unwrap_or(0),
             settings: settings.map(|s| s.spec),
             masters,
+            now_ms: Some(crate::host::clock::now_millis()),
         })
     };
     match view.await {
@@ -529,6 +533,9 @@ async fn node_heartbeat(
         registry::update(&mut client, &endpoint, &node, |r| {
             r.heartbeat_at = now_secs();
             r.settings_revision = beat.settings_revision;
+            if beat.clock_offset_ms.is_some() {
+                r.clock_offset_ms = beat.clock_offset_ms;
+            }
         })
         .await
     };

@@ -59,15 +59,19 @@ async fn request(
 /// Asks one endpoint to join.
 pub async fn join(endpoint: &str, ca_hash: &str, req: &JoinRequest) -> Result<JoinResponse, ClientError> {
     let body = serde_json::to_vec(req).expect("request serializes");
+    let sent = crate::host::clock::now_millis();
     let (status, bytes) = request(endpoint, ca_hash, "/v1/join", Some(body)).await?;
+    let received = crate::host::clock::now_millis();
     if status != 200 {
         let message = serde_json::from_slice::<ApiError>(&bytes)
             .map(|e| e.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(300).collect());
         return Err(ClientError::Refused { endpoint: endpoint.to_owned(), status, message });
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ClientError::Malformed { endpoint: endpoint.to_owned(), message: e.to_string() })
+    let mut resp: JoinResponse = serde_json::from_slice(&bytes)
+        .map_err(|e| ClientError::Malformed { endpoint: endpoint.to_owned(), message: e.to_string() })?;
+    resp.clock_offset_ms = resp.now_ms.and_then(|peer| crate::host::clock::offset_ms(sent, peer, received));
+    Ok(resp)
 }
 
 /// Tries each endpoint in turn until one answers.

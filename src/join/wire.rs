@@ -46,6 +46,14 @@ pub struct JoinResponse {
     pub etcd_members: Vec<Member>,
     /// Every master's join API (`host:port`).
     pub join_endpoints: Vec<String>,
+    /// The master's wall clock as it answered (ms since the epoch), for the
+    /// joiner to see how far its own clock is.
+    #[serde(default)]
+    pub now_ms: Option<u64>,
+    /// Filled in by the joiner: its clock minus the master's (ms), when
+    /// the exchange was quick enough to tell.
+    #[serde(skip)]
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// What a node learns from `GET /v1/node/cluster`.
@@ -57,6 +65,9 @@ pub struct NodeView {
     pub settings_revision: i64,
     /// Every master: name and address.
     pub masters: Vec<MasterView>,
+    /// The answering master's wall clock (ms since the epoch).
+    #[serde(default)]
+    pub now_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +83,9 @@ pub struct MasterView {
 pub struct Heartbeat {
     /// The revision of the cluster-wide settings the node has applied.
     pub settings_revision: i64,
+    /// The node's clock minus a master's, as it last measured it (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
