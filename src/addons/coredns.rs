@@ -286,13 +286,7 @@ pub(super) fn objects(spec: &AddonSpec) -> Vec<Object> {
     // time may go, so a drain never takes both of kubeadm's replicas at once
     // when they share a node (kubeadm#1657), and never blocks on a lone
     // replica either (one unavailable is always allowed).
-    let pdb = object(
-        &Kind::pdb(spec.kube_version),
-        ns,
-        NAME,
-        &app,
-        json!({"spec": {"maxUnavailable": 1, "selector": selector()}}),
-    );
+    let pdb = object(&Kind::PDB, ns, NAME, &app, json!({"spec": {"maxUnavailable": 1, "selector": selector()}}));
     vec![service_account, cluster_role, binding, config, deployment, service, pdb]
 }
 

@@ -20,7 +20,6 @@ use serde_json::{json, Map, Value};
 use crate::config::ClusterConfig;
 use crate::kube::client::{KubeClient, KubeError, Patch};
 use crate::kube::objects::{self, Deployment, Node};
-use crate::kube::version::KubeVersion;
 
 /// The label on every object hakube applies.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "hakube");
@@ -93,21 +92,12 @@ pub struct AddonSpec {
     pub images: AddonImages,
     /// The host directory of local-path volumes, on every node.
     pub local_path_dir: PathBuf,
-    /// The API server's version: PodDisruptionBudgets are `policy/v1`
-    /// from 1.21 on, `policy/v1beta1` before.
-    pub kube_version: KubeVersion,
 }
 
 impl AddonSpec {
     /// The spec for a cluster config: its DNS address (the service CIDR's
     /// tenth, as kubelet is told), domain and mode.
-    pub fn from_config(
-        c: &ClusterConfig,
-        kube_version: KubeVersion,
-        schedulable: usize,
-        images: AddonImages,
-        local_path_dir: PathBuf,
-    ) -> Self {
+    pub fn from_config(c: &ClusterConfig, schedulable: usize, images: AddonImages, local_path_dir: PathBuf) -> Self {
         AddonSpec {
             dns_ip: c.cluster.service_cidr.nth(10),
             dns_domain: c.cluster.dns_domain.clone(),
@@ -115,7 +105,6 @@ impl AddonSpec {
             schedulable,
             images,
             local_path_dir,
-            kube_version,
         }
     }
 
@@ -197,11 +186,7 @@ impl Kind {
     const STORAGE_CLASS: Kind =
         Kind { api_version: "storage.k8s.io/v1", kind: "StorageClass", plural: "storageclasses" };
 
-    /// `policy/v1` is served from 1.21 on; `policy/v1beta1` until 1.25.
-    fn pdb(v: KubeVersion) -> Kind {
-        let api_version = if v.at_least(1, 21) { "policy/v1" } else { "policy/v1beta1" };
-        Kind { api_version, kind: "PodDisruptionBudget", plural: "poddisruptionbudgets" }
-    }
+    const PDB: Kind = Kind { api_version: "policy/v1", kind: "PodDisruptionBudget", plural: "poddisruptionbudgets" };
 
     /// `/api/v1/…` for the core group, `/apis/GROUP/VERSION/…` otherwise.
     fn path(&self, namespace: Option<&str>, name: &str) -> String {

@@ -11,7 +11,7 @@ fn images() -> AddonImages {
 
 fn spec(ha: bool, schedulable: usize) -> AddonSpec {
     let c = crate::config::tests::test_config(if ha { "cluster: {ha: true}" } else { "{}" });
-    AddonSpec::from_config(&c, KubeVersion::new(1, 33, 0), schedulable, images(), PathBuf::from(DEFAULT_LOCAL_PATH_DIR))
+    AddonSpec::from_config(&c, schedulable, images(), PathBuf::from(DEFAULT_LOCAL_PATH_DIR))
 }
 
 fn render(objs: &[Object]) -> String {
@@ -261,16 +261,6 @@ fn ha_spreads_coredns_over_nodes_and_budgets_its_disruptions() {
         "kubernetes.io/hostname"
     );
     assert_eq!(find(&single, "Deployment", "coredns")["spec"]["replicas"], 2);
-}
-
-#[test]
-fn before_1_21_the_budget_is_policy_v1beta1() {
-    let mut s = spec(true, 3);
-    s.kube_version = KubeVersion::new(1, 20, 15);
-    let objs = objects(&s);
-    let (path, pdb) = objs.iter().find(|(_, o)| o["kind"] == "PodDisruptionBudget").unwrap();
-    assert_eq!(pdb["apiVersion"], "policy/v1beta1");
-    assert_eq!(path, "/apis/policy/v1beta1/namespaces/kube-system/poddisruptionbudgets/coredns");
 }
 
 #[test]

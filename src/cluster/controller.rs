@@ -225,14 +225,10 @@ impl Controller {
         let bundle = self.cfg.node.bundle.clone().unwrap_or_else(|| self.paths.bin_dir());
         let images = addons::images_from_bundle(&bundle).map_err(|e| e.to_string())?;
         let nodes: List<Node> = admin.get("the nodes", objects::nodes_path()).await.map_err(|e| e.to_string())?;
-        let info: serde_json::Value =
-            admin.get("the API server's version", "/version").await.map_err(|e| e.to_string())?;
-        let git = info["gitVersion"].as_str().unwrap_or_default();
-        let version = crate::kube::version::parse(git).ok_or(format!("the API server reports version {git:?}"))?;
         let mut c = self.cfg.clone();
         c.cluster = cluster.clone();
         let schedulable = addons::count_schedulable(&nodes.items);
-        let spec = AddonSpec::from_config(&c, version, schedulable, images, addons::DEFAULT_LOCAL_PATH_DIR.into());
+        let spec = AddonSpec::from_config(&c, schedulable, images, addons::DEFAULT_LOCAL_PATH_DIR.into());
         let due = match &self.addons {
             Some((last, at)) => *last != spec || at.elapsed() >= ADDONS_REFRESH,
             None => true,
