@@ -179,10 +179,11 @@ fn a_leader_whose_control_plane_stays_unhealthy_makes_way_and_none_flaps() {
 
     let h = Host::isolated();
     h.install(&[]);
-    // The host's agent leads; kill it alone (etcd runs on) so that only the
-    // two elections below campaign once its lease is gone.
+    // The host's agent leads; freeze it (killed, it would take etcd, its
+    // child, with it) so that only the two elections below campaign once
+    // its lease is gone.
     let agent = h.state()["agent_pid"].as_u64().expect("agent pid");
-    assert!(sh("kill", &["-9", &agent.to_string()]).status.success());
+    assert!(sh("kill", &["-STOP", &agent.to_string()]).status.success());
     let paths = hakube::host::paths::Paths::new(h.root());
     let cfg = hakube::config::load_installed(&paths.config_file()).unwrap().expect("installed config");
     let rule = Yield { resign_after: Duration::from_secs(3), vacancy_wait: Duration::from_secs(4) };

@@ -78,14 +78,20 @@ impl Fitness {
         self.unhealthy_since.is_some_and(|u| u > began && now.duration_since(u) >= self.rule.resign_after)
     }
 
-    /// Whether to campaign, seeing the leadership `vacant` or not.
+    /// Whether to campaign, seeing the leadership `vacant` or not. A
+    /// campaign ends the vacancy as this agent saw it: the next one, after
+    /// a term of its own or another's, is timed anew.
     pub fn may_campaign(&mut self, vacant: bool, now: Instant) -> bool {
         if !vacant {
             self.vacant_since = None;
             return false;
         }
         let since = *self.vacant_since.get_or_insert(now);
-        self.unhealthy_since.is_none() || now.duration_since(since) >= self.rule.vacancy_wait
+        let campaign = self.unhealthy_since.is_none() || now.duration_since(since) >= self.rule.vacancy_wait;
+        if campaign {
+            self.vacant_since = None;
+        }
+        campaign
     }
 }
 
@@ -285,5 +291,20 @@ mod tests {
         assert!(!sick.may_campaign(false, t0 + 21 * S));
         assert!(!sick.may_campaign(true, t0 + 22 * S));
         assert!(sick.may_campaign(true, t0 + 42 * S));
+    }
+
+    #[test]
+    fn an_agent_that_resigns_waits_out_the_next_vacancy_like_any_unhealthy_one() {
+        let t0 = Instant::now();
+        let mut f = Fitness::new(rule());
+        f.observe(true, t0);
+        assert!(f.may_campaign(true, t0), "healthy: campaigns at once (and wins)");
+        f.observe(false, t0 + 100 * S);
+        assert!(f.should_resign(t0, t0 + 130 * S));
+        // The vacancy its own resignation opens is a new one: a healthy
+        // master gets the vacancy wait to take it.
+        assert!(!f.may_campaign(true, t0 + 130 * S));
+        assert!(!f.may_campaign(true, t0 + 149 * S));
+        assert!(f.may_campaign(true, t0 + 150 * S));
     }
 }
