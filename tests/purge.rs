@@ -216,22 +216,23 @@ fn a_worker_cut_off_from_the_join_api_is_never_purged_while_its_kubelet_lives() 
     let (m1, w1) = (c.host("m1"), c.host("w1"));
     wait_for("four Nodes Ready", Duration::from_secs(240), || ready_nodes(m1).len() == 4);
     assert_ok(&w1.exec("iptables", &["-I", "OUTPUT", "-p", "tcp", "--dport", "9443", "-j", "REJECT"]), "block 9443");
-    // The killer: the leader's API server, every 3 s, for 90 s.
+    // The killer: the leader's API server, whenever it runs, for 90 s.
     let done = std::sync::atomic::AtomicBool::new(false);
     let t = Instant::now();
-    let kills = std::thread::scope(|s| {
+    let (kills, leaders) = std::thread::scope(|s| {
         let killer = s.spawn(|| {
-            let mut kills = 0;
+            let (mut kills, mut leaders) = (0, std::collections::BTreeSet::new());
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 let leader = status_json(m1)["cluster"]["leader"].as_str().unwrap_or("m1").to_owned();
                 if let Some(pid) = c.host(&leader).state()["components"]["kube-apiserver"]["pid"].as_u64() {
                     if sh("kill", &["-9", &pid.to_string()]).status.success() {
                         kills += 1;
+                        leaders.insert(leader);
                     }
                 }
-                std::thread::sleep(Duration::from_secs(3));
+                std::thread::sleep(Duration::from_secs(1));
             }
-            kills
+            (kills, leaders)
         });
         // Stops the killer however this thread leaves (a failed assertion too).
         struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
@@ -256,8 +257,11 @@ fn a_worker_cut_off_from_the_join_api_is_never_purged_while_its_kubelet_lives() 
         drop(stop);
         killer.join().unwrap()
     });
-    eprintln!("the leader's API server was killed {kills} times in 90 s");
-    assert!(kills >= 10, "the leader's API server was killed only {kills} times");
+    eprintln!("the leader's API server was killed {kills} times in 90 s, on {leaders:?}");
+    // Each kill lengthens the supervisor's backoff before the next start
+    // (1, 2, 4, 8, 16, 30 s), and a leader whose API server stays down
+    // hands over after 30 s: about seven kills fit in 90 s on one master.
+    assert!(kills >= 5, "the leader's API server was killed only {kills} times");
     assert!(heartbeat_age(m1, "w1").is_some_and(|a| a > 60), "w1's heartbeat really stopped");
     wait_for("w1 Ready", Duration::from_secs(60), || ready_nodes(m1).contains(&"w1".to_owned()));
     let s = status_json(m1);
