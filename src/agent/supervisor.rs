@@ -96,6 +96,33 @@ fn launches(
         .collect()
 }
 
+/// What a reload does to one component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    /// Not supervised yet: a task of its own.
+    Start(Launch),
+    /// Supervised, and to run differently (or, with None, not at all).
+    Relaunch(Option<Launch>),
+}
+
+/// The changes that take the components from how they run (`running`:
+/// every supervised one, None if stopped) to `wanted`; one that runs as
+/// wanted is left alone.
+fn reload_plan(
+    running: &BTreeMap<Component, Option<Launch>>,
+    mut wanted: BTreeMap<Component, Launch>,
+) -> BTreeMap<Component, Change> {
+    let mut plan = BTreeMap::new();
+    for (comp, now) in running {
+        let next = wanted.remove(comp);
+        if *now != next {
+            plan.insert(*comp, Change::Relaunch(next));
+        }
+    }
+    plan.extend(wanted.into_iter().map(|(comp, launch)| (comp, Change::Start(launch))));
+    plan
+}
+
 type Shared = Rc<RefCell<State>>;
 
 fn update(state: &Shared, dirty: &Notify, comp: Component, f: impl FnOnce(&mut ComponentState)) {
@@ -191,7 +218,9 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
             let mut senders: BTreeMap<Component, Supervised> = BTreeMap::new();
             let start = |comp: Component, launch: Launch, senders: &mut BTreeMap<_, _>| {
                 let (tx, rx) = watch::channel(Some(launch));
-                let task = tokio::task::spawn_local(supervise(comp, rx, paths.clone(), state.clone(), dirty.clone()));
+                let runner = Processes { paths: paths.clone() };
+                let task =
+                    tokio::task::spawn_local(supervise(comp, rx, paths.clone(), state.clone(), dirty.clone(), runner));
                 senders.insert(comp, (tx, task));
             };
             // A node the cluster purged runs nothing until it is reset.
@@ -371,24 +400,23 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                             Ok(new) => {
                                 cfg = new;
                                 let wanted = observe(&paths, &cfg, &mut versions);
-                                for (comp, (tx, _)) in &senders {
-                                    let next = wanted.get(comp).cloned();
-                                    if *tx.borrow() != next {
-                                        // Not healthy until restarted: whoever waits on this
-                                        // reload must not see the old process's health.
-                                        update(&state, &dirty, *comp, |s| {
-                                            s.phase = Phase::Starting;
-                                            s.healthy = false;
-                                            s.pid = None;
-                                        });
-                                        let _ = tx.send(next);
-                                    }
-                                }
+                                let running = senders.iter().map(|(c, (tx, _))| (*c, tx.borrow().clone())).collect();
+                                let plan = reload_plan(&running, wanted);
                                 let _ = stop_tx.send(true);
                                 stop_tx = node_tasks(&cfg);
-                                for (comp, launch) in wanted {
-                                    if !senders.contains_key(&comp) {
-                                        start(comp, launch, &mut senders);
+                                for (comp, change) in plan {
+                                    match change {
+                                        Change::Start(launch) => start(comp, launch, &mut senders),
+                                        Change::Relaunch(next) => {
+                                            // Not healthy until restarted: whoever waits on this
+                                            // reload must not see the old process's health.
+                                            update(&state, &dirty, comp, |s| {
+                                                s.phase = Phase::Starting;
+                                                s.healthy = false;
+                                                s.pid = None;
+                                            });
+                                            let _ = senders[&comp].0.send(next);
+                                        }
                                     }
                                 }
                                 info!("configuration reloaded");
@@ -431,13 +459,60 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How [`supervise`] runs a component's process: [`Processes`] for real,
+/// a recording fake in the tests, so that restarts, backoff and reloads are
+/// tested in paused time.
+trait Runner {
+    type Child: Running;
+    fn start(&self, binary: &std::path::Path, args: &[String], comp: Component) -> std::io::Result<Self::Child>;
+}
+
+/// A started component's process.
+trait Running {
+    fn pid(&self) -> Option<u32>;
+    /// Waits until it exits by itself; says how.
+    async fn exited(&mut self) -> String;
+    /// Stops it: SIGTERM, then SIGKILL after [`STOP_GRACE`].
+    async fn stop(&mut self);
+}
+
+/// Real processes, their output in the component's log.
+struct Processes {
+    paths: Paths,
+}
+
+impl Runner for Processes {
+    type Child = tokio::process::Child;
+    fn start(&self, binary: &std::path::Path, args: &[String], comp: Component) -> std::io::Result<Self::Child> {
+        spawn(binary, args, &self.paths, comp)
+    }
+}
+
+impl Running for tokio::process::Child {
+    fn pid(&self) -> Option<u32> {
+        self.id()
+    }
+
+    async fn exited(&mut self) -> String {
+        match self.wait().await {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    async fn stop(&mut self) {
+        stop(self).await
+    }
+}
+
 /// Keeps one component running as `rx` describes it.
-async fn supervise(
+async fn supervise<R: Runner>(
     comp: Component,
     mut rx: watch::Receiver<Option<Launch>>,
     paths: Paths,
     state: Shared,
     dirty: Rc<Notify>,
+    runner: R,
 ) {
     let mut backoff = BACKOFF_START;
     loop {
@@ -508,7 +583,7 @@ async fn supervise(
             continue;
         }
         let started = Instant::now();
-        let mut child = match spawn(&binary, &launch.args, &paths, comp) {
+        let mut child = match runner.start(&binary, &launch.args, comp) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("cannot start {}: {e}", binary.display());
@@ -522,7 +597,7 @@ async fn supervise(
                 continue;
             }
         };
-        let pid = child.id();
+        let pid = child.pid();
         info!(component = %comp, pid, "started");
         // Healthy only once its probe says so.
         update(&state, &dirty, comp, |s| {
@@ -532,11 +607,7 @@ async fn supervise(
             s.message = None;
         });
         tokio::select! {
-            status = child.wait() => {
-                let exit = match status {
-                    Ok(s) => s.to_string(),
-                    Err(e) => e.to_string(),
-                };
+            exit = child.exited() => {
                 warn!(component = %comp, %exit, "exited; restarting after {backoff:?}");
                 if started.elapsed() > STABLE_AFTER {
                     backoff = BACKOFF_START;
@@ -560,7 +631,7 @@ async fn supervise(
                 } else {
                     info!(component = %comp, "stopping");
                 }
-                stop(&mut child).await;
+                child.stop().await;
                 backoff = BACKOFF_START;
                 if r.is_err() {
                     update(&state, &dirty, comp, |s| { s.phase = Phase::Stopped; s.pid = None; s.healthy = false; });
@@ -691,3 +762,6 @@ async fn probe_loop(comp: Component, mut prober: Prober, (paths, cfg, state, dir
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
