@@ -43,6 +43,25 @@ pub fn ensure(cgroup: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The processes in the cgroups `dirs` (cgroupfs directories), sorted,
+/// each once.
+pub fn pids_in(dirs: &[std::path::PathBuf]) -> Vec<i32> {
+    let mut pids: Vec<i32> = dirs
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
 /// Kills every process in `cgroup` and below, in every hierarchy, then
 /// removes the cgroups, deepest first. Bounded; returns what it could not
 /// remove.
@@ -65,17 +84,7 @@ pub fn remove(cgroup: &str) -> Vec<String> {
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let pids: Vec<i32> = dirs
-                .iter()
-                .flat_map(|d| {
-                    std::fs::read_to_string(d.join("cgroup.procs"))
-                        .unwrap_or_default()
-                        .lines()
-                        .map(str::to_owned)
-                        .collect::<Vec<_>>()
-                })
-                .filter_map(|p| p.trim().parse().ok())
-                .collect();
+            let pids = pids_in(&dirs);
             if pids.is_empty() || Instant::now() >= deadline {
                 break;
             }

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::store;
 use super::tls;
-use super::token::{self, JoinToken, Role, TokenError};
+use super::token::{self, JoinToken, Role, TokenError, TokenRecord};
 use super::wire::{ApiError, Heartbeat, JoinRequest, JoinResponse, MasterView, NodeView, MAX_BODY};
 use crate::cluster::registry::{self, NodeRecord};
 use crate::config::{ClusterConfig, NodeName};
@@ -204,25 +204,36 @@ async fn binary_allowed(ctx: &ApiContext, headers: &axum::http::HeaderMap) -> Re
         .and_then(|v| v.strip_prefix("Bearer "))
         .and_then(|t| t.trim().parse().ok())
         .ok_or_else(|| unauthorized("the Authorization header holds no join token"))?;
-    let endpoint = ctx.config.etcd_client_url();
-    let unavailable =
-        |e: etcd::EtcdError| refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}"));
     let mut client = ctx.client().await.map_err(unavailable)?;
-    let record = match store::get_with(&mut client, &endpoint, &tok.id, false).await {
-        Ok(r) => r.map(|(r, _)| r),
+    let record = token_record(ctx, &mut client, &tok).await?;
+    let role = record.as_ref().map(|r| r.role).unwrap_or(Role::Worker);
+    token::verify(&tok, record.as_ref(), role, now_secs()).map_err(token_refusal)
+}
+
+fn unavailable(e: etcd::EtcdError) -> Refusal {
+    refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}"))
+}
+
+/// The record of the token presented, read from this master's own member
+/// (a join counts its use linearizably later), or why it cannot be read.
+async fn token_record(ctx: &ApiContext, client: &mut Client, tok: &JoinToken) -> Result<Option<TokenRecord>, Refusal> {
+    match store::get_with(client, &ctx.config.etcd_client_url(), &tok.id, true).await {
+        Ok(r) => Ok(r.map(|(r, _)| r)),
         Err(e) => {
             ctx.forget_client().await;
-            return Err(unavailable(e));
+            Err(unavailable(e))
         }
+    }
+}
+
+/// A token that does not verify: 401 for one the cluster does not know,
+/// 403 for one it knows but that cannot do this.
+fn token_refusal(e: TokenError) -> Refusal {
+    let status = match e {
+        TokenError::Unknown(_) | TokenError::Mismatch(_) => StatusCode::UNAUTHORIZED,
+        TokenError::Expired { .. } | TokenError::WrongRole { .. } => StatusCode::FORBIDDEN,
     };
-    let role = record.as_ref().map(|r| r.role).unwrap_or(Role::Worker);
-    token::verify(&tok, record.as_ref(), role, now_secs()).map_err(|e| {
-        let status = match e {
-            TokenError::Unknown(_) | TokenError::Mismatch(_) => StatusCode::UNAUTHORIZED,
-            TokenError::Expired { .. } | TokenError::WrongRole { .. } => StatusCode::FORBIDDEN,
-        };
-        refuse(status, e.to_string())
-    })
+    refuse(status, e.to_string())
 }
 
 async fn join(
@@ -258,24 +269,10 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
             format!("advertise address {} cannot be a node's address", req.advertise_address),
         ));
     }
-    let unavailable =
-        |e: etcd::EtcdError| refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}"));
     let endpoint = ctx.config.etcd_client_url();
     let mut client = ctx.client().await.map_err(unavailable)?;
-    let record = match store::get_with(&mut client, &endpoint, &tok.id, true).await {
-        Ok(r) => r.map(|(r, _)| r),
-        Err(e) => {
-            ctx.forget_client().await;
-            return Err(unavailable(e));
-        }
-    };
-    token::verify(&tok, record.as_ref(), req.role, now_secs()).map_err(|e| {
-        let status = match e {
-            TokenError::Unknown(_) | TokenError::Mismatch(_) => StatusCode::UNAUTHORIZED,
-            TokenError::Expired { .. } | TokenError::WrongRole { .. } => StatusCode::FORBIDDEN,
-        };
-        refuse(status, e.to_string())
-    })?;
+    let record = token_record(ctx, &mut client, &tok).await?;
+    token::verify(&tok, record.as_ref(), req.role, now_secs()).map_err(token_refusal)?;
     // Everything from here on writes to etcd: refuse with the reason when
     // it has no quorum (the member list is answered locally).
     let members = etcd::members(&mut client, &endpoint).await.map_err(unavailable)?;

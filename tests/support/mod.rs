@@ -384,19 +384,7 @@ impl Host {
 }
 
 fn pids_in(dirs: &[PathBuf]) -> Vec<String> {
-    let mut pids: Vec<String> = dirs
-        .iter()
-        .flat_map(|d| {
-            std::fs::read_to_string(d.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    pids.sort();
-    pids.dedup();
-    pids
+    hakube::host::cgroups::pids_in(dirs).iter().map(i32::to_string).collect()
 }
 
 impl Drop for Host {
