@@ -387,7 +387,7 @@ fn join_worker(
         .etcd_members
         .iter()
         .filter(|m| !m.is_learner)
-        .filter_map(|m| m.client_urls.first().and_then(|u| crate::join::api::host_of_url(u)))
+        .filter_map(|m| m.client_urls.first().and_then(|u| crate::etcd::host_of_url(u)))
         .filter_map(|h| format!("{h}:{}", c.node.api_server_port).parse().ok())
         .collect();
     let cert = resp.kubelet_cert.context("the join API sent no kubelet certificate")?;

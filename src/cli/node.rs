@@ -40,7 +40,7 @@ pub fn remove(paths: &Paths, name: &str) -> anyhow::Result<()> {
                 m.name == name
                     || peer_host
                         .as_deref()
-                        .is_some_and(|h| m.peer_urls.iter().any(|u| crate::join::api::host_of_url(u) == Some(h)))
+                        .is_some_and(|h| m.peer_urls.iter().any(|u| crate::etcd::host_of_url(u) == Some(h)))
             });
             if record.is_none() && member.is_none() {
                 bail!("no node {name} in the cluster: `hakube status` on a master lists the etcd members");

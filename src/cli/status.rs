@@ -376,7 +376,7 @@ pub fn render(r: &Report) -> String {
                     ch.to,
                     ch.phase,
                     ch.started_by,
-                    crate::cli::tokens::rfc3339(ch.started_at),
+                    crate::host::clock::rfc3339(ch.started_at),
                 ));
                 for m in cl.load_balancer_change.iter().flat_map(|p| &p.masters) {
                     out.push_str(&format!("    {:<12} {}\n", m.name, m.state));
@@ -435,7 +435,7 @@ pub fn render(r: &Report) -> String {
                 "  purged {} {} at {} after {} lost (by {})\n",
                 p.node.role,
                 p.node.name,
-                crate::cli::tokens::rfc3339(p.finished_at.unwrap_or(p.started_at)),
+                crate::host::clock::rfc3339(p.finished_at.unwrap_or(p.started_at)),
                 crate::cluster::purge::human(p.lost_for),
                 p.started_by
             ));

@@ -9,6 +9,7 @@ use etcd_client::Client;
 use crate::config::{self, ClusterConfig, Component};
 use crate::etcd::{self, Credentials};
 use crate::host::clock::now_secs;
+use crate::host::clock::rfc3339;
 use crate::host::paths::Paths;
 use crate::join::material::{self, CertificateKey};
 use crate::join::script::{self, ScriptSpec};
@@ -32,12 +33,6 @@ async fn connect(paths: &Paths, c: &ClusterConfig) -> anyhow::Result<(Client, St
             format!("cannot reach this master's etcd at {endpoint}: is the node healthy (`hakube status`)?")
         })?;
     Ok((client, endpoint))
-}
-
-/// `2026-11-21T14:40:00Z`
-pub fn rfc3339(unix: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!("{}T{:02}:{:02}:{:02}Z", t.date(), t.hour(), t.minute(), t.second())
 }
 
 /// Creates a token (and for a master, sealed material) and renders the script.
@@ -68,7 +63,7 @@ pub fn node_join_script(paths: &Paths, role: Role, ttl: Option<Duration>) -> any
         let own = format!("{}:{port}", config::Host::Ip(c.node.advertise_address));
         let mut endpoints = vec![own.clone()];
         for m in members.iter().filter(|m| !m.is_learner) {
-            if let Some(h) = m.client_urls.first().and_then(|u| crate::join::api::host_of_url(u)) {
+            if let Some(h) = m.client_urls.first().and_then(|u| crate::etcd::host_of_url(u)) {
                 let ep = format!("{h}:{port}");
                 if !endpoints.contains(&ep) {
                     endpoints.push(ep);

@@ -121,7 +121,7 @@ pub fn ask(
             p.to,
             p.phase,
             p.started_by,
-            crate::cli::tokens::rfc3339(p.started_at),
+            crate::host::clock::rfc3339(p.started_at),
         )),
         None if current == Some(wanted) => Ok(Ask::AlreadyThere),
         None => Ok(Ask::Start(LbChange {
@@ -245,7 +245,7 @@ pub async fn round(
             Confirm::Down(format!(
                 "no heartbeat since {}: not waited for; its agent applies the settings in force before it starts \
                  anything when it comes back",
-                crate::cli::tokens::rfc3339(m.heartbeat_at)
+                crate::host::clock::rfc3339(m.heartbeat_at)
             ))
         } else {
             confirm(&ch, s.revision, m, api_port, ca_pem).await

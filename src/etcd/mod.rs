@@ -100,6 +100,14 @@ pub async fn check_health(client: &mut Client, endpoint: &str) -> Result<(), Etc
     }
 }
 
+/// `10.0.0.1` from a member's URL `https://10.0.0.1:2379`, `[fd00::1]`
+/// kept bracketed.
+pub fn host_of_url(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let hostport = rest.split('/').next()?;
+    Some(hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport))
+}
+
 /// A member as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
@@ -191,6 +199,13 @@ impl ErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_from_urls() {
+        assert_eq!(host_of_url("https://10.0.0.1:2379"), Some("10.0.0.1"));
+        assert_eq!(host_of_url("https://[fd00::1]:2379"), Some("[fd00::1]"));
+        assert_eq!(host_of_url("nonsense"), None);
+    }
 
     #[test]
     fn errors_are_told_apart_by_etcds_descriptions() {

@@ -320,7 +320,7 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
     // before its agent has registered it.
     let own_host = crate::config::Host::Ip(req.advertise_address).to_string();
     if let Some(m) = members.iter().find(|m| m.name == name.as_str()) {
-        if !m.peer_urls.iter().any(|u| host_of_url(u) == Some(own_host.as_str())) {
+        if !m.peer_urls.iter().any(|u| crate::etcd::host_of_url(u) == Some(own_host.as_str())) {
             return Err(refuse(
                 StatusCode::CONFLICT,
                 format!(
@@ -400,7 +400,7 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
         .iter()
         .filter(|m| !m.is_learner)
         .filter_map(|m| m.client_urls.first())
-        .filter_map(|u| host_of_url(u).map(|h| format!("{h}:{port}")))
+        .filter_map(|u| crate::etcd::host_of_url(u).map(|h| format!("{h}:{port}")))
         .collect();
     // The cluster-wide settings as they are now, not as this master's copy
     // has them (it may lag a change made on another master).
@@ -550,13 +550,6 @@ async fn node_heartbeat(
     }
 }
 
-/// `10.0.0.1` from `https://10.0.0.1:2379`, `[fd00::1]` kept bracketed.
-pub fn host_of_url(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let hostport = rest.split('/').next()?;
-    Some(hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport))
-}
-
 /// Serves the join API on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
@@ -608,17 +601,5 @@ pub async fn serve(
             // A client that sends nothing gets dropped.
             let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_from_urls() {
-        assert_eq!(host_of_url("https://10.0.0.1:2379"), Some("10.0.0.1"));
-        assert_eq!(host_of_url("https://[fd00::1]:2379"), Some("[fd00::1]"));
-        assert_eq!(host_of_url("nonsense"), None);
     }
 }

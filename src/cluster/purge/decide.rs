@@ -197,9 +197,9 @@ pub fn guard(o: &Observed, leader: &str, members: &[Member], health: &[(Member, 
 /// A master's etcd member: by name, or (unstarted) by its address.
 pub fn member_of<'a>(o: &Observed, members: &'a [Member]) -> Option<&'a Member> {
     let host = crate::config::Host::Ip(o.address).to_string();
-    members.iter().find(|m| {
-        m.name == o.name || m.peer_urls.iter().any(|u| crate::join::api::host_of_url(u) == Some(host.as_str()))
-    })
+    members
+        .iter()
+        .find(|m| m.name == o.name || m.peer_urls.iter().any(|u| crate::etcd::host_of_url(u) == Some(host.as_str())))
 }
 
 /// What the leader does about the nodes this round, when no purge is under

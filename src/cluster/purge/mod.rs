@@ -110,7 +110,7 @@ impl Tombstone {
         format!(
             "node {name} was purged from the cluster at {} after being unreachable for {}; \
              run `hakube reset` on it and join it again",
-            crate::cli::tokens::rfc3339(self.purged_at),
+            crate::host::clock::rfc3339(self.purged_at),
             human(self.lost_for)
         )
     }
