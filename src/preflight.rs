@@ -57,11 +57,11 @@ pub fn listening_ports(c: &ClusterConfig) -> Vec<(&'static str, SocketAddr)> {
             Component::KubeScheduler => out.push((name, SocketAddr::new(lo, 10259))),
             Component::Kubelet => {
                 out.push((name, SocketAddr::new(any, 10250)));
-                out.push((name, SocketAddr::new(lo, crate::agent::probe::KUBELET_HEALTHZ_PORT)));
+                out.push((name, SocketAddr::new(lo, crate::kube::components::KUBELET_HEALTHZ_PORT)));
             }
             Component::KubeProxy => {
-                out.push((name, SocketAddr::new(lo, crate::agent::probe::KUBE_PROXY_HEALTHZ_PORT)));
-                out.push((name, SocketAddr::new(lo, crate::agent::probe::KUBE_PROXY_METRICS_PORT)));
+                out.push((name, SocketAddr::new(lo, crate::kube::components::KUBE_PROXY_HEALTHZ_PORT)));
+                out.push((name, SocketAddr::new(lo, crate::kube::components::KUBE_PROXY_METRICS_PORT)));
             }
         }
     }
@@ -219,7 +219,7 @@ pub fn run(ctx: &Context<'_>) -> Vec<Failure> {
 /// What is worth saying but stops nothing.
 pub fn warnings(c: &ClusterConfig) -> Vec<String> {
     let mut out = vec![];
-    if c.has(Component::Kubelet) && crate::agent::facts::cgroup_v1() {
+    if c.has(Component::Kubelet) && crate::host::cgroups::is_v1() {
         out.push(
             "this host uses cgroup v1, which Kubernetes deprecated: kubelet runs here only because hakube sets \
              failCgroupV1: false, and a release after 1.37 may refuse it; boot with cgroup v2 \

@@ -81,19 +81,10 @@ pub fn observe(paths: &Paths, c: &ClusterConfig, cache: &mut VersionCache) -> (H
         systemd_cgroups: crate::host::systemd::is_running(),
         restrict_oom_score_adj: !has_cap_sys_resource(),
         pause_image: pause_image(c.node.bundle.as_deref()),
-        cgroup_v1: cgroup_v1(),
+        cgroup_v1: crate::host::cgroups::is_v1(),
         resolv_conf: resolv_conf(paths, |f| std::fs::read_to_string(f).ok()),
     };
     (facts, problems)
-}
-
-/// Whether `/sys/fs/cgroup` is anything but the unified (v2) hierarchy:
-/// v1 and hybrid hosts both count as v1 for kubelet.
-pub fn cgroup_v1() -> bool {
-    match nix::sys::statfs::statfs("/sys/fs/cgroup") {
-        Ok(fs) => fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC,
-        Err(_) => false,
-    }
 }
 
 /// The resolv.conf kubelet gives pods with `dnsPolicy: Default` (pure but

@@ -16,16 +16,9 @@ use crate::etcd;
 use crate::host::paths::Paths;
 use crate::https::{self, Limits, Request};
 
-/// controller-manager's and scheduler's secure ports (kubeadm's probes use
-/// the same).
-pub const CONTROLLER_MANAGER_PORT: u16 = 10257;
-pub const SCHEDULER_PORT: u16 = 10259;
-/// kubelet's healthz endpoint (plain HTTP on loopback, its default).
-pub const KUBELET_HEALTHZ_PORT: u16 = 10248;
-/// kube-proxy's healthz (200 once its rules are in sync) and metrics, both
-/// on loopback only.
-pub const KUBE_PROXY_HEALTHZ_PORT: u16 = 10256;
-pub const KUBE_PROXY_METRICS_PORT: u16 = 10249;
+pub use crate::kube::components::{
+    CONTROLLER_MANAGER_PORT, KUBELET_HEALTHZ_PORT, KUBE_PROXY_HEALTHZ_PORT, KUBE_PROXY_METRICS_PORT, SCHEDULER_PORT,
+};
 
 /// How one component is asked whether it is healthy.
 pub enum Prober {

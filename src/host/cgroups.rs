@@ -43,6 +43,15 @@ pub fn ensure(cgroup: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `/sys/fs/cgroup` is anything but the unified (v2) hierarchy:
+/// v1 and hybrid hosts both count as v1 for kubelet.
+pub fn is_v1() -> bool {
+    match nix::sys::statfs::statfs("/sys/fs/cgroup") {
+        Ok(fs) => fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC,
+        Err(_) => false,
+    }
+}
+
 /// The processes in the cgroups `dirs` (cgroupfs directories), sorted,
 /// each once.
 pub fn pids_in(dirs: &[std::path::PathBuf]) -> Vec<i32> {

@@ -10,6 +10,17 @@ use crate::config::{ClusterConfig, Component, InitialClusterState};
 use crate::host::fs::FileSpec;
 use crate::host::paths::Paths;
 
+/// controller-manager's and scheduler's secure ports (kubeadm's probes use
+/// the same).
+pub const CONTROLLER_MANAGER_PORT: u16 = 10257;
+pub const SCHEDULER_PORT: u16 = 10259;
+/// kubelet's healthz endpoint (plain HTTP on loopback, its default).
+pub const KUBELET_HEALTHZ_PORT: u16 = 10248;
+/// kube-proxy's healthz (200 once its rules are in sync) and metrics, both
+/// on loopback only.
+pub const KUBE_PROXY_HEALTHZ_PORT: u16 = 10256;
+pub const KUBE_PROXY_METRICS_PORT: u16 = 10249;
+
 /// Taints a master registers with under `taint-control-plane`: the current
 /// key, and the legacy one that older tolerations still name.
 pub const CONTROL_PLANE_TAINTS: [&str; 2] =
@@ -260,8 +271,8 @@ pub fn kube_proxy(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
         // CNI portmap plugin share (ipvs is deprecated since 1.35).
         "mode": "iptables",
         "clusterCIDR": c.cluster.pod_cidr.to_string(),
-        "healthzBindAddress": lo(crate::agent::probe::KUBE_PROXY_HEALTHZ_PORT),
-        "metricsBindAddress": lo(crate::agent::probe::KUBE_PROXY_METRICS_PORT),
+        "healthzBindAddress": lo(KUBE_PROXY_HEALTHZ_PORT),
+        "metricsBindAddress": lo(KUBE_PROXY_METRICS_PORT),
         // Leave the host's conntrack table size and timeouts as they are:
         // they are the administrator's (and global to the machine, where
         // several simulated hosts share a kernel).

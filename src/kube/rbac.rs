@@ -6,9 +6,8 @@
 
 use serde_json::{json, Value};
 
-/// The controller's user name: the common name of its client certificate
-/// (no group: it is in none of the system groups).
-pub const CONTROLLER_USER: &str = "hakube:controller";
+/// The controller's user name, as its certificate names it.
+pub use crate::pki::CONTROLLER_USER;
 pub const CLUSTER_ROLE: &str = "hakube:controller";
 /// What every node's agent may read for the pod network: all the Nodes.
 pub const NODE_NETWORK_ROLE: &str = "hakube:node-network";

@@ -29,6 +29,11 @@ pub use spec::{
 };
 
 /// CAs live ten years, leaves one, as kubeadm issues them.
+/// The cluster controller's user name: the common name of its client
+/// certificate (no group: it is in none of the system groups), which RBAC
+/// binds to its role.
+pub const CONTROLLER_USER: &str = "hakube:controller";
+
 pub const CA_VALIDITY: Duration = Duration::days(3650);
 pub const LEAF_VALIDITY: Duration = Duration::days(365);
 /// A leaf this close to expiry is renewed by the next install or rotation.

@@ -165,7 +165,7 @@ pub fn kubeconfig_cert_spec(c: &ClusterConfig, kubeconfig: &str) -> CertSpec {
     let (cn, org) = match kubeconfig {
         "admin" => ("kubernetes-admin", Some("system:masters")),
         "controller-manager" => ("system:kube-controller-manager", None),
-        "hakube-controller" => (crate::kube::rbac::CONTROLLER_USER, None),
+        "hakube-controller" => (super::CONTROLLER_USER, None),
         "scheduler" => ("system:kube-scheduler", None),
         other => unreachable!("no kubeconfig named {other}"),
     };
