@@ -14,7 +14,7 @@
 # Node is Ready. `sandbox.sh down` after each trial (not timed).
 # --cold-bundle also times `kube-bundle.sh` into an empty cache directory
 # (Go's module and build caches included: everything is downloaded and
-# compiled), as many times as --trials: about 45 minutes each on 2 cores.
+# compiled), as many times as --trials: 15 to 45 minutes each on 2 cores.
 # The table gives min/median/max and the goal (a warm bring-up under 90 s).
 # There is no like-for-like baseline on this machine (no kubeadm, no
 # images to pull), so the goal is absolute. Exits 0 whether or not the goal
@@ -125,7 +125,7 @@ cold_times=()
 if ((cold)); then
   for ((t = 1; t <= trials; t++)); do
     cache=$work/cold-cache-$t
-    msg "cold bundle build $t/$trials into $cache (about 45 minutes on 2 cores)"
+    msg "cold bundle build $t/$trials into $cache (15 to 45 minutes on 2 cores)"
     start=$(now)
     HAKUBE_CACHE_DIR=$cache bash "$script_dir/kube-bundle.sh" >/dev/null 2>"$work/cold-$t.log" || {
       tail -n 30 -- "$work/cold-$t.log" >&2

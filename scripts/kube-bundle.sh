@@ -81,8 +81,9 @@
 # there, so a module is fetched once per machine; next to the bundles,
 # kube-bundle/go-build is Go's build cache (GOCACHE, ~6 GB, ~4 GB more for
 # each other Kubernetes version). Both are kept between builds: with them
-# warm a build takes 1-2 minutes (mostly linking), cold on 2 cores 30 minutes
-# or more (measured: 33 minutes for Kubernetes alone). Both are safe to
+# warm a build takes 1-2 minutes (mostly linking), cold on 2 cores 15 to 45
+# minutes depending on the CPU (measured: Kubernetes alone 10 to 33 minutes,
+# the whole bundle 15m30s to 17m22s on a faster machine). Both are safe to
 # delete.
 #
 # A bundle is complete by construction: it is built in a hidden staging dir
@@ -151,7 +152,7 @@ after them): pause.tar (pause-image), test-image.tar (test-image, busybox),
 coredns.tar (coredns-image), local-path-provisioner.tar
 (local-path-provisioner-image); plus VERSION, MANIFEST and SHA256SUMS.
 Builds the bundle the first time; later runs reuse it at no cost. A cold
-build (empty Go caches) takes 30 minutes or more on 2 cores and ~12 GB of
+build (empty Go caches) takes 15 to 45 minutes on 2 cores and ~12 GB of
 disk; with warm caches 1-2 minutes. Only the path goes to stdout.
 
 Building needs root (package installs); the script re-runs itself with sudo
@@ -744,10 +745,10 @@ build_bundle() {
   cache_kb=$(du -sk -- "$root/go-build" | cut -f1)
   if ((cache_kb < 2 * 1024 * 1024)); then
     need_gb=12
-    msg "Go's build cache ($root/go-build) is (nearly) empty: this is a cold build, which downloads ~4 GB of modules and compiles for 30 minutes or more on 2 cores"
+    msg "Go's build cache ($root/go-build) is (nearly) empty: this is a cold build, which downloads ~4 GB of modules (those not in Go's module cache) and compiles for 15 to 45 minutes on 2 cores"
   else
     need_gb=3
-    msg "Go's build cache holds $((cache_kb / 1024 / 1024)) GB: if it has these packages the build takes minutes, else 30 minutes or more"
+    msg "Go's build cache holds $((cache_kb / 1024 / 1024)) GB: if it has these packages the build takes minutes, else 15 to 45"
   fi
   avail_kb=$(df -Pk -- "$root" | awk 'NR == 2 { print $4 }')
   ((avail_kb >= need_gb * 1024 * 1024)) ||
