@@ -13,8 +13,10 @@
 # from the start of `up` to that answer; `up` itself returns once every
 # Node is Ready. `sandbox.sh down` after each trial (not timed).
 # --cold-bundle also times `kube-bundle.sh` into an empty cache directory
-# (Go's module and build caches included: everything is downloaded and
-# compiled), as many times as --trials: 15 to 45 minutes each on 2 cores.
+# (Go's build cache included: everything is compiled; the module download
+# cache is the machine's own, `go env GOMODCACHE`, so modules fetched once
+# are not fetched again), as many times as --trials: 15 to 45 minutes each
+# on 2 cores.
 # The table gives min/median/max and the goal (a warm bring-up under 90 s).
 # There is no like-for-like baseline on this machine (no kubeadm, no
 # images to pull), so the goal is absolute. Exits 0 whether or not the goal
