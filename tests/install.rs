@@ -258,14 +258,7 @@ fn status_fails_when_etcd_is_down() {
 fn lost_etcd_data_is_not_refounded_as_a_new_cluster() {
     let h = Host::isolated();
     h.install(&[]);
-    h.kill_all();
-    let data = h.root().join("var/lib/hakube/etcd");
-    std::fs::remove_dir_all(&data).unwrap();
-    std::fs::create_dir(&data).unwrap();
-    let out = h.hakube(&["install", "--no-systemd", "--timeout", "5s"]);
-    let err = stderr(&out);
-    assert!(!out.status.success() && err.contains("this member was bootstrapped before: its data is lost"), "{err}");
-    assert!(std::fs::read_dir(&data).unwrap().next().is_none(), "etcd did not start on the empty data directory");
+    restart_with_lost_etcd_data(&h);
 }
 
 #[test]

@@ -644,3 +644,18 @@ pub fn ready_nodes(m: &Host) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Kills every process of `h`, empties its etcd data directory (the member
+/// had been healthy) and runs install again: it must refuse to start etcd
+/// and say the data is lost. Returns install's stderr.
+pub fn restart_with_lost_etcd_data(h: &Host) -> String {
+    h.kill_all();
+    let data = h.root().join("var/lib/hakube/etcd");
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    let out = h.hakube(&["install", "--no-systemd", "--timeout", "5s"]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("this member was bootstrapped before: its data is lost"), "{err}");
+    assert!(std::fs::read_dir(&data).unwrap().next().is_none(), "etcd did not start on the empty data directory");
+    err
+}
