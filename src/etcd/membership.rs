@@ -332,34 +332,38 @@ impl Lock {
         limit: Duration,
         ttl: i64,
     ) -> Result<Lock, MembershipError> {
-        // Only a leader grants a lease: while the members elect one (the
-        // leader just died or left), the grant is tried again, bounded.
-        let grant_until = Instant::now() + limit.min(ELECTION_WAIT);
-        let lease = loop {
-            match bounded(endpoint, "granting the lock's lease", client.lease_grant(ttl, None)).await {
-                Ok(r) => break r.id(),
-                Err(b) => {
-                    let e = unwrap_call(b).map_or_else(|e| e, |e| call(endpoint, e).into());
-                    if Instant::now() + Duration::from_millis(500) >= grant_until {
-                        return Err(e);
-                    }
-                    sleep(Duration::from_millis(500)).await;
-                }
-            }
-        };
-        let held = Arc::new(AtomicBool::new(true));
-        let keeper = tokio::task::spawn(super::lease::keep_alive(client.clone(), lease, ttl, held.clone()));
-        let mut lock = Lock { key: vec![], lease, held, keeper, client: client.clone(), released: false };
         // The client's own request timeout (seconds, on most clients) may
         // end a lock call long before `limit`: the wait goes on with
-        // another call, on the same lease (etcd drops the key of a call
-        // that timed out), until `limit`.
+        // another call until `limit`, each on a lease of its own. etcd
+        // names a waiter's key after its lease, and the server side of a
+        // call that timed out deletes that key when it notices: on a shared
+        // lease it would delete the next call's key ("mutex: session is
+        // expired", or worse, a lock held without its key). Dropping the
+        // previous attempt's `Lock` revokes its lease and key.
         let until = Instant::now() + limit;
         let timed_out = || MembershipError::Timeout {
             secs: limit.as_secs(),
             what: format!("waiting for the etcd membership lock {MEMBERSHIP_LOCK} (another master is joining)"),
         };
         loop {
+            // Only a leader grants a lease: while the members elect one (the
+            // leader just died or left), the grant is tried again, bounded.
+            let grant_until = Instant::now() + until.saturating_duration_since(Instant::now()).min(ELECTION_WAIT);
+            let lease = loop {
+                match bounded(endpoint, "granting the lock's lease", client.lease_grant(ttl, None)).await {
+                    Ok(r) => break r.id(),
+                    Err(b) => {
+                        let e = unwrap_call(b).map_or_else(|e| e, |e| call(endpoint, e).into());
+                        if Instant::now() + Duration::from_millis(500) >= grant_until {
+                            return Err(e);
+                        }
+                        sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            };
+            let held = Arc::new(AtomicBool::new(true));
+            let keeper = tokio::task::spawn(super::lease::keep_alive(client.clone(), lease, ttl, held.clone()));
+            let mut lock = Lock { key: vec![], lease, held, keeper, client: client.clone(), released: false };
             let left = until.saturating_duration_since(Instant::now());
             match timeout(left, client.lock(MEMBERSHIP_LOCK, Some(LockOptions::new().with_lease(lease)))).await {
                 Ok(Ok(resp)) => {
