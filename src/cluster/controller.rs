@@ -144,6 +144,15 @@ impl Controller {
         self.purge_round(term, spec.lost_node_toleration).await
     }
 
+    /// The controller's own client (its kubeconfig read once).
+    fn controller_client(&mut self) -> Result<KubeClient, String> {
+        if self.kube.is_none() {
+            let path = self.paths.kubeconfig("hakube-controller");
+            self.kube = Some(KubeClient::from_kubeconfig(&path).map_err(|e| e.to_string())?);
+        }
+        Ok(self.kube.clone().expect("set above"))
+    }
+
     /// The client the purge reads nodes with: this node's API server, then
     /// the node-local balancer (any API server), so that a leader whose own
     /// API server is down still judges nodes; None when this node runs no
@@ -152,12 +161,7 @@ impl Controller {
         if !self.cfg.runs_local_lb() {
             return Ok(None);
         }
-        if self.kube.is_none() {
-            self.kube = Some(
-                KubeClient::from_kubeconfig(&self.paths.kubeconfig("hakube-controller")).map_err(|e| e.to_string())?,
-            );
-        }
-        let kube = self.kube.as_ref().expect("set above");
+        let kube = self.controller_client()?;
         let mut servers = vec![];
         if self.cfg.has(crate::config::Component::KubeApiserver) {
             servers.push(kube_local(&self.cfg));
@@ -170,12 +174,9 @@ impl Controller {
         let tainted = spec.taint_control_plane;
         if self.admin.is_none() {
             self.admin = Some(KubeClient::from_kubeconfig(&self.paths.kubeconfig("admin")).map_err(|e| e.to_string())?);
-            self.kube = Some(
-                KubeClient::from_kubeconfig(&self.paths.kubeconfig("hakube-controller")).map_err(|e| e.to_string())?,
-            );
         }
         let admin = self.admin.clone().expect("set above");
-        let kube = self.kube.clone().expect("set above");
+        let kube = self.controller_client()?;
         if self.rbac_for.as_ref() != Some(term) {
             // The admin client talks to the control-plane endpoint; the
             // bootstrap goes to this node's own API server, like the rest.
