@@ -12,6 +12,7 @@
 //! - [`cluster`]: what the masters' agents do for the cluster as a whole;
 //! - [`addons`]: CoreDNS and the local-path provisioner, rendered and applied;
 //! - [`join`]: tokens, join scripts and the join API;
+//! - [`runtime`]: the node's containerd, its images, its containers' end;
 //! - [`host`]: files, processes, systemd — everything that touches the host;
 //! - [`cli`]: the command line and the commands, each a plan then its
 //!   application.
@@ -31,6 +32,7 @@ pub mod lb;
 pub mod pki;
 pub mod preflight;
 pub mod progress;
+pub mod runtime;
 
 #[cfg(test)]
 mod golden;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::config::{ClusterConfig, Component, HostPort};
 use crate::host::paths::Paths;
-use crate::kube::components::find_binary;
+use crate::host::process::find_binary;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {

@@ -10,7 +10,8 @@ use std::time::SystemTime;
 
 use crate::config::{ClusterConfig, Component};
 use crate::host::paths::Paths;
-use crate::kube::components::{find_binary, HostFacts};
+use crate::host::process::find_binary;
+use crate::kube::components::HostFacts;
 use crate::kube::version::{self, KubeVersion, VersionError};
 
 /// The pause image when no bundle names one (containerd pulls it).

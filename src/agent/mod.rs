@@ -8,7 +8,6 @@
 
 pub mod control;
 pub mod facts;
-pub mod images;
 pub mod masters;
 pub mod podnet;
 pub mod probe;

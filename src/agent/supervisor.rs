@@ -18,8 +18,9 @@ use crate::config::{self, ClusterConfig, Component};
 use crate::host::clock::now_secs;
 use crate::host::fs::{apply_files, write_atomic, FileSpec};
 use crate::host::paths::Paths;
+use crate::host::process::find_binary;
 use crate::host::process::PidFile;
-use crate::kube::components::{find_binary, specs, ComponentSpec, HostFacts};
+use crate::kube::components::{specs, ComponentSpec, HostFacts};
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -387,7 +388,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                             while !stopped() && tokio::time::Instant::now() < until {
                                 sleep(Duration::from_millis(200)).await;
                             }
-                            let left = tokio::task::spawn_blocking(move || crate::host::pods::stop_all(&paths)).await;
+                            let left = tokio::task::spawn_blocking(move || crate::runtime::pods::stop_all(&paths)).await;
                             warn!(cgroups_left = ?left.unwrap_or_default(), "stopped this purged node's pods");
                         });
                     }
@@ -723,14 +724,16 @@ async fn probe_loop(comp: Component, mut prober: Prober, (paths, cfg, state, dir
             // and importing them costs minutes on a slow host.
             if comp == Component::Containerd && cfg.has(Component::Kubelet) && result.is_ok() && imported_for != pid {
                 let (p, bundle) = (paths.clone(), cfg.node.bundle.clone());
-                let n = bundle.as_deref().map_or(0, |b| super::images::archives(b).len());
+                let n = bundle.as_deref().map_or(0, |b| crate::runtime::images::archives(b).len());
                 update(&state, &dirty, comp, |s| {
                     if s.pid == pid {
                         s.message = Some(format!("importing the bundle's {n} image archive(s)"));
                     }
                 });
-                result = match tokio::task::spawn_blocking(move || super::images::import_bundle(&p, bundle.as_deref()))
-                    .await
+                result = match tokio::task::spawn_blocking(move || {
+                    crate::runtime::images::import_bundle(&p, bundle.as_deref())
+                })
+                .await
                 {
                     Ok(Ok(_)) => {
                         imported_for = pid;

@@ -44,7 +44,7 @@ pub fn run(paths: &Paths, force: bool) -> anyhow::Result<()> {
                 }
             }
         }
-        for left in crate::host::pods::stop_all(paths) {
+        for left in crate::runtime::pods::stop_all(paths) {
             progress.note(format!("could not remove cgroup {left}"));
         }
         Ok(())
@@ -80,7 +80,7 @@ fn remove_proxy_rules(paths: &Paths) -> anyhow::Result<()> {
     if !c.has(Component::KubeProxy) {
         return Ok(());
     }
-    let Some(binary) = crate::kube::components::find_binary(paths, c.node.bundle.as_deref(), "kube-proxy") else {
+    let Some(binary) = crate::host::process::find_binary(paths, c.node.bundle.as_deref(), "kube-proxy") else {
         anyhow::bail!("no kube-proxy binary to remove its rules with: run `kube-proxy --cleanup` by hand");
     };
     let mut child = std::process::Command::new(&binary)

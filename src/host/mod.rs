@@ -8,7 +8,6 @@ pub mod logrotate;
 pub mod mountns;
 pub mod net;
 pub mod paths;
-pub mod pods;
 pub mod process;
 pub mod sysctl;
 pub mod systemd;

@@ -127,6 +127,11 @@ impl Paths {
         self.data_dir().join("kubelet")
     }
 
+    /// kubelet's KubeletConfiguration file.
+    pub fn kubelet_config(&self) -> PathBuf {
+        self.kubelet_dir().join("config.yaml")
+    }
+
     pub fn kubelet_root_dir(&self) -> PathBuf {
         self.host("/var/lib/kubelet")
     }

@@ -3,7 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::fs::create_dir_all;
+use super::paths::Paths;
 
 /// Starts `exe args` in a session of its own, detached from the caller's
 /// terminal, with stdout and stderr appended to `log`.
@@ -143,6 +144,22 @@ impl PidFile {
             Err(_) => None,
         }
     }
+}
+
+/// Finds a binary (a component's, or a tool such as `ctr`): `<root>/var/lib/hakube/bin`, then the bundle
+/// directory, then `PATH`.
+pub fn find_binary(paths: &Paths, bundle: Option<&Path>, name: &str) -> Option<PathBuf> {
+    let path_dirs = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
+    std::iter::once(paths.bin_dir())
+        .chain(bundle.map(Path::to_path_buf))
+        .chain(path_dirs)
+        .map(|d| d.join(name))
+        .find(|f| is_executable(f))
+}
+
+fn is_executable(f: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(f).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -2,9 +2,8 @@
 //! kubeadm writes into its static-pod manifests, pointing at hakube's PKI
 //! and kubeconfigs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use super::containerd;
 pub use super::spec::{flag, p, ComponentSpec, HostFacts};
 use crate::config::{ClusterConfig, Component, InitialClusterState};
 use crate::host::fs::FileSpec;
@@ -181,7 +180,7 @@ pub fn kubelet_cgroup_root(paths: &Paths, facts: &HostFacts) -> Option<String> {
 
 pub fn kubelet(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> ComponentSpec {
     let mut args = vec![
-        flag("config", p(kubelet_config_path(paths))),
+        flag("config", p(paths.kubelet_config())),
         flag("kubeconfig", p(paths.kubeconfig("kubelet"))),
         flag("root-dir", p(paths.kubelet_root_dir())),
         flag("cert-dir", p(paths.kubelet_cert_dir())),
@@ -191,13 +190,9 @@ pub fn kubelet(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> Component
     if is_master(c) && c.cluster.taint_control_plane {
         args.push(flag("register-with-taints", CONTROL_PLANE_TAINTS.join(",")));
     }
-    let inputs = vec![kubelet_config_path(paths), paths.kubeconfig("kubelet"), paths.pki("ca.crt")];
+    let inputs = vec![paths.kubelet_config(), paths.kubeconfig("kubelet"), paths.pki("ca.crt")];
     let files = vec![kubelet_config(paths, c, facts)];
     ComponentSpec { component: Component::Kubelet, args, inputs, files, cgroup: kubelet_cgroup_root(paths, facts) }
-}
-
-pub fn kubelet_config_path(paths: &Paths) -> PathBuf {
-    paths.kubelet_dir().join("config.yaml")
 }
 
 /// The kubelet's KubeletConfiguration file (pure), serialized from a value
@@ -217,7 +212,7 @@ pub fn kubelet_config(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> Fi
         "cgroupDriver": if facts.systemd_cgroups { "systemd" } else { "cgroupfs" },
         "clusterDNS": [c.cluster.service_cidr.nth(10).to_string()],
         "clusterDomain": c.cluster.dns_domain,
-        "containerRuntimeEndpoint": containerd::endpoint(paths),
+        "containerRuntimeEndpoint": crate::runtime::containerd::endpoint(paths),
         // CoreDNS forwards what is not the cluster's to the resolvers pods
         // with `dnsPolicy: Default` get: this file's.
         "resolvConf": p(facts.resolv_conf.clone()),
@@ -249,7 +244,7 @@ pub fn kubelet_config(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> Fi
         conf["failCgroupV1"] = false.into();
     }
     let text = serde_yaml::to_string(&conf).expect("kubelet config serializes");
-    FileSpec::new(kubelet_config_path(paths), text, 0o644)
+    FileSpec::new(paths.kubelet_config(), text, 0o644)
 }
 
 pub fn kube_proxy_config_path(paths: &Paths) -> PathBuf {
@@ -300,6 +295,23 @@ pub fn kube_proxy(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
     }
 }
 
+/// The node's containerd, with its config file (see [`crate::runtime`]).
+fn containerd(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> ComponentSpec {
+    let runtime = crate::runtime::containerd::Runtime {
+        pause_image: &facts.pause_image,
+        restrict_oom_score_adj: facts.restrict_oom_score_adj,
+        systemd_cgroups: facts.systemd_cgroups,
+        cni_bin_dir: c.node.cni_bin_dir.clone(),
+    };
+    ComponentSpec {
+        component: Component::Containerd,
+        args: vec![flag("config", p(paths.containerd_config()))],
+        inputs: vec![paths.containerd_config()],
+        files: vec![crate::runtime::containerd::config(paths, &runtime)],
+        cgroup: None,
+    }
+}
+
 /// The specs of every component the node runs, in start order.
 pub fn specs(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> Vec<ComponentSpec> {
     let mut components = c.node.components.clone();
@@ -309,7 +321,7 @@ pub fn specs(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> Vec<Compone
         .into_iter()
         .map(|comp| match comp {
             Component::Etcd => etcd(paths, c),
-            Component::Containerd => containerd::spec(paths, c, facts),
+            Component::Containerd => containerd(paths, c, facts),
             Component::KubeApiserver => kube_apiserver(paths, c),
             Component::KubeControllerManager => kube_controller_manager(paths, c),
             Component::KubeScheduler => kube_scheduler(paths),
@@ -317,22 +329,6 @@ pub fn specs(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> Vec<Compone
             Component::KubeProxy => kube_proxy(paths, c),
         })
         .collect()
-}
-
-/// Finds a component's binary: `<root>/var/lib/hakube/bin`, then the bundle
-/// directory, then `PATH`.
-pub fn find_binary(paths: &Paths, bundle: Option<&Path>, name: &str) -> Option<PathBuf> {
-    let path_dirs = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
-    std::iter::once(paths.bin_dir())
-        .chain(bundle.map(Path::to_path_buf))
-        .chain(path_dirs)
-        .map(|d| d.join(name))
-        .find(|f| is_executable(f))
-}
-
-fn is_executable(f: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(f).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 
 pub mod client;
 pub mod components;
-pub mod containerd;
 pub mod kubeconfig;
 pub mod objects;
 pub mod rbac;

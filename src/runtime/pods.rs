@@ -5,14 +5,14 @@
 
 use std::path::Path;
 
-use super::paths::Paths;
-use super::process;
+use crate::host::paths::Paths;
+use crate::host::{cgroups, process};
 
 /// Ends every process in this node's pod cgroup, then the shims of this
 /// node's containerd (they ignore SIGTERM). Returns the cgroups that could
 /// not be removed.
 pub fn stop_all(paths: &Paths) -> Vec<String> {
-    let left = kubelet_cgroup_root(paths).map(|c| super::cgroups::remove(&c)).unwrap_or_default();
+    let left = kubelet_cgroup_root(paths).map(|c| cgroups::remove(&c)).unwrap_or_default();
     let socket = paths.containerd_socket().display().to_string();
     for pid in process::matching(|argv| is_shim_of(argv, &socket)) {
         process::kill_now(pid);
@@ -23,7 +23,7 @@ pub fn stop_all(paths: &Paths) -> Vec<String> {
 /// The cgroup kubelet puts this node's pods in, from its config: a
 /// simulated host's own root, else kubelet's default for its driver.
 fn kubelet_cgroup_root(paths: &Paths) -> Option<String> {
-    let text = std::fs::read_to_string(crate::kube::components::kubelet_config_path(paths)).ok()?;
+    let text = std::fs::read_to_string(paths.kubelet_config()).ok()?;
     let v: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
     if let Some(root) = v.get("cgroupRoot").and_then(|r| r.as_str()) {
         return Some(root.to_owned());

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use crate::host::fs::write_atomic;
 use crate::host::paths::Paths;
-use crate::kube::components::find_binary;
+use crate::host::process::find_binary;
 
 /// The archives of a bundle, sorted.
 pub fn archives(bundle: &Path) -> Vec<PathBuf> {
