@@ -19,6 +19,7 @@
 
 pub mod addons;
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -7,11 +7,11 @@
 //! input files (certificates, kubeconfigs) changed.
 
 pub mod control;
+pub mod converge;
 pub mod facts;
 pub mod masters;
 pub mod podnet;
 pub mod probe;
-pub mod settings;
 pub mod state;
 mod supervisor;
 

@@ -227,7 +227,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
             // A node the cluster purged runs nothing until it is reset.
             let mut purged_before = std::fs::read_to_string(paths.purged_marker()).ok();
             if purged_before.is_none() {
-                let told = super::settings::at_start(&paths, &cfg).await;
+                let told = super::converge::at_start(&paths, &cfg).await;
                 if let Some(msg) = told.purged {
                     let _ = write_atomic(&paths.purged_marker(), format!("{msg}\n").as_bytes(), 0o644);
                     purged_before = Some(msg);
@@ -237,7 +237,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                 if let Some(spec) = told.settings.filter(|s| *s != cfg.cluster) {
                     let mut next = cfg.clone();
                     next.cluster = spec;
-                    match super::settings::converge(&paths, &next).and_then(|()| load().map_err(|e| e.to_string())) {
+                    match super::converge::converge(&paths, &next).and_then(|()| load().map_err(|e| e.to_string())) {
                         Ok(new) => {
                             info!("caught up with the cluster-wide settings changed while this node was away");
                             cfg = new;
@@ -326,7 +326,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                     let args = (paths.clone(), cfg.clone(), state.clone(), dirty.clone(), stop_rx.clone());
                     tokio::task::spawn_local(probe_loop(comp, prober, args));
                 }
-                let sync = super::settings::run(
+                let sync = super::converge::run(
                     paths.clone(),
                     cfg.clone(),
                     applied.clone(),
@@ -336,9 +336,9 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
                 );
                 tokio::task::spawn_local(sync);
                 if cfg.has(Component::Etcd) {
-                    use crate::cluster::{controller, duties};
-                    tokio::task::spawn_local(duties::serve_api(paths.clone(), cfg.clone(), stop_rx.clone()));
-                    let beat = duties::heartbeat(paths.clone(), cfg.clone(), applied.subscribe(), stop_rx.clone());
+                    use crate::cluster::{controller, heartbeat};
+                    tokio::task::spawn_local(crate::api::run(paths.clone(), cfg.clone(), stop_rx.clone()));
+                    let beat = heartbeat::run(paths.clone(), cfg.clone(), applied.subscribe(), stop_rx.clone());
                     tokio::task::spawn_local(beat);
                     let control = controller::run(paths.clone(), cfg.clone(), view_rx.clone(), stop_rx.clone());
                     tokio::task::spawn_local(control);

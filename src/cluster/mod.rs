@@ -5,8 +5,8 @@
 //! changes).
 
 pub mod controller;
-pub mod duties;
 pub mod election;
+pub mod heartbeat;
 pub mod lbchange;
 pub mod purge;
 pub mod registry;

@@ -43,7 +43,7 @@ pub fn lock_root(root: &Path) -> Result<RootLock, LockError> {
 
 /// As [`lock_root`], waiting up to `limit` while another holds it. The
 /// agent takes the root for the moment it rewrites this host's files for
-/// new cluster-wide settings (`agent::settings::converge`); a command run
+/// new cluster-wide settings (`agent::converge::converge`); a command run
 /// right then, as a re-run right after an address change is, waits that
 /// moment out instead of being refused. A command that holds it longer (a
 /// second install) is still refused, after `limit`.

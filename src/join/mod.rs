@@ -1,7 +1,7 @@
-//! Joining hosts to the cluster: tokens and scripts, the join API every
-//! master serves, and `hakube join` on the new host.
+//! Joining hosts to the cluster: tokens and scripts, what travels to and
+//! from the join endpoint (served by [`crate::api`]), and `hakube join` on
+//! the new host.
 
-pub mod api;
 pub mod client;
 pub mod material;
 pub mod script;

@@ -56,38 +56,6 @@ pub struct JoinResponse {
     pub clock_offset_ms: Option<i64>,
 }
 
-/// What a node learns from `GET /v1/node/cluster`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeView {
-    /// The cluster-wide settings and their revision (None before the first
-    /// master's agent wrote them).
-    pub settings: Option<ClusterSpec>,
-    pub settings_revision: i64,
-    /// Every master: name and address.
-    pub masters: Vec<MasterView>,
-    /// The answering master's wall clock (ms since the epoch).
-    #[serde(default)]
-    pub now_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MasterView {
-    pub name: String,
-    pub address: IpAddr,
-}
-
-/// What a node reports with `POST /v1/node/heartbeat` (its name is its
-/// certificate's, never the request's).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Heartbeat {
-    /// The revision of the cluster-wide settings the node has applied.
-    pub settings_revision: i64,
-    /// The node's clock minus a master's, as it last measured it (ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clock_offset_ms: Option<i64>,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,

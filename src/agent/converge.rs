@@ -15,13 +15,13 @@ use tokio::time::sleep;
 use tracing::{debug, info, warn};
 
 use super::masters;
+use crate::api::node::{Heartbeat, NodeView};
 use crate::config::{ClusterConfig, ClusterSpec, Component, HostPort, InitialClusterState};
 use crate::etcd::{self, Credentials};
 use crate::host::clock::now_secs;
 use crate::host::fs::apply_files;
 use crate::host::paths::Paths;
 use crate::https::{self, Identity, Limits, Request};
-use crate::join::wire::{Heartbeat, NodeView};
 
 const ROUND: Duration = Duration::from_secs(2);
 /// How often a master measures its clock against another master's.
@@ -178,7 +178,7 @@ pub async fn run(
             }
         }
         // A worker's heartbeat goes through the masters' node endpoint.
-        if !cfg.has(Component::Etcd) && last_beat.elapsed() >= crate::cluster::duties::HEARTBEAT_INTERVAL {
+        if !cfg.has(Component::Etcd) && last_beat.elapsed() >= crate::cluster::heartbeat::INTERVAL {
             let beat = Heartbeat { settings_revision: *applied.borrow(), clock_offset_ms };
             match node_api.post("/v1/node/heartbeat", &beat).await {
                 Ok(()) => last_beat = std::time::Instant::now(),

@@ -1,14 +1,16 @@
-//! What every master's agent does for the cluster: serve the masters' API
-//! (joins, and the node endpoints workers use) and heartbeat into the host
-//! registry with the settings revision it runs. What only the elected
-//! leader does is in [`super::controller`].
+//! Heartbeats: every node says it is alive every [`INTERVAL`], with the
+//! revision of the cluster-wide settings it runs, into its registry
+//! record. A master writes its own ([`run`]); a worker, which cannot read
+//! etcd, posts its beat to a master's node endpoint
+//! ([`crate::api::node`]), which records it the same way ([`beat`]). The
+//! leader judges a node's life from them (with the Kubernetes Lease, see
+//! [`super::purge`]).
 
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::sleep;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::registry::{self, Claim, NodeRecord};
 use super::Role;
@@ -16,49 +18,23 @@ use crate::config::ClusterConfig;
 use crate::etcd::{self, Credentials};
 use crate::host::clock::now_secs;
 use crate::host::paths::Paths;
-use crate::join::{api, tls};
 
 /// How often a node says it is alive.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+pub const INTERVAL: Duration = Duration::from_secs(5);
 
-/// Serves the masters' API until `stop` changes.
-pub async fn serve_api(paths: Paths, cfg: ClusterConfig, mut stop: watch::Receiver<bool>) {
-    let addr = std::net::SocketAddr::new(cfg.node.advertise_address, cfg.node.join_api_port);
-    loop {
-        let ready = async {
-            let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            let tls = tls::server_config(&paths)?;
-            Ok::<_, String>((listener, tls))
-        };
-        match ready.await {
-            Ok((listener, tls)) => {
-                info!(%addr, "join API listening");
-                let ctx = api::ApiContext::new(paths.clone(), cfg.clone());
-                api::serve(listener, std::sync::Arc::new(tls), ctx, async {
-                    let _ = stop.changed().await;
-                })
-                .await;
-                return;
-            }
-            Err(e) => {
-                warn!(error = %e, "join API not serving; retrying");
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    _ = sleep(Duration::from_secs(2)) => {}
-                }
-            }
-        }
+/// A beat, as the registry records it: when it came, the settings revision
+/// the node runs, and its clock offset when it measured one.
+pub fn beat(record: &mut NodeRecord, now: u64, settings_revision: i64, clock_offset_ms: Option<i64>) {
+    record.heartbeat_at = now;
+    record.settings_revision = settings_revision;
+    if clock_offset_ms.is_some() {
+        record.clock_offset_ms = clock_offset_ms;
     }
 }
 
 /// A master's heartbeat into the registry, with the settings revision it
 /// runs (`applied`), until `stop` changes.
-pub async fn heartbeat(
-    paths: Paths,
-    cfg: ClusterConfig,
-    mut applied: watch::Receiver<i64>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn run(paths: Paths, cfg: ClusterConfig, mut applied: watch::Receiver<i64>, mut stop: watch::Receiver<bool>) {
     let endpoint = cfg.etcd_client_url();
     let mut client = None;
     let mut registered = false;
@@ -70,11 +46,8 @@ pub async fn heartbeat(
             }
             let c = client.as_mut().expect("connected");
             let (now, revision) = (now_secs(), *applied.borrow_and_update());
-            let beat = |r: &mut NodeRecord| {
-                r.heartbeat_at = now;
-                r.settings_revision = revision;
-            };
-            if registry::update(c, &endpoint, cfg.node.name.as_str(), beat).await?.is_some() {
+            let update = |r: &mut NodeRecord| beat(r, now, revision, None);
+            if registry::update(c, &endpoint, cfg.node.name.as_str(), update).await?.is_some() {
                 registered = true;
             } else {
                 // A purged master stays out (its agent learns it and stops).
@@ -108,7 +81,7 @@ pub async fn heartbeat(
         };
         // Until a round succeeds (etcd still starting), try again soon.
         let pause = match round.await {
-            Ok(()) => HEARTBEAT_INTERVAL,
+            Ok(()) => INTERVAL,
             Err(e) => {
                 client = None;
                 debug!(error = %e, "heartbeat skipped a round");

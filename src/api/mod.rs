@@ -1,0 +1,249 @@
+//! The masters' API: the HTTPS service every master's agent serves on the
+//! join port (TLS 1.3, the cluster CA's chain). Hosts join through it
+//! ([`join`]); nodes that cannot read etcd (workers) learn the cluster's
+//! settings and send their heartbeats through it ([`node`]). Bodies are
+//! bounded, requests rate-limited per source address, every bad request
+//! gets a clear 4xx, and every decision an audit line.
+
+pub mod join;
+pub mod node;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use etcd_client::Client;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::sleep;
+use tracing::{info, warn};
+
+use crate::config::ClusterConfig;
+use crate::etcd::{self, Credentials};
+use crate::host::paths::Paths;
+use crate::join::tls;
+use crate::join::wire::{ApiError, MAX_BODY};
+
+/// Connections served at once; more are closed as they arrive.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Requests a source address may make in a burst, and per second after it.
+const BURST: f64 = 20.0;
+const PER_SECOND: f64 = 5.0;
+
+pub struct ApiContext {
+    pub paths: Paths,
+    pub config: ClusterConfig,
+    etcd: tokio::sync::Mutex<Option<Client>>,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    pub(crate) binary: std::sync::OnceLock<Bytes>,
+}
+
+impl ApiContext {
+    pub fn new(paths: Paths, config: ClusterConfig) -> Arc<Self> {
+        Arc::new(ApiContext {
+            paths,
+            config,
+            etcd: tokio::sync::Mutex::new(None),
+            buckets: Mutex::new(HashMap::new()),
+            binary: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn allow(&self, ip: IpAddr) -> bool {
+        let mut buckets = self.buckets.lock().expect("bucket lock");
+        if buckets.len() > 4096 {
+            buckets.retain(|_, (_, t)| t.elapsed() < Duration::from_secs(60));
+        }
+        let now = Instant::now();
+        let (tokens, last) = buckets.entry(ip).or_insert((BURST, now));
+        *tokens = (*tokens + last.elapsed().as_secs_f64() * PER_SECOND).min(BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(crate) fn creds(&self) -> Result<Credentials, etcd::EtcdError> {
+        Credentials::load(&self.paths, "apiserver-etcd-client")
+    }
+
+    pub(crate) async fn client(&self) -> Result<Client, etcd::EtcdError> {
+        let mut slot = self.etcd.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let endpoint = self.config.etcd_client_url();
+        let c = etcd::connect(std::slice::from_ref(&endpoint), &self.creds()?, Duration::from_secs(3)).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    pub(crate) async fn forget_client(&self) {
+        *self.etcd.lock().await = None;
+    }
+}
+
+/// A refusal: status, message, and the reason for the audit log.
+pub(crate) struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+pub(crate) fn refuse(status: StatusCode, msg: impl Into<String>) -> Refusal {
+    Refusal(status, msg.into())
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Remote(SocketAddr);
+
+/// The node a connection's client certificate names (verified against the
+/// cluster CA during the handshake), if it presented one.
+#[derive(Clone)]
+pub(crate) struct Peer(Option<String>);
+
+pub fn router(ctx: Arc<ApiContext>) -> Router {
+    Router::new()
+        .route("/v1/join", post(join::join))
+        .route("/v1/binary", get(join::binary))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/node/cluster", get(node::cluster))
+        .route("/v1/node/heartbeat", post(node::heartbeat))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), rate_limit))
+        .with_state(ctx)
+}
+
+/// Refuses a source over its rate before any of its body is read.
+async fn rate_limit(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path() != "/healthz" && !ctx.allow(remote.ip()) {
+        let msg = format!("too many requests from {}: wait a few seconds", remote.ip());
+        warn!(target: "audit", %remote, path = %req.uri().path(), decision = "refused", status = 429, reason = %msg, "join");
+        return refuse(StatusCode::TOO_MANY_REQUESTS, msg).into_response();
+    }
+    next.run(req).await
+}
+
+/// Refuses a body whose declared length is over the limit before reading
+/// any of it (so a client waiting on `Expect: 100-continue` gets the 413
+/// instead of a reset connection); bodies of undeclared length are cut off
+/// at the limit by [`DefaultBodyLimit`].
+async fn refuse_declared_oversize(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes")).into_response();
+    }
+    next.run(req).await
+}
+
+/// Why a master cannot answer: it cannot reach etcd.
+pub(crate) fn unavailable(e: etcd::EtcdError) -> Refusal {
+    refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}"))
+}
+
+/// Serves the masters' API until `stop` changes.
+pub async fn run(paths: Paths, cfg: ClusterConfig, mut stop: watch::Receiver<bool>) {
+    let addr = std::net::SocketAddr::new(cfg.node.advertise_address, cfg.node.join_api_port);
+    loop {
+        let ready = async {
+            let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let tls = tls::server_config(&paths)?;
+            Ok::<_, String>((listener, tls))
+        };
+        match ready.await {
+            Ok((listener, tls)) => {
+                info!(%addr, "masters' API listening");
+                let ctx = ApiContext::new(paths.clone(), cfg.clone());
+                serve(listener, Arc::new(tls), ctx, async {
+                    let _ = stop.changed().await;
+                })
+                .await;
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "masters' API not serving; retrying");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Serves the join API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    ctx: Arc<ApiContext>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let app = router(ctx);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "join API accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Beyond the cap a connection is closed at once: a flood of idle
+        // connections cannot pile up handshakes and tasks.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(target: "audit", %remote, decision = "refused", reason = "too many connections", "join");
+            drop(tcp);
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    info!(target: "audit", %remote, decision = "refused", reason = %format!("TLS handshake: {e}"), "join");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| tls::node_of(c));
+            let app = app.layer(Extension(Remote(remote))).layer(Extension(Peer(peer)));
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .into_owned();
+            // A client that sends nothing gets dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+        });
+    }
+}

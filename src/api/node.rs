@@ -1,0 +1,172 @@
+//! The node endpoints, for nodes that cannot read etcd (workers): `GET
+//! /v1/node/cluster` (the cluster-wide settings and the masters) and `POST
+//! /v1/node/heartbeat`. A node is named by its client certificate; a purged
+//! node is refused until it is reset and joined again.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::{refuse, ApiContext, Peer, Refusal, Remote};
+use crate::cluster::registry;
+use crate::config::ClusterSpec;
+use crate::etcd;
+use crate::host::clock::now_secs;
+
+/// What a node learns from `GET /v1/node/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The cluster-wide settings and their revision (None before the first
+    /// master's agent wrote them).
+    pub settings: Option<ClusterSpec>,
+    pub settings_revision: i64,
+    /// Every master: name and address.
+    pub masters: Vec<MasterView>,
+    /// The answering master's wall clock (ms since the epoch).
+    #[serde(default)]
+    pub now_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterView {
+    pub name: String,
+    pub address: IpAddr,
+}
+
+/// What a node reports with `POST /v1/node/heartbeat` (its name is its
+/// certificate's, never the request's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The revision of the cluster-wide settings the node has applied.
+    pub settings_revision: i64,
+    /// The node's clock minus a master's, as it last measured it (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
+}
+
+/// The node endpoints want a node's certificate.
+fn node_of(peer: Option<String>, remote: SocketAddr, path: &str) -> Result<String, Refusal> {
+    peer.ok_or_else(|| {
+        let msg = "this endpoint is for the cluster's nodes: present the node's client certificate";
+        warn!(target: "audit", %remote, %path, decision = "refused", status = 401, reason = msg, "node");
+        refuse(StatusCode::UNAUTHORIZED, msg)
+    })
+}
+
+/// A purged node's identity is refused (410) until it is reset and joined
+/// again; the refusal says what happened and what to do.
+async fn refuse_purged(ctx: &ApiContext, node: &str, remote: SocketAddr) -> Result<(), Response> {
+    let endpoint = ctx.config.etcd_client_url();
+    let mut client = match ctx.client().await {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(
+                refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")).into_response()
+            )
+        }
+    };
+    match crate::cluster::purge::tombstone(&mut client, &endpoint, node).await {
+        Ok(None) => Ok(()),
+        Ok(Some(t)) => {
+            let msg = t.message(node);
+            warn!(target: "audit", %remote, %node, decision = "refused", status = 410, reason = %msg, "node");
+            Err(refuse(StatusCode::GONE, msg).into_response())
+        }
+        Err(e) => {
+            ctx.forget_client().await;
+            Err(refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")).into_response())
+        }
+    }
+}
+
+/// `GET /v1/node/cluster`: the cluster-wide settings and the masters, for a
+/// node that cannot read etcd (a worker).
+pub(crate) async fn cluster(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    Extension(Peer(peer)): Extension<Peer>,
+) -> Response {
+    let node = match node_of(peer, remote, "/v1/node/cluster") {
+        Ok(n) => n,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(r) = refuse_purged(&ctx, &node, remote).await {
+        return r;
+    }
+    let endpoint = ctx.config.etcd_client_url();
+    let view = async {
+        let mut client = ctx.client().await?;
+        let settings = crate::cluster::settings::read(&mut client, &endpoint).await.map_err(|e| match e {
+            crate::cluster::settings::SettingsError::Etcd(e) => e,
+            other => etcd::EtcdError::Call { endpoint: endpoint.clone(), message: other.to_string() },
+        })?;
+        let masters = registry::list(&mut client, &endpoint)
+            .await?
+            .into_iter()
+            .filter(|r| r.role == crate::cluster::Role::Master)
+            .map(|r| MasterView { name: r.name, address: r.address })
+            .collect();
+        Ok::<_, etcd::EtcdError>(NodeView {
+            settings_revision: settings.as_ref().map(|s| s.revision).unwrap_or(0),
+            settings: settings.map(|s| s.spec),
+            masters,
+            now_ms: Some(crate::host::clock::now_millis()),
+        })
+    };
+    match view.await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => {
+            ctx.forget_client().await;
+            refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")).into_response()
+        }
+    }
+}
+
+/// `POST /v1/node/heartbeat`: a node says it is alive, and which settings
+/// it runs; its name is its certificate's.
+pub(crate) async fn heartbeat(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    Extension(Peer(peer)): Extension<Peer>,
+    body: Bytes,
+) -> Response {
+    let node = match node_of(peer, remote, "/v1/node/heartbeat") {
+        Ok(n) => n,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(r) = refuse_purged(&ctx, &node, remote).await {
+        return r;
+    }
+    let beat: Heartbeat = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the body is not a heartbeat: {e}")).into_response(),
+    };
+    let endpoint = ctx.config.etcd_client_url();
+    let result = async {
+        let mut client = ctx.client().await?;
+        registry::update(&mut client, &endpoint, &node, |r| {
+            crate::cluster::heartbeat::beat(r, now_secs(), beat.settings_revision, beat.clock_offset_ms)
+        })
+        .await
+    };
+    match result.await {
+        Ok(Some(_)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(None) => {
+            let msg = format!("node {node} is not registered in this cluster: `hakube reset` it and join it again");
+            warn!(target: "audit", %remote, %node, decision = "refused", status = 404, reason = %msg, "heartbeat");
+            refuse(StatusCode::NOT_FOUND, msg).into_response()
+        }
+        Err(e) => {
+            ctx.forget_client().await;
+            refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")).into_response()
+        }
+    }
+}
