@@ -357,7 +357,7 @@ mod tests {
         let c = resolve(Sources {
             installed: None,
             file: None,
-            flags: serde_yaml::from_str(&flags).unwrap(),
+            flags: serde_norway::from_str(&flags).unwrap(),
             detect_name: &name,
             detect_address: &address,
         })

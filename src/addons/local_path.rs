@@ -61,7 +61,7 @@ fn helper_pod_yaml(test_image: &str) -> String {
             "containers": [{"name": "helper-pod", "image": test_image, "imagePullPolicy": "IfNotPresent"}]
         }
     });
-    serde_yaml::to_string(&pod).expect("a JSON value serializes as YAML")
+    serde_norway::to_string(&pod).expect("a JSON value serializes as YAML")
 }
 
 /// Where a lone replica may run, and how soon it leaves a lost node.

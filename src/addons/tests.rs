@@ -288,7 +288,7 @@ fn local_path_uses_the_host_directory_and_the_test_image() {
         json!({"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES",
                                 "paths": ["/srv/hosts/m1/var/lib/hakube/local-path"]}]})
     );
-    let helper: Value = serde_yaml::from_str(data["helperPod.yaml"].as_str().unwrap()).unwrap();
+    let helper: Value = serde_norway::from_str(data["helperPod.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(helper["spec"]["containers"][0]["image"], "hakube.local/busybox:1.36.1");
     assert_eq!(helper["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
     assert_eq!(helper["spec"]["priorityClassName"], "system-node-critical");

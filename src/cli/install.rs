@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use serde_yaml::Value;
+use serde_norway::Value;
 use time::OffsetDateTime;
 
 use crate::agent::control;
@@ -78,7 +78,7 @@ pub fn resolve_config(
     };
     let mut installed = config::read_file(&paths.config_file())?;
     if let (Some(Value::Mapping(tree)), Some(spec)) = (installed.as_mut(), cluster) {
-        tree.insert("cluster".into(), serde_yaml::to_value(spec)?);
+        tree.insert("cluster".into(), serde_norway::to_value(spec)?);
     }
     Ok(config::resolve(Sources {
         installed,

@@ -117,8 +117,8 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     }
     let use_systemd =
         systemd::decide(paths.is_host_root(), !req.no_systemd, systemd::is_running()).map_err(anyhow::Error::msg)?;
-    let mut flags = serde_yaml::Mapping::new();
-    let node = serde_yaml::to_value(serde_json::json!({
+    let mut flags = serde_norway::Mapping::new();
+    let node = serde_norway::to_value(serde_json::json!({
         "name": name.as_str(),
         "advertiseAddress": address.to_string(),
         "components": components.iter().map(|c| c.name()).collect::<Vec<_>>(),
@@ -126,7 +126,7 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         "etcd": {"initialClusterState": "existing"},
     }))?;
     flags.insert("node".into(), node);
-    let mut flags = serde_yaml::Value::Mapping(flags);
+    let mut flags = serde_norway::Value::Mapping(flags);
     if let Some(b) = &req.bundle {
         let abs = std::path::absolute(b).unwrap_or_else(|_| b.clone());
         config::set(&mut flags, "node", "bundle", abs.display().to_string().into());
@@ -150,10 +150,10 @@ pub fn run(req: Request) -> anyhow::Result<()> {
 }
 
 /// The node's config from the cluster spec (if known) and the node flags.
-fn node_config(flags: &serde_yaml::Value, cluster: Option<&config::ClusterSpec>) -> anyhow::Result<ClusterConfig> {
+fn node_config(flags: &serde_norway::Value, cluster: Option<&config::ClusterSpec>) -> anyhow::Result<ClusterConfig> {
     let mut tree = flags.clone();
     if let Some(c) = cluster {
-        config::merge(&mut tree, serde_yaml::to_value(serde_json::json!({ "cluster": c }))?);
+        config::merge(&mut tree, serde_norway::to_value(serde_json::json!({ "cluster": c }))?);
     }
     Ok(config::resolve(config::Sources {
         installed: None,
@@ -195,7 +195,7 @@ fn join_master(
     rt: &tokio::runtime::Runtime,
     progress: &Progress,
     paths: &Paths,
-    flags: serde_yaml::Value,
+    flags: serde_norway::Value,
     ask: JoinRequest,
     checked: &Checked,
     req: &Request,
@@ -364,7 +364,7 @@ fn join_worker(
     rt: &tokio::runtime::Runtime,
     progress: &Progress,
     paths: &Paths,
-    flags: serde_yaml::Value,
+    flags: serde_norway::Value,
     mut ask: JoinRequest,
     checked: &Checked,
     req: &Request,

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use crate::config::{self, CertSan, Cidr, Component, HostPort, KeyAlgorithm, NodeName};
 use crate::host::paths::Paths;
@@ -396,7 +396,7 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
         Command::Config(ConfigCommand::PrintDefaults) => {
             print!(
                 "# node.name and node.advertiseAddress are detected at install when not given\n{}",
-                serde_yaml::to_string(&config::defaults())?
+                serde_norway::to_string(&config::defaults())?
             );
             Ok(0)
         }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use crate::config::{self, ClusterConfig, Component};
 use crate::host::paths::Paths;
@@ -26,7 +26,7 @@ fn record(paths: &Paths, c: &ClusterConfig) -> Result<Option<crate::cluster::set
 /// Renders `tree` as YAML with `source(section, key)` as a comment on each
 /// top-level key of a section (pure).
 pub fn annotate(tree: &Value, source: impl Fn(&str, &str) -> String) -> String {
-    let text = serde_yaml::to_string(tree).expect("config serializes");
+    let text = serde_norway::to_string(tree).expect("config serializes");
     let mut section = String::new();
     let width = text.lines().map(str::len).filter(|l| *l < 60).max().unwrap_or(40);
     text.lines()
@@ -72,7 +72,7 @@ pub fn print(paths: &Paths) -> anyhow::Result<String> {
     } else {
         "this host's copy (a worker learns the settings from the masters)".to_owned()
     };
-    let tree = serde_yaml::to_value(&c)?;
+    let tree = serde_norway::to_value(&c)?;
     let body = annotate(&tree, |section, key| match section {
         "cluster" => cluster_source.clone(),
         "node" if defaults.get("node").and_then(|n| n.get(key)) == tree.get("node").and_then(|n| n.get(key)) => {
@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn every_key_of_a_section_says_where_it_comes_from() {
         let c = crate::config::tests::test_config("cluster: {ha: true}");
-        let tree = serde_yaml::to_value(&c).unwrap();
+        let tree = serde_norway::to_value(&c).unwrap();
         let text = annotate(&tree, |s, k| format!("{s}.{k}"));
         let ha = text.lines().find(|l| l.trim_start().starts_with("ha:")).unwrap();
         assert!(ha.ends_with("# cluster.ha"), "{ha}");

@@ -122,7 +122,7 @@ mod tests {
         let flag = install(&["install", "--taint-control-plane=false"]).unwrap();
         assert_eq!(flag.flags_tree(), off.flags_tree());
         let t = install(&["install", "lost-node-toleration=20s"]).unwrap();
-        assert_eq!(serde_yaml::to_string(&t.flags_tree()).unwrap(), "cluster:\n  lostNodeToleration: 20s\n");
+        assert_eq!(serde_norway::to_string(&t.flags_tree()).unwrap(), "cluster:\n  lostNodeToleration: 20s\n");
         let e = install(&["install", "taint-control-plane=maybe"]).unwrap_err();
         assert!(e.contains("maybe"), "{e}");
     }
@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(w.flags_tree(), f.flags_tree());
         let mixed = install(&["--root", "/tmp/x", "install", "ha", "--advertise-address", "127.0.0.1", "node-name=m1"])
             .unwrap();
-        let tree = serde_yaml::to_string(&mixed.flags_tree()).unwrap();
+        let tree = serde_norway::to_string(&mixed.flags_tree()).unwrap();
         crate::golden::check("words-mixed.yaml", &tree);
     }
 

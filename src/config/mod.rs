@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 pub use types::{CertSan, Cidr, Component, Host, HostPort, KeyAlgorithm, NodeName, Toleration};
 
@@ -25,7 +25,7 @@ pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: not valid YAML: {source}")]
-    Yaml { path: String, source: serde_yaml::Error },
+    Yaml { path: String, source: serde_norway::Error },
     #[error("{path}: apiVersion {found:?} is not supported: this hakube reads apiVersion {API_VERSION:?}")]
     ApiVersion { path: String, found: String },
     #[error("{path}: kind {found:?} is not supported: expected kind {KIND:?}")]
@@ -265,7 +265,7 @@ impl ClusterConfig {
     }
 
     pub fn to_yaml(&self) -> String {
-        let body = serde_yaml::to_string(self).expect("config serializes");
+        let body = serde_norway::to_string(self).expect("config serializes");
         format!("# hakube cluster config: keep it in version control; `hakube install` re-reads it.\n{body}")
     }
 }
@@ -299,13 +299,13 @@ node:
     initialClusterState: new
 "#
     );
-    serde_yaml::from_str(&text).expect("defaults parse")
+    serde_norway::from_str(&text).expect("defaults parse")
 }
 
 /// Parses a config source and checks its version header.
 pub fn parse_source(text: &str, path: &str) -> Result<Value, ConfigError> {
     let value: Value =
-        serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml { path: path.to_owned(), source })?;
+        serde_norway::from_str(text).map_err(|source| ConfigError::Yaml { path: path.to_owned(), source })?;
     let map = value.as_mapping().ok_or_else(|| ConfigError::Invalid {
         path: path.to_owned(),
         message: "expected a mapping with apiVersion, kind, cluster and node".into(),
@@ -441,7 +441,7 @@ pub fn resolve(src: Sources<'_>) -> Result<ClusterConfig, ConfigError> {
                 continue;
             };
             if a != b {
-                let show = |v: &Value| serde_yaml::to_string(v).unwrap_or_default().trim().to_owned();
+                let show = |v: &Value| serde_norway::to_string(v).unwrap_or_default().trim().to_owned();
                 return Err(ConfigError::Immutable { field, old: show(a), new: show(b) });
             }
         }
@@ -532,7 +532,7 @@ pub(crate) mod tests {
         resolve(Sources {
             installed: None,
             file: None,
-            flags: serde_yaml::from_str(flags).unwrap(),
+            flags: serde_norway::from_str(flags).unwrap(),
             detect_name: &name,
             detect_address: &address,
         })
@@ -540,12 +540,12 @@ pub(crate) mod tests {
     }
 
     fn flags(yaml: &str) -> Value {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_norway::from_str(yaml).unwrap()
     }
 
     fn resolve_with(installed: Option<&ClusterConfig>, f: &str) -> Result<ClusterConfig, ConfigError> {
         resolve(Sources {
-            installed: installed.map(|c| serde_yaml::to_value(c).unwrap()),
+            installed: installed.map(|c| serde_norway::to_value(c).unwrap()),
             file: None,
             flags: flags(f),
             detect_name: &name,

@@ -243,7 +243,7 @@ pub fn kubelet_config(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> Fi
         // a v2 host gets kubelet's own default.
         conf["failCgroupV1"] = false.into();
     }
-    let text = serde_yaml::to_string(&conf).expect("kubelet config serializes");
+    let text = serde_norway::to_string(&conf).expect("kubelet config serializes");
     FileSpec::new(paths.kubelet_config(), text, 0o644)
 }
 
@@ -283,7 +283,7 @@ pub fn kube_proxy(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
     });
     let file = FileSpec::new(
         kube_proxy_config_path(paths),
-        serde_yaml::to_string(&conf).expect("kube-proxy config serializes"),
+        serde_norway::to_string(&conf).expect("kube-proxy config serializes"),
         0o644,
     );
     ComponentSpec {
@@ -427,7 +427,7 @@ mod tests {
         let real = String::from_utf8(kubelet_config(&Paths::new("/"), &c, &f).contents).unwrap();
         assert!(!real.contains("evictionHard"), "{real}");
         let sim = String::from_utf8(kubelet_config(&Paths::new("/srv/h1"), &c, &f).contents).unwrap();
-        let v: serde_yaml::Value = serde_yaml::from_str(&sim).unwrap();
+        let v: serde_norway::Value = serde_norway::from_str(&sim).unwrap();
         assert_eq!(v["evictionHard"]["imagefs.available"].as_str(), Some("1Gi"), "{sim}");
         assert_eq!(v["evictionHard"]["nodefs.available"].as_str(), Some("1Gi"), "{sim}");
         // Every signal is named: kubelet sets the ones left out to zero.
@@ -457,7 +457,7 @@ mod tests {
             for file in spec.files {
                 let text = String::from_utf8(file.contents).unwrap();
                 if file.path.extension().is_some_and(|e| e == "yaml") {
-                    let v: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+                    let v: serde_norway::Value = serde_norway::from_str(&text).expect("YAML");
                     assert!(v.get("kind").is_some(), "{text}");
                 }
             }

@@ -101,7 +101,7 @@ fn decode(s: &str) -> Option<String> {
 
 /// The client certificate and key embedded in an existing kubeconfig.
 fn embedded_credentials(text: &[u8]) -> Option<(String, String)> {
-    let kc: Kubeconfig = serde_yaml::from_slice(text).ok()?;
+    let kc: Kubeconfig = serde_norway::from_slice(text).ok()?;
     let user = kc.users.into_iter().next()?.user;
     Some((decode(&user.cert)?, decode(&user.key)?))
 }
@@ -125,7 +125,7 @@ impl std::fmt::Debug for Credentials {
 pub fn read(path: &std::path::Path) -> Result<Credentials, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let bad = |what: &str| format!("{}: {what}", path.display());
-    let kc: Kubeconfig = serde_yaml::from_slice(&text).map_err(|e| bad(&format!("not a kubeconfig: {e}")))?;
+    let kc: Kubeconfig = serde_norway::from_slice(&text).map_err(|e| bad(&format!("not a kubeconfig: {e}")))?;
     let cluster = kc.clusters.into_iter().next().ok_or_else(|| bad("no cluster"))?.cluster;
     let user = kc.users.into_iter().next().ok_or_else(|| bad("no user"))?.user;
     Ok(Credentials {

@@ -24,7 +24,7 @@ pub fn stop_all(paths: &Paths) -> Vec<String> {
 /// simulated host's own root, else kubelet's default for its driver.
 fn kubelet_cgroup_root(paths: &Paths) -> Option<String> {
     let text = std::fs::read_to_string(paths.kubelet_config()).ok()?;
-    let v: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    let v: serde_norway::Value = serde_norway::from_str(&text).ok()?;
     if let Some(root) = v.get("cgroupRoot").and_then(|r| r.as_str()) {
         return Some(root.to_owned());
     }
