@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::masters;
 use crate::api::node::{Heartbeat, NodeView};
 use crate::config::{ClusterConfig, ClusterSpec, Component, HostPort, InitialClusterState};
-use crate::etcd::{self, Credentials};
+use crate::etcd;
 use crate::host::clock::now_secs;
 use crate::host::fs::apply_files;
 use crate::host::paths::Paths;
@@ -38,37 +38,27 @@ struct Found {
 
 /// The record as this node can read it: a master from etcd (the first
 /// master founds it), a worker through the masters' node endpoint.
-async fn read_record(
-    paths: &Paths,
-    cfg: &ClusterConfig,
-    etcd_client: &mut Option<etcd_client::Client>,
-    node_api: &NodeApi,
-) -> Result<Found, NodeApiError> {
+async fn read_record(cfg: &ClusterConfig, etcd: &mut etcd::Local, node_api: &NodeApi) -> Result<Found, NodeApiError> {
     if !cfg.has(Component::Etcd) {
         let (view, clock_offset_ms) = node_api.cluster_view().await?;
         let masters = view.masters.into_iter().map(|m| masters::Master { name: m.name, address: m.address }).collect();
         return Ok(Found { record: view.settings.map(|s| (s, view.settings_revision)), masters, clock_offset_ms });
     }
     let other = |e: String| NodeApiError::Other(e);
-    let endpoint = cfg.etcd_client_url();
-    if etcd_client.is_none() {
-        let creds = Credentials::load(paths, "apiserver-etcd-client").map_err(|e| other(e.to_string()))?;
-        let c = etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(3))
-            .await
-            .map_err(|e| other(e.to_string()))?;
-        *etcd_client = Some(c);
-    }
-    let c = etcd_client.as_mut().expect("connected");
+    let (c, endpoint) = match etcd.parts().await {
+        Ok(parts) => parts,
+        Err(e) => return Err(other(e.to_string())),
+    };
     let read = async {
-        let record = crate::cluster::settings::read(c, &endpoint).await.map_err(|e| other(e.to_string()))?;
-        let masters: Vec<masters::Master> = crate::cluster::registry::list(c, &endpoint)
+        let record = crate::cluster::settings::read(c, endpoint).await.map_err(|e| other(e.to_string()))?;
+        let masters: Vec<masters::Master> = crate::cluster::registry::list(c, endpoint)
             .await
             .map_err(|e| other(e.to_string()))?
             .into_iter()
             .filter(|r| r.role == crate::cluster::Role::Master)
             .map(|r| masters::Master { name: r.name, address: r.address })
             .collect();
-        let tombstone = crate::cluster::purge::tombstone(c, &endpoint, cfg.node.name.as_str()).await;
+        let tombstone = crate::cluster::purge::tombstone(c, endpoint, cfg.node.name.as_str()).await;
         if let Some(t) = tombstone.map_err(|e| other(e.to_string()))? {
             return Err(NodeApiError::Purged(t.message(cfg.node.name.as_str())));
         }
@@ -77,7 +67,7 @@ async fn read_record(
     let (record, masters) = match read.await {
         Ok(r) => r,
         Err(NodeApiError::Other(e)) => {
-            *etcd_client = None;
+            etcd.forget();
             // This master's own etcd may be out of the cluster (a purged
             // master's member was removed): the other masters tell.
             if let Err(NodeApiError::Purged(m)) = node_api.get::<NodeView>("/v1/node/cluster").await {
@@ -89,7 +79,7 @@ async fn read_record(
     };
     if record.is_none() && cfg.node.etcd.initial_cluster_state == InitialClusterState::New {
         // The first master founds the record from its own config.
-        let rev = crate::cluster::settings::write(c, &endpoint, &cfg.cluster, 0, cfg.node.name.as_str(), now_secs())
+        let rev = crate::cluster::settings::write(c, endpoint, &cfg.cluster, 0, cfg.node.name.as_str(), now_secs())
             .await
             .map_err(|e| other(e.to_string()))?;
         info!(revision = rev, "cluster-wide settings recorded");
@@ -112,7 +102,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let node_api = NodeApi::new(&paths, &cfg);
-    let mut etcd_client = None;
+    let mut etcd = etcd::Local::new(&paths, &cfg, Duration::from_secs(3));
     let mut last_beat = std::time::Instant::now() - Duration::from_secs(3600);
     let mut converging_to = 0;
     let mut clock_offset_ms = None;
@@ -121,7 +111,7 @@ pub async fn run(
         // Until a master's own etcd answers (it is starting), try again
         // soon: the first master founds the record on its first good round.
         let mut pause = ROUND;
-        match read_record(&paths, &cfg, &mut etcd_client, &node_api).await {
+        match read_record(&cfg, &mut etcd, &node_api).await {
             Err(NodeApiError::Purged(msg)) => {
                 purged.send_replace(Some(msg));
             }
@@ -166,10 +156,9 @@ pub async fn run(
         // A master's clock against another master's, into its own record.
         if cfg.has(Component::Etcd) && clock_checked.elapsed() >= CLOCK_CHECK {
             clock_checked = std::time::Instant::now();
-            if let (Ok((_, Some(offset))), Some(c)) = (node_api.cluster_view().await, etcd_client.as_mut()) {
-                let endpoint = cfg.etcd_client_url();
+            if let (Ok((_, Some(offset))), Ok((c, endpoint))) = (node_api.cluster_view().await, etcd.parts().await) {
                 let record = |r: &mut crate::cluster::registry::NodeRecord| r.clock_offset_ms = Some(offset);
-                if let Err(e) = crate::cluster::registry::update(c, &endpoint, cfg.node.name.as_str(), record).await {
+                if let Err(e) = crate::cluster::registry::update(c, endpoint, cfg.node.name.as_str(), record).await {
                     debug!(error = %e, "clock offset not recorded this round");
                 }
                 if let Some(warning) = crate::host::clock::describe_offset(offset) {

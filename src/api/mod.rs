@@ -41,7 +41,7 @@ const PER_SECOND: f64 = 5.0;
 pub struct ApiContext {
     pub paths: Paths,
     pub config: ClusterConfig,
-    etcd: tokio::sync::Mutex<Option<Client>>,
+    etcd: tokio::sync::Mutex<etcd::Local>,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     pub(crate) binary: std::sync::OnceLock<Bytes>,
 }
@@ -49,9 +49,9 @@ pub struct ApiContext {
 impl ApiContext {
     pub fn new(paths: Paths, config: ClusterConfig) -> Arc<Self> {
         Arc::new(ApiContext {
+            etcd: tokio::sync::Mutex::new(etcd::Local::new(&paths, &config, Duration::from_secs(3))),
             paths,
             config,
-            etcd: tokio::sync::Mutex::new(None),
             buckets: Mutex::new(HashMap::new()),
             binary: std::sync::OnceLock::new(),
         })
@@ -75,22 +75,15 @@ impl ApiContext {
     }
 
     pub(crate) fn creds(&self) -> Result<Credentials, etcd::EtcdError> {
-        Credentials::load(&self.paths, "apiserver-etcd-client")
+        Credentials::load(&self.paths, etcd::CLIENT_CERT)
     }
 
     pub(crate) async fn client(&self) -> Result<Client, etcd::EtcdError> {
-        let mut slot = self.etcd.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let endpoint = self.config.etcd_client_url();
-        let c = etcd::connect(std::slice::from_ref(&endpoint), &self.creds()?, Duration::from_secs(3)).await?;
-        *slot = Some(c.clone());
-        Ok(c)
+        Ok(self.etcd.lock().await.client().await?.clone())
     }
 
     pub(crate) async fn forget_client(&self) {
-        *self.etcd.lock().await = None;
+        self.etcd.lock().await.forget();
     }
 }
 

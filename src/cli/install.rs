@@ -37,12 +37,12 @@ pub struct Request {
 
 fn settings_client(paths: &Paths, c: &ClusterConfig) -> anyhow::Result<(tokio::runtime::Runtime, etcd_client::Client)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let creds = crate::etcd::Credentials::load(paths, "apiserver-etcd-client")?;
-    let endpoint = c.etcd_client_url();
-    let client = rt
-        .block_on(crate::etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(5)))
-        .with_context(|| {
-            format!("cannot reach this master's etcd at {endpoint} (is the agent running? `hakube status`)")
+    let (client, _) =
+        rt.block_on(crate::etcd::Local::connect(paths, c, Duration::from_secs(5))).with_context(|| {
+            format!(
+                "cannot reach this master's etcd at {} (is the agent running? `hakube status`)",
+                c.etcd_client_url()
+            )
         })?;
     Ok((rt, client))
 }

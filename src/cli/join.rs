@@ -243,7 +243,7 @@ fn join_etcd(
     mut c: ClusterConfig,
     req: &Request,
 ) -> anyhow::Result<()> {
-    let creds = Credentials::load(paths, "apiserver-etcd-client")?;
+    let creds = Credentials::load(paths, crate::etcd::CLIENT_CERT)?;
     let peer = c.etcd_peer_url();
     let name = c.node.name.to_string();
     rt.block_on(async {

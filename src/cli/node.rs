@@ -23,13 +23,12 @@ pub fn remove(paths: &Paths, name: &str) -> anyhow::Result<()> {
     if c.node.name.as_str() == name {
         bail!("{name} is this node: run `hakube reset` on it instead");
     }
-    let creds = Credentials::load(paths, "apiserver-etcd-client")?;
-    let endpoint = c.etcd_client_url();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let mut client = etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(5))
+        let (mut client, endpoint) = etcd::Local::connect(paths, &c, Duration::from_secs(5))
             .await
-            .with_context(|| format!("cannot reach this master's etcd at {endpoint}"))?;
+            .with_context(|| format!("cannot reach this master's etcd at {}", c.etcd_client_url()))?;
+        let creds = Credentials::load(paths, etcd::CLIENT_CERT)?;
         let record = registry::get(&mut client, &endpoint, name).await?;
         let lock = Lock::acquire(&mut client, &endpoint, Duration::from_secs(60)).await?;
         let result = async {

@@ -127,7 +127,7 @@ fn leave_etcd(paths: &Paths) -> anyhow::Result<()> {
         eprintln!("[reset]   this master was purged: its etcd member was removed then");
         return Ok(());
     }
-    let Ok(creds) = Credentials::load(paths, "apiserver-etcd-client") else { return Ok(()) };
+    let Ok(creds) = Credentials::load(paths, crate::etcd::CLIENT_CERT) else { return Ok(()) };
     let agent_runs = PidFile::holder(&paths.agent_pid_file()).is_some();
     // The other masters it last knew, then those it joined through.
     let others: Vec<String> = {

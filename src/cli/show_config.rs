@@ -14,11 +14,8 @@ use crate::host::paths::Paths;
 fn record(paths: &Paths, c: &ClusterConfig) -> Result<Option<crate::cluster::settings::Settings>, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let creds = crate::etcd::Credentials::load(paths, "apiserver-etcd-client").map_err(|e| e.to_string())?;
-        let endpoint = c.etcd_client_url();
-        let mut client = crate::etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(3))
-            .await
-            .map_err(|e| e.to_string())?;
+        let (mut client, endpoint) =
+            crate::etcd::Local::connect(paths, c, Duration::from_secs(3)).await.map_err(|e| e.to_string())?;
         crate::cluster::settings::read(&mut client, &endpoint).await.map_err(|e| e.to_string())
     })
 }

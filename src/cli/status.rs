@@ -204,11 +204,8 @@ async fn probe_addons(paths: &Paths, c: &ClusterConfig) -> (Vec<crate::addons::A
 }
 
 async fn probe_cluster(paths: &Paths, c: &ClusterConfig) -> Result<ClusterReport, String> {
-    let endpoint = c.etcd_client_url();
-    let creds = etcd::Credentials::load(paths, "apiserver-etcd-client").map_err(|e| e.to_string())?;
-    let mut client = etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(3))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut client, endpoint) =
+        etcd::Local::connect(paths, c, Duration::from_secs(3)).await.map_err(|e| e.to_string())?;
     let leader = crate::cluster::election::leader(&mut client, &endpoint).await.map_err(|e| e.to_string())?;
     let settings = crate::cluster::settings::read(&mut client, &endpoint).await.map_err(|e| e.to_string())?;
     let mut nodes = crate::cluster::registry::list(&mut client, &endpoint).await.map_err(|e| e.to_string())?;

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _};
 use etcd_client::Client;
 
 use crate::config::{self, ClusterConfig, Component};
-use crate::etcd::{self, Credentials};
+use crate::etcd;
 use crate::host::clock::now_secs;
 use crate::host::clock::rfc3339;
 use crate::host::paths::Paths;
@@ -26,13 +26,9 @@ fn master_config(paths: &Paths) -> anyhow::Result<ClusterConfig> {
 }
 
 async fn connect(paths: &Paths, c: &ClusterConfig) -> anyhow::Result<(Client, String)> {
-    let endpoint = c.etcd_client_url();
-    let creds = Credentials::load(paths, "apiserver-etcd-client")?;
-    let client =
-        etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(5)).await.with_context(|| {
-            format!("cannot reach this master's etcd at {endpoint}: is the node healthy (`hakube status`)?")
-        })?;
-    Ok((client, endpoint))
+    etcd::Local::connect(paths, c, Duration::from_secs(5)).await.with_context(|| {
+        format!("cannot reach this master's etcd at {}: is the node healthy (`hakube status`)?", c.etcd_client_url())
+    })
 }
 
 /// Creates a token (and for a master, sealed material) and renders the script.

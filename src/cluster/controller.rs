@@ -24,7 +24,7 @@ use super::Role;
 use crate::addons::{self, AddonSpec};
 use crate::config::ClusterConfig;
 use crate::config::ClusterSpec;
-use crate::etcd::{self, membership, Credentials};
+use crate::etcd::{self, membership};
 use crate::host::paths::Paths;
 use crate::kube::client::{KubeClient, Patch};
 use crate::kube::objects::{self, List, Node};
@@ -55,7 +55,7 @@ pub fn micro_time(t: time::OffsetDateTime) -> String {
 struct Controller {
     paths: Paths,
     cfg: ClusterConfig,
-    etcd: Option<etcd_client::Client>,
+    etcd: etcd::Local,
     admin: Option<KubeClient>,
     kube: Option<KubeClient>,
     rbac_for: Option<Term>,
@@ -72,9 +72,9 @@ struct Controller {
 /// `stop` changes.
 pub async fn run(paths: Paths, cfg: ClusterConfig, mut view: watch::Receiver<View>, mut stop: watch::Receiver<bool>) {
     let mut c = Controller {
+        etcd: etcd::Local::new(&paths, &cfg, Duration::from_secs(3)),
         paths,
         cfg,
-        etcd: None,
         admin: None,
         kube: None,
         rbac_for: None,
@@ -107,18 +107,10 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut view: watch::Receiver<Vie
 
 impl Controller {
     async fn round(&mut self, term: &Term) -> Result<(), String> {
-        if self.etcd.is_none() {
-            let creds = Credentials::load(&self.paths, "apiserver-etcd-client").map_err(|e| e.to_string())?;
-            let endpoint = self.cfg.etcd_client_url();
-            let client = etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(3))
-                .await
-                .map_err(|e| e.to_string())?;
-            self.etcd = Some(client);
-        }
         let endpoint = self.cfg.etcd_client_url();
-        let etcd = self.etcd.as_mut().expect("connected");
+        let etcd = self.etcd.client().await.map_err(|e| e.to_string())?;
         if !term.holds(etcd).await {
-            self.etcd = None;
+            self.etcd.forget();
             return Err("the leadership was lost before this round".into());
         }
         let nodes = registry::list(etcd, &endpoint).await.map_err(|e| e.to_string())?;
@@ -248,13 +240,13 @@ impl Controller {
 
     async fn purge_round(&mut self, term: &Term, toleration: crate::config::Toleration) -> Result<(), String> {
         let endpoint = self.cfg.etcd_client_url();
-        let creds = Credentials::load(&self.paths, "apiserver-etcd-client").map_err(|e| e.to_string())?;
+        let creds = self.etcd.credentials().map_err(|e| e.to_string())?;
         let kube = self.purge_kube()?;
         if self.tracker.as_ref().is_none_or(|(t, _)| t != term) {
             self.tracker = Some((term.clone(), Tracker::default()));
         }
         let (_, tracker) = self.tracker.as_mut().expect("set above");
-        let etcd = self.etcd.as_mut().expect("connected");
+        let etcd = self.etcd.client().await.map_err(|e| e.to_string())?;
         let world = Live { etcd, endpoint: &endpoint, creds: &creds, kube: kube.as_ref(), term };
         let mut purger = Purger { world, tracker, leader: self.cfg.node.name.as_str(), toleration };
         let result = purger.round(crate::host::clock::now_secs()).await;
@@ -262,16 +254,15 @@ impl Controller {
             Ok(view) => view.clone(),
             Err(_) => return result.map(drop),
         };
-        super::purge::store_view(self.etcd.as_mut().expect("connected"), &endpoint, &view)
-            .await
-            .map_err(|e| e.to_string())
+        let etcd = self.etcd.client().await.map_err(|e| e.to_string())?;
+        super::purge::store_view(etcd, &endpoint, &view).await.map_err(|e| e.to_string())
     }
 
     async fn lb_round(&mut self, nodes: &[registry::NodeRecord]) -> Result<(), String> {
         let endpoint = self.cfg.etcd_client_url();
         let ca_file = self.paths.pki("ca.crt");
         let ca = std::fs::read(&ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
-        let etcd = self.etcd.as_mut().expect("connected");
+        let etcd = self.etcd.client().await.map_err(|e| e.to_string())?;
         let leader = self.cfg.node.name.as_str();
         super::lbchange::round(etcd, &endpoint, leader, nodes, self.cfg.node.api_server_port, &ca).await
     }
@@ -302,7 +293,7 @@ impl Controller {
     async fn remove_stalled_learners(&mut self) {
         let endpoint = self.cfg.etcd_client_url();
         let limit = stalled_learner_limit();
-        let Some(client) = self.etcd.as_mut() else { return };
+        let Ok(client) = self.etcd.client().await else { return };
         let Ok(members) = etcd::members(client, &endpoint).await else { return };
         self.learners.retain(|id, _| members.iter().any(|m| m.id == *id && m.is_learner));
         for m in members.iter().filter(|m| m.is_learner) {

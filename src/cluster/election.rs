@@ -24,7 +24,7 @@ use tokio::time::{sleep, timeout, Instant};
 use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
-use crate::etcd::{self, Credentials, EtcdError};
+use crate::etcd::{self, EtcdError};
 use crate::host::paths::Paths;
 
 pub const LEADER_KEY: &str = "/hakube/leader";
@@ -158,17 +158,13 @@ pub async fn run(
 ) {
     let endpoint = cfg.etcd_client_url();
     let name = cfg.node.name.to_string();
-    let mut client: Option<Client> = None;
+    let mut etcd = etcd::Local::new(&paths, &cfg, CALL);
     let mut current: Option<(Term, tokio::task::JoinHandle<()>)> = None;
     let mut fitness = Fitness::new(rule);
     loop {
         fitness.observe(healthy(), Instant::now());
         let round = async {
-            if client.is_none() {
-                let creds = Credentials::load(&paths, "apiserver-etcd-client")?;
-                client = Some(etcd::connect(std::slice::from_ref(&endpoint), &creds, CALL).await?);
-            }
-            let c = client.as_mut().expect("connected");
+            let c = etcd.client().await?;
             // A term whose lease was lost is over.
             if let Some((term, _)) = &current {
                 if fitness.should_resign(term.began, Instant::now()) {
@@ -217,10 +213,10 @@ pub async fn run(
                 });
             }
             Ok(Err(e)) => {
-                client = None;
+                etcd.forget();
                 debug!(error = %e, "election round failed");
             }
-            Err(_) => client = None,
+            Err(_) => etcd.forget(),
         }
         tokio::select! {
             _ = stop.changed() => break,
@@ -228,10 +224,12 @@ pub async fn run(
         }
     }
     // Resign: the next leader need not wait for the lease to expire.
-    if let (Some((term, keeper)), Some(c)) = (current, client.as_mut()) {
+    if let Some((term, keeper)) = current {
         keeper.abort();
-        let _ = timeout(CALL, c.lease_revoke(term.lease)).await;
-        info!("resigned the leadership");
+        if let Ok(c) = etcd.client().await {
+            let _ = timeout(CALL, c.lease_revoke(term.lease)).await;
+            info!("resigned the leadership");
+        }
     }
     tx.send_replace(View::default());
 }

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use super::registry::{self, Claim, NodeRecord};
 use super::Role;
 use crate::config::ClusterConfig;
-use crate::etcd::{self, Credentials};
+use crate::etcd;
 use crate::host::clock::now_secs;
 use crate::host::paths::Paths;
 
@@ -35,23 +35,18 @@ pub fn beat(record: &mut NodeRecord, now: u64, settings_revision: i64, clock_off
 /// A master's heartbeat into the registry, with the settings revision it
 /// runs (`applied`), until `stop` changes.
 pub async fn run(paths: Paths, cfg: ClusterConfig, mut applied: watch::Receiver<i64>, mut stop: watch::Receiver<bool>) {
-    let endpoint = cfg.etcd_client_url();
-    let mut client = None;
+    let mut etcd = etcd::Local::new(&paths, &cfg, Duration::from_secs(3));
     let mut registered = false;
     loop {
         let round = async {
-            if client.is_none() {
-                let creds = Credentials::load(&paths, "apiserver-etcd-client")?;
-                client = Some(etcd::connect(std::slice::from_ref(&endpoint), &creds, Duration::from_secs(3)).await?);
-            }
-            let c = client.as_mut().expect("connected");
+            let (c, endpoint) = etcd.parts().await?;
             let (now, revision) = (now_secs(), *applied.borrow_and_update());
             let update = |r: &mut NodeRecord| beat(r, now, revision, None);
-            if registry::update(c, &endpoint, cfg.node.name.as_str(), update).await?.is_some() {
+            if registry::update(c, endpoint, cfg.node.name.as_str(), update).await?.is_some() {
                 registered = true;
             } else {
                 // A purged master stays out (its agent learns it and stops).
-                if crate::cluster::purge::tombstone(c, &endpoint, cfg.node.name.as_str()).await?.is_some() {
+                if super::purge::tombstone(c, endpoint, cfg.node.name.as_str()).await?.is_some() {
                     return Ok(());
                 }
                 // A record that was there and is gone was removed on
@@ -72,7 +67,7 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut applied: watch::Receiver<
                     settings_revision: revision,
                     clock_offset_ms: None,
                 };
-                match registry::claim(c, &endpoint, record).await? {
+                match registry::claim(c, endpoint, record).await? {
                     Claim::Conflict(msg) => warn!("cannot register this master: {msg}"),
                     _ => registered = true,
                 }
@@ -83,7 +78,7 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut applied: watch::Receiver<
         let pause = match round.await {
             Ok(()) => INTERVAL,
             Err(e) => {
-                client = None;
+                etcd.forget();
                 debug!(error = %e, "heartbeat skipped a round");
                 Duration::from_millis(500)
             }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
+use crate::config::ClusterConfig;
 use crate::host::fs::FsError;
 use crate::host::paths::Paths;
 
@@ -47,6 +48,64 @@ impl Credentials {
             cert: read(&format!("{client}.crt"))?,
             key: read(&format!("{client}.key"))?,
         })
+    }
+}
+
+/// The client certificate hakube's own calls to etcd present (the API
+/// server's: the same rights, no other pair to keep).
+pub const CLIENT_CERT: &str = "apiserver-etcd-client";
+
+/// This master's own etcd member, as hakube reaches it: at its client URL,
+/// with [`CLIENT_CERT`]. The one way every part of hakube connects to it:
+/// the connection is made on first use and kept; after a call fails the
+/// holder [`forget`](Local::forget)s it, and the next use connects anew.
+pub struct Local {
+    paths: Paths,
+    endpoint: String,
+    timeout: Duration,
+    client: Option<Client>,
+}
+
+impl Local {
+    /// Every request bounded by `timeout` (connecting too).
+    pub fn new(paths: &Paths, cfg: &ClusterConfig, timeout: Duration) -> Local {
+        Local { paths: paths.clone(), endpoint: cfg.etcd_client_url(), timeout, client: None }
+    }
+
+    /// The member's client URL.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn credentials(&self) -> Result<Credentials, EtcdError> {
+        Credentials::load(&self.paths, CLIENT_CERT)
+    }
+
+    /// The kept connection, made now if there is none.
+    pub async fn client(&mut self) -> Result<&mut Client, EtcdError> {
+        if self.client.is_none() {
+            let creds = self.credentials()?;
+            self.client = Some(connect(std::slice::from_ref(&self.endpoint), &creds, self.timeout).await?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// The kept connection and the endpoint, for calls that take both.
+    pub async fn parts(&mut self) -> Result<(&mut Client, &str), EtcdError> {
+        self.client().await?;
+        Ok((self.client.as_mut().expect("connected above"), &self.endpoint))
+    }
+
+    /// Drops the kept connection (after a call failed on it).
+    pub fn forget(&mut self) {
+        self.client = None;
+    }
+
+    /// Connects once, for a command: the client and the endpoint.
+    pub async fn connect(paths: &Paths, cfg: &ClusterConfig, timeout: Duration) -> Result<(Client, String), EtcdError> {
+        let mut local = Local::new(paths, cfg, timeout);
+        local.client().await?;
+        Ok((local.client.take().expect("connected above"), local.endpoint))
     }
 }
 
@@ -199,6 +258,20 @@ impl ErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_local_member_is_named_and_a_missing_certificate_said() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = Paths::new(root.path());
+        let cfg = crate::config::tests::test_config("node: {advertiseAddress: 10.0.0.11, name: m1}");
+        let mut local = Local::new(&paths, &cfg, Duration::from_secs(1));
+        assert_eq!(local.endpoint(), cfg.etcd_client_url());
+        let err = local.client().await.err().expect("no certificates under the root").to_string();
+        assert!(err.contains("pki/etcd/ca.crt is missing"), "{err}");
+        // Nothing is kept from a failed attempt: the next one tries again.
+        local.forget();
+        assert!(Local::connect(&paths, &cfg, Duration::from_secs(1)).await.is_err());
+    }
 
     #[test]
     fn hosts_from_urls() {
