@@ -36,7 +36,7 @@ fn bad_flags_and_words_write_nothing() {
         &["--advertise-address", "192.0.2.10", "--node-name", "m1"],
         "192.0.2.10 is not an address of this host",
     );
-    refused(&h, &with(&["--timeout", "5 minutes"]), "is not a duration");
+    refused(&h, &with(&["--timeout", "5 fortnights"]), "is not a duration");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ports.yaml");
     std::fs::write(&file, "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\nnode: {etcdPeerPort: 65535}\n")

@@ -217,16 +217,13 @@ pub struct InstallArgs {
     pub timeout: Option<Duration>,
 }
 
+/// A duration flag: as [`config::types::parse_seconds`], and a bare number
+/// is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration: write e.g. 90s, 5m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{s:?} is not a duration: write e.g. 90s, 5m or 1h")),
-    };
-    Ok(Duration::from_secs(secs))
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    config::types::parse_seconds(s).map_err(|e| format!("{s:?} is not a duration ({e}): write e.g. 90s, 5m or 1h30m"))
 }
 
 impl InstallArgs {
@@ -418,4 +415,20 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
 /// One thread: the agent idles small, and nothing here needs more.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_flags_take_units_or_bare_seconds() {
+        for (flag, secs) in [("90", 90), ("90s", 90), ("5m", 300), ("1h30m", 5400), ("0", 0)] {
+            assert_eq!(parse_duration(flag), Ok(Duration::from_secs(secs)), "{flag}");
+        }
+        for bad in ["", "5x", "1.5", "250ms", "99999999999999999999"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("is not a duration") && e.contains("write e.g. 90s"), "{bad:?}: {e}");
+        }
+    }
 }

@@ -164,7 +164,7 @@ mod tests {
         assert!(e.contains("needs a value"), "{e}");
         let e = install(&["install", "ha=yes"]).unwrap_err();
         assert!(e.contains("takes no value"), "{e}");
-        let e = install(&["install", "lost-node-toleration=1day"]).unwrap_err();
+        let e = install(&["install", "lost-node-toleration=1fortnight"]).unwrap_err();
         assert!(e.contains("write a duration such as 20s"), "{e}");
         let e = install(&["install", "load-balancer-address=https://lb:6443"]).unwrap_err();
         assert!(e.contains("has a scheme"), "{e}");

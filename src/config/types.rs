@@ -292,6 +292,16 @@ pub enum Toleration {
     Never,
 }
 
+/// A duration as hakube's flags and config write it: `90s`, `15m`, `1h30m`
+/// (humantime's units, so `1h 30m` and `2days` too), in whole seconds.
+pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("{s:?} is not whole seconds"));
+    }
+    Ok(d)
+}
+
 impl fmt::Display for Toleration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -339,26 +349,10 @@ impl FromStr for Toleration {
         if s == "never" {
             return Ok(Toleration::Never);
         }
-        let mut total = 0u64;
-        let mut num = String::new();
-        for c in s.chars() {
-            if c.is_ascii_digit() {
-                num.push(c);
-                continue;
-            }
-            let n: u64 = num.parse().map_err(|_| bad())?;
-            num.clear();
-            total += n * match c {
-                'h' => 3600,
-                'm' => 60,
-                's' => 1,
-                _ => return Err(bad()),
-            };
+        match parse_seconds(s) {
+            Ok(d) if !d.is_zero() => Ok(Toleration::After(d)),
+            _ => Err(bad()),
         }
-        if !num.is_empty() || total == 0 {
-            return Err(bad());
-        }
-        Ok(Toleration::After(std::time::Duration::from_secs(total)))
     }
 }
 
@@ -503,12 +497,22 @@ mod tests {
 
     #[test]
     fn tolerations_read_as_users_write_them() {
-        for (input, secs) in [("20s", 20), ("15m", 900), ("1h", 3600), ("1h30m", 5400), ("2h0m5s", 7205)] {
+        let cases = [
+            ("20s", 20),
+            ("15m", 900),
+            ("1h", 3600),
+            ("1h30m", 5400),
+            ("2h0m5s", 7205),
+            ("1h 30m", 5400),
+            ("1d", 86400),
+        ];
+        for (input, secs) in cases {
             assert_eq!(input.parse::<Toleration>().unwrap(), Toleration::After(std::time::Duration::from_secs(secs)));
         }
         assert_eq!("never".parse::<Toleration>().unwrap(), Toleration::Never);
         assert_eq!("1h30m".parse::<Toleration>().unwrap().to_string(), "1h30m");
-        for bad in ["", "0s", "1d", "h", "10", "-5m", "1 h", "forever"] {
+        // The last: 3600 times it is past u64 (a hand-rolled parser overflowed).
+        for bad in ["", "0s", "h", "10", "-5m", "forever", "500ms", "1s500ms", "5124095576030432h"] {
             let e = bad.parse::<Toleration>().unwrap_err().to_string();
             assert!(e.contains("write a duration such as 20s"), "{bad:?}: {e}");
         }

@@ -14,8 +14,11 @@ pub fn now_secs() -> u64 {
 
 /// `2026-11-21T14:40:00Z`
 pub fn rfc3339(unix: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!("{}T{:02}:{:02}:{:02}Z", t.date(), t.hour(), t.minute(), t.second())
+    let t = i64::try_from(unix)
+        .ok()
+        .and_then(|u| time::OffsetDateTime::from_unix_timestamp(u).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339).expect("a time after the epoch formats")
 }
 
 /// Milliseconds since the epoch.

@@ -159,18 +159,9 @@ pub struct Deployment {
 }
 
 /// Seconds since the epoch of an RFC 3339 time as the API server writes
-/// them (`2026-11-22T05:00:00Z`, with or without a fraction, in UTC).
+/// them (`2026-11-22T05:00:00Z`, with or without a fraction).
 pub fn unix_secs(t: &str) -> Option<u64> {
-    let t = t.strip_suffix('Z')?;
-    let (date, time) = t.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i32>().ok());
-    let (y, mo, day) = (d.next()??, d.next()??, d.next()??);
-    let time = time.split('.').next()?;
-    let mut h = time.split(':').map(|p| p.parse::<u8>().ok());
-    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
-    let month = time::Month::try_from(u8::try_from(mo).ok()?).ok()?;
-    let date = time::Date::from_calendar_date(y, month, u8::try_from(day).ok()?).ok()?;
-    let dt = date.with_hms(hh, mm, ss).ok()?.assume_utc();
+    let dt = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
     u64::try_from(dt.unix_timestamp()).ok()
 }
 
@@ -227,6 +218,8 @@ mod tests {
         assert_eq!(unix_secs("2026-11-18T11:06:40.123456Z"), Some(1_795_000_000));
         assert_eq!(unix_secs("2026-11-18 11:06:40"), None);
         assert_eq!(unix_secs("2026-13-18T11:06:40Z"), None);
+        assert_eq!(unix_secs("2026-11-18T12:06:40+01:00"), Some(1_795_000_000));
+        assert_eq!(unix_secs("1969-12-31T23:59:59Z"), None);
     }
 
     #[test]
