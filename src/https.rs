@@ -298,6 +298,47 @@ pub async fn request(
     req: Request<'_>,
     limits: Limits,
 ) -> Result<Response, HttpsError> {
+    let sender = connect(hp, tls, limits).await?;
+    let exchange = async {
+        let resp = send(sender, hp, req).await?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), limits.max_body)
+            .collect()
+            .await
+            .map_err(|e| HttpsError::Http(format!("reading the response: {e}")))?
+            .to_bytes();
+        Ok(Response { status, body })
+    };
+    timeout(limits.exchange, exchange).await.map_err(|_| HttpsError::Timeout(limits.exchange))?
+}
+
+/// A response whose body is read as it comes (a watch).
+#[derive(Debug)]
+pub struct Streaming {
+    pub status: u16,
+    pub body: hyper::body::Incoming,
+}
+
+/// As [`request`], with the body left to read as it comes: connecting, the
+/// handshake and the response's head are bounded by `limits`, reading the
+/// body is bounded by the caller.
+pub async fn stream(
+    hp: &HostPort,
+    tls: Arc<ClientConfig>,
+    req: Request<'_>,
+    limits: Limits,
+) -> Result<Streaming, HttpsError> {
+    let sender = connect(hp, tls, limits).await?;
+    let resp =
+        timeout(limits.exchange, send(sender, hp, req)).await.map_err(|_| HttpsError::Timeout(limits.exchange))??;
+    Ok(Streaming { status: resp.status().as_u16(), body: resp.into_body() })
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A fresh connection to `hp`, its TLS handshake made (each bounded):
+/// failing here, nothing was sent.
+async fn connect(hp: &HostPort, tls: Arc<ClientConfig>, limits: Limits) -> Result<Sender, HttpsError> {
     let name = server_name(&hp.host)?;
     let tcp = timeout(limits.connect, TcpStream::connect(target(hp)))
         .await
@@ -309,28 +350,27 @@ pub async fn request(
         .await
         .map_err(|_| HttpsError::Tls("handshake timed out".into()))?
         .map_err(tls_error)?;
-    let exchange = async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| HttpsError::Http(e.to_string()))?;
-        tokio::spawn(conn);
-        let mut builder = hyper::Request::builder().method(req.method).uri(req.path).header("host", hp.to_string());
-        for (k, v) in req.headers {
-            builder = builder.header(*k, *v);
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(req.body.unwrap_or_default())))
-            .map_err(|e| HttpsError::Http(e.to_string()))?;
-        let resp = sender.send_request(request).await.map_err(|e| HttpsError::Http(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), limits.max_body)
-            .collect()
-            .await
-            .map_err(|e| HttpsError::Http(format!("reading the response: {e}")))?
-            .to_bytes();
-        Ok(Response { status, body })
-    };
-    timeout(limits.exchange, exchange).await.map_err(|_| HttpsError::Timeout(limits.exchange))?
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| HttpsError::Tls(e.to_string()))?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// Sends `req` on the connection: the response with its body unread.
+async fn send(
+    mut sender: Sender,
+    hp: &HostPort,
+    req: Request<'_>,
+) -> Result<hyper::Response<hyper::body::Incoming>, HttpsError> {
+    let mut builder = hyper::Request::builder().method(req.method).uri(req.path).header("host", hp.to_string());
+    for (k, v) in req.headers {
+        builder = builder.header(*k, *v);
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(req.body.unwrap_or_default())))
+        .map_err(|e| HttpsError::Http(e.to_string()))?;
+    sender.send_request(request).await.map_err(|e| HttpsError::Http(e.to_string()))
 }
 
 #[cfg(test)]

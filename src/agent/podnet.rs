@@ -16,14 +16,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::sleep;
 use tracing::{debug, info, warn};
 
 use crate::config::{Cidr, ClusterConfig};
 use crate::host::fs::{apply_files, FileSpec};
 use crate::host::paths::Paths;
 use crate::kube::client::KubeClient;
-use crate::kube::objects::{self, List, Node};
+use crate::kube::objects::{self, Node};
+use crate::kube::watch::{Cache, Reflector};
 
 /// The CNI network's name (host-local keeps its leases under it).
 pub const NETWORK: &str = "hakube";
@@ -134,9 +134,53 @@ fn ensure_masquerade(pod_cidr: Cidr) -> Result<(), String> {
     }
 }
 
-/// Keeps the CNI config and the routes current until `stop` changes.
+/// How often the routes and the masquerade are checked against the node's
+/// own tables when nothing changed in the cluster (a reboot, or someone,
+/// may have changed them): local commands only, no API request.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// What the node's network should be, from the Nodes (pure): its own
+/// podCIDR and the routes to the others'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub pod_cidr: String,
+    pub routes: BTreeMap<String, IpAddr>,
+}
+
+pub fn wanted(own: &str, nodes: &Cache<Node>) -> Result<Wanted, String> {
+    let Some(node) = nodes.items.get(own) else { return Err(format!("node {own} is not registered yet")) };
+    let Some(pod_cidr) = node.spec.pod_cidr.clone() else {
+        return Err(format!("node {own} has no podCIDR yet (controller-manager allocates it)"));
+    };
+    let all: Vec<Node> = nodes.items.values().cloned().collect();
+    Ok(Wanted { pod_cidr, routes: desired_routes(own, &all) })
+}
+
+/// Writes the CNI config and brings the routes to `want`; blocking.
+/// Returns the masquerade's error, if any (pods still reach each other
+/// without it).
+fn converge(paths: &Paths, cfg: &ClusterConfig, want: &Wanted) -> Result<Option<String>, String> {
+    let conf = cni_config(paths, &want.pod_cidr);
+    if apply_files(std::slice::from_ref(&conf)).map_err(|e| e.to_string())?[0].1
+        != crate::host::fs::FileChange::Unchanged
+    {
+        info!(path = %conf.path.display(), "pod network config written");
+    }
+    apply_routes(&want.routes)?;
+    Ok(ensure_masquerade(cfg.cluster.pod_cidr).err())
+}
+
+/// A reflector behind for this long is started anew, with a client read
+/// from the kubeconfig again (its certificate may have been renewed).
+const RESTART_BEHIND: Duration = Duration::from_secs(30);
+
+/// Keeps the CNI config and the routes current until `stop` changes: the
+/// Nodes are listed once and then watched ([`Reflector`]), so that a node's
+/// agent costs the API server one open watch, not a list of every Node
+/// each round. While the watch is down nothing is changed.
 pub async fn run(paths: Paths, cfg: ClusterConfig, mut stop: watch::Receiver<bool>) {
-    let mut client: Option<KubeClient> = None;
+    let mut nodes: Option<Reflector<Node>> = None;
+    let mut behind_since: Option<tokio::time::Instant> = None;
     let mut converged = false;
     let mut masq_warned = false;
     // Forwarding and bridged traffic through iptables: a reboot resets them.
@@ -146,56 +190,75 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut stop: watch::Receiver<boo
         Ok(Err(e)) => warn!(error = %e, "Services and the pod network may not work"),
         Err(e) => warn!(error = %e, "cannot check the kernel network settings"),
     }
+    let mut next_check = tokio::time::Instant::now();
+    let mut applied: Option<Wanted> = None;
     loop {
-        let round = async {
-            if client.is_none() {
-                client = Some(KubeClient::from_kubeconfig(&paths.kubeconfig("kubelet")).map_err(|e| e.to_string())?);
+        if nodes.is_none() {
+            match KubeClient::from_kubeconfig(&paths.kubeconfig("kubelet")) {
+                Ok(c) => nodes = Some(Reflector::spawn(c, "the nodes", objects::nodes_path())),
+                Err(e) => debug!(error = %e, "pod network not ready yet"),
             }
-            let c = client.as_ref().expect("set above");
-            let name = cfg.node.name.as_str();
-            let node: Option<Node> =
-                c.get_opt(&format!("node {name}"), &objects::node_path(name)).await.map_err(|e| e.to_string())?;
-            let Some(node) = node else { return Err(format!("node {name} is not registered yet")) };
-            let Some(pod_cidr) = node.spec.pod_cidr.clone() else {
-                return Err(format!("node {name} has no podCIDR yet (controller-manager allocates it)"));
-            };
-            let nodes: List<Node> = c.get("the nodes", objects::nodes_path()).await.map_err(|e| e.to_string())?;
-            let conf = cni_config(&paths, &pod_cidr);
-            let routes = desired_routes(name, &nodes.items);
-            let cluster_cidr = cfg.cluster.pod_cidr;
-            tokio::task::spawn_blocking(move || {
-                if apply_files(std::slice::from_ref(&conf)).map_err(|e| e.to_string())?[0].1
-                    != crate::host::fs::FileChange::Unchanged
-                {
-                    info!(path = %conf.path.display(), "pod network config written");
+        }
+        let own = cfg.node.name.as_str();
+        let snapshot = nodes.as_ref().map(|r| r.synced(|cache| wanted(own, cache)));
+        match snapshot {
+            // Nothing moved (a Node's status changed): nothing to do until
+            // the next check of the local tables.
+            Some(Ok(Ok(want))) if applied.as_ref() == Some(&want) && tokio::time::Instant::now() < next_check => {}
+            Some(Ok(want)) => {
+                behind_since = None;
+                let (p, c) = (paths.clone(), cfg.clone());
+                let result = async {
+                    let want = want?;
+                    let w = want.clone();
+                    let masq = tokio::task::spawn_blocking(move || converge(&p, &c, &w))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r)?;
+                    applied = Some(want);
+                    Ok::<_, String>(masq)
                 }
-                apply_routes(&routes)?;
-                Ok::<_, String>(ensure_masquerade(cluster_cidr).err())
-            })
-            .await
-            .map_err(|e| e.to_string())?
-        };
-        let pause = match round.await {
-            Ok(masq) => {
-                if let (Some(e), false) = (masq, masq_warned) {
-                    warn!(error = %e, "pod egress masquerade not set");
-                    masq_warned = true;
+                .await;
+                match result {
+                    Ok(masq) => {
+                        if let (Some(e), false) = (masq, masq_warned) {
+                            warn!(error = %e, "pod egress masquerade not set");
+                            masq_warned = true;
+                        }
+                        converged = true;
+                        next_check = tokio::time::Instant::now() + RECHECK;
+                    }
+                    Err(e) => {
+                        if converged {
+                            warn!(error = %e, "pod network not updated");
+                        } else {
+                            debug!(error = %e, "pod network not ready yet");
+                        }
+                        next_check = tokio::time::Instant::now() + Duration::from_secs(2);
+                    }
                 }
-                converged = true;
-                Duration::from_secs(5)
             }
-            Err(e) => {
-                if converged {
-                    warn!(error = %e, "pod network not updated");
-                } else {
-                    debug!(error = %e, "pod network not ready yet");
+            Some(Err(why)) => {
+                let since = *behind_since.get_or_insert_with(tokio::time::Instant::now);
+                debug!(reason = %why, "the nodes are not watched right now: routes left as they are");
+                if since.elapsed() >= RESTART_BEHIND {
+                    nodes = None;
+                    behind_since = None;
                 }
-                Duration::from_secs(2)
+                next_check = tokio::time::Instant::now() + Duration::from_secs(2);
+            }
+            None => next_check = tokio::time::Instant::now() + Duration::from_secs(2),
+        }
+        let changed = async {
+            match nodes.as_mut() {
+                Some(r) => r.changed().await,
+                None => std::future::pending().await,
             }
         };
         tokio::select! {
             _ = stop.changed() => return,
-            _ = sleep(pause) => {}
+            _ = changed => {}
+            _ = tokio::time::sleep_until(next_check) => {}
         }
     }
 }

@@ -14,6 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::time::sleep;
 
+use http_body_util::BodyExt;
+
+use super::watch::Watch;
 use crate::config::HostPort;
 use crate::https::{self, HttpsError, Identity, Limits, Request};
 
@@ -80,6 +83,20 @@ impl Patch {
 
 /// Attempts per request; waits between them double from 200 ms.
 const ATTEMPTS: u32 = 4;
+
+/// Objects per page of a list: the API server's own advice for clients
+/// that list large collections.
+pub const PAGE: usize = 500;
+
+/// A continue token as a query value (they are base64: `+`, `/`, `=`).
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
 
 #[derive(Clone)]
 pub struct KubeClient {
@@ -236,6 +253,52 @@ impl KubeClient {
         self.decode(what, &bytes)
     }
 
+    /// Every object of a collection, in pages of `PAGE`, and the version
+    /// the list is at (to watch from).
+    pub async fn list_all<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<(Vec<T>, String), KubeError> {
+        let mut items = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let page_path = match &next {
+                None => format!("{path}?limit={PAGE}"),
+                Some(token) => format!("{path}?limit={PAGE}&continue={}", query_escape(token)),
+            };
+            let page: super::objects::List<T> = self.get(what, &page_path).await?;
+            items.extend(page.items);
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => next = Some(token),
+                None => return Ok((items, page.metadata.resource_version)),
+            }
+        }
+    }
+
+    /// Opens a watch on a collection from `version` (see [`super::watch`]),
+    /// at the first server that answers.
+    pub async fn watch(&self, what: &str, path: &str, version: &str) -> Result<Watch, KubeError> {
+        let full = format!("{path}?{}", super::watch::watch_query(version));
+        let mut last = None;
+        for server in &self.servers {
+            let req = Request { method: "GET", path: &full, headers: &[("accept", "application/json")], body: None };
+            match https::stream(server, self.tls.clone(), req, self.limits).await {
+                Ok(resp) if resp.status == 200 => return Ok(Watch::new(resp.body, what, server.to_string())),
+                Ok(resp) => {
+                    let body = http_body_util::Limited::new(resp.body, 64 << 10).collect().await;
+                    let bytes = body.map(|b| b.to_bytes()).unwrap_or_default();
+                    let status: Status = serde_json::from_slice(&bytes).unwrap_or_default();
+                    return Err(KubeError::Status {
+                        what: what.to_owned(),
+                        server: server.to_string(),
+                        code: resp.status,
+                        reason: status.reason,
+                        message: status.message,
+                    });
+                }
+                Err(e) => last = Some(unreachable(what, server, &e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| KubeError::Config("no API server to talk to".into())))
+    }
+
     /// Deletes; an object already gone is not an error.
     pub async fn delete(&self, what: &str, path: &str, body: &serde_json::Value) -> Result<(), KubeError> {
         match self.send(what, "DELETE", path, Some("application/json"), Some(body.to_string().into_bytes())).await {
@@ -253,6 +316,11 @@ fn unreachable(what: &str, server: &HostPort, e: &HttpsError) -> KubeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn continue_tokens_survive_the_query() {
+        assert_eq!(query_escape("eyJ2Ijo+/x=="), "eyJ2Ijo%2B%2Fx%3D%3D");
+    }
 
     #[test]
     fn server_urls_become_addresses() {

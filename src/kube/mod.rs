@@ -9,3 +9,4 @@ pub mod objects;
 pub mod rbac;
 pub mod spec;
 pub mod version;
+pub mod watch;

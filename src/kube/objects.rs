@@ -17,10 +17,21 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct List<T> {
+    #[serde(default)]
+    pub metadata: ListMeta,
+    #[serde(default = "Vec::new")]
     pub items: Vec<T>,
+}
+
+/// A list's version (to watch from) and, for a page, where the next starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ListMeta {
+    pub resource_version: String,
+    #[serde(rename = "continue")]
+    pub continue_: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -96,6 +107,12 @@ pub struct Node {
     pub status: NodeStatus,
 }
 
+impl super::watch::Named for Node {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
 impl Node {
     pub fn internal_ip(&self) -> Option<std::net::IpAddr> {
         self.status.addresses.iter().find(|a| a.kind == "InternalIP").and_then(|a| a.address.parse().ok())
@@ -122,6 +139,17 @@ pub struct LeaseSpec {
 pub struct Lease {
     pub metadata: ObjectMeta,
     pub spec: LeaseSpec,
+}
+
+impl super::watch::Named for Lease {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+/// The namespace of the nodes' Leases.
+pub fn node_leases_path() -> &'static str {
+    "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
