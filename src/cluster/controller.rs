@@ -17,7 +17,7 @@ use tokio::time::sleep;
 use tracing::{debug, info, warn};
 
 use super::election::{Term, View, LEADER_TTL_SECS};
-use super::purge::{Live, Purger, Tracker};
+use super::purge::{Live, Purger, Signals, Tracker};
 use super::registry;
 use super::taints::{self, Outcome};
 use super::Role;
@@ -66,6 +66,8 @@ struct Controller {
     addons_checked: Option<Instant>,
     /// When the purge last saw each node's signals move, in this term.
     tracker: Option<(Term, Tracker)>,
+    /// The nodes' Kubernetes signals, watched while this node leads.
+    signals: Option<Signals>,
 }
 
 /// Runs the leader's rounds whenever `view` says this node leads, until
@@ -83,6 +85,7 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut view: watch::Receiver<Vie
         addons: None,
         addons_checked: None,
         tracker: None,
+        signals: None,
     };
     loop {
         let term = view.borrow().term.clone();
@@ -96,6 +99,7 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut view: watch::Receiver<Vie
             c.addons = None;
             c.addons_checked = None;
             c.tracker = None;
+            c.signals = None;
         }
         tokio::select! {
             _ = stop.changed() => return,
@@ -245,9 +249,13 @@ impl Controller {
         if self.tracker.as_ref().is_none_or(|(t, _)| t != term) {
             self.tracker = Some((term.clone(), Tracker::default()));
         }
+        if let (None, Some(kube)) = (&self.signals, &kube) {
+            self.signals = Some(Signals::spawn(kube));
+        }
         let (_, tracker) = self.tracker.as_mut().expect("set above");
         let etcd = self.etcd.client().await.map_err(|e| e.to_string())?;
-        let world = Live { etcd, endpoint: &endpoint, creds: &creds, kube: kube.as_ref(), term };
+        let signals = self.signals.as_ref();
+        let world = Live { etcd, endpoint: &endpoint, creds: &creds, kube: kube.as_ref(), signals, term };
         let mut purger = Purger { world, tracker, leader: self.cfg.node.name.as_str(), toleration };
         let result = purger.round(crate::host::clock::now_secs()).await;
         let view = match &result {

@@ -17,6 +17,7 @@ use crate::etcd::membership::{self, Lock, Probe};
 use crate::etcd::{self, Credentials, Member};
 use crate::kube::client::{KubeClient, Patch};
 use crate::kube::objects::{self, List, Node, Pod};
+use crate::kube::watch::Reflector;
 
 /// What the purge reads and changes. Every call is one step that can fail
 /// on its own; the purge decides between them.
@@ -64,6 +65,8 @@ pub struct Live<'a> {
     pub endpoint: &'a str,
     pub creds: &'a Credentials,
     pub kube: Option<&'a KubeClient>,
+    /// The watched signals (None: read each node's with requests).
+    pub signals: Option<&'a Signals>,
     pub term: &'a Term,
 }
 
@@ -74,7 +77,10 @@ const LOCK_WAIT: Duration = Duration::from_secs(30);
 impl World for Live<'_> {
     async fn readings(&mut self) -> Result<Vec<Reading>, String> {
         let records = registry::list(self.etcd, self.endpoint).await.map_err(|e| e.to_string())?;
-        let signals = futures_util::future::join_all(records.iter().map(|r| signal(self.kube, &r.name))).await;
+        let signals = match (self.kube, self.signals) {
+            (Some(_), Some(watched)) => watched.of(&records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>()),
+            _ => futures_util::future::join_all(records.iter().map(|r| signal(self.kube, &r.name))).await,
+        };
         Ok(records
             .into_iter()
             .zip(signals)
@@ -245,44 +251,80 @@ impl World for Live<'_> {
     }
 }
 
-/// A node's Kubernetes sign of life: the freshest of its Lease's renewal
-/// and its Ready heartbeat. Any error is [`KubeSignal::Unknown`], never a
-/// missing signal: a node that cannot be seen is not a node seen dead.
+/// A node's Kubernetes sign of life, read now: the freshest of its Lease's
+/// renewal and its Ready heartbeat. Any error is [`KubeSignal::Unknown`],
+/// never a missing signal: a node that cannot be seen is not a node seen
+/// dead. (The purge reads it so right before each step it cannot undo.)
 pub async fn signal(kube: Option<&KubeClient>, name: &str) -> KubeSignal {
     let Some(kube) = kube else { return KubeSignal::Absent };
-    let lease_what = format!("lease of {name}");
-    let node_what = format!("node {name}");
     let (lease, node) = futures_util::future::join(
-        kube.get_opt::<objects::Lease>(&lease_what, &objects::node_lease_path(name)),
-        kube.get_opt::<Node>(&node_what, &objects::node_path(name)),
+        kube.get_opt::<objects::Lease>(&format!("lease of {name}"), &objects::node_lease_path(name)),
+        kube.get_opt::<Node>(&format!("node {name}"), &objects::node_path(name)),
     )
     .await;
+    match (lease, node) {
+        (Ok(lease), Ok(node)) => signal_of(name, lease.as_ref(), node.as_ref()),
+        (Err(e), _) | (_, Err(e)) => KubeSignal::Unknown(e.to_string()),
+    }
+}
+
+/// The signal in a node's Lease and Node (pure).
+pub fn signal_of(name: &str, lease: Option<&objects::Lease>, node: Option<&Node>) -> KubeSignal {
     let time = |what: &str, t: Option<&str>| -> Result<Option<u64>, String> {
         match t {
             None => Ok(None),
-            Some(t) => objects::unix_secs(t).map(Some).ok_or_else(|| format!("{what}: cannot read the time {t:?}")),
-        }
-    };
-    let lease = match lease {
-        Err(e) => return KubeSignal::Unknown(e.to_string()),
-        Ok(l) => match time(&lease_what, l.as_ref().and_then(|l| l.spec.renew_time.as_deref())) {
-            Ok(t) => t,
-            Err(e) => return KubeSignal::Unknown(e),
-        },
-    };
-    let ready = match node {
-        Err(e) => return KubeSignal::Unknown(e.to_string()),
-        Ok(n) => {
-            let c = n.as_ref().and_then(|n| n.condition("Ready"));
-            match time(&node_what, c.and_then(|c| c.last_heartbeat_time.as_deref())) {
-                Ok(t) => t,
-                Err(e) => return KubeSignal::Unknown(e),
+            Some(t) => {
+                objects::unix_secs(t).map(Some).ok_or_else(|| format!("{what} of {name}: cannot read the time {t:?}"))
             }
         }
+    };
+    let lease = match time("lease", lease.and_then(|l| l.spec.renew_time.as_deref())) {
+        Ok(t) => t,
+        Err(e) => return KubeSignal::Unknown(e),
+    };
+    let ready = node.and_then(|n| n.condition("Ready")).and_then(|c| c.last_heartbeat_time.as_deref());
+    let ready = match time("node", ready) {
+        Ok(t) => t,
+        Err(e) => return KubeSignal::Unknown(e),
     };
     match lease.max(ready) {
         Some(t) => KubeSignal::Seen(t),
         None => KubeSignal::Absent,
+    }
+}
+
+/// Every node's Kubernetes signal as two watches keep it (the Leases in
+/// `kube-node-lease`, and the Nodes): the leader's rounds read them without
+/// a request per node. While either watch is down every signal is
+/// [`KubeSignal::Unknown`], so nothing is judged on a cache that may have
+/// missed a renewal.
+pub struct Signals {
+    leases: Reflector<objects::Lease>,
+    nodes: Reflector<Node>,
+}
+
+impl Signals {
+    pub fn spawn(kube: &KubeClient) -> Signals {
+        Signals {
+            leases: Reflector::spawn(kube.clone(), "the nodes' leases", objects::node_leases_path()),
+            nodes: Reflector::spawn(kube.clone(), "the nodes", objects::nodes_path()),
+        }
+    }
+
+    /// The signals of `names`, from the caches.
+    pub fn of(&self, names: &[&str]) -> Vec<KubeSignal> {
+        let read = self.leases.synced(|leases| {
+            self.nodes.synced(|nodes| {
+                names.iter().map(|n| signal_of(n, leases.items.get(*n), nodes.items.get(*n))).collect::<Vec<_>>()
+            })
+        });
+        match read {
+            Ok(Ok(signals)) => signals,
+            Ok(Err(why)) | Err(why) => {
+                let why = format!("the watch on the nodes' signals is down: {why}");
+                names.iter().map(|_| KubeSignal::Unknown(why.clone())).collect()
+            }
+        }
     }
 }
 
@@ -310,4 +352,45 @@ async fn event(kube: &KubeClient, p: &Purge) -> Result<(), crate::kube::client::
     kube.create::<serde_json::Value>(&format!("event {name}"), "/api/v1/namespaces/default/events", &body)
         .await
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(renew: Option<&str>) -> objects::Lease {
+        serde_json::from_value(json!({"metadata": {"name": "w1"}, "spec": {"renewTime": renew}})).unwrap()
+    }
+
+    fn node(heartbeat: &str) -> Node {
+        let ready = json!({"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat});
+        serde_json::from_value(json!({"metadata": {"name": "w1"}, "status": {"conditions": [ready]}})).unwrap()
+    }
+
+    #[test]
+    fn a_nodes_signal_is_the_freshest_of_its_lease_and_its_ready_heartbeat() {
+        let (l, n) = (lease(Some("2026-11-18T11:06:45.000000Z")), node("2026-11-18T11:06:40Z"));
+        assert_eq!(signal_of("w1", Some(&l), Some(&n)), KubeSignal::Seen(1_795_000_005));
+        assert_eq!(signal_of("w1", None, Some(&n)), KubeSignal::Seen(1_795_000_000));
+        assert_eq!(signal_of("w1", Some(&lease(None)), None), KubeSignal::Absent);
+        assert_eq!(signal_of("w1", None, None), KubeSignal::Absent);
+        // A time that cannot be read is unknown, never absent (never stale).
+        let bad = signal_of("w1", Some(&lease(Some("yesterday"))), Some(&n));
+        assert!(matches!(&bad, KubeSignal::Unknown(why) if why.contains("lease of w1")), "{bad:?}");
+    }
+
+    #[tokio::test]
+    async fn signals_whose_watch_is_down_are_unknown() {
+        // An API server that refuses connections: the watches never open.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["x".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let (c, k) = (cert.pem(), key.serialize_pem());
+        let at = format!("127.0.0.1:{port}").parse().unwrap();
+        let kube = KubeClient::new(vec![at], c.as_bytes(), c.as_bytes(), k.as_bytes()).unwrap();
+        let signals = Signals::spawn(&kube);
+        let got = signals.of(&["w1", "w2"]);
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|s| matches!(s, KubeSignal::Unknown(why) if why.contains("watch"))), "{got:?}");
+    }
 }

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 pub use decide::{Assessment, KubeSignal, Observed, Reading, Tracker, STALE_AFTER};
-pub use live::{Live, World};
+pub use live::{Live, Signals, World};
 
 use crate::config::Toleration;
 use crate::etcd::EtcdError;
