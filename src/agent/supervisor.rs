@@ -168,296 +168,395 @@ fn start_lb(paths: &Paths, cfg: &ClusterConfig) -> std::io::Result<crate::lb::Ha
     })
 }
 
+/// The agent's signals: stop (SIGTERM, SIGINT) and reload (SIGHUP).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(paths: Paths) -> anyhow::Result<()> {
     use anyhow::Context as _;
     // Signal handlers first: a SIGHUP from an install that finds the pid
     // file must never meet the default action (death).
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let signals = Signals {
+        term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+    };
     let _pid = PidFile::acquire(&paths.agent_pid_file())
         .with_context(|| format!("cannot start the agent for root {}", paths.root().display()))?;
-    let config_file = paths.config_file();
-    let load = move || -> anyhow::Result<ClusterConfig> {
-        config::load_installed(&config_file)?
-            .with_context(|| format!("{} does not exist: run `hakube install` first", config_file.display()))
-    };
-    let mut cfg = load()?;
+    let cfg = load(&paths)?;
     info!(root = %paths.root().display(), node = %cfg.node.name, "agent starting");
-    let mut versions = VersionCache::default();
-    let observe = |paths: &Paths, cfg: &ClusterConfig, versions: &mut VersionCache| {
-        let (facts, problems) = facts::observe(paths, cfg, versions);
+    let state: Shared =
+        Rc::new(RefCell::new(State { agent_pid: std::process::id(), started_at: now_secs(), ..State::default() }));
+    let (agent_stop, _) = watch::channel(false);
+    let agent = Agent {
+        paths,
+        cfg,
+        versions: VersionCache::default(),
+        state,
+        dirty: Rc::new(Notify::new()),
+        senders: BTreeMap::new(),
+        lb: None,
+        agent_stop,
+        applied: Rc::new(watch::channel(0i64).0),
+        purged: Rc::new(watch::channel(None::<String>).0),
+        reload: tokio::sync::mpsc::unbounded_channel(),
+    };
+    tokio::task::LocalSet::new().run_until(agent.main(signals)).await;
+    Ok(())
+}
+
+/// The installed config, or why there is none to run.
+fn load(paths: &Paths) -> anyhow::Result<ClusterConfig> {
+    use anyhow::Context as _;
+    let file = paths.config_file();
+    config::load_installed(&file)?
+        .with_context(|| format!("{} does not exist: run `hakube install` first", file.display()))
+}
+
+type Supervised = (watch::Sender<Option<Launch>>, tokio::task::JoinHandle<()>);
+
+/// The running agent: what it supervises and the node's own tasks.
+struct Agent {
+    paths: Paths,
+    cfg: ClusterConfig,
+    versions: VersionCache,
+    state: Shared,
+    /// Told when `state` changed (one write per burst).
+    dirty: Rc<Notify>,
+    senders: BTreeMap<Component, Supervised>,
+    lb: Option<crate::lb::Handle>,
+    /// Stops what lives as long as the agent (the election).
+    agent_stop: watch::Sender<bool>,
+    /// The settings revision this node runs, as [`super::converge`] says.
+    applied: Rc<watch::Sender<i64>>,
+    /// Set when the cluster purged this node.
+    purged: Rc<watch::Sender<Option<String>>>,
+    /// Reloads asked for by [`super::converge`].
+    reload: (tokio::sync::mpsc::UnboundedSender<()>, tokio::sync::mpsc::UnboundedReceiver<()>),
+}
+
+impl Agent {
+    /// The agent's life: start, then one event at a time until told to stop.
+    async fn main(mut self, mut signals: Signals) {
+        self.spawn_state_writer();
+        // A node the cluster purged runs nothing until it is reset.
+        let purged_before = self.catch_up().await;
+        // The node-local load balancer, before anything that uses it
+        // (kubelet), for as long as the agent runs.
+        if purged_before.is_none() && self.cfg.runs_local_lb() {
+            self.start_lb();
+        }
+        if let Some(msg) = &purged_before {
+            warn!("{}", msg.trim());
+            self.state.borrow_mut().purged = Some(msg.trim().to_owned());
+            self.dirty.notify_one();
+        } else {
+            for (comp, launch) in self.observe() {
+                self.start(comp, launch);
+            }
+        }
+        spawn_log_rotation(self.paths.log_dir());
+        // The election lives as long as the agent (a reload must not hand
+        // the leadership over); the node's tasks start again on every
+        // reload, so they see the current certificates and config.
+        let (view_tx, view_rx) = watch::channel(crate::cluster::election::View::default());
+        let election = self.spawn_election(view_tx);
+        let mut purged_rx = self.purged.subscribe();
+        let mut stop_tx = if purged_before.is_some() { watch::channel(false).0 } else { self.node_tasks(&view_rx) };
+        loop {
+            tokio::select! {
+                _ = signals.term.recv() => break,
+                _ = signals.int.recv() => break,
+                _ = purged_rx.changed() => {
+                    let Some(msg) = purged_rx.borrow_and_update().clone() else { continue };
+                    let _ = stop_tx.send(true);
+                    self.on_purged(msg);
+                }
+                _ = async { tokio::select! { _ = signals.hup.recv() => {}, _ = self.reload.1.recv() => {} } } => {
+                    if self.state.borrow().purged.is_some() {
+                        warn!("this node was purged: a reload changes nothing until it is reset");
+                        continue;
+                    }
+                    self.reload_config(&mut stop_tx, &view_rx);
+                }
+            }
+        }
+        let _ = stop_tx.send(true);
+        self.stop(election).await;
+    }
+
+    /// One atomic write of `state.json` per burst of changes.
+    fn spawn_state_writer(&self) {
+        let (state, dirty, path) = (self.state.clone(), self.dirty.clone(), self.paths.state_file());
+        tokio::task::spawn_local(async move {
+            loop {
+                let json = serde_json::to_vec_pretty(&*state.borrow()).expect("state serializes");
+                if let Err(e) = write_atomic(&path, &json, 0o644) {
+                    warn!(error = %e, "cannot record state");
+                }
+                dirty.notified().await;
+            }
+        });
+    }
+
+    /// Before anything starts: whether the cluster purged this node while
+    /// it was away (recorded, and said), and the cluster-wide settings
+    /// changed meanwhile (a new load-balancer address), caught up with.
+    async fn catch_up(&mut self) -> Option<String> {
+        if let Ok(msg) = std::fs::read_to_string(self.paths.purged_marker()) {
+            return Some(msg);
+        }
+        let told = super::converge::at_start(&self.paths, &self.cfg).await;
+        if let Some(msg) = told.purged {
+            let _ = write_atomic(&self.paths.purged_marker(), format!("{msg}\n").as_bytes(), 0o644);
+            return Some(msg);
+        }
+        if let Some(spec) = told.settings.filter(|s| *s != self.cfg.cluster) {
+            let mut next = self.cfg.clone();
+            next.cluster = spec;
+            match super::converge::converge(&self.paths, &next)
+                .and_then(|()| load(&self.paths).map_err(|e| e.to_string()))
+            {
+                Ok(new) => {
+                    info!("caught up with the cluster-wide settings changed while this node was away");
+                    self.cfg = new;
+                }
+                Err(e) => warn!(error = %e, "not caught up with the cluster-wide settings before starting"),
+            }
+        }
+        None
+    }
+
+    /// Starts the node-local load balancer and mirrors its status into
+    /// `state.json`.
+    fn start_lb(&mut self) {
+        match start_lb(&self.paths, &self.cfg) {
+            Ok(h) => {
+                let (state, dirty, mut rx) = (self.state.clone(), self.dirty.clone(), h.status.clone());
+                tokio::task::spawn_local(async move {
+                    loop {
+                        state.borrow_mut().load_balancer = Some(rx.borrow_and_update().clone());
+                        dirty.notify_one();
+                        if rx.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                self.lb = Some(h);
+            }
+            Err(e) => warn!(error = %e, "cannot start the node-local load balancer"),
+        }
+    }
+
+    /// The components to run now, as this host's facts allow.
+    fn observe(&mut self) -> BTreeMap<Component, Launch> {
+        let (facts, problems) = facts::observe(&self.paths, &self.cfg, &mut self.versions);
         for (comp, why) in &problems {
             warn!(component = %comp, "cannot run: {why}");
         }
-        launches(paths, cfg, &facts, &problems)
-    };
+        launches(&self.paths, &self.cfg, &facts, &problems)
+    }
 
-    let state: Shared =
-        Rc::new(RefCell::new(State { agent_pid: std::process::id(), started_at: now_secs(), ..State::default() }));
-    let dirty = Rc::new(Notify::new());
-    let local = tokio::task::LocalSet::new();
+    /// Supervises one more component.
+    fn start(&mut self, comp: Component, launch: Launch) {
+        let (tx, rx) = watch::channel(Some(launch));
+        let runner = Processes { paths: self.paths.clone() };
+        let task = tokio::task::spawn_local(supervise(
+            comp,
+            rx,
+            self.paths.clone(),
+            self.state.clone(),
+            self.dirty.clone(),
+            runner,
+        ));
+        self.senders.insert(comp, (tx, task));
+    }
 
-    local
-        .run_until(async move {
-            // State writer: one atomic write per burst of changes.
-            {
-                let (state, dirty, path) = (state.clone(), dirty.clone(), paths.state_file());
-                tokio::task::spawn_local(async move {
-                    loop {
-                        let json = serde_json::to_vec_pretty(&*state.borrow()).expect("state serializes");
-                        if let Err(e) = write_atomic(&path, &json, 0o644) {
-                            warn!(error = %e, "cannot record state");
-                        }
-                        dirty.notified().await;
-                    }
-                });
-            }
-
-            type Supervised = (watch::Sender<Option<Launch>>, tokio::task::JoinHandle<()>);
-            let mut senders: BTreeMap<Component, Supervised> = BTreeMap::new();
-            let start = |comp: Component, launch: Launch, senders: &mut BTreeMap<_, _>| {
-                let (tx, rx) = watch::channel(Some(launch));
-                let runner = Processes { paths: paths.clone() };
-                let task =
-                    tokio::task::spawn_local(supervise(comp, rx, paths.clone(), state.clone(), dirty.clone(), runner));
-                senders.insert(comp, (tx, task));
+    /// A master's part in the election, fit to lead while its
+    /// kube-apiserver (if it runs one) is healthy.
+    fn spawn_election(
+        &self,
+        view: watch::Sender<crate::cluster::election::View>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.cfg.has(Component::Etcd).then(|| {
+            let fit = {
+                let state = self.state.clone();
+                let needs_apiserver = self.cfg.has(Component::KubeApiserver);
+                move || !needs_apiserver || healthy(&state, Component::KubeApiserver)
             };
-            // A node the cluster purged runs nothing until it is reset.
-            let mut purged_before = std::fs::read_to_string(paths.purged_marker()).ok();
-            if purged_before.is_none() {
-                let told = super::converge::at_start(&paths, &cfg).await;
-                if let Some(msg) = told.purged {
-                    let _ = write_atomic(&paths.purged_marker(), format!("{msg}\n").as_bytes(), 0o644);
-                    purged_before = Some(msg);
-                }
-                // A node that was down while the settings changed (a new
-                // load-balancer address) catches up before anything starts.
-                if let Some(spec) = told.settings.filter(|s| *s != cfg.cluster) {
-                    let mut next = cfg.clone();
-                    next.cluster = spec;
-                    match super::converge::converge(&paths, &next).and_then(|()| load().map_err(|e| e.to_string())) {
-                        Ok(new) => {
-                            info!("caught up with the cluster-wide settings changed while this node was away");
-                            cfg = new;
-                        }
-                        Err(e) => warn!(error = %e, "not caught up with the cluster-wide settings before starting"),
-                    }
-                }
-            }
-            // The node-local load balancer, before anything that uses it
-            // (kubelet), for as long as the agent runs.
-            let mut lb = None;
-            if purged_before.is_none() && cfg.runs_local_lb() {
-                match start_lb(&paths, &cfg) {
-                    Ok(h) => {
-                        let (state, dirty, mut rx) = (state.clone(), dirty.clone(), h.status.clone());
-                        tokio::task::spawn_local(async move {
-                            loop {
-                                state.borrow_mut().load_balancer = Some(rx.borrow_and_update().clone());
-                                dirty.notify_one();
-                                if rx.changed().await.is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                        lb = Some(h);
-                    }
-                    Err(e) => warn!(error = %e, "cannot start the node-local load balancer"),
-                }
-            }
-            if let Some(msg) = &purged_before {
-                warn!("{}", msg.trim());
-                state.borrow_mut().purged = Some(msg.trim().to_owned());
-                dirty.notify_one();
-            } else {
-                for (comp, launch) in observe(&paths, &cfg, &mut versions) {
-                    start(comp, launch, &mut senders);
-                }
-            }
-            // The logs under logs/ stay under their cap for as long as the agent runs.
-            let log_dir = paths.log_dir();
-            tokio::task::spawn_local(async move {
-                loop {
-                    let dir = log_dir.clone();
-                    let policy = crate::host::logrotate::DEFAULT;
-                    match tokio::task::spawn_blocking(move || crate::host::logrotate::rotate_dir(&dir, policy)).await {
-                        Ok(Ok(rotated)) => {
-                            for log in rotated {
-                                info!(log = %log.display(), "log rotated (over {} MiB)", policy.max_bytes >> 20);
-                            }
-                        }
-                        Ok(Err(e)) => warn!(error = %e, "cannot rotate the logs"),
-                        Err(_) => {}
-                    }
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                }
-            });
-            // The election lives as long as the agent (a reload must not
-            // hand the leadership over); the rest starts again on every
-            // reload, so it sees the current certificates and config.
-            let (agent_stop_tx, agent_stop_rx) = watch::channel(false);
-            let (view_tx, view_rx) = watch::channel(crate::cluster::election::View::default());
-            let election = cfg.has(Component::Etcd).then(|| {
-                // Fit to lead while its kube-apiserver (if it runs one) is healthy.
-                let fit = {
-                    let state = state.clone();
-                    let needs_apiserver = cfg.has(Component::KubeApiserver);
-                    move || !needs_apiserver || healthy(&state, Component::KubeApiserver)
-                };
-                tokio::task::spawn_local(crate::cluster::election::run(
-                    paths.clone(),
-                    cfg.clone(),
-                    fit,
-                    crate::cluster::election::Yield::default(),
-                    view_tx,
-                    agent_stop_rx,
-                ))
-            });
-            let applied = Rc::new(watch::channel(0i64).0);
-            let purged = Rc::new(watch::channel(None::<String>).0);
-            let mut purged_rx = purged.subscribe();
-            let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-            let node_tasks = |cfg: &ClusterConfig| {
-                let (stop_tx, stop_rx) = watch::channel(false);
-                for comp in cfg.node.components.iter().copied() {
-                    let prober = Prober::new(comp, cfg, &paths);
-                    let args = (paths.clone(), cfg.clone(), state.clone(), dirty.clone(), stop_rx.clone());
-                    tokio::task::spawn_local(probe_loop(comp, prober, args));
-                }
-                let sync = super::converge::run(
-                    paths.clone(),
-                    cfg.clone(),
-                    applied.clone(),
-                    reload_tx.clone(),
-                    purged.clone(),
-                    stop_rx.clone(),
-                );
-                tokio::task::spawn_local(sync);
-                if cfg.has(Component::Etcd) {
-                    use crate::cluster::{controller, heartbeat};
-                    tokio::task::spawn_local(crate::api::run(paths.clone(), cfg.clone(), stop_rx.clone()));
-                    let beat = heartbeat::run(paths.clone(), cfg.clone(), applied.subscribe(), stop_rx.clone());
-                    tokio::task::spawn_local(beat);
-                    let control = controller::run(paths.clone(), cfg.clone(), view_rx.clone(), stop_rx.clone());
-                    tokio::task::spawn_local(control);
-                }
-                if cfg.has(Component::Kubelet) {
-                    tokio::task::spawn_local(super::podnet::run(paths.clone(), cfg.clone(), stop_rx));
-                }
-                stop_tx
-            };
-            let mut stop_tx = if purged_before.is_some() { watch::channel(false).0 } else { node_tasks(&cfg) };
-
-            loop {
-                tokio::select! {
-                    _ = term.recv() => break,
-                    _ = int.recv() => break,
-                    _ = purged_rx.changed() => {
-                        let Some(msg) = purged_rx.borrow_and_update().clone() else { continue };
-                        // Stop everything, touch nothing of the cluster, and
-                        // keep saying why until the node is reset.
-                        warn!("{msg}: stopping every component");
-                        if let Err(e) = write_atomic(&paths.purged_marker(), format!("{msg}\n").as_bytes(), 0o644) {
-                            warn!(error = %e, "cannot record the purge");
-                        }
-                        let _ = stop_tx.send(true);
-                        let _ = agent_stop_tx.send(true);
-                        for (tx, _) in senders.values() {
-                            let _ = tx.send(None);
-                        }
-                        if let Some(h) = lb.take() {
-                            h.stop();
-                        }
-                        state.borrow_mut().purged = Some(msg);
-                        dirty.notify_one();
-                        // The cluster has given its pods to other nodes (a
-                        // StatefulSet's may run elsewhere already): its
-                        // containers, which outlive kubelet and containerd,
-                        // go too, once those two have stopped.
-                        let (state, paths) = (state.clone(), paths.clone());
-                        tokio::task::spawn_local(async move {
-                            let stopped = || {
-                                let s = state.borrow();
-                                [Component::Kubelet, Component::Containerd]
-                                    .iter()
-                                    .all(|c| s.components.get(c.name()).is_none_or(|c| c.pid.is_none()))
-                            };
-                            let until = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(5);
-                            while !stopped() && tokio::time::Instant::now() < until {
-                                sleep(Duration::from_millis(200)).await;
-                            }
-                            let left = tokio::task::spawn_blocking(move || crate::runtime::pods::stop_all(&paths)).await;
-                            warn!(cgroups_left = ?left.unwrap_or_default(), "stopped this purged node's pods");
-                        });
-                    }
-                    _ = async { tokio::select! { _ = hup.recv() => {}, _ = reload_rx.recv() => {} } } => {
-                        if state.borrow().purged.is_some() {
-                            warn!("this node was purged: a reload changes nothing until it is reset");
-                            continue;
-                        }
-                        match load() {
-                            Ok(new) => {
-                                cfg = new;
-                                let wanted = observe(&paths, &cfg, &mut versions);
-                                let running = senders.iter().map(|(c, (tx, _))| (*c, tx.borrow().clone())).collect();
-                                let plan = reload_plan(&running, wanted);
-                                let _ = stop_tx.send(true);
-                                stop_tx = node_tasks(&cfg);
-                                for (comp, change) in plan {
-                                    match change {
-                                        Change::Start(launch) => start(comp, launch, &mut senders),
-                                        Change::Relaunch(next) => {
-                                            // Not healthy until restarted: whoever waits on this
-                                            // reload must not see the old process's health.
-                                            update(&state, &dirty, comp, |s| {
-                                                s.phase = Phase::Starting;
-                                                s.healthy = false;
-                                                s.pid = None;
-                                            });
-                                            let _ = senders[&comp].0.send(next);
-                                        }
-                                    }
-                                }
-                                info!("configuration reloaded");
-                                state.borrow_mut().reload_error = None;
-                            }
-                            Err(e) => {
-                                let reason = format!("{e:#}");
-                                warn!(error = %reason, "reload refused: keeping the running configuration");
-                                state.borrow_mut().reload_error = Some(reason);
-                            }
-                        }
-                        state.borrow_mut().reloads += 1;
-                        dirty.notify_one();
-                    }
-                }
-            }
-            // Stop in reverse start order: kubelet and the control plane
-            // before the etcd they write to.
-            info!("stopping components");
-            let _ = stop_tx.send(true);
-            let _ = agent_stop_tx.send(true);
-            if let Some(e) = election {
-                let _ = timeout(Duration::from_secs(6), e).await;
-            }
-            for (comp, (tx, task)) in senders.into_iter().rev() {
-                let _ = tx.send(None);
-                drop(tx);
-                if timeout(STOP_GRACE + Duration::from_secs(2), task).await.is_err() {
-                    warn!(component = %comp, "did not stop in time");
-                }
-            }
-            if let Some(h) = lb.take() {
-                h.stop();
-            }
-            let json = serde_json::to_vec_pretty(&*state.borrow()).expect("state serializes");
-            let _ = write_atomic(&paths.state_file(), &json, 0o644);
-            info!("agent stopped");
+            tokio::task::spawn_local(crate::cluster::election::run(
+                self.paths.clone(),
+                self.cfg.clone(),
+                fit,
+                crate::cluster::election::Yield::default(),
+                view,
+                self.agent_stop.subscribe(),
+            ))
         })
-        .await;
-    Ok(())
+    }
+
+    /// The node's tasks for the config as it is now: health probes,
+    /// convergence to the cluster-wide settings, a master's API, heartbeat
+    /// and controller, a kubelet node's pod network. They stop when the
+    /// returned sender is told.
+    fn node_tasks(&self, view: &watch::Receiver<crate::cluster::election::View>) -> watch::Sender<bool> {
+        let (paths, cfg) = (&self.paths, &self.cfg);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        for comp in cfg.node.components.iter().copied() {
+            let prober = Prober::new(comp, cfg, paths);
+            let args = (paths.clone(), cfg.clone(), self.state.clone(), self.dirty.clone(), stop_rx.clone());
+            tokio::task::spawn_local(probe_loop(comp, prober, args));
+        }
+        tokio::task::spawn_local(super::converge::run(
+            paths.clone(),
+            cfg.clone(),
+            self.applied.clone(),
+            self.reload.0.clone(),
+            self.purged.clone(),
+            stop_rx.clone(),
+        ));
+        if cfg.has(Component::Etcd) {
+            use crate::cluster::{controller, heartbeat};
+            tokio::task::spawn_local(crate::api::run(paths.clone(), cfg.clone(), stop_rx.clone()));
+            tokio::task::spawn_local(heartbeat::run(
+                paths.clone(),
+                cfg.clone(),
+                self.applied.subscribe(),
+                stop_rx.clone(),
+            ));
+            tokio::task::spawn_local(controller::run(paths.clone(), cfg.clone(), view.clone(), stop_rx.clone()));
+        }
+        if cfg.has(Component::Kubelet) {
+            tokio::task::spawn_local(super::podnet::run(paths.clone(), cfg.clone(), stop_rx));
+        }
+        stop_tx
+    }
+
+    /// The cluster purged this node: stop everything, touch nothing of the
+    /// cluster, and keep saying why until the node is reset.
+    fn on_purged(&mut self, msg: String) {
+        warn!("{msg}: stopping every component");
+        if let Err(e) = write_atomic(&self.paths.purged_marker(), format!("{msg}\n").as_bytes(), 0o644) {
+            warn!(error = %e, "cannot record the purge");
+        }
+        self.agent_stop.send_replace(true);
+        for (tx, _) in self.senders.values() {
+            let _ = tx.send(None);
+        }
+        if let Some(h) = self.lb.take() {
+            h.stop();
+        }
+        self.state.borrow_mut().purged = Some(msg);
+        self.dirty.notify_one();
+        // The cluster has given its pods to other nodes (a StatefulSet's
+        // may run elsewhere already): its containers, which outlive
+        // kubelet and containerd, go too, once those two have stopped.
+        let (state, paths) = (self.state.clone(), self.paths.clone());
+        tokio::task::spawn_local(async move {
+            let stopped = || {
+                let s = state.borrow();
+                [Component::Kubelet, Component::Containerd]
+                    .iter()
+                    .all(|c| s.components.get(c.name()).is_none_or(|c| c.pid.is_none()))
+            };
+            let until = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(5);
+            while !stopped() && tokio::time::Instant::now() < until {
+                sleep(Duration::from_millis(200)).await;
+            }
+            let left = tokio::task::spawn_blocking(move || crate::runtime::pods::stop_all(&paths)).await;
+            warn!(cgroups_left = ?left.unwrap_or_default(), "stopped this purged node's pods");
+        });
+    }
+
+    /// Reads the config again and applies the [`reload_plan`]; the node's
+    /// tasks (stopped through `stop_tx`) start again for the new config.
+    fn reload_config(
+        &mut self,
+        stop_tx: &mut watch::Sender<bool>,
+        view: &watch::Receiver<crate::cluster::election::View>,
+    ) {
+        match load(&self.paths) {
+            Ok(new) => {
+                self.cfg = new;
+                let wanted = self.observe();
+                let running = self.senders.iter().map(|(c, (tx, _))| (*c, tx.borrow().clone())).collect();
+                let plan = reload_plan(&running, wanted);
+                let _ = stop_tx.send(true);
+                *stop_tx = self.node_tasks(view);
+                for (comp, change) in plan {
+                    match change {
+                        Change::Start(launch) => self.start(comp, launch),
+                        Change::Relaunch(next) => {
+                            // Not healthy until restarted: whoever waits on
+                            // this reload must not see the old process's health.
+                            update(&self.state, &self.dirty, comp, |s| {
+                                s.phase = Phase::Starting;
+                                s.healthy = false;
+                                s.pid = None;
+                            });
+                            let _ = self.senders[&comp].0.send(next);
+                        }
+                    }
+                }
+                info!("configuration reloaded");
+                self.state.borrow_mut().reload_error = None;
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                warn!(error = %reason, "reload refused: keeping the running configuration");
+                self.state.borrow_mut().reload_error = Some(reason);
+            }
+        }
+        self.state.borrow_mut().reloads += 1;
+        self.dirty.notify_one();
+    }
+
+    /// Stops in reverse start order: kubelet and the control plane before
+    /// the etcd they write to.
+    async fn stop(mut self, election: Option<tokio::task::JoinHandle<()>>) {
+        info!("stopping components");
+        self.agent_stop.send_replace(true);
+        if let Some(e) = election {
+            let _ = timeout(Duration::from_secs(6), e).await;
+        }
+        for (comp, (tx, task)) in std::mem::take(&mut self.senders).into_iter().rev() {
+            let _ = tx.send(None);
+            drop(tx);
+            if timeout(STOP_GRACE + Duration::from_secs(2), task).await.is_err() {
+                warn!(component = %comp, "did not stop in time");
+            }
+        }
+        if let Some(h) = self.lb.take() {
+            h.stop();
+        }
+        let json = serde_json::to_vec_pretty(&*self.state.borrow()).expect("state serializes");
+        let _ = write_atomic(&self.paths.state_file(), &json, 0o644);
+        info!("agent stopped");
+    }
+}
+
+/// Keeps the logs under `logs/` under their cap for as long as the agent runs.
+fn spawn_log_rotation(log_dir: PathBuf) {
+    tokio::task::spawn_local(async move {
+        loop {
+            let dir = log_dir.clone();
+            let policy = crate::host::logrotate::DEFAULT;
+            match tokio::task::spawn_blocking(move || crate::host::logrotate::rotate_dir(&dir, policy)).await {
+                Ok(Ok(rotated)) => {
+                    for log in rotated {
+                        info!(log = %log.display(), "log rotated (over {} MiB)", policy.max_bytes >> 20);
+                    }
+                }
+                Ok(Err(e)) => warn!(error = %e, "cannot rotate the logs"),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    });
 }
 
 /// How [`supervise`] runs a component's process: [`Processes`] for real,
