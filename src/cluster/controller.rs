@@ -257,9 +257,10 @@ impl Controller {
         let signals = self.signals.as_ref();
         let world = Live { etcd, endpoint: &endpoint, creds: &creds, kube: kube.as_ref(), signals, term };
         let mut purger = Purger { world, tracker, leader: self.cfg.node.name.as_str(), toleration };
+        let began = Instant::now();
         let result = purger.round(crate::host::clock::now_secs()).await;
         let view = match &result {
-            Ok(view) => view.clone(),
+            Ok(view) => super::purge::View { round_ms: Some(began.elapsed().as_millis() as u64), ..view.clone() },
             Err(_) => return result.map(drop),
         };
         let etcd = self.etcd.client().await.map_err(|e| e.to_string())?;

@@ -221,6 +221,12 @@ impl KubeClient {
         self.decode(what, &bytes)
     }
 
+    /// A document that is not JSON (the API server's `/metrics`).
+    pub async fn get_text(&self, what: &str, path: &str) -> Result<String, KubeError> {
+        let bytes = self.send(what, "GET", path, None, None).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// As [`Self::get`], with a missing object as `None`.
     pub async fn get_opt<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<Option<T>, KubeError> {
         match self.get(what, path).await {

@@ -131,6 +131,10 @@ pub struct View {
     /// Why nothing is purged although a node is lost.
     #[serde(default)]
     pub note: Option<String>,
+    /// How long the leader's round took (ms), reading every node's signals
+    /// and judging them: what grows with the cluster's size.
+    #[serde(default)]
+    pub round_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +232,7 @@ impl<W: World> Purger<'_, W> {
                 .collect(),
             current: None,
             note: None,
+            round_ms: None,
         };
         self.world.sweep_tombstoned_nodes().await;
         let (mut purge, mut rev) = match self.world.current().await? {
