@@ -82,10 +82,21 @@ fn address(base: Ipv4Addr, i: usize) -> Ipv4Addr {
     Ipv4Addr::new(a, b, c, d.wrapping_add((i % 150) as u8))
 }
 
-/// Sums of `apiserver_request_total` by "VERB resource".
-async fn request_counts(kube: &KubeClient) -> BTreeMap<String, f64> {
-    let Ok(text) = kube.get_text("metrics", "/metrics").await else { return BTreeMap::new() };
+/// Sums of `apiserver_request_total` by "VERB resource", over every
+/// master's API server (each counts what it served itself).
+async fn request_counts(kube: &KubeClient, servers: &[hakube::config::HostPort]) -> BTreeMap<String, f64> {
     let mut sums = BTreeMap::new();
+    for server in servers {
+        let Ok(text) = kube.with_servers(vec![server.clone()]).get_text("metrics", "/metrics").await else {
+            eprintln!("hollow_nodes: no metrics from {server}");
+            continue;
+        };
+        add_counts(&text, &mut sums);
+    }
+    sums
+}
+
+fn add_counts(text: &str, sums: &mut BTreeMap<String, f64>) {
     for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
         let Some((labels, value)) = line.rsplit_once(' ') else { continue };
         let label = |k: &str| {
@@ -94,7 +105,6 @@ async fn request_counts(kube: &KubeClient) -> BTreeMap<String, f64> {
         let key = format!("{} {}", label("verb"), label("resource"));
         *sums.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
     }
-    sums
 }
 
 /// An agent's CPU seconds and resident memory (KiB), from /proc.
@@ -182,9 +192,18 @@ async fn run(a: Args) -> Result<(), String> {
     let created_s = t.elapsed().as_secs_f64();
     eprintln!("hollow_nodes: {} nodes created in {created_s:.1}s", a.count);
 
+    // Every master's API server, for its own request counts.
+    let masters: Vec<hakube::config::HostPort> = registry::list(&mut etcd, &endpoint)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|r| r.role == Role::Master)
+        .map(|r| hakube::config::HostPort::new(hakube::config::Host::Ip(r.address), cfg.node.api_server_port))
+        .collect();
+
     // Keep them alive; sample.
     let started = Instant::now();
-    let before = request_counts(&kube).await;
+    let before = request_counts(&kube, &masters).await;
     let usage_before: Vec<_> = a.agent_roots.iter().map(|r| agent_usage(r)).collect();
     let mut own_requests = 0u64;
     let mut rounds = Vec::new();
@@ -202,10 +221,9 @@ async fn run(a: Args) -> Result<(), String> {
             eprintln!("hollow_nodes: {} node(s) lost now", a.lose);
         }
         let alive = |i: usize| !(lost && i < a.lose);
-        // Leases: a tenth of them every second, each every 10 s.
-        let per_tick = a.count.div_ceil(100);
-        let batch: Vec<usize> = (0..per_tick).map(|k| (next_lease + k) % a.count).filter(|i| alive(*i)).collect();
-        next_lease = (next_lease + per_tick) % a.count;
+        // Leases: each every 10 s (100 ticks), spread over the ticks.
+        let batch: Vec<usize> = (0..a.count).filter(|i| i % 100 == next_lease && alive(*i)).collect();
+        next_lease = (next_lease + 1) % 100;
         let renew = batch.iter().map(|i| {
             let path = format!("{}/{}", hakube::kube::objects::node_leases_path(), names[*i]);
             let body = json!({"spec": {"renewTime": micro_now()}});
@@ -248,7 +266,7 @@ async fn run(a: Args) -> Result<(), String> {
         tokio::time::sleep(tick).await;
     }
     let window = started.elapsed().as_secs_f64();
-    let after = request_counts(&kube).await;
+    let after = request_counts(&kube, &masters).await;
     let usage_after: Vec<_> = a.agent_roots.iter().map(|r| agent_usage(r)).collect();
 
     let mut rates = BTreeMap::new();
