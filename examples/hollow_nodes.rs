@@ -151,9 +151,11 @@ async fn run(a: Args) -> Result<(), String> {
         hakube::etcd::Local::connect(&paths, &cfg, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
     let names: Vec<String> = (0..a.count).map(name).collect();
 
-    // Create: Node, Lease, registry record.
+    // Create: Node, Lease, registry record (a tombstone of an earlier run
+    // goes first, as a reset and a join again would clear it).
     let t = Instant::now();
     for (i, n) in names.iter().enumerate() {
+        hakube::cluster::purge::clear_tombstone(&mut etcd, &endpoint, n).await.map_err(|e| e.to_string())?;
         let node = json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": n, "labels": {"hakube.io/hollow": "true"}},
@@ -208,6 +210,7 @@ async fn run(a: Args) -> Result<(), String> {
     let mut own_requests = 0u64;
     let mut rounds = Vec::new();
     let mut lost_at: Option<Instant> = None;
+    let mut lost_wall = u64::MAX;
     let mut purge_began: BTreeMap<String, f64> = BTreeMap::new();
     let mut max_rss = vec![0u64; a.agent_roots.len()];
     let mut next_lease = 0usize;
@@ -218,6 +221,7 @@ async fn run(a: Args) -> Result<(), String> {
         let lost = started.elapsed() >= Duration::from_secs(a.lose_after);
         if lost && lost_at.is_none() {
             lost_at = Some(Instant::now());
+            lost_wall = hakube::host::clock::now_secs();
             eprintln!("hollow_nodes: {} node(s) lost now", a.lose);
         }
         let alive = |i: usize| !(lost && i < a.lose);
@@ -246,12 +250,13 @@ async fn run(a: Args) -> Result<(), String> {
                 if let Some(ms) = view.round_ms {
                     rounds.push((view.at, ms));
                 }
-                if let (Some(lost), Some(p)) = (lost_at, view.current.as_ref()) {
+                if let (Some(lost), Some(p)) = (lost_at, view.current.as_ref().filter(|p| p.started_at >= lost_wall)) {
                     purge_began.entry(p.node.name.clone()).or_insert(lost.elapsed().as_secs_f64());
                 }
             }
             if let Ok(history) = hakube::cluster::purge::history(&mut etcd, &endpoint).await {
-                for p in history {
+                // Purges of this run only (the history keeps earlier ones).
+                for p in history.into_iter().filter(|p| p.started_at >= lost_wall) {
                     if let Some(lost) = lost_at {
                         purge_began.entry(p.node.name.clone()).or_insert(lost.elapsed().as_secs_f64());
                     }

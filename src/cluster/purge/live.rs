@@ -241,7 +241,13 @@ impl World for Live<'_> {
             .collect();
         for name in names {
             let what = format!("node {name}");
-            if let Ok(Some(_)) = kube.get_opt::<Node>(&what, &objects::node_path(&name)).await {
+            // From the watched Nodes when they are current: a GET per
+            // tombstone per round would grow with every node ever purged.
+            let present = match self.signals.and_then(|s| s.has_node(&name)) {
+                Some(known) => known,
+                None => matches!(kube.get_opt::<Node>(&what, &objects::node_path(&name)).await, Ok(Some(_))),
+            };
+            if present {
                 match kube.delete(&what, &objects::node_path(&name), &json!({})).await {
                     Ok(()) => warn!(node = %name, "deleted the Node a purged node registered again"),
                     Err(e) => warn!(node = %name, error = %e, "cannot delete the Node of a purged node"),
@@ -309,6 +315,12 @@ impl Signals {
             leases: Reflector::spawn(kube.clone(), "the nodes' leases", objects::node_leases_path()),
             nodes: Reflector::spawn(kube.clone(), "the nodes", objects::nodes_path()),
         }
+    }
+
+    /// Whether a Node of that name exists, if the watch on the Nodes is
+    /// current.
+    pub fn has_node(&self, name: &str) -> Option<bool> {
+        self.nodes.synced(|nodes| nodes.items.contains_key(name)).ok()
     }
 
     /// The signals of `names`, from the caches.
