@@ -14,7 +14,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::{refuse, ApiContext, Peer, Refusal, Remote};
+use super::{refuse, unavailable, ApiContext, Peer, Refusal, Remote};
 use crate::cluster::registry;
 use crate::config::ClusterSpec;
 use crate::etcd;
@@ -67,11 +67,7 @@ async fn refuse_purged(ctx: &ApiContext, node: &str, remote: SocketAddr) -> Resu
     let endpoint = ctx.config.etcd_client_url();
     let mut client = match ctx.client().await {
         Ok(c) => c,
-        Err(e) => {
-            return Err(
-                refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")).into_response()
-            )
-        }
+        Err(e) => return Err(unavailable(e).into_response()),
     };
     match crate::cluster::purge::tombstone(&mut client, &endpoint, node).await {
         Ok(None) => Ok(()),
@@ -82,7 +78,7 @@ async fn refuse_purged(ctx: &ApiContext, node: &str, remote: SocketAddr) -> Resu
         }
         Err(e) => {
             ctx.forget_client().await;
-            Err(refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")).into_response())
+            Err(unavailable(e).into_response())
         }
     }
 }
@@ -125,7 +121,7 @@ pub(crate) async fn cluster(
         Ok(v) => Json(v).into_response(),
         Err(e) => {
             ctx.forget_client().await;
-            refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")).into_response()
+            unavailable(e).into_response()
         }
     }
 }
@@ -166,7 +162,7 @@ pub(crate) async fn heartbeat(
         }
         Err(e) => {
             ctx.forget_client().await;
-            refuse(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")).into_response()
+            unavailable(e).into_response()
         }
     }
 }

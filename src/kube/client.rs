@@ -173,18 +173,7 @@ impl KubeClient {
                 match https::request(server, self.tls.clone(), req, self.limits).await {
                     Ok(resp) if (200..300).contains(&resp.status) => return Ok(resp.body),
                     Ok(resp) => {
-                        let status: Status = serde_json::from_slice(&resp.body).unwrap_or_default();
-                        let err = KubeError::Status {
-                            what: what.to_owned(),
-                            server: server.to_string(),
-                            code: resp.status,
-                            reason: status.reason,
-                            message: if status.message.is_empty() {
-                                String::from_utf8_lossy(&resp.body).chars().take(300).collect()
-                            } else {
-                                status.message
-                            },
-                        };
+                        let err = status_error(what, server, resp.status, &resp.body);
                         if resp.status != 429 && resp.status < 500 {
                             return Err(err);
                         }
@@ -290,14 +279,7 @@ impl KubeClient {
                 Ok(resp) => {
                     let body = http_body_util::Limited::new(resp.body, 64 << 10).collect().await;
                     let bytes = body.map(|b| b.to_bytes()).unwrap_or_default();
-                    let status: Status = serde_json::from_slice(&bytes).unwrap_or_default();
-                    return Err(KubeError::Status {
-                        what: what.to_owned(),
-                        server: server.to_string(),
-                        code: resp.status,
-                        reason: status.reason,
-                        message: status.message,
-                    });
+                    return Err(status_error(what, server, resp.status, &bytes));
                 }
                 Err(e) => last = Some(unreachable(what, server, &e)),
             }
@@ -312,6 +294,23 @@ impl KubeClient {
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// An answer that is not a success: the server's `Status`, or the start of
+/// whatever it sent instead.
+fn status_error(what: &str, server: &HostPort, code: u16, body: &[u8]) -> KubeError {
+    let status: Status = serde_json::from_slice(body).unwrap_or_default();
+    KubeError::Status {
+        what: what.to_owned(),
+        server: server.to_string(),
+        code,
+        reason: status.reason,
+        message: if status.message.is_empty() {
+            String::from_utf8_lossy(body).chars().take(300).collect()
+        } else {
+            status.message
+        },
     }
 }
 
