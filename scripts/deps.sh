@@ -2,14 +2,15 @@
 #
 # Dependency helpers for hakube's scripts. Source it, then call:
 #
-#   hakube_ensure_deps [kube] [haproxy] [vm] [nextest]
+#   hakube_ensure_deps [kube] [haproxy] [shellcheck] [vm] [nextest]
 #       Makes sure what building hakube and running its scripts and tests
 #       needs is here: the commands etcd, etcdctl, protoc, openssl, ip, curl,
 #       flock, and protoc's well-known-type includes (which Debian ships apart
 #       from protoc, in libprotobuf-dev). Installs the Debian packages of
 #       whatever is missing and says what it installed. "kube" adds what
 #       nodes that run pods need besides the bundle (the CNI
-#       plugins, iptables); "haproxy" adds haproxy; "vm" adds what
+#       plugins, iptables); "haproxy" adds haproxy; "shellcheck" adds the
+#       linter the test suite runs on the scripts; "vm" adds what
 #       scripts/vm.sh needs to build and boot virtual machines (qemu,
 #       qemu-img, debootstrap, mkfs.ext4, ssh); "nextest" also makes sure
 #       cargo-nextest exists.
@@ -71,7 +72,7 @@ _hakube_need() {
     curl) pkg=curl ;;
     flock) pkg=util-linux ;;
     haproxy) pkg=haproxy ;;
-    jq) pkg=jq ;;
+    shellcheck) pkg=shellcheck ;;
     # What scripts/vm.sh needs: a Debian root made with debootstrap, turned
     # into a disk image by mkfs.ext4 -d, booted by qemu over qcow2 overlays
     # that qemu-img makes, driven over ssh.
@@ -352,10 +353,11 @@ hakube_ensure_deps() {
       # iptables (kube-proxy's rules).
       kube) needs+=(cni-plugins iptables) ;;
       haproxy) needs+=(haproxy) ;;
+      shellcheck) needs+=(shellcheck) ;;
       vm) needs+=(qemu-system-x86_64 qemu-img debootstrap mkfs.ext4 ssh ssh-keygen) ;;
       nextest) want_nextest=1 ;;
       *)
-        _hakube_deps_msg "hakube_ensure_deps: unknown option '$arg' (known: kube, haproxy, vm, nextest)"
+        _hakube_deps_msg "hakube_ensure_deps: unknown option '$arg' (known: kube, haproxy, shellcheck, vm, nextest)"
         return 2
         ;;
     esac

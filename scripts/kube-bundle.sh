@@ -98,7 +98,8 @@
 set -euo pipefail
 
 prog=kube-bundle.sh
-script=$(readlink -f -- "${BASH_SOURCE[0]}")
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/lib.sh"
 
 # Bump when anything below changes what ends up in a bundle. (1 was the
 # Kubernetes 1.20.2 bundle built from Debian's source package.)
@@ -130,12 +131,6 @@ readonly BUNDLE_FILES=("${BINARIES[@]}" pause.tar pause-image test-image.tar tes
 readonly BUILD_PACKAGES=(gcc libc6-dev binutils libseccomp-dev pkg-config busybox-static)
 # The machine's toolchain as MANIFEST records it (--refresh compares).
 readonly TOOLCHAIN_PACKAGES=(gcc libc6-dev libseccomp-dev busybox-static)
-
-msg() { printf '%s: %s\n' "$prog" "$*" >&2; }
-die() {
-  printf '%s: error: %s\n' "$prog" "$*" >&2
-  exit 1
-}
 
 usage() {
   cat >&2 <<EOF
@@ -188,7 +183,7 @@ Environment:
                               build (GOFLAGS, GOTOOLCHAIN, GOOS, GOARCH, ...).
 
 Disk: each bundle is ~900 MB; the modules (~4 GB, in Go's own module cache,
-`go env GOMODCACHE`) and kube-bundle/go-build (Go's build cache, ~6 GB, ~4 GB
+\`go env GOMODCACHE\`) and kube-bundle/go-build (Go's build cache, ~6 GB, ~4 GB
 more per other Kubernetes version) are safe to delete; old bundles are not
 pruned (delete their dirs).
 EOF

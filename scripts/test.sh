@@ -8,10 +8,11 @@
 # run it as root, or as a user with sudo (it re-runs itself with sudo).
 # Steps, from the repository root: dependencies (Debian packages, and the
 # Kubernetes bundle that scripts/kube-bundle.sh builds from Go modules once
-# per machine and keeps in /var/cache/hakube), rustfmt check, clippy with warnings denied, release
-# build (some tests and benchmarks run target/release/hakube), then the tests
-# with cargo-nextest (cargo test when nextest cannot be had), then the VM
-# tests (scripts/test-vm.sh).
+# per machine and keeps in /var/cache/hakube), shellcheck of the scripts,
+# rustfmt check, clippy with warnings denied, release build of the workspace
+# (hakube and its developer tools in dev/, which the VM tests run), then the
+# tests of both with cargo-nextest (cargo test when nextest cannot be had),
+# then the VM tests (scripts/test-vm.sh).
 # Extra arguments go to `cargo nextest run`.
 #
 # Under sudo the builds run as the invoking user, so that target/ stays theirs;
@@ -26,22 +27,15 @@
 set -euo pipefail
 
 prog=test.sh
-script=$(readlink -f -- "${BASH_SOURCE[0]}")
-script_dir=${script%/*}
-repo=$(cd -- "$script_dir/.." && pwd -P)
-
-msg() { printf '%s: %s\n' "$prog" "$*" >&2; }
-die() {
-  printf '%s: error: %s\n' "$prog" "$*" >&2
-  exit 1
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/lib.sh"
 
 usage() {
   cat >&2 <<EOF
 usage: scripts/$prog [NEXTEST ARGS...]
 
-Runs cargo fmt --check, cargo clippy -D warnings, cargo build --release, the
-test suite (cargo nextest run; cargo test if nextest is unavailable) and the
+Runs shellcheck, cargo fmt --check, cargo clippy -D warnings, cargo build
+--release, the test suite (cargo nextest run; cargo test if nextest is unavailable) and the
 VM tests (scripts/test-vm.sh). Needs root for network namespaces; re-runs
 itself with sudo when not root.
 
@@ -65,9 +59,6 @@ vm_timeout=${HAKUBE_TEST_VM_TIMEOUT:-2400}
 [[ $test_timeout =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_TIMEOUT must be a positive number of seconds (got '$test_timeout')"
 [[ $vm_test == [01] ]] || die "HAKUBE_TEST_VM must be 0 or 1 (got '$vm_test')"
 [[ $vm_timeout =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_VM_TIMEOUT must be a positive number of seconds (got '$vm_timeout')"
-
-# shellcheck source=scripts/deps.sh
-source "$script_dir/deps.sh"
 
 hakube_as_root "$script" "$@"
 
@@ -93,7 +84,7 @@ step() {
 
 cd -- "$repo"
 
-step "dependencies" hakube_ensure_deps kube haproxy
+step "dependencies" hakube_ensure_deps kube haproxy shellcheck
 hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rustup.rs), then re-run"
 
 # The Kubernetes tests run the real components: build them once (cached
@@ -116,9 +107,11 @@ for component in fmt:rustfmt clippy:clippy; do
   fi
 done
 
+# The workspace: the product and its developer tools (dev/).
+step "shellcheck" shellcheck -x scripts/*.sh .ci/run
 step "cargo fmt --check" hakube_cargo fmt --all -- --check
-step "cargo clippy" hakube_cargo clippy --all-targets --locked -- -D warnings
-step "cargo build --release" hakube_cargo build --release --locked
+step "cargo clippy" hakube_cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo build --release" hakube_cargo build --release --locked --workspace
 
 # On a terminal, --foreground lets Ctrl-C reach the tests; otherwise timeout
 # gets its own process group, so that a timeout stops every test process.
@@ -128,15 +121,15 @@ if [[ -t 0 ]]; then
 fi
 
 if ((have_nextest)); then
-  nextest_args=(--locked --no-fail-fast --test-threads "$threads" "$@")
+  nextest_args=(--workspace --locked --no-fail-fast --test-threads "$threads" "$@")
   # Builds with the default profile; arguments that change it make the
   # run below build again, as root.
-  step "build tests" hakube_cargo nextest run --no-run --locked
+  step "build tests" hakube_cargo nextest run --workspace --no-run --locked
   step "cargo nextest run" timeout "${timeout_args[@]}" "$test_timeout" cargo nextest run "${nextest_args[@]}"
 else
   (($# == 0)) || msg "passing '$*' to cargo test, which may not understand nextest's arguments"
-  step "build tests" hakube_cargo test --locked --no-run
-  step "cargo test" timeout "${timeout_args[@]}" "$test_timeout" cargo test --locked --no-fail-fast "$@" -- --test-threads "$threads"
+  step "build tests" hakube_cargo test --workspace --locked --no-run
+  step "cargo test" timeout "${timeout_args[@]}" "$test_timeout" cargo test --workspace --locked --no-fail-fast "$@" -- --test-threads "$threads"
 fi
 
 # hakube as the systemd unit of real VMs: install, joins, stop and start,

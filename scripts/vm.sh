@@ -69,9 +69,8 @@
 set -euo pipefail
 
 prog=vm.sh
-script=$(readlink -f -- "${BASH_SOURCE[0]}")
-script_dir=${script%/*}
-repo=$(cd -- "$script_dir/.." && pwd -P)
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/lib.sh"
 
 # Bump when what the image holds changes in a way its inputs do not show.
 readonly RECIPE=1
@@ -105,13 +104,6 @@ boot_timeout=${HAKUBE_VM_BOOT_TIMEOUT:-300}
 lifetime=${HAKUBE_VM_LIFETIME:-0}
 disk_size=8G
 ssh_key=$cache_dir/ssh/id_ed25519
-
-msg() { printf '%s: %s\n' "$prog" "$*" >&2; }
-warn() { printf '%s: warning: %s\n' "$prog" "$*" >&2; }
-die() {
-  printf '%s: error: %s\n' "$prog" "$*" >&2
-  exit 1
-}
 
 usage() {
   cat >&2 <<EOF
@@ -433,8 +425,14 @@ record_host() {
 
 ns_exists() { ip netns list | awk '{print $1}' | grep -qxF -- "$ns"; }
 
+# The namespace with the bridge the VMs' taps join (nothing in the
+# machine's own namespace).
 ensure_network() {
-  hakube_netns_switch "$ns" || die "cannot set up the namespace $ns"
+  if ! { { ns_exists || ip netns add "$ns"; } && ip -n "$ns" link set lo up &&
+    { ip -n "$ns" link show "$bridge" >/dev/null 2>&1 || ip -n "$ns" link add "$bridge" type bridge; } &&
+    ip -n "$ns" link set "$bridge" up; }; then
+    die "cannot set up the namespace $ns"
+  fi
   ip -n "$ns" addr replace "$gateway/$net_bits" dev "$bridge" || die "cannot address $bridge in $ns"
 }
 
@@ -805,7 +803,7 @@ cmd_boot() {
 }
 
 cmd_down() {
-  local name pid i failed=0
+  local name pid pids i failed=0
   (($# == 0)) || die "down takes no arguments"
   require_root down
   take_lock
@@ -818,8 +816,20 @@ cmd_down() {
   fi
   if ns_exists; then
     # Anything else still in the namespace (ssh clients, a qemu whose pid
-    # file is gone).
-    hakube_netns_stop "$ns" verbose
+    # file is gone): TERM, then KILL what is left after 10 s.
+    pids=$(ip netns pids "$ns" 2>/dev/null | xargs)
+    if [[ -n $pids ]]; then
+      msg "stopping what is left in $ns: $pids"
+      # shellcheck disable=SC2086 # one pid per word
+      kill -TERM $pids 2>/dev/null || true
+      for ((i = 0; i < 100; i++)); do
+        [[ -n $(ip netns pids "$ns" 2>/dev/null) ]] || break
+        sleep 0.1
+      done
+      pids=$(ip netns pids "$ns" 2>/dev/null | xargs)
+      # shellcheck disable=SC2086
+      [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
+    fi
     if ip netns del "$ns"; then
       msg "deleted namespace $ns"
     else
@@ -850,11 +860,6 @@ cmd_down() {
   ((failed == 0)) || die "the VMs were not removed completely"
   msg "the VMs are down (the image stays cached in $cache_dir)"
 }
-
-# shellcheck source=scripts/deps.sh
-source "$script_dir/deps.sh"
-# shellcheck source=scripts/netns.sh
-source "$script_dir/netns.sh"
 
 main() {
   local cmd=${1:-}

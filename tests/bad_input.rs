@@ -127,7 +127,7 @@ fn an_unwritable_or_missing_root_is_refused() {
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("[data-dir]") && err.contains("is not a directory"), "{err}");
     let missing = h.root().join("nope");
-    let out = h.exec(HAKUBE, &["--root", missing.to_str().unwrap(), "install", "--advertise-address", "127.0.0.1"]);
+    let out = h.exec(hakube(), &["--root", missing.to_str().unwrap(), "install", "--advertise-address", "127.0.0.1"]);
     assert!(stderr(&out).contains("does not exist or is not a directory"), "{}", stderr(&out));
     assert!(!missing.exists());
 }
@@ -159,11 +159,11 @@ fn a_root_that_is_the_machines_own_in_disguise_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("h1");
     std::os::unix::fs::symlink("/", &link).unwrap();
-    let out = sh(HAKUBE, &["--root", link.to_str().unwrap(), "status"]);
+    let out = sh(hakube(), &["--root", link.to_str().unwrap(), "status"]);
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("resolves to / (this machine's own root)"), "{err}");
     let dotdot = format!("{}/..", dir.path().display());
-    let out = sh(HAKUBE, &["--root", &dotdot, "status"]);
+    let out = sh(hakube(), &["--root", &dotdot, "status"]);
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("a root with `..` in it is refused"), "{err}");
 }

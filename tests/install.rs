@@ -270,7 +270,7 @@ fn a_reload_signal_the_moment_the_agent_is_found_does_not_kill_it() {
         h.kill_all();
         let root = h.root().display().to_string();
         let mut agent = std::process::Command::new("ip")
-            .args(["netns", "exec", &h.ns, HAKUBE, "--root", &root, "agent"])
+            .args(["netns", "exec", &h.ns, hakube(), "--root", &root, "agent"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -327,9 +327,10 @@ fn reset_unmounts_what_is_mounted_below_and_never_deletes_through_a_mount() {
     // A pod volume bind-mounted from outside the root, in the namespace
     // reset runs in (as kubelet's mounts are on a real host).
     let script = format!(
-        "mount --bind {} {} && exec {HAKUBE} --root {} reset --force",
+        "mount --bind {} {} && exec {} --root {} reset --force",
         outside.path().display(),
         mount_point.display(),
+        hakube(),
         h.root().display()
     );
     let out = h.exec("unshare", &["--mount", "--propagation", "private", "sh", "-c", &script]);

@@ -77,7 +77,7 @@ fn five_masters_joining_at_once_all_become_voters_every_time() {
         let (_d, join) = join_script(&m1, true, &[]);
         let joiners: Vec<Host> = (2..=6).map(|i| net.host(&format!("m{i}"))).collect();
         let outs: Vec<_> = std::thread::scope(|s| {
-            let handles: Vec<_> = joiners.iter().map(|h| s.spawn(|| run_join(h, &join, "etcd", &[BIN]))).collect();
+            let handles: Vec<_> = joiners.iter().map(|h| s.spawn(|| run_join(h, &join, "etcd", &[bin()]))).collect();
             handles.into_iter().map(|t| t.join().unwrap()).collect()
         });
         for (h, out) in joiners.iter().zip(&outs) {
@@ -208,13 +208,13 @@ fn tokens_are_counted_expire_and_can_be_revoked() {
     let id = script_var(&join, "HAKUBE_JOIN_TOKEN")[..6].to_owned();
     assert!(token_line(&m1, &id).contains(" 0 "), "{}", token_line(&m1, &id));
     let w1 = net.host("w1");
-    assert_ok(&run_join(&w1, &join, "none", &[BIN]), "first use");
+    assert_ok(&run_join(&w1, &join, "none", &[bin()]), "first use");
     assert!(token_line(&m1, &id).contains(" 1 "), "{}", token_line(&m1, &id));
 
     // Revoked: refused, nothing written.
     assert_ok(&m1.hakube(&["token", "revoke", &id]), "revoke");
     let w2 = net.host("w2");
-    let out = run_join(&w2, &join, "none", &[BIN]);
+    let out = run_join(&w2, &join, "none", &[bin()]);
     assert!(!out.status.success() && stderr(&out).contains(&format!("unknown join token {id}")), "{}", stderr(&out));
     assert!(untouched(&w2), "nothing written");
     assert!(!m1.hakube(&["token", "revoke", &id]).status.success(), "a second revoke says there is none");
@@ -222,7 +222,7 @@ fn tokens_are_counted_expire_and_can_be_revoked() {
     // Expired.
     let (_d2, short) = join_script(&m1, false, &["--ttl", "2s"]);
     std::thread::sleep(Duration::from_secs(4));
-    let out = run_join(&w2, &short, "none", &[BIN]);
+    let out = run_join(&w2, &short, "none", &[bin()]);
     let err = stderr(&out);
     assert!(
         !out.status.success()
@@ -269,7 +269,7 @@ fn secrets_are_not_readable_in_etcd() {
     // nothing of them).
     let key = script_var(&join, "HAKUBE_CERTIFICATE_KEY");
     let m2 = net.host("m2");
-    assert_ok(&run_join(&m2, &join, "etcd", &[BIN]), "m2 joins");
+    assert_ok(&run_join(&m2, &join, "etcd", &[bin()]), "m2 joins");
     let pids = m2.pids();
     assert!(pids.len() >= 2, "the agent and etcd run: {pids:?}");
     for pid in pids {
@@ -292,7 +292,7 @@ fn the_ca_is_pinned_before_the_token_is_sent() {
     let hash = script_var(&join, "HAKUBE_CA_HASH");
     std::fs::write(&wrong, text.replace(&hash, &format!("sha256:{}", "ab".repeat(32)))).unwrap();
     let w1 = net.host("w1");
-    let out = run_join(&w1, &wrong, "none", &[BIN]);
+    let out = run_join(&w1, &wrong, "none", &[bin()]);
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("does not match the pinned sha256:abab"), "{err}");
     assert!(err.contains("the token was not sent"), "{err}");
@@ -312,7 +312,7 @@ fn bad_joins_are_refused_and_leave_the_cluster_untouched() {
 
     // A wrong certificate key: refused before anything is written.
     let wrong_key = edited(&master, "HAKUBE_CERTIFICATE_KEY", &"0".repeat(64));
-    let out = run_join(&h, &wrong_key, "etcd", &[BIN]);
+    let out = run_join(&h, &wrong_key, "etcd", &[bin()]);
     assert!(stderr(&out).contains("does not open the cluster's key material"), "{}", stderr(&out));
     assert!(empty(&h));
     // A worker token used for a master join.
@@ -331,7 +331,7 @@ fn bad_joins_are_refused_and_leave_the_cluster_untouched() {
     assert!(stderr(&out).contains("is for a worker, not a master"), "{}", stderr(&out));
     assert!(empty(&h));
     // A malformed token never leaves the host.
-    let out = run_join(&h, &edited(&worker, "HAKUBE_JOIN_TOKEN", "not-a-token"), "none", &[BIN]);
+    let out = run_join(&h, &edited(&worker, "HAKUBE_JOIN_TOKEN", "not-a-token"), "none", &[bin()]);
     assert!(stderr(&out).contains("a join token has the form"), "{}", stderr(&out));
     // A name another host holds.
     let out = h.bash(
@@ -347,13 +347,13 @@ fn bad_joins_are_refused_and_leave_the_cluster_untouched() {
             "none",
             "--no-systemd",
         ],
-        &[BIN],
+        &[bin()],
     );
     assert!(stderr(&out).contains("node name m1 is taken by"), "{}", stderr(&out));
     assert!(empty(&h));
     // A join aimed at a worker (nothing serves the join API there).
     let w = net.host("w1");
-    assert_ok(&run_join(&w, &worker, "none", &[BIN]), "worker join");
+    assert_ok(&run_join(&w, &worker, "none", &[bin()]), "worker join");
     // Another host claiming that live worker's name and address (a worker
     // token alone must not hand out a live node's identity).
     let impostor = [
@@ -369,10 +369,10 @@ fn bad_joins_are_refused_and_leave_the_cluster_untouched() {
         "--ignore-preflight-errors",
         "advertise-address",
     ];
-    let out = h.bash(&worker, &impostor, &[BIN]);
+    let out = h.bash(&worker, &impostor, &[bin()]);
     assert!(stderr(&out).contains("node w1 is alive"), "{}", stderr(&out));
     assert!(empty(&h));
-    let out = run_join(&h, &edited(&worker, "HAKUBE_JOIN_ENDPOINTS", &format!("{}:9443", w.addr)), "none", &[BIN]);
+    let out = run_join(&h, &edited(&worker, "HAKUBE_JOIN_ENDPOINTS", &format!("{}:9443", w.addr)), "none", &[bin()]);
     assert!(
         stderr(&out).contains("cannot reach the join API") && stderr(&out).contains("a master's address"),
         "{}",
@@ -455,13 +455,13 @@ fn a_master_join_is_refused_while_etcd_has_lost_quorum() {
     let (_d, join) = join_script(&m1, true, &[]);
     let m2 = net.host("m2");
     let m3 = net.host("m3");
-    assert_ok(&run_join(&m2, &join, "etcd", &[BIN]), "m2");
-    assert_ok(&run_join(&m3, &join, "etcd", &[BIN]), "m3");
+    assert_ok(&run_join(&m2, &join, "etcd", &[bin()]), "m2");
+    assert_ok(&run_join(&m3, &join, "etcd", &[bin()]), "m3");
     let before = local_members_text(&m1);
     m2.kill_all();
     m3.kill_all();
     let m4 = net.host("m4");
-    let out = run_join(&m4, &join, "etcd", &[BIN]);
+    let out = run_join(&m4, &join, "etcd", &[bin()]);
     let err = stderr(&out);
     assert!(
         !out.status.success()
@@ -481,10 +481,10 @@ fn a_join_killed_after_member_add_or_etcd_start_finishes_on_rerun() {
     let (_d, join) = join_script(&m1, true, &[]);
     let hosts = [(net.host("m2"), "after-member-add"), (net.host("m3"), "after-etcd-start")];
     for (h, fault) in &hosts {
-        let out = run_join(h, &join, "etcd", &[BIN, ("HAKUBE_FAULT", fault)]);
+        let out = run_join(h, &join, "etcd", &[bin(), ("HAKUBE_FAULT", fault)]);
         assert_eq!(out.status.code(), Some(137), "{fault}: {}", stderr(&out));
         assert_eq!(is_learner(&m1, h), Some(true), "{fault}: its learner is left:\n{}", members_text(&m1));
-        let out = run_join(h, &join, "etcd", &[BIN]);
+        let out = run_join(h, &join, "etcd", &[bin()]);
         assert_ok(&out, &format!("re-run after {fault}"));
         assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
         assert_ok(&h.hakube(&["status"]), &format!("{} status", h.name));
@@ -521,7 +521,7 @@ fn agents_remove_a_learner_whose_join_died() {
     assert_ok(&out, "install");
     let (_d, join) = join_script(&m1, true, &[]);
     let m2 = net.host("m2");
-    let out = run_join(&m2, &join, "etcd", &[BIN, ("HAKUBE_FAULT", "after-member-add")]);
+    let out = run_join(&m2, &join, "etcd", &[bin(), ("HAKUBE_FAULT", "after-member-add")]);
     assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
     assert!(members_text(&m1).contains(&format!("https://{}:2380", m2.addr)));
     wait_for("the stalled learner to be removed", Duration::from_secs(90), || {
@@ -530,7 +530,7 @@ fn agents_remove_a_learner_whose_join_died() {
     let log = std::fs::read_to_string(m1.root().join("var/lib/hakube/logs/agent.log")).unwrap();
     assert!(log.contains("removed a learner stalled for"), "{log}");
     // The join still completes when re-run.
-    assert_ok(&run_join(&m2, &join, "etcd", &[BIN]), "re-run");
+    assert_ok(&run_join(&m2, &join, "etcd", &[bin()]), "re-run");
     assert_eq!(voters(&m1).len(), 2);
 }
 
@@ -541,7 +541,7 @@ fn a_reset_master_leaves_etcd_unless_that_costs_quorum() {
     let (_d, join) = join_script(&m1, true, &[]);
     let (m2, m3, m4) = (net.host("m2"), net.host("m3"), net.host("m4"));
     for h in [&m2, &m3, &m4] {
-        assert_ok(&run_join(h, &join, "etcd", &[BIN]), &h.name);
+        assert_ok(&run_join(h, &join, "etcd", &[bin()]), &h.name);
     }
     // The etcd leader leaves cleanly: the others elect another leader, it
     // is out of the node registry too (written once they have), and three
@@ -596,8 +596,8 @@ fn a_master_wiped_without_leaving_etcd_rejoins_under_its_address() {
     let m1 = first_master(&net);
     let (_d, join) = join_script(&m1, true, &[]);
     let (m2, m3) = (net.host("m2"), net.host("m3"));
-    assert_ok(&run_join(&m2, &join, "etcd", &[BIN]), "m2");
-    assert_ok(&run_join(&m3, &join, "etcd", &[BIN]), "m3");
+    assert_ok(&run_join(&m2, &join, "etcd", &[bin()]), "m2");
+    assert_ok(&run_join(&m3, &join, "etcd", &[bin()]), "m3");
     // m3 dies: with its agent gone, a reset leaves etcd through another master.
     m3.kill_all();
     let out = m3.hakube(&["reset"]);
@@ -610,7 +610,7 @@ fn a_master_wiped_without_leaving_etcd_rejoins_under_its_address() {
     let mut names = voters(&m1);
     names.sort();
     assert_eq!(names, ["m1", "m2"], "{}", members_text(&m1));
-    assert_ok(&run_join(&m3, &join, "etcd", &[BIN]), "m3 again");
+    assert_ok(&run_join(&m3, &join, "etcd", &[bin()]), "m3 again");
     // m3 dies and loses its etcd data alone: its start is refused with the
     // reason, not a crash loop on "member has already been bootstrapped".
     let err = restart_with_lost_etcd_data(&m3);
@@ -622,7 +622,7 @@ fn a_master_wiped_without_leaving_etcd_rejoins_under_its_address() {
     assert!(members_text(&m1).contains(&format!("https://{}:2380", m3.addr)), "the stale voter is still there");
     // Joining again from the same address replaces the stale member.
     let (_d2, join2) = join_script(&m1, true, &[]);
-    let out = run_join(&m3, &join2, "etcd", &[BIN]);
+    let out = run_join(&m3, &join2, "etcd", &[bin()]);
     assert_ok(&out, "re-join");
     assert!(stderr(&out).contains("removed stale member"), "{}", stderr(&out));
     let mut names = voters(&m1);
@@ -639,7 +639,7 @@ fn joins_with_one_name_at_once_give_it_to_one_host_only() {
     // Six hosts, one name, all at once: the name is one host's.
     let hosts: Vec<Host> = (0..6).map(|_| net.host("w1")).collect();
     let outs: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = hosts.iter().map(|h| s.spawn(|| run_join(h, &join, "none", &[BIN]))).collect();
+        let handles: Vec<_> = hosts.iter().map(|h| s.spawn(|| run_join(h, &join, "none", &[bin()]))).collect();
         handles.into_iter().map(|t| t.join().unwrap()).collect()
     });
     let ok: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
@@ -656,14 +656,14 @@ fn a_dead_master_blocks_master_joins_until_node_remove_takes_it_out() {
     let m1 = first_master(&net);
     let (_d, join) = join_script(&m1, true, &[]);
     let (m2, m3) = (net.host("m2"), net.host("m3"));
-    assert_ok(&run_join(&m2, &join, "etcd", &[BIN]), "m2");
-    assert_ok(&run_join(&m3, &join, "etcd", &[BIN]), "m3");
+    assert_ok(&run_join(&m2, &join, "etcd", &[bin()]), "m2");
+    assert_ok(&run_join(&m3, &join, "etcd", &[bin()]), "m3");
     m3.kill_all();
     let m4 = net.host("m4");
     let mut args = join_args(&m4, "etcd");
     args.extend(["--timeout".to_owned(), "15s".to_owned()]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = m4.bash(&join, &refs, &[BIN]);
+    let out = m4.bash(&join, &refs, &[bin()]);
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("etcd member m3"), "{err}");
     assert!(err.contains("remove it with `hakube node remove m3`"), "{err}");
@@ -677,7 +677,7 @@ fn a_dead_master_blocks_master_joins_until_node_remove_takes_it_out() {
     assert!(!out.status.success() && stderr(&out).contains("run `hakube reset` on it instead"), "{}", stderr(&out));
     // Now the join goes through (the refused run left a learner? no: it
     // stopped at the gate, before any change).
-    assert_ok(&run_join(&m4, &join, "etcd", &[BIN]), "m4 after the removal");
+    assert_ok(&run_join(&m4, &join, "etcd", &[bin()]), "m4 after the removal");
     let mut names = voters(&m1);
     names.sort();
     assert_eq!(names, ["m1", "m2", "m4"], "{}", members_text(&m1));
@@ -766,7 +766,7 @@ fn node_endpoints_take_the_nodes_name_from_its_certificate_only() {
     assert!(founded.contains("/hakube/cluster/settings\n") && founded.contains("/hakube/nodes/m1\n"), "{founded}");
     let (_d, join) = join_script(&m1, false, &[]);
     let w1 = net.host("w1");
-    assert_ok(&run_join(&w1, &join, "none", &[BIN]), "w1 joins");
+    assert_ok(&run_join(&w1, &join, "none", &[bin()]), "w1 joins");
     // Only this test speaks for w1 from here: its agent's own heartbeats
     // (with the revision it runs) would overwrite the ones checked below.
     w1.kill_all();

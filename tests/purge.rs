@@ -140,7 +140,7 @@ fn lost_workers_and_masters_are_purged_safely_and_a_short_partition_is_not() {
 
     // w1 comes back: it learns it was purged, runs nothing, and says so.
     let (_d, join) = join_script(m1, false, &[]);
-    let out = run_join(w1, &join, WORKER, &[BIN]);
+    let out = run_join(w1, &join, WORKER, &[bin()]);
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("node w1 was purged from the cluster"), "{err}");
     assert!(err.contains("run `hakube reset` on it and join it again"), "{err}");

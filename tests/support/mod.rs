@@ -4,13 +4,36 @@
 //! nothing is created in the machine's own network namespace.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub const HAKUBE: &str = env!("CARGO_BIN_EXE_hakube");
+/// The repository: this file is shared by the tests and by the dev tools
+/// (`dev/`), whose manifest is one level down.
+pub fn repo() -> &'static Path {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if dir.join("scripts").is_dir() {
+        dir
+    } else {
+        dir.parent().expect("dev/ is inside the repository")
+    }
+}
+
+/// The hakube binary: the one cargo built for the tests, else (the dev
+/// tools) `HAKUBE_BIN`, else the release build.
+pub fn hakube() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| match option_env!("CARGO_BIN_EXE_hakube") {
+        Some(bin) => bin.to_owned(),
+        None => {
+            std::env::var("HAKUBE_BIN").unwrap_or_else(|_| repo().join("target/release/hakube").display().to_string())
+        }
+    })
+}
 
 /// Every component of a master, and of a worker that runs pods.
 pub const MASTER: &str = "etcd,containerd,kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy";
@@ -25,7 +48,7 @@ pub fn bundle() -> &'static Path {
         if let Some(b) = std::env::var_os("HAKUBE_TEST_BUNDLE") {
             return PathBuf::from(b);
         }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kube-bundle.sh");
+        let script = repo().join("scripts/kube-bundle.sh");
         let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("kube-bundle.sh");
         assert!(out.status.success(), "scripts/kube-bundle.sh failed: the Kubernetes tests need its bundle");
         PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
@@ -84,14 +107,6 @@ pub fn sh(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
 
-/// `scripts/netns.sh ARGS…`: namespaces are set up the one way the sandbox
-/// and the benchmarks set them up.
-fn netns(args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/netns.sh");
-    let out = Command::new("bash").arg(script).args(args).output().expect("bash");
-    assert!(out.status.success(), "netns.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn must(cmd: &str, args: &[&str]) {
     let out = sh(cmd, args);
     assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -111,7 +126,7 @@ impl Host {
     /// A host alone, reachable only on its own loopback.
     pub fn isolated() -> Host {
         let ns = unique("hkt");
-        netns(&["loopback", &ns]);
+        netns::loopback(&ns).expect("a loopback namespace");
         // Loopback only, no pod network to resolve for: an empty root.
         Host { ns, name: "m1".into(), root: tempfile::tempdir().expect("tempdir"), addr: "127.0.0.1".into() }
     }
@@ -187,7 +202,7 @@ impl Host {
     pub fn hakube_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let root = self.root().display().to_string();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns, HAKUBE, "--root", &root])
+        cmd.args(["netns", "exec", &self.ns, hakube(), "--root", &root])
             .args(args)
             .env("PATH", path_env())
             .stdin(Stdio::null());
@@ -202,7 +217,7 @@ impl Host {
         let root = self.root().display().to_string();
         let mut all = vec!["--root", root.as_str()];
         all.extend_from_slice(args);
-        self.exec(HAKUBE, &all)
+        self.exec(hakube(), &all)
     }
 
     /// `install` of a master with every component, from the bundle.
@@ -416,7 +431,7 @@ pub struct Network {
 impl Network {
     pub fn new() -> Network {
         let switch = unique("hks");
-        netns(&["switch", &switch]);
+        netns::switch(&switch).expect("a switch namespace");
         let subnet = (std::process::id() % 200) as u8 + NEXT.fetch_add(1, Ordering::SeqCst) as u8 % 50;
         Network { switch, subnet, next_host: AtomicU32::new(11) }
     }
@@ -428,7 +443,7 @@ impl Network {
         let addr = format!("10.{}.0.{n}", 100 + self.subnet % 100);
         let port = format!("v{ns}");
         let port = &port[..port.len().min(15)];
-        netns(&["host", &ns, &self.switch, port, &format!("{addr}/24")]);
+        netns::host(&ns, &self.switch, port, &format!("{addr}/24")).expect("a host namespace");
         Host { ns, name: name.into(), root: host_root(&addr), addr }
     }
 
@@ -496,7 +511,9 @@ pub fn run_join(h: &Host, script: &Path, components: &str, env: &[(&str, &str)])
 
 /// The binary is on no PATH inside the hosts: scripts fetch it from the
 /// master and check its hash, unless told where it is.
-pub const BIN: (&str, &str) = ("HAKUBE_BIN", HAKUBE);
+pub fn bin() -> (&'static str, &'static str) {
+    ("HAKUBE_BIN", hakube())
+}
 
 pub fn assert_ok(out: &Output, what: &str) {
     assert!(
@@ -572,7 +589,7 @@ impl Cluster {
         let net = Network::new();
         let m1 = net.host("m1");
         m1.install_master_env(words, env);
-        let mut join_env = vec![BIN];
+        let mut join_env = vec![bin()];
         join_env.extend_from_slice(env);
         let (_dm, master_script) = join_script(&m1, true, &[]);
         let (_dw, worker_script) = join_script(&m1, false, &[]);

@@ -1,0 +1,74 @@
+//! hakube's developer tools, beside the product and never shipped: the
+//! multi-host sandbox and the VM tests (`scripts/sandbox.sh` and
+//! `scripts/test-vm.sh` prepare the machine, then run them). What stays in bash is what bash is for: package
+//! installs, qemu and debootstrap, the bundle build.
+
+mod bench;
+mod proc;
+mod sandbox;
+/// The tests' hosts and helpers, shared.
+#[path = "../../tests/support/mod.rs"]
+mod support;
+mod vm_test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "hakube-dev", about = "hakube's developer tools (run through scripts/*.sh)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The multi-host sandbox: hosts in network namespaces on one bridge.
+    #[command(subcommand)]
+    Sandbox(sandbox::Action),
+    /// hakube as the systemd unit of real VMs (scripts/test-vm.sh runs it).
+    VmTest,
+    /// A benchmark (scripts/bench-*.sh run them).
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The purge of a lost worker and master against the same mutations by hand.
+    Purge(bench::purge::Args),
+    /// From nothing to a cluster that runs applications; the bundle's cold build.
+    Cluster(bench::cluster::Args),
+    /// hakube's etcd install and PKI against the kubeadm way with openssl.
+    Install(bench::install::Args),
+    /// N masters joining etcd at once: hakube against two raw-etcd baselines.
+    Join(bench::join::Args),
+    /// The node-local balancer against HAProxy; failover; the address change.
+    Lb(bench::lb::Args),
+    /// Simulated nodes: API load, leader round, purge time, agents' cost.
+    Scale(bench::scale::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Bench(_)) {
+        proc::stop_on_signals();
+    }
+    let result = match cli.command {
+        Command::Sandbox(action) => sandbox::run(action),
+        Command::Bench(Bench::Purge(args)) => bench::purge::run(args),
+        Command::Bench(Bench::Cluster(args)) => bench::cluster::run(args),
+        Command::Bench(Bench::Install(args)) => bench::install::run(args),
+        Command::Bench(Bench::Join(args)) => bench::join::run(args),
+        Command::Bench(Bench::Lb(args)) => bench::lb::run(args),
+        Command::Bench(Bench::Scale(args)) => bench::scale::run(args),
+        Command::VmTest => vm_test::run().map(|passed| {
+            if !passed {
+                std::process::exit(1);
+            }
+        }),
+    };
+    if let Err(e) = result {
+        eprintln!("{}: error: {e:#}", proc::prog());
+        std::process::exit(1);
+    }
+}
