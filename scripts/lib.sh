@@ -22,7 +22,8 @@ source "$script_dir/deps.sh"
 # benchmarks; dev/) like the product and prints where they are.
 hakube_dev_bin() {
   hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rustup.rs), then re-run"
-  (cd -- "$repo" && hakube_cargo build --release --locked --quiet -p hakube-dev) >&2 ||
+  # Not --quiet: a cold build takes minutes and shows its progress.
+  (cd -- "$repo" && hakube_cargo build --release --locked -p hakube-dev) >&2 ||
     die "could not build the developer tools (cargo build -p hakube-dev)"
   printf '%s\n' "$repo/target/release/hakube-dev"
 }

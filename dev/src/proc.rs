@@ -90,9 +90,15 @@ pub fn script_output(snippet: &str) -> Result<PathBuf> {
     let lib = repo().join("scripts/lib.sh");
     let mut cmd = Command::new("bash");
     cmd.args(["-c", &format!("set -euo pipefail; source \"$1\"; {snippet}"), "bash"]).arg(lib);
-    cmd.env("HAKUBE_DEV_PROG", prog()).env("prog", prog()).stderr(Stdio::inherit());
-    let path = output(cmd, snippet)?;
-    Ok(PathBuf::from(path.trim()))
+    cmd.env("HAKUBE_DEV_PROG", prog()).env("prog", prog());
+    // Its messages pass straight through: a cold bundle build takes half an
+    // hour and says how far it is.
+    let out =
+        cmd.stdin(Stdio::null()).stderr(Stdio::inherit()).output().with_context(|| format!("cannot run {snippet}"))?;
+    if !out.status.success() {
+        bail!("{snippet} failed ({})", out.status);
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 /// Namespaces are made the one way the tests make them.
