@@ -168,6 +168,9 @@ struct Table {
     next: usize,
     fall: u32,
     rise: u32,
+    /// A backend rose or fell: the status is published now, not at the
+    /// next tick (`hakube status` would lag a decision by up to an interval).
+    changed: Rc<tokio::sync::Notify>,
 }
 
 /// Counts a connection through a backend while it lives.
@@ -248,6 +251,9 @@ impl Table {
     }
 
     fn apply(&mut self, addr: SocketAddr, t: Transition, why: Option<String>) {
+        if t != Transition::None {
+            self.changed.notify_one();
+        }
         let Some(b) = self.get(addr) else { return };
         match t {
             Transition::None => {}
@@ -320,6 +326,7 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let table = Rc::new(RefCell::new(Table { fall: opts.fall, rise: opts.rise, ..Table::default() }));
+    let changed = table.borrow().changed.clone();
     let listening: Rc<RefCell<Result<(), String>>> = Rc::new(RefCell::new(Err("starting".into())));
     let server = tokio::task::spawn_local(serve(opts.listen, table.clone(), listening.clone(), stop.clone()));
     let tls = Rc::new(RefCell::new(None));
@@ -349,6 +356,7 @@ async fn run(
         });
         tokio::select! {
             _ = tick.tick() => {}
+            _ = changed.notified() => {}
             _ = stop.changed() => break,
         }
     }
@@ -508,6 +516,24 @@ mod tests {
         let firsts: Vec<_> = (0..4).map(|_| t.order()[0]).collect();
         assert_eq!(firsts, [a.addr, c.addr, a.addr, c.addr]);
         assert_eq!(t.order(), [a.addr, c.addr], "b is not tried while others are up");
+    }
+
+    #[tokio::test]
+    async fn a_rise_or_a_fall_is_published_at_once_a_steady_check_is_not() {
+        let published = |t: &Table| {
+            let changed = t.changed.clone();
+            async move { timeout(Duration::from_millis(20), changed.notified()).await.is_ok() }
+        };
+        let a = target("a", 1);
+        let mut t = table(std::slice::from_ref(&a));
+        t.checked(a.addr, Ok(()));
+        assert!(published(&t).await, "unchecked to up");
+        t.checked(a.addr, Ok(()));
+        assert!(!published(&t).await, "still up: the next tick publishes");
+        t.checked(a.addr, Err("no answer".into()));
+        assert!(!published(&t).await, "one failure of two");
+        t.checked(a.addr, Err("no answer".into()));
+        assert!(published(&t).await, "down");
     }
 
     #[test]
