@@ -141,16 +141,16 @@ impl Vms {
 }
 
 #[derive(Debug, PartialEq)]
-struct Member {
-    id: u64,
-    name: String,
-    started: bool,
-    learner: bool,
+pub struct Member {
+    pub id: u64,
+    pub name: String,
+    pub started: bool,
+    pub learner: bool,
 }
 
 /// The members of `etcdctl member list -w json`: one that has not started
 /// has no name and no client URLs yet.
-fn members_of(list: &Value) -> Vec<Member> {
+pub fn members_of(list: &Value) -> Vec<Member> {
     let members = list["members"].as_array().map(Vec::as_slice).unwrap_or_default();
     members
         .iter()

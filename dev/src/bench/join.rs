@@ -197,12 +197,9 @@ impl Net {
             Ok(l) => serde_json::from_str::<Value>(&l).unwrap_or_default(),
             Err(e) => return (Err(format!("member list: {e}")), "member list failed".into()),
         };
-        let members = list["members"].as_array().cloned().unwrap_or_default();
-        let started = members
-            .iter()
-            .filter(|m| m["name"] != "" && m["clientURLs"].as_array().is_some_and(|u| !u.is_empty()))
-            .count();
-        let learners = members.iter().filter(|m| m["isLearner"] == true).count();
+        let members = crate::vm_test::members_of(&list);
+        let started = members.iter().filter(|m| m.started).count();
+        let learners = members.iter().filter(|m| m.learner).count();
         let summary = format!("{} members, {started} started, {learners} learner(s)", members.len());
         if members.len() != self.n || started != self.n || learners != 0 {
             return (Err(format!("expected {} started voting members, found {summary}", self.n)), summary);
