@@ -1,11 +1,15 @@
 //! The one HTTPS client of hakube: TLS configurations (trust the cluster
-//! CA, a pinned CA, or, for local health probes, anything) and a request on
-//! a fresh connection with every step bounded. The join client, the health
+//! CA, a pinned CA, or, for local health probes, anything) and a request
+//! with every step bounded: on a fresh connection (a probe must see the
+//! server as a new client would), or on a kept HTTP/2 connection from a
+//! [`Pool`] (the Kubernetes API client, whose requests and watches share one
+//! connection per server, as client-go's do). The join client, the health
 //! probes, the Kubernetes API client and the load balancer's checks all go
 //! through it, over the same rustls/ring stack as etcd's gRPC.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -335,10 +339,12 @@ pub async fn stream(
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+type Sender2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
-/// A fresh connection to `hp`, its TLS handshake made (each bounded):
+/// A TCP connection to `hp` with its TLS handshake made (each bounded):
 /// failing here, nothing was sent.
-async fn connect(hp: &HostPort, tls: Arc<ClientConfig>, limits: Limits) -> Result<Sender, HttpsError> {
+async fn tls_connect(hp: &HostPort, tls: Arc<ClientConfig>, limits: Limits) -> Result<Tls, HttpsError> {
     let name = server_name(&hp.host)?;
     let tcp = timeout(limits.connect, TcpStream::connect(target(hp)))
         .await
@@ -346,15 +352,37 @@ async fn connect(hp: &HostPort, tls: Arc<ClientConfig>, limits: Limits) -> Resul
         .map_err(|e| HttpsError::Connect(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     let connector = tokio_rustls::TlsConnector::from(tls);
-    let stream = timeout(limits.exchange, connector.connect(name, tcp))
+    timeout(limits.exchange, connector.connect(name, tcp))
         .await
         .map_err(|_| HttpsError::Tls("handshake timed out".into()))?
-        .map_err(tls_error)?;
+        .map_err(tls_error)
+}
+
+/// A fresh HTTP/1.1 connection to `hp`.
+async fn connect(hp: &HostPort, tls: Arc<ClientConfig>, limits: Limits) -> Result<Sender, HttpsError> {
+    http1(tls_connect(hp, tls, limits).await?).await
+}
+
+async fn http1(stream: Tls) -> Result<Sender, HttpsError> {
     let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
         .map_err(|e| HttpsError::Tls(e.to_string()))?;
     tokio::spawn(conn);
     Ok(sender)
+}
+
+/// The request as hyper sends it: HTTP/1.1 names the server in `host`,
+/// HTTP/2 in the URI's authority.
+fn build(hp: &HostPort, req: Request<'_>, h2: bool) -> Result<hyper::Request<Full<Bytes>>, HttpsError> {
+    let mut builder = if h2 {
+        hyper::Request::builder().method(req.method).uri(format!("https://{hp}{}", req.path))
+    } else {
+        hyper::Request::builder().method(req.method).uri(req.path).header("host", hp.to_string())
+    };
+    for (k, v) in req.headers {
+        builder = builder.header(*k, *v);
+    }
+    builder.body(Full::new(Bytes::from(req.body.unwrap_or_default()))).map_err(|e| HttpsError::Http(e.to_string()))
 }
 
 /// Sends `req` on the connection: the response with its body unread.
@@ -363,14 +391,172 @@ async fn send(
     hp: &HostPort,
     req: Request<'_>,
 ) -> Result<hyper::Response<hyper::body::Incoming>, HttpsError> {
-    let mut builder = hyper::Request::builder().method(req.method).uri(req.path).header("host", hp.to_string());
-    for (k, v) in req.headers {
-        builder = builder.header(*k, *v);
-    }
-    let request = builder
-        .body(Full::new(Bytes::from(req.body.unwrap_or_default())))
-        .map_err(|e| HttpsError::Http(e.to_string()))?;
+    let request = build(hp, req, false)?;
     sender.send_request(request).await.map_err(|e| HttpsError::Http(e.to_string()))
+}
+
+/// How often a kept connection that carries nothing is checked with an
+/// HTTP/2 PING, and how long the answer may take: a server gone without a
+/// word (a host powered off, a link cut) is noticed within their sum, and
+/// a watch on that connection ends so that its owner lists again
+/// (client-go checks after 30 s and waits 15 s; hakube's heartbeats and
+/// purge decisions work on seconds).
+const PING_EVERY: Duration = Duration::from_secs(10);
+const PING_WAIT: Duration = Duration::from_secs(5);
+
+/// Connections kept per server and shared by every clone: one HTTP/2
+/// connection carries all requests and watches to a server. A server that
+/// does not offer HTTP/2 gets a fresh HTTP/1.1 connection per request.
+#[derive(Clone, Default)]
+pub struct Pool {
+    kept: Arc<Mutex<HashMap<String, Sender2>>>,
+}
+
+/// A connection for one exchange: kept (HTTP/2) or fresh (HTTP/1.1).
+enum Conn {
+    Kept(Sender2),
+    Fresh(Sender),
+}
+
+impl Pool {
+    fn kept(&self, key: &str) -> Option<Sender2> {
+        let mut kept = self.kept.lock().expect("pool lock");
+        match kept.get(key) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                kept.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Forgets the connection to `hp` after it failed an exchange: the next
+    /// request makes a new one (a connection that timed out may be dead
+    /// without the kernel knowing yet).
+    fn forget(&self, hp: &HostPort) {
+        self.kept.lock().expect("pool lock").remove(&hp.to_string());
+    }
+
+    /// Connections kept now (for tests and the agent's figures).
+    pub fn len(&self) -> usize {
+        let mut kept = self.kept.lock().expect("pool lock");
+        kept.retain(|_, s| !s.is_closed());
+        kept.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The kept connection to `hp`, or a new one. Two requests that find
+    /// none at once may both connect; the later one is kept and the other
+    /// closes when its exchange ends.
+    async fn conn(&self, hp: &HostPort, tls: &Arc<ClientConfig>, limits: Limits) -> Result<Conn, HttpsError> {
+        let key = hp.to_string();
+        if let Some(s) = self.kept(&key) {
+            return Ok(Conn::Kept(s));
+        }
+        let mut tls = (**tls).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let stream = tls_connect(hp, Arc::new(tls), limits).await?;
+        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Ok(Conn::Fresh(http1(stream).await?));
+        }
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(PING_EVERY)
+            .keep_alive_timeout(PING_WAIT)
+            .keep_alive_while_idle(true)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| HttpsError::Tls(e.to_string()))?;
+        tokio::spawn(conn);
+        self.kept.lock().expect("pool lock").insert(key, sender.clone());
+        Ok(Conn::Kept(sender))
+    }
+
+    /// Sends `req` to `hp`: the response with its body unread. A kept
+    /// connection that fails is forgotten; a request it never took (it was
+    /// closing: the server restarted, or said GOAWAY) goes once on a new
+    /// connection, which is safe for any method since no server saw it.
+    async fn send(
+        &self,
+        hp: &HostPort,
+        tls: &Arc<ClientConfig>,
+        req: Request<'_>,
+        limits: Limits,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, HttpsError> {
+        let mut request = match self.conn(hp, tls, limits).await? {
+            Conn::Fresh(sender) => return send(sender, hp, req).await,
+            Conn::Kept(mut sender) => match sender.try_send_request(build(hp, req, true)?).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => {
+                    self.forget(hp);
+                    match e.take_message() {
+                        Some(request) => request,
+                        None => return Err(HttpsError::Http(e.into_error().to_string())),
+                    }
+                }
+            },
+        };
+        match self.conn(hp, tls, limits).await? {
+            Conn::Fresh(mut sender) => {
+                // The server stopped offering HTTP/2: HTTP/1.1 names it in `host`.
+                let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+                *request.uri_mut() = path.parse().map_err(|_| HttpsError::Config(path))?;
+                let host = hp.to_string().parse().map_err(|_| HttpsError::Config(hp.to_string()))?;
+                request.headers_mut().insert(hyper::header::HOST, host);
+                sender.send_request(request).await.map_err(|e| HttpsError::Http(e.to_string()))
+            }
+            Conn::Kept(mut sender) => sender.send_request(request).await.map_err(|e| {
+                self.forget(hp);
+                HttpsError::Http(e.to_string())
+            }),
+        }
+    }
+
+    /// As [`request`], on a kept connection where the server allows it.
+    pub async fn request(
+        &self,
+        hp: &HostPort,
+        tls: &Arc<ClientConfig>,
+        req: Request<'_>,
+        limits: Limits,
+    ) -> Result<Response, HttpsError> {
+        let exchange = async {
+            let resp = self.send(hp, tls, req, limits).await?;
+            let status = resp.status().as_u16();
+            let body = Limited::new(resp.into_body(), limits.max_body)
+                .collect()
+                .await
+                .map_err(|e| HttpsError::Http(format!("reading the response: {e}")))?
+                .to_bytes();
+            Ok(Response { status, body })
+        };
+        let result = timeout(limits.exchange, exchange).await.unwrap_or(Err(HttpsError::Timeout(limits.exchange)));
+        if matches!(result, Err(HttpsError::Timeout(_))) {
+            self.forget(hp);
+        }
+        result
+    }
+
+    /// As [`stream`], on a kept connection where the server allows it.
+    pub async fn stream(
+        &self,
+        hp: &HostPort,
+        tls: &Arc<ClientConfig>,
+        req: Request<'_>,
+        limits: Limits,
+    ) -> Result<Streaming, HttpsError> {
+        let head = timeout(limits.exchange, self.send(hp, tls, req, limits)).await;
+        let resp = head.unwrap_or(Err(HttpsError::Timeout(limits.exchange))).inspect_err(|e| {
+            if matches!(e, HttpsError::Timeout(_)) {
+                self.forget(hp);
+            }
+        })?;
+        Ok(Streaming { status: resp.status().as_u16(), body: resp.into_body() })
+    }
 }
 
 #[cfg(test)]
@@ -444,5 +630,129 @@ mod tests {
         let tls = Arc::new(client_config(other.as_bytes(), None).unwrap());
         let e = request(&at, tls, Request::get("/"), Limits::default()).await.unwrap_err();
         assert!(matches!(e, HttpsError::Untrusted(_)) && e.before_sending(), "{e:?}");
+    }
+
+    /// A TLS server on loopback that answers every request 200 with its
+    /// path, over HTTP/2 when `h2` (and the client asks), else HTTP/1.1;
+    /// it counts connections and can drop them all.
+    struct Counting {
+        at: HostPort,
+        ca: Vec<u8>,
+        accepted: Arc<std::sync::atomic::AtomicUsize>,
+        conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    }
+
+    impl Counting {
+        async fn start(h2: bool) -> Self {
+            use std::sync::atomic::Ordering;
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
+            let ca = cert.pem().into_bytes();
+            let mut server = rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+                )
+                .unwrap();
+            if h2 {
+                server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            }
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let conns = Arc::new(Mutex::new(Vec::new()));
+            let (a, c) = (accepted.clone(), conns.clone());
+            tokio::spawn(async move {
+                loop {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    a.fetch_add(1, Ordering::SeqCst);
+                    let acceptor = acceptor.clone();
+                    let task = tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else { return };
+                        let service =
+                            hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                                let path = req.uri().path().to_owned();
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(path))))
+                            });
+                        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                            .await;
+                    });
+                    c.lock().unwrap().push(task);
+                }
+            });
+            Counting { at: format!("127.0.0.1:{port}").parse().unwrap(), ca, accepted, conns }
+        }
+
+        fn accepted(&self) -> usize {
+            self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        fn drop_connections(&self) {
+            for task in self.conns.lock().unwrap().drain(..) {
+                task.abort();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_to_one_server_share_one_kept_connection() {
+        let server = Counting::start(true).await;
+        let tls = Arc::new(client_config(&server.ca, None).unwrap());
+        let pool = Pool::default();
+        let paths: Vec<String> = (0..20).map(|i| format!("/object/{i}")).collect();
+        let answers = futures_util::future::join_all(
+            paths.iter().map(|p| pool.request(&server.at, &tls, Request::get(p), Limits::default())),
+        )
+        .await;
+        for (path, answer) in paths.iter().zip(answers) {
+            let answer = answer.unwrap();
+            assert_eq!((answer.status, &answer.body[..]), (200, path.as_bytes()));
+        }
+        // Concurrent first requests may each connect; later ones reuse.
+        let first = server.accepted();
+        assert!(first <= 20, "{first}");
+        for p in &paths {
+            pool.request(&server.at, &tls, Request::get(p), Limits::default()).await.unwrap();
+        }
+        assert_eq!(server.accepted(), first, "sequential requests opened connections");
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_the_server_closed_is_replaced() {
+        let server = Counting::start(true).await;
+        let tls = Arc::new(client_config(&server.ca, None).unwrap());
+        let pool = Pool::default();
+        pool.request(&server.at, &tls, Request::get("/a"), Limits::default()).await.unwrap();
+        assert_eq!((server.accepted(), pool.len()), (1, 1));
+        server.drop_connections();
+        // The client notices the close by itself (no request needed)...
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !pool.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "a closed connection is still kept");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // ... and the next request, of any method, goes on a new one.
+        let post = Request { method: "POST", path: "/b", headers: &[], body: Some(b"x".to_vec()) };
+        let answer = pool.request(&server.at, &tls, post, Limits::default()).await.unwrap();
+        assert_eq!((answer.status, &answer.body[..]), (200, &b"/b"[..]));
+        assert_eq!((server.accepted(), pool.len()), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_server_without_http2_gets_a_fresh_connection_per_request() {
+        let server = Counting::start(false).await;
+        let tls = Arc::new(client_config(&server.ca, None).unwrap());
+        let pool = Pool::default();
+        for p in ["/a", "/b", "/c"] {
+            let answer = pool.request(&server.at, &tls, Request::get(p), Limits::default()).await.unwrap();
+            assert_eq!(&answer.body[..], p.as_bytes());
+        }
+        assert_eq!((server.accepted(), pool.len()), (3, 0));
     }
 }

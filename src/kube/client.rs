@@ -1,6 +1,8 @@
 //! A small typed Kubernetes API client: mutual TLS with the certificates
-//! hakube issues, JSON over HTTPS on the existing hyper/rustls stack,
-//! bounded retries, and errors that name the object and the server.
+//! hakube issues, JSON over HTTPS on the existing hyper/rustls stack (one
+//! kept HTTP/2 connection per API server carries every request and watch
+//! of a client and its clones), bounded retries, and errors that name the
+//! object and the server.
 //!
 //! Reads decode into the few fields hakube uses ([`super::objects`]);
 //! writes are patches, so a field this client does not know is never lost.
@@ -104,6 +106,9 @@ pub struct KubeClient {
     servers: Vec<HostPort>,
     tls: Arc<rustls::ClientConfig>,
     limits: Limits,
+    /// One HTTP/2 connection per server, shared by every clone: requests
+    /// and watches are streams on it, not a TLS handshake each.
+    pool: https::Pool,
 }
 
 impl std::fmt::Debug for KubeClient {
@@ -130,7 +135,7 @@ impl KubeClient {
         }
         let tls = https::client_config(ca_pem, Some(Identity { cert_pem, key_pem }))
             .map_err(|e| KubeError::Config(e.to_string()))?;
-        Ok(KubeClient { servers, tls: Arc::new(tls), limits: Limits::default() })
+        Ok(KubeClient { servers, tls: Arc::new(tls), limits: Limits::default(), pool: https::Pool::default() })
     }
 
     /// A client with the server and identity of a kubeconfig hakube wrote.
@@ -151,7 +156,7 @@ impl KubeClient {
     }
 
     /// Sends one request with bounded retries: another server when one
-    /// cannot be reached, a pause and another try when the server is busy
+    /// cannot be reached or its connection broke, a pause and another try when the server is busy
     /// (429) or unavailable (5xx). `what` names the object for errors.
     async fn send(
         &self,
@@ -170,7 +175,7 @@ impl KubeClient {
                     .chain(content_type.map(|c| ("content-type", c)))
                     .collect();
                 let req = Request { method, path, headers: &headers, body: body.clone() };
-                match https::request(server, self.tls.clone(), req, self.limits).await {
+                match self.pool.request(server, &self.tls, req, self.limits).await {
                     Ok(resp) if (200..300).contains(&resp.status) => return Ok(resp.body),
                     Ok(resp) => {
                         let err = status_error(what, server, resp.status, &resp.body);
@@ -180,7 +185,10 @@ impl KubeClient {
                         last = Some(err);
                     }
                     Err(e) => {
-                        let retry = e.before_sending() || method == "GET";
+                        // Sent or not, a read and the writes this client
+                        // makes (patches of a whole document, deletes) may
+                        // go again: the result is the same. A create may not.
+                        let retry = e.before_sending() || matches!(method, "GET" | "PATCH" | "DELETE");
                         let err = unreachable(what, server, &e);
                         if !retry {
                             return Err(err);
@@ -274,7 +282,7 @@ impl KubeClient {
         let mut last = None;
         for server in &self.servers {
             let req = Request { method: "GET", path: &full, headers: &[("accept", "application/json")], body: None };
-            match https::stream(server, self.tls.clone(), req, self.limits).await {
+            match self.pool.stream(server, &self.tls, req, self.limits).await {
                 Ok(resp) if resp.status == 200 => return Ok(Watch::new(resp.body, what, server.to_string())),
                 Ok(resp) => {
                     let body = http_body_util::Limited::new(resp.body, 64 << 10).collect().await;
