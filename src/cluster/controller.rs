@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::sleep;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::election::{Term, View, LEADER_TTL_SECS};
 use super::purge::{Live, Purger, Signals, Tracker};
 use super::registry;
 use super::taints::{self, Outcome};
-use super::Role;
+use super::{ClusterError, Role};
 use crate::addons::{self, AddonSpec};
 use crate::config::ClusterConfig;
 use crate::config::ClusterSpec;
@@ -91,7 +91,7 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut view: watch::Receiver<Vie
         let term = view.borrow().term.clone();
         if let Some(term) = term {
             if let Err(e) = c.round(&term).await {
-                warn!(error = %e, "cluster controller round failed; retrying");
+                report(&e, "cluster controller round");
             }
         } else {
             c.learners.clear();
@@ -110,23 +110,23 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut view: watch::Receiver<Vie
 }
 
 impl Controller {
-    async fn round(&mut self, term: &Term) -> Result<(), String> {
+    async fn round(&mut self, term: &Term) -> Result<(), ClusterError> {
         let endpoint = self.cfg.etcd_client_url();
-        let etcd = self.etcd.client().await.map_err(|e| e.to_string())?;
+        let etcd = self.etcd.client().await?;
         if !term.holds(etcd).await {
             self.etcd.forget();
-            return Err("the leadership was lost before this round".into());
+            return Err(ClusterError::NotLeader("the leadership was lost before this round".into()));
         }
-        let nodes = registry::list(etcd, &endpoint).await.map_err(|e| e.to_string())?;
+        let nodes = registry::list(etcd, &endpoint).await?;
         let masters: Vec<String> = nodes.iter().filter(|r| r.role == Role::Master).map(|r| r.name.clone()).collect();
         // The record itself, not this node's copy (which may lag it).
-        let spec = match super::settings::read(etcd, &endpoint).await.map_err(|e| e.to_string())? {
+        let spec = match super::settings::read(etcd, &endpoint).await? {
             Some(s) => s.spec,
             None => self.cfg.cluster.clone(),
         };
         self.remove_stalled_learners().await;
         if let Err(e) = self.lb_round(&nodes).await {
-            warn!(error = %e, "load-balancer address change: round failed; retrying");
+            report(&e, "load-balancer address change");
         }
 
         // Kubernetes, through this node's own API server (a master that
@@ -134,17 +134,17 @@ impl Controller {
         // does not hold the purge up: the purge reaches any API server.
         if self.cfg.has(crate::config::Component::KubeApiserver) {
             if let Err(e) = self.kube_round(term, &masters, &spec).await {
-                warn!(error = %e, "Kubernetes part of the round failed; retrying");
+                report(&e, "Kubernetes part of the round");
             }
         }
         self.purge_round(term, spec.lost_node_toleration).await
     }
 
     /// The controller's own client (its kubeconfig read once).
-    fn controller_client(&mut self) -> Result<KubeClient, String> {
+    fn controller_client(&mut self) -> Result<KubeClient, ClusterError> {
         if self.kube.is_none() {
             let path = self.paths.kubeconfig("hakube-controller");
-            self.kube = Some(KubeClient::from_kubeconfig(&path).map_err(|e| e.to_string())?);
+            self.kube = Some(KubeClient::from_kubeconfig(&path)?);
         }
         Ok(self.kube.clone().expect("set above"))
     }
@@ -153,7 +153,7 @@ impl Controller {
     /// the node-local balancer (any API server), so that a leader whose own
     /// API server is down still judges nodes; None when this node runs no
     /// Kubernetes at all (an etcd-only cluster: heartbeats are all there is).
-    fn purge_kube(&mut self) -> Result<Option<KubeClient>, String> {
+    fn purge_kube(&mut self) -> Result<Option<KubeClient>, ClusterError> {
         if !self.cfg.runs_local_lb() {
             return Ok(None);
         }
@@ -166,10 +166,15 @@ impl Controller {
         Ok(Some(kube.with_servers(servers)))
     }
 
-    async fn kube_round(&mut self, term: &Term, masters: &[String], spec: &ClusterSpec) -> Result<KubeClient, String> {
+    async fn kube_round(
+        &mut self,
+        term: &Term,
+        masters: &[String],
+        spec: &ClusterSpec,
+    ) -> Result<KubeClient, ClusterError> {
         let tainted = spec.taint_control_plane;
         if self.admin.is_none() {
-            self.admin = Some(KubeClient::from_kubeconfig(&self.paths.kubeconfig("admin")).map_err(|e| e.to_string())?);
+            self.admin = Some(KubeClient::from_kubeconfig(&self.paths.kubeconfig("admin"))?);
         }
         let admin = self.admin.clone().expect("set above");
         let kube = self.controller_client()?;
@@ -186,8 +191,7 @@ impl Controller {
                         Patch::Apply,
                         &obj,
                     )
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             }
             info!("controller RBAC applied");
             self.rbac_for = Some(term.clone());
@@ -210,7 +214,7 @@ impl Controller {
             self.addons_checked = Some(Instant::now());
             let admin = admin.with_servers(vec![kube_local(&self.cfg)]);
             if let Err(e) = self.addons_round(&admin, spec).await {
-                warn!(error = %e, "add-ons not applied; retrying");
+                report(&e.during("applying the add-ons"), "add-ons");
             }
         }
         Ok(kube)
@@ -218,10 +222,10 @@ impl Controller {
 
     /// Applies the add-ons (server-side, as field manager `hakube`) when
     /// what they are rendered from changed, or every few minutes.
-    async fn addons_round(&mut self, admin: &KubeClient, cluster: &ClusterSpec) -> Result<(), String> {
+    async fn addons_round(&mut self, admin: &KubeClient, cluster: &ClusterSpec) -> Result<(), ClusterError> {
         let bundle = self.cfg.node.bundle.clone().unwrap_or_else(|| self.paths.bin_dir());
-        let images = addons::images_from_bundle(&bundle).map_err(|e| e.to_string())?;
-        let nodes: List<Node> = admin.get("the nodes", objects::nodes_path()).await.map_err(|e| e.to_string())?;
+        let images = addons::images_from_bundle(&bundle)?;
+        let nodes: List<Node> = admin.get("the nodes", objects::nodes_path()).await?;
         let mut c = self.cfg.clone();
         c.cluster = cluster.clone();
         let schedulable = addons::count_schedulable(&nodes.items);
@@ -233,7 +237,7 @@ impl Controller {
         if !due {
             return Ok(());
         }
-        addons::apply(admin, &spec).await.map_err(|e| e.to_string())?;
+        addons::apply(admin, &spec).await?;
         info!(schedulable, coredns_replicas = addons::coredns_replicas(spec.ha, schedulable), "add-ons applied");
         for w in addons::warnings(&spec) {
             warn!("{w}");
@@ -242,9 +246,9 @@ impl Controller {
         Ok(())
     }
 
-    async fn purge_round(&mut self, term: &Term, toleration: crate::config::Toleration) -> Result<(), String> {
+    async fn purge_round(&mut self, term: &Term, toleration: crate::config::Toleration) -> Result<(), ClusterError> {
         let endpoint = self.cfg.etcd_client_url();
-        let creds = self.etcd.credentials().map_err(|e| e.to_string())?;
+        let creds = self.etcd.credentials()?;
         let kube = self.purge_kube()?;
         if self.tracker.as_ref().is_none_or(|(t, _)| t != term) {
             self.tracker = Some((term.clone(), Tracker::default()));
@@ -253,7 +257,7 @@ impl Controller {
             self.signals = Some(Signals::spawn(kube));
         }
         let (_, tracker) = self.tracker.as_mut().expect("set above");
-        let etcd = self.etcd.client().await.map_err(|e| e.to_string())?;
+        let etcd = self.etcd.client().await?;
         let signals = self.signals.as_ref();
         let world = Live { etcd, endpoint: &endpoint, creds: &creds, kube: kube.as_ref(), signals, term };
         let mut purger = Purger { world, tracker, leader: self.cfg.node.name.as_str(), toleration };
@@ -263,21 +267,21 @@ impl Controller {
             Ok(view) => super::purge::View { round_ms: Some(began.elapsed().as_millis() as u64), ..view.clone() },
             Err(_) => return result.map(drop),
         };
-        let etcd = self.etcd.client().await.map_err(|e| e.to_string())?;
-        super::purge::store_view(etcd, &endpoint, &view).await.map_err(|e| e.to_string())
+        let etcd = self.etcd.client().await?;
+        Ok(super::purge::store_view(etcd, &endpoint, &view).await?)
     }
 
-    async fn lb_round(&mut self, nodes: &[registry::NodeRecord]) -> Result<(), String> {
+    async fn lb_round(&mut self, nodes: &[registry::NodeRecord]) -> Result<(), ClusterError> {
         let endpoint = self.cfg.etcd_client_url();
         let ca_file = self.paths.pki("ca.crt");
-        let ca = std::fs::read(&ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
-        let etcd = self.etcd.client().await.map_err(|e| e.to_string())?;
+        let ca = std::fs::read(&ca_file).map_err(|e| ClusterError::Host(format!("{}: {e}", ca_file.display())))?;
+        let etcd = self.etcd.client().await?;
         let leader = self.cfg.node.name.as_str();
         super::lbchange::round(etcd, &endpoint, leader, nodes, self.cfg.node.api_server_port, &ca).await
     }
 
     /// `kube-system/hakube-controller`, held by this node, for `kubectl get lease`.
-    async fn mirror_lease(&self, kube: &KubeClient) -> Result<(), String> {
+    async fn mirror_lease(&self, kube: &KubeClient) -> Result<(), ClusterError> {
         let lease = json!({
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -293,10 +297,8 @@ impl Controller {
             "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{}?fieldManager=hakube&force=true",
             rbac::LEADER_LEASE
         );
-        kube.patch::<serde_json::Value>("lease kube-system/hakube-controller", &path, Patch::Apply, &lease)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        kube.patch::<serde_json::Value>("lease kube-system/hakube-controller", &path, Patch::Apply, &lease).await?;
+        Ok(())
     }
 
     async fn remove_stalled_learners(&mut self) {
@@ -330,6 +332,17 @@ impl Controller {
             }
             lock.release(client).await;
         }
+    }
+}
+
+/// Logs a failed part of a round by what it needs: nothing (the next
+/// round, or the next leader, goes on), or someone's attention (it will
+/// fail the same way until a file, a role or a bundle is fixed).
+fn report(e: &ClusterError, part: &str) {
+    match e.cause() {
+        ClusterError::NotLeader(_) => info!(reason = %e, "{part} stopped: this node no longer leads"),
+        _ if e.retryable() => warn!(error = %e, "{part} failed; retrying next round"),
+        _ => error!(error = %e, "{part} failed and will fail again until this is fixed; retrying next round"),
     }
 }
 

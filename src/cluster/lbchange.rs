@@ -227,13 +227,13 @@ pub async fn round(
     nodes: &[NodeRecord],
     api_port: u16,
     ca_pem: &[u8],
-) -> Result<(), String> {
-    let Some(s) = super::settings::read(client, endpoint).await.map_err(|e| e.to_string())? else {
+) -> Result<(), super::ClusterError> {
+    let Some(s) = super::settings::read(client, endpoint).await? else {
         return Ok(());
     };
     let Some(ch) = s.spec.load_balancer_change.clone() else {
-        if read_progress(client, endpoint).await.map_err(|e| e.to_string())?.is_some() {
-            client.delete(PROGRESS, None).await.map_err(|e| call(endpoint, e).to_string())?;
+        if read_progress(client, endpoint).await?.is_some() {
+            client.delete(PROGRESS, None).await.map_err(|e| call(endpoint, e))?;
         }
         return Ok(());
     };
@@ -256,7 +256,7 @@ pub async fn round(
     client
         .put(PROGRESS, serde_json::to_vec(&progress).expect("progress serializes"), None)
         .await
-        .map_err(|e| call(endpoint, e).to_string())?;
+        .map_err(|e| call(endpoint, e))?;
     let Some(next) = advance(&s.spec, &progress.masters) else { return Ok(()) };
     match super::settings::write(client, endpoint, &next, s.revision, leader, now).await {
         Ok(rev) => {

@@ -6,6 +6,7 @@
 
 pub mod controller;
 pub mod election;
+pub mod error;
 pub mod heartbeat;
 pub mod lbchange;
 pub mod purge;
@@ -16,6 +17,8 @@ pub mod taints;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+pub use error::ClusterError;
 
 /// What a host is to the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -50,6 +50,19 @@ impl KubeError {
     pub fn is_conflict(&self) -> bool {
         self.code() == Some(409)
     }
+
+    /// Whether the same request may succeed later by itself: a server that
+    /// did not answer, was busy or failing (429, 5xx), or an object that
+    /// changed meanwhile (409). A refusal it will repeat (403: a missing
+    /// role; 422: an invalid object), an answer it cannot read, or a
+    /// client that cannot be made will not.
+    pub fn retryable(&self) -> bool {
+        match self {
+            KubeError::Unreachable { .. } => true,
+            KubeError::Status { code, .. } => *code == 409 || *code == 429 || *code >= 500,
+            KubeError::Decode { .. } | KubeError::Config(_) => false,
+        }
+    }
 }
 
 /// The `Status` object the API server sends with an error.

@@ -13,6 +13,7 @@ use super::decide::{guard, member_of, KubeSignal, Observed, Reading};
 use super::{call, human, Purge, Tombstone, CURRENT, HISTORY_PREFIX, OUT_OF_SERVICE, TOMBSTONE_PREFIX};
 use crate::cluster::election::Term;
 use crate::cluster::registry;
+use crate::cluster::ClusterError;
 use crate::etcd::membership::{self, Lock, Probe};
 use crate::etcd::{self, Credentials, Member};
 use crate::kube::client::{KubeClient, Patch};
@@ -24,36 +25,36 @@ use crate::kube::watch::Reflector;
 #[allow(async_fn_in_trait)]
 pub trait World {
     /// Every registered node, with both its signals.
-    async fn readings(&mut self) -> Result<Vec<Reading>, String>;
+    async fn readings(&mut self) -> Result<Vec<Reading>, ClusterError>;
     /// One node again: its registry heartbeat (None: not registered) and
     /// its Kubernetes signal.
-    async fn reread(&mut self, name: &str) -> Result<(Option<u64>, KubeSignal), String>;
+    async fn reread(&mut self, name: &str) -> Result<(Option<u64>, KubeSignal), ClusterError>;
     /// etcd's members and how each voter answers.
-    async fn members(&mut self) -> Result<(Vec<Member>, Vec<(Member, Probe)>), String>;
+    async fn members(&mut self) -> Result<(Vec<Member>, Vec<(Member, Probe)>), ClusterError>;
     /// Whether this leader's term still holds.
     async fn holds_term(&mut self) -> bool;
     /// The purge under way and its record's revision.
-    async fn current(&mut self) -> Result<Option<(Purge, i64)>, String>;
+    async fn current(&mut self) -> Result<Option<(Purge, i64)>, ClusterError>;
     /// Writes the purge if its record is still at `rev` (0: none yet); the
     /// new revision, or None when another leader wrote it meanwhile.
-    async fn advance(&mut self, p: &Purge, rev: i64) -> Result<Option<i64>, String>;
+    async fn advance(&mut self, p: &Purge, rev: i64) -> Result<Option<i64>, ClusterError>;
     /// Removes the record of a purge called off, if still at `rev`.
-    async fn call_off(&mut self, rev: i64) -> Result<(), String>;
+    async fn call_off(&mut self, rev: i64) -> Result<(), ClusterError>;
     /// The history record, the Event and the audit line of a finished purge.
-    async fn finish(&mut self, p: &Purge) -> Result<(), String>;
+    async fn finish(&mut self, p: &Purge) -> Result<(), ClusterError>;
     /// Adds (or removes) the out-of-service taint.
-    async fn taint(&mut self, name: &str, on: bool) -> Result<(), String>;
-    async fn delete_pods(&mut self, name: &str) -> Result<(), String>;
+    async fn taint(&mut self, name: &str, on: bool) -> Result<(), ClusterError>;
+    async fn delete_pods(&mut self, name: &str) -> Result<(), ClusterError>;
     /// Removes a lost master's etcd member under the membership lock, with
     /// the guard checked again right before.
-    async fn remove_member(&mut self, node: &Observed, leader: &str) -> Result<(), String>;
-    async fn unregister(&mut self, name: &str) -> Result<(), String>;
+    async fn remove_member(&mut self, node: &Observed, leader: &str) -> Result<(), ClusterError>;
+    async fn unregister(&mut self, name: &str) -> Result<(), ClusterError>;
     /// Whether the node is registered (again: a re-join after its record went).
-    async fn registered(&mut self, name: &str) -> Result<bool, String>;
-    async fn delete_node(&mut self, name: &str) -> Result<(), String>;
+    async fn registered(&mut self, name: &str) -> Result<bool, ClusterError>;
+    async fn delete_node(&mut self, name: &str) -> Result<(), ClusterError>;
     /// Writes the tombstone only while the node is not registered (a node
     /// that joined again meanwhile is not shut out); whether it did.
-    async fn tombstone(&mut self, name: &str, t: &Tombstone) -> Result<bool, String>;
+    async fn tombstone(&mut self, name: &str, t: &Tombstone) -> Result<bool, ClusterError>;
     /// Deletes the Nodes that purged nodes' kubelets registered again.
     async fn sweep_tombstoned_nodes(&mut self);
 }
@@ -75,8 +76,8 @@ pub struct Live<'a> {
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 impl World for Live<'_> {
-    async fn readings(&mut self) -> Result<Vec<Reading>, String> {
-        let records = registry::list(self.etcd, self.endpoint).await.map_err(|e| e.to_string())?;
+    async fn readings(&mut self) -> Result<Vec<Reading>, ClusterError> {
+        let records = registry::list(self.etcd, self.endpoint).await?;
         let signals = match (self.kube, self.signals) {
             (Some(_), Some(watched)) => watched.of(&records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>()),
             _ => futures_util::future::join_all(records.iter().map(|r| signal(self.kube, &r.name))).await,
@@ -94,13 +95,13 @@ impl World for Live<'_> {
             .collect())
     }
 
-    async fn reread(&mut self, name: &str) -> Result<(Option<u64>, KubeSignal), String> {
-        let r = registry::get(self.etcd, self.endpoint, name).await.map_err(|e| e.to_string())?;
+    async fn reread(&mut self, name: &str) -> Result<(Option<u64>, KubeSignal), ClusterError> {
+        let r = registry::get(self.etcd, self.endpoint, name).await?;
         Ok((r.map(|r| r.heartbeat_at), signal(self.kube, name).await))
     }
 
-    async fn members(&mut self) -> Result<(Vec<Member>, Vec<(Member, Probe)>), String> {
-        let members = etcd::members(self.etcd, self.endpoint).await.map_err(|e| e.to_string())?;
+    async fn members(&mut self) -> Result<(Vec<Member>, Vec<(Member, Probe)>), ClusterError> {
+        let members = etcd::members(self.etcd, self.endpoint).await?;
         let health = membership::voter_health(&members, self.creds).await;
         Ok((members, health))
     }
@@ -109,11 +110,11 @@ impl World for Live<'_> {
         self.term.holds(self.etcd).await
     }
 
-    async fn current(&mut self) -> Result<Option<(Purge, i64)>, String> {
-        super::current(self.etcd, self.endpoint).await.map_err(|e| e.to_string())
+    async fn current(&mut self) -> Result<Option<(Purge, i64)>, ClusterError> {
+        Ok(super::current(self.etcd, self.endpoint).await?)
     }
 
-    async fn advance(&mut self, p: &Purge, rev: i64) -> Result<Option<i64>, String> {
+    async fn advance(&mut self, p: &Purge, rev: i64) -> Result<Option<i64>, ClusterError> {
         let body = serde_json::to_vec(p).expect("purge serializes");
         let guard = if rev == 0 {
             Compare::create_revision(CURRENT, CompareOp::Equal, 0)
@@ -124,22 +125,23 @@ impl World for Live<'_> {
             .etcd
             .txn(Txn::new().when([guard]).and_then([TxnOp::put(CURRENT, body, None)]))
             .await
-            .map_err(|e| call(self.endpoint, e).to_string())?;
+            .map_err(|e| call(self.endpoint, e))?;
         Ok(resp.succeeded().then(|| resp.header().map(|h| h.revision()).unwrap_or(rev + 1)))
     }
 
-    async fn call_off(&mut self, rev: i64) -> Result<(), String> {
+    async fn call_off(&mut self, rev: i64) -> Result<(), ClusterError> {
         let txn = Txn::new()
             .when([Compare::mod_revision(CURRENT, CompareOp::Equal, rev)])
             .and_then([TxnOp::delete(CURRENT, None)]);
-        self.etcd.txn(txn).await.map(drop).map_err(|e| call(self.endpoint, e).to_string())
+        self.etcd.txn(txn).await.map_err(|e| call(self.endpoint, e))?;
+        Ok(())
     }
 
-    async fn finish(&mut self, p: &Purge) -> Result<(), String> {
+    async fn finish(&mut self, p: &Purge) -> Result<(), ClusterError> {
         let key = format!("{HISTORY_PREFIX}{:020}-{}", p.started_at, p.node.name);
         let body = serde_json::to_vec(p).expect("purge serializes");
         let txn = Txn::new().and_then([TxnOp::put(key, body, None), TxnOp::delete(CURRENT, None)]);
-        self.etcd.txn(txn).await.map_err(|e| call(self.endpoint, e).to_string())?;
+        self.etcd.txn(txn).await.map_err(|e| call(self.endpoint, e))?;
         info!(target: "audit", node = %p.node.name, role = %p.node.role, lost_for = %human(p.lost_for), by = %p.started_by, "purged a lost node");
         if let Some(kube) = self.kube {
             if let Err(e) = event(kube, p).await {
@@ -149,11 +151,10 @@ impl World for Live<'_> {
         Ok(())
     }
 
-    async fn taint(&mut self, name: &str, on: bool) -> Result<(), String> {
+    async fn taint(&mut self, name: &str, on: bool) -> Result<(), ClusterError> {
         let Some(kube) = self.kube else { return Ok(()) };
         let what = format!("node {name}");
-        let Some(node) = kube.get_opt::<Node>(&what, &objects::node_path(name)).await.map_err(|e| e.to_string())?
-        else {
+        let Some(node) = kube.get_opt::<Node>(&what, &objects::node_path(name)).await? else {
             return Ok(());
         };
         let t = objects::Taint::parse(OUT_OF_SERVICE).expect("well-formed");
@@ -169,62 +170,60 @@ impl World for Live<'_> {
         // added meanwhile by someone else is not lost (409, next round).
         let patch =
             json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"taints": taints}});
-        kube.patch::<serde_json::Value>(&what, &objects::node_path(name), Patch::Merge, &patch)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        kube.patch::<serde_json::Value>(&what, &objects::node_path(name), Patch::Merge, &patch).await?;
+        Ok(())
     }
 
-    async fn delete_pods(&mut self, name: &str) -> Result<(), String> {
+    async fn delete_pods(&mut self, name: &str) -> Result<(), ClusterError> {
         let Some(kube) = self.kube else { return Ok(()) };
         let path = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{name}");
-        let pods: List<Pod> = kube.get(&format!("the pods of {name}"), &path).await.map_err(|e| e.to_string())?;
+        let pods: List<Pod> = kube.get(&format!("the pods of {name}"), &path).await?;
         for pod in pods.items {
             let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
             let what = format!("pod {ns}/{}", pod.metadata.name);
             let path = format!("/api/v1/namespaces/{ns}/pods/{}", pod.metadata.name);
-            kube.delete(&what, &path, &json!({"gracePeriodSeconds": 0})).await.map_err(|e| e.to_string())?;
+            kube.delete(&what, &path, &json!({"gracePeriodSeconds": 0})).await?;
             info!(node = %name, pod = %what, "force-deleted a lost node's pod");
         }
         Ok(())
     }
 
-    async fn remove_member(&mut self, node: &Observed, leader: &str) -> Result<(), String> {
-        let lock = Lock::acquire(self.etcd, self.endpoint, LOCK_WAIT).await.map_err(|e| e.to_string())?;
+    async fn remove_member(&mut self, node: &Observed, leader: &str) -> Result<(), ClusterError> {
+        let lock = Lock::acquire(self.etcd, self.endpoint, LOCK_WAIT).await?;
         let result = async {
-            let members = etcd::members(self.etcd, self.endpoint).await.map_err(|e| e.to_string())?;
+            let members = etcd::members(self.etcd, self.endpoint).await?;
             let Some(m) = member_of(node, &members).cloned() else { return Ok(()) };
             // The guard again, right before the change.
             let health = membership::voter_health(&members, self.creds).await;
-            guard(node, leader, &members, &health)?;
-            membership::remove_member(self.etcd, self.endpoint, m.id, &lock).await.map_err(|e| e.to_string())?;
+            guard(node, leader, &members, &health).map_err(ClusterError::Held)?;
+            membership::remove_member(self.etcd, self.endpoint, m.id, &lock).await?;
             warn!(node = %node.name, member = %format!("{:x}", m.id), "removed a lost master's etcd member");
-            Ok::<_, String>(())
+            Ok::<_, ClusterError>(())
         }
         .await;
         lock.release(self.etcd).await;
         result
     }
 
-    async fn unregister(&mut self, name: &str) -> Result<(), String> {
-        registry::delete(self.etcd, self.endpoint, name).await.map_err(|e| e.to_string())
+    async fn unregister(&mut self, name: &str) -> Result<(), ClusterError> {
+        Ok(registry::delete(self.etcd, self.endpoint, name).await?)
     }
 
-    async fn registered(&mut self, name: &str) -> Result<bool, String> {
-        Ok(registry::get(self.etcd, self.endpoint, name).await.map_err(|e| e.to_string())?.is_some())
+    async fn registered(&mut self, name: &str) -> Result<bool, ClusterError> {
+        Ok(registry::get(self.etcd, self.endpoint, name).await?.is_some())
     }
 
-    async fn delete_node(&mut self, name: &str) -> Result<(), String> {
+    async fn delete_node(&mut self, name: &str) -> Result<(), ClusterError> {
         let Some(kube) = self.kube else { return Ok(()) };
-        kube.delete(&format!("node {name}"), &objects::node_path(name), &json!({})).await.map_err(|e| e.to_string())
+        Ok(kube.delete(&format!("node {name}"), &objects::node_path(name), &json!({})).await?)
     }
 
-    async fn tombstone(&mut self, name: &str, t: &Tombstone) -> Result<bool, String> {
+    async fn tombstone(&mut self, name: &str, t: &Tombstone) -> Result<bool, ClusterError> {
         let body = serde_json::to_vec(t).expect("tombstone serializes");
         let txn = Txn::new()
             .when([Compare::create_revision(registry::key(name), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(format!("{TOMBSTONE_PREFIX}{name}"), body, None)]);
-        let resp = self.etcd.txn(txn).await.map_err(|e| call(self.endpoint, e).to_string())?;
+        let resp = self.etcd.txn(txn).await.map_err(|e| call(self.endpoint, e))?;
         Ok(resp.succeeded())
     }
 

@@ -39,6 +39,7 @@ use tracing::{info, warn};
 pub use decide::{Assessment, KubeSignal, Observed, Reading, Tracker, STALE_AFTER};
 pub use live::{Live, Signals, World};
 
+use super::ClusterError;
 use crate::config::Toleration;
 use crate::etcd::EtcdError;
 use decide::{decide, judge, recheck, PurgeDecision, Recheck};
@@ -212,7 +213,7 @@ pub struct Purger<'a, W: World> {
 impl<W: World> Purger<'_, W> {
     /// One round at `wall` (unix seconds, for the records): returns the
     /// view for `status`.
-    pub async fn round(&mut self, wall: u64) -> Result<View, String> {
+    pub async fn round(&mut self, wall: u64) -> Result<View, ClusterError> {
         let now = Instant::now();
         let readings = self.world.readings().await?;
         let silences = self.tracker.observe(&readings, now);
@@ -265,7 +266,9 @@ impl<W: World> Purger<'_, W> {
         // Resume, step by step; each recorded before the next.
         while purge.step != Step::Done {
             if !self.world.holds_term().await {
-                return Err(format!("the leadership was lost in the middle of purging {name}"));
+                return Err(ClusterError::NotLeader(format!(
+                    "the leadership was lost in the middle of purging {name}"
+                )));
             }
             if purge.step.can_be_called_off() {
                 let (heartbeat, kube) = self.world.reread(&name).await?;
@@ -281,7 +284,7 @@ impl<W: World> Purger<'_, W> {
                         // Its taint goes first: a NoExecute taint left on a
                         // live node would drain it for good.
                         self.world.taint(&name, false).await.map_err(|e| {
-                            format!("{name} came back, but its out-of-service taint cannot be removed yet: {e}")
+                            e.during(format!("{name} came back, but its out-of-service taint cannot be removed yet"))
                         })?;
                         self.world.call_off(rev).await?;
                         warn!(target: "audit", node = %name, reason = %why, "a lost node came back: its purge is called off");
@@ -290,7 +293,7 @@ impl<W: World> Purger<'_, W> {
                 }
             }
             let step = purge.step;
-            self.step(&purge).await.map_err(|e| format!("purging {name} ({step:?}): {e}"))?;
+            self.step(&purge).await.map_err(|e| e.during(format!("purging {name} ({step:?})")))?;
             purge.step = step.next();
             if purge.step == Step::Done {
                 purge.finished_at = Some(wall);
@@ -307,7 +310,7 @@ impl<W: World> Purger<'_, W> {
         Ok(view)
     }
 
-    async fn step(&mut self, p: &Purge) -> Result<(), String> {
+    async fn step(&mut self, p: &Purge) -> Result<(), ClusterError> {
         let name = p.node.name.as_str();
         match p.step {
             Step::Taint => self.world.taint(name, true).await,

@@ -63,14 +63,17 @@ impl Fake {
         self
     }
 
-    fn on(&mut self, call: &str) -> Result<(), String> {
+    fn on(&mut self, call: &str) -> Result<(), ClusterError> {
         if let Some(mut h) = self.hook.take() {
             h(&mut self.s, call);
             self.hook = Some(h);
         }
         if self.s.fail == Some(call) {
             self.s.fail = None;
-            return Err(format!("{call} failed (injected)"));
+            return Err(ClusterError::Etcd(EtcdError::Call {
+                endpoint: "fake".into(),
+                message: format!("{call} failed (injected)"),
+            }));
         }
         Ok(())
     }
@@ -87,7 +90,7 @@ fn beat(s: &mut State, name: &str) {
 }
 
 impl World for &mut Fake {
-    async fn readings(&mut self) -> Result<Vec<Reading>, String> {
+    async fn readings(&mut self) -> Result<Vec<Reading>, ClusterError> {
         self.on("readings")?;
         Ok(self
             .s
@@ -103,14 +106,14 @@ impl World for &mut Fake {
             .collect())
     }
 
-    async fn reread(&mut self, name: &str) -> Result<(Option<u64>, KubeSignal), String> {
+    async fn reread(&mut self, name: &str) -> Result<(Option<u64>, KubeSignal), ClusterError> {
         self.s.rereads += 1;
         self.on("reread")?;
         let kube = self.s.kube.get(name).cloned().unwrap_or(KubeSignal::Absent);
         Ok((self.s.records.get(name).map(|r| r.1), kube))
     }
 
-    async fn members(&mut self) -> Result<(Vec<Member>, Vec<(Member, Probe)>), String> {
+    async fn members(&mut self) -> Result<(Vec<Member>, Vec<(Member, Probe)>), ClusterError> {
         self.on("members")?;
         Ok((self.s.members.clone(), self.s.health.clone()))
     }
@@ -119,12 +122,12 @@ impl World for &mut Fake {
         self.on("holds_term").is_ok() && !self.s.term_lost
     }
 
-    async fn current(&mut self) -> Result<Option<(Purge, i64)>, String> {
+    async fn current(&mut self) -> Result<Option<(Purge, i64)>, ClusterError> {
         self.on("current")?;
         Ok(self.s.current.clone())
     }
 
-    async fn advance(&mut self, p: &Purge, rev: i64) -> Result<Option<i64>, String> {
+    async fn advance(&mut self, p: &Purge, rev: i64) -> Result<Option<i64>, ClusterError> {
         self.on("advance")?;
         let at = self.s.current.as_ref().map_or(0, |c| c.1);
         if at != rev {
@@ -135,7 +138,7 @@ impl World for &mut Fake {
         Ok(Some(self.s.revision))
     }
 
-    async fn call_off(&mut self, rev: i64) -> Result<(), String> {
+    async fn call_off(&mut self, rev: i64) -> Result<(), ClusterError> {
         self.on("call_off")?;
         if self.s.current.as_ref().is_some_and(|c| c.1 == rev) {
             let (p, _) = self.s.current.take().unwrap();
@@ -144,7 +147,7 @@ impl World for &mut Fake {
         Ok(())
     }
 
-    async fn finish(&mut self, p: &Purge) -> Result<(), String> {
+    async fn finish(&mut self, p: &Purge) -> Result<(), ClusterError> {
         self.on("finish")?;
         self.s.current = None;
         self.s.history.push(p.clone());
@@ -152,7 +155,7 @@ impl World for &mut Fake {
         Ok(())
     }
 
-    async fn taint(&mut self, name: &str, on: bool) -> Result<(), String> {
+    async fn taint(&mut self, name: &str, on: bool) -> Result<(), ClusterError> {
         self.on(if on { "taint" } else { "untaint" })?;
         if !self.s.nodes.contains(name) {
             return Ok(());
@@ -164,7 +167,7 @@ impl World for &mut Fake {
         Ok(())
     }
 
-    async fn delete_pods(&mut self, name: &str) -> Result<(), String> {
+    async fn delete_pods(&mut self, name: &str) -> Result<(), ClusterError> {
         self.on("delete_pods")?;
         if self.s.pods.remove(name).is_some() {
             self.s.log.push(format!("delete-pods {name}"));
@@ -172,9 +175,9 @@ impl World for &mut Fake {
         Ok(())
     }
 
-    async fn remove_member(&mut self, node: &Observed, leader: &str) -> Result<(), String> {
+    async fn remove_member(&mut self, node: &Observed, leader: &str) -> Result<(), ClusterError> {
         self.on("remove_member")?;
-        guard(node, leader, &self.s.members, &self.s.health)?;
+        guard(node, leader, &self.s.members, &self.s.health).map_err(ClusterError::Held)?;
         let before = self.s.members.len();
         self.s.members.retain(|m| m.name != node.name);
         self.s.health.retain(|(m, _)| m.name != node.name);
@@ -184,7 +187,7 @@ impl World for &mut Fake {
         Ok(())
     }
 
-    async fn unregister(&mut self, name: &str) -> Result<(), String> {
+    async fn unregister(&mut self, name: &str) -> Result<(), ClusterError> {
         self.on("unregister")?;
         if self.s.records.remove(name).is_some() {
             self.s.log.push(format!("unregister {name}"));
@@ -192,12 +195,12 @@ impl World for &mut Fake {
         Ok(())
     }
 
-    async fn registered(&mut self, name: &str) -> Result<bool, String> {
+    async fn registered(&mut self, name: &str) -> Result<bool, ClusterError> {
         self.on("registered")?;
         Ok(self.s.records.contains_key(name))
     }
 
-    async fn delete_node(&mut self, name: &str) -> Result<(), String> {
+    async fn delete_node(&mut self, name: &str) -> Result<(), ClusterError> {
         self.on("delete_node")?;
         if self.s.nodes.remove(name) {
             self.s.log.push(format!("delete-node {name}"));
@@ -205,7 +208,7 @@ impl World for &mut Fake {
         Ok(())
     }
 
-    async fn tombstone(&mut self, name: &str, _t: &Tombstone) -> Result<bool, String> {
+    async fn tombstone(&mut self, name: &str, _t: &Tombstone) -> Result<bool, ClusterError> {
         self.on("tombstone")?;
         if self.s.records.contains_key(name) {
             return Ok(false);
@@ -350,6 +353,7 @@ async fn a_node_that_comes_back_after_its_taint_gets_it_removed_and_keeps_its_po
     }));
     let mut p = Purger { world: &mut fake, tracker: &mut tracker, leader: "m1", toleration: after(TOLERATION) };
     let e = p.round(1_800_000_100).await.unwrap_err();
+    let e = e.to_string();
     assert!(e.contains("w1 came back") && e.contains("taint cannot be removed"), "{e}");
     assert_eq!(fake.s.log, ["taint w1"]);
     assert!(fake.s.current.is_some(), "the purge stays recorded until its taint is gone");
@@ -409,7 +413,8 @@ async fn a_purge_stops_when_the_leadership_is_lost_and_is_resumed_where_it_stood
         }
     }));
     let mut p = Purger { world: &mut fake, tracker: &mut tracker, leader: "m1", toleration: after(TOLERATION) };
-    assert!(p.round(1_800_000_100).await.unwrap_err().contains("leadership was lost"));
+    let e = p.round(1_800_000_100).await.unwrap_err();
+    assert!(matches!(e, ClusterError::NotLeader(_)) && e.to_string().contains("leadership was lost"), "{e}");
     assert_eq!(fake.s.log, ["taint w1", "delete-pods w1"]);
     // Another leader, with a tracker of its own, resumes from the record.
     fake.hook = None;
