@@ -14,6 +14,7 @@
 //! - [`join`]: tokens, join scripts and the join API;
 //! - [`runtime`]: the node's containerd, its images, its containers' end;
 //! - [`host`]: files, processes, systemd — everything that touches the host;
+//! - [`retry`]: the one way a step is tried again;
 //! - [`cli`]: the command line and the commands, each a plan then its
 //!   application.
 
@@ -33,6 +34,7 @@ pub mod lb;
 pub mod pki;
 pub mod preflight;
 pub mod progress;
+pub mod retry;
 pub mod runtime;
 
 #[cfg(test)]

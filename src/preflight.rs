@@ -256,7 +256,7 @@ pub fn enforce(paths: &Paths, config: &ClusterConfig, ignore: &[String]) -> Resu
     }
 }
 
-const HAIRPIN_ATTEMPTS: usize = 3;
+const HAIRPIN_ATTEMPTS: u32 = 3;
 
 /// Checks a load-balancer address before the cluster is changed to use it
 /// (what kURL's hairpin check asks): it resolves, it accepts TCP, and a TLS
@@ -310,17 +310,20 @@ pub fn load_balancer(addr: &HostPort, ca_pem: &[u8]) -> Vec<Failure> {
         let limits =
             crate::https::Limits { connect: Duration::from_secs(3), exchange: Duration::from_secs(5), max_body: 0 };
         let mut errors = vec![];
-        for attempt in 0..HAIRPIN_ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            match crate::https::peer_certificate(addr, tls.clone(), limits).await {
-                Ok(_) => return Ok(()),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
+        let reached = crate::retry::Retry::attempts(HAIRPIN_ATTEMPTS, Duration::from_secs(1))
+            .run_noting(
+                || {
+                    let tls = tls.clone();
+                    async move {
+                        crate::https::peer_certificate(addr, tls, limits).await.map_err(crate::retry::Failure::Again)
+                    }
+                },
+                |e, _| errors.push(e.to_string()),
+            )
+            .await;
+        let reached = reached.map(drop).map_err(|last| errors.push(last.to_string()));
         errors.dedup();
-        Err(format!("{HAIRPIN_ATTEMPTS} connections: {}", errors.join("; ")))
+        reached.map_err(|()| format!("{HAIRPIN_ATTEMPTS} connections: {}", errors.join("; ")))
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
     match rt.map_err(|e| e.to_string()).and_then(|rt| rt.block_on(hairpin)) {

@@ -249,11 +249,10 @@ pub fn run(req: Request) -> anyhow::Result<()> {
 /// settings and this master in the node registry: a node that joins or a
 /// worker that asks for the cluster right after install is told both.
 fn wait_founded(paths: &Paths, c: &ClusterConfig, limit: Duration) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + limit;
     let (rt, mut client) = settings_client(paths, c)?;
     let endpoint = c.etcd_client_url();
     let name = c.node.name.as_str();
-    loop {
+    let founded = crate::retry::Retry::within(limit, Duration::from_millis(200)).run_blocking(|| {
         let missing = rt.block_on(async {
             let mut missing = Vec::new();
             if settings::read(&mut client, &endpoint).await.map_err(|e| e.to_string())?.is_none() {
@@ -264,20 +263,19 @@ fn wait_founded(paths: &Paths, c: &ClusterConfig, limit: Duration) -> anyhow::Re
             }
             Ok::<_, String>(missing)
         });
-        let why = match missing {
-            Ok(m) if m.is_empty() => return Ok(()),
-            Ok(m) => format!("not recorded yet: {}", m.join(", ")),
-            Err(e) => format!("etcd did not answer: {e}"),
-        };
-        if std::time::Instant::now() >= deadline {
-            bail!(
-                "the agent did not record the cluster within {}s ({why}); see {}",
-                limit.as_secs(),
-                paths.component_log("agent").display()
-            );
+        match missing {
+            Ok(m) if m.is_empty() => Ok(()),
+            Ok(m) => Err(crate::retry::Failure::Again(format!("not recorded yet: {}", m.join(", ")))),
+            Err(e) => Err(crate::retry::Failure::Again(format!("etcd did not answer: {e}"))),
         }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
+    founded.map_err(|why| {
+        anyhow::anyhow!(
+            "the agent did not record the cluster within {}s ({why}); see {}",
+            limit.as_secs(),
+            paths.component_log("agent").display()
+        )
+    })
 }
 
 /// Follows a change of the load-balancer address, which the elected agent

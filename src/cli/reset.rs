@@ -212,40 +212,42 @@ const UNREGISTER_WITHIN: Duration = Duration::from_secs(30);
 /// trying them all again, once a second, while a new leader may be being
 /// elected. Returns the endpoint that took it, or the last error of each.
 async fn unregister(others: &[String], creds: &crate::etcd::Credentials, key: &str) -> Result<String, String> {
-    let deadline = tokio::time::Instant::now() + UNREGISTER_WITHIN;
-    let mut said = false;
-    loop {
-        let mut errors = Vec::new();
-        for other in others {
-            let attempt = async {
-                let mut client =
-                    crate::etcd::connect_with(std::slice::from_ref(other), creds, Duration::from_secs(3), None)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                client.delete(key, None).await.map(drop).map_err(|e| e.to_string())
-            };
-            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-                Ok(Ok(())) => return Ok(other.clone()),
-                Ok(Err(e)) => errors.push(format!("{other}: {e}")),
-                Err(_) => errors.push(format!("{other}: no answer within 5s")),
-            }
-        }
-        if errors.is_empty() {
-            return Err("no other master is known".to_owned());
-        }
-        if tokio::time::Instant::now() + Duration::from_secs(1) >= deadline {
-            return Err(errors.join("; "));
-        }
-        if !said {
-            eprintln!(
-                "[reset]   no other master's etcd took the registry change yet (it may be electing a leader); \
-                 trying again for up to {}s",
-                UNREGISTER_WITHIN.as_secs()
-            );
-            said = true;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    if others.is_empty() {
+        return Err("no other master is known".to_owned());
     }
+    let mut said = false;
+    crate::retry::Retry::within(UNREGISTER_WITHIN, Duration::from_secs(1))
+        .run_noting(
+            || async move {
+                let mut errors = Vec::new();
+                for other in others {
+                    let attempt = async {
+                        let mut client =
+                            crate::etcd::connect_with(std::slice::from_ref(other), creds, Duration::from_secs(3), None)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                        client.delete(key, None).await.map(drop).map_err(|e| e.to_string())
+                    };
+                    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                        Ok(Ok(())) => return Ok(other.clone()),
+                        Ok(Err(e)) => errors.push(format!("{other}: {e}")),
+                        Err(_) => errors.push(format!("{other}: no answer within 5s")),
+                    }
+                }
+                Err(crate::retry::Failure::Again(errors.join("; ")))
+            },
+            |_, _| {
+                if !said {
+                    eprintln!(
+                        "[reset]   no other master's etcd took the registry change yet (it may be electing a \
+                         leader); trying again for up to {}s",
+                        UNREGISTER_WITHIN.as_secs()
+                    );
+                    said = true;
+                }
+            },
+        )
+        .await
 }
 
 fn runs_binary(pid: u32, name: &str) -> bool {

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, LockOptions, MemberAddOptions};
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{timeout, Instant};
 
 use super::{check_health, connect, Credentials, ErrorKind, EtcdError, Member};
+use crate::retry::{Failure, Retry};
 
 /// The name of the cluster-wide membership lock.
 pub const MEMBERSHIP_LOCK: &str = "/hakube/locks/etcd-membership";
@@ -277,21 +278,23 @@ pub async fn wait_gate(
     limit: Duration,
     mut on_wait: impl FnMut(&MembershipError),
 ) -> Result<Vec<Member>, MembershipError> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let last = match gate(client, endpoint, creds, own_peer, point).await {
-            Ok((members, GateVerdict::Pass)) => return Ok(members),
-            Ok((_, GateVerdict::Refuse(e))) => return Err(e),
-            Ok((_, GateVerdict::Wait(e))) => e,
-            // The member answering the list may itself be restarting.
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            return Err(last);
-        }
-        on_wait(&last);
-        sleep(Duration::from_millis(500)).await;
-    }
+    Retry::within(limit, Duration::from_millis(500))
+        .run_noting(
+            || {
+                let mut client = client.clone();
+                async move {
+                    match gate(&mut client, endpoint, creds, own_peer, point).await {
+                        Ok((members, GateVerdict::Pass)) => Ok(members),
+                        Ok((_, GateVerdict::Refuse(e))) => Err(Failure::Final(e)),
+                        Ok((_, GateVerdict::Wait(e))) => Err(Failure::Again(e)),
+                        // The member answering the list may itself be restarting.
+                        Err(e) => Err(Failure::Again(e)),
+                    }
+                }
+            },
+            |e, _| on_wait(e),
+        )
+        .await
 }
 
 /// Every call the lock makes is bounded by this (the caller's client may
@@ -348,19 +351,20 @@ impl Lock {
         loop {
             // Only a leader grants a lease: while the members elect one (the
             // leader just died or left), the grant is tried again, bounded.
-            let grant_until = Instant::now() + until.saturating_duration_since(Instant::now()).min(ELECTION_WAIT);
-            let lease = loop {
-                match bounded(endpoint, "granting the lock's lease", client.lease_grant(ttl, None)).await {
-                    Ok(r) => break r.id(),
-                    Err(b) => {
-                        let e = unwrap_call(b).map_or_else(|e| e, |e| call(endpoint, e).into());
-                        if Instant::now() + Duration::from_millis(500) >= grant_until {
-                            return Err(e);
+            let grant_within = until.saturating_duration_since(Instant::now()).min(ELECTION_WAIT);
+            let lease = Retry::within(grant_within, Duration::from_millis(500))
+                .run(|| {
+                    let mut client = client.clone();
+                    async move {
+                        match bounded(endpoint, "granting the lock's lease", client.lease_grant(ttl, None)).await {
+                            Ok(r) => Ok(r.id()),
+                            Err(b) => {
+                                Err(Failure::Again(unwrap_call(b).map_or_else(|e| e, |e| call(endpoint, e).into())))
+                            }
                         }
-                        sleep(Duration::from_millis(500)).await;
                     }
-                }
-            };
+                })
+                .await?;
             let held = Arc::new(AtomicBool::new(true));
             let keeper = tokio::task::spawn(super::lease::keep_alive(client.clone(), lease, ttl, held.clone()));
             let mut lock = Lock { key: vec![], lease, held, keeper, client: client.clone(), released: false };
@@ -459,8 +463,16 @@ fn unwrap_call(b: Bounded) -> Result<etcd_client::Error, MembershipError> {
     }
 }
 
-/// How long a membership change may wait for etcd to consider itself healthy.
+/// How long a membership change may wait for etcd to consider itself
+/// healthy, and how often it asks.
 const RECONFIG_WAIT: Duration = Duration::from_secs(60);
+const RECONFIG: Retry = Retry::within(RECONFIG_WAIT, Duration::from_millis(250));
+
+/// A learner added now, or found added before (its id and the members).
+enum Added {
+    Now(etcd_client::MemberAddResponse),
+    Before(u64, Vec<Member>),
+}
 
 /// Adds `peer_url` as a learner unless a member with it exists; returns that
 /// member's id and the membership after the add.
@@ -481,31 +493,41 @@ pub async fn add_learner(
     // voter has been connected to the leader for 5 s (its HealthInterval):
     // right after the previous member was promoted, that is a matter of
     // seconds, so wait it out rather than fail.
-    let deadline = Instant::now() + RECONFIG_WAIT;
-    let resp = loop {
-        lock.ensure_held(client, endpoint).await?;
-        let add = client.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()));
-        match bounded(endpoint, "adding a learner", add).await.map_err(unwrap_call) {
-            Ok(r) => break r,
-            Err(Err(e)) => return Err(e),
-            // The caller's view lagged: the member is there after all.
-            Err(Ok(e)) if ErrorKind::of(&e) == ErrorKind::MemberExists => {
-                let now = super::members(client, endpoint).await?;
-                if let Some(m) = now.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)) {
-                    return Ok((m.id, now));
+    let added = RECONFIG
+        .run(|| {
+            let mut client = client.clone();
+            async move {
+                let client = &mut client;
+                lock.ensure_held(client, endpoint).await.map_err(Failure::Final)?;
+                let add = client.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()));
+                match bounded(endpoint, "adding a learner", add).await.map_err(unwrap_call) {
+                    Ok(r) => Ok(Added::Now(r)),
+                    Err(Err(e)) => Err(Failure::Final(e)),
+                    // The caller's view lagged: the member is there after all.
+                    Err(Ok(e)) if ErrorKind::of(&e) == ErrorKind::MemberExists => {
+                        let now = super::members(client, endpoint).await.map_err(|e| Failure::Final(e.into()))?;
+                        match now.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)).map(|m| m.id) {
+                            Some(id) => Ok(Added::Before(id, now)),
+                            None => Err(Failure::Final(call(endpoint, e).into())),
+                        }
+                    }
+                    // Right after a removal, a member that has not applied it
+                    // yet answers an add with "member not found"; that settles
+                    // too.
+                    Err(Ok(e)) => {
+                        let kind = ErrorKind::of(&e);
+                        Err(Failure::when(
+                            kind.is_transient() || kind == ErrorKind::MemberNotFound,
+                            call(endpoint, e).into(),
+                        ))
+                    }
                 }
-                return Err(call(endpoint, e).into());
             }
-            // Right after a removal, a member that has not applied it yet
-            // answers an add with "member not found"; that settles too.
-            Err(Ok(e))
-                if (ErrorKind::of(&e).is_transient() || ErrorKind::of(&e) == ErrorKind::MemberNotFound)
-                    && Instant::now() < deadline =>
-            {
-                sleep(Duration::from_millis(250)).await
-            }
-            Err(Ok(e)) => return Err(call(endpoint, e).into()),
-        }
+        })
+        .await?;
+    let resp = match added {
+        Added::Now(resp) => resp,
+        Added::Before(id, members) => return Ok((id, members)),
     };
     let id = resp.member().map(|m| m.id()).unwrap_or_default();
     // The membership as the leader applied the add (a follower's view
@@ -579,49 +601,64 @@ pub async fn promote_when_ready(
     limit: Duration,
     lock: &Lock,
 ) -> Result<(), MembershipError> {
-    let deadline = Instant::now() + limit;
+    // What is said if the time runs out while the learner is not ready.
+    let not_yet = || {
+        Failure::Again(MembershipError::Timeout {
+            secs: limit.as_secs(),
+            what: format!("waiting for learner {id:x} to start and catch up with the leader"),
+        })
+    };
     // The list comes from whichever member the client asks, which may lag
     // the add: only an absence that lasts is taken as a removal.
-    let mut absent_since: Option<Instant> = None;
-    loop {
-        let members = super::members(client, endpoint).await?;
-        let found = members.iter().find(|m| m.id == id);
-        if found.is_some() {
-            absent_since = None;
-        }
-        match found {
-            Some(m) if !m.is_learner => return Ok(()),
-            Some(m) if m.started() => {
-                lock.ensure_held(client, endpoint).await?;
-                match bounded(endpoint, "promoting the learner", client.member_promote(id)).await.map_err(unwrap_call) {
-                    Ok(_) => return Ok(()),
-                    Err(Err(e)) => return Err(e),
-                    // "can only promote a learner member which is in sync with leader",
-                    // or the cluster's 5 s connectivity check (see add_learner).
-                    Err(Ok(e)) if ErrorKind::of(&e).is_transient() => {}
-                    Err(Ok(e)) => return Err(call(endpoint, e).into()),
+    let absent_since = std::sync::Mutex::new(None::<Instant>);
+    let absent_since = &absent_since;
+    Retry::within(limit, Duration::from_millis(200))
+        .run(|| {
+            let mut client = client.clone();
+            async move {
+                let client = &mut client;
+                let members = super::members(client, endpoint).await.map_err(|e| Failure::Final(e.into()))?;
+                let found = members.iter().find(|m| m.id == id);
+                let absent_for = {
+                    let mut since = absent_since.lock().expect("not poisoned");
+                    match found {
+                        Some(_) => *since = None,
+                        None => {
+                            since.get_or_insert_with(Instant::now);
+                        }
+                    }
+                    since.map(|t| t.elapsed())
+                };
+                match found {
+                    Some(m) if !m.is_learner => Ok(()),
+                    Some(m) if m.started() => {
+                        lock.ensure_held(client, endpoint).await.map_err(Failure::Final)?;
+                        let promote = client.member_promote(id);
+                        match bounded(endpoint, "promoting the learner", promote).await.map_err(unwrap_call) {
+                            Ok(_) => Ok(()),
+                            Err(Err(e)) => Err(Failure::Final(e)),
+                            // "can only promote a learner member which is in sync with leader",
+                            // or the cluster's 5 s connectivity check (see add_learner).
+                            Err(Ok(e)) if ErrorKind::of(&e).is_transient() => Err(not_yet()),
+                            Err(Ok(e)) => Err(Failure::Final(call(endpoint, e).into())),
+                        }
+                    }
+                    Some(_) => Err(not_yet()),
+                    None if absent_for.is_some_and(|d| d < ABSENCE_GRACE) => Err(not_yet()),
+                    None => Err(Failure::Final(
+                        EtcdError::Call {
+                            endpoint: endpoint.to_owned(),
+                            message: format!(
+                            "member {id:x} disappeared while joining (removed as a stalled learner?): run the join \
+                             again"
+                        ),
+                        }
+                        .into(),
+                    )),
                 }
             }
-            Some(_) => {}
-            None if absent_since.get_or_insert_with(Instant::now).elapsed() < ABSENCE_GRACE => {}
-            None => {
-                return Err(EtcdError::Call {
-                    endpoint: endpoint.to_owned(),
-                    message: format!(
-                        "member {id:x} disappeared while joining (removed as a stalled learner?): run the join again"
-                    ),
-                }
-                .into())
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(MembershipError::Timeout {
-                secs: limit.as_secs(),
-                what: format!("waiting for learner {id:x} to start and catch up with the leader"),
-            });
-        }
-        sleep(Duration::from_millis(200)).await;
-    }
+        })
+        .await
 }
 
 /// Whether the voters left after removing `leaving` still have a healthy
@@ -643,18 +680,19 @@ pub fn quorum_after_removal(health: &[(Member, Probe)], leaving: u64) -> Result<
 /// Removes a member under `lock`, waiting out etcd's connectivity check
 /// (see add_learner).
 pub async fn remove_member(client: &mut Client, endpoint: &str, id: u64, lock: &Lock) -> Result<(), MembershipError> {
-    let deadline = Instant::now() + RECONFIG_WAIT;
-    loop {
-        lock.ensure_held(client, endpoint).await?;
-        match bounded(endpoint, "removing a member", client.member_remove(id)).await.map_err(unwrap_call) {
-            Ok(_) => return Ok(()),
-            Err(Err(e)) => return Err(e),
-            Err(Ok(e)) if ErrorKind::of(&e).is_transient() && Instant::now() < deadline => {
-                sleep(Duration::from_millis(250)).await
+    RECONFIG
+        .run(|| {
+            let mut client = client.clone();
+            async move {
+                lock.ensure_held(&mut client, endpoint).await.map_err(Failure::Final)?;
+                match bounded(endpoint, "removing a member", client.member_remove(id)).await.map_err(unwrap_call) {
+                    Ok(_) => Ok(()),
+                    Err(Err(e)) => Err(Failure::Final(e)),
+                    Err(Ok(e)) => Err(Failure::when(ErrorKind::of(&e).is_transient(), call(endpoint, e).into())),
+                }
             }
-            Err(Ok(e)) => return Err(call(endpoint, e).into()),
-        }
-    }
+        })
+        .await
 }
 
 /// Removes the member with `own_peer` from the cluster, under the lock and

@@ -48,15 +48,9 @@ pub fn lock_root(root: &Path) -> Result<RootLock, LockError> {
 /// moment out instead of being refused. A command that holds it longer (a
 /// second install) is still refused, after `limit`.
 pub fn lock_root_waiting(root: &Path, limit: std::time::Duration) -> Result<RootLock, LockError> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        match lock_root(root) {
-            Err(LockError::Held { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(100))
-            }
-            other => return other,
-        }
-    }
+    crate::retry::Retry::within(limit, std::time::Duration::from_millis(100)).run_blocking(|| {
+        lock_root(root).map_err(|e| crate::retry::Failure::when(matches!(e, LockError::Held { .. }), e))
+    })
 }
 
 #[cfg(test)]

@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tokio::time::sleep;
 
 use http_body_util::BodyExt;
 
 use super::watch::Watch;
 use crate::config::HostPort;
 use crate::https::{self, HttpsError, Identity, Limits, Request};
+use crate::retry::{Failure, Retry};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KubeError {
@@ -96,8 +96,9 @@ impl Patch {
     }
 }
 
-/// Attempts per request; waits between them double from 200 ms.
-const ATTEMPTS: u32 = 4;
+/// Attempts per request (each tries every server); the pauses between
+/// them double from 200 ms.
+const RETRY: Retry = Retry::attempts(4, Duration::from_millis(200)).doubling_to(Duration::from_secs(2));
 
 /// Objects per page of a list: the API server's own advice for clients
 /// that list large collections.
@@ -179,43 +180,41 @@ impl KubeClient {
         content_type: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Result<axum::body::Bytes, KubeError> {
-        let mut pause = Duration::from_millis(200);
-        let mut last = None;
-        for attempt in 0..ATTEMPTS {
-            for server in &self.servers {
-                let headers: Vec<(&str, &str)> = [("accept", "application/json")]
-                    .into_iter()
-                    .chain(content_type.map(|c| ("content-type", c)))
-                    .collect();
-                let req = Request { method, path, headers: &headers, body: body.clone() };
-                match self.pool.request(server, &self.tls, req, self.limits).await {
-                    Ok(resp) if (200..300).contains(&resp.status) => return Ok(resp.body),
-                    Ok(resp) => {
-                        let err = status_error(what, server, resp.status, &resp.body);
-                        if resp.status != 429 && resp.status < 500 {
-                            return Err(err);
+        let headers: Vec<(&str, &str)> =
+            [("accept", "application/json")].into_iter().chain(content_type.map(|c| ("content-type", c))).collect();
+        // One attempt tries every server; the last failure decides.
+        let (headers, body) = (&headers, &body);
+        RETRY
+            .run(|| async move {
+                let mut last = None;
+                for server in &self.servers {
+                    let req = Request { method, path, headers, body: body.clone() };
+                    match self.pool.request(server, &self.tls, req, self.limits).await {
+                        Ok(resp) if (200..300).contains(&resp.status) => return Ok(resp.body),
+                        Ok(resp) => {
+                            let err = status_error(what, server, resp.status, &resp.body);
+                            if resp.status != 429 && resp.status < 500 {
+                                return Err(Failure::Final(err));
+                            }
+                            last = Some(err);
                         }
-                        last = Some(err);
-                    }
-                    Err(e) => {
-                        // Sent or not, a read and the writes this client
-                        // makes (patches of a whole document, deletes) may
-                        // go again: the result is the same. A create may not.
-                        let retry = e.before_sending() || matches!(method, "GET" | "PATCH" | "DELETE");
-                        let err = unreachable(what, server, &e);
-                        if !retry {
-                            return Err(err);
+                        Err(e) => {
+                            // Sent or not, a read and the writes this client
+                            // makes (patches of a whole document, deletes)
+                            // may go again: the result is the same. A create
+                            // may not.
+                            let again = e.before_sending() || matches!(method, "GET" | "PATCH" | "DELETE");
+                            let err = unreachable(what, server, &e);
+                            if !again {
+                                return Err(Failure::Final(err));
+                            }
+                            last = Some(err);
                         }
-                        last = Some(err);
                     }
                 }
-            }
-            if attempt + 1 < ATTEMPTS {
-                sleep(pause).await;
-                pause *= 2;
-            }
-        }
-        Err(last.expect("at least one attempt"))
+                Err(Failure::Again(last.expect("a client has at least one server")))
+            })
+            .await
     }
 
     fn decode<T: DeserializeOwned>(&self, what: &str, bytes: &[u8]) -> Result<T, KubeError> {

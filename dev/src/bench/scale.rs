@@ -59,7 +59,42 @@ fn bench(args: &Args, work: &WorkDir, bin: PathBuf, bundle: PathBuf) -> Result<(
         None => Reports::new(),
     };
     print!("{}", table(&now, &base));
+    print!("{}", growth(&now));
     Ok(())
+}
+
+/// The requests that grew most from the smallest size to the largest, by
+/// verb and resource: which part of the load follows the node count (the
+/// hollow nodes' own Lease renewals are `PATCH leases`; hakube's own are
+/// its watches and the few GETs above; the rest are Kubernetes' own
+/// controllers and kubelets).
+fn growth(now: &Reports) -> String {
+    let (Some((lo, first)), Some((hi, last))) = (now.first_key_value(), now.last_key_value()) else {
+        return String::new();
+    };
+    if lo == hi {
+        return String::new();
+    }
+    let rates = |r: &Value| -> std::collections::BTreeMap<String, f64> {
+        r["api_requests_per_s"]["by_verb_and_resource"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+            .collect()
+    };
+    let (a, b) = (rates(first), rates(last));
+    let mut grew: Vec<(String, f64, f64)> = b
+        .iter()
+        .map(|(k, &v)| (k.clone(), a.get(k).copied().unwrap_or(0.0), v))
+        .filter(|(_, x, y)| y - x >= 0.05)
+        .collect();
+    grew.sort_by(|p, q| (q.2 - q.1).total_cmp(&(p.2 - p.1)).then(p.0.cmp(&q.0)));
+    let mut out = format!("\nrequests/s that grew most from N={lo} to N={hi} (hakube's run)\n");
+    for (k, x, y) in grew.iter().take(8) {
+        out += &format!("  {k:42}{x:>10.2}{y:>12.2}\n");
+    }
+    out
 }
 
 /// A sandbox with `bin`, every size in it.
@@ -198,5 +233,31 @@ mod tests {
         assert_eq!(cells("loss to purge start, s"), "59.9 59.9 < 70 (60 s + 10)");
         assert_eq!(cells("agents' CPU (min-max)"), "0.3-1.5% 1.5-2%");
         assert_eq!(cells("agents' memory (min-max)"), "12-14 MiB 12-14 MiB");
+    }
+
+    #[test]
+    fn growth_lists_what_follows_the_node_count_largest_first() {
+        let report = |rates: Value| serde_json::json!({"api_requests_per_s": {"by_verb_and_resource": rates}});
+        let now = Reports::from([
+            (50, report(serde_json::json!({"PATCH leases": 5.0, "LIST nodes": 0.1, "PATCH nodes": 0.2}))),
+            (
+                500,
+                report(
+                    serde_json::json!({"PATCH leases": 50.0, "LIST nodes": 0.1, "PATCH nodes": 3.0, "POST events": 1.0}),
+                ),
+            ),
+        ]);
+        let text = growth(&now);
+        let rows: Vec<Vec<&str>> = text.lines().skip(2).map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(
+            rows,
+            [
+                vec!["PATCH", "leases", "5.00", "50.00"],
+                vec!["PATCH", "nodes", "0.20", "3.00"],
+                vec!["POST", "events", "0.00", "1.00"]
+            ],
+            "{text}"
+        );
+        assert_eq!(growth(&Reports::from([(50, report(serde_json::json!({})))])), "");
     }
 }
