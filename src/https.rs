@@ -303,17 +303,19 @@ pub async fn request(
     limits: Limits,
 ) -> Result<Response, HttpsError> {
     let sender = connect(hp, tls, limits).await?;
-    let exchange = async {
-        let resp = send(sender, hp, req).await?;
-        let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), limits.max_body)
-            .collect()
-            .await
-            .map_err(|e| HttpsError::Http(format!("reading the response: {e}")))?
-            .to_bytes();
-        Ok(Response { status, body })
-    };
+    let exchange = async { read(send(sender, hp, req).await?, limits.max_body).await };
     timeout(limits.exchange, exchange).await.map_err(|_| HttpsError::Timeout(limits.exchange))?
+}
+
+/// The response with its whole body, at most `max_body` bytes.
+async fn read(resp: hyper::Response<hyper::body::Incoming>, max_body: usize) -> Result<Response, HttpsError> {
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), max_body)
+        .collect()
+        .await
+        .map_err(|e| HttpsError::Http(format!("reading the response: {e}")))?
+        .to_bytes();
+    Ok(Response { status, body })
 }
 
 /// A response whose body is read as it comes (a watch).
@@ -524,16 +526,7 @@ impl Pool {
         req: Request<'_>,
         limits: Limits,
     ) -> Result<Response, HttpsError> {
-        let exchange = async {
-            let resp = self.send(hp, tls, req, limits).await?;
-            let status = resp.status().as_u16();
-            let body = Limited::new(resp.into_body(), limits.max_body)
-                .collect()
-                .await
-                .map_err(|e| HttpsError::Http(format!("reading the response: {e}")))?
-                .to_bytes();
-            Ok(Response { status, body })
-        };
+        let exchange = async { read(self.send(hp, tls, req, limits).await?, limits.max_body).await };
         let result = timeout(limits.exchange, exchange).await.unwrap_or(Err(HttpsError::Timeout(limits.exchange)));
         if matches!(result, Err(HttpsError::Timeout(_))) {
             self.forget(hp);
@@ -566,11 +559,12 @@ mod tests {
 
     /// A TLS server on loopback that answers every connection with `reply`
     /// and then stalls.
-    async fn stalling_server(reply: &'static [u8]) -> (HostPort, Vec<u8>) {
+    /// A TLS acceptor with a certificate for 127.0.0.1 that is its own CA
+    /// (returned, PEM), offering `alpn`, and a loopback listener for it.
+    async fn tls_listener(alpn: &[&[u8]]) -> (tokio_rustls::TlsAcceptor, tokio::net::TcpListener, u16, Vec<u8>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
-        let ca_pem = cert.pem().into_bytes();
-        let server = rustls::ServerConfig::builder_with_provider(provider())
+        let mut server = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
@@ -579,9 +573,14 @@ mod tests {
                 PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
             )
             .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        (tokio_rustls::TlsAcceptor::from(Arc::new(server)), listener, port, cert.pem().into_bytes())
+    }
+
+    async fn stalling_server(reply: &'static [u8]) -> (HostPort, Vec<u8>) {
+        let (acceptor, listener, port, ca_pem) = tls_listener(&[]).await;
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
@@ -645,24 +644,8 @@ mod tests {
     impl Counting {
         async fn start(h2: bool) -> Self {
             use std::sync::atomic::Ordering;
-            let key = rcgen::KeyPair::generate().unwrap();
-            let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
-            let ca = cert.pem().into_bytes();
-            let mut server = rustls::ServerConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![cert.der().clone()],
-                    PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
-                )
-                .unwrap();
-            if h2 {
-                server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            }
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let port = listener.local_addr().unwrap().port();
+            let alpn: &[&[u8]] = if h2 { &[b"h2", b"http/1.1"] } else { &[] };
+            let (acceptor, listener, port, ca) = tls_listener(alpn).await;
             let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let conns = Arc::new(Mutex::new(Vec::new()));
             let (a, c) = (accepted.clone(), conns.clone());
