@@ -723,7 +723,22 @@ pub async fn leave(
                 });
             }
         }
-        remove_member(client, endpoint, me.id, &lock).await?;
+        if let Err(e) = remove_member(client, endpoint, me.id, &lock).await {
+            // A member removing itself through its own endpoint may stop
+            // ("server stopped") before it answers: the removal took
+            // effect if the members left no longer list it.
+            let others: Vec<String> =
+                members.iter().filter(|m| m.id != me.id).flat_map(|m| m.client_urls.clone()).collect();
+            let gone = match super::connect_with(&others, creds, Duration::from_secs(3), None).await {
+                Ok(mut other) => super::members(&mut other, &others.join(","))
+                    .await
+                    .is_ok_and(|now| now.iter().all(|m| m.id != me.id)),
+                Err(_) => false,
+            };
+            if !gone {
+                return Err(e);
+            }
+        }
         if me.client_urls.iter().any(|u| u == endpoint) {
             rest = members.iter().filter(|m| m.id != me.id).flat_map(|m| m.client_urls.clone()).collect();
         }
