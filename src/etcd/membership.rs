@@ -723,12 +723,12 @@ pub async fn leave(
                 });
             }
         }
+        let others: Vec<String> =
+            members.iter().filter(|m| m.id != me.id).flat_map(|m| m.client_urls.clone()).collect();
         if let Err(e) = remove_member(client, endpoint, me.id, &lock).await {
             // A member removing itself through its own endpoint may stop
             // ("server stopped") before it answers: the removal took
             // effect if the members left no longer list it.
-            let others: Vec<String> =
-                members.iter().filter(|m| m.id != me.id).flat_map(|m| m.client_urls.clone()).collect();
             let gone = match super::connect_with(&others, creds, Duration::from_secs(3), None).await {
                 Ok(mut other) => super::members(&mut other, &others.join(","))
                     .await
@@ -740,7 +740,7 @@ pub async fn leave(
             }
         }
         if me.client_urls.iter().any(|u| u == endpoint) {
-            rest = members.iter().filter(|m| m.id != me.id).flat_map(|m| m.client_urls.clone()).collect();
+            rest = others;
         }
         Ok(Some(me.id))
     }
