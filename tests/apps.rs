@@ -137,11 +137,14 @@ spec:
     spec:
       terminationGracePeriodSeconds: 1
       nodeSelector: {{kubernetes.io/hostname: w1}}
+      # Not root: the container's root filesystem must be readable by
+      # others (under the join script's umask 077 it was root's alone).
+      securityContext: {{runAsUser: 1000, runAsNonRoot: true}}
       containers:
       - name: web
         image: {image}
         imagePullPolicy: Never
-        command: [sh, -c, 'mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www']
+        command: [sh, -c, 'mkdir -p /tmp/www && echo hello-from-web > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www']
         readinessProbe: {{httpGet: {{path: /index.html, port: 8080}}, periodSeconds: 1}}
 ---
 apiVersion: v1

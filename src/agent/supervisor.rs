@@ -778,10 +778,16 @@ fn spawn(
             cmd.env("PATH", path);
         }
     }
-    // SAFETY: prctl is async-signal-safe. If the agent dies, its children
-    // get SIGTERM rather than running on unsupervised.
+    // SAFETY: prctl and umask are async-signal-safe. If the agent dies, its
+    // children get SIGTERM rather than running on unsupervised. Components
+    // get the umask a service gets from systemd (022), whatever the agent
+    // was started with (a join script's 077): containerd makes its image
+    // snapshots with it, and under 077 a container's root directory is
+    // root's alone, so a pod that runs as any other user cannot start
+    // ("stat /bin/sh: permission denied").
     unsafe {
         cmd.pre_exec(|| {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
         });
     }
