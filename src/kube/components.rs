@@ -213,6 +213,17 @@ pub fn kubelet_config(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> Fi
         "clusterDNS": [c.cluster.service_cidr.nth(10).to_string()],
         "clusterDomain": c.cluster.dns_domain,
         "containerRuntimeEndpoint": crate::runtime::containerd::endpoint(paths),
+        // Images here are imported, not pulled (no registry need be
+        // reachable). Under kubelet's default (NeverVerifyPreloadedImages,
+        // KEP-2535) one failed pull of an imported image (a pod with
+        // `imagePullPolicy: Always`) leaves a pull intent behind, and from
+        // then on every pod on that node that uses the image must pull it
+        // too: where nothing can be pulled, none of them starts again.
+        // NeverVerify uses an image that is present, as kubelet did before
+        // 1.35. (What it gives up: a pod may use an image another pod pulled
+        // with credentials it lacks; the AlwaysPullImages admission plugin
+        // restores that check where a cluster needs it.)
+        "imagePullCredentialsVerificationPolicy": "NeverVerify",
         // CoreDNS forwards what is not the cluster's to the resolvers pods
         // with `dnsPolicy: Default` get: this file's.
         "resolvConf": p(facts.resolv_conf.clone()),
@@ -432,6 +443,13 @@ mod tests {
         assert_eq!(v["evictionHard"]["nodefs.available"].as_str(), Some("1Gi"), "{sim}");
         // Every signal is named: kubelet sets the ones left out to zero.
         assert_eq!(v["evictionHard"].as_mapping().map(|m| m.len()), Some(5), "{sim}");
+    }
+
+    #[test]
+    fn kubelet_uses_an_imported_image_even_after_a_failed_pull_of_it() {
+        let conf = String::from_utf8(kubelet_config(&Paths::new("/"), &config("{}"), &facts(37)).contents).unwrap();
+        let v: serde_norway::Value = serde_norway::from_str(&conf).unwrap();
+        assert_eq!(v["imagePullCredentialsVerificationPolicy"].as_str(), Some("NeverVerify"), "{conf}");
     }
 
     #[test]
