@@ -12,7 +12,8 @@
 # rustfmt check, clippy with warnings denied, release build of the workspace
 # (hakube and its developer tools in dev/, which the VM tests run), then the
 # tests of both with cargo-nextest (cargo test when nextest cannot be had),
-# then the VM tests (scripts/test-vm.sh).
+# then the VM tests (scripts/test-vm.sh), then the conformance smoke subset
+# on a sandbox of its own (scripts/conformance.sh --smoke).
 # Extra arguments go to `cargo nextest run`.
 #
 # Under sudo the builds run as the invoking user, so that target/ stays theirs;
@@ -24,6 +25,7 @@
 #                         (default 3600)
 #   HAKUBE_TEST_VM        0 skips the VM tests (scripts/test-vm.sh; default 1)
 #   HAKUBE_TEST_VM_TIMEOUT  seconds the VM tests may take (default 2400)
+#   HAKUBE_TEST_CONFORMANCE 0 skips the conformance smoke subset (default 1)
 set -euo pipefail
 
 prog=test.sh
@@ -36,11 +38,13 @@ usage: scripts/$prog [NEXTEST ARGS...]
 
 Runs shellcheck, cargo fmt --check, cargo clippy -D warnings, cargo build
 --release, the test suite (cargo nextest run; cargo test if nextest is unavailable) and the
-VM tests (scripts/test-vm.sh). Needs root for network namespaces; re-runs
+VM tests (scripts/test-vm.sh) and Kubernetes' conformance smoke subset
+(scripts/conformance.sh --smoke, on a sandbox of its own). Needs root for network namespaces; re-runs
 itself with sudo when not root.
 
 Environment: HAKUBE_TEST_THREADS (default 2), HAKUBE_TEST_TIMEOUT (seconds, default 3600),
-HAKUBE_TEST_VM (0 skips the VM tests), HAKUBE_TEST_VM_TIMEOUT (seconds, default 2400).
+HAKUBE_TEST_VM (0 skips the VM tests), HAKUBE_TEST_VM_TIMEOUT (seconds, default 2400),
+HAKUBE_TEST_CONFORMANCE (0 skips the conformance smoke subset).
 EOF
 }
 
@@ -55,9 +59,11 @@ threads=${HAKUBE_TEST_THREADS:-2}
 test_timeout=${HAKUBE_TEST_TIMEOUT:-3600}
 vm_test=${HAKUBE_TEST_VM:-1}
 vm_timeout=${HAKUBE_TEST_VM_TIMEOUT:-2400}
+conformance=${HAKUBE_TEST_CONFORMANCE:-1}
 [[ $threads =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_THREADS must be a positive integer (got '$threads')"
 [[ $test_timeout =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_TIMEOUT must be a positive number of seconds (got '$test_timeout')"
 [[ $vm_test == [01] ]] || die "HAKUBE_TEST_VM must be 0 or 1 (got '$vm_test')"
+[[ $conformance == [01] ]] || die "HAKUBE_TEST_CONFORMANCE must be 0 or 1 (got '$conformance')"
 [[ $vm_timeout =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_VM_TIMEOUT must be a positive number of seconds (got '$vm_timeout')"
 
 hakube_as_root "$script" "$@"
@@ -142,5 +148,23 @@ if [[ $vm_test == 1 ]]; then
   vm_tests=passed
 fi
 
+# Kubernetes' own tests of what applications rely on, on a sandbox of its
+# own (3 masters, 2 workers) that is taken down whatever the result.
+smoke() {
+  local dir rc=0
+  ! ip netns list | grep -q '^hk-sw\b' || die "a sandbox is up (scripts/sandbox.sh): take it down, or set HAKUBE_TEST_CONFORMANCE=0"
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/hakube-smoke.XXXXXX") && export HAKUBE_SANDBOX_DIR=$dir/sandbox HAKUBE_BIN=$repo/target/release/hakube
+  bash "$script_dir/sandbox.sh" up && bash "$script_dir/conformance.sh" --smoke --report-dir "$dir/report" || rc=$?
+  bash "$script_dir/sandbox.sh" down || rc=1
+  if ((rc == 0)); then rm -rf -- "$dir"; else msg "the smoke run's reports are in $dir/report"; fi
+  return "$rc"
+}
+conformance_tests=skipped
+if [[ $conformance == 1 ]]; then
+  step "conformance smoke subset (scripts/conformance.sh --smoke)" smoke
+  conformance_tests=passed
+fi
+
 current_step=
-printf '%s: all checks passed: fmt, clippy, release build, tests, VM tests %s (%d s)\n' "$prog" "$vm_tests" "$((SECONDS - started))"
+printf '%s: all checks passed: fmt, clippy, release build, tests, VM tests %s, conformance smoke %s (%d s)\n' \
+  "$prog" "$vm_tests" "$conformance_tests" "$((SECONDS - started))"

@@ -1,9 +1,12 @@
 //! hakube's developer tools, beside the product and never shipped: the
-//! multi-host sandbox and the VM tests (`scripts/sandbox.sh` and
-//! `scripts/test-vm.sh` prepare the machine, then run them). What stays in bash is what bash is for: package
-//! installs, qemu and debootstrap, the bundle build.
+//! multi-host sandbox, the VM tests, the benchmarks and the conformance run
+//! (`scripts/sandbox.sh`, `scripts/test-vm.sh`, `scripts/bench-*.sh` and
+//! `scripts/conformance.sh` prepare the machine, then run them). What stays
+//! in bash is what bash is for: package installs, qemu and the VMs'
+//! debootstrap, the bundle build.
 
 mod bench;
+mod conformance;
 mod proc;
 mod sandbox;
 /// The tests' hosts and helpers, shared.
@@ -27,6 +30,9 @@ enum Command {
     Sandbox(sandbox::Action),
     /// hakube as the systemd unit of real VMs (scripts/test-vm.sh runs it).
     VmTest,
+    /// Kubernetes' conformance suite (scripts/conformance.sh runs it).
+    #[command(subcommand)]
+    Conformance(conformance::Action),
     /// A benchmark (scripts/bench-*.sh run them).
     #[command(subcommand)]
     Bench(Bench),
@@ -50,11 +56,12 @@ enum Bench {
 
 fn main() {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Bench(_)) {
+    if matches!(cli.command, Command::Bench(_) | Command::Conformance(_)) {
         proc::stop_on_signals();
     }
     let result = match cli.command {
         Command::Sandbox(action) => sandbox::run(action),
+        Command::Conformance(action) => conformance::run(action),
         Command::Bench(Bench::Purge(args)) => bench::purge::run(args),
         Command::Bench(Bench::Cluster(args)) => bench::cluster::run(args),
         Command::Bench(Bench::Install(args)) => bench::install::run(args),

@@ -24,7 +24,8 @@ pub fn archives(bundle: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn digest_of(file: &Path) -> Result<String, String> {
+/// The SHA-256 of a file's content, in hex.
+pub fn sha256_file(file: &Path) -> Result<String, String> {
     use std::io::Read;
     let mut f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
@@ -45,7 +46,7 @@ pub fn import_bundle(paths: &Paths, bundle: Option<&Path>) -> Result<usize, Stri
     let Some(bundle) = bundle else { return Ok(0) };
     let mut imported = 0;
     for archive in archives(bundle) {
-        let record = paths.imported_images_dir().join(digest_of(&archive)?);
+        let record = paths.imported_images_dir().join(sha256_file(&archive)?);
         if record.exists() {
             continue;
         }
