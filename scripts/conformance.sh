@@ -12,7 +12,7 @@ source "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/lib.sh"
 [[ ${1:-} != -h && ${1:-} != --help ]] || hakube_dev conformance run --help
 hakube_as_root "$script" "$@"
 hakube_ensure_deps kube || die "could not install the dependencies"
-hakube_ensure_needs debootstrap || die "could not install debootstrap"
+hakube_ensure_needs debootstrap make bzip2 || die "could not install debootstrap, make and bzip2"
 [[ ${1:-} != kit ]] || hakube_dev conformance "$@"
 [[ ${1:-} != run ]] || shift
 hakube_dev conformance run "$@"

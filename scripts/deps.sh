@@ -79,6 +79,7 @@ _hakube_need() {
     qemu-system-x86_64) pkg=qemu-system-x86 ;;
     qemu-img) pkg=qemu-utils ;;
     debootstrap) pkg=debootstrap ;;
+    make | bzip2) pkg=$need ;;
     mkfs.ext4) pkg=e2fsprogs ;;
     ssh | ssh-keygen) pkg=openssh-client ;;
     *) return 2 ;;

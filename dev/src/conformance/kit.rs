@@ -11,8 +11,9 @@
 //!   iproute2, iperf, socat, bash, util-linux, and nginx-light for the nginx
 //!   images): the base layer of agnhost, kitten, nautilus, nginx,
 //!   glibc-dns-testing and nonroot, stored once;
-//! - Debian's static busybox: busybox, and the base of nonewprivs, etcd and
-//!   sample-apiserver;
+//! - upstream's busybox 1.37.0 built from source (defconfig, static; the
+//!   release tarball from Debian's mirror, pinned by digest): busybox, and
+//!   the base of nonewprivs, etcd and sample-apiserver;
 //! - Go programs built from the same modules as `e2e.test`: agnhost,
 //!   nonewprivs' `nnp`, and k8s.io/sample-apiserver; the bundle's etcd and
 //!   CoreDNS binaries;
@@ -42,7 +43,7 @@ use super::archive::{self, Image, Layer};
 use crate::proc::{self, bounded_group, msg, to_log};
 
 /// Bump when anything that ends up in a kit changes.
-pub const RECIPE: u32 = 1;
+pub const RECIPE: u32 = 2;
 
 /// What the Debian base of the images has: the packages agnhost's and
 /// glibc-dns-testing's Dockerfiles install, and nginx.
@@ -59,6 +60,12 @@ const BASE_PACKAGES: &[&str] = &[
     "ca-certificates",
 ];
 const SUITE: &str = "bookworm";
+/// Upstream's busybox release the busybox image is built from (the suite
+/// names 1.37.0 and 1.36.1; one release serves both tags), as Debian's
+/// source package ships it, pinned by its digest.
+const BUSYBOX_VERSION: &str = "1.37.0";
+const BUSYBOX_TARBALL: &str = "busybox_1.37.0.orig.tar.bz2";
+const BUSYBOX_SHA256: &str = "3311dff32e746499f4df0d5df04d7eb396382d7e108bb9250e7b519b837043a4";
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const E2E_REGISTRY: &str = "registry.k8s.io/e2e-test-images/";
 
@@ -543,19 +550,52 @@ impl Build {
     }
 
     /// Debian's static busybox, every applet a link.
+    /// Upstream's busybox, built from its release (Debian's source package
+    /// carries it byte for byte) with upstream's default configuration, as
+    /// the suite's busybox image is. Debian's own busybox will not do: its
+    /// ash drops environment variables whose names are not shell names
+    /// (`data-1`), which upstream's passes on to children, and four
+    /// conformance tests read such variables through `sh -c env`.
+    fn build_busybox(&self) -> Result<PathBuf> {
+        let dir = self.work.join("busybox-src");
+        fs::create_dir_all(&dir)?;
+        let mirror = proc::script_output(&format!("hakube_debian_mirror {SUITE}"))
+            .context("no Debian mirror in apt's sources; set HAKUBE_DEBIAN_MIRROR")?;
+        let tarball = dir.join(BUSYBOX_TARBALL);
+        let url =
+            format!("{}/pool/main/b/busybox/{BUSYBOX_TARBALL}", mirror.display().to_string().trim_end_matches('/'));
+        let mut curl = Command::new("curl");
+        curl.args(["-fsS", "--retry", "3", "-o"]).arg(&tarball).arg(&url);
+        self.step(&format!("download busybox {BUSYBOX_VERSION} ({url})"), "busybox", Duration::from_secs(600), curl)?;
+        let sum = hakube::runtime::images::sha256_file(&tarball).map_err(anyhow::Error::msg)?;
+        if sum != BUSYBOX_SHA256 {
+            bail!("{url} has SHA-256 {sum}, not the {BUSYBOX_SHA256} this kit's recipe pins: a corrupt download, or a mirror that serves another file");
+        }
+        let src = dir.join(format!("busybox-{BUSYBOX_VERSION}"));
+        // defconfig, linked statically; without tc, which no longer builds
+        // against current kernel headers (and no test runs).
+        let script = "set -e; tar -xjf \"$1\" -C \"$2\"; cd \"$3\"; make defconfig; \
+            sed -i 's/^# CONFIG_STATIC is not set/CONFIG_STATIC=y/; s/^CONFIG_TC=y/# CONFIG_TC is not set/' .config; \
+            make -j\"$(nproc)\" busybox";
+        let mut build = Command::new("bash");
+        build.args(["-c", script, "bash"]).arg(&tarball).arg(&dir).arg(&src);
+        self.step(
+            &format!("build busybox {BUSYBOX_VERSION} (defconfig, static)"),
+            "busybox",
+            Duration::from_secs(1800),
+            build,
+        )?;
+        Ok(src.join("busybox"))
+    }
+
+    /// A busybox root, every applet a link.
     fn busybox(&self) -> Result<PathBuf> {
+        let bb = self.build_busybox()?;
         let root = self.work.join("busybox");
         for d in ["bin", "etc", "root", "tmp", "usr/local/bin"] {
             fs::create_dir_all(root.join(d))?;
         }
-        let list =
-            proc::output(Command::new("dpkg-query").args(["-L", "busybox-static"]), "dpkg-query -L busybox-static")
-                .context("Debian's busybox-static is not installed")?;
-        let bb = list
-            .lines()
-            .find(|l| *l == "/bin/busybox" || *l == "/usr/bin/busybox")
-            .ok_or_else(|| anyhow!("busybox-static ships no /bin/busybox"))?;
-        fs::copy(bb, root.join("bin/busybox"))?;
+        fs::copy(&bb, root.join("bin/busybox"))?;
         let applets = proc::output(Command::new(root.join("bin/busybox")).arg("--list"), "busybox --list")?;
         for a in applets.lines().filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/')) {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
