@@ -231,7 +231,7 @@ fn run_suite(bundle: &Path, args: RunArgs) -> Result<()> {
             bail!("the {name} pass ({status}) wrote no report; its output: {}", log.display());
         }
         specs.extend(report::specs(&text)?);
-        msg!("{name} pass done ({status}) after {} s", t0.elapsed().as_secs());
+        msg!("{name} pass done ({status}) in {} s", started.elapsed().as_secs());
     }
     if args.dry_run {
         let names: Vec<&str> = specs.iter().filter(|s| !s.unselected()).map(|s| s.name.as_str()).collect();
