@@ -670,22 +670,11 @@ impl Build {
             )?;
             pictures.insert(name, layer);
         }
-        let nnp = self.files_layer(
-            "nonewprivs",
-            &[("/usr/local/bin/nnp", &bin.join("nonewprivs"), 0o4755)],
-            &[],
-            &[],
-            mtime,
-        )?;
-        let sample = self.files_layer(
-            "sample-apiserver",
-            &[("/sample-apiserver", &bin.join("sample-apiserver"), 0o755)],
-            &[],
-            &[],
-            mtime,
-        )?;
-        let etcd =
-            self.files_layer("etcd", &[("/usr/local/bin/etcd", &self.bundle.join("etcd"), 0o755)], &[], &[], mtime)?;
+        let one =
+            |name: &str, at: &str, from: &Path, mode: u32| self.files_layer(name, &[(at, from, mode)], &[], &[], mtime);
+        let nnp = one("nonewprivs", "/usr/local/bin/nnp", &bin.join("nonewprivs"), 0o4755)?;
+        let sample = one("sample-apiserver", "/sample-apiserver", &bin.join("sample-apiserver"), 0o755)?;
+        let etcd = one("etcd", "/usr/local/bin/etcd", &self.bundle.join("etcd"), 0o755)?;
         msg!("image layers made in {}", secs(t0.elapsed()));
 
         let env = json!([PATH_ENV]);
