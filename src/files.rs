@@ -29,7 +29,12 @@ pub struct Plan {
 }
 
 pub fn plan(paths: &Paths, c: &ClusterConfig, with_unit: bool) -> Result<Plan, PlanError> {
-    let mut plan = if c.has(Component::Etcd) { plan_master(paths, c)? } else { plan_worker(paths, c)? };
+    plan_renewing(paths, c, with_unit, &pki::Renew::Nothing)
+}
+
+/// [`plan`], reissuing the certificates `renew` names although they match.
+pub fn plan_renewing(paths: &Paths, c: &ClusterConfig, with_unit: bool, renew: &pki::Renew) -> Result<Plan, PlanError> {
+    let mut plan = if c.has(Component::Etcd) { plan_master(paths, c, renew)? } else { plan_worker(paths, c)? };
     if with_unit {
         plan.files.push(systemd::unit_file(paths));
     }
@@ -39,11 +44,11 @@ pub fn plan(paths: &Paths, c: &ClusterConfig, with_unit: bool) -> Result<Plan, P
     Ok(plan)
 }
 
-fn plan_master(paths: &Paths, c: &ClusterConfig) -> Result<Plan, PlanError> {
+fn plan_master(paths: &Paths, c: &ClusterConfig, renew: &pki::Renew) -> Result<Plan, PlanError> {
     let now = OffsetDateTime::now_utc();
-    let pki_plan = pki::plan(paths, c, now)?;
+    let pki_plan = pki::plan_renewing(paths, c, now, renew)?;
     let ca = pki_plan.ca("ca").expect("the plan holds the cluster CA");
-    let (kc_files, kc_decisions) = kubeconfig::plan(paths, c, ca, now)?;
+    let (kc_files, kc_decisions) = kubeconfig::plan_renewing(paths, c, ca, now, renew)?;
     let mut files = pki_plan.files;
     files.extend(kc_files);
     let mut decisions = pki_plan.decisions;

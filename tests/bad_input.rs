@@ -37,6 +37,9 @@ fn bad_flags_and_words_write_nothing() {
         "192.0.2.10 is not an address of this host",
     );
     refused(&h, &with(&["--timeout", "5 fortnights"]), "is not a duration");
+    refused(&h, &with(&["etcd-snapshot-interval=0"]), "is not a snapshot interval");
+    refused(&h, &with(&["etcd-snapshot-retention=0"]), "keep 1 to 1000");
+    refused(&h, &with(&["etcd-snapshot-retention=five"]), "is not a number of snapshots");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ports.yaml");
     std::fs::write(&file, "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\nnode: {etcdPeerPort: 65535}\n")

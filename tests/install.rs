@@ -228,7 +228,8 @@ fn the_agent_restarts_a_killed_component() {
 #[test]
 fn reset_leaves_nothing_behind() {
     let h = Host::isolated();
-    h.install(&[]);
+    // No scheduled snapshot (reset keeps those: tests/snapshot.rs).
+    h.install(&["etcd-snapshot-interval=never"]);
     assert!(!h.pids().is_empty());
     assert_ok(&h.hakube(&["reset"]), "reset");
     let left: Vec<_> = std::fs::read_dir(h.root()).unwrap().map(|e| e.unwrap().path()).collect();
@@ -338,4 +339,37 @@ fn reset_unmounts_what_is_mounted_below_and_never_deletes_through_a_mount() {
     assert_eq!(std::fs::read_to_string(outside.path().join("precious")).unwrap(), "keep me");
     let left: Vec<_> = std::fs::read_dir(h.root()).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn certs_renew_reissues_the_named_leaves_with_their_keys_and_the_node_stays_healthy() {
+    let h = Host::isolated();
+    h.install(&["etcd-snapshot-interval=never"]);
+    let read = |n: &str| std::fs::read(h.pki(n)).unwrap();
+    let (server, key, peer) = (read("etcd/server.crt"), read("etcd/server.key"), read("etcd/peer.crt"));
+    let out = h.hakube(&["certs", "renew", "etcd/server", "apiserver-etcd-client"]);
+    assert_ok(&out, "certs renew");
+    assert!(stderr(&out).contains("etcd/server: reissued (renewal asked for)"), "{}", stderr(&out));
+    assert_ne!(read("etcd/server.crt"), server, "etcd/server is reissued");
+    assert_eq!(read("etcd/server.key"), key, "with its key");
+    assert_eq!(read("etcd/peer.crt"), peer, "and nothing else");
+    let out = openssl(&[
+        "verify",
+        "-CAfile",
+        h.pki("etcd/ca.crt").to_str().unwrap(),
+        h.pki("etcd/server.crt").to_str().unwrap(),
+    ]);
+    assert_ok(&out, "the renewed certificate verifies against its CA");
+    assert_ok(&h.etcdctl(Some("etcd/healthcheck-client"), &["endpoint", "health"]), "etcd after the renewal");
+    assert_ok(&h.hakube(&["status"]), "status after the renewal");
+    let out = h.hakube(&["certs", "check-expiration"]);
+    assert_ok(&out, "check-expiration");
+    assert!(stdout(&out).lines().any(|l| l.starts_with("etcd/server ") && l.ends_with(" ok")), "{}", stdout(&out));
+    // A CA, or a name that is no certificate, is refused before anything is written.
+    let before = digests(&h.pki(""));
+    for (bad, why) in [("etcd/ca", "is a CA"), ("etcd/sever", "no certificate named etcd/sever")] {
+        let out = h.hakube(&["certs", "renew", bad]);
+        assert!(!out.status.success() && stderr(&out).contains(why), "{bad}: {}", stderr(&out));
+    }
+    assert_eq!(digests(&h.pki("")), before, "nothing written");
 }

@@ -139,8 +139,40 @@ spec:
     let seen = m1.kubectl(&["exec", &b.0, "--", "sh", "-c", "ip -4 -o addr show eth0"]);
     assert!(stdout(&seen).contains(&b.2), "{}", stdout(&seen));
 
-    // A killed API server is restarted by its agent and answers again.
+    // Secrets are encrypted at rest with the one key every master holds:
+    // written through m1, read back through each API server, never
+    // plaintext in etcd or in a snapshot of it.
     let m2 = c.host("m2");
+    let plain = "hunter2-plaintext-canary";
+    assert_ok(
+        &m1.kubectl(&["create", "secret", "generic", "app-secret", &format!("--from-literal=password={plain}")]),
+        "create a Secret",
+    );
+    for m in ["m1", "m2", "m3"].map(|n| c.host(n)) {
+        let server = format!("https://{}:6443", m.addr);
+        let out = m1.kubectl(&["--server", &server, "get", "secret", "app-secret", "-o", "jsonpath={.data.password}"]);
+        assert_ok(&out, &format!("read the Secret through {}'s API server", m.name));
+        assert_eq!(base64_decode(stdout(&out).trim()), plain.as_bytes(), "through {}", m.name);
+    }
+    let raw = m2
+        .etcdctl(Some("apiserver-etcd-client"), &["get", "/registry/secrets/default/app-secret", "--print-value-only"]);
+    assert_ok(&raw, "etcdctl get the Secret");
+    assert!(raw.stdout.starts_with(b"k8s:enc:secretbox:v1:key1:"), "{}", String::from_utf8_lossy(&raw.stdout));
+    assert!(!contains(&raw.stdout, plain.as_bytes()), "the Secret is plaintext in etcd");
+    let out = m2.hakube(&["etcd", "snapshot", "save"]);
+    assert_ok(&out, "etcd snapshot save");
+    let path = stdout(&out).strip_prefix("saved ").and_then(|t| t.split(' ').next()).unwrap().to_owned();
+    let snapshot = std::fs::read(&path).unwrap();
+    assert!(contains(&snapshot, b"app-secret"), "the snapshot holds the Secret's key");
+    assert!(!contains(&snapshot, plain.as_bytes()), "the Secret is plaintext in a snapshot");
+    // Every certificate of a master and of a worker is listed, none expired.
+    for (h, want) in [(m1, "apiserver"), (c.host("w1"), "kubelet.conf")] {
+        let out = h.hakube(&["certs", "check-expiration"]);
+        assert_ok(&out, &format!("check-expiration on {}", h.name));
+        assert!(stdout(&out).lines().any(|l| l.starts_with(&format!("{want} "))), "{}", stdout(&out));
+    }
+
+    // A killed API server is restarted by its agent and answers again.
     let old = pid_of(m2, "kube-apiserver").expect("m2's API server runs");
     sh("kill", &["-9", &old.to_string()]);
     wait_for("m2's API server to be restarted and ready", Duration::from_secs(120), || {
@@ -160,6 +192,15 @@ spec:
     for h in c.hosts() {
         assert_ok(&h.hakube(&["status"]), &format!("status of {}", h.name));
     }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).expect("base64")
 }
 
 /// A copy of the bundle whose `name` is replaced by a shell script.

@@ -400,8 +400,8 @@ impl Agent {
     }
 
     /// The node's tasks for the config as it is now: health probes,
-    /// convergence to the cluster-wide settings, a master's API, heartbeat
-    /// and controller, a kubelet node's pod network. They stop when the
+    /// convergence to the cluster-wide settings, a master's API, heartbeat,
+    /// controller and etcd snapshots, a kubelet node's pod network. They stop when the
     /// returned sender is told.
     fn node_tasks(&self, view: &watch::Receiver<crate::cluster::election::View>) -> watch::Sender<bool> {
         let (paths, cfg) = (&self.paths, &self.cfg);
@@ -429,6 +429,7 @@ impl Agent {
                 stop_rx.clone(),
             ));
             tokio::task::spawn_local(controller::run(paths.clone(), cfg.clone(), view.clone(), stop_rx.clone()));
+            tokio::task::spawn_local(crate::etcd::snapshot::run(paths.clone(), cfg.clone(), stop_rx.clone()));
         }
         if cfg.has(Component::Kubelet) {
             tokio::task::spawn_local(super::podnet::run(paths.clone(), cfg.clone(), stop_rx));

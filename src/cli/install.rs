@@ -412,30 +412,3 @@ pub fn generate_certs(paths: &Paths, flags: Value, config_file: Option<&PathBuf>
     }
     Ok(())
 }
-
-/// `hakube certs check-expiration`: every certificate and when it expires.
-pub fn check_expiration(paths: &Paths) -> anyhow::Result<String> {
-    let c = config::load_installed(&paths.config_file())?
-        .with_context(|| format!("hakube is not installed under {}", paths.root().display()))?;
-    let now = OffsetDateTime::now_utc();
-    let mut out = format!("{:<32} {:<12} {:>9}  {}\n", "CERTIFICATE", "EXPIRES", "DAYS LEFT", "STATUS");
-    for spec in pki::cluster_cert_specs(&c) {
-        let path = paths.pki(&format!("{}.crt", spec.name));
-        let line = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| pki::observe(&b, None)) {
-            Ok(o) => {
-                let days = (o.not_after - now).whole_days();
-                let status = if days < 0 {
-                    "EXPIRED"
-                } else if o.not_after - now < pki::RENEW_BEFORE {
-                    "renew soon: re-run install"
-                } else {
-                    "ok"
-                };
-                format!("{:<32} {:<12} {:>9}  {status}\n", spec.name, o.not_after.date().to_string(), days)
-            }
-            Err(e) => format!("{:<32} {:<12} {:>9}  MISSING or unreadable: {e}\n", spec.name, "-", "-"),
-        };
-        out.push_str(&line);
-    }
-    Ok(out)
-}

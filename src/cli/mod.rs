@@ -3,11 +3,13 @@
 //! as `name=value`) as well as the same options as `--flags`; both become one
 //! partial config tree, validated with everything else.
 
+pub mod certs;
 pub mod install;
 pub mod join;
 pub mod node;
 pub mod reset;
 pub mod show_config;
+pub mod snapshot;
 pub mod status;
 pub mod tokens;
 mod words;
@@ -79,6 +81,9 @@ pub enum Command {
     /// Certificate helpers.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// etcd helpers (run on a master).
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
     /// Print the version.
     Version,
 }
@@ -160,8 +165,51 @@ pub enum ConfigCommand {
 pub enum CertsCommand {
     /// Plan and write only the PKI for the given options (no agent, no config).
     Generate(Box<InstallArgs>),
-    /// List every certificate with its expiry.
-    CheckExpiration,
+    /// List every certificate of this node (PKI, kubeconfigs, kubelet's) with
+    /// its residual time; exit 1 when one has expired or cannot be read.
+    CheckExpiration {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reissue certificates of this master now, keeping their keys, and
+    /// restart what reads them: NAME as check-expiration lists them
+    /// (apiserver, etcd/peer, admin.conf, …), or all.
+    Renew {
+        #[arg(value_name = "NAME|all", required = true)]
+        names: Vec<String>,
+        /// How long to wait for the node to be healthy again (e.g. 90s, 5m).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EtcdCommand {
+    /// Snapshots of this master's etcd member.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot now (kept until deleted by hand; scheduled ones are pruned).
+    Save {
+        /// Directory to write it to (default /var/backups/hakube/etcd).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// List the snapshots on this host, oldest first.
+    List {
+        /// Directory to list (default /var/backups/hakube/etcd).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read a snapshot through and check it against its record and etcd's own checksum.
+    Verify { file: PathBuf },
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -181,6 +229,12 @@ pub struct InstallArgs {
     /// How long a node may be lost before it is purged (e.g. 20m, 1h, never).
     #[arg(long, value_name = "DURATION|never")]
     pub lost_node_toleration: Option<crate::config::Toleration>,
+    /// How often every master snapshots its etcd member (e.g. 12h, 30m, never).
+    #[arg(long, value_name = "DURATION|never")]
+    pub etcd_snapshot_interval: Option<crate::config::SnapshotInterval>,
+    /// How many scheduled etcd snapshots each master keeps (1 to 1000).
+    #[arg(long, value_name = "N")]
+    pub etcd_snapshot_retention: Option<crate::config::Retention>,
     /// This host's address for etcd and the API server (default: the default route's).
     #[arg(long, value_name = "IP")]
     pub advertise_address: Option<IpAddr>,
@@ -242,6 +296,12 @@ impl InstallArgs {
         }
         if let Some(t) = self.lost_node_toleration {
             set("cluster", "lostNodeToleration", t.to_string().into());
+        }
+        if let Some(i) = self.etcd_snapshot_interval {
+            set("cluster", "etcdSnapshotInterval", i.to_string().into());
+        }
+        if let Some(r) = self.etcd_snapshot_retention {
+            set("cluster", "etcdSnapshotRetention", r.get().into());
         }
         if !self.cert_sans.is_empty() {
             set("cluster", "certSans", self.cert_sans.iter().map(|s| Value::from(s.as_str())).collect());
@@ -401,10 +461,26 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             crate::cli::install::generate_certs(&paths, a.flags_tree(), a.config.as_ref())?;
             Ok(0)
         }
-        Command::Certs(CertsCommand::CheckExpiration) => {
-            print!("{}", crate::cli::install::check_expiration(&paths)?);
+        Command::Certs(CertsCommand::Renew { names, timeout }) => {
+            crate::cli::certs::renew(&paths, &names, timeout.unwrap_or(Duration::from_secs(300)))?;
             Ok(0)
         }
+        Command::Certs(CertsCommand::CheckExpiration { json }) => {
+            anyhow::ensure!(
+                paths.config_file().exists(),
+                "hakube is not installed under {}: nothing to check",
+                paths.root().display()
+            );
+            let now = time::OffsetDateTime::now_utc();
+            let rows = crate::cli::certs::inventory(&paths);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", crate::cli::certs::render(&rows, now));
+            }
+            Ok(if rows.iter().any(|r| crate::cli::certs::failing(r, now)) { 1 } else { 0 })
+        }
+        Command::Etcd(EtcdCommand::Snapshot(c)) => crate::cli::snapshot::run(&paths, c),
         Command::Version => {
             println!("hakube {}", env!("CARGO_PKG_VERSION"));
             Ok(0)

@@ -68,7 +68,19 @@ pub fn run(paths: &Paths, force: bool) -> anyhow::Result<()> {
     if paths.is_host_root() && systemd::is_running() {
         let _ = systemd::systemctl(&["daemon-reload"]);
     }
-    progress.note(format!("node reset: nothing of hakube is left under {}", paths.root().display()));
+    // The snapshots are the cluster's backups: a reset (perhaps of the last
+    // master, perhaps by mistake) never takes them.
+    let kept = crate::etcd::snapshot::list(&paths.snapshot_dir()).map(|l| l.len()).unwrap_or_default();
+    if kept > 0 {
+        progress.note(format!(
+            "node reset: nothing of hakube is left under {} but its {kept} etcd snapshot(s) in {}, kept as \
+             backups: delete them when no longer needed",
+            paths.root().display(),
+            paths.snapshot_dir().display()
+        ));
+    } else {
+        progress.note(format!("node reset: nothing of hakube is left under {}", paths.root().display()));
+    }
     Ok(())
 }
 

@@ -366,6 +366,10 @@ pub fn render(r: &Report) -> String {
                 s.taint_control_plane,
                 s.lost_node_toleration,
             ));
+            out.push_str(&format!(
+                "  etcd snapshots: every {}, the newest {} kept on each master\n",
+                s.etcd_snapshot_interval, s.etcd_snapshot_retention
+            ));
             if let Some(ch) = &s.load_balancer_change {
                 out.push_str(&format!(
                     "  load-balancer address: {} in force, {} pending (phase {}, started by {} at {})\n",

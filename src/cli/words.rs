@@ -81,6 +81,8 @@ fn merge(a: &mut InstallArgs, w: InstallArgs) -> Result<(), clap::Error> {
     a.ha |= w.ha;
     one("taint-control-plane", &mut a.taint_control_plane, w.taint_control_plane)?;
     one("lost-node-toleration", &mut a.lost_node_toleration, w.lost_node_toleration)?;
+    one("etcd-snapshot-interval", &mut a.etcd_snapshot_interval, w.etcd_snapshot_interval)?;
+    one("etcd-snapshot-retention", &mut a.etcd_snapshot_retention, w.etcd_snapshot_retention)?;
     a.no_systemd |= w.no_systemd;
     one("load-balancer-address", &mut a.load_balancer_address, w.load_balancer_address)?;
     one("advertise-address", &mut a.advertise_address, w.advertise_address)?;

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_norway::{Mapping, Value};
 
-pub use types::{CertSan, Cidr, Component, Host, HostPort, KeyAlgorithm, NodeName, Toleration};
+pub use types::{
+    CertSan, Cidr, Component, Host, HostPort, KeyAlgorithm, NodeName, Retention, SnapshotInterval, Toleration,
+};
 
 pub const API_VERSION: &str = "hakube.io/v1alpha1";
 pub const KIND: &str = "ClusterConfig";
@@ -59,6 +61,13 @@ pub struct ClusterSpec {
     /// both stale) before the elected agent purges it; `never` to keep it.
     #[serde(default = "default_toleration")]
     pub lost_node_toleration: Toleration,
+    /// How often every master snapshots its own etcd member (`never`: no
+    /// scheduled snapshots; `hakube etcd snapshot save` still works).
+    #[serde(default = "default_snapshot_interval")]
+    pub etcd_snapshot_interval: SnapshotInterval,
+    /// How many scheduled snapshots each master keeps (its newest).
+    #[serde(default = "default_snapshot_retention")]
+    pub etcd_snapshot_retention: Retention,
     /// A change of `loadBalancerAddress` under way, which the elected agent
     /// drives phase by phase (`cluster::lbchange`). Only hakube writes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,6 +170,16 @@ impl Default for LocalLoadBalancer {
 
 fn default_toleration() -> Toleration {
     Toleration::After(std::time::Duration::from_secs(3600))
+}
+
+/// Twice a day, five kept: two and a half days of history on every master,
+/// as k3s and RKE2 keep by default.
+fn default_snapshot_interval() -> SnapshotInterval {
+    SnapshotInterval::Every(std::time::Duration::from_secs(12 * 3600))
+}
+
+fn default_snapshot_retention() -> Retention {
+    Retention::try_from(5).expect("5 is in range")
 }
 
 /// How this node's etcd member starts: `new` for the first master, `existing`
@@ -287,6 +306,8 @@ cluster:
   certSans: []
   keyAlgorithm: ecdsa-p256
   lostNodeToleration: 1h
+  etcdSnapshotInterval: 12h
+  etcdSnapshotRetention: 5
 node:
   components: [etcd, containerd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy]
   systemd: true

@@ -302,25 +302,28 @@ pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// Whole seconds as users write them: `90s` → `1m30s`, `3600s` → `1h`.
+fn fmt_seconds(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let (h, m, sec) = (s / 3600, s % 3600 / 60, s % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if sec > 0 || out.is_empty() {
+        out.push_str(&format!("{sec}s"));
+    }
+    out
+}
+
 impl fmt::Display for Toleration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Toleration::Never => f.write_str("never"),
-            Toleration::After(d) => {
-                let s = d.as_secs();
-                let (h, m, sec) = (s / 3600, s % 3600 / 60, s % 60);
-                let mut out = String::new();
-                if h > 0 {
-                    out.push_str(&format!("{h}h"));
-                }
-                if m > 0 {
-                    out.push_str(&format!("{m}m"));
-                }
-                if sec > 0 || out.is_empty() {
-                    out.push_str(&format!("{sec}s"));
-                }
-                f.write_str(&out)
-            }
+            Toleration::After(d) => f.write_str(&fmt_seconds(*d)),
         }
     }
 }
@@ -353,6 +356,95 @@ impl FromStr for Toleration {
             Ok(d) if !d.is_zero() => Ok(Toleration::After(d)),
             _ => Err(bad()),
         }
+    }
+}
+
+/// How often every master snapshots its own etcd member: a duration
+/// (`12h`, `30m`) or `never`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SnapshotInterval {
+    Every(std::time::Duration),
+    Never,
+}
+
+impl fmt::Display for SnapshotInterval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotInterval::Never => f.write_str("never"),
+            SnapshotInterval::Every(d) => f.write_str(&fmt_seconds(*d)),
+        }
+    }
+}
+
+impl From<SnapshotInterval> for String {
+    fn from(v: SnapshotInterval) -> String {
+        v.to_string()
+    }
+}
+
+impl TryFrom<String> for SnapshotInterval {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        s.parse()
+    }
+}
+
+impl FromStr for SnapshotInterval {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        if s == "never" {
+            return Ok(SnapshotInterval::Never);
+        }
+        match parse_seconds(s) {
+            Ok(d) if !d.is_zero() => Ok(SnapshotInterval::Every(d)),
+            _ => Err(invalid(format!(
+                "{s:?} is not a snapshot interval: write a duration such as 12h, 6h or 30m, or `never` to take no \
+                 scheduled snapshots"
+            ))),
+        }
+    }
+}
+
+/// How many scheduled etcd snapshots each master keeps: 1 to 1000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct Retention(u32);
+
+impl Retention {
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl From<Retention> for u32 {
+    fn from(r: Retention) -> u32 {
+        r.0
+    }
+}
+
+impl TryFrom<u32> for Retention {
+    type Error = InvalidValue;
+    fn try_from(n: u32) -> Result<Self, InvalidValue> {
+        if (1..=1000).contains(&n) {
+            Ok(Retention(n))
+        } else {
+            Err(invalid(format!("{n} snapshots cannot be kept: keep 1 to 1000 (a master keeps its newest ones)")))
+        }
+    }
+}
+
+impl FromStr for Retention {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        let n: u32 = s.parse().map_err(|_| invalid(format!("{s:?} is not a number of snapshots: write e.g. 5")))?;
+        n.try_into()
+    }
+}
+
+impl fmt::Display for Retention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
     }
 }
 

@@ -1,7 +1,8 @@
-//! Talking to etcd over mutual TLS: health and membership.
+//! Talking to etcd over mutual TLS: health, membership and snapshots.
 
 pub mod lease;
 pub mod membership;
+pub mod snapshot;
 
 use std::time::Duration;
 

@@ -109,6 +109,12 @@ impl Paths {
         self.data_dir().join("etcd")
     }
 
+    /// Where a master keeps its etcd snapshots: outside hakube's data
+    /// directory, so that `reset` (which removes that) leaves them.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.host("/var/backups/hakube/etcd")
+    }
+
     /// Written once this node's etcd member has been seen healthy: from then
     /// on an empty data directory means lost data, not a first start.
     pub fn etcd_bootstrapped_marker(&self) -> PathBuf {

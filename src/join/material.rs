@@ -1,7 +1,8 @@
-//! The master key material (the three CAs and the service-account key),
-//! sealed with AES-256-GCM under the certificate key of a master join
-//! script. etcd only ever holds the sealed form, and the key itself is never
-//! stored in the cluster: only the script carries it.
+//! The master key material (the three CAs, the service-account key and the
+//! key Secrets are encrypted with), sealed with AES-256-GCM under the
+//! certificate key of a master join script. etcd only ever holds the sealed
+//! form, and the key itself is never stored in the cluster: only the script
+//! carries it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,7 +18,7 @@ use crate::host::paths::Paths;
 
 /// The files a master needs to issue its own certificates (kubeadm's
 /// "control-plane certificates" of `--upload-certs`).
-pub const MATERIAL_FILES: [(&str, u32); 8] = [
+pub const MATERIAL_FILES: [(&str, u32); 9] = [
     ("ca.crt", 0o644),
     ("ca.key", 0o600),
     ("front-proxy-ca.crt", 0o644),
@@ -26,6 +27,8 @@ pub const MATERIAL_FILES: [(&str, u32); 8] = [
     ("etcd/ca.key", 0o600),
     ("sa.key", 0o600),
     ("sa.pub", 0o644),
+    // The key Secrets are encrypted with in etcd.
+    (crate::pki::ENCRYPTION_CONFIG, 0o600),
 ];
 
 /// Binds the ciphertext to its purpose and format version.

@@ -78,6 +78,7 @@ pub fn kube_apiserver(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
         flag("client-ca-file", pki("ca.crt")),
         flag("enable-admission-plugins", "NodeRestriction"),
         flag("enable-bootstrap-token-auth", true),
+        flag("encryption-provider-config", pki(crate::pki::ENCRYPTION_CONFIG)),
         flag("etcd-cafile", pki("etcd/ca.crt")),
         flag("etcd-certfile", pki("apiserver-etcd-client.crt")),
         flag("etcd-keyfile", pki("apiserver-etcd-client.key")),
@@ -111,6 +112,7 @@ pub fn kube_apiserver(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
         "front-proxy-ca.crt",
         "sa.pub",
         "sa.key",
+        crate::pki::ENCRYPTION_CONFIG,
     ]
     .map(|n| paths.pki(n))
     .to_vec();

@@ -141,6 +141,18 @@ pub type Planned = (Vec<FileSpec>, Vec<(String, Decision)>);
 
 /// Plans every kubeconfig of a master against the cluster CA.
 pub fn plan(paths: &Paths, c: &ClusterConfig, ca: &Ca, now: OffsetDateTime) -> Result<Planned, PkiError> {
+    plan_renewing(paths, c, ca, now, &pki::Renew::Nothing)
+}
+
+/// [`plan`], reissuing the client certificates `renew` names
+/// (`admin.conf`, …) too.
+pub fn plan_renewing(
+    paths: &Paths,
+    c: &ClusterConfig,
+    ca: &Ca,
+    now: OffsetDateTime,
+    renew: &pki::Renew,
+) -> Result<Planned, PkiError> {
     let alg = c.cluster.key_algorithm;
     let mut files = Vec::new();
     let mut decisions = Vec::new();
@@ -152,7 +164,8 @@ pub fn plan(paths: &Paths, c: &ClusterConfig, ca: &Ca, now: OffsetDateTime) -> R
             Some((cert, key)) => (pki::observe(cert.as_bytes(), Some(&ca.spki())).ok(), Key::from_pem(key).ok()),
             None => (None, None),
         };
-        let decision = pki::decide_leaf(&spec, observed.as_ref(), key.as_ref(), alg, now);
+        let decision =
+            renew.apply(&format!("{name}.conf"), pki::decide_leaf(&spec, observed.as_ref(), key.as_ref(), alg, now));
         let (cert_pem, key_pem) = match (&decision, existing, key) {
             (Decision::Keep, Some((cert, key_pem)), _) => (cert, key_pem),
             (Decision::Reissue { new_key: false, .. }, _, Some(key)) => (ca.issue(&spec, &key, now)?, key.pem),

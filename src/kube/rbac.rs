@@ -11,6 +11,8 @@ pub use crate::pki::CONTROLLER_USER;
 pub const CLUSTER_ROLE: &str = "hakube:controller";
 /// What every node's agent may read for the pod network: all the Nodes.
 pub const NODE_NETWORK_ROLE: &str = "hakube:node-network";
+/// Lets every kubelet's renewal of its own client certificate be approved.
+pub const NODE_CERT_ROTATION: &str = "hakube:node-certificate-rotation";
 /// The Lease that mirrors the elected leader, in kube-system.
 pub const LEADER_LEASE: &str = "hakube-controller";
 
@@ -77,10 +79,23 @@ pub fn objects() -> Vec<(String, Value)> {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODE_NETWORK_ROLE},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]
     });
+    // kubelets renew their client certificates by CSR (rotateCertificates);
+    // the csrapproving controller approves a node's renewal of its own
+    // certificate only when the node may create `selfnodeclient` requests:
+    // the binding kubeadm names node-autoapprove-certificate-rotation.
+    let rotation_binding = json!({
+        "apiVersion": rbac,
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": NODE_CERT_ROTATION, "labels": {"app.kubernetes.io/managed-by": "hakube"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]
+    });
     let base = "/apis/rbac.authorization.k8s.io/v1";
     vec![
         (format!("{base}/clusterroles/{NODE_NETWORK_ROLE}"), node_network),
         (format!("{base}/clusterrolebindings/{NODE_NETWORK_ROLE}"), node_network_binding),
+        (format!("{base}/clusterrolebindings/{NODE_CERT_ROTATION}"), rotation_binding),
         (format!("{base}/clusterroles/{CLUSTER_ROLE}"), cluster_role),
         (format!("{base}/clusterrolebindings/{CLUSTER_ROLE}"), cluster_binding),
         (format!("{base}/namespaces/kube-system/roles/hakube:controller-lease"), lease_role),

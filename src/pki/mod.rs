@@ -59,6 +59,11 @@ pub enum PkiError {
     CaMismatch { cert: String, key: String },
     #[error("{path} is not a usable {what}: {reason}")]
     Unreadable { path: String, what: &'static str, reason: String },
+    #[error(
+        "{path} is missing on a master of a running cluster: every master's API server must use the same \
+         key for Secrets. Copy the file from another master (same path, mode 0600) and run install again"
+    )]
+    EncryptionConfigMissing { path: String },
     #[error("cannot issue {name}: {reason}")]
     Issue { name: String, reason: String },
 }
@@ -383,9 +388,50 @@ impl PkiPlan {
     }
 }
 
+/// Leaves to reissue although they still match (`hakube certs renew`): by
+/// their names under `pki/` (`apiserver`, `etcd/peer`) or as kubeconfigs
+/// (`admin.conf`). A renewal keeps each key, so nothing that pins one
+/// notices.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Renew {
+    #[default]
+    Nothing,
+    All,
+    Names(BTreeSet<String>),
+}
+
+impl Renew {
+    pub fn wants(&self, name: &str) -> bool {
+        match self {
+            Renew::Nothing => false,
+            Renew::All => true,
+            Renew::Names(n) => n.contains(name),
+        }
+    }
+
+    /// A matching leaf, reissued when asked for.
+    pub fn apply(&self, name: &str, decision: Decision) -> Decision {
+        if decision == Decision::Keep && self.wants(name) {
+            Decision::Reissue { reason: "renewal asked for".into(), new_key: false }
+        } else {
+            decision
+        }
+    }
+}
+
 /// Reads the PKI on disk and plans it for `config`: generating what is new,
 /// reissuing what no longer matches, keeping the rest byte-identical.
 pub fn plan(paths: &Paths, config: &ClusterConfig, now: OffsetDateTime) -> Result<PkiPlan, PkiError> {
+    plan_renewing(paths, config, now, &Renew::Nothing)
+}
+
+/// [`plan`], reissuing the leaves `renew` names too.
+pub fn plan_renewing(
+    paths: &Paths,
+    config: &ClusterConfig,
+    now: OffsetDateTime,
+    renew: &Renew,
+) -> Result<PkiPlan, PkiError> {
     let alg = config.cluster.key_algorithm;
     let stamp = format!("{}", now.unix_timestamp());
     let mut out = PkiPlan::default();
@@ -416,7 +462,8 @@ pub fn plan(paths: &Paths, config: &ClusterConfig, now: OffsetDateTime) -> Resul
                 let key_pem = read_optional(&key_path)?.and_then(|b| String::from_utf8(b).ok());
                 let key = key_pem.as_deref().and_then(|p| Key::from_pem(p).ok());
                 let observed = cert_bytes.as_deref().and_then(|b| observe(b, Some(&ca.spki())).ok());
-                let mut decision = decide_leaf(&spec, observed.as_ref(), key.as_ref(), alg, now);
+                let mut decision =
+                    renew.apply(&spec.name, decide_leaf(&spec, observed.as_ref(), key.as_ref(), alg, now));
                 if decision == Decision::Create && (cert_bytes.is_some() || key_pem.is_some()) {
                     decision = Decision::Reissue { reason: "unreadable certificate or key".into(), new_key: true };
                 }
@@ -471,7 +518,89 @@ pub fn plan(paths: &Paths, config: &ClusterConfig, now: OffsetDateTime) -> Resul
             out.decisions.push(("sa".into(), Decision::Create));
         }
     }
+
+    // Secrets at rest: one key for the whole cluster, created by the first
+    // master before its etcd holds anything and handed to the others with
+    // the rest of the key material. A master of a running cluster that has
+    // none cannot make one: its API server would write what the others
+    // cannot read.
+    let enc = paths.pki(ENCRYPTION_CONFIG);
+    match read_optional(&enc)? {
+        Some(bytes) => {
+            encryption_key_count(&bytes).map_err(|reason| PkiError::Unreadable {
+                path: enc.display().to_string(),
+                what: "encryption configuration",
+                reason,
+            })?;
+            out.decisions.push(("encryption-config".into(), Decision::Keep));
+        }
+        None if paths.etcd_bootstrapped_marker().exists() => {
+            return Err(PkiError::EncryptionConfigMissing { path: enc.display().to_string() });
+        }
+        None => {
+            out.files.push(FileSpec::new(&enc, encryption_config(&new_encryption_secret()), 0o600));
+            out.decisions.push(("encryption-config".into(), Decision::Create));
+        }
+    }
     Ok(out)
+}
+
+/// The API server's encryption-at-rest configuration, under `pki/`.
+pub const ENCRYPTION_CONFIG: &str = "encryption-config.yaml";
+
+/// 32 random bytes, base64: a secretbox key.
+fn new_encryption_secret() -> String {
+    use base64::Engine as _;
+    use ring::rand::SecureRandom;
+    let mut k = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut k).expect("system randomness");
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+/// Secrets encrypted with secretbox (XSalsa20-Poly1305: no nonce-reuse
+/// limit to rotate for, unlike aesgcm's, and no padding oracle, unlike
+/// aescbc's); `identity` last, so Secrets written before encryption was on
+/// are still read (and encrypted when next written).
+pub fn encryption_config(secret: &str) -> String {
+    format!(
+        "apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+- resources: [secrets]
+  providers:
+  - secretbox:
+      keys:
+      - name: key1
+        secret: {secret}
+  - identity: {{}}
+"
+    )
+}
+
+/// How many secretbox keys a configuration holds (at least one, each 32
+/// bytes), or why it is not one hakube can run with.
+pub fn encryption_key_count(text: &[u8]) -> Result<usize, String> {
+    use base64::Engine as _;
+    let v: serde_json::Value = serde_norway::from_slice(text).map_err(|e| format!("not YAML ({e})"))?;
+    if v["kind"] != "EncryptionConfiguration" {
+        return Err("not an EncryptionConfiguration".into());
+    }
+    let keys = v["resources"][0]["providers"][0]["secretbox"]["keys"]
+        .as_array()
+        .ok_or("its first provider is not secretbox with keys")?;
+    for k in keys {
+        let secret = k["secret"].as_str().ok_or("a key has no secret")?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(secret)
+            .map_err(|_| format!("the secret of key {} is not base64", k["name"]))?;
+        if raw.len() != 32 {
+            return Err(format!("the secret of key {} is {} bytes, not 32", k["name"], raw.len()));
+        }
+    }
+    if keys.is_empty() {
+        return Err("it holds no key".into());
+    }
+    Ok(keys.len())
 }
 
 /// The SHA-256 of a CA certificate's SubjectPublicKeyInfo, as kubeadm's

@@ -144,3 +144,49 @@ fn plan_is_idempotent_and_reissues_only_what_changed() {
     assert_eq!(third.backups.len(), 1, "the old apiserver.crt is kept");
     assert!(third.files.iter().all(|f| !f.path.ends_with("apiserver.key")), "the key is reused");
 }
+
+#[test]
+fn secrets_get_one_encryption_key_made_once_by_the_first_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = Paths::new(dir.path());
+    let c = config("{}");
+    let write = |plan: &PkiPlan| {
+        for f in &plan.files {
+            crate::host::fs::write_atomic(&f.path, &f.contents, f.mode).unwrap();
+        }
+    };
+    let first = plan(&paths, &c, now()).unwrap();
+    let decision = |p: &PkiPlan| p.decisions.iter().find(|(n, _)| n == "encryption-config").unwrap().1.clone();
+    assert_eq!(decision(&first), Decision::Create);
+    let spec = first.files.iter().find(|f| f.path.ends_with(ENCRYPTION_CONFIG)).unwrap();
+    assert_eq!(spec.mode, 0o600);
+    assert_eq!(encryption_key_count(&spec.contents), Ok(1));
+    write(&first);
+    // A re-run keeps it byte for byte.
+    let again = plan(&paths, &c, now()).unwrap();
+    assert_eq!(decision(&again), Decision::Keep);
+    assert!(!again.files.iter().any(|f| f.path.ends_with(ENCRYPTION_CONFIG)));
+    // Two new clusters get two different keys.
+    let other = tempfile::tempdir().unwrap();
+    let other_plan = plan(&Paths::new(other.path()), &c, now()).unwrap();
+    let other_spec = other_plan.files.iter().find(|f| f.path.ends_with(ENCRYPTION_CONFIG)).unwrap();
+    assert_ne!(spec.contents, other_spec.contents);
+    // A master whose etcd already ran cannot make one of its own.
+    std::fs::remove_file(paths.pki(ENCRYPTION_CONFIG)).unwrap();
+    std::fs::write(paths.etcd_bootstrapped_marker(), "").unwrap();
+    let e = plan(&paths, &c, now()).unwrap_err().to_string();
+    assert!(e.contains("Copy the file from another master"), "{e}");
+    // A damaged one is named.
+    std::fs::write(paths.pki(ENCRYPTION_CONFIG), encryption_config("c2hvcnQ=")).unwrap();
+    let e = plan(&paths, &c, now()).unwrap_err().to_string();
+    assert!(e.contains("is 5 bytes, not 32"), "{e}");
+    for (bad, why) in [
+        ("kind: Secret\n", "not an EncryptionConfiguration"),
+        ("kind: EncryptionConfiguration\nresources: [{providers: [{identity: {}}]}]\n", "not secretbox"),
+        ("kind: EncryptionConfiguration\nresources: [{providers: [{secretbox: {keys: []}}]}]\n", "no key"),
+        (": :", "not YAML"),
+    ] {
+        let e = encryption_key_count(bad.as_bytes()).unwrap_err();
+        assert!(e.contains(why), "{bad:?}: {e}");
+    }
+}
