@@ -56,6 +56,29 @@ fn plan_master(paths: &Paths, c: &ClusterConfig, renew: &pki::Renew) -> Result<P
     Ok(Plan { files, backups: pki_plan.backups, decisions })
 }
 
+/// The leaves of a master (its PKI's and its kubeconfigs' client
+/// certificates) within their renewal margin at `now`, by name (`apiserver`,
+/// `admin.conf`); a missing or unreadable one counts as due.
+pub fn due_for_renewal(paths: &Paths, c: &ClusterConfig, now: OffsetDateTime) -> Vec<String> {
+    let mut due = Vec::new();
+    for spec in pki::cluster_cert_specs(c).into_iter().filter(|s| s.issuer.is_some()) {
+        let pem = std::fs::read(paths.pki(&format!("{}.crt", spec.name))).ok();
+        let end = pem.and_then(|b| pki::observe(&b, None).ok()).map(|o| o.not_after);
+        if end.is_none_or(|end| spec.lifetime.due(end, now)) {
+            due.push(spec.name);
+        }
+    }
+    for name in kubeconfig::KUBECONFIGS {
+        let spec = pki::kubeconfig_cert_spec(c, name);
+        let creds = kubeconfig::read(&paths.kubeconfig(name)).ok();
+        let end = creds.and_then(|k| pki::observe(k.cert_pem.as_bytes(), None).ok()).map(|o| o.not_after);
+        if end.is_none_or(|end| spec.lifetime.due(end, now)) {
+            due.push(format!("{name}.conf"));
+        }
+    }
+    due
+}
+
 /// A worker holds no CA key: its kubelet kubeconfig keeps the certificate
 /// it was issued at join, and points where the config says.
 fn plan_worker(paths: &Paths, c: &ClusterConfig) -> Result<Plan, PlanError> {

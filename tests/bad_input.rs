@@ -50,6 +50,17 @@ fn bad_flags_and_words_write_nothing() {
         &["--advertise-address", "127.0.0.1", "--node-name", "m1", "--config", f],
         "node.etcdPeerPort is 65535",
     );
+    let file = dir.path().join("lifetimes.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\ncluster: {certificateValidity: 10m, certificateRenewBefore: 6m}\n",
+    )
+    .unwrap();
+    refused(
+        &h,
+        &["--advertise-address", "127.0.0.1", "--node-name", "m1", "--config", file.to_str().unwrap()],
+        "more than half of cluster.certificateValidity (10m)",
+    );
 }
 
 #[test]

@@ -373,3 +373,58 @@ fn certs_renew_reissues_the_named_leaves_with_their_keys_and_the_node_stays_heal
     }
     assert_eq!(digests(&h.pki("")), before, "nothing written");
 }
+
+/// `notAfter` of a certificate file, as openssl prints it.
+fn not_after(path: &std::path::Path) -> String {
+    stdout(&openssl(&["x509", "-noout", "-enddate", "-in", path.to_str().unwrap()])).trim().to_owned()
+}
+
+#[test]
+fn a_running_master_renews_its_certificates_before_they_expire_without_restarting_etcd() {
+    let h = Host::isolated();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("short.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\n\
+         cluster: {certificateValidity: 2m, certificateRenewBefore: 1m, etcdSnapshotInterval: never}\n",
+    )
+    .unwrap();
+    h.install(&["--config", file.to_str().unwrap()]);
+    let etcd_pid = h.state()["components"]["etcd"]["pid"].as_u64().expect("etcd runs");
+    let key = std::fs::read(h.pki("etcd/server.key")).unwrap();
+    let mut ends = vec![not_after(&h.pki("etcd/server.crt"))];
+    let mut failed = 0;
+    // Two renewals of every leaf, a request to etcd every second meanwhile:
+    // each leaf is due 1 minute into its 2, the agent looks every 10 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    while ends.len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "two renewals within 4 minutes: saw {ends:?}");
+        if !h.etcdctl(Some("etcd/healthcheck-client"), &["endpoint", "health"]).status.success() {
+            failed += 1;
+        }
+        let end = not_after(&h.pki("etcd/server.crt"));
+        if ends.last() != Some(&end) {
+            ends.push(end);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(failed, 0, "etcd refused a request during a renewal");
+    assert_eq!(std::fs::read(h.pki("etcd/server.key")).unwrap(), key, "renewed with the same key");
+    assert_eq!(h.state()["components"]["etcd"]["pid"].as_u64(), Some(etcd_pid), "etcd was not restarted");
+    // etcd serves the renewed certificate: it re-reads it per handshake.
+    let served = h.exec(
+        "sh",
+        &["-c", "openssl s_client -connect 127.0.0.1:2379 </dev/null 2>/dev/null | openssl x509 -noout -enddate"],
+    );
+    assert_eq!(stdout(&served).trim(), not_after(&h.pki("etcd/server.crt")), "the certificate etcd serves");
+    // Every leaf and kubeconfig is within its life, none due but by a margin.
+    let out = h.hakube(&["certs", "check-expiration", "--json"]);
+    assert_ok(&out, "check-expiration");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    for r in rows.as_array().unwrap().iter().filter(|r| r["is_ca"] == false) {
+        assert!(r["not_after"].as_i64().unwrap() > now, "{r}");
+    }
+    assert!(h.state()["reloads"].as_u64() >= Some(2), "{}", h.state());
+}

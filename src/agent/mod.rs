@@ -12,6 +12,7 @@ pub mod facts;
 pub mod masters;
 pub mod podnet;
 pub mod probe;
+pub mod renew;
 pub mod state;
 mod supervisor;
 

@@ -260,6 +260,16 @@ impl Agent {
             }
         }
         spawn_log_rotation(self.paths.log_dir());
+        // Renewal reloads the agent, which restarts the node's tasks: it
+        // lives beside them, as long as the agent.
+        if purged_before.is_none() && self.cfg.has(Component::Etcd) {
+            tokio::task::spawn_local(super::renew::run(
+                self.paths.clone(),
+                self.reload.0.clone(),
+                self.state.clone(),
+                self.agent_stop.subscribe(),
+            ));
+        }
         // The election lives as long as the agent (a reload must not hand
         // the leadership over); the node's tasks start again on every
         // reload, so they see the current certificates and config.

@@ -209,13 +209,14 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
             let ca = Ca::load(&ctx.paths, "ca")
                 .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
                 .ok_or_else(|| refuse(StatusCode::INTERNAL_SERVER_ERROR, "this master has no cluster CA"))?;
-            let spec = pki::kubelet_client_spec(name.as_str());
+            let life = pki::Lifetime::of(&ctx.config);
+            let spec = pki::kubelet_client_spec(name.as_str()).with_lifetime(life);
             kubelet_cert = Some(
                 ca.sign_csr(csr, &spec, time::OffsetDateTime::now_utc())
                     .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("kubelet_csr: {e}")))?,
             );
             if let Some(csr) = req.kube_proxy_csr.as_deref() {
-                let spec = pki::kube_proxy_client_spec();
+                let spec = pki::kube_proxy_client_spec().with_lifetime(life);
                 kube_proxy_cert = Some(
                     ca.sign_csr(csr, &spec, time::OffsetDateTime::now_utc())
                         .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("kube_proxy_csr: {e}")))?,

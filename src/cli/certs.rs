@@ -102,8 +102,10 @@ pub fn failing(r: &Row, now: OffsetDateTime) -> bool {
     r.problem.is_some() || r.not_after.is_some_and(|t| t <= now.unix_timestamp())
 }
 
-/// The table `check-expiration` prints.
-pub fn render(rows: &[Row], now: OffsetDateTime) -> String {
+/// The table `check-expiration` prints: a leaf within `renew_before` of
+/// its end is due for renewal (its agent renews it; one that stays due is
+/// failing to), a CA within a year of its end is flagged (nothing renews it).
+pub fn render(rows: &[Row], now: OffsetDateTime, renew_before: time::Duration) -> String {
     let mut out =
         format!("{:<32} {:<34} {:<11} {:>9}  {}\n", "CERTIFICATE", "SUBJECT (CN)", "EXPIRES", "RESIDUAL", "STATUS");
     for r in rows {
@@ -112,14 +114,12 @@ pub fn render(rows: &[Row], now: OffsetDateTime) -> String {
             Some(t) => {
                 let left = time::Duration::seconds(t - now.unix_timestamp());
                 let date = OffsetDateTime::from_unix_timestamp(t).map(|d| d.date().to_string()).unwrap_or_default();
-                let status = if left.is_negative() {
-                    "EXPIRED"
-                } else if left < pki::RENEW_BEFORE {
-                    "expires soon"
-                } else if r.is_ca {
-                    "ok (CA)"
-                } else {
-                    "ok"
+                let status = match (left.is_negative(), r.is_ca) {
+                    (true, _) => "EXPIRED",
+                    (false, true) if left < time::Duration::days(365) => "CA expires within a year",
+                    (false, true) => "ok (CA)",
+                    (false, false) if left < renew_before => "renewal due",
+                    (false, false) => "ok",
                 };
                 format!("{:<32} {subject:<34} {date:<11} {:>9}  {status}\n", r.name, residual(left))
             }
@@ -270,7 +270,7 @@ mod tests {
         let broken: Vec<&Row> = rows.iter().filter(|r| failing(r, now)).collect();
         assert_eq!(broken.len(), 1, "{broken:?}");
         assert_eq!(broken[0].name, "broken");
-        let table = render(&rows, now);
+        let table = render(&rows, now, time::Duration::days(120));
         assert!(table.contains("UNREADABLE"), "{table}");
         let apiserver = rows.iter().find(|r| r.name == "apiserver").unwrap();
         let days = (apiserver.not_after.unwrap() - now.unix_timestamp()) / 86_400;
@@ -279,9 +279,14 @@ mod tests {
         assert!(table.lines().any(|l| l.starts_with("apiserver ") && l.ends_with(&want)), "{table}");
         // A year on, every leaf has expired; the CAs live on.
         let later = now + time::Duration::days(366);
-        let table = render(&rows, later);
+        let table = render(&rows, later, time::Duration::days(120));
         assert!(table.lines().any(|l| l.starts_with("apiserver ") && l.ends_with("EXPIRED")), "{table}");
         assert!(table.lines().any(|l| l.starts_with("ca ") && l.ends_with("ok (CA)")), "{table}");
         assert!(rows.iter().filter(|r| !r.is_ca && r.problem.is_none()).all(|r| failing(r, later)));
+        // Inside the renewal margin, a leaf is due; in its last year, a CA is flagged.
+        let due = render(&rows, now + time::Duration::days(300), time::Duration::days(120));
+        assert!(due.lines().any(|l| l.starts_with("apiserver ") && l.ends_with("renewal due")), "{due}");
+        let old = render(&rows, now + time::Duration::days(3400), time::Duration::days(120));
+        assert!(old.lines().any(|l| l.starts_with("ca ") && l.ends_with("CA expires within a year")), "{old}");
     }
 }

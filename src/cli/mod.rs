@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde_norway::Value;
 
@@ -466,17 +467,15 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Certs(CertsCommand::CheckExpiration { json }) => {
-            anyhow::ensure!(
-                paths.config_file().exists(),
-                "hakube is not installed under {}: nothing to check",
-                paths.root().display()
-            );
+            let c = config::load_installed(&paths.config_file())?.with_context(|| {
+                format!("hakube is not installed under {}: nothing to check", paths.root().display())
+            })?;
             let now = time::OffsetDateTime::now_utc();
             let rows = crate::cli::certs::inventory(&paths);
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", crate::cli::certs::render(&rows, now));
+                print!("{}", crate::cli::certs::render(&rows, now, crate::pki::Lifetime::of(&c).renew_before));
             }
             Ok(if rows.iter().any(|r| crate::cli::certs::failing(r, now)) { 1 } else { 0 })
         }

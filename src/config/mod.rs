@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_norway::{Mapping, Value};
 
 pub use types::{
-    CertSan, Cidr, Component, Host, HostPort, KeyAlgorithm, NodeName, Retention, SnapshotInterval, Toleration,
+    CertSan, Cidr, Component, Host, HostPort, KeyAlgorithm, NodeName, Retention, SnapshotInterval, Span, Toleration,
 };
 
 pub const API_VERSION: &str = "hakube.io/v1alpha1";
@@ -68,6 +68,13 @@ pub struct ClusterSpec {
     /// How many scheduled snapshots each master keeps (its newest).
     #[serde(default = "default_snapshot_retention")]
     pub etcd_snapshot_retention: Retention,
+    /// How long a leaf certificate (not a CA) lives when issued.
+    #[serde(default = "default_certificate_validity")]
+    pub certificate_validity: Span,
+    /// How long before its expiry each agent renews a leaf of its node
+    /// (masters one at a time); at most half the validity.
+    #[serde(default = "default_certificate_renew_before")]
+    pub certificate_renew_before: Span,
     /// A change of `loadBalancerAddress` under way, which the elected agent
     /// drives phase by phase (`cluster::lbchange`). Only hakube writes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +177,18 @@ impl Default for LocalLoadBalancer {
 
 fn default_toleration() -> Toleration {
     Toleration::After(std::time::Duration::from_secs(3600))
+}
+
+/// A year, as kubeadm, k3s and k0s issue them.
+fn default_certificate_validity() -> Span {
+    Span(std::time::Duration::from_secs(365 * 86_400))
+}
+
+/// 120 days, as k3s renews since 2025 (it was 90): a renewal that fails
+/// leaves four months to notice and act, and the alerts most clusters run
+/// (certificate 28 days left) never fire on a healthy one.
+fn default_certificate_renew_before() -> Span {
+    Span(std::time::Duration::from_secs(120 * 86_400))
 }
 
 /// Twice a day, five kept: two and a half days of history on every master,
@@ -308,6 +327,8 @@ cluster:
   lostNodeToleration: 1h
   etcdSnapshotInterval: 12h
   etcdSnapshotRetention: 5
+  certificateValidity: 365d
+  certificateRenewBefore: 120d
 node:
   components: [etcd, containerd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy]
   systemd: true
@@ -474,6 +495,17 @@ pub fn resolve(src: Sources<'_>) -> Result<ClusterConfig, ConfigError> {
 
 /// Checks that span fields.
 fn validate(c: &ClusterConfig) -> Result<(), String> {
+    let (valid, before) = (c.cluster.certificate_validity, c.cluster.certificate_renew_before);
+    if before.0 * 2 > valid.0 {
+        return Err(format!(
+            "cluster.certificateRenewBefore is {before}, more than half of cluster.certificateValidity ({valid}): \
+             a certificate would be renewed as soon as it is issued; give at most {}",
+            crate::config::Span(valid.0 / 2)
+        ));
+    }
+    if valid.0 < std::time::Duration::from_secs(60) {
+        return Err(format!("cluster.certificateValidity is {valid}: give at least 1m"));
+    }
     let n = &c.node;
     let ports = [
         ("apiServerPort", n.api_server_port),

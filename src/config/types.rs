@@ -359,6 +359,46 @@ impl FromStr for Toleration {
     }
 }
 
+/// A positive span of whole seconds, written as users write them (`365d`,
+/// `120d`, `10m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Span(pub std::time::Duration);
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.as_secs();
+        if s >= 86_400 && s.is_multiple_of(86_400) {
+            write!(f, "{}d", s / 86_400)
+        } else {
+            f.write_str(&fmt_seconds(self.0))
+        }
+    }
+}
+
+impl From<Span> for String {
+    fn from(v: Span) -> String {
+        v.to_string()
+    }
+}
+
+impl TryFrom<String> for Span {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        s.parse()
+    }
+}
+
+impl FromStr for Span {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        match parse_seconds(s) {
+            Ok(d) if !d.is_zero() => Ok(Span(d)),
+            _ => Err(invalid(format!("{s:?} is not a duration: write e.g. 365d, 120d, 12h or 10m"))),
+        }
+    }
+}
+
 /// How often every master snapshots its own etcd member: a duration
 /// (`12h`, `30m`) or `never`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -61,9 +61,10 @@ pub fn etcd(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
         // Refuse to serve a member whose data diverged from its peers'.
         flag("experimental-initial-corrupt-check", true),
     ];
-    let inputs = ["etcd/ca.crt", "etcd/server.crt", "etcd/server.key", "etcd/peer.crt", "etcd/peer.key"]
-        .map(|n| paths.pki(n))
-        .to_vec();
+    // Not its own pairs: etcd reads its serving and peer certificates on
+    // every handshake, so a renewal reaches it with no restart (the CA it
+    // reads once).
+    let inputs = vec![paths.pki("etcd/ca.crt")];
     ComponentSpec { component: Component::Etcd, args, inputs, files: vec![], cgroup: None }
 }
 

@@ -24,8 +24,8 @@ use crate::host::fs::{read_optional, FileSpec, FsError};
 use crate::host::paths::Paths;
 
 pub use spec::{
-    cluster_cert_specs, kube_proxy_client_spec, kubeconfig_cert_spec, kubelet_client_spec, CertSpec, San, Usage,
-    KUBE_PROXY_USER,
+    cluster_cert_specs, kube_proxy_client_spec, kubeconfig_cert_spec, kubelet_client_spec, CertSpec, Lifetime, San,
+    Usage, KUBE_PROXY_USER,
 };
 
 /// CAs live ten years, leaves one, as kubeadm issues them.
@@ -36,8 +36,9 @@ pub const CONTROLLER_USER: &str = "hakube:controller";
 
 pub const CA_VALIDITY: Duration = Duration::days(3650);
 pub const LEAF_VALIDITY: Duration = Duration::days(365);
-/// A leaf this close to expiry is renewed by the next install or rotation.
-pub const RENEW_BEFORE: Duration = Duration::days(30);
+/// A leaf this close to expiry is renewed (the default of
+/// `certificateRenewBefore`; see `config`).
+pub const RENEW_BEFORE: Duration = Duration::days(120);
 /// Certificates are valid from a little before "now" to tolerate clock skew
 /// between hosts.
 const BACKDATE: Duration = Duration::minutes(5);
@@ -237,7 +238,7 @@ pub fn decide_leaf(
         }
         return reissue(format!("SANs changed: {}", parts.join(" ")));
     }
-    if cert.not_after - now < RENEW_BEFORE {
+    if spec.lifetime.due(cert.not_after, now) {
         return reissue(format!("expires {}", cert.not_after.date()));
     }
     Decision::Keep
@@ -287,7 +288,7 @@ pub fn params(spec: &CertSpec, now: OffsetDateTime) -> Result<CertificateParams,
                 p.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
             }
             p.use_authority_key_identifier_extension = true;
-            p.not_after = now + LEAF_VALIDITY;
+            p.not_after = now + spec.lifetime.valid;
         }
     }
     Ok(p)

@@ -51,6 +51,35 @@ pub struct CertSpec {
     pub organization: Option<String>,
     pub usage: Usage,
     pub sans: BTreeSet<San>,
+    /// How long a leaf lives, and how long before its end it is renewed
+    /// (a CA lives [`super::CA_VALIDITY`] and is never renewed).
+    pub lifetime: Lifetime,
+}
+
+/// A leaf's validity and renewal margin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    pub valid: time::Duration,
+    pub renew_before: time::Duration,
+}
+
+impl Default for Lifetime {
+    fn default() -> Self {
+        Lifetime { valid: super::LEAF_VALIDITY, renew_before: super::RENEW_BEFORE }
+    }
+}
+
+impl Lifetime {
+    /// What the cluster config asks for.
+    pub fn of(c: &ClusterConfig) -> Lifetime {
+        let d = |s: crate::config::Span| time::Duration::seconds(s.0.as_secs() as i64);
+        Lifetime { valid: d(c.cluster.certificate_validity), renew_before: d(c.cluster.certificate_renew_before) }
+    }
+
+    /// Whether a leaf ending at `not_after` is due for renewal at `now`.
+    pub fn due(&self, not_after: time::OffsetDateTime, now: time::OffsetDateTime) -> bool {
+        not_after - now < self.renew_before
+    }
 }
 
 impl CertSpec {
@@ -73,7 +102,14 @@ impl CertSpec {
             organization: org.map(str::to_owned),
             usage,
             sans: sans.into_iter().collect(),
+            lifetime: Lifetime::default(),
         }
+    }
+
+    /// The same spec, issued for `lifetime`.
+    pub fn with_lifetime(mut self, lifetime: Lifetime) -> Self {
+        self.lifetime = lifetime;
+        self
     }
 }
 
@@ -120,7 +156,8 @@ fn etcd_sans(c: &ClusterConfig) -> BTreeSet<San> {
 pub fn cluster_cert_specs(c: &ClusterConfig) -> Vec<CertSpec> {
     use Usage::*;
     let node = c.node.name.as_str();
-    vec![
+    let life = Lifetime::of(c);
+    let specs = vec![
         CertSpec::ca("ca", "kubernetes"),
         CertSpec::ca("front-proxy-ca", "front-proxy-ca"),
         CertSpec::ca("etcd/ca", "etcd-ca"),
@@ -138,7 +175,8 @@ pub fn cluster_cert_specs(c: &ClusterConfig) -> Vec<CertSpec> {
         CertSpec::new("etcd/peer", Some("etcd/ca"), node, None, ServerClient, etcd_sans(c)),
         CertSpec::new("etcd/healthcheck-client", Some("etcd/ca"), "kube-etcd-healthcheck-client", None, Client, []),
         CertSpec::new("apiserver-etcd-client", Some("etcd/ca"), "kube-apiserver-etcd-client", None, Client, []),
-    ]
+    ];
+    specs.into_iter().map(|s| s.with_lifetime(life)).collect()
 }
 
 /// A kubelet's client certificate, as the Node authorizer expects it.
@@ -157,9 +195,10 @@ pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
 
 /// The client certificate embedded in a kubeconfig, by kubeconfig name.
 pub fn kubeconfig_cert_spec(c: &ClusterConfig, kubeconfig: &str) -> CertSpec {
+    let life = Lifetime::of(c);
     match kubeconfig {
-        "kubelet" => return kubelet_client_spec(c.node.name.as_str()),
-        "kube-proxy" => return kube_proxy_client_spec(),
+        "kubelet" => return kubelet_client_spec(c.node.name.as_str()).with_lifetime(life),
+        "kube-proxy" => return kube_proxy_client_spec().with_lifetime(life),
         _ => {}
     }
     let (cn, org) = match kubeconfig {
@@ -169,5 +208,5 @@ pub fn kubeconfig_cert_spec(c: &ClusterConfig, kubeconfig: &str) -> CertSpec {
         "scheduler" => ("system:kube-scheduler", None),
         other => unreachable!("no kubeconfig named {other}"),
     };
-    CertSpec::new(kubeconfig, Some("ca"), cn, org, Usage::Client, [])
+    CertSpec::new(kubeconfig, Some("ca"), cn, org, Usage::Client, []).with_lifetime(life)
 }
