@@ -810,4 +810,67 @@ fn node_endpoints_take_the_nodes_name_from_its_certificate_only() {
     let (code, body) = curl(&with_cert, "/v1/node/cluster", None);
     assert_eq!(code, "200", "{body}");
     assert!(body.contains("\"masters\":[{\"name\":\"m1\""), "{body}");
+    // Renewal: only for a node's own certificate, only for a request.
+    let (code, body) = curl(&[], "/v1/node/certificates", Some(r#"{"kubelet_csr":"x"}"#));
+    assert_eq!(code, "401", "{body}");
+    let (code, body) = curl(&with_cert, "/v1/node/certificates", Some(r#"{"kubelet_csr":"not a request"}"#));
+    assert_eq!(code, "400", "{body}");
+    assert!(body.contains("kubelet_csr: not PEM"), "{body}");
+    let (code, body) = curl(&with_cert, "/v1/node/certificates", Some(r#"{"csr":"x"}"#));
+    assert!(code == "400" && body.contains("not a certificate request"), "{code} {body}");
+}
+
+/// A node's heartbeat age on `m`, as `status` reports it.
+fn heartbeat_age(m: &Host, node: &str) -> Option<u64> {
+    let out = m.hakube(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let at = s["cluster"]["nodes"].as_array()?.iter().find(|n| n["name"] == node)?["heartbeat_at"].as_u64()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    Some(now.saturating_sub(at))
+}
+
+#[test]
+fn a_worker_renews_its_agents_certificate_through_the_masters_with_the_same_key() {
+    let net = Network::new();
+    let m1 = net.host("m1");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("short.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\n\
+         cluster: {certificateValidity: 2m, certificateRenewBefore: 1m, etcdSnapshotInterval: never}\n",
+    )
+    .unwrap();
+    m1.install(&["--config", file.to_str().unwrap()]);
+    let (_d, join) = join_script(&m1, false, &[]);
+    let w1 = net.host("w1");
+    assert_ok(&run_join(&w1, &join, "none", &[bin()]), "w1 joins");
+    let kubelet_conf = w1.root().join("var/lib/hakube/kubeconfigs/kubelet.conf");
+    let field = |name: &str| {
+        let kc = std::fs::read_to_string(&kubelet_conf).unwrap();
+        kc.lines().find_map(|l| l.trim().strip_prefix(&format!("{name}: "))).unwrap().to_owned()
+    };
+    let key = field("client-key-data");
+    let end = || {
+        let out = w1.hakube(&["certs", "check-expiration", "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        rows.as_array().unwrap().iter().find(|r| r["name"] == "kubelet.conf").unwrap()["not_after"].as_i64().unwrap()
+    };
+    // Two renewals, the worker's heartbeats reaching the master throughout.
+    let mut ends = vec![end()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    while ends.len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "two renewals within 4 minutes: saw {ends:?}");
+        let age = heartbeat_age(&m1, "w1");
+        assert!(age.is_some_and(|a| a < 20), "w1's heartbeat is {age:?} s old");
+        let e = end();
+        if ends.last() != Some(&e) {
+            ends.push(e);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert_eq!(field("client-key-data"), key, "renewed over the same key");
+    assert!(base64_decode(&field("client-certificate-data")).starts_with(b"-----BEGIN CERTIFICATE-----"));
+    let log = std::fs::read_to_string(m1.root().join("var/lib/hakube/logs/agent.log")).unwrap();
+    assert!(log.contains("decision=\"renewed\"") || log.contains("decision=renewed"), "the master's audit line");
 }

@@ -234,7 +234,7 @@ impl std::fmt::Display for NodeApiError {
 
 /// The masters' node endpoints, as a node reaches them: its kubelet's
 /// certificate, the cluster CA, every other master it knows in turn.
-struct NodeApi {
+pub(super) struct NodeApi {
     paths: Paths,
     cfg: ClusterConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -242,7 +242,7 @@ struct NodeApi {
 }
 
 impl NodeApi {
-    fn new(paths: &Paths, cfg: &ClusterConfig) -> NodeApi {
+    pub(super) fn new(paths: &Paths, cfg: &ClusterConfig) -> NodeApi {
         let tls = crate::kube::kubeconfig::read(&paths.kubeconfig("kubelet")).and_then(|c| {
             let id = Identity { cert_pem: c.cert_pem.as_bytes(), key_pem: c.key_pem.as_bytes() };
             https::client_config(c.ca_pem.as_bytes(), Some(id)).map_err(|e| e.to_string())
@@ -293,6 +293,25 @@ impl NodeApi {
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &'static str) -> Result<T, NodeApiError> {
         let body = self.send(|| Request::get(path)).await?;
         serde_json::from_slice(&body).map_err(|e| NodeApiError::Other(e.to_string()))
+    }
+
+    /// POSTs `body` to the first master that answers, and reads its answer.
+    pub(super) async fn exchange<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &'static str,
+        body: &T,
+    ) -> Result<R, String> {
+        let json = serde_json::to_vec(body).expect("serializes");
+        let answer = self
+            .send(|| Request {
+                method: "POST",
+                path,
+                headers: &[("content-type", "application/json")],
+                body: Some(json.clone()),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&answer).map_err(|e| format!("{path}: {e}"))
     }
 
     async fn post<T: serde::Serialize>(&self, path: &'static str, body: &T) -> Result<(), NodeApiError> {

@@ -1,13 +1,16 @@
-//! A master renews its own certificates while it runs. When a leaf of its
-//! PKI or of its kubeconfigs comes within `certificateRenewBefore` of its
-//! end, the agent takes the cluster's membership lock (so that masters
+//! A node renews its own certificates while it runs. When a leaf of a
+//! master's PKI or of its kubeconfigs comes within `certificateRenewBefore`
+//! of its end, the agent takes the cluster's membership lock (so that masters
 //! renew one at a time, and never while another joins), reissues what is
 //! due with the same keys (nothing that pins a key notices), reloads (the
 //! components that read a renewed file restart; etcd and the API server's
 //! serving pair are re-read without one) and holds the lock until every
 //! component of the node is healthy again.
 //!
-//! A worker's kubelet renews its own client certificate by CSR.
+//! A worker's kubelet renews its own client certificate by CSR; the
+//! certificates its agent and kube-proxy use (issued at join, in its
+//! kubeconfigs) its agent renews through the masters' node endpoint, over
+//! the same keys, presenting the certificate it has.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -40,8 +43,8 @@ pub async fn run(
     loop {
         // The config as it is now (a re-run may have changed the lifetimes).
         let cfg = match config::load_installed(&paths.config_file()) {
-            Ok(Some(c)) if c.has(Component::Etcd) => c,
-            Ok(_) => return,
+            Ok(Some(c)) => c,
+            Ok(None) => return,
             Err(e) => {
                 warn!(error = %e, "certificate renewal: cannot read the config");
                 tokio::select! {
@@ -50,9 +53,17 @@ pub async fn run(
                 }
             }
         };
-        let due = crate::files::due_for_renewal(&paths, &cfg, time::OffsetDateTime::now_utc());
+        let now = time::OffsetDateTime::now_utc();
+        let master = cfg.has(Component::Etcd);
+        let due = if master { crate::files::due_for_renewal(&paths, &cfg, now) } else { worker_due(&paths, &cfg, now) };
         if !due.is_empty() {
-            let work = renew(&paths, &cfg, &due, &reload, &state);
+            let work = async {
+                if master {
+                    renew(&paths, &cfg, &due, &reload, &state).await
+                } else {
+                    renew_worker(&paths, &cfg, &reload, &state).await
+                }
+            };
             tokio::select! {
                 r = work => match r {
                     Ok(()) => info!(certificates = ?due, "certificates renewed"),
@@ -65,6 +76,122 @@ pub async fn run(
             _ = tokio::time::sleep(check_interval(&cfg)) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// A worker's kubeconfigs whose client certificate is within its margin.
+fn worker_due(paths: &Paths, c: &ClusterConfig, now: time::OffsetDateTime) -> Vec<String> {
+    let life = crate::pki::Lifetime::of(c);
+    ["kubelet", "kube-proxy"]
+        .into_iter()
+        .filter(|name| paths.kubeconfig(name).exists())
+        .filter(|name| {
+            let creds = crate::kube::kubeconfig::read(&paths.kubeconfig(name)).ok();
+            let end = creds.and_then(|k| crate::pki::observe(k.cert_pem.as_bytes(), None).ok()).map(|o| o.not_after);
+            end.is_none_or(|end| life.due(end, now))
+        })
+        .map(|name| format!("{name}.conf"))
+        .collect()
+}
+
+/// A request over the key of a kubeconfig, and what it holds.
+fn request_over(
+    path: &std::path::Path,
+) -> Result<(String, crate::kube::kubeconfig::Credentials, crate::pki::Key), String> {
+    let creds = crate::kube::kubeconfig::read(path)?;
+    let key = crate::pki::Key::from_pem(&creds.key_pem).map_err(|e| format!("{}: {e}", path.display()))?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key.pair)
+        .and_then(|r| r.pem())
+        .map_err(|e| e.to_string())?;
+    Ok((csr, creds, key))
+}
+
+/// What a master sent back must be for this node's key and name, issued by
+/// the cluster CA this node trusts.
+fn check_issued(cert: &str, key: &crate::pki::Key, cn: &str, ca_pem: &str) -> Result<(), String> {
+    let ca = crate::pki::observe(ca_pem.as_bytes(), None)?;
+    let o = crate::pki::observe(cert.as_bytes(), Some(&ca.spki))?;
+    if o.spki != key.spki() || o.common_name != cn || o.signed_by_issuer != Some(true) {
+        return Err(format!(
+            "a master sent a certificate for {:?} that is not this node's {cn:?} over its key",
+            o.common_name
+        ));
+    }
+    Ok(())
+}
+
+/// Renews a worker's kubeconfig certificates through a master, writes them
+/// (under the root lock, as a converge does) and reloads: kubelet and
+/// kube-proxy restart on their new kubeconfigs, the agent's tasks take the
+/// new identity.
+async fn renew_worker(
+    paths: &Paths,
+    cfg: &ClusterConfig,
+    reload: &mpsc::UnboundedSender<()>,
+    state: &Rc<RefCell<State>>,
+) -> Result<(), String> {
+    use crate::api::node::{CertificateRequest, Certificates};
+    use crate::kube::kubeconfig;
+    let (kubelet_csr, kubelet, kubelet_key) = request_over(&paths.kubeconfig("kubelet"))?;
+    let proxy = paths.kubeconfig("kube-proxy");
+    let proxy = if proxy.exists() { Some(request_over(&proxy)?) } else { None };
+    let req = CertificateRequest { kubelet_csr, kube_proxy_csr: proxy.as_ref().map(|p| p.0.clone()) };
+    let api = super::converge::NodeApi::new(paths, cfg);
+    let got: Certificates = api.exchange("/v1/node/certificates", &req).await?;
+    let node_user = format!("system:node:{}", cfg.node.name);
+    check_issued(&got.kubelet_cert, &kubelet_key, &node_user, &kubelet.ca_pem)?;
+    let mut files = vec![crate::host::fs::FileSpec::new(
+        paths.kubeconfig("kubelet"),
+        kubeconfig::render(
+            &cfg.cluster.name,
+            &kubelet.server,
+            &kubelet.ca_pem,
+            &node_user,
+            &got.kubelet_cert,
+            &kubelet.key_pem,
+        ),
+        0o600,
+    )];
+    if let Some((_, creds, key)) = &proxy {
+        let cert = got.kube_proxy_cert.as_deref().ok_or("a master renewed no kube-proxy certificate")?;
+        check_issued(cert, key, crate::pki::KUBE_PROXY_USER, &creds.ca_pem)?;
+        files.push(crate::host::fs::FileSpec::new(
+            paths.kubeconfig("kube-proxy"),
+            kubeconfig::render(
+                &cfg.cluster.name,
+                &creds.server,
+                &creds.ca_pem,
+                crate::pki::KUBE_PROXY_USER,
+                cert,
+                &creds.key_pem,
+            ),
+            0o600,
+        ));
+    }
+    let before = state.borrow().reloads;
+    {
+        let _lock = crate::host::lock::lock_root(paths.root()).map_err(|e| e.to_string())?;
+        crate::host::fs::apply_files(&files).map_err(|e| e.to_string())?;
+    }
+    reload.send(()).map_err(|_| "the agent is stopping".to_owned())?;
+    settle(state, before, cfg).await
+}
+
+/// Until the agent has reloaded and every component is healthy, bounded.
+async fn settle(state: &Rc<RefCell<State>>, before: u64, cfg: &ClusterConfig) -> Result<(), String> {
+    let until = tokio::time::Instant::now() + SETTLE;
+    loop {
+        {
+            let s = state.borrow();
+            if s.reloads > before && s.all_healthy(&cfg.node.components) {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= until {
+            return Err(format!("the node was not healthy again within {}s of the renewal", SETTLE.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -86,19 +213,7 @@ async fn renew(
         let (p, c) = (paths.clone(), cfg.clone());
         tokio::task::spawn_blocking(move || super::converge::converge(&p, &c)).await.map_err(|e| e.to_string())??;
         reload.send(()).map_err(|_| "the agent is stopping".to_owned())?;
-        let until = tokio::time::Instant::now() + SETTLE;
-        loop {
-            {
-                let s = state.borrow();
-                if s.reloads > before && s.all_healthy(&cfg.node.components) {
-                    return Ok(());
-                }
-            }
-            if tokio::time::Instant::now() >= until {
-                return Err(format!("the node was not healthy again within {}s of the renewal", SETTLE.as_secs()));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        settle(state, before, cfg).await
     }
     .await;
     lock.release(&mut client).await;

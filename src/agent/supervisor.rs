@@ -262,7 +262,7 @@ impl Agent {
         spawn_log_rotation(self.paths.log_dir());
         // Renewal reloads the agent, which restarts the node's tasks: it
         // lives beside them, as long as the agent.
-        if purged_before.is_none() && self.cfg.has(Component::Etcd) {
+        if purged_before.is_none() {
             tokio::task::spawn_local(super::renew::run(
                 self.paths.clone(),
                 self.reload.0.clone(),

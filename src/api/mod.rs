@@ -115,6 +115,7 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/node/cluster", get(node::cluster))
         .route("/v1/node/heartbeat", post(node::heartbeat))
+        .route("/v1/node/certificates", post(node::certificates))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), rate_limit))

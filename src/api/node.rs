@@ -1,7 +1,8 @@
 //! The node endpoints, for nodes that cannot read etcd (workers): `GET
-//! /v1/node/cluster` (the cluster-wide settings and the masters) and `POST
-//! /v1/node/heartbeat`. A node is named by its client certificate; a purged
-//! node is refused until it is reset and joined again.
+//! /v1/node/cluster` (the cluster-wide settings and the masters), `POST
+//! /v1/node/heartbeat` and `POST /v1/node/certificates` (a worker's client
+//! certificates renewed). A node is named by its client certificate; a
+//! purged node is refused until it is reset and joined again.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -50,6 +51,25 @@ pub struct Heartbeat {
     /// The node's clock minus a master's, as it last measured it (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_offset_ms: Option<i64>,
+}
+
+/// What a worker sends to renew its client certificates: requests over its
+/// current keys (its kubelet's identity, which its agent uses too, and
+/// kube-proxy's when it has one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequest {
+    pub kubelet_csr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_proxy_csr: Option<String>,
+}
+
+/// The renewed certificates, issued for the cluster's leaf lifetime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificates {
+    pub kubelet_cert: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_proxy_cert: Option<String>,
 }
 
 /// The node endpoints want a node's certificate.
@@ -165,4 +185,68 @@ pub(crate) async fn heartbeat(
             unavailable(e).into_response()
         }
     }
+}
+
+/// `POST /v1/node/certificates`: a registered worker's client certificates
+/// renewed, for the name its current certificate carries and over the keys
+/// its requests hold (only the key is taken from a request).
+pub(crate) async fn certificates(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    Extension(Peer(peer)): Extension<Peer>,
+    body: Bytes,
+) -> Response {
+    let node = match node_of(peer, remote, "/v1/node/certificates") {
+        Ok(n) => n,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(r) = refuse_purged(&ctx, &node, remote).await {
+        return r;
+    }
+    let req: CertificateRequest = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(StatusCode::BAD_REQUEST, format!("the body is not a certificate request: {e}"))
+                .into_response()
+        }
+    };
+    let endpoint = ctx.config.etcd_client_url();
+    let record = async { registry::get(&mut ctx.client().await?, &endpoint, &node).await };
+    match record.await {
+        Ok(Some(r)) if r.role == crate::cluster::Role::Worker => {}
+        Ok(Some(_)) => {
+            return refuse(StatusCode::FORBIDDEN, "a master renews its own certificates with the cluster's CA")
+                .into_response()
+        }
+        Ok(None) => {
+            let msg = format!("node {node} is not registered in this cluster: `hakube reset` it and join it again");
+            warn!(target: "audit", %remote, %node, decision = "refused", status = 404, reason = %msg, "certificates");
+            return refuse(StatusCode::NOT_FOUND, msg).into_response();
+        }
+        Err(e) => {
+            ctx.forget_client().await;
+            return unavailable(e).into_response();
+        }
+    }
+    let ca = match crate::pki::Ca::load(&ctx.paths, "ca") {
+        Ok(Some(ca)) => ca,
+        Ok(None) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "this master has no cluster CA").into_response(),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let life = crate::pki::Lifetime::of(&ctx.config);
+    let now = time::OffsetDateTime::now_utc();
+    let kubelet = crate::pki::kubelet_client_spec(&node).with_lifetime(life);
+    let kubelet_cert = match ca.sign_csr(&req.kubelet_csr, &kubelet, now) {
+        Ok(c) => c,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("kubelet_csr: {e}")).into_response(),
+    };
+    let kube_proxy_cert = match req.kube_proxy_csr.as_deref() {
+        None => None,
+        Some(csr) => match ca.sign_csr(csr, &crate::pki::kube_proxy_client_spec().with_lifetime(life), now) {
+            Ok(c) => Some(c),
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("kube_proxy_csr: {e}")).into_response(),
+        },
+    };
+    tracing::info!(target: "audit", %remote, %node, decision = "renewed", kube_proxy = kube_proxy_cert.is_some(), "certificates");
+    Json(Certificates { kubelet_cert, kube_proxy_cert }).into_response()
 }
