@@ -383,13 +383,7 @@ fn not_after(path: &std::path::Path) -> String {
 fn a_running_master_renews_its_certificates_before_they_expire_without_restarting_etcd() {
     let h = Host::isolated();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("short.yaml");
-    std::fs::write(
-        &file,
-        "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\n\
-         cluster: {certificateValidity: 2m, certificateRenewBefore: 1m, etcdSnapshotInterval: never}\n",
-    )
-    .unwrap();
+    let file = short_lived_certificates(dir.path());
     h.install(&["--config", file.to_str().unwrap()]);
     let etcd_pid = h.state()["components"]["etcd"]["pid"].as_u64().expect("etcd runs");
     let key = std::fs::read(h.pki("etcd/server.key")).unwrap();

@@ -834,13 +834,7 @@ fn a_worker_renews_its_agents_certificate_through_the_masters_with_the_same_key(
     let net = Network::new();
     let m1 = net.host("m1");
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("short.yaml");
-    std::fs::write(
-        &file,
-        "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\n\
-         cluster: {certificateValidity: 2m, certificateRenewBefore: 1m, etcdSnapshotInterval: never}\n",
-    )
-    .unwrap();
+    let file = short_lived_certificates(dir.path());
     m1.install(&["--config", file.to_str().unwrap()]);
     let (_d, join) = join_script(&m1, false, &[]);
     let w1 = net.host("w1");

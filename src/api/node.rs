@@ -103,6 +103,25 @@ async fn refuse_purged(ctx: &ApiContext, node: &str, remote: SocketAddr) -> Resu
     }
 }
 
+/// The node a request comes from: named by its certificate, and not purged.
+async fn node_calling(
+    ctx: &ApiContext,
+    peer: Option<String>,
+    remote: SocketAddr,
+    path: &str,
+) -> Result<String, Response> {
+    let node = node_of(peer, remote, path).map_err(IntoResponse::into_response)?;
+    refuse_purged(ctx, &node, remote).await?;
+    Ok(node)
+}
+
+/// A node the registry does not know (removed, or never joined): 404, audited.
+fn not_registered(node: &str, remote: SocketAddr, what: &str) -> Response {
+    let msg = format!("node {node} is not registered in this cluster: `hakube reset` it and join it again");
+    warn!(target: "audit", %remote, %node, decision = "refused", status = 404, reason = %msg, "{what}");
+    refuse(StatusCode::NOT_FOUND, msg).into_response()
+}
+
 /// `GET /v1/node/cluster`: the cluster-wide settings and the masters, for a
 /// node that cannot read etcd (a worker).
 pub(crate) async fn cluster(
@@ -110,11 +129,7 @@ pub(crate) async fn cluster(
     Extension(Remote(remote)): Extension<Remote>,
     Extension(Peer(peer)): Extension<Peer>,
 ) -> Response {
-    let node = match node_of(peer, remote, "/v1/node/cluster") {
-        Ok(n) => n,
-        Err(r) => return r.into_response(),
-    };
-    if let Err(r) = refuse_purged(&ctx, &node, remote).await {
+    if let Err(r) = node_calling(&ctx, peer, remote, "/v1/node/cluster").await {
         return r;
     }
     let endpoint = ctx.config.etcd_client_url();
@@ -154,13 +169,10 @@ pub(crate) async fn heartbeat(
     Extension(Peer(peer)): Extension<Peer>,
     body: Bytes,
 ) -> Response {
-    let node = match node_of(peer, remote, "/v1/node/heartbeat") {
+    let node = match node_calling(&ctx, peer, remote, "/v1/node/heartbeat").await {
         Ok(n) => n,
-        Err(r) => return r.into_response(),
+        Err(r) => return r,
     };
-    if let Err(r) = refuse_purged(&ctx, &node, remote).await {
-        return r;
-    }
     let beat: Heartbeat = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the body is not a heartbeat: {e}")).into_response(),
@@ -175,11 +187,7 @@ pub(crate) async fn heartbeat(
     };
     match result.await {
         Ok(Some(_)) => StatusCode::NO_CONTENT.into_response(),
-        Ok(None) => {
-            let msg = format!("node {node} is not registered in this cluster: `hakube reset` it and join it again");
-            warn!(target: "audit", %remote, %node, decision = "refused", status = 404, reason = %msg, "heartbeat");
-            refuse(StatusCode::NOT_FOUND, msg).into_response()
-        }
+        Ok(None) => not_registered(&node, remote, "heartbeat"),
         Err(e) => {
             ctx.forget_client().await;
             unavailable(e).into_response()
@@ -196,13 +204,10 @@ pub(crate) async fn certificates(
     Extension(Peer(peer)): Extension<Peer>,
     body: Bytes,
 ) -> Response {
-    let node = match node_of(peer, remote, "/v1/node/certificates") {
+    let node = match node_calling(&ctx, peer, remote, "/v1/node/certificates").await {
         Ok(n) => n,
-        Err(r) => return r.into_response(),
+        Err(r) => return r,
     };
-    if let Err(r) = refuse_purged(&ctx, &node, remote).await {
-        return r;
-    }
     let req: CertificateRequest = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
@@ -218,11 +223,7 @@ pub(crate) async fn certificates(
             return refuse(StatusCode::FORBIDDEN, "a master renews its own certificates with the cluster's CA")
                 .into_response()
         }
-        Ok(None) => {
-            let msg = format!("node {node} is not registered in this cluster: `hakube reset` it and join it again");
-            warn!(target: "audit", %remote, %node, decision = "refused", status = 404, reason = %msg, "certificates");
-            return refuse(StatusCode::NOT_FOUND, msg).into_response();
-        }
+        Ok(None) => return not_registered(&node, remote, "certificates"),
         Err(e) => {
             ctx.forget_client().await;
             return unavailable(e).into_response();

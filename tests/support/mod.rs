@@ -676,3 +676,16 @@ pub fn restart_with_lost_etcd_data(h: &Host) -> String {
     assert!(std::fs::read_dir(&data).unwrap().next().is_none(), "etcd did not start on the empty data directory");
     err
 }
+
+/// A config file giving leaf certificates 2 minutes of life, renewed 1
+/// minute before their end, and no scheduled snapshots: for the renewal tests.
+pub fn short_lived_certificates(dir: &Path) -> PathBuf {
+    let file = dir.join("short.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\n\
+         cluster: {certificateValidity: 2m, certificateRenewBefore: 1m, etcdSnapshotInterval: never}\n",
+    )
+    .unwrap();
+    file
+}
