@@ -125,10 +125,15 @@ fn a_missing_component_binary_is_named() {
         "--advertise-address",
         "127.0.0.1",
         "--components",
-        "etcd,kube-apiserver",
+        "etcd,kube-scheduler",
     ]);
     let err = stderr(&out);
-    assert!(!out.status.success() && err.contains("[binary-kube-apiserver] no kube-apiserver binary"), "{err}");
+    assert!(!out.status.success() && err.contains("[binary-kube-scheduler] no kube-scheduler binary"), "{err}");
+    assert!(untouched(&h));
+    // An API server cannot advertise the loopback address: refused before any check.
+    let out = h.hakube(&["install", "--no-systemd", "--advertise-address", "127.0.0.1"]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("a loopback address, and kube-apiserver refuses"), "{err}");
     assert!(untouched(&h));
 }
 

@@ -186,6 +186,8 @@ fn rsa_pki_is_what_kubeadm_issues() {
         "127.0.0.1",
         "--node-name",
         "m1",
+        "--components",
+        "etcd",
     ]);
     assert_ok(&out, "certs generate");
     for (leaf, ca) in LEAVES {

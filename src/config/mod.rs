@@ -506,6 +506,14 @@ fn validate(c: &ClusterConfig) -> Result<(), String> {
     if valid.0 < std::time::Duration::from_secs(60) {
         return Err(format!("cluster.certificateValidity is {valid}: give at least 1m"));
     }
+    if c.has(Component::KubeApiserver) && c.node.advertise_address.is_loopback() {
+        return Err(format!(
+            "node.advertiseAddress is {}, a loopback address, and kube-apiserver refuses to advertise one (the \
+             `kubernetes` Service points at it): give an address the other hosts reach, or run etcd alone \
+             (--components etcd)",
+            c.node.advertise_address
+        ));
+    }
     let n = &c.node;
     let ports = [
         ("apiServerPort", n.api_server_port),
@@ -644,5 +652,13 @@ pub(crate) mod tests {
         assert!(err.contains("unknown field `hA`"), "{err}");
         let err = resolve_with(None, "node: {etcdClientPort: 2380}").unwrap_err().to_string();
         assert!(err.contains("both 2380"), "{err}");
+    }
+
+    #[test]
+    fn an_api_server_never_advertises_a_loopback_address() {
+        let err = resolve_with(None, "node: {advertiseAddress: 127.0.0.1}").unwrap_err().to_string();
+        assert!(err.contains("a loopback address, and kube-apiserver refuses"), "{err}");
+        // etcd alone may (the tests' single hosts do).
+        resolve_with(None, "node: {advertiseAddress: 127.0.0.1, components: [etcd]}").unwrap();
     }
 }

@@ -314,8 +314,8 @@ fn read_record(db: &Path) -> Result<Record, String> {
 /// etcd's own trailing SHA-256: its record when it is whole.
 pub fn verify(db: &Path) -> Result<Record, SnapshotError> {
     let bad = |reason: String| SnapshotError::Bad { file: db.to_owned(), reason };
-    let record = read_record(db).map_err(bad)?;
     let mut file = std::fs::File::open(db).map_err(io(db))?;
+    let record = read_record(db).map_err(bad)?;
     let mut digests = Digests::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -545,7 +545,9 @@ mod tests {
         let snap = snapshot_like(b"some database pages");
         let db = dir.path().join("etcd-m1-20261204T145500Z.db");
         std::fs::write(&db, &snap).unwrap();
-        // No record: not trusted.
+        // No file, then no record: each named.
+        let e = verify(&dir.path().join("gone.db")).unwrap_err().to_string();
+        assert!(e.contains("gone.db") && e.contains("No such file"), "{e}");
         let e = verify(&db).unwrap_err().to_string();
         assert!(e.contains("no record"), "{e}");
         let mut r = listed("etcd-m1-20261204T145500Z.db", 1, Kind::Manual).record.unwrap();

@@ -487,7 +487,7 @@ mod tests {
 
     #[test]
     fn etcd_on_loopback_listens_once() {
-        let c = config("node: {advertiseAddress: 127.0.0.1}");
+        let c = config("node: {advertiseAddress: 127.0.0.1, components: [etcd]}");
         let e = etcd(&Paths::new("/r"), &c);
         assert!(e.args.contains(&"--listen-client-urls=https://127.0.0.1:2379".to_owned()));
         assert!(e.args.contains(&"--initial-cluster=m1=https://127.0.0.1:2380".to_owned()));

@@ -246,7 +246,7 @@ fn hakube_pki(work: &Path, bin: &Path, trial: u32, label: &str, extra: &[&str]) 
     let mut cmd = Command::new(bin);
     cmd.arg("--root")
         .arg(&root)
-        .args(["certs", "generate", "--advertise-address", "127.0.0.1", "--node-name", NODE])
+        .args(["certs", "generate", "--advertise-address", "127.0.0.1", "--node-name", NODE, "--components", "etcd"])
         .args(extra);
     let t0 = Instant::now();
     proc::output(bounded(INSTALL_TIMEOUT, cmd), &format!("hakube certs generate {label} (trial {trial})"))?;
