@@ -79,19 +79,6 @@ impl fmt::Display for HostPort {
     }
 }
 
-impl From<HostPort> for String {
-    fn from(v: HostPort) -> String {
-        v.to_string()
-    }
-}
-
-impl TryFrom<String> for HostPort {
-    type Error = InvalidValue;
-    fn try_from(s: String) -> Result<Self, InvalidValue> {
-        s.parse()
-    }
-}
-
 impl FromStr for HostPort {
     type Err = InvalidValue;
 
@@ -248,19 +235,6 @@ impl fmt::Display for Cidr {
     }
 }
 
-impl From<Cidr> for String {
-    fn from(v: Cidr) -> String {
-        v.to_string()
-    }
-}
-
-impl TryFrom<String> for Cidr {
-    type Error = InvalidValue;
-    fn try_from(s: String) -> Result<Self, InvalidValue> {
-        s.parse()
-    }
-}
-
 impl FromStr for Cidr {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, InvalidValue> {
@@ -302,6 +276,28 @@ pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// Values serde reads and writes as their text, through `FromStr` (so a bad
+/// value gets the type's own message, which `serde_path_to_error` prefixes
+/// with the field) and `Display`.
+macro_rules! serde_as_text {
+    ($($t:ty),+) => {$(
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.to_string()
+            }
+        }
+
+        impl TryFrom<String> for $t {
+            type Error = InvalidValue;
+            fn try_from(s: String) -> Result<Self, InvalidValue> {
+                s.parse()
+            }
+        }
+    )+};
+}
+
+serde_as_text!(HostPort, Cidr, Toleration, Span, SnapshotInterval);
+
 /// Whole seconds as users write them: `90s` → `1m30s`, `3600s` → `1h`.
 fn fmt_seconds(d: std::time::Duration) -> String {
     let s = d.as_secs();
@@ -321,40 +317,30 @@ fn fmt_seconds(d: std::time::Duration) -> String {
 
 impl fmt::Display for Toleration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Toleration::Never => f.write_str("never"),
-            Toleration::After(d) => f.write_str(&fmt_seconds(*d)),
-        }
+        f.write_str(&match self {
+            Toleration::Never => "never".into(),
+            Toleration::After(d) => fmt_seconds(*d),
+        })
     }
 }
 
-impl From<Toleration> for String {
-    fn from(v: Toleration) -> String {
-        v.to_string()
+/// `never`, or a positive duration (None: neither).
+fn duration_or_never(s: &str) -> Option<Option<std::time::Duration>> {
+    if s == "never" {
+        return Some(None);
     }
-}
-
-impl TryFrom<String> for Toleration {
-    type Error = InvalidValue;
-    fn try_from(s: String) -> Result<Self, InvalidValue> {
-        s.parse()
-    }
+    parse_seconds(s).ok().filter(|d| !d.is_zero()).map(Some)
 }
 
 impl FromStr for Toleration {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, InvalidValue> {
-        let bad = || {
-            invalid(format!(
+        match duration_or_never(s) {
+            Some(Some(d)) => Ok(Toleration::After(d)),
+            Some(None) => Ok(Toleration::Never),
+            None => Err(invalid(format!(
                 "{s:?} is not a toleration: write a duration such as 20s, 15m, 1h or 1h30m, or `never` to never purge"
-            ))
-        };
-        if s == "never" {
-            return Ok(Toleration::Never);
-        }
-        match parse_seconds(s) {
-            Ok(d) if !d.is_zero() => Ok(Toleration::After(d)),
-            _ => Err(bad()),
+            ))),
         }
     }
 }
@@ -373,19 +359,6 @@ impl fmt::Display for Span {
         } else {
             f.write_str(&fmt_seconds(self.0))
         }
-    }
-}
-
-impl From<Span> for String {
-    fn from(v: Span) -> String {
-        v.to_string()
-    }
-}
-
-impl TryFrom<String> for Span {
-    type Error = InvalidValue;
-    fn try_from(s: String) -> Result<Self, InvalidValue> {
-        s.parse()
     }
 }
 
@@ -410,35 +383,20 @@ pub enum SnapshotInterval {
 
 impl fmt::Display for SnapshotInterval {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SnapshotInterval::Never => f.write_str("never"),
-            SnapshotInterval::Every(d) => f.write_str(&fmt_seconds(*d)),
-        }
-    }
-}
-
-impl From<SnapshotInterval> for String {
-    fn from(v: SnapshotInterval) -> String {
-        v.to_string()
-    }
-}
-
-impl TryFrom<String> for SnapshotInterval {
-    type Error = InvalidValue;
-    fn try_from(s: String) -> Result<Self, InvalidValue> {
-        s.parse()
+        f.write_str(&match self {
+            SnapshotInterval::Never => "never".into(),
+            SnapshotInterval::Every(d) => fmt_seconds(*d),
+        })
     }
 }
 
 impl FromStr for SnapshotInterval {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, InvalidValue> {
-        if s == "never" {
-            return Ok(SnapshotInterval::Never);
-        }
-        match parse_seconds(s) {
-            Ok(d) if !d.is_zero() => Ok(SnapshotInterval::Every(d)),
-            _ => Err(invalid(format!(
+        match duration_or_never(s) {
+            Some(Some(d)) => Ok(SnapshotInterval::Every(d)),
+            Some(None) => Ok(SnapshotInterval::Never),
+            None => Err(invalid(format!(
                 "{s:?} is not a snapshot interval: write a duration such as 12h, 6h or 30m, or `never` to take no \
                  scheduled snapshots"
             ))),
