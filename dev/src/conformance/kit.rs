@@ -43,7 +43,7 @@ use super::archive::{self, Image, Layer};
 use crate::proc::{self, bounded_group, msg, to_log};
 
 /// Bump when anything that ends up in a kit changes.
-pub const RECIPE: u32 = 2;
+pub const RECIPE: u32 = 3;
 
 /// What the Debian base of the images has: the packages agnhost's and
 /// glibc-dns-testing's Dockerfiles install, and nginx.
@@ -208,6 +208,32 @@ pub fn parse_upstream(gomod: &str) -> Result<Upstream> {
     Ok(Upstream { go, godebug, staging, ginkgo })
 }
 
+/// The wrapper module's go.mod: upstream's own (so every module the suite
+/// and its tests import is already in the build list, at upstream's
+/// version, and nothing has to be looked up), under another module path,
+/// requiring k8s.io/kubernetes itself, with the staging modules taken at
+/// their published tags instead of upstream's `./staging` directories.
+pub fn wrapper_go_mod(upstream_gomod: &str, kubernetes: &str, staging: &[String], staging_tag: &str) -> String {
+    let mut out = String::new();
+    for line in upstream_gomod.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        if code.trim_start().starts_with("module ") {
+            out.push_str("module hakube.invalid/conformance-build\n");
+        } else if code.contains("=> ./staging/") {
+            continue;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(&format!("\nrequire k8s.io/kubernetes {kubernetes}\n\nreplace (\n"));
+    for m in staging {
+        out.push_str(&format!("\t{m} => {m} {staging_tag}\n"));
+    }
+    out.push_str(")\n");
+    out
+}
+
 /// What each image the suite names is made of, by its repository.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Recipe {
@@ -298,7 +324,7 @@ impl Build {
         }
         cmd.envs([
             ("GOTOOLCHAIN", "local"),
-            ("GOFLAGS", "-trimpath -modcacherw"),
+            ("GOFLAGS", "-trimpath -modcacherw -mod=mod"),
             ("GOWORK", "off"),
             ("CGO_ENABLED", "0"),
             ("GOAMD64", "v1"),
@@ -419,29 +445,24 @@ impl Build {
                 .with_context(|| format!("{info} is not JSON"))?;
         let time =
             info["Time"].as_str().ok_or_else(|| anyhow!("the proxy's .info for {module} has no Time"))?.to_owned();
-        let upstream = parse_upstream(&fs::read_to_string(&gomod)?)?;
+        let upstream_text = fs::read_to_string(&gomod)?;
+        let upstream = parse_upstream(&upstream_text)?;
         let staging_tag = format!("v0.{}", self.version.trim_start_matches("v1."));
-        let mut edits = vec![format!("-go={}", upstream.go), format!("-require={module}")];
-        edits.extend(upstream.godebug.iter().map(|g| format!("-godebug={g}")));
-        edits.extend(upstream.staging.iter().map(|m| format!("-replace={m}={m}@{staging_tag}")));
-        let edits: Vec<&str> = edits.iter().map(String::as_str).collect();
-        self.step("go mod edit", "wrapper", short, self.go(&[&["mod", "edit"], edits.as_slice()].concat()))?;
-        // -t: the suite is a test binary; its tests' imports count. Every
-        // version is upstream's (ginkgo's CLI pinned to the library's).
-        let ginkgo = format!("github.com/onsi/ginkgo/v2/ginkgo@{}", upstream.ginkgo);
+        // Upstream's go.mod and go.sum as the wrapper's: every version is
+        // upstream's (ginkgo's CLI the library's), and with a warm module
+        // cache nothing is asked of the proxy (`go get` asked it for
+        // version lists, which a machine whose proxy is out of reach cannot
+        // answer). go adds the hashes of k8s.io/kubernetes and the staging
+        // modules to go.sum as it builds (-mod=mod).
+        fs::write(dir.join("go.mod"), wrapper_go_mod(&upstream_text, &self.version, &upstream.staging, &staging_tag))?;
+        fs::copy(module_dir.join("go.sum"), dir.join("go.sum"))
+            .with_context(|| format!("cannot copy {}/go.sum", module_dir.display()))?;
+        fs::set_permissions(dir.join("go.sum"), fs::Permissions::from_mode(0o644))?;
         self.step(
-            "go get (the e2e suite, agnhost, nnp, sample-apiserver, ginkgo)",
+            "go mod download (the modules upstream requires)",
             "get",
             Duration::from_secs(1800),
-            self.go(&[
-                "get",
-                "-t",
-                "k8s.io/kubernetes/test/e2e",
-                "k8s.io/kubernetes/test/images/agnhost",
-                "k8s.io/kubernetes/test/images/nonewprivs",
-                "k8s.io/sample-apiserver",
-                &ginkgo,
-            ]),
+            self.go(&["mod", "download"]),
         )?;
         Ok((module_dir, time))
     }
@@ -739,6 +760,21 @@ fn append(path: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wrapper_is_upstreams_module_with_staging_at_its_tags() {
+        let gomod = "module k8s.io/kubernetes\n\ngo 1.26.0\n\nrequire (\n\tgithub.com/onsi/ginkgo/v2 v2.32.0\n)\n\n\
+            replace (\n\tk8s.io/api => ./staging/src/k8s.io/api\n\tgithub.com/x/y => github.com/x/z v1.0.0\n)\n";
+        let out = wrapper_go_mod(gomod, "v1.37.2", &["k8s.io/api".into()], "v0.37.2");
+        assert!(out.starts_with("module hakube.invalid/conformance-build\n\ngo 1.26.0\n"), "{out}");
+        assert!(out.contains("\tgithub.com/onsi/ginkgo/v2 v2.32.0\n"), "{out}");
+        assert!(out.contains("\tgithub.com/x/y => github.com/x/z v1.0.0\n"), "{out}");
+        assert!(!out.contains("./staging"), "{out}");
+        assert!(
+            out.ends_with("require k8s.io/kubernetes v1.37.2\n\nreplace (\n\tk8s.io/api => k8s.io/api v0.37.2\n)\n"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn upstream_go_mod_gives_go_godebug_staging_and_ginkgo() {
