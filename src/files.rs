@@ -56,10 +56,21 @@ fn plan_master(paths: &Paths, c: &ClusterConfig, renew: &pki::Renew) -> Result<P
     Ok(Plan { files, backups: pki_plan.backups, decisions })
 }
 
-/// The leaves of a master (its PKI's and its kubeconfigs' client
-/// certificates) within their renewal margin at `now`, by name (`apiserver`,
-/// `admin.conf`); a missing or unreadable one counts as due.
+/// The certificates of this node within their renewal margin at `now`, by
+/// name: a master's PKI leaves and kubeconfigs (`apiserver`, `admin.conf`),
+/// a worker's kubeconfigs (`kubelet.conf`, `kube-proxy.conf`). A master's
+/// missing or unreadable one counts as due; a worker has only those it was
+/// given at join.
 pub fn due_for_renewal(paths: &Paths, c: &ClusterConfig, now: OffsetDateTime) -> Vec<String> {
+    if !c.has(Component::Etcd) {
+        let life = pki::Lifetime::of(c);
+        return ["kubelet", "kube-proxy"]
+            .into_iter()
+            .filter(|name| paths.kubeconfig(name).exists())
+            .filter(|name| kubeconfig::client_cert_end(&paths.kubeconfig(name)).is_none_or(|end| life.due(end, now)))
+            .map(|name| format!("{name}.conf"))
+            .collect();
+    }
     let mut due = Vec::new();
     for spec in pki::cluster_cert_specs(c).into_iter().filter(|s| s.issuer.is_some()) {
         let pem = std::fs::read(paths.pki(&format!("{}.crt", spec.name))).ok();
@@ -70,9 +81,7 @@ pub fn due_for_renewal(paths: &Paths, c: &ClusterConfig, now: OffsetDateTime) ->
     }
     for name in kubeconfig::KUBECONFIGS {
         let spec = pki::kubeconfig_cert_spec(c, name);
-        let creds = kubeconfig::read(&paths.kubeconfig(name)).ok();
-        let end = creds.and_then(|k| pki::observe(k.cert_pem.as_bytes(), None).ok()).map(|o| o.not_after);
-        if end.is_none_or(|end| spec.lifetime.due(end, now)) {
+        if kubeconfig::client_cert_end(&paths.kubeconfig(name)).is_none_or(|end| spec.lifetime.due(end, now)) {
             due.push(format!("{name}.conf"));
         }
     }

@@ -55,7 +55,7 @@ pub async fn run(
         };
         let now = time::OffsetDateTime::now_utc();
         let master = cfg.has(Component::Etcd);
-        let due = if master { crate::files::due_for_renewal(&paths, &cfg, now) } else { worker_due(&paths, &cfg, now) };
+        let due = crate::files::due_for_renewal(&paths, &cfg, now);
         if !due.is_empty() {
             let work = async {
                 if master {
@@ -77,21 +77,6 @@ pub async fn run(
             _ = stop.changed() => return,
         }
     }
-}
-
-/// A worker's kubeconfigs whose client certificate is within its margin.
-fn worker_due(paths: &Paths, c: &ClusterConfig, now: time::OffsetDateTime) -> Vec<String> {
-    let life = crate::pki::Lifetime::of(c);
-    ["kubelet", "kube-proxy"]
-        .into_iter()
-        .filter(|name| paths.kubeconfig(name).exists())
-        .filter(|name| {
-            let creds = crate::kube::kubeconfig::read(&paths.kubeconfig(name)).ok();
-            let end = creds.and_then(|k| crate::pki::observe(k.cert_pem.as_bytes(), None).ok()).map(|o| o.not_after);
-            end.is_none_or(|end| life.due(end, now))
-        })
-        .map(|name| format!("{name}.conf"))
-        .collect()
 }
 
 /// A request over the key of a kubeconfig, and what it holds.

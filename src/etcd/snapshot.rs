@@ -136,26 +136,20 @@ struct Digests {
 impl Digests {
     fn new() -> Self {
         let ctx = || ring::digest::Context::new(&ring::digest::SHA256);
-        Digests { whole: ctx(), body: ctx(), tail: Vec::with_capacity(2 * TRAILER), size: 0 }
+        Digests { whole: ctx(), body: ctx(), tail: Vec::with_capacity(TRAILER), size: 0 }
     }
 
     fn update(&mut self, chunk: &[u8]) {
         self.whole.update(chunk);
         self.size += chunk.len() as u64;
-        self.tail.extend_from_slice(chunk);
-        if self.tail.len() > TRAILER {
-            let cut = self.tail.len() - TRAILER;
-            if chunk.len() >= TRAILER {
-                // The common case: hash what was held back and the chunk's
-                // head in place, keep the chunk's last bytes.
-                let held = self.tail.len() - chunk.len();
-                self.body.update(&self.tail[..held]);
-                self.body.update(&chunk[..chunk.len() - TRAILER]);
-            } else {
-                self.body.update(&self.tail[..cut]);
-            }
-            self.tail.drain(..cut);
-        }
+        // Everything but the last TRAILER bytes seen goes to `body`: first
+        // what was held back, then the chunk's head.
+        let cut = (self.tail.len() + chunk.len()).saturating_sub(TRAILER);
+        let from_tail = cut.min(self.tail.len());
+        self.body.update(&self.tail[..from_tail]);
+        self.body.update(&chunk[..cut - from_tail]);
+        self.tail.drain(..from_tail);
+        self.tail.extend_from_slice(&chunk[cut - from_tail..]);
     }
 
     /// (SHA-256 of the whole, hex; whether etcd's trailer matches the body).

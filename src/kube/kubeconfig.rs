@@ -136,6 +136,13 @@ pub fn read(path: &std::path::Path) -> Result<Credentials, String> {
     })
 }
 
+/// When the client certificate of the kubeconfig at `path` ends (None: no
+/// readable kubeconfig or certificate).
+pub fn client_cert_end(path: &std::path::Path) -> Option<OffsetDateTime> {
+    let creds = read(path).ok()?;
+    pki::observe(creds.cert_pem.as_bytes(), None).ok().map(|o| o.not_after)
+}
+
 /// Files to write, and what was decided for each.
 pub type Planned = (Vec<FileSpec>, Vec<(String, Decision)>);
 
