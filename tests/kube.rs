@@ -353,3 +353,151 @@ fn a_rerun_restarts_exactly_the_components_whose_inputs_changed() {
     h.install_master(&["ha", "cert-sans=api.example.test", "load-balancer-address=127.0.0.1:6443"]);
     assert_eq!(reload_restarts(&h), ["kube-apiserver"], "an unchanged re-run restarts nothing");
 }
+
+/// The pods of `app`: (name, uid, node, the container's start, restarts).
+fn pod_lives(m: &Host, app: &str) -> Vec<(String, String, String, String, u64)> {
+    let v = m.kubectl_json(&["get", "pods", "-l", &format!("app={app}")]);
+    let mut out: Vec<_> = v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+            let c = &p["status"]["containerStatuses"][0];
+            (
+                s(&p["metadata"]["name"]),
+                s(&p["metadata"]["uid"]),
+                s(&p["spec"]["nodeName"]),
+                s(&c["state"]["running"]["startedAt"]),
+                c["restartCount"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Removes everything under a host's root, as a new disk would have it.
+fn wipe(h: &Host) {
+    for e in std::fs::read_dir(h.root()).unwrap().flatten() {
+        let p = e.path();
+        let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        r.unwrap_or_else(|err| panic!("wipe {}: {err}", p.display()));
+    }
+}
+
+#[test]
+fn a_lost_control_plane_is_restored_from_a_snapshot_and_the_workers_pods_keep_running() {
+    let c = Cluster::with_install(3, 2, &["ha", "taint-control-plane"]);
+    let (m1, m2) = (c.m1(), c.host("m2"));
+    let all: Vec<String> = ["m1", "m2", "m3", "w1", "w2"].map(String::from).to_vec();
+    wait_for("all five Nodes to be Ready", Duration::from_secs(300), || ready_nodes(m1) == all);
+
+    // What the snapshot must bring back: a Deployment (on the workers: the
+    // masters are tainted) and a Secret.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write(
+        dir.path(),
+        "keeper.yaml",
+        &format!(
+            "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: keeper}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: keeper}}}}
+  template:
+    metadata: {{labels: {{app: keeper}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: {image}
+        imagePullPolicy: Never
+        command: [sleep, '3600']
+",
+            image = test_image()
+        ),
+    );
+    assert_ok(&m1.kubectl(&["apply", "-f", manifest.to_str().unwrap()]), "apply the Deployment");
+    assert_ok(&m1.kubectl(&["create", "secret", "generic", "vault", "--from-literal=pin=4711-before"]), "secret");
+    wait_for("two keeper pods Running", Duration::from_secs(180), || running_pods(m1, "keeper").len() == 2);
+    let before = pod_lives(m1, "keeper");
+    assert!(before.iter().all(|p| p.2.starts_with('w')), "on the workers: {before:?}");
+    let worker_agents: Vec<u64> = c.workers.iter().map(|w| w.state()["agent_pid"].as_u64().unwrap()).collect();
+
+    // The operator's backup: a snapshot taken on any master, and the PKI.
+    let out = m2.hakube(&["etcd", "snapshot", "save"]);
+    assert_ok(&out, "snapshot save");
+    let text = stdout(&out);
+    let saved = PathBuf::from(text.strip_prefix("saved ").and_then(|t| t.split(' ').next()).expect(&text));
+    let backup = tempfile::tempdir().unwrap();
+    let file = backup.path().join(saved.file_name().unwrap());
+    std::fs::copy(&saved, &file).unwrap();
+    std::fs::copy(format!("{}.json", saved.display()), format!("{}.json", file.display())).unwrap();
+    let pki = backup.path().join("pki");
+    assert_ok(&sh("cp", &["-a", m1.root().join("var/lib/hakube/pki").to_str().unwrap(), pki.to_str().unwrap()]), "cp");
+    // Written after the snapshot: not in it.
+    assert_ok(&m1.kubectl(&["create", "configmap", "after", "--from-literal=k=v"]), "configmap after");
+
+    // Every master loses power and its disk.
+    for m in &c.masters {
+        m.kill_all();
+    }
+    for m in &c.masters {
+        wipe(m);
+    }
+    // A new server, at m1's address, restores the cluster.
+    let bundle = bundle().display().to_string();
+    let (file_arg, pki_arg) = (file.display().to_string(), pki.display().to_string());
+    let out = m1.hakube(&[
+        "etcd",
+        "restore",
+        &file_arg,
+        "--pki",
+        &pki_arg,
+        "--advertise-address",
+        &m1.addr,
+        "--node-name",
+        "m1",
+        "--components",
+        MASTER,
+        "--bundle",
+        &bundle,
+        "--no-systemd",
+    ]);
+    assert_ok(&out, "restore");
+    let err = stderr(&out);
+    assert!(err.contains("removing the Nodes of the snapshot's other masters: done"), "{err}");
+    assert!(err.contains("(m2, m3) are not members of the restored etcd"), "{err}");
+    assert!(err.contains("(w1, w2) reconnect by themselves: this server has m1's address"), "{err}");
+
+    // The objects of the snapshot are back, and only those.
+    let want = vec!["m1".to_owned(), "w1".to_owned(), "w2".to_owned()];
+    wait_for("m1 and both workers Ready, the lost masters' Nodes gone", Duration::from_secs(240), || {
+        ready_nodes(m1) == want
+    });
+    let secret = m1.kubectl_json(&["get", "secret", "vault"]);
+    assert_eq!(base64_decode(secret["data"]["pin"].as_str().unwrap()), b"4711-before");
+    let gone = m1.kubectl(&["get", "configmap", "after"]);
+    assert!(!gone.status.success() && stderr(&gone).contains("NotFound"), "{}", stderr(&gone));
+    // The workers reconnected by themselves (their agents never restarted)
+    // and their pods kept running: the same pods, containers never restarted.
+    let agents: Vec<u64> = c.workers.iter().map(|w| w.state()["agent_pid"].as_u64().unwrap()).collect();
+    assert_eq!(agents, worker_agents, "the workers were not re-joined");
+    wait_for("the keeper pods Running again in the API", Duration::from_secs(120), || {
+        running_pods(m1, "keeper").len() == 2
+    });
+    assert_eq!(pod_lives(m1, "keeper"), before, "the workers' pods kept running");
+
+    // The other masters, new servers too, join the restored cluster.
+    let (_d, script) = join_script(m1, true, &[]);
+    for m in &c.masters[1..] {
+        let out = run_join(m, &script, MASTER, &[bin()]);
+        assert!(out.status.success(), "join of {}: {}\n{}", m.name, stderr(&out), logs(m));
+    }
+    wait_for("all five Nodes Ready again", Duration::from_secs(300), || ready_nodes(m1) == all);
+    let members = m1.etcdctl(Some("apiserver-etcd-client"), &["member", "list"]);
+    let voters = stdout(&members).lines().filter(|l| l.contains(", started, ") && l.ends_with("false")).count();
+    assert_eq!(voters, 3, "{}", stdout(&members));
+}

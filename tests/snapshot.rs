@@ -141,3 +141,124 @@ fn snapshots_are_scheduled_pruned_kept_by_reset_and_restore_with_etcdutl() {
     wait_for("the restored member to serve", Duration::from_secs(30), || get().status.success());
     assert_eq!(String::from_utf8_lossy(&get().stdout).trim(), "value 7");
 }
+
+/// `hakube etcd restore FILE --pki DIR`, with the options of an etcd-only
+/// first master, whether or not it succeeds.
+fn restore(h: &Host, file: &Path, pki: &Path) -> std::process::Output {
+    let bundle = bundle().display().to_string();
+    let (file, pki) = (file.display().to_string(), pki.display().to_string());
+    h.hakube(&[
+        "etcd",
+        "restore",
+        &file,
+        "--pki",
+        &pki,
+        "--advertise-address",
+        &h.addr,
+        "--node-name",
+        "m9",
+        "--components",
+        "etcd",
+        "--no-systemd",
+        "--bundle",
+        &bundle,
+    ])
+}
+
+/// Copies `from` into `to`, files only, recursively.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_restore_refuses_what_it_cannot_trust_and_makes_a_first_master_of_the_rest() {
+    let old = Host::isolated();
+    old.install(&["etcd-snapshot-interval=never"]);
+    for i in 0..5 {
+        assert_ok(&old.etcdctl(Some("apiserver-etcd-client"), &["put", &format!("/app/k{i}"), "before"]), "put");
+    }
+    let out = old.hakube(&["etcd", "snapshot", "save"]);
+    assert_ok(&out, "snapshot save");
+    let text = stdout(&out);
+    let saved = PathBuf::from(text.strip_prefix("saved ").and_then(|t| t.split(' ').next()).expect(&text));
+    // The operator's backup: the snapshot with its record, and the PKI.
+    let backup = tempfile::tempdir().unwrap();
+    let file = backup.path().join(saved.file_name().unwrap());
+    std::fs::copy(&saved, &file).unwrap();
+    std::fs::copy(format!("{}.json", saved.display()), format!("{}.json", file.display())).unwrap();
+    let pki = backup.path().join("pki");
+    copy_tree(&old.root().join("var/lib/hakube/pki"), &pki);
+
+    // The installed host is refused: a restore makes a bare server.
+    let out = restore(&old, &file, &pki);
+    assert!(!out.status.success() && stderr(&out).contains("already holds a cluster"), "{}", stderr(&out));
+
+    let new = Host::isolated();
+    let refused = |out: std::process::Output, why: &str| {
+        assert!(!out.status.success(), "must be refused ({why})");
+        assert!(stderr(&out).contains(why), "{why}: {}", stderr(&out));
+        assert!(untouched(&new), "a refused restore writes nothing: {why}");
+    };
+    // A flipped byte.
+    let flipped = tempfile::tempdir().unwrap();
+    let bad = flipped.path().join(file.file_name().unwrap());
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&bad, bytes).unwrap();
+    std::fs::copy(format!("{}.json", file.display()), format!("{}.json", bad.display())).unwrap();
+    refused(restore(&new, &bad, &pki), "changed or damaged");
+    // Key material that is incomplete, or another cluster's.
+    let partial = tempfile::tempdir().unwrap();
+    copy_tree(&pki, partial.path());
+    std::fs::remove_file(partial.path().join("encryption-config.yaml")).unwrap();
+    refused(restore(&new, &file, partial.path()), "lacks encryption-config.yaml");
+    let other = tempfile::tempdir().unwrap();
+    let gen = Command::new(hakube())
+        .args(["--root", other.path().to_str().unwrap(), "certs", "generate", "--advertise-address", "127.0.0.1"])
+        .args(["--node-name", "x", "--components", "etcd"])
+        .output()
+        .unwrap();
+    assert_ok(&gen, "certs generate");
+    let foreign = other.path().join("var/lib/hakube/pki");
+    refused(restore(&new, &file, &foreign), "is not the CA of the snapshot's cluster");
+
+    // The old cluster is gone; the new server restores it.
+    old.kill_all();
+    let out = restore(&new, &file, &pki);
+    assert_ok(&out, "restore");
+    assert!(stderr(&out).contains("revision"), "{}", stderr(&out));
+    let get = new.etcdctl(Some("apiserver-etcd-client"), &["get", "/app/k3", "--print-value-only"]);
+    assert_ok(&get, "get");
+    assert_eq!(stdout(&get).trim(), "before");
+    // The revision is bumped past anything a watcher of the old cluster saw.
+    let status = new.etcdctl(Some("apiserver-etcd-client"), &["endpoint", "status", "-w", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(status[0]["Status"]["header"]["revision"].as_i64().unwrap() > 1_000_000_000, "{status}");
+    // One member, this host; the old master's record replaced by this one's.
+    let members = new.etcdctl(Some("apiserver-etcd-client"), &["member", "list"]);
+    assert_eq!(stdout(&members).lines().count(), 1, "{}", stdout(&members));
+    assert!(stdout(&members).contains("m9"), "{}", stdout(&members));
+    wait_for("the restored master in the registry", Duration::from_secs(20), || {
+        let keys = new.etcdctl(Some("apiserver-etcd-client"), &["get", "/hakube/nodes/", "--prefix", "--keys-only"]);
+        let keys: Vec<String> = stdout(&keys).lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        keys == ["/hakube/nodes/m9"]
+    });
+    assert_eq!(
+        std::fs::read(new.pki("ca.key")).unwrap(),
+        std::fs::read(pki.join("ca.key")).unwrap(),
+        "the cluster's CA, not a new one"
+    );
+    assert!(!new.root().join("var/lib/hakube/.restore").exists(), "no staging left");
+    // And it is a cluster like any other: a second restore is refused.
+    let out = restore(&new, &file, &pki);
+    assert!(!out.status.success() && stderr(&out).contains("already holds a cluster"), "{}", stderr(&out));
+}

@@ -770,8 +770,8 @@ fn spawn(
             // has already been bootstrapped". Either way: say what happened.
             return Err(std::io::Error::other(format!(
                 "{} is empty, but this member was bootstrapped before: its data is lost; if other masters are \
-                 healthy, `hakube reset` this node and join it again; if it was the cluster's only member, restore \
-                 its data from an etcd snapshot (`etcdutl snapshot restore`) if one exists",
+                 healthy, `hakube reset` this node and join it again; if it was the cluster's only member, `hakube \
+                 reset` it and make it the first master again from a snapshot with `hakube etcd restore`",
                 paths.etcd_data_dir().display()
             )));
         }

@@ -33,6 +33,9 @@ pub struct Request {
     pub config_file: Option<PathBuf>,
     pub ignore_preflight_errors: Vec<String>,
     pub timeout: Duration,
+    /// The cluster-wide settings of a restored snapshot, for a first master
+    /// made by `hakube etcd restore` (its etcd data is in place already).
+    pub restored: Option<ClusterSpec>,
 }
 
 fn settings_client(paths: &Paths, c: &ClusterConfig) -> anyhow::Result<(tokio::runtime::Runtime, etcd_client::Client)> {
@@ -77,8 +80,10 @@ pub fn resolve_config(
         None => None,
     };
     let mut installed = config::read_file(&paths.config_file())?;
-    if let (Some(Value::Mapping(tree)), Some(spec)) = (installed.as_mut(), cluster) {
-        tree.insert("cluster".into(), serde_norway::to_value(spec)?);
+    if let Some(spec) = cluster {
+        if let Value::Mapping(tree) = installed.get_or_insert_with(|| Value::Mapping(Default::default())) {
+            tree.insert("cluster".into(), serde_norway::to_value(spec)?);
+        }
     }
     Ok(config::resolve(Sources {
         installed,
@@ -120,7 +125,8 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         _ => None,
     };
     let lb_given = config::names_load_balancer(&req.flags);
-    let mut c = resolve_config(paths, req.flags, req.config_file.as_ref(), record.as_ref().map(|r| &r.spec))?;
+    let cluster = record.as_ref().map(|r| &r.spec).or(req.restored.as_ref());
+    let mut c = resolve_config(paths, req.flags, req.config_file.as_ref(), cluster)?;
     // A change of the load-balancer address under way is the record's (or,
     // without etcd, this host's copy's): options never set it.
     c.cluster.load_balancer_change = match (&record, &installed) {

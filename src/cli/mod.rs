@@ -8,6 +8,7 @@ pub mod install;
 pub mod join;
 pub mod node;
 pub mod reset;
+pub mod restore;
 pub mod show_config;
 pub mod snapshot;
 pub mod status;
@@ -190,6 +191,23 @@ pub enum EtcdCommand {
     /// Snapshots of this master's etcd member.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Make this bare server the first master of the cluster a snapshot
+    /// holds (same CA, same objects, a new one-member etcd).
+    Restore(Box<RestoreArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The snapshot, with its record (FILE.json) beside it.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// A copy of a master's PKI directory (/var/lib/hakube/pki): the CAs,
+    /// the service-account key and the key Secrets are encrypted with.
+    #[arg(long, value_name = "DIR")]
+    pub pki: PathBuf,
+    /// This node's options, as for install (the cluster-wide ones are the snapshot's).
+    #[command(flatten)]
+    pub install: InstallArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -345,6 +363,9 @@ pub fn parse(argv: Vec<OsString>) -> Result<Cli, clap::Error> {
     if let Command::Certs(CertsCommand::Generate(a)) = &mut cli.command {
         words::fold(a)?;
     }
+    if let Command::Etcd(EtcdCommand::Restore(r)) = &mut cli.command {
+        words::fold(&mut r.install)?;
+    }
     Ok(cli)
 }
 
@@ -368,6 +389,20 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
         Command::Install(a) => {
             crate::cli::install::run(crate::cli::install::Request {
                 paths,
+                flags: a.flags_tree(),
+                config_file: a.config.clone(),
+                ignore_preflight_errors: a.ignore_preflight_errors.clone(),
+                timeout: a.timeout.unwrap_or(Duration::from_secs(300)),
+                restored: None,
+            })?;
+            Ok(0)
+        }
+        Command::Etcd(EtcdCommand::Restore(r)) => {
+            let a = r.install;
+            crate::cli::restore::run(crate::cli::restore::Request {
+                paths,
+                file: r.file,
+                pki: r.pki,
                 flags: a.flags_tree(),
                 config_file: a.config.clone(),
                 ignore_preflight_errors: a.ignore_preflight_errors.clone(),

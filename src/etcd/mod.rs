@@ -2,6 +2,7 @@
 
 pub mod lease;
 pub mod membership;
+pub mod restore;
 pub mod snapshot;
 
 use std::time::Duration;

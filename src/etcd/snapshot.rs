@@ -89,6 +89,10 @@ pub struct Record {
     /// Unix seconds, and the same in RFC 3339 for people.
     pub taken_at: u64,
     pub taken_at_text: String,
+    /// `sha256:<hex>` of the cluster CA's public key, as join scripts pin
+    /// it: a restore matches the key material it is given against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_hash: Option<String>,
 }
 
 /// One database file found in the directory, with its record when it has
@@ -201,6 +205,7 @@ pub async fn save(
         kind,
         taken_at: now,
         taken_at_text: crate::host::clock::rfc3339(now),
+        ca_hash: std::fs::read(paths.pki("ca.crt")).ok().and_then(|pem| crate::pki::ca_hash(&pem).ok()),
     };
     let json = serde_json::to_vec_pretty(&record).expect("a record serializes");
     crate::host::fs::write_atomic(&record_path(&path), &json, 0o600)?;
@@ -513,6 +518,7 @@ mod tests {
                 kind,
                 taken_at: at,
                 taken_at_text: String::new(),
+                ca_hash: None,
             }),
             problem: None,
         }

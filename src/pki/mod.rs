@@ -350,21 +350,25 @@ impl Ca {
             (None, None) => Ok(None),
             (Some(_), None) => Err(PkiError::CaKeyMissing { cert: show(&cert_path), key: show(&key_path) }),
             (None, Some(_)) => Err(PkiError::CaCertMissing { cert: show(&cert_path), key: show(&key_path) }),
-            (Some(cert), Some(key)) => {
-                let unreadable = |path: &Path, what, reason| PkiError::Unreadable { path: show(path), what, reason };
-                let key_pem =
-                    String::from_utf8(key).map_err(|_| unreadable(&key_path, "private key", "not text".into()))?;
-                let key = Key::from_pem(&key_pem).map_err(|r| unreadable(&key_path, "private key", r))?;
-                let observed = observe(&cert, None).map_err(|r| unreadable(&cert_path, "CA certificate", r))?;
-                if !observed.is_ca {
-                    return Err(unreadable(&cert_path, "CA certificate", "it is not a CA".into()));
-                }
-                if observed.spki != key.spki() {
-                    return Err(PkiError::CaMismatch { cert: show(&cert_path), key: show(&key_path) });
-                }
-                Ok(Some(Ca { cert_pem: String::from_utf8_lossy(&cert).into_owned(), key }))
-            }
+            (Some(cert), Some(key)) => Ca::from_pair(&cert, &key, &cert_path, &key_path).map(Some),
         }
+    }
+
+    /// A CA from its certificate and key as read from the two paths named
+    /// (for errors), refusing a pair that does not match.
+    pub fn from_pair(cert: &[u8], key: &[u8], cert_path: &Path, key_path: &Path) -> Result<Ca, PkiError> {
+        let show = |p: &Path| p.display().to_string();
+        let unreadable = |path: &Path, what, reason| PkiError::Unreadable { path: show(path), what, reason };
+        let key_pem = std::str::from_utf8(key).map_err(|_| unreadable(key_path, "private key", "not text".into()))?;
+        let key = Key::from_pem(key_pem).map_err(|r| unreadable(key_path, "private key", r))?;
+        let observed = observe(cert, None).map_err(|r| unreadable(cert_path, "CA certificate", r))?;
+        if !observed.is_ca {
+            return Err(unreadable(cert_path, "CA certificate", "it is not a CA".into()));
+        }
+        if observed.spki != key.spki() {
+            return Err(PkiError::CaMismatch { cert: show(cert_path), key: show(key_path) });
+        }
+        Ok(Ca { cert_pem: String::from_utf8_lossy(cert).into_owned(), key })
     }
 }
 
@@ -581,6 +585,12 @@ resources:
 /// How many secretbox keys a configuration holds (at least one, each 32
 /// bytes), or why it is not one hakube can run with.
 pub fn encryption_key_count(text: &[u8]) -> Result<usize, String> {
+    encryption_key_names(text).map(|n| n.len())
+}
+
+/// The names of a configuration's secretbox keys, newest first, checked as
+/// [`encryption_key_count`] says.
+pub fn encryption_key_names(text: &[u8]) -> Result<Vec<String>, String> {
     use base64::Engine as _;
     let v: serde_json::Value = serde_norway::from_slice(text).map_err(|e| format!("not YAML ({e})"))?;
     if v["kind"] != "EncryptionConfiguration" {
@@ -589,6 +599,7 @@ pub fn encryption_key_count(text: &[u8]) -> Result<usize, String> {
     let keys = v["resources"][0]["providers"][0]["secretbox"]["keys"]
         .as_array()
         .ok_or("its first provider is not secretbox with keys")?;
+    let mut names = Vec::with_capacity(keys.len());
     for k in keys {
         let secret = k["secret"].as_str().ok_or("a key has no secret")?;
         let raw = base64::engine::general_purpose::STANDARD
@@ -597,11 +608,12 @@ pub fn encryption_key_count(text: &[u8]) -> Result<usize, String> {
         if raw.len() != 32 {
             return Err(format!("the secret of key {} is {} bytes, not 32", k["name"], raw.len()));
         }
+        names.push(k["name"].as_str().ok_or("a key has no name")?.to_owned());
     }
-    if keys.is_empty() {
+    if names.is_empty() {
         return Err("it holds no key".into());
     }
-    Ok(keys.len())
+    Ok(names)
 }
 
 /// The SHA-256 of a CA certificate's SubjectPublicKeyInfo, as kubeadm's
