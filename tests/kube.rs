@@ -501,3 +501,157 @@ spec:
     let voters = stdout(&members).lines().filter(|l| l.contains(", started, ") && l.ends_with("false")).count();
     assert_eq!(voters, 3, "{}", stdout(&members));
 }
+
+/// A client of one node's balancer: one request every 0.3 s (at most 1500)
+/// until dropped, each logged as `<unix seconds> <HTTP code>` (000: no
+/// answer).
+struct Prober {
+    child: std::process::Child,
+    log: PathBuf,
+    node: String,
+}
+
+impl Prober {
+    fn start(h: &Host, dir: &Path, ca: &Path, token: &Path) -> Prober {
+        let log = dir.join(format!("probe-{}.log", h.name));
+        let url = "https://127.0.0.1:6444/api/v1/namespaces/kube-system/configmaps/kube-root-ca.crt";
+        let script = format!(
+            "for i in $(seq 1 1500); do
+               code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 --cacert {ca} \
+                 -H \"Authorization: Bearer $(cat {token})\" {url})
+               echo \"$(date +%s) $code\" >> {log}
+               sleep 0.3
+             done",
+            ca = ca.display(),
+            token = token.display(),
+            log = log.display()
+        );
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &h.ns, "bash", "-c", &script])
+            .env("PATH", path_env())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("the probe loop");
+        Prober { child, log, node: h.name.clone() }
+    }
+
+    /// (requests so far, the failed ones as `time code`).
+    fn results(&self) -> (usize, Vec<String>) {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let failed = lines.iter().filter(|l| !l.ends_with(" 200")).map(|l| format!("{} {l}", self.node)).collect();
+        (lines.len(), failed)
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every leaf's end on every node, as check-expiration reads it, but
+/// kubelet's self-signed serving certificate (kubelet's own, for a year;
+/// the API server does not verify it).
+fn leaf_ends(c: &Cluster) -> Vec<((String, String), i64)> {
+    let mut out = Vec::new();
+    for h in c.hosts() {
+        let o = h.hakube(&["certs", "check-expiration", "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        for r in rows.as_array().into_iter().flatten() {
+            if r["is_ca"] == true || r["name"] == "kubelet serving" {
+                continue;
+            }
+            if let Some(end) = r["not_after"].as_i64() {
+                out.push(((h.name.clone(), r["name"].as_str().unwrap_or("").to_owned()), end));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_certificate_of_three_masters_and_two_workers_renews_three_times_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = short_lived_certificates(dir.path());
+    let c = Cluster::with_install(3, 2, &["ha", "--config", short.to_str().unwrap()]);
+    let m1 = c.m1();
+    let all: Vec<String> = ["m1", "m2", "m3", "w1", "w2"].map(String::from).to_vec();
+    wait_for("all five Nodes to be Ready", Duration::from_secs(300), || ready_nodes(m1) == all);
+
+    // A client of every node's balancer, with credentials no renewal
+    // touches (a ServiceAccount token; the cluster CA).
+    assert_ok(&m1.kubectl(&["create", "serviceaccount", "prober"]), "serviceaccount");
+    let bind = ["create", "clusterrolebinding", "prober", "--clusterrole=view", "--serviceaccount=default:prober"];
+    assert_ok(&m1.kubectl(&bind), "clusterrolebinding");
+    let token = m1.kubectl(&["create", "token", "prober", "--duration=1h"]);
+    assert_ok(&token, "token");
+    let token_file = write(dir.path(), "token", stdout(&token).trim());
+    let ca = dir.path().join("ca.crt");
+    std::fs::copy(m1.pki("ca.crt"), &ca).unwrap();
+    let probers: Vec<Prober> = c.hosts().map(|h| Prober::start(h, dir.path(), &ca, &token_file)).collect();
+
+    // Three renewals of every leaf (its 4th end seen), every Node Ready and
+    // no CSR left pending meanwhile.
+    let mut ends: std::collections::BTreeMap<(String, String), std::collections::BTreeSet<i64>> = Default::default();
+    let mut pending_since: std::collections::BTreeMap<String, std::time::Instant> = Default::default();
+    let mut pids: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    let mut restarts: std::collections::BTreeMap<(String, String), u32> = Default::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        for h in c.hosts() {
+            let state = h.state();
+            for (comp, s) in state["components"].as_object().into_iter().flatten() {
+                let Some(pid) = s["pid"].as_u64() else { continue };
+                let key = (h.name.clone(), comp.clone());
+                if pids.insert(key.clone(), pid).is_some_and(|old| old != pid) {
+                    *restarts.entry(key).or_default() += 1;
+                }
+            }
+        }
+        for (k, end) in leaf_ends(&c) {
+            ends.entry(k).or_default().insert(end);
+        }
+        let behind: Vec<_> = ends.iter().filter(|(_, e)| e.len() < 4).map(|(k, e)| (k, e.len() - 1)).collect();
+        if behind.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "renewals so far of those short of three: {behind:?}");
+        let ready = ready_nodes(m1);
+        assert_eq!(ready, all, "a Node not Ready during the renewals");
+        let csrs = m1.kubectl_json(&["get", "csr"]);
+        let now = std::time::Instant::now();
+        let pending: Vec<String> = csrs["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| !r["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Approved")))
+            .filter_map(|r| r["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        pending_since.retain(|n, _| pending.contains(n));
+        for n in pending {
+            let since = *pending_since.entry(n.clone()).or_insert(now);
+            assert!(now - since < Duration::from_secs(30), "CSR {n} pending for 30 s: {csrs}");
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let mut total = 0;
+    let mut failed = Vec::new();
+    for p in &probers {
+        let (n, f) = p.results();
+        assert!(n > 100, "{}'s client made {n} requests", p.node);
+        total += n;
+        failed.extend(f);
+    }
+    eprintln!("{total} requests through the five balancers, {} failed: {failed:?}", failed.len());
+    eprintln!("restarts seen while every leaf renewed three times: {restarts:?}");
+    assert!(
+        !restarts.keys().any(|(_, comp)| comp == "etcd"),
+        "etcd re-reads its certificates: never restarted for them: {restarts:?}"
+    );
+    assert!(failed.is_empty(), "{} of {total} requests failed: {failed:?}", failed.len());
+    for h in c.hosts() {
+        assert_ok(&h.hakube(&["status"]), &format!("status of {}", h.name));
+    }
+}

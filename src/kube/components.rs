@@ -133,6 +133,9 @@ pub fn kube_controller_manager(paths: &Paths, c: &ClusterConfig) -> ComponentSpe
         flag("allocate-node-cidrs", true),
         flag("cluster-signing-cert-file", pki("ca.crt")),
         flag("cluster-signing-key-file", pki("ca.key")),
+        // Kubelets' client certificates (renewed by CSR) live as long as
+        // every other leaf of the cluster, not the signer's default year.
+        flag("cluster-signing-duration", format!("{}s", c.cluster.certificate_validity.0.as_secs())),
         flag("controllers", "*,bootstrapsigner,tokencleaner"),
         // It creates the FlexVolume directory at start, like kubelet.
         flag("flex-volume-plugin-dir", p(paths.kubelet_volume_plugin_dir())),
