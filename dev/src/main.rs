@@ -52,6 +52,8 @@ enum Bench {
     Lb(bench::lb::Args),
     /// Simulated nodes: API load, leader round, purge time, agents' cost.
     Scale(bench::scale::Args),
+    /// etcd snapshots: hakube's save and verify against etcdctl and sha256sum.
+    Snapshot(bench::snapshot::Args),
 }
 
 fn main() {
@@ -68,6 +70,7 @@ fn main() {
         Command::Bench(Bench::Join(args)) => bench::join::run(args),
         Command::Bench(Bench::Lb(args)) => bench::lb::run(args),
         Command::Bench(Bench::Scale(args)) => bench::scale::run(args),
+        Command::Bench(Bench::Snapshot(args)) => bench::snapshot::run(args),
         Command::VmTest => vm_test::run().map(|passed| {
             if !passed {
                 std::process::exit(1);

@@ -8,6 +8,7 @@ pub mod join;
 pub mod lb;
 pub mod purge;
 pub mod scale;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
