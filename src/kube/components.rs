@@ -68,6 +68,15 @@ pub fn etcd(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
     ComponentSpec { component: Component::Etcd, args, inputs, files: vec![], cgroup: None }
 }
 
+/// See kube-apiserver's `shutdown-delay-duration` above: (fall + 2) check
+/// intervals of the node-local balancer, between 2 and 8 s (within the
+/// agent's stop grace of 10 s).
+pub fn shutdown_delay(c: &ClusterConfig) -> std::time::Duration {
+    let lb = &c.node.local_load_balancer;
+    let ms = u64::from(lb.check_interval_ms) * u64::from(lb.fall + 2);
+    std::time::Duration::from_millis(ms.clamp(2_000, 8_000))
+}
+
 pub fn kube_apiserver(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
     let pki = |n: &str| p(paths.pki(n));
     let etcd_servers = format!("https://127.0.0.1:{}", c.node.etcd_client_port);
@@ -100,6 +109,12 @@ pub fn kube_apiserver(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
         flag("service-cluster-ip-range", c.cluster.service_cidr),
         flag("tls-cert-file", pki("apiserver.crt")),
         flag("tls-private-key-file", pki("apiserver.key")),
+        // Stopped (a restart for renewed certificates, a reset), it keeps
+        // serving with /readyz failing for this long before it closes its
+        // listener: long enough for every node-local balancer to take it out
+        // (fall checks one interval apart, and one more), so no new request
+        // reaches a server that would answer "apiserver is shutting down".
+        flag("shutdown-delay-duration", format!("{}ms", shutdown_delay(c).as_millis())),
     ];
     // Not its serving certificate: kube-apiserver reloads that itself
     // (since 1.17), so a new name, as a load-balancer address change adds

@@ -13,9 +13,14 @@
 //!   verified against the cluster CA (`fall` failures take it out, `rise`
 //!   successes bring it back), and passive: a failed dial takes the
 //!   backend out at once and the same client connection goes to the next.
-//! - A backend going down has every connection through it closed at once,
-//!   so clients reconnect now instead of when their HTTP/2 ping times out
-//!   (about 45 s). With every backend down it fails open: all are tried.
+//! - A backend that stops answering has every connection through it closed
+//!   at once, so clients reconnect now instead of when their HTTP/2 ping
+//!   times out (about 45 s). One that answers "not ready" (an API server
+//!   shutting down gracefully, during its `--shutdown-delay-duration`) gets
+//!   no new connection, and its open ones are left to finish for [`DRAIN`]:
+//!   the server ends them itself (GOAWAY), and a request in flight is not
+//!   cut; after that they are closed too (a server that stays unready).
+//!   With every backend down it fails open: all are tried.
 //! - It runs on a thread of its own, so that nothing the agent does can
 //!   delay a byte, and it outlives reloads: nothing restarts when the
 //!   backend list changes.
@@ -42,6 +47,19 @@ use crate::config::{ClusterConfig, Host, HostPort};
 use crate::host::clock::now_secs;
 use crate::host::paths::Paths;
 use crate::https::{self, Limits, Request};
+
+/// How long the open connections of a backend that answers "not ready"
+/// are left to finish before they are closed.
+pub const DRAIN: Duration = Duration::from_secs(15);
+
+/// Why a check failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failed {
+    /// The server answered, not ready: it is alive (starting, or draining).
+    Answered(String),
+    /// No answer: what goes through it is dead.
+    Silent(String),
+}
 
 /// Each direction's buffer: large enough never to throttle a watch or a
 /// log stream (small buffers cost whole round trips per request).
@@ -153,6 +171,8 @@ struct Backend {
     connections: u64,
     /// Bumped to close every connection through this backend.
     cut: watch::Sender<u64>,
+    /// Down but answering: its open connections are closed at this time.
+    drain_until: Option<std::time::Instant>,
     checker: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -241,6 +261,7 @@ impl Table {
                         active: Rc::new(Cell::new(0)),
                         connections: 0,
                         cut: watch::channel(0).0,
+                        drain_until: None,
                         checker: None,
                     });
                     added.push(t.addr);
@@ -250,7 +271,9 @@ impl Table {
         added
     }
 
-    fn apply(&mut self, addr: SocketAddr, t: Transition, why: Option<String>) {
+    /// Acts on a transition: `sever` closes the connections of a backend
+    /// that fell at once, else they drain (see [`DRAIN`]).
+    fn apply(&mut self, addr: SocketAddr, t: Transition, why: Option<String>, sever: bool, now: std::time::Instant) {
         if t != Transition::None {
             self.changed.notify_one();
         }
@@ -259,9 +282,10 @@ impl Table {
             Transition::None => {}
             Transition::Rose => {
                 b.since = now_secs();
+                b.drain_until = None;
                 info!(backend = %b.name, address = %b.addr, "API server backend is up");
             }
-            Transition::Fell => {
+            Transition::Fell if sever => {
                 b.since = now_secs();
                 warn!(
                     backend = %b.name,
@@ -272,25 +296,48 @@ impl Table {
                 );
                 b.close_all();
             }
+            Transition::Fell => {
+                b.since = now_secs();
+                b.drain_until = Some(now + DRAIN);
+                warn!(
+                    backend = %b.name,
+                    address = %b.addr,
+                    reason = why.as_deref().unwrap_or(""),
+                    active = b.active.get(),
+                    "API server backend is not ready: no new connections; its open ones may finish for {}s",
+                    DRAIN.as_secs()
+                );
+            }
+        }
+        if b.track.health == Health::Down && b.drain_until.is_some_and(|d| sever || now >= d) {
+            b.drain_until = None;
+            if t != Transition::Fell {
+                warn!(backend = %b.name, address = %b.addr, active = b.active.get(), "API server backend still down: closing its connections");
+            }
+            b.close_all();
         }
         if why.is_some() {
             b.last_error = why;
         }
     }
 
-    fn checked(&mut self, addr: SocketAddr, result: Result<(), String>) {
+    fn checked(&mut self, addr: SocketAddr, result: Result<(), Failed>, now: std::time::Instant) {
         let (fall, rise) = (self.fall, self.rise);
         let Some(b) = self.get(addr) else { return };
         let t = b.track.check(result.is_ok(), fall, rise);
-        let why = result.err();
-        self.apply(addr, t, why);
+        let (why, sever) = match result {
+            Ok(()) => (None, false),
+            Err(Failed::Answered(w)) => (Some(w), false),
+            Err(Failed::Silent(w)) => (Some(w), true),
+        };
+        self.apply(addr, t, why, sever, now);
     }
 
     fn dial_failed(&mut self, addr: SocketAddr, why: String) {
         let fall = self.fall;
         let Some(b) = self.get(addr) else { return };
         let t = b.track.dial_failed(fall);
-        self.apply(addr, t, Some(format!("dial: {why}")));
+        self.apply(addr, t, Some(format!("dial: {why}")), true, std::time::Instant::now());
     }
 
     /// A connection through `addr` begins: what closes it, and its count.
@@ -459,7 +506,7 @@ async fn check_loop(
     loop {
         tick.tick().await;
         let result = check(addr, &opts, &tls).await;
-        table.borrow_mut().checked(addr, result);
+        table.borrow_mut().checked(addr, result, std::time::Instant::now());
     }
 }
 
@@ -469,13 +516,14 @@ async fn check(
     addr: SocketAddr,
     opts: &Options,
     tls: &Rc<RefCell<Option<Arc<rustls::ClientConfig>>>>,
-) -> Result<(), String> {
+) -> Result<(), Failed> {
     let cached = tls.borrow().clone();
     let config = match cached {
         Some(c) => c,
         None => {
-            let ca = std::fs::read(&opts.ca_file).map_err(|e| format!("{}: {e}", opts.ca_file.display()))?;
-            let c = Arc::new(https::client_config(&ca, None).map_err(|e| e.to_string())?);
+            let ca =
+                std::fs::read(&opts.ca_file).map_err(|e| Failed::Silent(format!("{}: {e}", opts.ca_file.display())))?;
+            let c = Arc::new(https::client_config(&ca, None).map_err(|e| Failed::Silent(e.to_string()))?);
             *tls.borrow_mut() = Some(c.clone());
             c
         }
@@ -483,11 +531,13 @@ async fn check(
     let bound = opts.interval.min(Duration::from_secs(2));
     let limits = Limits { connect: bound, exchange: bound, max_body: 16 << 10 };
     let at = HostPort::new(Host::Ip(addr.ip()), addr.port());
-    let resp = https::request(&at, config, Request::get("/readyz"), limits).await.map_err(|e| e.to_string())?;
+    let resp = https::request(&at, config, Request::get("/readyz"), limits)
+        .await
+        .map_err(|e| Failed::Silent(e.to_string()))?;
     if resp.status == 200 {
         Ok(())
     } else {
-        Err(format!("/readyz answered {}", resp.status))
+        Err(Failed::Answered(format!("/readyz answered {}", resp.status)))
     }
 }
 
@@ -510,7 +560,7 @@ mod tests {
         let (a, b, c) = (target("a", 1), target("b", 2), target("c", 3));
         let mut t = table(&[a.clone(), b.clone(), c.clone()]);
         for x in [&a, &b, &c] {
-            t.checked(x.addr, Ok(()));
+            t.checked(x.addr, Ok(()), now());
         }
         t.dial_failed(b.addr, "refused".into());
         let firsts: Vec<_> = (0..4).map(|_| t.order()[0]).collect();
@@ -526,13 +576,13 @@ mod tests {
         };
         let a = target("a", 1);
         let mut t = table(std::slice::from_ref(&a));
-        t.checked(a.addr, Ok(()));
+        t.checked(a.addr, Ok(()), now());
         assert!(published(&t).await, "unchecked to up");
-        t.checked(a.addr, Ok(()));
+        t.checked(a.addr, Ok(()), now());
         assert!(!published(&t).await, "still up: the next tick publishes");
-        t.checked(a.addr, Err("no answer".into()));
+        t.checked(a.addr, Err(Failed::Silent("no answer".into())), now());
         assert!(!published(&t).await, "one failure of two");
-        t.checked(a.addr, Err("no answer".into()));
+        t.checked(a.addr, Err(Failed::Silent("no answer".into())), now());
         assert!(published(&t).await, "down");
     }
 
@@ -540,7 +590,7 @@ mod tests {
     fn with_every_backend_down_every_one_is_tried() {
         let (a, b) = (target("a", 1), target("b", 2));
         let mut t = table(&[a.clone(), b.clone()]);
-        t.checked(a.addr, Ok(()));
+        t.checked(a.addr, Ok(()), now());
         t.dial_failed(a.addr, "refused".into());
         let order = t.order();
         assert_eq!(order.len(), 2);
@@ -551,7 +601,7 @@ mod tests {
     fn a_new_list_keeps_the_backends_that_stay_and_closes_the_removed() {
         let (a, b, c) = (target("a", 1), target("b", 2), target("c", 3));
         let mut t = table(&[a.clone(), b.clone()]);
-        t.checked(a.addr, Ok(()));
+        t.checked(a.addr, Ok(()), now());
         let (mut cut_a, _ga) = t.attach(a.addr).unwrap();
         let (mut cut_b, _gb) = t.attach(b.addr).unwrap();
         assert_eq!(t.set_targets(&[a.clone(), c.clone()]), [c.addr]);
@@ -564,21 +614,66 @@ mod tests {
         let _ = cut_b.borrow_and_update();
     }
 
+    fn now() -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
     #[test]
-    fn a_backend_going_down_closes_its_connections_and_counts_them() {
+    fn a_backend_that_stops_answering_has_its_connections_closed_at_once() {
         let a = target("a", 1);
         let mut t = table(std::slice::from_ref(&a));
-        t.checked(a.addr, Ok(()));
+        t.checked(a.addr, Ok(()), now());
         let (mut cut, guard) = t.attach(a.addr).unwrap();
         assert_eq!(t.status()[0].active, 1);
-        t.checked(a.addr, Err("/readyz answered 500".into()));
+        t.checked(a.addr, Err(Failed::Silent("connection refused".into())), now());
         assert!(!cut.has_changed().unwrap());
-        t.checked(a.addr, Err("/readyz answered 500".into()));
+        t.checked(a.addr, Err(Failed::Silent("connection refused".into())), now());
         assert!(cut.has_changed().unwrap());
         cut.borrow_and_update();
         drop(guard);
         let s = &t.status()[0];
         assert_eq!((s.health, s.active, s.connections), (Health::Down, 0, 1));
-        assert_eq!(s.last_error.as_deref(), Some("/readyz answered 500"));
+        assert_eq!(s.last_error.as_deref(), Some("connection refused"));
+    }
+
+    #[test]
+    fn a_backend_that_answers_not_ready_drains_before_its_connections_are_closed() {
+        let a = target("a", 1);
+        let mut t = table(std::slice::from_ref(&a));
+        let t0 = now();
+        t.checked(a.addr, Ok(()), t0);
+        let (mut cut, _guard) = t.attach(a.addr).unwrap();
+        let unready = || Err(Failed::Answered("/readyz answered 500".into()));
+        t.checked(a.addr, unready(), t0);
+        t.checked(a.addr, unready(), t0);
+        assert_eq!(t.status()[0].health, Health::Down, "no new connection goes to it");
+        assert!(!t.order().is_empty(), "fails open: it is the only one");
+        assert!(!cut.has_changed().unwrap(), "a request in flight on it finishes");
+        t.checked(a.addr, unready(), t0 + DRAIN - Duration::from_secs(1));
+        assert!(!cut.has_changed().unwrap());
+        t.checked(a.addr, unready(), t0 + DRAIN);
+        assert!(cut.has_changed().unwrap(), "a server that stays unready loses them after the drain");
+        cut.borrow_and_update();
+
+        // Unready, then silent (the process exited): closed at once.
+        let mut t = table(std::slice::from_ref(&a));
+        t.checked(a.addr, Ok(()), t0);
+        let (mut cut, _guard) = t.attach(a.addr).unwrap();
+        t.checked(a.addr, unready(), t0);
+        t.checked(a.addr, unready(), t0);
+        t.checked(a.addr, Err(Failed::Silent("connection refused".into())), t0);
+        assert!(cut.has_changed().unwrap());
+        cut.borrow_and_update();
+
+        // Unready, then ready again within the drain: nothing is closed.
+        let mut t = table(std::slice::from_ref(&a));
+        t.checked(a.addr, Ok(()), t0);
+        let (cut, _guard) = t.attach(a.addr).unwrap();
+        t.checked(a.addr, unready(), t0);
+        t.checked(a.addr, unready(), t0);
+        t.checked(a.addr, Ok(()), t0);
+        t.checked(a.addr, Ok(()), t0);
+        t.checked(a.addr, unready(), t0 + DRAIN * 2);
+        assert!(!cut.has_changed().unwrap(), "the drain ended when it rose");
     }
 }
