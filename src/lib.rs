@@ -21,6 +21,7 @@
 pub mod addons;
 pub mod agent;
 pub mod api;
+pub mod bundle;
 pub mod cli;
 pub mod cluster;
 pub mod config;

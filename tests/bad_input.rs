@@ -40,6 +40,14 @@ fn bad_flags_and_words_write_nothing() {
     refused(&h, &with(&["etcd-snapshot-interval=0"]), "is not a snapshot interval");
     refused(&h, &with(&["etcd-snapshot-retention=0"]), "keep 1 to 1000");
     refused(&h, &with(&["etcd-snapshot-retention=five"]), "is not a number of snapshots");
+    let garbage = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(garbage.path(), "not a bundle").unwrap();
+    let bundle_word = format!("bundle={}", garbage.path().display());
+    refused(
+        &h,
+        &["--advertise-address", "127.0.0.1", "--node-name", "m1", &bundle_word],
+        "is not a usable hakube bundle",
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ports.yaml");
     std::fs::write(&file, "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\nnode: {etcdPeerPort: 65535}\n")
@@ -185,4 +193,24 @@ fn a_root_that_is_the_machines_own_in_disguise_is_refused() {
     let out = sh(hakube(), &["--root", &dotdot, "status"]);
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("a root with `..` in it is refused"), "{err}");
+}
+
+#[test]
+fn bundle_commands_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let none = dir.path().join("none.tar");
+    let run = |args: &[&str]| {
+        let out = sh(hakube(), args);
+        assert!(!out.status.success(), "{args:?} must fail");
+        stderr(&out)
+    };
+    let e = run(&["bundle", "verify", none.to_str().unwrap()]);
+    assert!(e.contains("none.tar") && e.contains("No such file"), "{e}");
+    let e = run(&["bundle", "create", "--from", dir.path().to_str().unwrap(), "--out", none.to_str().unwrap()]);
+    assert!(e.contains("SHA256SUMS"), "{e}");
+    assert!(!none.exists(), "nothing written");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").unwrap();
+    let e = run(&["bundle", "verify", none.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    assert!(e.contains("not an Ed25519 public key"), "{e}");
 }

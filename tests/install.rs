@@ -424,3 +424,50 @@ fn a_running_master_renews_its_certificates_before_they_expire_without_restartin
     }
     assert!(h.state()["reloads"].as_u64() >= Some(2), "{}", h.state());
 }
+
+/// `install` of an etcd-only master with `--bundle PATH`, whether or not it succeeds.
+fn install_from(h: &Host, bundle: &std::path::Path) -> std::process::Output {
+    let b = bundle.display().to_string();
+    let args = ["install", "--advertise-address", &h.addr, "--node-name", "m1", "--components", "etcd"];
+    h.hakube(&[&args[..], &["--no-systemd", "--bundle", &b]].concat())
+}
+
+#[test]
+fn a_master_installs_from_one_bundle_file_and_a_cut_short_one_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hakube.tar");
+    let from = bundle().display().to_string();
+    let out = sh(hakube(), &["bundle", "create", "--from", &from, "--out", file.to_str().unwrap()]);
+    assert_ok(&out, "bundle create");
+
+    // Cut short: refused while unpacking, and what was unpacked is gone.
+    let short = dir.path().join("short.tar");
+    let len = std::fs::metadata(&file).unwrap().len();
+    let mut f = std::fs::File::open(&file).unwrap();
+    let mut part = std::fs::File::create(&short).unwrap();
+    std::io::copy(&mut std::io::Read::take(&mut f, len / 2), &mut part).unwrap();
+    let h = Host::isolated();
+    let out = install_from(&h, &short);
+    assert!(!out.status.success(), "a cut-short bundle must be refused");
+    assert!(stderr(&out).contains("cut short"), "{}", stderr(&out));
+    assert!(untouched(&h), "nothing left of the refused bundle");
+    std::fs::remove_file(&short).unwrap();
+
+    // Whole: unpacked under the data directory, and the node runs from it.
+    let out = install_from(&h, &file);
+    assert_ok(&out, "install from the bundle file");
+    let config = std::fs::read_to_string(h.root().join("etc/hakube/cluster.yaml")).unwrap();
+    let unpacked = h.root().join("var/lib/hakube/bundles");
+    let line = config.lines().find(|l| l.trim_start().starts_with("bundle:")).expect("node.bundle is recorded");
+    let recorded = std::path::PathBuf::from(line.split_once(':').unwrap().1.trim());
+    assert_eq!(recorded.parent(), Some(unpacked.as_path()), "{config}");
+    let pid = h.state()["components"]["etcd"]["pid"].as_u64().expect("etcd runs");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, recorded.join("etcd"), "etcd runs from the unpacked bundle");
+    let check = format!("cd {} && sha256sum -c --quiet SHA256SUMS", recorded.display());
+    assert_ok(&sh("sh", &["-c", &check]), "sha256sum -c in the unpacked bundle");
+    // A re-run with the same file unpacks nothing again.
+    let out = install_from(&h, &file);
+    assert_ok(&out, "re-run");
+    assert!(stderr(&out).contains("is unpacked already"), "{}", stderr(&out));
+}

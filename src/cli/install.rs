@@ -172,6 +172,13 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     if !c.has(Component::Etcd) {
         bail!("install sets up a master, which runs etcd: add etcd to --components (workers join with `hakube node-join-script`)");
     }
+    // A bundle file: unpacked (once) under the data directory, and the
+    // directory is the node's bundle from here on.
+    if let Some(file) = c.node.bundle.clone().filter(|b| b.is_file()) {
+        let dir = progress
+            .phase(&format!("unpacking {}", file.display()), || crate::cli::bundle::unpack(paths, &file, &progress))?;
+        c.node.bundle = Some(dir);
+    }
     let use_systemd =
         systemd::decide(paths.is_host_root(), c.node.systemd, systemd::is_running()).map_err(anyhow::Error::msg)?;
     if c.node.systemd && !use_systemd {

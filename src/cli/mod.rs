@@ -3,6 +3,7 @@
 //! as `name=value`) as well as the same options as `--flags`; both become one
 //! partial config tree, validated with everything else.
 
+pub mod bundle;
 pub mod certs;
 pub mod install;
 pub mod join;
@@ -86,6 +87,9 @@ pub enum Command {
     /// etcd helpers (run on a master).
     #[command(subcommand)]
     Etcd(EtcdCommand),
+    /// The airgap bundle: one file with hakube, Kubernetes and its images.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Print the version.
     Version,
 }
@@ -194,6 +198,38 @@ pub enum EtcdCommand {
     /// Make this bare server the first master of the cluster a snapshot
     /// holds (same CA, same objects, a new one-member etcd).
     Restore(Box<RestoreArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Pack a Kubernetes bundle directory (scripts/kube-bundle.sh's) and this
+    /// hakube binary into one file.
+    Create {
+        /// The bundle directory.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Sign it with this Ed25519 key (`openssl genpkey -algorithm ed25519`).
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+    },
+    /// Read a bundle file through: every member against its manifest, and
+    /// the signature when a public key is given.
+    Verify {
+        file: PathBuf,
+        /// The Ed25519 public key (`openssl pkey -in KEY -pubout`).
+        #[arg(long, value_name = "PUBKEY")]
+        key: Option<PathBuf>,
+    },
+    /// Print a bundle's manifest: versions, architecture, members.
+    List {
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -515,6 +551,18 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Ok(if rows.iter().any(|r| crate::cli::certs::failing(r, now)) { 1 } else { 0 })
         }
         Command::Etcd(EtcdCommand::Snapshot(c)) => crate::cli::snapshot::run(&paths, c),
+        Command::Bundle(BundleCommand::Create { from, out, sign }) => {
+            crate::cli::bundle::create(&from, &out, sign.as_deref())?;
+            Ok(0)
+        }
+        Command::Bundle(BundleCommand::Verify { file, key }) => {
+            crate::cli::bundle::verify(&file, key.as_deref())?;
+            Ok(0)
+        }
+        Command::Bundle(BundleCommand::List { file, json }) => {
+            crate::cli::bundle::list(&file, json)?;
+            Ok(0)
+        }
         Command::Version => {
             println!("hakube {}", env!("CARGO_PKG_VERSION"));
             Ok(0)

@@ -1,0 +1,581 @@
+//! One file that carries a whole cluster (`hakube bundle create|verify|list`,
+//! `install bundle=FILE`): hakube itself, the Kubernetes components, etcd,
+//! containerd and runc, kubectl, and every image archive the cluster runs.
+//!
+//! The file is an uncompressed tar whose first member is the manifest
+//! ([`MANIFEST`]: the format version, hakube's and Kubernetes' versions, the
+//! architecture, and for every other member its name, size, SHA-256, kind
+//! and mode), then optionally an Ed25519 signature of the manifest's bytes
+//! ([`SIGNATURE`]), then the members in the manifest's order, the last a
+//! `SHA256SUMS` for `sha256sum -c` after extraction. A reader learns
+//! everything it will be asked to trust before it reads any of it: the
+//! architecture, the versions and the space needed are judged from the
+//! first few kilobytes, and each member is hashed as it streams past and
+//! checked against the manifest, whose signature (when a key is given)
+//! covers every hash. Uncompressed because the members (static binaries,
+//! image layers) are read once and written once: compression would cost a
+//! CPU pass on both ends for a file copied by hand; compress it for transfer
+//! if the link is slow.
+//!
+//! Members are plain names (no directories): extracted, they are a bundle
+//! directory exactly like the one `scripts/kube-bundle.sh` builds, which is
+//! what every other part of hakube reads (`node.bundle`).
+
+pub mod sign;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use sign::{PublicKey, SigningKey};
+
+/// The manifest's member name, and the signature's.
+pub const MANIFEST: &str = "hakube-bundle.json";
+pub const SIGNATURE: &str = "hakube-bundle.json.sig";
+pub const SUMS: &str = "SHA256SUMS";
+/// The format this hakube writes and reads.
+pub const FORMAT: u32 = 1;
+/// A manifest larger than this is not one (a few hundred members at most).
+const MANIFEST_LIMIT: u64 = 1 << 20;
+/// Built into a kube bundle directory only to make images of (the images
+/// are in the bundle): never run from it.
+const BUILD_ONLY: [&str; 2] = ["coredns", "local-path-provisioner"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{file} is not a usable hakube bundle: {reason}")]
+    Bad { file: PathBuf, reason: String },
+    #[error("{file} is a bundle for {theirs}, and this host is {ours}: use the {ours} bundle")]
+    Arch { file: PathBuf, theirs: String, ours: String },
+    #[error("{file}: {reason}")]
+    Signature { file: PathBuf, reason: String },
+    #[error("cannot make a bundle from {dir}: {reason}")]
+    Source { dir: PathBuf, reason: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io { path: path.to_owned(), source }
+}
+
+/// What a member is, for a person and for the disk-space estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A program (hakube, a component, a tool).
+    Binary,
+    /// An image archive, imported into containerd.
+    Image,
+    /// The name an image archive is imported under (`pause-image`).
+    ImageName,
+    /// The build's own record and checksums.
+    Info,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Member {
+    pub name: String,
+    pub size: u64,
+    /// Hex.
+    pub sha256: String,
+    pub kind: Kind,
+    /// Unix permission bits.
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub hakube_version: String,
+    pub kubernetes_version: String,
+    /// Go's name: `amd64`, `arm64`.
+    pub arch: String,
+    pub members: Vec<Member>,
+}
+
+impl Manifest {
+    /// The bytes of every member.
+    pub fn total_size(&self) -> u64 {
+        self.members.iter().map(|m| m.size).sum()
+    }
+
+    /// The bytes of its image archives.
+    pub fn image_size(&self) -> u64 {
+        self.members.iter().filter(|m| m.kind == Kind::Image).map(|m| m.size).sum()
+    }
+
+    /// A name for the bundle from its manifest's bytes: where it is
+    /// extracted to (`sha256` of the manifest, 16 hex digits).
+    pub fn id(bytes: &[u8]) -> String {
+        hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())[..16].to_owned()
+    }
+
+    /// Checks what can be checked without the members: the format, and
+    /// names that are plain, unique and not the manifest's own.
+    fn check(&self) -> Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!("its format is {}, and this hakube reads format {FORMAT}", self.format));
+        }
+        let mut seen = BTreeSet::new();
+        for m in &self.members {
+            check_name(&m.name)?;
+            if m.name == MANIFEST || m.name == SIGNATURE {
+                return Err(format!("the manifest lists a member named {}", m.name));
+            }
+            if !seen.insert(m.name.as_str()) {
+                return Err(format!("the manifest lists {} twice", m.name));
+            }
+            if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("the manifest's SHA-256 of {} is not 64 hex digits", m.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A member's name is one plain file name: no directory, no `..`, nothing
+/// hidden, nothing a shell or a path would read twice.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let plain = !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if plain {
+        Ok(())
+    } else {
+        Err(format!("member name {name:?} is not a plain file name (letters, digits, '.', '_', '-'; no directories)"))
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Go's name for this host's architecture.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        other => other,
+    }
+}
+
+fn kind_of(name: &str) -> Kind {
+    if name.ends_with(".tar") {
+        Kind::Image
+    } else if name.ends_with("-image") {
+        Kind::ImageName
+    } else if matches!(name, "MANIFEST" | "VERSION" | SUMS) {
+        Kind::Info
+    } else {
+        Kind::Binary
+    }
+}
+
+/// SHA-256 of a file, hex.
+fn file_sha256(path: &Path) -> Result<(String, u64), BundleError> {
+    let mut f = File::open(path).map_err(io(path))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0;
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex(ctx.finish().as_ref()), size))
+}
+
+/// The `SHA256SUMS` text of `members` (sha256sum's format).
+fn sums_text(members: &[Member]) -> String {
+    members.iter().map(|m| format!("{}  {}\n", m.sha256, m.name)).collect()
+}
+
+/// What `create` packs: a kube bundle directory's files (as its SHA256SUMS
+/// lists them, checked), and the hakube binary given.
+pub struct Source<'a> {
+    pub dir: &'a Path,
+    pub hakube: &'a Path,
+    pub hakube_version: &'a str,
+}
+
+/// The members and their files, checked against the directory's own
+/// SHA256SUMS: the manifest to write, in order.
+pub fn plan(src: &Source<'_>) -> Result<(Manifest, Vec<PathBuf>), BundleError> {
+    let bad = |reason: String| BundleError::Source { dir: src.dir.to_owned(), reason };
+    let sums_path = src.dir.join(SUMS);
+    let sums = std::fs::read_to_string(&sums_path).map_err(io(&sums_path))?;
+    let version_path = src.dir.join("VERSION");
+    let kubernetes_version = std::fs::read_to_string(&version_path).map_err(io(&version_path))?.trim().to_owned();
+    let mut listed = BTreeMap::new();
+    for line in sums.lines().filter(|l| !l.trim().is_empty()) {
+        let (sum, name) = line.split_once("  ").ok_or_else(|| bad(format!("{SUMS}: unreadable line {line:?}")))?;
+        listed.insert(name.trim_start_matches('*').to_owned(), sum.to_owned());
+    }
+    let mut members = Vec::new();
+    let mut files = Vec::new();
+    let mut add = |name: &str, path: PathBuf, want: Option<&String>| -> Result<(), BundleError> {
+        check_name(name).map_err(bad)?;
+        let (sha256, size) = file_sha256(&path)?;
+        if let Some(want) = want {
+            if *want != sha256 {
+                return Err(bad(format!("{name} does not match its line in {SUMS}: the directory changed")));
+            }
+        }
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).map_err(io(&path))?.permissions());
+        members.push(Member { name: name.to_owned(), size, sha256, kind: kind_of(name), mode: mode & 0o777 });
+        files.push(path);
+        Ok(())
+    };
+    add("hakube", src.hakube.to_owned(), None)?;
+    for (name, sum) in listed.iter().filter(|(n, _)| !BUILD_ONLY.contains(&n.as_str())) {
+        add(name, src.dir.join(name), Some(sum))?;
+    }
+    for name in ["MANIFEST", "VERSION"] {
+        if !listed.contains_key(name) {
+            add(name, src.dir.join(name), None)?;
+        }
+    }
+    let sums = sums_text(&members);
+    members.push(Member {
+        name: SUMS.into(),
+        size: sums.len() as u64,
+        sha256: hex(ring::digest::digest(&ring::digest::SHA256, sums.as_bytes()).as_ref()),
+        kind: Kind::Info,
+        mode: 0o644,
+    });
+    let manifest = Manifest {
+        format: FORMAT,
+        hakube_version: src.hakube_version.to_owned(),
+        kubernetes_version,
+        arch: host_arch().to_owned(),
+        members,
+    };
+    Ok((manifest, files))
+}
+
+fn header(name: &str, size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name).expect("plain names fit");
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    h
+}
+
+/// Hashes what is read through it.
+struct Hashing<R> {
+    inner: R,
+    ctx: ring::digest::Context,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.ctx.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Writes the bundle file `out` (under a temporary name, renamed when
+/// whole): the manifest, its signature when a key is given, the members.
+/// Each file is hashed again as it is packed: a file that changed since
+/// [`plan`] read it fails the write.
+pub fn create(manifest: &Manifest, files: &[PathBuf], key: Option<&SigningKey>, out: &Path) -> Result<(), BundleError> {
+    let body = serde_json::to_vec_pretty(manifest).expect("a manifest serializes");
+    let partial = out.with_file_name(format!(
+        ".{}.partial",
+        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let result = (|| {
+        let f = File::create(&partial).map_err(io(&partial))?;
+        let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
+        let w = |e| BundleError::Io { path: partial.clone(), source: e };
+        tar.append(&header(MANIFEST, body.len() as u64, 0o644), body.as_slice()).map_err(w)?;
+        if let Some(k) = key {
+            let sig = k.sign(&body);
+            tar.append(&header(SIGNATURE, sig.len() as u64, 0o644), sig.as_slice()).map_err(w)?;
+        }
+        let sums = sums_text(&manifest.members[..manifest.members.len() - 1]);
+        for (m, path) in manifest.members.iter().zip(files.iter().map(Some).chain(std::iter::repeat(None))) {
+            let h = header(&m.name, m.size, m.mode);
+            let sha = match path {
+                Some(p) => {
+                    let f = File::open(p).map_err(io(p))?;
+                    let mut r =
+                        Hashing { inner: f.take(m.size), ctx: ring::digest::Context::new(&ring::digest::SHA256) };
+                    tar.append(&h, &mut r).map_err(w)?;
+                    hex(r.ctx.finish().as_ref())
+                }
+                None => {
+                    tar.append(&h, sums.as_bytes()).map_err(w)?;
+                    m.sha256.clone()
+                }
+            };
+            if sha != m.sha256 {
+                return Err(BundleError::Bad {
+                    file: path.cloned().unwrap_or_default(),
+                    reason: "it changed while the bundle was written".into(),
+                });
+            }
+        }
+        let mut inner = tar.into_inner().map_err(w)?;
+        inner.flush().map_err(w)?;
+        inner.get_ref().sync_all().map_err(w)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, out).map_err(io(out))?;
+    Ok(())
+}
+
+/// Where an opened bundle's members go as they stream past.
+pub trait Sink {
+    /// A writer for `member`; nothing written is trusted until [`Sink::done`].
+    fn open(&mut self, member: &Member) -> Result<Box<dyn Write + '_>, BundleError>;
+    /// The member was whole and matched the manifest.
+    fn done(&mut self, member: &Member) -> Result<(), BundleError>;
+}
+
+/// Discards the members (`verify`).
+pub struct Discard;
+
+impl Sink for Discard {
+    fn open(&mut self, _: &Member) -> Result<Box<dyn Write + '_>, BundleError> {
+        Ok(Box::new(std::io::sink()))
+    }
+    fn done(&mut self, _: &Member) -> Result<(), BundleError> {
+        Ok(())
+    }
+}
+
+/// An opened bundle: its manifest read and judged, the members not yet.
+pub struct Opened {
+    pub file: PathBuf,
+    pub manifest: Manifest,
+    pub manifest_bytes: Vec<u8>,
+    pub signed: bool,
+    archive: tar::Archive<BufReader<File>>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened").field("file", &self.file).field("signed", &self.signed).finish()
+    }
+}
+
+/// Reads the manifest (and the signature after it), checks the format,
+/// the names, the architecture, and the signature when `key` is given (a
+/// bundle without one is then refused).
+pub fn open(file: &Path, key: Option<&PublicKey>) -> Result<Opened, BundleError> {
+    let bad = |reason: String| BundleError::Bad { file: file.to_owned(), reason };
+    let f = File::open(file).map_err(io(file))?;
+    let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, f));
+    let (manifest_bytes, sig) = {
+        let mut entries = archive.entries().map_err(|e| bad(format!("not a tar file ({e})")))?;
+        let mut first = match entries.next() {
+            Some(Ok(e)) => e,
+            Some(Err(e)) => return Err(bad(format!("not a tar file ({e})"))),
+            None => return Err(bad("it is empty".into())),
+        };
+        let name = first.path_bytes().into_owned();
+        if name != MANIFEST.as_bytes() {
+            return Err(bad(format!(
+                "its first member is {:?}, not the manifest {MANIFEST}",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        if first.size() > MANIFEST_LIMIT {
+            return Err(bad(format!("its manifest is {} bytes: not a manifest", first.size())));
+        }
+        let mut body = Vec::new();
+        first.read_to_end(&mut body).map_err(|e| bad(format!("its manifest is cut short ({e})")))?;
+        if body.len() as u64 != first.size() {
+            return Err(bad("its manifest is cut short: the file is truncated".into()));
+        }
+        // The signature, when there is one, is the second member; reading
+        // it consumes the first member's tar entry, so it is read here.
+        let sig = if key.is_some() {
+            match entries.next() {
+                Some(Ok(e)) if e.path_bytes().as_ref() == SIGNATURE.as_bytes() => {
+                    let mut s = Vec::new();
+                    e.take(1024).read_to_end(&mut s).map_err(|e| bad(format!("its signature is cut short ({e})")))?;
+                    Some(s)
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        (body, sig)
+    };
+    let manifest: Manifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|e| bad(format!("its manifest is unreadable ({e})")))?;
+    manifest.check().map_err(bad)?;
+    if manifest.arch != host_arch() {
+        return Err(BundleError::Arch { file: file.to_owned(), theirs: manifest.arch, ours: host_arch().into() });
+    }
+    let signed = match (key, sig) {
+        (None, _) => false,
+        (Some(_), None) => {
+            return Err(BundleError::Signature {
+                file: file.to_owned(),
+                reason: "it is not signed, and a bundle key is configured: only signed bundles are accepted".into(),
+            })
+        }
+        (Some(k), Some(s)) => {
+            k.verify(&manifest_bytes, &s).map_err(|reason| BundleError::Signature { file: file.to_owned(), reason })?;
+            true
+        }
+    };
+    // The entries iterator borrowed the archive; it is opened again below,
+    // from the start, for the members (the manifest is skipped by name).
+    let f = File::open(file).map_err(io(file))?;
+    let archive = tar::Archive::new(BufReader::with_capacity(1 << 20, f));
+    Ok(Opened { file: file.to_owned(), manifest, manifest_bytes, signed, archive })
+}
+
+impl Opened {
+    /// Streams every member into `sink`, in the manifest's order, hashing
+    /// as it goes: a member that is missing, out of order, of another size
+    /// or hash, or not listed fails the read, as does anything after the
+    /// last member but the tar's end. Calls `progress` with the bytes done.
+    pub fn read_members(mut self, sink: &mut dyn Sink, mut progress: impl FnMut(u64)) -> Result<(), BundleError> {
+        let file = self.file.clone();
+        let bad = |reason: String| BundleError::Bad { file: file.clone(), reason };
+        let mut entries = self.archive.entries().map_err(|e| bad(format!("not a tar file ({e})")))?;
+        let mut expected = self.manifest.members.iter();
+        let mut want = expected.next();
+        let mut done = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        for entry in entries.by_ref() {
+            let mut entry = entry.map_err(|e| bad(format!("cut short or damaged ({e})")))?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            if name == MANIFEST || name == SIGNATURE {
+                continue;
+            }
+            let Some(m) = want else {
+                return Err(bad(format!("it holds {name:?}, which its manifest does not list")));
+            };
+            if name != m.name {
+                let listed = self.manifest.members.iter().any(|x| x.name == name);
+                return Err(bad(if listed {
+                    format!("{:?} comes where the manifest lists {:?}: members out of order or missing", name, m.name)
+                } else {
+                    format!("it holds {name:?}, which its manifest does not list")
+                }));
+            }
+            if entry.header().entry_type() != tar::EntryType::Regular {
+                return Err(bad(format!("{name} is not a regular file")));
+            }
+            if entry.size() != m.size {
+                return Err(bad(format!("{name} is {} bytes where the manifest says {}", entry.size(), m.size)));
+            }
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            let start = done;
+            {
+                let mut out = sink.open(m)?;
+                loop {
+                    let n = entry.read(&mut buf).map_err(|e| bad(format!("{name} is cut short ({e})")))?;
+                    if n == 0 {
+                        break;
+                    }
+                    ctx.update(&buf[..n]);
+                    out.write_all(&buf[..n]).map_err(|e| bad(format!("writing {name}: {e}")))?;
+                    done += n as u64;
+                    progress(done);
+                }
+                out.flush().map_err(|e| bad(format!("writing {name}: {e}")))?;
+            }
+            if done - start != m.size {
+                return Err(bad(format!("{name} is cut short after {} of its {} bytes", done - start, m.size)));
+            }
+            let sha = hex(ctx.finish().as_ref());
+            if sha != m.sha256 {
+                return Err(bad(format!(
+                    "{name} was changed or damaged: its SHA-256 is {sha}, the manifest says {}",
+                    m.sha256
+                )));
+            }
+            sink.done(m)?;
+            want = expected.next();
+        }
+        if let Some(m) = want {
+            return Err(bad(format!("it ends before {}: cut short", m.name)));
+        }
+        Ok(())
+    }
+}
+
+/// Writes members as files into a staging directory.
+struct ToDir {
+    dir: PathBuf,
+}
+
+impl Sink for ToDir {
+    fn open(&mut self, member: &Member) -> Result<Box<dyn Write + '_>, BundleError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join(&member.name);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(member.mode & 0o755)
+            .open(&path)
+            .map_err(io(&path))?;
+        Ok(Box::new(std::io::BufWriter::with_capacity(1 << 20, f)))
+    }
+
+    fn done(&mut self, member: &Member) -> Result<(), BundleError> {
+        let path = self.dir.join(&member.name);
+        File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))
+    }
+}
+
+/// Extracts an opened bundle into `<dir>/<id>/`: streamed into
+/// `<dir>/.<id>.partial/`, each member hashed as it is written, renamed
+/// into place once every member matched; on any failure the partial
+/// directory is removed. A bundle already extracted (its directory exists:
+/// only a whole extraction is renamed there) is not read again.
+pub fn extract(opened: Opened, dir: &Path, progress: impl FnMut(u64)) -> Result<PathBuf, BundleError> {
+    let id = Manifest::id(&opened.manifest_bytes);
+    let target = dir.join(&id);
+    if target.is_dir() {
+        return Ok(target);
+    }
+    let partial = dir.join(format!(".{id}.partial"));
+    if partial.exists() {
+        // An extraction that died: nothing in it was trusted.
+        std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(io(&partial))?;
+    let mut sink = ToDir { dir: partial.clone() };
+    let result = opened.read_members(&mut sink, progress).and_then(|()| {
+        std::fs::rename(&partial, &target).map_err(io(&target))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,180 @@
+//! `hakube bundle create|verify|list`: the airgap bundle file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::bundle::{self, Kind, Manifest, PublicKey, SigningKey};
+use crate::host::paths::Paths;
+use crate::progress::Progress;
+
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else if bytes >= 1 << 10 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// Progress every 10%, for a person at a terminal.
+fn tenths<'a>(total: u64, progress: &'a Progress, what: &'static str) -> impl FnMut(u64) + 'a {
+    let mut told = 0;
+    move |done| {
+        let tenth = (done * 10).checked_div(total).unwrap_or(10);
+        if tenth > told {
+            told = tenth;
+            progress.note(format!("  {what} {}% ({} of {})", tenth * 10, size(done), size(total)));
+        }
+    }
+}
+
+pub fn create(from: &Path, out: &Path, sign: Option<&Path>) -> anyhow::Result<()> {
+    let progress = Progress::new("bundle");
+    let key = sign.map(SigningKey::load).transpose().map_err(anyhow::Error::msg)?;
+    if out.exists() {
+        anyhow::bail!("{} exists: give another --out, or remove it", out.display());
+    }
+    let hakube = std::env::current_exe().context("the path of this hakube binary")?;
+    let src = bundle::Source { dir: from, hakube: &hakube, hakube_version: env!("CARGO_PKG_VERSION") };
+    let (manifest, files) = progress.phase(&format!("reading {}", from.display()), || bundle::plan(&src))?;
+    progress.note(format!(
+        "  {} members, {} (images {}), Kubernetes {}, {}",
+        manifest.members.len(),
+        size(manifest.total_size()),
+        size(manifest.image_size()),
+        manifest.kubernetes_version,
+        manifest.arch
+    ));
+    progress.phase(&format!("writing {}", out.display()), || bundle::create(&manifest, &files, key.as_ref(), out))?;
+    let signed = if key.is_some() { ", signed" } else { "" };
+    println!(
+        "{}: hakube {} with Kubernetes {}{signed}",
+        out.display(),
+        manifest.hakube_version,
+        manifest.kubernetes_version
+    );
+    Ok(())
+}
+
+pub fn verify(file: &Path, key: Option<&Path>) -> anyhow::Result<()> {
+    let progress = Progress::new("bundle");
+    let key: Option<PublicKey> = key.map(PublicKey::load).transpose().map_err(anyhow::Error::msg)?;
+    let opened = bundle::open(file, key.as_ref())?;
+    let m = opened.manifest.clone();
+    let signed = opened.signed;
+    progress.phase(&format!("reading every member of {}", file.display()), || {
+        opened.read_members(&mut bundle::Discard, tenths(m.total_size(), &progress, "read"))
+    })?;
+    let how = if signed {
+        "signature and every member match"
+    } else {
+        "every member matches (no key given: signature not checked)"
+    };
+    println!(
+        "{}: whole: hakube {}, Kubernetes {}, {}, {} members, {}; {how}",
+        file.display(),
+        m.hakube_version,
+        m.kubernetes_version,
+        m.arch,
+        m.members.len(),
+        size(m.total_size())
+    );
+    Ok(())
+}
+
+pub fn list(file: &Path, json: bool) -> anyhow::Result<()> {
+    let opened = bundle::open(file, None)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&opened.manifest)?);
+    } else {
+        print!("{}", render(&opened.manifest));
+    }
+    Ok(())
+}
+
+fn render(m: &Manifest) -> String {
+    let mut out = format!(
+        "hakube {}, Kubernetes {}, {} (format {})\n{:<28} {:<10} {:>10}  SHA256\n",
+        m.hakube_version, m.kubernetes_version, m.arch, m.format, "MEMBER", "KIND", "SIZE"
+    );
+    for x in &m.members {
+        let kind = match x.kind {
+            Kind::Binary => "binary",
+            Kind::Image => "image",
+            Kind::ImageName => "image-name",
+            Kind::Info => "info",
+        };
+        out.push_str(&format!("{:<28} {kind:<10} {:>10}  {}\n", x.name, size(x.size), &x.sha256[..16]));
+    }
+    out.push_str(&format!(
+        "{} members, {} (`hakube bundle verify FILE` reads them through)\n",
+        m.members.len(),
+        size(m.total_size())
+    ));
+    out
+}
+
+/// The free bytes of the filesystem `path` would be on (its nearest
+/// existing ancestor's), and that ancestor.
+fn free_space(path: &Path) -> anyhow::Result<(u64, PathBuf)> {
+    let mut at = path.to_path_buf();
+    while !at.exists() {
+        if !at.pop() {
+            anyhow::bail!("{}: no existing directory above it", path.display());
+        }
+    }
+    let st = nix::sys::statvfs::statvfs(&at).with_context(|| format!("statvfs {}", at.display()))?;
+    Ok((st.blocks_available() as u64 * st.fragment_size() as u64, at))
+}
+
+/// `install bundle=FILE`: the file is judged from its manifest first (its
+/// architecture, its Kubernetes version, the room it needs) before anything
+/// is written, then extracted under the data directory, once (a bundle
+/// already there is used as it is). Returns the bundle directory. A failed
+/// extraction leaves no directory it made.
+pub fn unpack(paths: &Paths, file: &Path, progress: &Progress) -> anyhow::Result<PathBuf> {
+    let opened = bundle::open(file, None)?;
+    let m = opened.manifest.clone();
+    let v = crate::kube::version::parse(&m.kubernetes_version).with_context(|| {
+        format!("{}: its Kubernetes version {:?} is unreadable", file.display(), m.kubernetes_version)
+    })?;
+    crate::kube::version::check_supported(file, v)?;
+    let dir = paths.data_dir().join("bundles");
+    let target = dir.join(Manifest::id(&opened.manifest_bytes));
+    if target.is_dir() {
+        progress.note(format!("  {} is unpacked already in {}", file.display(), target.display()));
+        return Ok(target);
+    }
+    // The members, and the images once more: containerd keeps what it
+    // imports, and unpacks the layers beside it.
+    let need = m.total_size() + 2 * m.image_size();
+    let (free, fs) = free_space(&dir)?;
+    if free < need {
+        anyhow::bail!(
+            "{} needs {} free on the filesystem of {} ({} goes there: the bundle's {} and room to import its images), \
+             and it has {}: free space there, or mount a larger filesystem on {}",
+            file.display(),
+            size(need),
+            fs.display(),
+            dir.display(),
+            size(m.total_size()),
+            size(free),
+            paths.data_dir().display()
+        );
+    }
+    // The directories this makes, removed again if the extraction fails.
+    let made: Vec<PathBuf> = dir.ancestors().take_while(|d| !d.exists()).map(Path::to_path_buf).collect();
+    crate::host::fs::create_dir_all(&dir, 0o700)?;
+    let result = bundle::extract(opened, &dir, tenths(m.total_size(), progress, "unpacked"));
+    if result.is_err() {
+        // Deepest first; remove_dir leaves a directory someone filled.
+        for d in &made {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    Ok(result?)
+}
