@@ -425,37 +425,54 @@ fn a_running_master_renews_its_certificates_before_they_expire_without_restartin
     assert!(h.state()["reloads"].as_u64() >= Some(2), "{}", h.state());
 }
 
-/// `install` of an etcd-only master with `--bundle PATH`, whether or not it succeeds.
-fn install_from(h: &Host, bundle: &std::path::Path) -> std::process::Output {
+/// `install` of an etcd-only master with `--bundle PATH` and extra
+/// options, whether or not it succeeds.
+fn install_from(h: &Host, bundle: &std::path::Path, extra: &[&str]) -> std::process::Output {
     let b = bundle.display().to_string();
     let args = ["install", "--advertise-address", &h.addr, "--node-name", "m1", "--components", "etcd"];
-    h.hakube(&[&args[..], &["--no-systemd", "--bundle", &b]].concat())
+    h.hakube(&[&args[..], &["--no-systemd", "--bundle", &b], extra].concat())
+}
+
+/// An Ed25519 key pair made by openssl: (private, public).
+fn ed25519(dir: &std::path::Path, name: &str) -> (String, String) {
+    let (key, public) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pub")));
+    assert_ok(&openssl(&["genpkey", "-algorithm", "ed25519", "-out", key.to_str().unwrap()]), "genpkey");
+    assert_ok(&openssl(&["pkey", "-in", key.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]), "pubout");
+    (key.display().to_string(), public.display().to_string())
 }
 
 #[test]
-fn a_master_installs_from_one_bundle_file_and_a_cut_short_one_leaves_nothing() {
+fn a_master_installs_from_one_signed_bundle_file_and_refusals_leave_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hakube.tar");
     let from = bundle().display().to_string();
-    let out = sh(hakube(), &["bundle", "create", "--from", &from, "--out", file.to_str().unwrap()]);
+    let (key, public) = ed25519(dir.path(), "vendor");
+    let (_, other) = ed25519(dir.path(), "other");
+    let out = sh(hakube(), &["bundle", "create", "--from", &from, "--out", file.to_str().unwrap(), "--sign", &key]);
     assert_ok(&out, "bundle create");
+    let h = Host::isolated();
+    let refused = |out: std::process::Output, why: &str| {
+        assert!(!out.status.success(), "must be refused ({why})");
+        assert!(stderr(&out).contains(why), "{why}: {}", stderr(&out));
+        assert!(untouched(&h), "nothing left behind ({why})");
+    };
 
+    // Another vendor's key; a directory where a key is configured.
+    refused(install_from(&h, &file, &["--bundle-key", &other]), "signed with another key");
+    refused(install_from(&h, bundle(), &["--bundle-key", &public]), "is a directory: give the signed bundle file");
     // Cut short: refused while unpacking, and what was unpacked is gone.
     let short = dir.path().join("short.tar");
     let len = std::fs::metadata(&file).unwrap().len();
     let mut f = std::fs::File::open(&file).unwrap();
     let mut part = std::fs::File::create(&short).unwrap();
     std::io::copy(&mut std::io::Read::take(&mut f, len / 2), &mut part).unwrap();
-    let h = Host::isolated();
-    let out = install_from(&h, &short);
-    assert!(!out.status.success(), "a cut-short bundle must be refused");
-    assert!(stderr(&out).contains("cut short"), "{}", stderr(&out));
-    assert!(untouched(&h), "nothing left of the refused bundle");
+    refused(install_from(&h, &short, &["--bundle-key", &public]), "cut short");
     std::fs::remove_file(&short).unwrap();
 
     // Whole: unpacked under the data directory, and the node runs from it.
-    let out = install_from(&h, &file);
+    let out = install_from(&h, &file, &[&format!("bundle-key={public}")]);
     assert_ok(&out, "install from the bundle file");
+    assert!(stderr(&out).contains("signed with the bundle key"), "{}", stderr(&out));
     let config = std::fs::read_to_string(h.root().join("etc/hakube/cluster.yaml")).unwrap();
     let unpacked = h.root().join("var/lib/hakube/bundles");
     let line = config.lines().find(|l| l.trim_start().starts_with("bundle:")).expect("node.bundle is recorded");
@@ -467,7 +484,7 @@ fn a_master_installs_from_one_bundle_file_and_a_cut_short_one_leaves_nothing() {
     let check = format!("cd {} && sha256sum -c --quiet SHA256SUMS", recorded.display());
     assert_ok(&sh("sh", &["-c", &check]), "sha256sum -c in the unpacked bundle");
     // A re-run with the same file unpacks nothing again.
-    let out = install_from(&h, &file);
+    let out = install_from(&h, &file, &[]);
     assert_ok(&out, "re-run");
     assert!(stderr(&out).contains("is unpacked already"), "{}", stderr(&out));
 }

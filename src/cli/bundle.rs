@@ -136,8 +136,12 @@ fn free_space(path: &Path) -> anyhow::Result<(u64, PathBuf)> {
 /// is written, then extracted under the data directory, once (a bundle
 /// already there is used as it is). Returns the bundle directory. A failed
 /// extraction leaves no directory it made.
-pub fn unpack(paths: &Paths, file: &Path, progress: &Progress) -> anyhow::Result<PathBuf> {
-    let opened = bundle::open(file, None)?;
+pub fn unpack(paths: &Paths, file: &Path, key: Option<&Path>, progress: &Progress) -> anyhow::Result<PathBuf> {
+    let key = key.map(PublicKey::load).transpose().map_err(anyhow::Error::msg)?;
+    let opened = bundle::open(file, key.as_ref())?;
+    if opened.signed {
+        progress.note(format!("  {}: signed with the bundle key", file.display()));
+    }
     let m = opened.manifest.clone();
     let v = crate::kube::version::parse(&m.kubernetes_version).with_context(|| {
         format!("{}: its Kubernetes version {:?} is unreadable", file.display(), m.kubernetes_version)

@@ -174,10 +174,23 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     }
     // A bundle file: unpacked (once) under the data directory, and the
     // directory is the node's bundle from here on.
-    if let Some(file) = c.node.bundle.clone().filter(|b| b.is_file()) {
-        let dir = progress
-            .phase(&format!("unpacking {}", file.display()), || crate::cli::bundle::unpack(paths, &file, &progress))?;
-        c.node.bundle = Some(dir);
+    // A key checks bundle files (a directory unpacked from one was checked
+    // then); a directory given by hand carries no signature.
+    let unpacked = paths.data_dir().join("bundles");
+    match (&c.node.bundle, &c.node.bundle_key) {
+        (Some(file), key) if file.is_file() => {
+            let file = file.clone();
+            let dir = progress.phase(&format!("unpacking {}", file.display()), || {
+                crate::cli::bundle::unpack(paths, &file, key.as_deref(), &progress)
+            })?;
+            c.node.bundle = Some(dir);
+        }
+        (Some(dir), Some(key)) if !dir.starts_with(&unpacked) => bail!(
+            "bundle-key {} checks bundle files, and {} is a directory: give the signed bundle file",
+            key.display(),
+            dir.display()
+        ),
+        _ => {}
     }
     let use_systemd =
         systemd::decide(paths.is_host_root(), c.node.systemd, systemd::is_running()).map_err(anyhow::Error::msg)?;

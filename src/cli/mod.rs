@@ -312,9 +312,12 @@ pub struct InstallArgs {
     /// A cluster config file to merge (same format as /etc/hakube/cluster.yaml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Directory holding the component binaries.
-    #[arg(long, value_name = "DIR")]
+    /// The component binaries: a bundle directory, or a bundle file.
+    #[arg(long, value_name = "DIR|FILE")]
     pub bundle: Option<PathBuf>,
+    /// Accept only bundle files signed with this Ed25519 public key (PEM).
+    #[arg(long, value_name = "PUBKEY")]
+    pub bundle_key: Option<PathBuf>,
     /// Algorithm for new keys.
     #[arg(long, value_name = "ALG")]
     pub key_algorithm: Option<KeyAlgorithm>,
@@ -385,6 +388,10 @@ impl InstallArgs {
         if let Some(b) = &self.bundle {
             let abs = std::path::absolute(b).unwrap_or_else(|_| b.clone());
             set("node", "bundle", abs.display().to_string().into());
+        }
+        if let Some(k) = &self.bundle_key {
+            let abs = std::path::absolute(k).unwrap_or_else(|_| k.clone());
+            set("node", "bundleKey", abs.display().to_string().into());
         }
         t
     }

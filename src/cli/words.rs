@@ -92,6 +92,7 @@ fn merge(a: &mut InstallArgs, w: InstallArgs) -> Result<(), clap::Error> {
     one("components", &mut a.components, w.components)?;
     one("config", &mut a.config, w.config)?;
     one("bundle", &mut a.bundle, w.bundle)?;
+    one("bundle-key", &mut a.bundle_key, w.bundle_key)?;
     one("key-algorithm", &mut a.key_algorithm, w.key_algorithm)?;
     one("timeout", &mut a.timeout, w.timeout)?;
     a.cert_sans.extend(w.cert_sans);

@@ -236,6 +236,9 @@ pub struct NodeSpec {
     /// Where component binaries come from, after `<root>/var/lib/hakube/bin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<PathBuf>,
+    /// An Ed25519 public key (PEM) that bundle files must be signed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_key: Option<PathBuf>,
     /// Where the CNI plugins the pod network uses (bridge, host-local,
     /// loopback, portmap) are installed.
     pub cni_bin_dir: PathBuf,
