@@ -366,166 +366,174 @@ impl Sink for Discard {
     }
 }
 
-/// An opened bundle: its manifest read and judged, the members not yet.
-pub struct Opened {
-    pub file: PathBuf,
+/// A bundle's head: its manifest, judged, and whether its signature was
+/// checked.
+#[derive(Debug, Clone)]
+pub struct Head {
     pub manifest: Manifest,
-    pub manifest_bytes: Vec<u8>,
+    /// The manifest as the file holds it (what is signed; its hash names
+    /// the unpacked directory).
+    pub bytes: Vec<u8>,
+    pub signature: Option<Vec<u8>>,
     pub signed: bool,
-    archive: tar::Archive<BufReader<File>>,
 }
 
-impl std::fmt::Debug for Opened {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Opened").field("file", &self.file).field("signed", &self.signed).finish()
+impl Head {
+    pub fn id(&self) -> String {
+        Manifest::id(&self.bytes)
     }
 }
 
-/// Reads the manifest (and the signature after it), checks the format,
-/// the names, the architecture, and the signature when `key` is given (a
-/// bundle without one is then refused).
-pub fn open(file: &Path, key: Option<&PublicKey>) -> Result<Opened, BundleError> {
-    let bad = |reason: String| BundleError::Bad { file: file.to_owned(), reason };
-    let f = File::open(file).map_err(io(file))?;
-    let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, f));
-    let (manifest_bytes, sig) = {
-        let mut entries = archive.entries().map_err(|e| bad(format!("not a tar file ({e})")))?;
-        let mut first = match entries.next() {
-            Some(Ok(e)) => e,
-            Some(Err(e)) => return Err(bad(format!("not a tar file ({e})"))),
-            None => return Err(bad("it is empty".into())),
-        };
-        let name = first.path_bytes().into_owned();
-        if name != MANIFEST.as_bytes() {
-            return Err(bad(format!(
-                "its first member is {:?}, not the manifest {MANIFEST}",
-                String::from_utf8_lossy(&name)
-            )));
-        }
-        if first.size() > MANIFEST_LIMIT {
-            return Err(bad(format!("its manifest is {} bytes: not a manifest", first.size())));
-        }
-        let mut body = Vec::new();
-        first.read_to_end(&mut body).map_err(|e| bad(format!("its manifest is cut short ({e})")))?;
-        if body.len() as u64 != first.size() {
-            return Err(bad("its manifest is cut short: the file is truncated".into()));
-        }
-        // The signature, when there is one, is the second member; reading
-        // it consumes the first member's tar entry, so it is read here.
-        let sig = if key.is_some() {
-            match entries.next() {
-                Some(Ok(e)) if e.path_bytes().as_ref() == SIGNATURE.as_bytes() => {
-                    let mut s = Vec::new();
-                    e.take(1024).read_to_end(&mut s).map_err(|e| bad(format!("its signature is cut short ({e})")))?;
-                    Some(s)
-                }
-                _ => None,
-            }
-        } else {
-            None
-        };
-        (body, sig)
+/// Reads a bundle in one pass from `r` (a file, or a stream from a
+/// master): the manifest and the signature after it, checked (the format,
+/// the names, the architecture, and the signature when `key` is given: a
+/// bundle without one is then refused); then `sink_for` sees the head and
+/// says where the members go, or that they are not wanted (None), or
+/// refuses; then every member streams into the sink in the manifest's
+/// order, hashed as it goes. A member missing, out of order, of another
+/// size or hash, not listed, or not a regular file fails the read. `name`
+/// names the source in messages; `progress` gets the member bytes done.
+pub fn read<R: Read, S: Sink, E: From<BundleError>>(
+    name: &Path,
+    r: R,
+    key: Option<&PublicKey>,
+    sink_for: impl FnOnce(&Head) -> Result<Option<S>, E>,
+    mut progress: impl FnMut(u64),
+) -> Result<(Head, Option<S>), E> {
+    let bad = |reason: String| BundleError::Bad { file: name.to_owned(), reason };
+    let mut archive = tar::Archive::new(r);
+    let mut entries = archive.entries().map_err(|e| bad(format!("not a tar file ({e})")))?;
+    let mut first = match entries.next() {
+        Some(Ok(e)) => e,
+        Some(Err(e)) => return Err(bad(format!("not a tar file ({e})")).into()),
+        None => return Err(bad("it is empty".into()).into()),
     };
+    if first.path_bytes().as_ref() != MANIFEST.as_bytes() {
+        let got = String::from_utf8_lossy(&first.path_bytes()).into_owned();
+        return Err(bad(format!("its first member is {got:?}, not the manifest {MANIFEST}")).into());
+    }
+    if first.size() > MANIFEST_LIMIT {
+        return Err(bad(format!("its manifest is {} bytes: not a manifest", first.size())).into());
+    }
+    let mut bytes = Vec::new();
+    first.read_to_end(&mut bytes).map_err(|e| bad(format!("its manifest is cut short ({e})")))?;
+    if bytes.len() as u64 != first.size() {
+        return Err(bad("its manifest is cut short: the file is truncated".into()).into());
+    }
+    drop(first);
     let manifest: Manifest =
-        serde_json::from_slice(&manifest_bytes).map_err(|e| bad(format!("its manifest is unreadable ({e})")))?;
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("its manifest is unreadable ({e})")))?;
     manifest.check().map_err(bad)?;
     if manifest.arch != host_arch() {
-        return Err(BundleError::Arch { file: file.to_owned(), theirs: manifest.arch, ours: host_arch().into() });
+        return Err(BundleError::Arch { file: name.to_owned(), theirs: manifest.arch, ours: host_arch().into() }.into());
     }
-    let signed = match (key, sig) {
+    // The signature comes next when there is one; otherwise this is the
+    // first member, read below.
+    let mut pending = match entries.next() {
+        None => None,
+        Some(e) => Some(e.map_err(|e| bad(format!("cut short or damaged ({e})")))?),
+    };
+    let mut signature = None;
+    if let Some(e) = pending.as_mut().filter(|e| e.path_bytes().as_ref() == SIGNATURE.as_bytes()) {
+        let mut sig = Vec::new();
+        e.take(1024).read_to_end(&mut sig).map_err(|e| bad(format!("its signature is cut short ({e})")))?;
+        signature = Some(sig);
+        pending = None;
+    }
+    let signed = match (key, &signature) {
         (None, _) => false,
         (Some(_), None) => {
             return Err(BundleError::Signature {
-                file: file.to_owned(),
+                file: name.to_owned(),
                 reason: "it is not signed, and a bundle key is configured: only signed bundles are accepted".into(),
-            })
+            }
+            .into())
         }
         (Some(k), Some(s)) => {
-            k.verify(&manifest_bytes, &s).map_err(|reason| BundleError::Signature { file: file.to_owned(), reason })?;
+            k.verify(&bytes, s).map_err(|reason| BundleError::Signature { file: name.to_owned(), reason })?;
             true
         }
     };
-    // The entries iterator borrowed the archive; it is opened again below,
-    // from the start, for the members (the manifest is skipped by name).
-    let f = File::open(file).map_err(io(file))?;
-    let archive = tar::Archive::new(BufReader::with_capacity(1 << 20, f));
-    Ok(Opened { file: file.to_owned(), manifest, manifest_bytes, signed, archive })
+    let head = Head { manifest, bytes, signature, signed };
+    let Some(mut sink) = sink_for(&head)? else { return Ok((head, None)) };
+
+    let mut expected = head.manifest.members.iter();
+    let mut want = expected.next();
+    let mut done = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut next = pending.map(Ok).or_else(|| entries.next());
+    while let Some(entry) = next {
+        let mut entry = entry.map_err(|e| bad(format!("cut short or damaged ({e})")))?;
+        let member = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let Some(m) = want else {
+            return Err(bad(format!("it holds {member:?}, which its manifest does not list")).into());
+        };
+        if member != m.name {
+            let listed = head.manifest.members.iter().any(|x| x.name == member);
+            return Err(bad(if listed {
+                format!("{member:?} comes where the manifest lists {:?}: members out of order or missing", m.name)
+            } else {
+                format!("it holds {member:?}, which its manifest does not list")
+            })
+            .into());
+        }
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Err(bad(format!("{member} is not a regular file")).into());
+        }
+        if entry.size() != m.size {
+            return Err(bad(format!("{member} is {} bytes where the manifest says {}", entry.size(), m.size)).into());
+        }
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let start = done;
+        {
+            let mut out = sink.open(m)?;
+            loop {
+                let n = entry.read(&mut buf).map_err(|e| bad(format!("{member} is cut short ({e})")))?;
+                if n == 0 {
+                    break;
+                }
+                ctx.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(|e| bad(format!("writing {member}: {e}")))?;
+                done += n as u64;
+                progress(done);
+            }
+            out.flush().map_err(|e| bad(format!("writing {member}: {e}")))?;
+        }
+        if done - start != m.size {
+            return Err(bad(format!("{member} is cut short after {} of its {} bytes", done - start, m.size)).into());
+        }
+        let sha = hex(ctx.finish().as_ref());
+        if sha != m.sha256 {
+            return Err(bad(format!(
+                "{member} was changed or damaged: its SHA-256 is {sha}, the manifest says {}",
+                m.sha256
+            ))
+            .into());
+        }
+        sink.done(m)?;
+        want = expected.next();
+        drop(entry);
+        next = entries.next();
+    }
+    if let Some(m) = want {
+        return Err(bad(format!("it ends before {}: cut short", m.name)).into());
+    }
+    Ok((head, Some(sink)))
 }
 
-impl Opened {
-    /// Streams every member into `sink`, in the manifest's order, hashing
-    /// as it goes: a member that is missing, out of order, of another size
-    /// or hash, or not listed fails the read, as does anything after the
-    /// last member but the tar's end. Calls `progress` with the bytes done.
-    pub fn read_members(mut self, sink: &mut dyn Sink, mut progress: impl FnMut(u64)) -> Result<(), BundleError> {
-        let file = self.file.clone();
-        let bad = |reason: String| BundleError::Bad { file: file.clone(), reason };
-        let mut entries = self.archive.entries().map_err(|e| bad(format!("not a tar file ({e})")))?;
-        let mut expected = self.manifest.members.iter();
-        let mut want = expected.next();
-        let mut done = 0u64;
-        let mut buf = vec![0u8; 1 << 20];
-        for entry in entries.by_ref() {
-            let mut entry = entry.map_err(|e| bad(format!("cut short or damaged ({e})")))?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            if name == MANIFEST || name == SIGNATURE {
-                continue;
-            }
-            let Some(m) = want else {
-                return Err(bad(format!("it holds {name:?}, which its manifest does not list")));
-            };
-            if name != m.name {
-                let listed = self.manifest.members.iter().any(|x| x.name == name);
-                return Err(bad(if listed {
-                    format!("{:?} comes where the manifest lists {:?}: members out of order or missing", name, m.name)
-                } else {
-                    format!("it holds {name:?}, which its manifest does not list")
-                }));
-            }
-            if entry.header().entry_type() != tar::EntryType::Regular {
-                return Err(bad(format!("{name} is not a regular file")));
-            }
-            if entry.size() != m.size {
-                return Err(bad(format!("{name} is {} bytes where the manifest says {}", entry.size(), m.size)));
-            }
-            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-            let start = done;
-            {
-                let mut out = sink.open(m)?;
-                loop {
-                    let n = entry.read(&mut buf).map_err(|e| bad(format!("{name} is cut short ({e})")))?;
-                    if n == 0 {
-                        break;
-                    }
-                    ctx.update(&buf[..n]);
-                    out.write_all(&buf[..n]).map_err(|e| bad(format!("writing {name}: {e}")))?;
-                    done += n as u64;
-                    progress(done);
-                }
-                out.flush().map_err(|e| bad(format!("writing {name}: {e}")))?;
-            }
-            if done - start != m.size {
-                return Err(bad(format!("{name} is cut short after {} of its {} bytes", done - start, m.size)));
-            }
-            let sha = hex(ctx.finish().as_ref());
-            if sha != m.sha256 {
-                return Err(bad(format!(
-                    "{name} was changed or damaged: its SHA-256 is {sha}, the manifest says {}",
-                    m.sha256
-                )));
-            }
-            sink.done(m)?;
-            want = expected.next();
-        }
-        if let Some(m) = want {
-            return Err(bad(format!("it ends before {}: cut short", m.name)));
-        }
-        Ok(())
-    }
+/// Opens a bundle file for [`read`].
+pub fn open_file(file: &Path) -> Result<BufReader<File>, BundleError> {
+    Ok(BufReader::with_capacity(1 << 20, File::open(file).map_err(io(file))?))
+}
+
+/// Reads only a bundle file's head (`list`).
+pub fn head(file: &Path, key: Option<&PublicKey>) -> Result<Head, BundleError> {
+    let (head, _) = read::<_, Discard, BundleError>(file, open_file(file)?, key, |_| Ok(None), |_| {})?;
+    Ok(head)
 }
 
 /// Writes members as files into a staging directory.
-struct ToDir {
+pub struct ToDir {
     dir: PathBuf,
 }
 
@@ -548,33 +556,59 @@ impl Sink for ToDir {
     }
 }
 
-/// Extracts an opened bundle into `<dir>/<id>/`: streamed into
-/// `<dir>/.<id>.partial/`, each member hashed as it is written, renamed
-/// into place once every member matched; on any failure the partial
-/// directory is removed. A bundle already extracted (its directory exists:
-/// only a whole extraction is renamed there) is not read again.
-pub fn extract(opened: Opened, dir: &Path, progress: impl FnMut(u64)) -> Result<PathBuf, BundleError> {
-    let id = Manifest::id(&opened.manifest_bytes);
-    let target = dir.join(&id);
-    if target.is_dir() {
-        return Ok(target);
-    }
-    let partial = dir.join(format!(".{id}.partial"));
-    if partial.exists() {
-        // An extraction that died: nothing in it was trusted.
-        std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
-    }
-    std::fs::create_dir_all(&partial).map_err(io(&partial))?;
-    let mut sink = ToDir { dir: partial.clone() };
-    let result = opened.read_members(&mut sink, progress).and_then(|()| {
-        std::fs::rename(&partial, &target).map_err(io(&target))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+/// Unpacks a bundle into `<dir>/<id>/`: streamed into `<dir>/.<id>.partial/`,
+/// each member hashed as it is written, with the manifest (and signature)
+/// kept beside the members, renamed into place once every member matched;
+/// on any failure the partial directory is removed. A bundle unpacked
+/// already (its directory exists: only a whole one is renamed there) is
+/// not read further. `judge` sees the head first and may refuse.
+pub fn extract<R: Read, E: From<BundleError>>(
+    name: &Path,
+    r: R,
+    key: Option<&PublicKey>,
+    dir: &Path,
+    judge: impl FnOnce(&Head) -> Result<(), E>,
+    progress: impl FnMut(u64),
+) -> Result<(PathBuf, Head), E> {
+    let mut partial = None;
+    let result = read(
+        name,
+        r,
+        key,
+        |head| {
+            judge(head)?;
+            let target = dir.join(head.id());
+            if target.is_dir() {
+                return Ok(None);
+            }
+            let p = dir.join(format!(".{}.partial", head.id()));
+            if p.exists() {
+                // An unpacking that died: nothing in it was trusted.
+                std::fs::remove_dir_all(&p).map_err(io(&p))?;
+            }
+            std::fs::create_dir_all(&p).map_err(io(&p))?;
+            std::fs::write(p.join(MANIFEST), &head.bytes).map_err(io(&p))?;
+            if let Some(sig) = &head.signature {
+                std::fs::write(p.join(SIGNATURE), sig).map_err(io(&p))?;
+            }
+            partial = Some(p.clone());
+            Ok(Some(ToDir { dir: p }))
+        },
+        progress,
+    );
+    let done = result.and_then(|(head, sink)| {
+        let target = dir.join(head.id());
+        if sink.is_some() {
+            let p = partial.take().expect("a sink is a partial directory");
+            std::fs::rename(&p, &target).map_err(io(&target))?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+        }
+        Ok((target, head))
     });
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&partial);
-        return Err(e);
+    if let Some(p) = partial {
+        let _ = std::fs::remove_dir_all(p);
     }
-    Ok(target)
+    done
 }
 
 #[cfg(test)]

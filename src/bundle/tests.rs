@@ -48,11 +48,13 @@ fn made(dir: &Path, key: Option<&SigningKey>) -> PathBuf {
     out
 }
 
-fn read(file: &Path, key: Option<&PublicKey>) -> Result<Manifest, BundleError> {
-    let opened = open(file, key)?;
-    let m = opened.manifest.clone();
-    opened.read_members(&mut Discard, |_| {})?;
-    Ok(m)
+fn read_all(file: &Path, key: Option<&PublicKey>) -> Result<Manifest, BundleError> {
+    let (head, _) = read::<_, _, BundleError>(file, open_file(file)?, key, |_| Ok(Some(Discard)), |_| {})?;
+    Ok(head.manifest)
+}
+
+fn unpack(file: &Path, into: &Path, progress: impl FnMut(u64)) -> Result<(PathBuf, Head), BundleError> {
+    extract::<_, BundleError>(file, open_file(file)?, None, into, |_| Ok(()), progress)
 }
 
 fn err(r: Result<Manifest, BundleError>) -> String {
@@ -100,7 +102,7 @@ fn manifest(members: Vec<Member>) -> Manifest {
 fn a_whole_bundle_reads_back_and_extracts_to_a_bundle_directory() {
     let dir = tempfile::tempdir().unwrap();
     let file = made(dir.path(), None);
-    let m = read(&file, None).unwrap();
+    let m = read_all(&file, None).unwrap();
     let names: Vec<&str> = m.members.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(
         names,
@@ -114,13 +116,19 @@ fn a_whole_bundle_reads_back_and_extracts_to_a_bundle_directory() {
     assert_eq!(kinds[5], Kind::ImageName);
     assert_eq!(kinds[6], Kind::Image);
 
+    // One pass over a stream that cannot seek, as from a master over HTTPS.
+    let bytes = std::fs::read(&file).unwrap();
+    let (streamed, _) = read::<_, _, BundleError>(Path::new("stream"), &bytes[..], None, |_| Ok(Some(Discard)), |_| {})
+        .expect("read from a stream");
+    assert_eq!(streamed.manifest, m);
+
     let into = dir.path().join("bundles");
     std::fs::create_dir(&into).unwrap();
-    let opened = open(&file, None).unwrap();
-    let id = Manifest::id(&opened.manifest_bytes);
     let mut seen = 0;
-    let out = extract(opened, &into, |n| seen = n).unwrap();
+    let (out, head) = unpack(&file, &into, |n| seen = n).unwrap();
+    let id = head.id();
     assert_eq!(out, into.join(&id));
+    assert_eq!(std::fs::read(out.join(MANIFEST)).unwrap(), head.bytes, "the manifest is kept beside the members");
     assert_eq!(seen, m.total_size(), "progress reached every byte");
     assert_eq!(std::fs::read(out.join("kube-apiserver")).unwrap(), vec![7u8; 300_000]);
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(out.join("kubelet")).unwrap().permissions());
@@ -131,7 +139,7 @@ fn a_whole_bundle_reads_back_and_extracts_to_a_bundle_directory() {
     let entries: Vec<_> = std::fs::read_dir(&into).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(entries, [std::ffi::OsString::from(&id)], "no partial directory left");
     // Content addressed: a second extraction reads nothing.
-    let again = extract(open(&file, None).unwrap(), &into, |_| panic!("read again")).unwrap();
+    let (again, _) = unpack(&file, &into, |_| panic!("read again")).unwrap();
     assert_eq!(again, out);
 }
 
@@ -146,24 +154,24 @@ fn damaged_or_cut_short_files_are_refused_and_nothing_is_left() {
     flipped[at] ^= 1;
     let bad = dir.path().join("flipped.tar");
     std::fs::write(&bad, &flipped).unwrap();
-    let e = err(read(&bad, None));
+    let e = err(read_all(&bad, None));
     assert!(e.contains("kube-apiserver was changed or damaged"), "{e}");
     // Extracting it leaves nothing behind.
     let into = dir.path().join("bundles");
     std::fs::create_dir(&into).unwrap();
-    assert!(extract(open(&bad, None).unwrap(), &into, |_| {}).is_err());
+    assert!(unpack(&bad, &into, |_| {}).is_err());
     assert_eq!(std::fs::read_dir(&into).unwrap().count(), 0, "no partial directory left");
     // Cut short, at several places.
     for cut in [100, 2_000, at, bytes.len() - 2_000] {
         let short = dir.path().join("short.tar");
         std::fs::write(&short, &bytes[..cut]).unwrap();
-        let e = err(read(&short, None));
+        let e = err(read_all(&short, None));
         assert!(e.contains("cut short") || e.contains("not a tar file") || e.contains("ends before"), "{cut}: {e}");
     }
     // Not a bundle at all.
     let text = dir.path().join("text.tar");
     std::fs::write(&text, "hello").unwrap();
-    assert!(err(read(&text, None)).contains("not a usable hakube bundle"));
+    assert!(err(read_all(&text, None)).contains("not a usable hakube bundle"));
 }
 
 #[test]
@@ -171,28 +179,28 @@ fn members_missing_unlisted_out_of_order_or_escaping_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (&b"aaaa"[..], &b"bbbb"[..]);
     let two = manifest(vec![member("a", a), member("b", b)]);
-    let e = err(read(&forged(dir.path(), &two, &[("a", a)]), None));
+    let e = err(read_all(&forged(dir.path(), &two, &[("a", a)]), None));
     assert!(e.contains("ends before b: cut short"), "{e}");
-    let e = err(read(&forged(dir.path(), &two, &[("a", a), ("b", b), ("c", b)]), None));
+    let e = err(read_all(&forged(dir.path(), &two, &[("a", a), ("b", b), ("c", b)]), None));
     assert!(e.contains("\"c\", which its manifest does not list"), "{e}");
-    let e = err(read(&forged(dir.path(), &two, &[("b", b), ("a", a)]), None));
+    let e = err(read_all(&forged(dir.path(), &two, &[("b", b), ("a", a)]), None));
     assert!(e.contains("out of order or missing"), "{e}");
-    let e = err(read(&forged(dir.path(), &manifest(vec![member("a", a)]), &[("a", b"aaaaa")]), None));
+    let e = err(read_all(&forged(dir.path(), &manifest(vec![member("a", a)]), &[("a", b"aaaaa")]), None));
     assert!(e.contains("a is 5 bytes where the manifest says 4"), "{e}");
     for name in ["../etc/passwd", "bin/x", ".hidden", "", "a b"] {
         let m = manifest(vec![member(name, a)]);
-        let e = err(read(&forged(dir.path(), &m, &[]), None));
+        let e = err(read_all(&forged(dir.path(), &m, &[]), None));
         assert!(e.contains("is not a plain file name"), "{name}: {e}");
     }
-    let e = err(read(&forged(dir.path(), &manifest(vec![member("a", a), member("a", a)]), &[]), None));
+    let e = err(read_all(&forged(dir.path(), &manifest(vec![member("a", a), member("a", a)]), &[]), None));
     assert!(e.contains("lists a twice"), "{e}");
     let mut other = manifest(vec![]);
     other.arch = if host_arch() == "arm64" { "amd64".into() } else { "arm64".into() };
-    let e = err(read(&forged(dir.path(), &other, &[]), None));
+    let e = err(read_all(&forged(dir.path(), &other, &[]), None));
     assert!(e.contains(&format!("is a bundle for {}, and this host is {}", other.arch, host_arch())), "{e}");
     let mut future = manifest(vec![]);
     future.format = 2;
-    assert!(err(read(&forged(dir.path(), &future, &[]), None)).contains("this hakube reads format 1"));
+    assert!(err(read_all(&forged(dir.path(), &future, &[]), None)).contains("this hakube reads format 1"));
 }
 
 #[test]
@@ -201,16 +209,17 @@ fn a_signature_is_required_once_a_key_is_given_and_must_be_the_keys() {
     let key = SigningKey::from_pem(KEY).unwrap();
     let public = key.public();
     let signed = made(dir.path(), Some(&key));
-    read(&signed, Some(&public)).unwrap();
-    read(&signed, None).expect("read without a key, the signature is passed over");
-    assert!(open(&signed, Some(&public)).unwrap().signed);
+    read_all(&signed, Some(&public)).unwrap();
+    read_all(&signed, None).expect("read without a key, the signature is passed over");
+    assert!(head(&signed, Some(&public)).unwrap().signed);
+    assert!(!head(&signed, None).unwrap().signed);
 
     let unsigned_dir = tempfile::tempdir().unwrap();
     let unsigned = made(unsigned_dir.path(), None);
-    assert!(err(read(&unsigned, Some(&public))).contains("it is not signed, and a bundle key is configured"));
+    assert!(err(read_all(&unsigned, Some(&public))).contains("it is not signed, and a bundle key is configured"));
 
     let other = SigningKey::generate();
-    assert!(err(read(&signed, Some(&other.public()))).contains("signed with another key"));
+    assert!(err(read_all(&signed, Some(&other.public()))).contains("signed with another key"));
 
     // A manifest changed after signing (its Kubernetes version, same length).
     let mut bytes = std::fs::read(&signed).unwrap();
@@ -219,7 +228,7 @@ fn a_signature_is_required_once_a_key_is_given_and_must_be_the_keys() {
     let changed = dir.path().join("changed.tar");
     std::fs::write(&changed, &bytes).unwrap();
     // The tar header's checksum does not cover the data: only the signature tells.
-    assert!(err(read(&changed, Some(&public))).contains("does not match the bundle key"));
+    assert!(err(read_all(&changed, Some(&public))).contains("does not match the bundle key"));
 }
 
 #[test]

@@ -63,13 +63,18 @@ pub fn create(from: &Path, out: &Path, sign: Option<&Path>) -> anyhow::Result<()
 pub fn verify(file: &Path, key: Option<&Path>) -> anyhow::Result<()> {
     let progress = Progress::new("bundle");
     let key: Option<PublicKey> = key.map(PublicKey::load).transpose().map_err(anyhow::Error::msg)?;
-    let opened = bundle::open(file, key.as_ref())?;
-    let m = opened.manifest.clone();
-    let signed = opened.signed;
-    progress.phase(&format!("reading every member of {}", file.display()), || {
-        opened.read_members(&mut bundle::Discard, tenths(m.total_size(), &progress, "read"))
+    let total = bundle::head(file, None)?.manifest.total_size();
+    let (head, _) = progress.phase(&format!("reading every member of {}", file.display()), || {
+        bundle::read::<_, _, bundle::BundleError>(
+            file,
+            bundle::open_file(file)?,
+            key.as_ref(),
+            |_| Ok(Some(bundle::Discard)),
+            tenths(total, &progress, "read"),
+        )
     })?;
-    let how = if signed {
+    let m = &head.manifest;
+    let how = if head.signed {
         "signature and every member match"
     } else {
         "every member matches (no key given: signature not checked)"
@@ -87,11 +92,11 @@ pub fn verify(file: &Path, key: Option<&Path>) -> anyhow::Result<()> {
 }
 
 pub fn list(file: &Path, json: bool) -> anyhow::Result<()> {
-    let opened = bundle::open(file, None)?;
+    let head = bundle::head(file, None)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&opened.manifest)?);
+        println!("{}", serde_json::to_string_pretty(&head.manifest)?);
     } else {
-        print!("{}", render(&opened.manifest));
+        print!("{}", render(&head.manifest));
     }
     Ok(())
 }
@@ -138,47 +143,54 @@ fn free_space(path: &Path) -> anyhow::Result<(u64, PathBuf)> {
 /// extraction leaves no directory it made.
 pub fn unpack(paths: &Paths, file: &Path, key: Option<&Path>, progress: &Progress) -> anyhow::Result<PathBuf> {
     let key = key.map(PublicKey::load).transpose().map_err(anyhow::Error::msg)?;
-    let opened = bundle::open(file, key.as_ref())?;
-    if opened.signed {
-        progress.note(format!("  {}: signed with the bundle key", file.display()));
-    }
-    let m = opened.manifest.clone();
-    let v = crate::kube::version::parse(&m.kubernetes_version).with_context(|| {
-        format!("{}: its Kubernetes version {:?} is unreadable", file.display(), m.kubernetes_version)
-    })?;
-    crate::kube::version::check_supported(file, v)?;
     let dir = paths.data_dir().join("bundles");
-    let target = dir.join(Manifest::id(&opened.manifest_bytes));
-    if target.is_dir() {
-        progress.note(format!("  {} is unpacked already in {}", file.display(), target.display()));
-        return Ok(target);
-    }
-    // The members, and the images once more: containerd keeps what it
-    // imports, and unpacks the layers beside it.
-    let need = m.total_size() + 2 * m.image_size();
-    let (free, fs) = free_space(&dir)?;
-    if free < need {
-        anyhow::bail!(
-            "{} needs {} free on the filesystem of {} ({} goes there: the bundle's {} and room to import its images), \
-             and it has {}: free space there, or mount a larger filesystem on {}",
-            file.display(),
-            size(need),
-            fs.display(),
-            dir.display(),
-            size(m.total_size()),
-            size(free),
-            paths.data_dir().display()
-        );
-    }
-    // The directories this makes, removed again if the extraction fails.
+    // Judged before anything is written: the version, and the room.
+    let judge = |head: &bundle::Head| -> anyhow::Result<()> {
+        let m = &head.manifest;
+        let v = crate::kube::version::parse(&m.kubernetes_version).with_context(|| {
+            format!("{}: its Kubernetes version {:?} is unreadable", file.display(), m.kubernetes_version)
+        })?;
+        crate::kube::version::check_supported(file, v)?;
+        if head.signed {
+            progress.note(format!("  {}: signed with the bundle key", file.display()));
+        }
+        if dir.join(head.id()).is_dir() {
+            progress.note(format!("  {} is unpacked already in {}", file.display(), dir.join(head.id()).display()));
+            return Ok(());
+        }
+        // The members, and the images once more: containerd keeps what it
+        // imports, and unpacks the layers beside it.
+        let need = m.total_size() + 2 * m.image_size();
+        let (free, fs) = free_space(&dir)?;
+        if free < need {
+            anyhow::bail!(
+                "{} needs {} free on the filesystem of {} ({} goes there: the bundle's {} and room to import its \
+                 images), and it has {}: free space there, or mount a larger filesystem on {}",
+                file.display(),
+                size(need),
+                fs.display(),
+                dir.display(),
+                size(m.total_size()),
+                size(free),
+                paths.data_dir().display()
+            );
+        }
+        Ok(())
+    };
+    let total = bundle::head(file, None)?.manifest.total_size();
+    // The directories this makes, removed again if the unpacking fails.
     let made: Vec<PathBuf> = dir.ancestors().take_while(|d| !d.exists()).map(Path::to_path_buf).collect();
-    crate::host::fs::create_dir_all(&dir, 0o700)?;
-    let result = bundle::extract(opened, &dir, tenths(m.total_size(), progress, "unpacked"));
-    if result.is_err() {
-        // Deepest first; remove_dir leaves a directory someone filled.
-        for d in &made {
-            let _ = std::fs::remove_dir(d);
+    let result = crate::host::fs::create_dir_all(&dir, 0o700).map_err(anyhow::Error::from).and_then(|()| {
+        bundle::extract(file, bundle::open_file(file)?, key.as_ref(), &dir, judge, tenths(total, progress, "unpacked"))
+    });
+    match result {
+        Ok((target, _)) => Ok(target),
+        Err(e) => {
+            // Deepest first; remove_dir leaves a directory someone filled.
+            for d in &made {
+                let _ = std::fs::remove_dir(d);
+            }
+            Err(e)
         }
     }
-    Ok(result?)
 }
