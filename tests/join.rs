@@ -868,3 +868,59 @@ fn a_worker_renews_its_agents_certificate_through_the_masters_with_the_same_key(
     let log = std::fs::read_to_string(m1.root().join("var/lib/hakube/logs/agent.log")).unwrap();
     assert!(log.contains("decision=\"renewed\"") || log.contains("decision=renewed"), "the master's audit line");
 }
+
+/// A join script run on `h` with no bundle given: the binaries must come
+/// from the cluster.
+fn join_without_bundle(h: &Host, script: &std::path::Path, components: &str) -> std::process::Output {
+    let args: Vec<String> = join_args(h, components);
+    let cut = args.iter().position(|a| a == "--bundle").map_or(args.len(), |i| i);
+    let refs: Vec<&str> = args[..cut].iter().map(String::as_str).collect();
+    h.bash(script, &refs, &[bin()])
+}
+
+/// The `node.bundle` a host's config records.
+fn recorded_bundle(h: &Host) -> std::path::PathBuf {
+    let config = std::fs::read_to_string(h.root().join("etc/hakube/cluster.yaml")).unwrap();
+    let line = config.lines().find(|l| l.trim_start().starts_with("bundle:")).expect("node.bundle is recorded");
+    std::path::PathBuf::from(line.split_once(':').unwrap().1.trim())
+}
+
+#[test]
+fn joiners_fetch_the_bundle_from_the_masters_and_from_another_when_one_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hakube.tar");
+    let from = bundle().display().to_string();
+    assert_ok(&sh(hakube(), &["bundle", "create", "--from", &from, "--out", file.to_str().unwrap()]), "bundle create");
+    let net = Network::new();
+    let m1 = net.host("m1");
+    let f = file.display().to_string();
+    let args = ["install", "--advertise-address", &m1.addr, "--node-name", "m1", "--components", MASTER];
+    assert_ok(&m1.hakube(&[&args[..], &["--bundle", &f, "--no-systemd", "ha"]].concat()), "m1 from the bundle file");
+    std::fs::remove_file(&file).unwrap();
+
+    // Masters join with nothing but the script: each gets the bundle from
+    // the cluster, and keeps it to give in turn.
+    let (_d, master_script) = join_script(&m1, true, &[]);
+    let (m2, m3) = (net.host("m2"), net.host("m3"));
+    for m in [&m2, &m3] {
+        let out = join_without_bundle(m, &master_script, MASTER);
+        assert!(out.status.success(), "{} joins: {}\n{}", m.name, stderr(&out), logs(m));
+        assert!(stderr(&out).contains("fetching the cluster's bundle from a master: done"), "{}", stderr(&out));
+        assert_eq!(recorded_bundle(m).parent(), Some(m.root().join("var/lib/hakube/bundles").as_path()));
+        let id = recorded_bundle(m).file_name().unwrap().to_owned();
+        assert_eq!(id, recorded_bundle(&m1).file_name().unwrap(), "the same bundle");
+    }
+
+    // m1 is lost; a worker whose script names m1 first gets the bundle
+    // from another master.
+    let (_dw, worker_script) = join_script(&m1, false, &[]);
+    m1.kill_all();
+    let w1 = net.host("w1");
+    let out = join_without_bundle(&w1, &worker_script, WORKER);
+    assert!(out.status.success(), "w1 joins: {}\n{}", stderr(&out), logs(&w1));
+    let err = stderr(&out);
+    assert!(err.contains("from 10.") && !err.contains(&format!("from {}:", m1.addr)), "{err}");
+    let pid = w1.state()["components"]["kubelet"]["pid"].as_u64().expect("kubelet runs");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, recorded_bundle(&w1).join("kubelet"), "kubelet runs from the fetched bundle");
+}

@@ -1,7 +1,7 @@
 //! Joining: `POST /v1/join` verifies the token, issues a worker's
 //! certificates from its CSRs, hands a master its sealed key material and
-//! registers the host; `GET /v1/binary` serves this master's binary to
-//! holders of a join token.
+//! registers the host; `GET /v1/binary` serves this master's binary and
+//! `GET /v1/bundle` its bundle to holders of a join token.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub(crate) async fn binary(
     Extension(Remote(remote)): Extension<Remote>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    if let Err(Refusal(status, msg)) = binary_allowed(&ctx, &headers).await {
+    if let Err(Refusal(status, msg)) = token_allowed(&ctx, &headers, "the binary").await {
         warn!(target: "audit", %remote, decision = "refused", status = status.as_u16(), reason = %msg, "binary");
         return refuse(status, msg).into_response();
     }
@@ -55,12 +55,60 @@ pub(crate) async fn binary(
     ([("content-type", "application/octet-stream")], bytes).into_response()
 }
 
-/// Whether the request carries a join token that is valid now (either role).
-async fn binary_allowed(ctx: &ApiContext, headers: &axum::http::HeaderMap) -> Result<(), Refusal> {
+/// The bundle this master runs from, streamed in the bundle format to a
+/// holder of a join token: a joining host gets every binary and image from
+/// the cluster, and nothing is copied by hand. 404 when this master was
+/// installed from a bundle directory (it has no manifest to serve).
+pub(crate) async fn bundle(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Err(Refusal(status, msg)) = token_allowed(&ctx, &headers, "the bundle").await {
+        warn!(target: "audit", %remote, decision = "refused", status = status.as_u16(), reason = %msg, "bundle");
+        return refuse(status, msg).into_response();
+    }
+    let Some(dir) = ctx.config.node.bundle.clone().filter(|d| d.join(crate::bundle::MANIFEST).is_file()) else {
+        let msg = "this master was installed from a bundle directory, not a bundle file: it has no bundle to give";
+        return refuse(StatusCode::NOT_FOUND, msg).into_response();
+    };
+    info!(target: "audit", %remote, decision = "accepted", bundle = %dir.display(), "bundle");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, ChunkWriter(tx.clone()));
+        if let Err(e) = crate::bundle::write_unpacked(&dir, &mut out) {
+            warn!(error = %e, "serving the bundle stopped");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    ([("content-type", "application/x-tar")], axum::body::Body::from_stream(body)).into_response()
+}
+
+/// Sends what is written as chunks of a response body; a client that went
+/// away ends the writing.
+struct ChunkWriter(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::other("the client went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether the request carries a join token that is valid now (either
+/// role); `what` is named in the refusal.
+async fn token_allowed(ctx: &ApiContext, headers: &axum::http::HeaderMap, what: &str) -> Result<(), Refusal> {
     let unauthorized = |why: &str| {
         refuse(
             StatusCode::UNAUTHORIZED,
-            format!("{why}: the binary is served to holders of a join token (header `Authorization: Bearer TOKEN`, as join scripts send it)"),
+            format!("{why}: {what} is served to holders of a join token (header `Authorization: Bearer TOKEN`, as join scripts send it)"),
         )
     };
     let value = headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| unauthorized("no join token"))?;

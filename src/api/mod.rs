@@ -112,6 +112,7 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
     Router::new()
         .route("/v1/join", post(join::join))
         .route("/v1/binary", get(join::binary))
+        .route("/v1/bundle", get(join::bundle))
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/node/cluster", get(node::cluster))
         .route("/v1/node/heartbeat", post(node::heartbeat))

@@ -346,6 +346,36 @@ pub fn create(manifest: &Manifest, files: &[PathBuf], key: Option<&SigningKey>, 
     Ok(())
 }
 
+/// Writes an unpacked bundle (a directory [`extract`] made: the manifest,
+/// the signature if any, the members) back out as the bundle it came
+/// from: how a master hands its bundle to a joining host. Each member is
+/// hashed again on the way out: a file changed on this disk is not served.
+pub fn write_unpacked(dir: &Path, w: impl Write) -> Result<(), BundleError> {
+    let manifest_path = dir.join(MANIFEST);
+    let body = std::fs::read(&manifest_path).map_err(io(&manifest_path))?;
+    let manifest: Manifest = serde_json::from_slice(&body)
+        .map_err(|e| BundleError::Bad { file: manifest_path.clone(), reason: format!("unreadable ({e})") })?;
+    let mut tar = tar::Builder::new(w);
+    let w_err = |e| BundleError::Io { path: dir.to_owned(), source: e };
+    tar.append(&header(MANIFEST, body.len() as u64, 0o644), body.as_slice()).map_err(w_err)?;
+    match std::fs::read(dir.join(SIGNATURE)) {
+        Ok(sig) => tar.append(&header(SIGNATURE, sig.len() as u64, 0o644), sig.as_slice()).map_err(w_err)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(BundleError::Io { path: dir.join(SIGNATURE), source: e }),
+    }
+    for m in &manifest.members {
+        let path = dir.join(&m.name);
+        let f = File::open(&path).map_err(io(&path))?;
+        let mut r = Hashing { inner: f.take(m.size), ctx: ring::digest::Context::new(&ring::digest::SHA256) };
+        tar.append(&header(&m.name, m.size, m.mode), &mut r).map_err(w_err)?;
+        if hex(r.ctx.finish().as_ref()) != m.sha256 {
+            return Err(BundleError::Bad { file: path, reason: "it changed since it was unpacked".into() });
+        }
+    }
+    tar.into_inner().map_err(w_err)?.flush().map_err(w_err)?;
+    Ok(())
+}
+
 /// Where an opened bundle's members go as they stream past.
 pub trait Sink {
     /// A writer for `member`; nothing written is trusted until [`Sink::done`].

@@ -138,6 +138,16 @@ fn a_whole_bundle_reads_back_and_extracts_to_a_bundle_directory() {
     assert!(check.unwrap().status.success(), "sha256sum -c SHA256SUMS");
     let entries: Vec<_> = std::fs::read_dir(&into).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(entries, [std::ffi::OsString::from(&id)], "no partial directory left");
+    // Served back out as it came: it reads as the same bundle.
+    let mut served = Vec::new();
+    write_unpacked(&out, &mut served).unwrap();
+    let (again_head, _) =
+        read::<_, _, BundleError>(Path::new("served"), &served[..], None, |_| Ok(Some(Discard)), |_| {}).unwrap();
+    assert_eq!(again_head.bytes, head.bytes, "the same manifest, byte for byte");
+    std::fs::write(out.join("kubelet"), b"\x7fELF changed").unwrap();
+    let e = write_unpacked(&out, std::io::sink()).unwrap_err().to_string();
+    assert!(e.contains("kubelet") && e.contains("changed since it was unpacked"), "{e}");
+    std::fs::write(out.join("kubelet"), b"\x7fELF kubelet").unwrap();
     // Content addressed: a second extraction reads nothing.
     let (again, _) = unpack(&file, &into, |_| panic!("read again")).unwrap();
     assert_eq!(again, out);

@@ -143,19 +143,32 @@ fn free_space(path: &Path) -> anyhow::Result<(u64, PathBuf)> {
 /// extraction leaves no directory it made.
 pub fn unpack(paths: &Paths, file: &Path, key: Option<&Path>, progress: &Progress) -> anyhow::Result<PathBuf> {
     let key = key.map(PublicKey::load).transpose().map_err(anyhow::Error::msg)?;
+    unpack_from(paths, file, bundle::open_file(file)?, key.as_ref(), progress)
+}
+
+/// As [`unpack`], from any reader (a master's stream): `name` names it.
+pub fn unpack_from(
+    paths: &Paths,
+    name: &Path,
+    r: impl std::io::Read,
+    key: Option<&PublicKey>,
+    progress: &Progress,
+) -> anyhow::Result<PathBuf> {
     let dir = paths.data_dir().join("bundles");
+    let total = std::cell::Cell::new(0);
     // Judged before anything is written: the version, and the room.
     let judge = |head: &bundle::Head| -> anyhow::Result<()> {
         let m = &head.manifest;
+        total.set(m.total_size());
         let v = crate::kube::version::parse(&m.kubernetes_version).with_context(|| {
-            format!("{}: its Kubernetes version {:?} is unreadable", file.display(), m.kubernetes_version)
+            format!("{}: its Kubernetes version {:?} is unreadable", name.display(), m.kubernetes_version)
         })?;
-        crate::kube::version::check_supported(file, v)?;
+        crate::kube::version::check_supported(name, v)?;
         if head.signed {
-            progress.note(format!("  {}: signed with the bundle key", file.display()));
+            progress.note(format!("  {}: signed with the bundle key", name.display()));
         }
         if dir.join(head.id()).is_dir() {
-            progress.note(format!("  {} is unpacked already in {}", file.display(), dir.join(head.id()).display()));
+            progress.note(format!("  {} is unpacked already in {}", name.display(), dir.join(head.id()).display()));
             return Ok(());
         }
         // The members, and the images once more: containerd keeps what it
@@ -166,7 +179,7 @@ pub fn unpack(paths: &Paths, file: &Path, key: Option<&Path>, progress: &Progres
             anyhow::bail!(
                 "{} needs {} free on the filesystem of {} ({} goes there: the bundle's {} and room to import its \
                  images), and it has {}: free space there, or mount a larger filesystem on {}",
-                file.display(),
+                name.display(),
                 size(need),
                 fs.display(),
                 dir.display(),
@@ -177,12 +190,19 @@ pub fn unpack(paths: &Paths, file: &Path, key: Option<&Path>, progress: &Progres
         }
         Ok(())
     };
-    let total = bundle::head(file, None)?.manifest.total_size();
+    let mut told = 0;
+    let tell = |done: u64| {
+        let tenth = (done * 10).checked_div(total.get()).unwrap_or(10);
+        if tenth > told {
+            told = tenth;
+            progress.note(format!("  unpacked {}% ({} of {})", tenth * 10, size(done), size(total.get())));
+        }
+    };
     // The directories this makes, removed again if the unpacking fails.
     let made: Vec<PathBuf> = dir.ancestors().take_while(|d| !d.exists()).map(Path::to_path_buf).collect();
-    let result = crate::host::fs::create_dir_all(&dir, 0o700).map_err(anyhow::Error::from).and_then(|()| {
-        bundle::extract(file, bundle::open_file(file)?, key.as_ref(), &dir, judge, tenths(total, progress, "unpacked"))
-    });
+    let result = crate::host::fs::create_dir_all(&dir, 0o700)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| bundle::extract(name, r, key, &dir, judge, tell));
     match result {
         Ok((target, _)) => Ok(target),
         Err(e) => {

@@ -130,6 +130,10 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     if let Some(b) = &req.bundle {
         let abs = std::path::absolute(b).unwrap_or_else(|_| b.clone());
         config::set(&mut flags, "node", "bundle", abs.display().to_string().into());
+    } else if let Some(dir) = progress.phase("fetching the cluster's bundle from a master", || {
+        fetch_bundle(&rt, &progress, &paths, &req.endpoints, &checked)
+    })? {
+        config::set(&mut flags, "node", "bundle", dir.display().to_string().into());
     }
     // The identity and components are known now: check the host before asking the cluster.
     let probe = node_config(&flags, None)?;
@@ -147,6 +151,92 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         Role::Master => join_master(&rt, &progress, &paths, flags, ask, &checked, &req),
         Role::Worker => join_worker(&rt, &progress, &paths, flags, ask, &checked, &req),
     }
+}
+
+/// Reads the chunks of a response body, sent by the task that receives
+/// them, as a byte stream (for the bundle reader on its own thread).
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<axum::body::Bytes>,
+    chunk: axum::body::Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(c) => self.chunk = c,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// The cluster's bundle, from the first master that has one (a master
+/// installed from a bundle file, or one that joined such a cluster):
+/// streamed over the join API with the token, the CA pinned, unpacked as
+/// it arrives and checked against its manifest. A master that fails or
+/// breaks off mid-way: the next one is asked, from the start. None when no
+/// master has a bundle file (the binaries are then this host's).
+fn fetch_bundle(
+    rt: &tokio::runtime::Runtime,
+    progress: &Progress,
+    paths: &Paths,
+    endpoints: &[String],
+    checked: &Checked,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    use http_body_util::BodyExt as _;
+    let mut failures = Vec::new();
+    let mut offered = false;
+    for ep in endpoints {
+        let body = match rt.block_on(client::bundle(ep, &checked.ca_hash, &checked.token)) {
+            Ok(Some(b)) => {
+                offered = true;
+                b
+            }
+            Ok(None) => continue,
+            Err(e) if e.try_next() => {
+                failures.push(e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let name = std::path::PathBuf::from(format!("the bundle from {ep}"));
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let (pumped, unpacked) = std::thread::scope(|s| {
+            let reader = ChannelReader { rx, chunk: Default::default() };
+            let unpacker = s.spawn(|| crate::cli::bundle::unpack_from(paths, &name, reader, None, progress));
+            let pumped = rt.block_on(async {
+                let mut body = body;
+                while let Some(frame) = body.frame().await {
+                    if let Ok(data) = frame?.into_data() {
+                        if tx.send(data).await.is_err() {
+                            break; // the reader refused or is done
+                        }
+                    }
+                }
+                Ok::<_, hyper::Error>(())
+            });
+            drop(tx);
+            (pumped, unpacker.join().expect("the unpacking thread"))
+        });
+        match (pumped, unpacked) {
+            (_, Ok(dir)) => {
+                progress.note(format!("  from {ep}: {}", dir.display()));
+                return Ok(Some(dir));
+            }
+            (Err(e), Err(_)) => failures.push(format!("{ep}: the download broke off ({e})")),
+            (Ok(()), Err(e)) => failures.push(format!("{e:#}")),
+        }
+        progress.note(format!("  {}; asking the next master", failures.last().expect("just pushed")));
+    }
+    if !offered {
+        progress.note("  no master has a bundle file: the binaries are this host's (--bundle, or PATH)");
+        return Ok(None);
+    }
+    bail!("no master gave the cluster's bundle: {}", failures.join("; "))
 }
 
 /// The node's config from the cluster spec (if known) and the node flags.

@@ -91,3 +91,34 @@ pub async fn join_any(
     Err(last
         .unwrap_or(ClientError::Unreachable { endpoint: "(none)".into(), message: "no join endpoint given".into() }))
 }
+
+/// `GET /v1/bundle` on one endpoint with the join token: the response body
+/// as it comes, or None when that master has no bundle file (404).
+pub async fn bundle(
+    endpoint: &str,
+    ca_hash: &str,
+    token: &crate::join::token::JoinToken,
+) -> Result<Option<hyper::body::Incoming>, ClientError> {
+    let unreachable = |message: String| ClientError::Unreachable { endpoint: endpoint.to_owned(), message };
+    let hp: HostPort = endpoint.parse().map_err(|e: crate::config::types::InvalidValue| unreachable(e.0))?;
+    let auth = format!("Bearer {}", token.reveal());
+    let req = Request { method: "GET", path: "/v1/bundle", headers: &[("authorization", &auth)], body: None };
+    let limits = Limits { connect: Duration::from_secs(5), exchange: Duration::from_secs(30), max_body: 0 };
+    let resp = match https::stream(&hp, Arc::new(tls::client_config(ca_hash)), req, limits).await {
+        Ok(r) => r,
+        Err(HttpsError::Untrusted(message)) => return Err(ClientError::Pin { endpoint: endpoint.to_owned(), message }),
+        Err(e) => return Err(unreachable(e.to_string())),
+    };
+    match resp.status {
+        200 => Ok(Some(resp.body)),
+        404 => Ok(None),
+        status => {
+            use http_body_util::BodyExt as _;
+            let bytes = resp.body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let message = serde_json::from_slice::<ApiError>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(300).collect());
+            Err(ClientError::Refused { endpoint: endpoint.to_owned(), status, message })
+        }
+    }
+}
