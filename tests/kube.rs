@@ -10,6 +10,29 @@ use std::time::Duration;
 
 use support::*;
 
+/// A Deployment of `replicas` pods of the bundle's test image that sleep.
+fn sleepers(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: {image}
+        imagePullPolicy: Never
+        command: [sleep, '3600']
+",
+        image = test_image()
+    )
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -71,29 +94,7 @@ fn three_masters_and_two_workers_run_pods_that_reach_each_other_and_survive_kill
     // A Deployment of the bundle's test image, four replicas, spreads over
     // the nodes, and its pods reach each other across nodes.
     let dir = tempfile::tempdir().unwrap();
-    let manifest = write(
-        dir.path(),
-        "deploy.yaml",
-        &format!(
-            "apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: pinger}}
-spec:
-  replicas: 4
-  selector: {{matchLabels: {{app: pinger}}}}
-  template:
-    metadata: {{labels: {{app: pinger}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: c
-        image: {image}
-        imagePullPolicy: Never
-        command: [sleep, '3600']
-",
-            image = test_image()
-        ),
-    );
+    let manifest = write(dir.path(), "deploy.yaml", &sleepers("pinger", 4));
     assert_ok(&m1.kubectl(&["apply", "-f", manifest.to_str().unwrap()]), "apply the Deployment");
     wait_for("four pinger pods Running", Duration::from_secs(180), || running_pods(m1, "pinger").len() == 4);
     let pods = running_pods(m1, "pinger");
@@ -396,29 +397,7 @@ fn a_lost_control_plane_is_restored_from_a_snapshot_and_the_workers_pods_keep_ru
     // What the snapshot must bring back: a Deployment (on the workers: the
     // masters are tainted) and a Secret.
     let dir = tempfile::tempdir().unwrap();
-    let manifest = write(
-        dir.path(),
-        "keeper.yaml",
-        &format!(
-            "apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: keeper}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: keeper}}}}
-  template:
-    metadata: {{labels: {{app: keeper}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: c
-        image: {image}
-        imagePullPolicy: Never
-        command: [sleep, '3600']
-",
-            image = test_image()
-        ),
-    );
+    let manifest = write(dir.path(), "keeper.yaml", &sleepers("keeper", 2));
     assert_ok(&m1.kubectl(&["apply", "-f", manifest.to_str().unwrap()]), "apply the Deployment");
     assert_ok(&m1.kubectl(&["create", "secret", "generic", "vault", "--from-literal=pin=4711-before"]), "secret");
     wait_for("two keeper pods Running", Duration::from_secs(180), || running_pods(m1, "keeper").len() == 2);
@@ -427,16 +406,8 @@ spec:
     let worker_agents: Vec<u64> = c.workers.iter().map(|w| w.state()["agent_pid"].as_u64().unwrap()).collect();
 
     // The operator's backup: a snapshot taken on any master, and the PKI.
-    let out = m2.hakube(&["etcd", "snapshot", "save"]);
-    assert_ok(&out, "snapshot save");
-    let text = stdout(&out);
-    let saved = PathBuf::from(text.strip_prefix("saved ").and_then(|t| t.split(' ').next()).expect(&text));
     let backup = tempfile::tempdir().unwrap();
-    let file = backup.path().join(saved.file_name().unwrap());
-    std::fs::copy(&saved, &file).unwrap();
-    std::fs::copy(format!("{}.json", saved.display()), format!("{}.json", file.display())).unwrap();
-    let pki = backup.path().join("pki");
-    assert_ok(&sh("cp", &["-a", m1.root().join("var/lib/hakube/pki").to_str().unwrap(), pki.to_str().unwrap()]), "cp");
+    let (file, pki) = snapshot_backup(m2, backup.path());
     // Written after the snapshot: not in it.
     assert_ok(&m1.kubectl(&["create", "configmap", "after", "--from-literal=k=v"]), "configmap after");
 

@@ -165,19 +165,6 @@ fn restore(h: &Host, file: &Path, pki: &Path) -> std::process::Output {
     ])
 }
 
-/// Copies `from` into `to`, files only, recursively.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn a_restore_refuses_what_it_cannot_trust_and_makes_a_first_master_of_the_rest() {
     let old = Host::isolated();
@@ -185,17 +172,8 @@ fn a_restore_refuses_what_it_cannot_trust_and_makes_a_first_master_of_the_rest()
     for i in 0..5 {
         assert_ok(&old.etcdctl(Some("apiserver-etcd-client"), &["put", &format!("/app/k{i}"), "before"]), "put");
     }
-    let out = old.hakube(&["etcd", "snapshot", "save"]);
-    assert_ok(&out, "snapshot save");
-    let text = stdout(&out);
-    let saved = PathBuf::from(text.strip_prefix("saved ").and_then(|t| t.split(' ').next()).expect(&text));
-    // The operator's backup: the snapshot with its record, and the PKI.
     let backup = tempfile::tempdir().unwrap();
-    let file = backup.path().join(saved.file_name().unwrap());
-    std::fs::copy(&saved, &file).unwrap();
-    std::fs::copy(format!("{}.json", saved.display()), format!("{}.json", file.display())).unwrap();
-    let pki = backup.path().join("pki");
-    copy_tree(&old.root().join("var/lib/hakube/pki"), &pki);
+    let (file, pki) = snapshot_backup(&old, backup.path());
 
     // The installed host is refused: a restore makes a bare server.
     let out = restore(&old, &file, &pki);
@@ -217,10 +195,11 @@ fn a_restore_refuses_what_it_cannot_trust_and_makes_a_first_master_of_the_rest()
     std::fs::copy(format!("{}.json", file.display()), format!("{}.json", bad.display())).unwrap();
     refused(restore(&new, &bad, &pki), "changed or damaged");
     // Key material that is incomplete, or another cluster's.
-    let partial = tempfile::tempdir().unwrap();
-    copy_tree(&pki, partial.path());
-    std::fs::remove_file(partial.path().join("encryption-config.yaml")).unwrap();
-    refused(restore(&new, &file, partial.path()), "lacks encryption-config.yaml");
+    let partial_dir = tempfile::tempdir().unwrap();
+    let partial = partial_dir.path().join("pki");
+    assert_ok(&sh("cp", &["-a", pki.to_str().unwrap(), partial.to_str().unwrap()]), "copy the PKI");
+    std::fs::remove_file(partial.join("encryption-config.yaml")).unwrap();
+    refused(restore(&new, &file, &partial), "lacks encryption-config.yaml");
     let other = tempfile::tempdir().unwrap();
     let gen = Command::new(hakube())
         .args(["--root", other.path().to_str().unwrap(), "certs", "generate", "--advertise-address", "127.0.0.1"])

@@ -34,11 +34,9 @@ pub(crate) async fn binary(
     Extension(Remote(remote)): Extension<Remote>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    if let Err(Refusal(status, msg)) = token_allowed(&ctx, &headers, "the binary").await {
-        warn!(target: "audit", %remote, decision = "refused", status = status.as_u16(), reason = %msg, "binary");
-        return refuse(status, msg).into_response();
+    if let Err(refused) = token_gate(&ctx, &headers, remote, "binary").await {
+        return refused;
     }
-    info!(target: "audit", %remote, decision = "accepted", "binary");
     if ctx.binary.get().is_none() {
         match tokio::task::spawn_blocking(|| std::env::current_exe().and_then(std::fs::read)).await {
             Ok(Ok(b)) => {
@@ -64,15 +62,14 @@ pub(crate) async fn bundle(
     Extension(Remote(remote)): Extension<Remote>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    if let Err(Refusal(status, msg)) = token_allowed(&ctx, &headers, "the bundle").await {
-        warn!(target: "audit", %remote, decision = "refused", status = status.as_u16(), reason = %msg, "bundle");
-        return refuse(status, msg).into_response();
+    if let Err(refused) = token_gate(&ctx, &headers, remote, "bundle").await {
+        return refused;
     }
     let Some(dir) = ctx.config.node.bundle.clone().filter(|d| d.join(crate::bundle::MANIFEST).is_file()) else {
         let msg = "this master was installed from a bundle directory, not a bundle file: it has no bundle to give";
         return refuse(StatusCode::NOT_FOUND, msg).into_response();
     };
-    info!(target: "audit", %remote, decision = "accepted", bundle = %dir.display(), "bundle");
+    info!(bundle = %dir.display(), "serving the bundle");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, ChunkWriter(tx.clone()));
@@ -99,6 +96,26 @@ impl std::io::Write for ChunkWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Lets a holder of a valid join token through to `what`, with an audit
+/// line either way; the refusal as the response otherwise.
+async fn token_gate(
+    ctx: &ApiContext,
+    headers: &axum::http::HeaderMap,
+    remote: std::net::SocketAddr,
+    what: &str,
+) -> Result<(), Response> {
+    match token_allowed(ctx, headers, &format!("the {what}")).await {
+        Ok(()) => {
+            info!(target: "audit", %remote, decision = "accepted", "{what}");
+            Ok(())
+        }
+        Err(Refusal(status, msg)) => {
+            warn!(target: "audit", %remote, decision = "refused", status = status.as_u16(), reason = %msg, "{what}");
+            Err(refuse(status, msg).into_response())
+        }
     }
 }
 

@@ -689,3 +689,20 @@ pub fn short_lived_certificates(dir: &Path) -> PathBuf {
     .unwrap();
     file
 }
+
+/// The operator's backup: a manual snapshot taken on `master` copied into
+/// `into` with its record, and a copy of the master's PKI directory.
+/// Returns (the snapshot file, the PKI copy).
+pub fn snapshot_backup(master: &Host, into: &Path) -> (PathBuf, PathBuf) {
+    let out = master.hakube(&["etcd", "snapshot", "save"]);
+    assert_ok(&out, "snapshot save");
+    let text = stdout(&out);
+    let saved = PathBuf::from(text.strip_prefix("saved ").and_then(|t| t.split(' ').next()).expect(&text));
+    let file = into.join(saved.file_name().unwrap());
+    std::fs::copy(&saved, &file).unwrap();
+    std::fs::copy(format!("{}.json", saved.display()), format!("{}.json", file.display())).unwrap();
+    let pki = into.join("pki");
+    let from = master.root().join("var/lib/hakube/pki");
+    assert_ok(&sh("cp", &["-a", from.to_str().unwrap(), pki.to_str().unwrap()]), "copy the PKI");
+    (file, pki)
+}
