@@ -18,6 +18,8 @@
 #       The same for exactly the needs named (see _hakube_need).
 #   hakube_ensure_nextest
 #       Installs cargo-nextest with `cargo install --locked` when it is missing.
+#   hakube_ensure_cargo_deny
+#       The same for cargo-deny.
 #   hakube_debian_mirror [SUITE]
 #       Prints the URI of the Debian mirror this machine's apt uses for SUITE
 #       (default bookworm), or $HAKUBE_DEBIAN_MIRROR when set.
@@ -342,6 +344,19 @@ hakube_ensure_nextest() {
   cargo nextest --version >/dev/null 2>&1 && return 0
   _hakube_deps_msg "installing cargo-nextest (cargo install cargo-nextest --locked; this takes a few minutes)"
   cargo install cargo-nextest --locked --quiet
+}
+
+# cargo-deny checks the dependency graph (deny.toml: licenses, sources,
+# wildcards); its advisories need the RustSec database from GitHub, which
+# these machines cannot reach, so scripts/test.sh checks the rest.
+hakube_ensure_cargo_deny() {
+  if ! hakube_find_cargo; then
+    _hakube_deps_msg "cargo not found: install a Rust toolchain (https://rustup.rs) to get cargo-deny"
+    return 1
+  fi
+  cargo deny --version >/dev/null 2>&1 && return 0
+  _hakube_deps_msg "installing cargo-deny (cargo install cargo-deny --locked; about 3 minutes on 2 cores)"
+  cargo install cargo-deny --locked --quiet
 }
 
 hakube_ensure_deps() {

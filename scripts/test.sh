@@ -9,7 +9,8 @@
 # Steps, from the repository root: dependencies (Debian packages, and the
 # Kubernetes bundle that scripts/kube-bundle.sh builds from Go modules once
 # per machine and keeps in /var/cache/hakube), shellcheck of the scripts,
-# rustfmt check, clippy with warnings denied, release build of the workspace
+# rustfmt check, clippy with warnings denied, cargo deny (deny.toml: the
+# licenses, sources and versions of every crate), release build of the workspace
 # (hakube and its developer tools in dev/, which the VM tests run), then the
 # tests of both with cargo-nextest (cargo test when nextest cannot be had),
 # then the VM tests (scripts/test-vm.sh), then the conformance smoke subset
@@ -117,6 +118,9 @@ done
 step "shellcheck" shellcheck -x scripts/*.sh .ci/run
 step "cargo fmt --check" hakube_cargo fmt --all -- --check
 step "cargo clippy" hakube_cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo-deny (installed once per machine)" hakube_ensure_cargo_deny
+step "cargo deny check bans licenses sources" \
+  hakube_cargo deny --log-level error check --hide-inclusion-graph bans licenses sources
 step "cargo build --release" hakube_cargo build --release --locked --workspace
 
 # On a terminal, --foreground lets Ctrl-C reach the tests; otherwise timeout
@@ -166,5 +170,5 @@ if [[ $conformance == 1 ]]; then
 fi
 
 current_step=
-printf '%s: all checks passed: fmt, clippy, release build, tests, VM tests %s, conformance smoke %s (%d s)\n' \
+printf '%s: all checks passed: fmt, clippy, cargo deny, release build, tests, VM tests %s, conformance smoke %s (%d s)\n' \
   "$prog" "$vm_tests" "$conformance_tests" "$((SECONDS - started))"
