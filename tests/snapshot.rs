@@ -145,7 +145,12 @@ fn snapshots_are_scheduled_pruned_kept_by_reset_and_restore_with_etcdutl() {
 /// `hakube etcd restore FILE --pki DIR`, with the options of an etcd-only
 /// first master, whether or not it succeeds.
 fn restore(h: &Host, file: &Path, pki: &Path) -> std::process::Output {
-    let bundle = bundle().display().to_string();
+    restore_with(h, file, pki, bundle())
+}
+
+/// As [`restore`], with the bundle (a directory or a bundle file) given.
+fn restore_with(h: &Host, file: &Path, pki: &Path, bundle: &Path) -> std::process::Output {
+    let bundle = bundle.display().to_string();
     let (file, pki) = (file.display().to_string(), pki.display().to_string());
     h.hakube(&[
         "etcd",
@@ -212,8 +217,13 @@ fn a_restore_refuses_what_it_cannot_trust_and_makes_a_first_master_of_the_rest()
 
     // The old cluster is gone; the new server restores it.
     old.kill_all();
-    let out = restore(&new, &file, &pki);
+    // On a server with nothing but a bundle file, the backup and the PKI.
+    let packed = backup.path().join("hakube.tar");
+    let from = bundle().display().to_string();
+    assert_ok(&sh(hakube(), &["bundle", "create", "--from", &from, "--out", packed.to_str().unwrap()]), "bundle");
+    let out = restore_with(&new, &file, &pki, &packed);
     assert_ok(&out, "restore");
+    assert!(stderr(&out).contains("is unpacked already"), "install found the restore's unpacked bundle");
     assert!(stderr(&out).contains("revision"), "{}", stderr(&out));
     let get = new.etcdctl(Some("apiserver-etcd-client"), &["get", "/app/k3", "--print-value-only"]);
     assert_ok(&get, "get");

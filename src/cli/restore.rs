@@ -140,6 +140,16 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         if !node.has(Component::Etcd) {
             bail!("a restored first master runs etcd: add etcd to --components");
         }
+        let mut node = node;
+        if let Some(file) = node.node.bundle.clone().filter(|b| b.is_file()) {
+            // A bundle file is unpacked first (as install does, and once:
+            // install finds it unpacked): etcdutl and etcd come from it.
+            let key = node.node.bundle_key.clone();
+            let dir = progress.phase(&format!("unpacking {}", file.display()), || {
+                crate::cli::bundle::unpack(paths, &file, key.as_deref(), &progress)
+            })?;
+            node.node.bundle = Some(dir);
+        }
         let bundle = node.node.bundle.as_deref();
         let tool = |name| {
             find_binary(paths, bundle, name).with_context(|| {
