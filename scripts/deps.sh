@@ -336,28 +336,25 @@ hakube_cargo() {
   "$cargo_bin" "$@"
 }
 
-hakube_ensure_nextest() {
+# hakube_ensure_cargo_tool SUBCOMMAND: `cargo SUBCOMMAND` works, installing
+# the crate cargo-SUBCOMMAND with `cargo install --locked` when it is missing.
+hakube_ensure_cargo_tool() {
+  local tool=$1
   if ! hakube_find_cargo; then
-    _hakube_deps_msg "cargo not found: install a Rust toolchain (https://rustup.rs) to get cargo-nextest"
+    _hakube_deps_msg "cargo not found: install a Rust toolchain (https://rustup.rs) to get cargo-$tool"
     return 1
   fi
-  cargo nextest --version >/dev/null 2>&1 && return 0
-  _hakube_deps_msg "installing cargo-nextest (cargo install cargo-nextest --locked; this takes a few minutes)"
-  cargo install cargo-nextest --locked --quiet
+  cargo "$tool" --version >/dev/null 2>&1 && return 0
+  _hakube_deps_msg "installing cargo-$tool (cargo install cargo-$tool --locked; a few minutes on 2 cores)"
+  cargo install "cargo-$tool" --locked --quiet
 }
+
+hakube_ensure_nextest() { hakube_ensure_cargo_tool nextest; }
 
 # cargo-deny checks the dependency graph (deny.toml: licenses, sources,
 # wildcards); its advisories need the RustSec database from GitHub, which
 # these machines cannot reach, so scripts/test.sh checks the rest.
-hakube_ensure_cargo_deny() {
-  if ! hakube_find_cargo; then
-    _hakube_deps_msg "cargo not found: install a Rust toolchain (https://rustup.rs) to get cargo-deny"
-    return 1
-  fi
-  cargo deny --version >/dev/null 2>&1 && return 0
-  _hakube_deps_msg "installing cargo-deny (cargo install cargo-deny --locked; about 3 minutes on 2 cores)"
-  cargo install cargo-deny --locked --quiet
-}
+hakube_ensure_cargo_deny() { hakube_ensure_cargo_tool deny; }
 
 hakube_ensure_deps() {
   local arg want_nextest=0
