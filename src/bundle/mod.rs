@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::pki::hex;
+
 pub use sign::{PublicKey, SigningKey};
 
 /// The manifest's member name, and the signature's.
@@ -151,10 +153,6 @@ pub fn check_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!("member name {name:?} is not a plain file name (letters, digits, '.', '_', '-'; no directories)"))
     }
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Go's name for this host's architecture.

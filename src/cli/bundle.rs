@@ -8,7 +8,8 @@ use crate::bundle::{self, Kind, Manifest, PublicKey, SigningKey};
 use crate::host::paths::Paths;
 use crate::progress::Progress;
 
-fn size(bytes: u64) -> String {
+/// A size for people: B, KiB, MiB or GiB.
+pub(crate) fn size(bytes: u64) -> String {
     if bytes >= 1 << 30 {
         format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
     } else if bytes >= 1 << 20 {
@@ -20,14 +21,15 @@ fn size(bytes: u64) -> String {
     }
 }
 
-/// Progress every 10%, for a person at a terminal.
-fn tenths<'a>(total: u64, progress: &'a Progress, what: &'static str) -> impl FnMut(u64) + 'a {
+/// Progress every 10% of `total` (known once the manifest is read), for a
+/// person at a terminal.
+fn tenths<'a>(total: &'a std::cell::Cell<u64>, progress: &'a Progress, what: &'static str) -> impl FnMut(u64) + 'a {
     let mut told = 0;
     move |done| {
-        let tenth = (done * 10).checked_div(total).unwrap_or(10);
+        let tenth = (done * 10).checked_div(total.get()).unwrap_or(10);
         if tenth > told {
             told = tenth;
-            progress.note(format!("  {what} {}% ({} of {})", tenth * 10, size(done), size(total)));
+            progress.note(format!("  {what} {}% ({} of {})", tenth * 10, size(done), size(total.get())));
         }
     }
 }
@@ -63,14 +65,17 @@ pub fn create(from: &Path, out: &Path, sign: Option<&Path>) -> anyhow::Result<()
 pub fn verify(file: &Path, key: Option<&Path>) -> anyhow::Result<()> {
     let progress = Progress::new("bundle");
     let key: Option<PublicKey> = key.map(PublicKey::load).transpose().map_err(anyhow::Error::msg)?;
-    let total = bundle::head(file, None)?.manifest.total_size();
+    let total = std::cell::Cell::new(0);
     let (head, _) = progress.phase(&format!("reading every member of {}", file.display()), || {
         bundle::read::<_, _, bundle::BundleError>(
             file,
             bundle::open_file(file)?,
             key.as_ref(),
-            |_| Ok(Some(bundle::Discard)),
-            tenths(total, &progress, "read"),
+            |head| {
+                total.set(head.manifest.total_size());
+                Ok(Some(bundle::Discard))
+            },
+            tenths(&total, &progress, "read"),
         )
     })?;
     let m = &head.manifest;
@@ -190,19 +195,11 @@ pub fn unpack_from(
         }
         Ok(())
     };
-    let mut told = 0;
-    let tell = |done: u64| {
-        let tenth = (done * 10).checked_div(total.get()).unwrap_or(10);
-        if tenth > told {
-            told = tenth;
-            progress.note(format!("  unpacked {}% ({} of {})", tenth * 10, size(done), size(total.get())));
-        }
-    };
     // The directories this makes, removed again if the unpacking fails.
     let made: Vec<PathBuf> = dir.ancestors().take_while(|d| !d.exists()).map(Path::to_path_buf).collect();
     let result = crate::host::fs::create_dir_all(&dir, 0o700)
         .map_err(anyhow::Error::from)
-        .and_then(|()| bundle::extract(name, r, key, &dir, judge, tell));
+        .and_then(|()| bundle::extract(name, r, key, &dir, judge, tenths(&total, progress, "unpacked")));
     match result {
         Ok((target, _)) => Ok(target),
         Err(e) => {

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use super::bundle::size;
 use super::SnapshotCommand;
 use crate::config;
 use crate::etcd::snapshot::{self, Kind, Listed};
@@ -57,14 +58,6 @@ pub fn run(paths: &Paths, cmd: SnapshotCommand) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-    }
-}
-
-fn size(bytes: u64) -> String {
-    if bytes >= 1 << 20 {
-        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-    } else {
-        format!("{:.1} KiB", bytes as f64 / 1024.0)
     }
 }
 
