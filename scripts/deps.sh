@@ -59,14 +59,9 @@ _hakube_need() {
       return 0
       ;;
     # What a node that runs pods needs: containerd (with ctr and its runc
-    # shim), runc, the CNI plugins, iptables; kubectl to look at the cluster.
+    # shim), runc, iptables; kubectl to look at the cluster.
     containerd | ctr | containerd-shim-runc-v2) pkg=containerd ;;
     runc) pkg=runc ;;
-    cni-plugins)
-      [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback && -x /usr/lib/cni/portmap ]] && return 1
-      echo containernetworking-plugins
-      return 0
-      ;;
     iptables) pkg=iptables ;;
     kubectl) pkg=kubernetes-client ;;
     openssl) pkg=openssl ;;
@@ -361,10 +356,10 @@ hakube_ensure_deps() {
   local -a needs=(etcd etcdctl protoc protoc-includes openssl ip curl flock)
   for arg in "$@"; do
     case "$arg" in
-      # containerd, runc, kubectl and etcd's own come in the Kubernetes
-      # bundle (scripts/kube-bundle.sh); the host gives the CNI plugins and
+      # containerd, runc, the CNI plugins, kubectl and etcd's own come in
+      # the Kubernetes bundle (scripts/kube-bundle.sh); the host gives
       # iptables (kube-proxy's rules).
-      kube) needs+=(cni-plugins iptables) ;;
+      kube) needs+=(iptables) ;;
       haproxy) needs+=(haproxy) ;;
       shellcheck) needs+=(shellcheck) ;;
       vm) needs+=(qemu-system-x86_64 qemu-img debootstrap mkfs.ext4 ssh ssh-keygen) ;;

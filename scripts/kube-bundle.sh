@@ -11,6 +11,7 @@
 #                  # pause.tar pause-image test-image.tar test-image
 #                  # coredns.tar coredns-image
 #                  # local-path-provisioner.tar local-path-provisioner-image
+#                  # cni/{bridge,host-local,loopback,portmap}
 #                  # VERSION MANIFEST SHA256SUMS
 #
 # Everything else (progress, step durations, errors) goes to stderr.
@@ -53,7 +54,11 @@
 #   5. CoreDNS (tag grpcnotrace, as upstream's Makefile) and
 #      local-path-provisioner. The latter at v0.0.30: it is the only version
 #      the Go module proxy serves here (v0.0.37 is not served).
-#   6. Images, each a one-layer docker-archive tar (manifest.json, config, one
+#   6. The CNI plugins hakube's network config uses (bridge, host-local,
+#      loopback, portmap) from github.com/containernetworking/plugins, into
+#      cni/: a host without Debian's containernetworking-plugins (an airgap
+#      host) has them from the bundle.
+#   7. Images, each a one-layer docker-archive tar (manifest.json, config, one
 #      layer.tar) that `ctr images import` accepts, named hakube.local/...:
 #      pause (build/pause/linux/pause.c from the Kubernetes module, gcc -Os
 #      -static as upstream's Makefile, tag = that Makefile's TAG); the test
@@ -67,7 +72,7 @@
 #
 # Cache and its key. The bundle lives in
 #   ${HAKUBE_CACHE_DIR:-/var/cache/hakube}/kube-bundle/<kubernetes version>_r<RECIPE>/
-# (e.g. v1.37.2_r2). The module versions of the other components are
+# (e.g. v1.37.2_r3). The module versions of the other components are
 # constants below, part of the recipe: bump RECIPE when any of them or
 # anything else that ends up in a bundle changes. Go modules are immutable
 # (the checksum database sees to that), so a key needs no resolution: a cache
@@ -102,8 +107,9 @@ prog=kube-bundle.sh
 source "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/lib.sh"
 
 # Bump when anything below changes what ends up in a bundle. (1 was the
-# Kubernetes 1.20.2 bundle built from Debian's source package.)
-readonly RECIPE=2
+# Kubernetes 1.20.2 bundle built from Debian's source package; 3 added the
+# CNI plugins.)
+readonly RECIPE=3
 # The default Kubernetes version; --kubernetes-version builds another.
 readonly KUBE_VERSION_DEFAULT=v1.37.2
 # The other components' module versions (part of the recipe).
@@ -113,6 +119,7 @@ readonly RUNC_VERSION=v1.4.4
 readonly COREDNS_VERSION=v1.14.7
 # Not the newest release (v0.0.37): v0.0.30 is the only one the module proxy serves.
 readonly LOCAL_PATH_VERSION=v0.0.30
+readonly CNI_PLUGINS_VERSION=v1.10.0
 # The oldest Go that builds all of the above (Kubernetes 1.36/1.37 say go 1.26.0).
 readonly GO_MIN_MINOR=26
 readonly IMAGE_REGISTRY=hakube.local
@@ -120,9 +127,12 @@ readonly IMAGE_REGISTRY=hakube.local
 readonly KUBE_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 readonly BINARIES=("${KUBE_BINARIES[@]}" etcd etcdctl etcdutl containerd ctr containerd-shim-runc-v2 runc coredns local-path-provisioner)
 readonly IMAGES=(pause test-image coredns local-path-provisioner)
+# The CNI plugins hakube's network config uses (src/preflight.rs CNI_PLUGINS),
+# in the bundle's cni/ directory: containerd finds them by these names.
+readonly CNI_PLUGINS=(bridge host-local loopback portmap)
 # Files a complete bundle has (each image: NAME.tar and NAME-image, except
 # the test image's name file, which is called test-image).
-readonly BUNDLE_FILES=("${BINARIES[@]}" pause.tar pause-image test-image.tar test-image
+readonly BUNDLE_FILES=("${BINARIES[@]}" "${CNI_PLUGINS[@]/#/cni/}" pause.tar pause-image test-image.tar test-image
   coredns.tar coredns-image local-path-provisioner.tar local-path-provisioner-image VERSION MANIFEST SHA256SUMS)
 # Debian packages the build needs: gcc and libc6-dev for the static pause
 # (gcc -static needs libc.a; --no-install-recommends would not bring it) and
@@ -665,6 +675,30 @@ build_local_path() {
   check_version "$staging/local-path-provisioner" "$LOCAL_PATH_VERSION" --version
 }
 
+# build_cni: the CNI plugins, from the module's plugins/{main,ipam,meta}.
+build_cni() {
+  local dir p=github.com/containernetworking/plugins pkgs=() b
+  dir=$(new_wrapper cni)
+  gomod_info "$dir" "$p@$CNI_PLUGINS_VERSION" || die "the module proxy does not serve $p $CNI_PLUGINS_VERSION: $mod_err"
+  for b in "${CNI_PLUGINS[@]}"; do
+    case $b in
+      host-local) pkgs+=("$p/plugins/ipam/$b") ;;
+      portmap) pkgs+=("$p/plugins/meta/$b") ;;
+      *) pkgs+=("$p/plugins/main/$b") ;;
+    esac
+  done
+  gomod_edit "$dir" -require="$p@$CNI_PLUGINS_VERSION" "${pkgs[@]/#/-tool=}"
+  tidy cni-plugins "$dir"
+  mkdir -p "$staging/cni"
+  run_step "go build CNI plugins $CNI_PLUGINS_VERSION (${CNI_PLUGINS[*]})" "$work/logs/build-cni.log" 3600 \
+    "${go_env[@]}" "$go_bin" -C "$dir" build \
+    -ldflags "-s -w -X $p/pkg/utils/buildversion.BuildVersion=$CNI_PLUGINS_VERSION" -o "$staging/cni/" "${pkgs[@]}"
+  for b in "${CNI_PLUGINS[@]}"; do
+    check_static "$staging/cni/$b"
+    check_version "$staging/cni/$b" "$CNI_PLUGINS_VERSION"
+  done
+}
+
 # build_pause: the pause image from the Kubernetes module's build/pause, with
 # the CFLAGS of its Makefile. Upstream's VERSION is v$(TAG)-$(REV).
 build_pause() {
@@ -755,6 +789,7 @@ build_bundle() {
   build_runc
   build_coredns
   build_local_path
+  build_cni
 
   build_pause
   build_test_image
@@ -772,6 +807,7 @@ build_bundle() {
     printf 'runc %s\n' "$RUNC_VERSION"
     printf 'coredns %s\n' "$COREDNS_VERSION"
     printf 'local-path-provisioner %s\n' "$LOCAL_PATH_VERSION"
+    printf 'cni-plugins %s\n' "$CNI_PLUGINS_VERSION"
     printf 'pause %s\n' "$pause_tag"
     printf 'k8s.io/kubernetes %s\n' "$kube_version"
     printf 'k8s.io/kubernetes-sum %s\n' "$kube_sum"
@@ -783,6 +819,7 @@ build_bundle() {
     printf 'github.com/opencontainers/runc %s\n' "$RUNC_VERSION"
     printf 'github.com/coredns/coredns %s\n' "$COREDNS_VERSION"
     printf 'github.com/rancher/local-path-provisioner %s\n' "$LOCAL_PATH_VERSION"
+    printf 'github.com/containernetworking/plugins %s\n' "$CNI_PLUGINS_VERSION"
     printf '%s\n' "${image_lines[@]}"
     toolchain_lines
     printf 'gcc-version %s\n' "$(gcc -dumpfullversion)"
@@ -895,7 +932,7 @@ verify_bundle() {
   msg "verify: sha256sum -c SHA256SUMS"
   (cd "$bundle" && sha256sum --quiet -c SHA256SUMS) || die "verify: $bundle does not match its SHA256SUMS; delete it and re-run"
   mapfile -t listed < <(sed 's/^[0-9a-f]\{64\} [ *]//' "$bundle/SHA256SUMS" | LC_ALL=C sort)
-  mapfile -t present < <(cd "$bundle" && find . -mindepth 1 -maxdepth 1 ! -name SHA256SUMS -printf '%P\n' | LC_ALL=C sort)
+  mapfile -t present < <(cd "$bundle" && find . -mindepth 1 ! -type d ! -path ./SHA256SUMS -printf '%P\n' | LC_ALL=C sort)
   [[ "${listed[*]}" == "${present[*]}" ]] ||
     die "verify: SHA256SUMS lists (${listed[*]}), the bundle holds (${present[*]})"
 

@@ -199,14 +199,14 @@ pub fn run(ctx: &Context<'_>) -> Vec<Failure> {
         }
     }
     if c.has(Component::Kubelet) {
-        let dir = &c.node.cni_bin_dir;
+        let dir = &c.node.cni_bin_dir();
         let missing: Vec<_> = CNI_PLUGINS.iter().filter(|p| !dir.join(p).is_file()).copied().collect();
         if !missing.is_empty() {
             fail(
                 "cni-plugins".into(),
                 format!(
-                    "the CNI plugins {} are not in {}: install them (Debian: containernetworking-plugins), \
-                     or set node.cniBinDir to where they are",
+                    "the CNI plugins {} are not in {}: use a bundle that has them (cni/), install them \
+                     (Debian: containernetworking-plugins), or set node.cniBinDir to where they are",
                     missing.join(", "),
                     dir.display()
                 ),

@@ -17,7 +17,7 @@
 //! CPU pass on both ends for a file copied by hand; compress it for transfer
 //! if the link is slow.
 //!
-//! Members are plain names (no directories): extracted, they are a bundle
+//! Members are plain names (no directories but `cni/`): extracted, they are a bundle
 //! directory exactly like the one `scripts/kube-bundle.sh` builds, which is
 //! what every other part of hakube reads (`node.bundle`).
 
@@ -141,17 +141,31 @@ impl Manifest {
     }
 }
 
-/// A member's name is one plain file name: no directory, no `..`, nothing
-/// hidden, nothing a shell or a path would read twice.
+/// The directories a member may be in (one level): the CNI plugins, which
+/// containerd finds by their own names.
+pub const DIRS: [&str; 1] = ["cni"];
+
+/// A member's name is one plain file name, or one in a directory of
+/// [`DIRS`]: no other directory, no `..`, nothing hidden, nothing a shell or
+/// a path would read twice.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let plain = !name.is_empty()
-        && name.len() <= 100
-        && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if plain {
+    let plain = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 100
+            && !n.starts_with('.')
+            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    let ok = match name.split_once('/') {
+        None => plain(name),
+        Some((dir, file)) => DIRS.contains(&dir) && plain(file),
+    };
+    if ok {
         Ok(())
     } else {
-        Err(format!("member name {name:?} is not a plain file name (letters, digits, '.', '_', '-'; no directories)"))
+        Err(format!(
+            "member name {name:?} is not a plain file name (letters, digits, '.', '_', '-'; no directories but {})",
+            DIRS.map(|d| format!("{d}/")).join(", ")
+        ))
     }
 }
 
@@ -569,6 +583,9 @@ impl Sink for ToDir {
     fn open(&mut self, member: &Member) -> Result<Box<dyn Write + '_>, BundleError> {
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir.join(&member.name);
+        if let Some(parent) = path.parent().filter(|p| *p != self.dir) {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
         let f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -25,11 +25,13 @@ fn source(dir: &Path) -> (PathBuf, PathBuf) {
     put(&kube, "kubelet", b"\x7fELF kubelet", 0o755);
     put(&kube, "coredns", b"\x7fELF coredns", 0o755);
     put(&kube, "pause.tar", &vec![1u8; 10_240], 0o644);
+    std::fs::create_dir(kube.join("cni")).unwrap();
+    put(&kube, "cni/bridge", b"\x7fELF bridge", 0o755);
     put(&kube, "pause-image", b"hakube.local/pause:3.10.2\n", 0o644);
     put(&kube, "MANIFEST", b"kubernetes v1.37.2\n", 0o644);
     put(&kube, "VERSION", b"v1.37.2\n", 0o644);
     let mut sums = String::new();
-    for n in ["MANIFEST", "VERSION", "coredns", "kube-apiserver", "kubelet", "pause-image", "pause.tar"] {
+    for n in ["MANIFEST", "VERSION", "cni/bridge", "coredns", "kube-apiserver", "kubelet", "pause-image", "pause.tar"] {
         let (sha, _) = file_sha256(&kube.join(n)).unwrap();
         sums.push_str(&format!("{sha}  {n}\n"));
     }
@@ -106,15 +108,26 @@ fn a_whole_bundle_reads_back_and_extracts_to_a_bundle_directory() {
     let names: Vec<&str> = m.members.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(
         names,
-        ["hakube", "MANIFEST", "VERSION", "kube-apiserver", "kubelet", "pause-image", "pause.tar", "SHA256SUMS"],
+        [
+            "hakube",
+            "MANIFEST",
+            "VERSION",
+            "cni/bridge",
+            "kube-apiserver",
+            "kubelet",
+            "pause-image",
+            "pause.tar",
+            "SHA256SUMS"
+        ],
         "hakube first, the build-only coredns left out, the sums last"
     );
     assert_eq!(m.kubernetes_version, "v1.37.2");
     assert_eq!(m.image_size(), 10_240);
     let kinds: Vec<Kind> = m.members.iter().map(|m| m.kind).collect();
     assert_eq!(kinds[3], Kind::Binary);
-    assert_eq!(kinds[5], Kind::ImageName);
-    assert_eq!(kinds[6], Kind::Image);
+    assert_eq!(kinds[4], Kind::Binary);
+    assert_eq!(kinds[6], Kind::ImageName);
+    assert_eq!(kinds[7], Kind::Image);
 
     // One pass over a stream that cannot seek, as from a master over HTTPS.
     let bytes = std::fs::read(&file).unwrap();
@@ -133,6 +146,8 @@ fn a_whole_bundle_reads_back_and_extracts_to_a_bundle_directory() {
     assert_eq!(std::fs::read(out.join("kube-apiserver")).unwrap(), vec![7u8; 300_000]);
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(out.join("kubelet")).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o755);
+    // The CNI plugins in their directory, where containerd looks for them.
+    assert_eq!(std::fs::read(out.join("cni/bridge")).unwrap(), b"\x7fELF bridge");
     // sha256sum -c of the extracted directory.
     let check = std::process::Command::new("sha256sum").args(["-c", "--quiet", SUMS]).current_dir(&out).output();
     assert!(check.unwrap().status.success(), "sha256sum -c SHA256SUMS");
@@ -197,7 +212,7 @@ fn members_missing_unlisted_out_of_order_or_escaping_are_refused() {
     assert!(e.contains("out of order or missing"), "{e}");
     let e = err(read_all(&forged(dir.path(), &manifest(vec![member("a", a)]), &[("a", b"aaaaa")]), None));
     assert!(e.contains("a is 5 bytes where the manifest says 4"), "{e}");
-    for name in ["../etc/passwd", "bin/x", ".hidden", "", "a b"] {
+    for name in ["../etc/passwd", "bin/x", ".hidden", "", "a b", "cni/../x", "cni/", "cni/.x", "cni/a/b", "/cni"] {
         let m = manifest(vec![member(name, a)]);
         let e = err(read_all(&forged(dir.path(), &m, &[]), None));
         assert!(e.contains("is not a plain file name"), "{name}: {e}");

@@ -240,8 +240,10 @@ pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_key: Option<PathBuf>,
     /// Where the CNI plugins the pod network uses (bridge, host-local,
-    /// loopback, portmap) are installed.
-    pub cni_bin_dir: PathBuf,
+    /// loopback, portmap) are installed; unset, the bundle's `cni/` (see
+    /// [`NodeSpec::cni_bin_dir`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_bin_dir: Option<PathBuf>,
     pub api_server_port: u16,
     pub etcd_client_port: u16,
     pub etcd_peer_port: u16,
@@ -254,6 +256,27 @@ pub struct NodeSpec {
     pub etcd: EtcdMemberSpec,
     #[serde(default)]
     pub local_load_balancer: LocalLoadBalancer,
+}
+
+/// Where the CNI plugins are when neither `node.cniBinDir` nor the bundle
+/// says: Debian's containernetworking-plugins.
+pub const HOST_CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+impl NodeSpec {
+    /// The CNI plugins' directory: `node.cniBinDir` when set, else the
+    /// bundle's own `cni/` when it has one (a bundle built since the
+    /// plugins joined it, so an airgap host needs no package), else
+    /// [`HOST_CNI_BIN_DIR`]. Read when components are rendered, so a new
+    /// bundle brings its plugins with it.
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.cni_bin_dir {
+            return dir.clone();
+        }
+        match &self.bundle {
+            Some(b) if b.join("cni").join("bridge").is_file() => b.join("cni"),
+            _ => PathBuf::from(HOST_CNI_BIN_DIR),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -335,7 +358,6 @@ cluster:
 node:
   components: [etcd, containerd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy]
   systemd: true
-  cniBinDir: /usr/lib/cni
   apiServerPort: 6443
   etcdClientPort: 2379
   etcdPeerPort: 2380

@@ -333,7 +333,7 @@ fn containerd(paths: &Paths, c: &ClusterConfig, facts: &HostFacts) -> ComponentS
         pause_image: &facts.pause_image,
         restrict_oom_score_adj: facts.restrict_oom_score_adj,
         systemd_cgroups: facts.systemd_cgroups,
-        cni_bin_dir: c.node.cni_bin_dir.clone(),
+        cni_bin_dir: c.node.cni_bin_dir(),
     };
     ComponentSpec {
         component: Component::Containerd,
