@@ -136,6 +136,22 @@ fn three_masters_and_two_workers_run_pods_that_reach_each_other_and_survive_kill
         );
     }
     assert!(stdout(&ping).contains("2 packets received"), "{}", stdout(&ping));
+    // The bundle's images were imported pinned: kubelet's image garbage
+    // collection never removes what no registry here could give back.
+    let w1 = c.host("w1");
+    let sock = w1.root().join("run/hakube/containerd/containerd.sock");
+    let images = w1.exec(
+        bundle().join("ctr").to_str().unwrap(),
+        &["--address", sock.to_str().unwrap(), "--namespace", "k8s.io", "images", "ls"],
+    );
+    assert_ok(&images, "ctr images ls on w1");
+    for image in ["hakube.local/pause:", "hakube.local/busybox:", "hakube.local/coredns:"] {
+        let line = stdout(&images).lines().find(|l| l.starts_with(image)).map(str::to_owned);
+        assert!(
+            line.as_ref().is_some_and(|l| l.contains("io.cri-containerd.pinned=pinned")),
+            "{image} not imported pinned on w1: {line:?}"
+        );
+    }
     // A pod sees its own address (no masquerade inside the cluster).
     let seen = m1.kubectl(&["exec", &b.0, "--", "sh", "-c", "ip -4 -o addr show eth0"]);
     assert!(stdout(&seen).contains(&b.2), "{}", stdout(&seen));
