@@ -885,23 +885,47 @@ fn recorded_bundle(h: &Host) -> std::path::PathBuf {
     std::path::PathBuf::from(line.split_once(':').unwrap().1.trim())
 }
 
+/// A pod pinned to `node`, of the bundle's test image, that resolves a
+/// Service name through the cluster's DNS and then sleeps.
+fn dns_pod(node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: probe-{node}}}\nspec:\n  nodeName: {node}\n  \
+         restartPolicy: Never\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: probe\n    \
+         image: {}\n    imagePullPolicy: Never\n    \
+         command: [sh, -c, 'until nslookup kubernetes.default.svc.cluster.local; do sleep 1; done; sleep 3600']\n",
+        test_image()
+    )
+}
+
 #[test]
-fn joiners_fetch_the_bundle_from_the_masters_and_from_another_when_one_is_lost() {
+fn three_masters_and_two_workers_come_from_one_bundle_file_on_hosts_with_no_route_out() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hakube.tar");
     let from = bundle().display().to_string();
     assert_ok(&sh(hakube(), &["bundle", "create", "--from", &from, "--out", file.to_str().unwrap()]), "bundle create");
+    // Every host reaches its bridge and nothing else: no default route, so
+    // anything that looked beyond the cluster (a registry, a DNS server, a
+    // download) would fail at once.
     let net = Network::new();
-    let m1 = net.host("m1");
+    let m1 = net.host_with_no_route_out("m1");
     let f = file.display().to_string();
-    let args = ["install", "--advertise-address", &m1.addr, "--node-name", "m1", "--components", MASTER];
-    assert_ok(&m1.hakube(&[&args[..], &["--bundle", &f, "--no-systemd", "ha"]].concat()), "m1 from the bundle file");
+    let words = ["install", "--node-name", "m1", "--components", MASTER, "--bundle", &f, "--no-systemd", "ha"];
+    let out = m1.hakube(&words);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "an install that cannot choose its address must fail");
+    assert!(
+        err.contains("no default route") && err.contains("advertise-address=IP") && err.contains(&m1.addr),
+        "the error names the fix and the host's address: {err}"
+    );
+    assert!(untouched(&m1), "nothing written before the address is known");
+    let out = m1.hakube(&[&words[..], &["--advertise-address", &m1.addr]].concat());
+    assert!(out.status.success(), "m1 from the bundle file: {}\n{}", stderr(&out), logs(&m1));
     std::fs::remove_file(&file).unwrap();
 
-    // Masters join with nothing but the script: each gets the bundle from
-    // the cluster, and keeps it to give in turn.
+    // Masters and a worker join with nothing but the script: each gets the
+    // bundle from the cluster, and a master keeps it to give in turn.
     let (_d, master_script) = join_script(&m1, true, &[]);
-    let (m2, m3) = (net.host("m2"), net.host("m3"));
+    let (m2, m3) = (net.host_with_no_route_out("m2"), net.host_with_no_route_out("m3"));
     for m in [&m2, &m3] {
         let out = join_without_bundle(m, &master_script, MASTER);
         assert!(out.status.success(), "{} joins: {}\n{}", m.name, stderr(&out), logs(m));
@@ -910,17 +934,37 @@ fn joiners_fetch_the_bundle_from_the_masters_and_from_another_when_one_is_lost()
         let id = recorded_bundle(m).file_name().unwrap().to_owned();
         assert_eq!(id, recorded_bundle(&m1).file_name().unwrap(), "the same bundle");
     }
-
-    // m1 is lost; a worker whose script names m1 first gets the bundle
-    // from another master.
     let (_dw, worker_script) = join_script(&m1, false, &[]);
-    m1.kill_all();
-    let w1 = net.host("w1");
+    let w1 = net.host_with_no_route_out("w1");
     let out = join_without_bundle(&w1, &worker_script, WORKER);
     assert!(out.status.success(), "w1 joins: {}\n{}", stderr(&out), logs(&w1));
+
+    // The cluster runs an application from the bundle alone: its CNI
+    // plugins (not the machine's), its images, its CoreDNS.
+    let containerd_config = std::fs::read_to_string(w1.root().join("etc/hakube/containerd.toml")).unwrap();
+    let cni = recorded_bundle(&w1).join("cni");
+    assert!(containerd_config.contains(&cni.display().to_string()), "w1's pod network uses the bundle's CNI plugins");
+    let four = ["m1", "m2", "m3", "w1"].map(String::from).to_vec();
+    wait_for("four Nodes Ready", Duration::from_secs(300), || ready_nodes(&m1) == four);
+    let pod = dir.path().join("pod.yaml");
+    std::fs::write(&pod, dns_pod("w1")).unwrap();
+    assert_ok(&m1.kubectl(&["apply", "-f", pod.to_str().unwrap()]), "apply the probe pod");
+    wait_for("the probe pod on w1 to resolve a Service name", Duration::from_secs(240), || {
+        let out = m1.kubectl(&["logs", "probe-w1"]);
+        stdout(&out).contains("Address") && stdout(&out).contains("10.96.0.1")
+    });
+
+    // m1 loses power; a worker whose script names m1 first gets the bundle
+    // from another master, and its Node comes up Ready.
+    m1.kill_all();
+    net.set_link(&m1, false);
+    let w2 = net.host_with_no_route_out("w2");
+    let out = join_without_bundle(&w2, &worker_script, WORKER);
+    assert!(out.status.success(), "w2 joins: {}\n{}", stderr(&out), logs(&w2));
     let err = stderr(&out);
     assert!(err.contains("from 10.") && !err.contains(&format!("from {}:", m1.addr)), "{err}");
-    let pid = w1.state()["components"]["kubelet"]["pid"].as_u64().expect("kubelet runs");
+    let pid = w2.state()["components"]["kubelet"]["pid"].as_u64().expect("kubelet runs");
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-    assert_eq!(exe, recorded_bundle(&w1).join("kubelet"), "kubelet runs from the fetched bundle");
+    assert_eq!(exe, recorded_bundle(&w2).join("kubelet"), "kubelet runs from the fetched bundle");
+    wait_for("w2 Ready, seen through m2", Duration::from_secs(240), || ready_nodes(&m2).contains(&"w2".to_owned()));
 }

@@ -447,6 +447,14 @@ impl Network {
         Host { ns, name: name.into(), root: host_root(&addr), addr }
     }
 
+    /// A host as [`Network::host`] makes it, but with no default route: its
+    /// bridge is all it reaches, as on an airgap server.
+    pub fn host_with_no_route_out(&self, name: &str) -> Host {
+        let h = self.host(name);
+        must("ip", &["-n", &h.ns, "route", "del", "default"]);
+        h
+    }
+
     /// Cuts a host off the network (its link down) or reconnects it.
     pub fn set_link(&self, host: &Host, up: bool) {
         must("ip", &["-n", &host.ns, "link", "set", "eth0", if up { "up" } else { "down" }]);
