@@ -40,6 +40,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// A bundle file taken in: hakube's unpack and import against tar, sha256sum -c and ctr.
+    Bundle(bench::bundle::Args),
     /// The purge of a lost worker and master against the same mutations by hand.
     Purge(bench::purge::Args),
     /// From nothing to a cluster that runs applications; the bundle's cold build.
@@ -64,6 +66,7 @@ fn main() {
     let result = match cli.command {
         Command::Sandbox(action) => sandbox::run(action),
         Command::Conformance(action) => conformance::run(action),
+        Command::Bench(Bench::Bundle(args)) => bench::bundle::run(args),
         Command::Bench(Bench::Purge(args)) => bench::purge::run(args),
         Command::Bench(Bench::Cluster(args)) => bench::cluster::run(args),
         Command::Bench(Bench::Install(args)) => bench::install::run(args),

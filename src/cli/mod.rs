@@ -223,6 +223,15 @@ pub enum BundleCommand {
         #[arg(long, value_name = "PUBKEY")]
         key: Option<PathBuf>,
     },
+    /// Unpack a bundle file under the data directory as `install
+    /// bundle=FILE` does (checked as it is written, once per bundle), and
+    /// print the directory: a bundle staged before an install, or looked into.
+    Unpack {
+        file: PathBuf,
+        /// Accept it only if signed with this Ed25519 public key (PEM).
+        #[arg(long, value_name = "PUBKEY")]
+        key: Option<PathBuf>,
+    },
     /// Print a bundle's manifest: versions, architecture, members.
     List {
         file: PathBuf,
@@ -564,6 +573,15 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
         }
         Command::Bundle(BundleCommand::Verify { file, key }) => {
             crate::cli::bundle::verify(&file, key.as_deref())?;
+            Ok(0)
+        }
+        Command::Bundle(BundleCommand::Unpack { file, key }) => {
+            let _lock = crate::host::lock::lock_root_waiting(paths.root(), Duration::from_secs(5))?;
+            let progress = crate::progress::Progress::new("bundle");
+            let dir = progress.phase(&format!("unpacking {}", file.display()), || {
+                crate::cli::bundle::unpack(&paths, &file, key.as_deref(), &progress)
+            })?;
+            println!("{}", dir.display());
             Ok(0)
         }
         Command::Bundle(BundleCommand::List { file, json }) => {

@@ -2,6 +2,7 @@
 //! run in the same invocation, and the goal. They exit 0 whether or not a
 //! goal is met, non-zero only when a step could not be run (it is named).
 
+pub mod bundle;
 pub mod cluster;
 pub mod install;
 pub mod join;
