@@ -872,10 +872,20 @@ fn a_worker_renews_its_agents_certificate_through_the_masters_with_the_same_key(
 /// A join script run on `h` with no bundle given: the binaries must come
 /// from the cluster.
 fn join_without_bundle(h: &Host, script: &std::path::Path, components: &str) -> std::process::Output {
+    join_without_bundle_env(h, script, components, &[])
+}
+
+/// As [`join_without_bundle`], with extra environment (the agent's too).
+fn join_without_bundle_env(
+    h: &Host,
+    script: &std::path::Path,
+    components: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let args: Vec<String> = join_args(h, components);
     let cut = args.iter().position(|a| a == "--bundle").map_or(args.len(), |i| i);
     let refs: Vec<&str> = args[..cut].iter().map(String::as_str).collect();
-    h.bash(script, &refs, &[bin()])
+    h.bash(script, &refs, &[&[bin()], env].concat())
 }
 
 /// The `node.bundle` a host's config records.
@@ -926,18 +936,26 @@ fn three_masters_and_two_workers_come_from_one_bundle_file_on_hosts_with_no_rout
     // bundle from the cluster, and a master keeps it to give in turn.
     let (_d, master_script) = join_script(&m1, true, &[]);
     let (m2, m3) = (net.host_with_no_route_out("m2"), net.host_with_no_route_out("m3"));
-    for m in [&m2, &m3] {
-        let out = join_without_bundle(m, &master_script, MASTER);
+    // m3's agent breaks every bundle stream off after 64 MiB, as a master
+    // that dies mid-way.
+    for (m, env) in [(&m2, &[][..]), (&m3, &[("HAKUBE_FAULT", "bundle-break-off")][..])] {
+        let out = join_without_bundle_env(m, &master_script, MASTER, env);
         assert!(out.status.success(), "{} joins: {}\n{}", m.name, stderr(&out), logs(m));
         assert!(stderr(&out).contains("fetching the cluster's bundle from a master: done"), "{}", stderr(&out));
         assert_eq!(recorded_bundle(m).parent(), Some(m.root().join("var/lib/hakube/bundles").as_path()));
         let id = recorded_bundle(m).file_name().unwrap().to_owned();
         assert_eq!(id, recorded_bundle(&m1).file_name().unwrap(), "the same bundle");
     }
-    let (_dw, worker_script) = join_script(&m1, false, &[]);
+    // w1's script, made on m3, asks m3 first: its stream breaks off, and
+    // w1 takes the bundle from the next master instead.
+    let (_d3, m3_script) = join_script(&m3, false, &[]);
     let w1 = net.host_with_no_route_out("w1");
-    let out = join_without_bundle(&w1, &worker_script, WORKER);
+    let out = join_without_bundle(&w1, &m3_script, WORKER);
     assert!(out.status.success(), "w1 joins: {}\n{}", stderr(&out), logs(&w1));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{}:9443: the download broke off", m3.addr)), "{err}");
+    assert!(err.contains("asking the next master"), "{err}");
+    let (_dw, worker_script) = join_script(&m1, false, &[]);
 
     // The cluster runs an application from the bundle alone: its CNI
     // plugins (not the machine's), its images, its CoreDNS.

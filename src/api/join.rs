@@ -71,8 +71,14 @@ pub(crate) async fn bundle(
     };
     info!(bundle = %dir.display(), "serving the bundle");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    // Test hook: `HAKUBE_FAULT=bundle-break-off` breaks every stream off
+    // after 64 MiB, as a master that dies mid-way.
+    let limit = match std::env::var("HAKUBE_FAULT").as_deref() {
+        Ok("bundle-break-off") => 64 << 20,
+        _ => u64::MAX,
+    };
     tokio::task::spawn_blocking(move || {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, ChunkWriter(tx.clone()));
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, ChunkWriter { tx: tx.clone(), left: limit });
         if let Err(e) = crate::bundle::write_unpacked(&dir, &mut out) {
             warn!(error = %e, "serving the bundle stopped");
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
@@ -83,12 +89,19 @@ pub(crate) async fn bundle(
 }
 
 /// Sends what is written as chunks of a response body; a client that went
-/// away ends the writing.
-struct ChunkWriter(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
+/// away ends the writing, and so does the end of `left` (the fault hook).
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    left: u64,
+}
 
 impl std::io::Write for ChunkWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
+        if self.left < buf.len() as u64 {
+            return Err(std::io::Error::other("HAKUBE_FAULT=bundle-break-off: breaking the stream off"));
+        }
+        self.left -= buf.len() as u64;
+        self.tx
             .blocking_send(Ok(Bytes::copy_from_slice(buf)))
             .map_err(|_| std::io::Error::other("the client went away"))?;
         Ok(buf.len())
