@@ -157,6 +157,30 @@ fn settings_taints_and_leadership_across_three_masters_and_a_worker() {
         ["m1", "m2", "m3"].iter().all(|n| taints(m1, n).is_empty())
     });
 
+    // A newer hakube's record (a field this one does not know), as during
+    // an upgrade of hakube itself: every agent, workers included, keeps
+    // converging on what it knows, and a re-run that would write the record
+    // back refuses instead of dropping the field.
+    let key = "/hakube/cluster/settings";
+    let read = || {
+        let out = m1.etcdctl(Some("apiserver-etcd-client"), &["get", key, "--print-value-only"]);
+        assert_ok(&out, "read the settings record");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("the record is JSON")
+    };
+    let original = read();
+    let mut newer = original.clone();
+    newer["spec"]["upgrade"] = serde_json::json!({"target": "v9.99.0"});
+    newer["written_by"] = "m9".into();
+    assert_ok(&m1.etcdctl(Some("apiserver-etcd-client"), &["put", key, &newer.to_string()]), "put a newer record");
+    wait_converged(m1, Duration::from_secs(30));
+    let out = m2.install_master_unchecked(&["ha", "taint-control-plane"], &[]);
+    assert!(!out.status.success(), "a re-run over a newer record must refuse");
+    let err = stderr(&out);
+    assert!(err.contains("written by a newer hakube (m9; fields this one does not know: upgrade)"), "{err}");
+    assert_eq!(read()["spec"]["upgrade"]["target"], "v9.99.0", "the newer field is kept");
+    assert_ok(&m1.etcdctl(Some("apiserver-etcd-client"), &["put", key, &original.to_string()]), "put it back");
+    wait_converged(m1, Duration::from_secs(30));
+
     // The controller's identity does what it must and nothing more.
     let kc = |h: &Host| h.root().join("var/lib/hakube/kubeconfigs/hakube-controller.conf").display().to_string();
     let denied = m1.exec("kubectl", &["--kubeconfig", &kc(m1), "get", "secrets", "-A"]);

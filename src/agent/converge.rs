@@ -79,7 +79,7 @@ async fn read_record(cfg: &ClusterConfig, etcd: &mut etcd::Local, node_api: &Nod
     };
     if record.is_none() && cfg.node.etcd.initial_cluster_state == InitialClusterState::New {
         // The first master founds the record from its own config.
-        let rev = crate::cluster::settings::write(c, endpoint, &cfg.cluster, 0, cfg.node.name.as_str(), now_secs())
+        let rev = crate::cluster::settings::write(c, endpoint, &cfg.cluster, None, cfg.node.name.as_str(), now_secs())
             .await
             .map_err(|e| other(e.to_string()))?;
         info!(revision = rev, "cluster-wide settings recorded");

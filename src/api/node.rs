@@ -25,7 +25,9 @@ use crate::host::clock::now_secs;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {
     /// The cluster-wide settings and their revision (None before the first
-    /// master's agent wrote them).
+    /// master's agent wrote them). Read leniently: a newer master's fields
+    /// are set aside.
+    #[serde(deserialize_with = "crate::config::lenient::cluster_spec")]
     pub settings: Option<ClusterSpec>,
     pub settings_revision: i64,
     /// Every master: name and address.

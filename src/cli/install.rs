@@ -57,10 +57,11 @@ fn read_settings(paths: &Paths, c: &ClusterConfig) -> anyhow::Result<Option<sett
 
 /// Compare-and-swap on the revision read: a concurrent change by another
 /// master's install is a conflict, told, not overwritten.
-fn write_settings(paths: &Paths, c: &ClusterConfig, expected: i64) -> anyhow::Result<i64> {
+fn write_settings(paths: &Paths, c: &ClusterConfig, base: &settings::Settings) -> anyhow::Result<i64> {
     let (rt, mut client) = settings_client(paths, c)?;
     let by = c.node.name.as_str();
-    Ok(rt.block_on(settings::write(&mut client, &c.etcd_client_url(), &c.cluster, expected, by, now_secs()))?)
+    let base = Some(base).filter(|b| b.revision != 0);
+    Ok(rt.block_on(settings::write(&mut client, &c.etcd_client_url(), &c.cluster, base, by, now_secs()))?)
 }
 
 /// Merges the sources into the config to install (writes nothing). On a
@@ -114,6 +115,7 @@ pub fn run(req: Request) -> anyhow::Result<()> {
                         revision: 0,
                         written_by: String::new(),
                         written_at: 0,
+                        unknown: vec![],
                     })
                 }),
                 Err(e) => {
@@ -229,7 +231,7 @@ pub fn run(req: Request) -> anyhow::Result<()> {
             if std::env::var("HAKUBE_FAULT").as_deref() == Ok("slow-settings-write") {
                 std::thread::sleep(Duration::from_secs(3));
             }
-            let rev = progress.phase("changing the cluster-wide settings", || write_settings(paths, &c, r.revision))?;
+            let rev = progress.phase("changing the cluster-wide settings", || write_settings(paths, &c, r))?;
             progress.note(format!("  revision {rev}: every node converges on it (`hakube status` shows which have)"));
         }
     }

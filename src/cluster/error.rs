@@ -68,7 +68,7 @@ impl ClusterError {
             ClusterError::Membership(_) => true,
             ClusterError::Settings(SettingsError::Etcd(e)) => matches!(e, EtcdError::Call { .. }),
             ClusterError::Settings(SettingsError::Conflict { .. }) => true,
-            ClusterError::Settings(SettingsError::Unreadable(_)) => false,
+            ClusterError::Settings(SettingsError::Unreadable(_) | SettingsError::Newer { .. }) => false,
             ClusterError::Addon(AddonError::Apply { source, .. }) => source.retryable(),
             ClusterError::Addon(_) => false,
             ClusterError::Held(_) => true,

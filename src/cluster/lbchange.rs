@@ -258,7 +258,7 @@ pub async fn round(
         .await
         .map_err(|e| call(endpoint, e))?;
     let Some(next) = advance(&s.spec, &progress.masters) else { return Ok(()) };
-    match super::settings::write(client, endpoint, &next, s.revision, leader, now).await {
+    match super::settings::write(client, endpoint, &next, Some(&s), leader, now).await {
         Ok(rev) => {
             let what = match &next.load_balancer_change {
                 Some(n) => format!("phase {}", n.phase),

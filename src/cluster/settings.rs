@@ -24,6 +24,11 @@ pub struct Settings {
     /// Which node wrote it, and when (unix seconds): for `status`.
     pub written_by: String,
     pub written_at: u64,
+    /// Fields of the record this hakube does not know (a newer one wrote
+    /// them), set aside when it was read: a write based on it would drop
+    /// them, so [`write`] refuses.
+    #[serde(skip)]
+    pub unknown: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,12 @@ pub enum SettingsError {
     Conflict { expected: i64, found: i64, by: String },
     #[error("the cluster-wide settings record in etcd is unreadable ({0}): it was not written by this hakube")]
     Unreadable(String),
+    #[error(
+        "the cluster-wide settings were written by a newer hakube ({by}; fields this one does not know: {}): \
+         writing them from this hakube would drop those; run the newer hakube (it is in the cluster's bundle)",
+        fields.join(", ")
+    )]
+    Newer { fields: Vec<String>, by: String },
 }
 
 fn call(endpoint: &str, e: etcd_client::Error) -> EtcdError {
@@ -47,22 +58,43 @@ fn call(endpoint: &str, e: etcd_client::Error) -> EtcdError {
 pub async fn read(client: &mut Client, endpoint: &str) -> Result<Option<Settings>, SettingsError> {
     let resp = client.get(KEY, None).await.map_err(|e| call(endpoint, e))?;
     let Some(kv) = resp.kvs().first() else { return Ok(None) };
-    let mut s: Settings = serde_json::from_slice(kv.value()).map_err(|e| SettingsError::Unreadable(e.to_string()))?;
+    let mut s = parse(kv.value())?;
     s.revision = kv.mod_revision();
     Ok(Some(s))
 }
 
-/// Writes `spec` if the record is still at `expected` (0: absent). Returns
-/// the new revision, or the conflict.
+/// The record's bytes, read leniently: fields of the spec a newer hakube
+/// wrote are set aside and named ([`Settings::unknown`]).
+pub fn parse(bytes: &[u8]) -> Result<Settings, SettingsError> {
+    let unreadable = |e: serde_json::Error| SettingsError::Unreadable(e.to_string());
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).map_err(unreadable)?;
+    let unknown = match v.get_mut("spec") {
+        Some(spec) => crate::config::lenient::strip_unknown::<ClusterSpec>(spec),
+        None => vec![],
+    };
+    let mut s: Settings = serde_json::from_value(v).map_err(unreadable)?;
+    s.unknown = unknown;
+    Ok(s)
+}
+
+/// Writes `spec` over `base`, the record it was made from (None: there is
+/// none yet), if the record is still at `base`'s revision. Returns the new
+/// revision, or the conflict; refuses a base a newer hakube wrote, whose
+/// unknown fields the write would drop.
 pub async fn write(
     client: &mut Client,
     endpoint: &str,
     spec: &ClusterSpec,
-    expected: i64,
+    base: Option<&Settings>,
     by: &str,
     now: u64,
 ) -> Result<i64, SettingsError> {
-    let record = Settings { spec: spec.clone(), revision: 0, written_by: by.to_owned(), written_at: now };
+    if let Some(b) = base.filter(|b| !b.unknown.is_empty()) {
+        return Err(SettingsError::Newer { fields: b.unknown.clone(), by: b.written_by.clone() });
+    }
+    let expected = base.map_or(0, |b| b.revision);
+    let record =
+        Settings { spec: spec.clone(), revision: 0, written_by: by.to_owned(), written_at: now, unknown: vec![] };
     let body = serde_json::to_vec(&record).expect("settings serialize");
     let guard = if expected == 0 {
         Compare::create_revision(KEY, CompareOp::Equal, 0)
@@ -76,7 +108,7 @@ pub async fn write(
     }
     let current = match resp.op_responses().into_iter().next() {
         Some(etcd_client::TxnOpResponse::Get(g)) => g.kvs().first().map(|kv| {
-            let by = serde_json::from_slice::<Settings>(kv.value()).map(|s| s.written_by).unwrap_or_default();
+            let by = parse(kv.value()).map(|s| s.written_by).unwrap_or_default();
             (kv.mod_revision(), by)
         }),
         _ => None,

@@ -7,6 +7,7 @@
 //! merged tree is then deserialized into [`ClusterConfig`], whose fields are
 //! validated newtypes, so a bad value is refused before anything is written.
 
+pub mod lenient;
 pub mod types;
 
 use std::net::IpAddr;
