@@ -14,6 +14,7 @@ pub mod registry;
 pub mod restore;
 pub mod settings;
 pub mod taints;
+pub mod upgrade;
 
 use std::fmt;
 

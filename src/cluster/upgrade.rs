@@ -1,0 +1,330 @@
+//! The plan of a Kubernetes upgrade, as the elected agent will drive it:
+//! which upgrades Kubernetes' version skew policy allows, and which node
+//! moves next. Pure: it reads the versions every node reports and decides;
+//! the driving (the record, the bundle reaching each node, the restarts)
+//! is elsewhere.
+//!
+//! The order is upstream's (kubernetes.io "Version Skew Policy", "Upgrading
+//! kubeadm clusters"): the control plane first, one master at a time
+//! (kube-apiserver, then kube-controller-manager and kube-scheduler), each
+//! step gated on every master being healthy; only when every API server
+//! runs the target do the kubelets and kube-proxies move, one node at a
+//! time, masters' included. So at no instant is a kubelet newer than an
+//! API server, API servers are never more than one minor apart, and a
+//! controller-manager or scheduler, which talk to their own node's API
+//! server, is never newer than it (a master's step restarts its API server
+//! first).
+
+use std::fmt;
+
+use crate::cluster::Role;
+use crate::kube::version::KubeVersion;
+
+/// What one node runs, as its agent reports it (None: not run there, or
+/// not known yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeVersions {
+    pub name: String,
+    pub role: Role,
+    /// Its agent reported within the staleness bound and every component
+    /// it runs is healthy.
+    pub healthy: bool,
+    pub apiserver: Option<KubeVersion>,
+    pub controller_manager: Option<KubeVersion>,
+    pub scheduler: Option<KubeVersion>,
+    pub kubelet: Option<KubeVersion>,
+    pub kube_proxy: Option<KubeVersion>,
+}
+
+impl NodeVersions {
+    fn control_plane(&self) -> impl Iterator<Item = KubeVersion> + '_ {
+        [self.apiserver, self.controller_manager, self.scheduler].into_iter().flatten()
+    }
+
+    fn node_components(&self) -> impl Iterator<Item = KubeVersion> + '_ {
+        [self.kubelet, self.kube_proxy].into_iter().flatten()
+    }
+
+    fn all(&self) -> impl Iterator<Item = KubeVersion> + '_ {
+        self.control_plane().chain(self.node_components())
+    }
+}
+
+/// Why an upgrade to a target is refused before it starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "{node}'s {component} is {found}: {target} would skip {skipped}; upgrade one minor at a time \
+         (first to the newest v{}.{}.x)",
+        found.major,
+        found.minor + 1
+    )]
+    SkipsMinor { node: String, component: &'static str, found: KubeVersion, target: KubeVersion, skipped: String },
+    #[error(
+        "{node}'s {component} is {found}, newer than {target}: Kubernetes does not support going back a minor \
+         (restore a snapshot taken before the upgrade instead)"
+    )]
+    Downgrade { node: String, component: &'static str, found: KubeVersion, target: KubeVersion },
+    #[error("{node} is not healthy: an upgrade starts only when every node is (`hakube status` says what is wrong)")]
+    Unhealthy { node: String },
+    #[error("no node reports its versions yet: nothing to upgrade from")]
+    Unknown,
+}
+
+fn named(n: &NodeVersions) -> [(&'static str, Option<KubeVersion>); 5] {
+    [
+        ("kube-apiserver", n.apiserver),
+        ("kube-controller-manager", n.controller_manager),
+        ("kube-scheduler", n.scheduler),
+        ("kubelet", n.kubelet),
+        ("kube-proxy", n.kube_proxy),
+    ]
+}
+
+/// Whether the cluster may start moving to `target`: every node healthy,
+/// no component more than one minor behind it (no skipped minor: upstream
+/// tests each minor's upgrade from the previous one only) and none a minor
+/// ahead (a patch downgrade within a minor is allowed). Every refusal is
+/// listed, so one run tells the operator all that stands in the way.
+pub fn preflight(target: KubeVersion, nodes: &[NodeVersions]) -> Result<(), Vec<Refusal>> {
+    let mut out = vec![];
+    if nodes.iter().all(|n| n.all().next().is_none()) {
+        return Err(vec![Refusal::Unknown]);
+    }
+    for n in nodes {
+        if !n.healthy {
+            out.push(Refusal::Unhealthy { node: n.name.clone() });
+        }
+        for (component, v) in named(n) {
+            let Some(found) = v else { continue };
+            let behind = (target.major, target.minor) > (found.major, found.minor + 1);
+            if found.major != target.major || behind {
+                let skipped = (found.minor + 1..target.minor).map(|m| format!("v{}.{m}", found.major)).collect();
+                let skipped: Vec<String> = skipped;
+                out.push(Refusal::SkipsMinor {
+                    node: n.name.clone(),
+                    component,
+                    found,
+                    target,
+                    skipped: skipped.join(", "),
+                });
+            } else if (found.major, found.minor) > (target.major, target.minor) {
+                out.push(Refusal::Downgrade { node: n.name.clone(), component, found, target });
+            }
+        }
+    }
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(out)
+    }
+}
+
+/// The next move of an upgrade under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// This master's control plane (kube-apiserver, controller-manager,
+    /// scheduler) moves to the target.
+    ControlPlane(String),
+    /// This node's kubelet and kube-proxy move to the target.
+    Node(String),
+    /// Nothing moves this round, for this reason.
+    Wait(String),
+    /// Every node that is up runs the target; those listed were down and
+    /// move when they come back.
+    Done { pending: Vec<String> },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::ControlPlane(n) => write!(f, "{n}'s control plane"),
+            Step::Node(n) => write!(f, "{n}'s kubelet and kube-proxy"),
+            Step::Wait(why) => write!(f, "waiting: {why}"),
+            Step::Done { pending } if pending.is_empty() => f.write_str("done"),
+            Step::Done { pending } => write!(f, "done but for {} (down: upgraded when back)", pending.join(", ")),
+        }
+    }
+}
+
+/// The next step towards `target`. Masters' control planes first, in name
+/// order, each only while every master is healthy (the one that moved
+/// last included: the gate is what makes it one at a time); then every
+/// node's kubelet and kube-proxy, once no API server is older than the
+/// target, skipping nodes that are down (they are listed in `Done`).
+pub fn next(target: KubeVersion, nodes: &[NodeVersions]) -> Step {
+    let behind = |v: KubeVersion| v != target;
+    let mut nodes: Vec<&NodeVersions> = nodes.iter().collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let masters: Vec<&&NodeVersions> = nodes.iter().filter(|n| n.role == Role::Master).collect();
+    if let Some(m) = masters.iter().find(|m| m.control_plane().any(behind)) {
+        if let Some(sick) = masters.iter().find(|m| !m.healthy) {
+            return Step::Wait(format!(
+                "{} is not healthy: the control plane moves one healthy master at a time",
+                sick.name
+            ));
+        }
+        return Step::ControlPlane(m.name.clone());
+    }
+    // Every API server that reports runs the target now.
+    if let Some(sick) = masters.iter().find(|m| !m.healthy) {
+        return Step::Wait(format!("{} is not healthy: kubelets move only under a healthy control plane", sick.name));
+    }
+    let mut pending = vec![];
+    for n in &nodes {
+        if !n.node_components().any(behind) {
+            continue;
+        }
+        if n.healthy {
+            return Step::Node(n.name.clone());
+        }
+        pending.push(n.name.clone());
+    }
+    Step::Done { pending }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V36: KubeVersion = KubeVersion::new(1, 36, 3);
+    const V37: KubeVersion = KubeVersion::new(1, 37, 2);
+
+    fn node(name: &str, role: Role, cp: KubeVersion, kubelet: KubeVersion) -> NodeVersions {
+        let master = role == Role::Master;
+        NodeVersions {
+            name: name.into(),
+            role,
+            healthy: true,
+            apiserver: master.then_some(cp),
+            controller_manager: master.then_some(cp),
+            scheduler: master.then_some(cp),
+            kubelet: Some(kubelet),
+            kube_proxy: Some(kubelet),
+        }
+    }
+
+    fn cluster(v: KubeVersion) -> Vec<NodeVersions> {
+        vec![
+            node("m1", Role::Master, v, v),
+            node("m2", Role::Master, v, v),
+            node("m3", Role::Master, v, v),
+            node("w1", Role::Worker, v, v),
+            node("w2", Role::Worker, v, v),
+        ]
+    }
+
+    /// Applies `step` as the node's agent would.
+    fn apply(nodes: &mut [NodeVersions], step: &Step, target: KubeVersion) {
+        match step {
+            Step::ControlPlane(n) => {
+                let m = nodes.iter_mut().find(|x| &x.name == n).unwrap();
+                m.apiserver = Some(target);
+                m.controller_manager = Some(target);
+                m.scheduler = Some(target);
+            }
+            Step::Node(n) => {
+                let m = nodes.iter_mut().find(|x| &x.name == n).unwrap();
+                m.kubelet = Some(target);
+                m.kube_proxy = Some(target);
+            }
+            _ => panic!("nothing to apply: {step}"),
+        }
+    }
+
+    /// Kubernetes' skew rules at one instant, for hakube's topology: API
+    /// servers within one minor of each other; a kubelet or kube-proxy
+    /// (through the node-local balancer, to any API server) never newer
+    /// than the oldest API server; a controller-manager or scheduler (to
+    /// its own node's API server, `kube::kubeconfig::server_for`) never
+    /// newer than that one.
+    fn within_skew(nodes: &[NodeVersions]) -> bool {
+        let apis: Vec<KubeVersion> = nodes.iter().filter_map(|n| n.apiserver).collect();
+        let (oldest, newest) = (apis.iter().min().unwrap(), apis.iter().max().unwrap());
+        let minor = |v: &KubeVersion| (v.major, v.minor);
+        newest.minor - oldest.minor <= 1
+            && nodes.iter().all(|n| {
+                n.node_components().all(|v| minor(&v) <= minor(oldest))
+                    && [n.controller_manager, n.scheduler]
+                        .into_iter()
+                        .flatten()
+                        .all(|v| n.apiserver.is_some_and(|a| minor(&v) <= minor(&a)))
+            })
+    }
+
+    #[test]
+    fn one_minor_up_moves_every_control_plane_first_one_at_a_time_then_every_node() {
+        let mut nodes = cluster(V36);
+        preflight(V37, &nodes).expect("one minor up is allowed");
+        let mut order = vec![];
+        loop {
+            let step = next(V37, &nodes);
+            if let Step::Done { pending } = &step {
+                assert!(pending.is_empty());
+                break;
+            }
+            order.push(step.to_string());
+            apply(&mut nodes, &step, V37);
+            assert!(within_skew(&nodes), "out of skew after {step}: {nodes:?}");
+        }
+        assert_eq!(
+            order,
+            [
+                "m1's control plane",
+                "m2's control plane",
+                "m3's control plane",
+                "m1's kubelet and kube-proxy",
+                "m2's kubelet and kube-proxy",
+                "m3's kubelet and kube-proxy",
+                "w1's kubelet and kube-proxy",
+                "w2's kubelet and kube-proxy",
+            ]
+        );
+        assert!(nodes.iter().all(|n| n.all().all(|v| v == V37)));
+    }
+
+    #[test]
+    fn an_unhealthy_master_holds_the_control_plane_and_a_down_worker_is_left_for_later() {
+        let mut nodes = cluster(V36);
+        apply(&mut nodes, &Step::ControlPlane("m1".into()), V37);
+        nodes[0].healthy = false; // m1 came back unhealthy after its move
+        assert_eq!(
+            next(V37, &nodes),
+            Step::Wait("m1 is not healthy: the control plane moves one healthy master at a time".into())
+        );
+        nodes[0].healthy = true;
+        for m in ["m2", "m3"] {
+            assert_eq!(next(V37, &nodes), Step::ControlPlane(m.into()));
+            apply(&mut nodes, &Step::ControlPlane(m.into()), V37);
+        }
+        nodes[4].healthy = false; // w2 is down
+        while let step @ (Step::Node(_) | Step::ControlPlane(_)) = next(V37, &nodes) {
+            assert_ne!(step, Step::Node("w2".into()));
+            apply(&mut nodes, &step, V37);
+        }
+        assert_eq!(next(V37, &nodes), Step::Done { pending: vec!["w2".into()] });
+        assert_eq!(next(V37, &nodes).to_string(), "done but for w2 (down: upgraded when back)");
+        nodes[4].healthy = true; // back: it moves
+        assert_eq!(next(V37, &nodes), Step::Node("w2".into()));
+    }
+
+    #[test]
+    fn skipped_minors_downgrades_and_unhealthy_nodes_are_refused_and_all_named() {
+        let nodes = cluster(KubeVersion::new(1, 35, 4));
+        let e = preflight(V37, &nodes).unwrap_err();
+        assert_eq!(e.len(), 5 * 3 + 2 * 2, "every component of every node: {e:?}");
+        assert_eq!(
+            e[0].to_string(),
+            "m1's kube-apiserver is v1.35.4: v1.37.2 would skip v1.36; upgrade one minor at a time (first to the newest v1.36.x)"
+        );
+        let e = preflight(V36, &cluster(V37)).unwrap_err();
+        assert!(e[0].to_string().starts_with("m1's kube-apiserver is v1.37.2, newer than v1.36.3"), "{}", e[0]);
+        // A patch within the minor, either way, is fine.
+        preflight(KubeVersion::new(1, 37, 1), &cluster(V37)).unwrap();
+        preflight(KubeVersion::new(1, 37, 3), &cluster(V37)).unwrap();
+        let mut sick = cluster(V36);
+        sick[3].healthy = false;
+        assert_eq!(preflight(V37, &sick).unwrap_err(), [Refusal::Unhealthy { node: "w1".into() }]);
+        assert_eq!(preflight(V37, &[]).unwrap_err(), [Refusal::Unknown]);
+    }
+}
