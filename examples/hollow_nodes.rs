@@ -188,6 +188,8 @@ async fn run(a: Args) -> Result<(), String> {
             heartbeat_at: now,
             settings_revision: 0,
             clock_offset_ms: None,
+            versions: Default::default(),
+            healthy: None,
         };
         registry::claim(&mut etcd, &endpoint, record).await.map_err(|e| e.to_string())?;
     }

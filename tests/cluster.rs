@@ -79,6 +79,17 @@ fn settings_taints_and_leadership_across_three_masters_and_a_worker() {
         all.iter().all(|n| stdout(&out).contains(&format!("node/{n}")))
     });
 
+    // Every node's heartbeat says which Kubernetes it runs and that all of
+    // it is healthy (what an upgrade plans from).
+    let want = std::fs::read_to_string(bundle().join("VERSION")).unwrap().trim().to_owned();
+    wait_for("every node to report its versions, healthy", Duration::from_secs(60), || {
+        let nodes = status_json(m1)["cluster"]["nodes"].as_array().cloned().unwrap_or_default();
+        nodes.len() == 4
+            && nodes.iter().all(|n| n["healthy"] == true && n["versions"]["kubelet"] == want.as_str())
+            && nodes.iter().filter(|n| n["versions"]["kube-apiserver"] == want.as_str()).count() == 3
+    });
+    assert!(stdout(&m1.hakube(&["status"])).contains(&format!("{want:<8} heartbeat")), "status shows the version");
+
     // Every master carries its role labels; nobody is tainted yet.
     wait_for("the masters' role labels", Duration::from_secs(60), || {
         ["m1", "m2", "m3"].iter().all(|n| role_labels(m1, n) == BOTH)

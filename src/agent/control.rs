@@ -259,6 +259,7 @@ mod tests {
             purged: None,
             load_balancer: None,
             components: [("etcd".to_owned(), c)].into(),
+            versions: Default::default(),
         }
     }
 

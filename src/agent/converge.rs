@@ -99,6 +99,7 @@ pub async fn run(
     applied: std::rc::Rc<watch::Sender<i64>>,
     reload: mpsc::UnboundedSender<()>,
     purged: std::rc::Rc<watch::Sender<Option<String>>>,
+    report: watch::Receiver<crate::cluster::heartbeat::Report>,
     mut stop: watch::Receiver<bool>,
 ) {
     let node_api = NodeApi::new(&paths, &cfg);
@@ -168,7 +169,11 @@ pub async fn run(
         }
         // A worker's heartbeat goes through the masters' node endpoint.
         if !cfg.has(Component::Etcd) && last_beat.elapsed() >= crate::cluster::heartbeat::INTERVAL {
-            let beat = Heartbeat { settings_revision: *applied.borrow(), clock_offset_ms };
+            let beat = Heartbeat {
+                settings_revision: *applied.borrow(),
+                clock_offset_ms,
+                report: Some(report.borrow().clone()),
+            };
             match node_api.post("/v1/node/heartbeat", &beat).await {
                 Ok(()) => last_beat = std::time::Instant::now(),
                 Err(NodeApiError::Purged(msg)) => {

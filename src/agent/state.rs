@@ -47,6 +47,10 @@ pub struct State {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purged: Option<String>,
     pub components: BTreeMap<String, ComponentState>,
+    /// The Kubernetes version of each component's binary (`kubelet` →
+    /// `v1.37.2`), as the agent last found them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, String>,
     /// The node-local load balancer, where it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<crate::lb::Status>,
@@ -57,6 +61,15 @@ impl State {
     /// written before the agent registered its components has none).
     pub fn all_healthy(&self, expected: &[crate::config::Component]) -> bool {
         expected.iter().all(|c| self.components.get(c.name()).is_some_and(|s| s.phase == Phase::Running && s.healthy))
+    }
+
+    /// What the node's heartbeat says of it: its versions, and whether
+    /// every component it runs is up and healthy.
+    pub fn report(&self) -> crate::cluster::heartbeat::Report {
+        let healthy = !self.components.is_empty()
+            && self.purged.is_none()
+            && self.components.values().all(|s| s.phase == Phase::Running && s.healthy);
+        crate::cluster::heartbeat::Report { versions: self.versions.clone(), healthy }
     }
 
     pub fn read(path: &Path) -> Option<State> {

@@ -203,6 +203,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         agent_stop,
         applied: Rc::new(watch::channel(0i64).0),
         purged: Rc::new(watch::channel(None::<String>).0),
+        report: Rc::new(watch::channel(Default::default()).0),
         reload: tokio::sync::mpsc::unbounded_channel(),
     };
     tokio::task::LocalSet::new().run_until(agent.main(signals)).await;
@@ -235,6 +236,8 @@ struct Agent {
     applied: Rc<watch::Sender<i64>>,
     /// Set when the cluster purged this node.
     purged: Rc<watch::Sender<Option<String>>>,
+    /// What the heartbeat says of the node, from `state` as it is written.
+    report: Rc<watch::Sender<crate::cluster::heartbeat::Report>>,
     /// Reloads asked for by [`super::converge`].
     reload: (tokio::sync::mpsc::UnboundedSender<()>, tokio::sync::mpsc::UnboundedReceiver<()>),
 }
@@ -302,8 +305,11 @@ impl Agent {
     /// One atomic write of `state.json` per burst of changes.
     fn spawn_state_writer(&self) {
         let (state, dirty, path) = (self.state.clone(), self.dirty.clone(), self.paths.state_file());
+        let report = self.report.clone();
         tokio::task::spawn_local(async move {
             loop {
+                let now = state.borrow().report();
+                report.send_if_modified(|r| std::mem::replace(r, now.clone()) != now);
                 let json = serde_json::to_vec_pretty(&*state.borrow()).expect("state serializes");
                 if let Err(e) = write_atomic(&path, &json, 0o644) {
                     warn!(error = %e, "cannot record state");
@@ -365,6 +371,9 @@ impl Agent {
     /// The components to run now, as this host's facts allow.
     fn observe(&mut self) -> BTreeMap<Component, Launch> {
         let (facts, problems) = facts::observe(&self.paths, &self.cfg, &mut self.versions);
+        let versions = facts.versions.iter().map(|(c, v)| (c.name().to_owned(), v.to_string())).collect();
+        self.state.borrow_mut().versions = versions;
+        self.dirty.notify_one();
         for (comp, why) in &problems {
             warn!(component = %comp, "cannot run: {why}");
         }
@@ -427,6 +436,7 @@ impl Agent {
             self.applied.clone(),
             self.reload.0.clone(),
             self.purged.clone(),
+            self.report.subscribe(),
             stop_rx.clone(),
         ));
         if cfg.has(Component::Etcd) {
@@ -436,6 +446,7 @@ impl Agent {
                 paths.clone(),
                 cfg.clone(),
                 self.applied.subscribe(),
+                self.report.subscribe(),
                 stop_rx.clone(),
             ));
             tokio::task::spawn_local(controller::run(paths.clone(), cfg.clone(), view.clone(), stop_rx.clone()));

@@ -320,6 +320,8 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
         heartbeat_at: now,
         settings_revision: 0,
         clock_offset_ms: None,
+        versions: Default::default(),
+        healthy: None,
     };
     // The check above was a read; the claim is the compare-and-swap that
     // settles two joins with one name at once.

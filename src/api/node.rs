@@ -45,14 +45,18 @@ pub struct MasterView {
 
 /// What a node reports with `POST /v1/node/heartbeat` (its name is its
 /// certificate's, never the request's).
+/// Unknown fields are ignored: a worker that already runs a newer hakube
+/// (during an upgrade of hakube itself) still gets its beat recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// The revision of the cluster-wide settings the node has applied.
     pub settings_revision: i64,
     /// The node's clock minus a master's, as it last measured it (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_offset_ms: Option<i64>,
+    /// Its versions and health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::cluster::heartbeat::Report>,
 }
 
 /// What a worker sends to renew its client certificates: requests over its
@@ -183,7 +187,13 @@ pub(crate) async fn heartbeat(
     let result = async {
         let mut client = ctx.client().await?;
         registry::update(&mut client, &endpoint, &node, |r| {
-            crate::cluster::heartbeat::beat(r, now_secs(), beat.settings_revision, beat.clock_offset_ms)
+            crate::cluster::heartbeat::beat(
+                r,
+                now_secs(),
+                beat.settings_revision,
+                beat.clock_offset_ms,
+                beat.report.as_ref(),
+            )
         })
         .await
     };

@@ -288,6 +288,19 @@ async fn probe_etcd(paths: &Paths, c: &ClusterConfig) -> EtcdReport {
     }
 }
 
+/// A node's Kubernetes versions for one line: the one version when every
+/// component runs it (the usual case), else each component's; `-` when the
+/// node does not report them.
+fn versions(v: &std::collections::BTreeMap<String, String>) -> String {
+    let mut distinct: Vec<&String> = v.values().collect();
+    distinct.dedup();
+    match distinct.as_slice() {
+        [] => "-".into(),
+        [one] if v.values().all(|x| x == *one) => (*one).clone(),
+        _ => v.iter().map(|(c, x)| format!("{c} {x}")).collect::<Vec<_>>().join(", "),
+    }
+}
+
 pub fn render(r: &Report) -> String {
     let mut out = format!(
         "node {} (root {})\nagent: {}\n",
@@ -417,11 +430,15 @@ pub fn render(r: &Report) -> String {
             if let Some(w) = n.clock_offset_ms.and_then(crate::host::clock::describe_offset) {
                 lag.push_str(&format!("  WARNING: {w}"));
             }
+            if n.healthy == Some(false) {
+                lag.push_str("  NOT HEALTHY (`hakube status` on it says what)");
+            }
             out.push_str(&format!(
-                "  node {:<16} {:<7} {:<15} heartbeat {}s ago{lag}\n",
+                "  node {:<16} {:<7} {:<15} {:<8} heartbeat {}s ago{lag}\n",
                 n.name,
                 n.role.to_string(),
                 n.address.to_string(),
+                versions(&n.versions),
                 now.saturating_sub(n.heartbeat_at)
             ));
         }
@@ -460,4 +477,20 @@ pub fn render(r: &Report) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_versions_read_as_one_when_they_agree_and_each_when_they_do_not() {
+        let v = |pairs: &[(&str, &str)]| pairs.iter().map(|(c, x)| (c.to_string(), x.to_string())).collect();
+        assert_eq!(versions(&v(&[])), "-");
+        assert_eq!(versions(&v(&[("kubelet", "v1.37.2"), ("kube-proxy", "v1.37.2")])), "v1.37.2");
+        assert_eq!(
+            versions(&v(&[("kube-apiserver", "v1.37.2"), ("kubelet", "v1.36.3"), ("kube-proxy", "v1.37.2")])),
+            "kube-apiserver v1.37.2, kube-proxy v1.37.2, kubelet v1.36.3"
+        );
+    }
 }

@@ -6,7 +6,10 @@
 //! leader judges a node's life from them (with the Kubernetes Lease, see
 //! [`super::purge`]).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use tokio::sync::watch;
 use tokio::time::sleep;
@@ -22,26 +25,55 @@ use crate::host::paths::Paths;
 /// How often a node says it is alive.
 pub const INTERVAL: Duration = Duration::from_secs(5);
 
+/// What a node says of itself with each beat: the Kubernetes version of
+/// each component's binary, and whether all it runs is healthy (what an
+/// upgrade plans from, and `status` shows).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, String>,
+    #[serde(default)]
+    pub healthy: bool,
+}
+
 /// A beat, as the registry records it: when it came, the settings revision
-/// the node runs, and its clock offset when it measured one.
-pub fn beat(record: &mut NodeRecord, now: u64, settings_revision: i64, clock_offset_ms: Option<i64>) {
+/// the node runs, its clock offset when it measured one, and its report
+/// when it sent one (an older agent does not).
+pub fn beat(
+    record: &mut NodeRecord,
+    now: u64,
+    settings_revision: i64,
+    clock_offset_ms: Option<i64>,
+    report: Option<&Report>,
+) {
     record.heartbeat_at = now;
     record.settings_revision = settings_revision;
     if clock_offset_ms.is_some() {
         record.clock_offset_ms = clock_offset_ms;
     }
+    if let Some(r) = report {
+        record.versions = r.versions.clone();
+        record.healthy = Some(r.healthy);
+    }
 }
 
 /// A master's heartbeat into the registry, with the settings revision it
 /// runs (`applied`), until `stop` changes.
-pub async fn run(paths: Paths, cfg: ClusterConfig, mut applied: watch::Receiver<i64>, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    paths: Paths,
+    cfg: ClusterConfig,
+    mut applied: watch::Receiver<i64>,
+    report: watch::Receiver<Report>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut etcd = etcd::Local::new(&paths, &cfg, Duration::from_secs(3));
     let mut registered = false;
     loop {
         let round = async {
             let (c, endpoint) = etcd.parts().await?;
             let (now, revision) = (now_secs(), *applied.borrow_and_update());
-            let update = |r: &mut NodeRecord| beat(r, now, revision, None);
+            let report = report.borrow().clone();
+            let update = |r: &mut NodeRecord| beat(r, now, revision, None, Some(&report));
             if registry::update(c, endpoint, cfg.node.name.as_str(), update).await?.is_some() {
                 registered = true;
             } else {
@@ -66,6 +98,8 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut applied: watch::Receiver<
                     heartbeat_at: now,
                     settings_revision: revision,
                     clock_offset_ms: None,
+                    versions: Default::default(),
+                    healthy: None,
                 };
                 match registry::claim(c, endpoint, record).await? {
                     Claim::Conflict(msg) => warn!("cannot register this master: {msg}"),

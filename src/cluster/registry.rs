@@ -25,6 +25,14 @@ pub struct NodeRecord {
     /// (ms; none before it could, e.g. a master alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_offset_ms: Option<i64>,
+    /// The Kubernetes version of each component's binary, as its last beat
+    /// reported them (`kubelet` → `v1.37.2`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub versions: std::collections::BTreeMap<String, String>,
+    /// Whether everything it runs was healthy at its last beat (None: its
+    /// agent does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
 }
 
 pub async fn get(client: &mut Client, endpoint: &str, name: &str) -> Result<Option<NodeRecord>, EtcdError> {
@@ -154,6 +162,8 @@ mod tests {
             heartbeat_at: 0,
             settings_revision: 0,
             clock_offset_ms: None,
+            versions: Default::default(),
+            healthy: None,
         };
         assert_eq!(name_conflict(Some(&m1), m1.address, Role::Master), None, "a re-run of its own join");
         assert!(name_conflict(Some(&m1), "10.0.0.12".parse().unwrap(), Role::Master).is_some());

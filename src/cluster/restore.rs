@@ -155,6 +155,8 @@ mod tests {
             heartbeat_at: 0,
             settings_revision: 0,
             clock_offset_ms: None,
+            versions: Default::default(),
+            healthy: None,
         }
     }
 
