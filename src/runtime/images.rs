@@ -125,35 +125,24 @@ pub fn import_bundle(paths: &Paths, bundle: Option<&Path>) -> Result<usize, Stri
         }
         let ctr = find_binary(paths, Some(bundle), "ctr")
             .ok_or("no ctr binary (it comes with containerd) to import the bundle's images with")?;
-        let out = Command::new(&ctr)
-            .arg("--address")
-            .arg(paths.containerd_socket())
-            .args(["--namespace", "k8s.io", "images", "import"])
-            .arg(&archive)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", ctr.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "importing {} failed: {}",
-                archive.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let names = archive_names(&archive)?;
-        for name in &names {
+        let images = |args: &[&std::ffi::OsStr], what: &str| -> Result<(), String> {
             let out = Command::new(&ctr)
                 .arg("--address")
                 .arg(paths.containerd_socket())
-                .args(["--namespace", "k8s.io", "images", "label", name, PINNED])
+                .args(["--namespace", "k8s.io", "images"])
+                .args(args)
                 .output()
                 .map_err(|e| format!("cannot run {}: {e}", ctr.display()))?;
             if !out.status.success() {
-                return Err(format!(
-                    "pinning {name} (from {}) failed: {}",
-                    archive.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
+                return Err(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
             }
+            Ok(())
+        };
+        images(&["import".as_ref(), archive.as_os_str()], &format!("importing {}", archive.display()))?;
+        let names = archive_names(&archive)?;
+        for name in &names {
+            let what = format!("pinning {name} (from {})", archive.display());
+            images(&["label".as_ref(), name.as_ref(), PINNED.as_ref()], &what)?;
         }
         let record_text =
             format!("{}\n{}", archive.display(), names.iter().map(|n| format!("{n}\n")).collect::<String>());

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{median, ratio, spread, WorkDir};
+use super::WorkDir;
 use crate::proc::{self, msg};
 
 #[derive(clap::Args)]
@@ -201,13 +201,10 @@ fn bench(args: &Args, hakube: &Path, bundle: &Path, dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(&trial).with_context(|| format!("removing {}", trial.display()))?;
     }
     println!("\nbench-bundle, {} trial(s), a {:.1} MiB bundle file", args.trials, size as f64 / (1 << 20) as f64);
-    println!("{:<44} {:>24} {:>24} {:>7}   goal", "seconds: median (min-max)", "hakube", "baseline", "ratio");
-    let row = |what: &str, a: &[f64], b: &[f64], goal: &str| {
-        let r = ratio(median(a), median(b)).map_or("-".into(), |r| format!("{r:.2}"));
-        println!("{what:<44} {:>24} {:>24} {r:>7}   {goal}", spread(a), spread(b));
-    };
-    row("unpack (baseline: tar -x + sha256sum -c)", &unpack_h, &unpack_b, "");
-    row("import (baseline: ctr images import)", &import_h, &import_b, "");
-    row("verify + unpack + import", &all_h, &all_b, "<= 1.00");
+    super::paired_table(&[
+        ("unpack (baseline: tar -x + sha256sum -c)", &unpack_h, &unpack_b, ""),
+        ("import (baseline: ctr images import)", &import_h, &import_b, ""),
+        ("verify + unpack + import", &all_h, &all_b, "<= 1.00"),
+    ]);
     Ok(())
 }

@@ -64,6 +64,23 @@ pub fn spread(values: &[f64]) -> String {
     }
 }
 
+/// One row of a side-by-side table: what, hakube's figures, the
+/// baseline's, and the goal for their ratio.
+pub type Paired<'a> = (&'a str, &'a [f64], &'a [f64], &'a str);
+
+/// Prints a side-by-side table (hakube against its baseline, each as
+/// "median (min-max)" seconds, the ratio of medians, the goal), its first
+/// column as wide as its longest label.
+pub fn paired_table(rows: &[Paired<'_>]) {
+    let head = "seconds: median (min-max)";
+    let w = rows.iter().map(|r| r.0.len()).chain([head.len()]).max().unwrap_or(0);
+    println!("{head:<w$} {:>24} {:>24} {:>7}   goal", "hakube", "baseline", "ratio");
+    for (what, a, b, goal) in rows {
+        let r = ratio(median(a), median(b)).map_or("-".into(), |r| format!("{r:.2}"));
+        println!("{what:<w$} {:>24} {:>24} {r:>7}   {goal}", spread(a), spread(b));
+    }
+}
+
 /// A benchmark's working directory under TMPDIR: removed when the run
 /// succeeded, kept (and named) for a look when it did not.
 pub struct WorkDir {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{median, ratio, spread, WorkDir};
+use super::WorkDir;
 use crate::proc::{self, msg};
 use crate::support::{self, hakube, path_env, Host};
 
@@ -129,12 +129,9 @@ fn bench(args: &Args, dir: &Path) -> Result<()> {
         bail!("no trial ran");
     }
     println!("\nbench-snapshot, {} trial(s), a {:.1} MiB snapshot", args.trials, size as f64 / (1 << 20) as f64);
-    println!("{:<36} {:>24} {:>24} {:>7}   goal", "seconds: median (min-max)", "hakube", "baseline", "ratio");
-    let row = |what: &str, a: &[f64], b: &[f64], goal: &str| {
-        let r = ratio(median(a), median(b)).map_or("-".into(), |r| format!("{r:.2}"));
-        println!("{what:<36} {:>24} {:>24} {r:>7}   {goal}", spread(a), spread(b));
-    };
-    row("save (baseline: etcdctl)", &save_h, &save_e, "<= 1.25");
-    row("verify (baseline: sha256sum)", &verify_h, &verify_s, "<= 2.00");
+    super::paired_table(&[
+        ("save (baseline: etcdctl)", &save_h, &save_e, "<= 1.25"),
+        ("verify (baseline: sha256sum)", &verify_h, &verify_s, "<= 2.00"),
+    ]);
     Ok(())
 }
