@@ -180,15 +180,15 @@ fn settings_taints_and_leadership_across_three_masters_and_a_worker() {
     };
     let original = read();
     let mut newer = original.clone();
-    newer["spec"]["upgrade"] = serde_json::json!({"target": "v9.99.0"});
+    newer["spec"]["nextRelease"] = serde_json::json!({"target": "v9.99.0"});
     newer["written_by"] = "m9".into();
     assert_ok(&m1.etcdctl(Some("apiserver-etcd-client"), &["put", key, &newer.to_string()]), "put a newer record");
     wait_converged(m1, Duration::from_secs(30));
     let out = m2.install_master_unchecked(&["ha", "taint-control-plane"], &[]);
     assert!(!out.status.success(), "a re-run over a newer record must refuse");
     let err = stderr(&out);
-    assert!(err.contains("written by a newer hakube (m9; fields this one does not know: upgrade)"), "{err}");
-    assert_eq!(read()["spec"]["upgrade"]["target"], "v9.99.0", "the newer field is kept");
+    assert!(err.contains("written by a newer hakube (m9; fields this one does not know: nextRelease)"), "{err}");
+    assert_eq!(read()["spec"]["nextRelease"]["target"], "v9.99.0", "the newer field is kept");
     assert_ok(&m1.etcdctl(Some("apiserver-etcd-client"), &["put", key, &original.to_string()]), "put it back");
     wait_converged(m1, Duration::from_secs(30));
 

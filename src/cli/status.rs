@@ -301,6 +301,28 @@ fn versions(v: &std::collections::BTreeMap<String, String>) -> String {
     }
 }
 
+/// The cluster's Kubernetes in one line: the one version every component
+/// of every node runs, or each version with the nodes that run any of it
+/// (as during an upgrade); None when no node reports its versions.
+fn cluster_versions(nodes: &[crate::cluster::registry::NodeRecord]) -> Option<String> {
+    let mut by_version: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for n in nodes {
+        let mut mine: Vec<&str> = n.versions.values().map(String::as_str).collect();
+        mine.sort_unstable();
+        mine.dedup();
+        for v in mine {
+            by_version.entry(v).or_default().push(n.name.as_str());
+        }
+    }
+    match by_version.len() {
+        0 => None,
+        1 => by_version.keys().next().map(|v| format!("{v} on every node that reports it")),
+        _ => Some(
+            by_version.iter().map(|(v, names)| format!("{v} ({})", names.join(", "))).collect::<Vec<_>>().join(", "),
+        ),
+    }
+}
+
 pub fn render(r: &Report) -> String {
     let mut out = format!(
         "node {} (root {})\nagent: {}\n",
@@ -398,6 +420,9 @@ pub fn render(r: &Report) -> String {
             }
         }
         let now = crate::host::clock::now_secs();
+        if let Some(line) = cluster_versions(&cl.nodes) {
+            out.push_str(&format!("  kubernetes: {line}\n"));
+        }
         for n in &cl.nodes {
             let mut lag = if n.settings_revision == cl.settings_revision {
                 String::new()
@@ -482,6 +507,29 @@ pub fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_reads_as_one_version_or_each_with_its_nodes() {
+        let node = |name: &str, pairs: &[(&str, &str)]| crate::cluster::registry::NodeRecord {
+            name: name.into(),
+            role: crate::cluster::Role::Worker,
+            address: "10.0.0.1".parse().unwrap(),
+            joined_at: 0,
+            heartbeat_at: 0,
+            settings_revision: 0,
+            clock_offset_ms: None,
+            versions: pairs.iter().map(|(c, v)| (c.to_string(), v.to_string())).collect(),
+            healthy: None,
+        };
+        assert_eq!(cluster_versions(&[node("m1", &[])]), None);
+        let same = [node("m1", &[("kubelet", "v1.37.2")]), node("w1", &[("kubelet", "v1.37.2")])];
+        assert_eq!(cluster_versions(&same).unwrap(), "v1.37.2 on every node that reports it");
+        let mixed = [
+            node("m1", &[("kube-apiserver", "v1.37.2"), ("kubelet", "v1.36.3")]),
+            node("w1", &[("kubelet", "v1.36.3")]),
+        ];
+        assert_eq!(cluster_versions(&mixed).unwrap(), "v1.36.3 (m1, w1), v1.37.2 (m1)");
+    }
 
     #[test]
     fn a_nodes_versions_read_as_one_when_they_agree_and_each_when_they_do_not() {

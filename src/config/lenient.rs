@@ -78,12 +78,12 @@ mod tests {
         assert!(names.contains(&"loadBalancerAddress") && names.contains(&"loadBalancerChange"), "{names:?}");
         let spec = crate::config::tests::test_config("{}").cluster;
         let mut v = serde_json::to_value(&spec).unwrap();
-        v["upgrade"] = serde_json::json!({"target": "v1.38.0"});
+        v["nextRelease"] = serde_json::json!({"target": "v1.38.0"});
         v["zeta"] = serde_json::json!(1);
         // Strictly read, the record is refused, as a person's file would be.
         assert!(serde_json::from_value::<ClusterSpec>(v.clone()).is_err());
         let unknown = strip_unknown::<ClusterSpec>(&mut v);
-        assert_eq!(unknown, ["upgrade", "zeta"]);
+        assert_eq!(unknown, ["nextRelease", "zeta"]);
         assert_eq!(serde_json::from_value::<ClusterSpec>(v).unwrap(), spec);
     }
 }
