@@ -27,7 +27,7 @@ pub struct NodeView {
     /// The cluster-wide settings and their revision (None before the first
     /// master's agent wrote them). Read leniently: a newer master's fields
     /// are set aside.
-    #[serde(deserialize_with = "crate::config::lenient::cluster_spec")]
+    #[serde(default, deserialize_with = "crate::config::lenient::cluster_spec")]
     pub settings: Option<ClusterSpec>,
     pub settings_revision: i64,
     /// Every master: name and address.
@@ -262,4 +262,30 @@ pub(crate) async fn certificates(
     };
     tracing::info!(target: "audit", %remote, %node, decision = "renewed", kube_proxy = kube_proxy_cert.is_some(), "certificates");
     Json(Certificates { kubelet_cert, kube_proxy_cert }).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_masters_view_and_beat_are_read_with_what_this_hakube_knows() {
+        let spec = crate::config::tests::test_config("{}").cluster;
+        let mut settings = serde_json::to_value(&spec).unwrap();
+        settings["nextRelease"] = serde_json::json!({"target": "v1.38.0"});
+        let view = serde_json::json!({
+            "settings": settings,
+            "settings_revision": 7,
+            "masters": [{"name": "m1", "address": "10.0.0.11"}],
+            "now_ms": 1,
+        });
+        let v: NodeView = serde_json::from_value(view).expect("a newer master's view reads");
+        assert_eq!(v.settings, Some(spec));
+        let none: NodeView =
+            serde_json::from_value(serde_json::json!({"settings_revision": 0, "masters": []})).unwrap();
+        assert_eq!(none.settings, None);
+        let beat: Heartbeat = serde_json::from_value(serde_json::json!({"settings_revision": 3, "uptime": 9}))
+            .expect("a newer beat reads");
+        assert_eq!((beat.settings_revision, beat.report), (3, None));
+    }
 }
