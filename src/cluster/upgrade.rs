@@ -327,4 +327,94 @@ mod tests {
         assert_eq!(preflight(V37, &sick).unwrap_err(), [Refusal::Unhealthy { node: "w1".into() }]);
         assert_eq!(preflight(V37, &[]).unwrap_err(), [Refusal::Unknown]);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A cluster somewhere in an upgrade from 1.36.3 to 1.37.2 that
+        /// the planner itself could have left (so within skew): each
+        /// master's control plane moved or not, and kubelets moved only if
+        /// every control plane had; any node healthy or not.
+        fn mid_upgrade() -> impl Strategy<Value = Vec<NodeVersions>> {
+            (1usize..=5, 0usize..=4, any::<u64>(), any::<u64>()).prop_map(|(masters, workers, moved, healthy)| {
+                let total = masters + workers;
+                let mut nodes: Vec<NodeVersions> = (0..total)
+                    .map(|i| {
+                        let (name, role) = if i < masters {
+                            (format!("m{}", i + 1), Role::Master)
+                        } else {
+                            (format!("w{}", i - masters + 1), Role::Worker)
+                        };
+                        let mut n = node(&name, role, V36, V36);
+                        n.healthy = healthy >> i & 1 == 1;
+                        n
+                    })
+                    .collect();
+                let cps = (moved as usize) % (masters + 1);
+                for n in nodes.iter_mut().filter(|n| n.role == Role::Master).take(cps) {
+                    let step = Step::ControlPlane(n.name.clone());
+                    apply(std::slice::from_mut(n), &step, V37);
+                }
+                if cps == masters {
+                    let kubelets = ((moved >> 8) as usize) % (total + 1);
+                    for n in nodes.iter_mut().take(kubelets) {
+                        let step = Step::Node(n.name.clone());
+                        apply(std::slice::from_mut(n), &step, V37);
+                    }
+                }
+                nodes
+            })
+        }
+
+        proptest! {
+            /// From any state it could have left, with health changing at
+            /// random between rounds, the planner never takes the cluster
+            /// out of skew, never moves an unhealthy node nor anything while
+            /// a master is unhealthy, and once every
+            /// node stays healthy it finishes within one step per node and
+            /// component group.
+            #[test]
+            fn any_run_stays_in_skew_and_finishes_once_nodes_are_healthy(
+                mut nodes in mid_upgrade(),
+                flaps in proptest::collection::vec(any::<u64>(), 0..20),
+            ) {
+                for flap in flaps {
+                    for (i, n) in nodes.iter_mut().enumerate() {
+                        n.healthy = flap >> i & 1 == 1;
+                    }
+                    let step = next(V37, &nodes);
+                    match &step {
+                        Step::ControlPlane(n) | Step::Node(n) => {
+                            prop_assert!(nodes.iter().any(|x| &x.name == n && x.healthy), "moved unhealthy {n}");
+                            let masters_healthy = nodes.iter().filter(|x| x.role == Role::Master).all(|x| x.healthy);
+                            prop_assert!(masters_healthy, "{step} while a master is not healthy");
+                            apply(&mut nodes, &step, V37);
+                        }
+                        Step::Wait(_) | Step::Done { .. } => {}
+                    }
+                    prop_assert!(within_skew(&nodes), "out of skew after {step}: {nodes:?}");
+                }
+                for n in nodes.iter_mut() {
+                    n.healthy = true;
+                }
+                let bound = 2 * nodes.len();
+                for _ in 0..=bound {
+                    match next(V37, &nodes) {
+                        Step::Done { pending } => {
+                            prop_assert!(pending.is_empty());
+                            prop_assert!(nodes.iter().all(|n| n.all().all(|v| v == V37)));
+                            return Ok(());
+                        }
+                        Step::Wait(why) => prop_assert!(false, "waits with every node healthy: {why}"),
+                        step => {
+                            apply(&mut nodes, &step, V37);
+                            prop_assert!(within_skew(&nodes), "out of skew after {step}");
+                        }
+                    }
+                }
+                prop_assert!(false, "not done within {bound} steps");
+            }
+        }
+    }
 }
