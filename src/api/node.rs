@@ -45,9 +45,12 @@ pub struct MasterView {
 
 /// What a node reports with `POST /v1/node/heartbeat` (its name is its
 /// certificate's, never the request's).
-/// Unknown fields are ignored: a worker that already runs a newer hakube
-/// (during an upgrade of hakube itself) still gets its beat recorded.
+/// Strict: a field it does not know (a `name`, say) is refused. Masters
+/// move to a new hakube before workers do, so a worker never sends what
+/// its masters cannot read; the other way, a master's view, is read
+/// leniently ([`NodeView`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// The revision of the cluster-wide settings the node has applied.
     pub settings_revision: i64,
@@ -269,7 +272,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_newer_masters_view_and_beat_are_read_with_what_this_hakube_knows() {
+    fn a_newer_masters_view_is_read_with_what_this_hakube_knows_and_a_beat_strictly() {
         let spec = crate::config::tests::test_config("{}").cluster;
         let mut settings = serde_json::to_value(&spec).unwrap();
         settings["nextRelease"] = serde_json::json!({"target": "v1.38.0"});
@@ -284,8 +287,10 @@ mod tests {
         let none: NodeView =
             serde_json::from_value(serde_json::json!({"settings_revision": 0, "masters": []})).unwrap();
         assert_eq!(none.settings, None);
-        let beat: Heartbeat = serde_json::from_value(serde_json::json!({"settings_revision": 3, "uptime": 9}))
-            .expect("a newer beat reads");
+        // A worker's beat is read strictly: an older worker's (no report)
+        // reads, a field nobody sends is refused.
+        let beat: Heartbeat = serde_json::from_value(serde_json::json!({"settings_revision": 3})).unwrap();
         assert_eq!((beat.settings_revision, beat.report), (3, None));
+        assert!(serde_json::from_value::<Heartbeat>(serde_json::json!({"settings_revision": 3, "name": "m1"})).is_err());
     }
 }
