@@ -65,17 +65,28 @@ pub fn start(paths: &Paths, use_systemd: bool) -> Result<Expect, ControlError> {
     })?;
     let start_err = |reason: String| ControlError::Start { exe: exe.display().to_string(), reason };
     let running = PidFile::holder(&paths.agent_pid_file());
-    if use_systemd {
-        // A new binary is installed and run: systemd restarts the agent
-        // (the unit's KillMode=process keeps the pods). A unit file the
-        // plan rewrote is read again either way.
+    // The binary goes to /usr/local/bin where the unit runs it from, and on
+    // a real server without systemd too: the detached agent then runs from
+    // there (not from wherever the operator unpacked it), and `hakube` is on
+    // PATH for the commands install suggests. Simulated roots keep theirs.
+    let mut new_binary = false;
+    let exe = if use_systemd || paths.is_host_root() {
         let target = paths.installed_binary();
         let bytes = std::fs::read(&exe).map_err(|e| start_err(format!("cannot read it: {e}")))?;
-        let new_binary = std::fs::read(&target).ok().as_deref() != Some(&bytes[..]);
+        new_binary = std::fs::read(&target).ok().as_deref() != Some(&bytes[..]);
         if new_binary {
             crate::host::fs::write_atomic(&target, &bytes, 0o755)?;
             crate::host::fs::write_atomic(&paths.installed_binary_marker(), b"", 0o644)?;
         }
+        target
+    } else {
+        exe.clone()
+    };
+    let start_err = |reason: String| ControlError::Start { exe: exe.display().to_string(), reason };
+    if use_systemd {
+        // A new binary is installed and run: systemd restarts the agent
+        // (the unit's KillMode=process keeps the pods). A unit file the
+        // plan rewrote is read again either way.
         systemd::systemctl(&["daemon-reload"]).map_err(ControlError::Systemd)?;
         if running.is_none() || new_binary {
             // Before the start: the agent systemd starts records its own
