@@ -81,9 +81,18 @@ pub fn create_dir_all(dir: &Path, mode: u32) -> Result<(), FsError> {
 }
 
 /// Writes `contents` to `path` atomically with `mode`.
+/// The directory a file is in: `.` for a bare name (`join.sh`, whose
+/// `parent()` is the empty path).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
     let err = |source| FsError::Write { path: path.to_owned(), source };
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     create_dir_all(dir, 0o755)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -186,6 +195,13 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_bare_file_name_is_written_in_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("join.sh")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("out/join.sh")), Path::new("out"));
+        assert_eq!(parent_dir(Path::new("/join.sh")), Path::new("/"));
+    }
+
     use super::*;
 
     #[test]
