@@ -112,6 +112,8 @@ source "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/lib.sh"
 readonly RECIPE=3
 # The default Kubernetes version; --kubernetes-version builds another.
 readonly KUBE_VERSION_DEFAULT=v1.37.2
+# The minor before it, which the upgrade test starts from (--previous).
+readonly KUBE_VERSION_PREVIOUS=v1.36.3
 # The other components' module versions (part of the recipe).
 readonly ETCD_VERSION=v3.6.17
 readonly CONTAINERD_VERSION=v2.3.7
@@ -168,6 +170,8 @@ when needed. A cache hit needs neither root nor the network nor Go.
               instead of $KUBE_VERSION_DEFAULT; each version has its own bundle.
               The module proxy must serve k8s.io/kubernetes VERSION and its
               staging modules at v0.MINOR.PATCH.
+  --previous  the same as --kubernetes-version $KUBE_VERSION_PREVIOUS, the minor
+              before the default (what the upgrade test starts from).
   --verify    also check SHA256SUMS and \`kubectl version --client\`, and import
               every archive into a throwaway containerd started from the
               bundle's own containerd with the bundle's runc (its own root,
@@ -1075,6 +1079,7 @@ main() {
         shift
         ;;
       --kubernetes-version=*) kube_version=$(normalize_kube_version "${1#*=}") ;;
+      --previous) kube_version=$KUBE_VERSION_PREVIOUS ;;
       *)
         usage
         die "unknown argument '$1'"

@@ -98,6 +98,12 @@ hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rus
 # afterwards; a cold build takes half an hour on 2 cores, and says so).
 kube_bundle() { HAKUBE_TEST_BUNDLE=$(bash "$script_dir/kube-bundle.sh") && export HAKUBE_TEST_BUNDLE; }
 step "Kubernetes bundle (scripts/kube-bundle.sh)" kube_bundle
+# The minor before it, which the upgrade test starts from (another
+# Kubernetes build when cold; the other components come from the cache).
+kube_previous() {
+  HAKUBE_TEST_PREVIOUS_BUNDLE=$(bash "$script_dir/kube-bundle.sh" --previous) && export HAKUBE_TEST_PREVIOUS_BUNDLE
+}
+step "previous Kubernetes minor's bundle (scripts/kube-bundle.sh --previous)" kube_previous
 
 have_nextest=1
 if ! hakube_ensure_nextest; then

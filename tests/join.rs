@@ -869,32 +869,6 @@ fn a_worker_renews_its_agents_certificate_through_the_masters_with_the_same_key(
     assert!(log.contains("decision=\"renewed\"") || log.contains("decision=renewed"), "the master's audit line");
 }
 
-/// A join script run on `h` with no bundle given: the binaries must come
-/// from the cluster.
-fn join_without_bundle(h: &Host, script: &std::path::Path, components: &str) -> std::process::Output {
-    join_without_bundle_env(h, script, components, &[])
-}
-
-/// As [`join_without_bundle`], with extra environment (the agent's too).
-fn join_without_bundle_env(
-    h: &Host,
-    script: &std::path::Path,
-    components: &str,
-    env: &[(&str, &str)],
-) -> std::process::Output {
-    let args: Vec<String> = join_args(h, components);
-    let cut = args.iter().position(|a| a == "--bundle").map_or(args.len(), |i| i);
-    let refs: Vec<&str> = args[..cut].iter().map(String::as_str).collect();
-    h.bash(script, &refs, &[&[bin()], env].concat())
-}
-
-/// The `node.bundle` a host's config records.
-fn recorded_bundle(h: &Host) -> std::path::PathBuf {
-    let config = std::fs::read_to_string(h.root().join("etc/hakube/cluster.yaml")).unwrap();
-    let line = config.lines().find(|l| l.trim_start().starts_with("bundle:")).expect("node.bundle is recorded");
-    std::path::PathBuf::from(line.split_once(':').unwrap().1.trim())
-}
-
 /// A pod pinned to `node`, of the bundle's test image, that resolves a
 /// Service name through the cluster's DNS and then sleeps.
 fn dns_pod(node: &str) -> String {

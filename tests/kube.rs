@@ -489,56 +489,6 @@ fn a_lost_control_plane_is_restored_from_a_snapshot_and_the_workers_pods_keep_ru
     assert_eq!(voters, 3, "{}", stdout(&members));
 }
 
-/// A client of one node's balancer: one request every 0.3 s (at most 1500)
-/// until dropped, each logged as `<unix seconds> <HTTP code>` (000: no
-/// answer).
-struct Prober {
-    child: std::process::Child,
-    log: PathBuf,
-    node: String,
-}
-
-impl Prober {
-    fn start(h: &Host, dir: &Path, ca: &Path, token: &Path) -> Prober {
-        let log = dir.join(format!("probe-{}.log", h.name));
-        let url = "https://127.0.0.1:6444/api/v1/namespaces/kube-system/configmaps/kube-root-ca.crt";
-        let script = format!(
-            "for i in $(seq 1 1500); do
-               code=$(curl -s -o {log}.body -w '%{{http_code}}' --max-time 10 --cacert {ca} \
-                 -H \"Authorization: Bearer $(cat {token})\" {url} 2>&1)
-               if [ \"$code\" = 200 ]; then echo \"$(date +%s.%N) $code\" >> {log}
-               else echo \"$(date +%s.%N) $code $(head -c 300 {log}.body 2>/dev/null | tr '\\n' ' ')\" >> {log}; fi
-               sleep 0.3
-             done",
-            ca = ca.display(),
-            token = token.display(),
-            log = log.display()
-        );
-        let child = std::process::Command::new("ip")
-            .args(["netns", "exec", &h.ns, "bash", "-c", &script])
-            .env("PATH", path_env())
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("the probe loop");
-        Prober { child, log, node: h.name.clone() }
-    }
-
-    /// (requests so far, the failed ones as `time code`).
-    fn results(&self) -> (usize, Vec<String>) {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let failed = lines.iter().filter(|l| !l.ends_with(" 200")).map(|l| format!("{} {l}", self.node)).collect();
-        (lines.len(), failed)
-    }
-}
-
-impl Drop for Prober {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Every leaf's end on every node, as check-expiration reads it, but
 /// kubelet's self-signed serving certificate (kubelet's own, for a year;
 /// the API server does not verify it).

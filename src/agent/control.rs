@@ -261,6 +261,7 @@ mod tests {
             since: 0,
             last_exit: None,
             message: (!healthy).then(|| "GET /readyz: answered 500".to_owned()),
+            version: None,
         };
         State {
             agent_pid: pid,

@@ -31,6 +31,8 @@ const RETRY: Duration = Duration::from_millis(500);
 /// What one read found: the record, and the masters.
 struct Found {
     record: Option<(ClusterSpec, i64)>,
+    /// The upgrade under way, or the last one.
+    upgrade: Option<crate::cluster::upgrade::record::Upgrade>,
     masters: Vec<masters::Master>,
     /// A worker's clock minus the master's that answered, when measurable.
     clock_offset_ms: Option<i64>,
@@ -42,7 +44,8 @@ async fn read_record(cfg: &ClusterConfig, etcd: &mut etcd::Local, node_api: &Nod
     if !cfg.has(Component::Etcd) {
         let (view, clock_offset_ms) = node_api.cluster_view().await?;
         let masters = view.masters.into_iter().map(|m| masters::Master { name: m.name, address: m.address }).collect();
-        return Ok(Found { record: view.settings.map(|s| (s, view.settings_revision)), masters, clock_offset_ms });
+        let record = view.settings.map(|s| (s, view.settings_revision));
+        return Ok(Found { record, upgrade: view.upgrade, masters, clock_offset_ms });
     }
     let other = |e: String| NodeApiError::Other(e);
     let (c, endpoint) = match etcd.parts().await {
@@ -62,9 +65,10 @@ async fn read_record(cfg: &ClusterConfig, etcd: &mut etcd::Local, node_api: &Nod
         if let Some(t) = tombstone.map_err(|e| other(e.to_string()))? {
             return Err(NodeApiError::Purged(t.message(cfg.node.name.as_str())));
         }
-        Ok((record, masters))
+        let upgrade = crate::cluster::upgrade::record::read(c, endpoint).await.map_err(|e| other(e.to_string()))?;
+        Ok((record, masters, upgrade))
     };
-    let (record, masters) = match read.await {
+    let (record, masters, upgrade) = match read.await {
         Ok(r) => r,
         Err(NodeApiError::Other(e)) => {
             etcd.forget();
@@ -83,9 +87,9 @@ async fn read_record(cfg: &ClusterConfig, etcd: &mut etcd::Local, node_api: &Nod
             .await
             .map_err(|e| other(e.to_string()))?;
         info!(revision = rev, "cluster-wide settings recorded");
-        return Ok(Found { record: Some((cfg.cluster.clone(), rev)), masters, clock_offset_ms: None });
+        return Ok(Found { record: Some((cfg.cluster.clone(), rev)), upgrade, masters, clock_offset_ms: None });
     }
-    Ok(Found { record: record.map(|s| (s.spec, s.revision)), masters, clock_offset_ms: None })
+    Ok(Found { record: record.map(|s| (s.spec, s.revision)), upgrade, masters, clock_offset_ms: None })
 }
 
 /// Keeps this node on the cluster-wide settings until `stop` changes:
@@ -108,6 +112,7 @@ pub async fn run(
     let mut converging_to = 0;
     let mut clock_offset_ms = None;
     let mut clock_checked = std::time::Instant::now() - CLOCK_CHECK;
+    let mut upgrade = super::upgrade::Follower::default();
     loop {
         // Until a master's own etcd answers (it is starting), try again
         // soon: the first master founds the record on its first good round.
@@ -132,6 +137,25 @@ pub async fn run(
                 match found.record {
                     Some((spec, rev)) if spec == cfg.cluster => {
                         applied.send_if_modified(|v| std::mem::replace(v, rev) != rev);
+                        // Settings first: a move of this node waits for a
+                        // round that finds them applied.
+                        let source = || node_api.source();
+                        if let Some(next) = upgrade.round(&paths, &cfg, found.upgrade.as_ref(), source) {
+                            let p = paths.clone();
+                            match tokio::task::spawn_blocking(move || converge(&p, &next)).await {
+                                Ok(Ok(())) => {
+                                    let _ = reload.send(());
+                                }
+                                Ok(Err(e)) => {
+                                    upgrade.not_moved();
+                                    warn!(error = %e, "upgrade: cannot move this node to the new bundle yet");
+                                }
+                                Err(e) => {
+                                    upgrade.not_moved();
+                                    warn!(error = %e, "upgrade: cannot move this node to the new bundle yet");
+                                }
+                            }
+                        }
                     }
                     Some((spec, rev)) if rev != converging_to => {
                         info!(revision = rev, "the cluster-wide settings changed: converging");
@@ -254,6 +278,13 @@ impl NodeApi {
         });
         let why_not = tls.as_ref().err().cloned().unwrap_or_default();
         NodeApi { paths: paths.clone(), cfg: cfg.clone(), tls: tls.ok().map(Arc::new), why_not }
+    }
+
+    /// What an upgrade's fetch of a bundle needs: this node's identity
+    /// and the other masters.
+    pub(super) fn source(&self) -> Result<super::upgrade::Source, String> {
+        let tls = self.tls.clone().ok_or_else(|| format!("no node identity: {}", self.why_not))?;
+        Ok(super::upgrade::Source { tls, masters: self.masters() })
     }
 
     fn masters(&self) -> Vec<HostPort> {

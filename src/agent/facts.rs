@@ -67,7 +67,7 @@ pub fn observe(paths: &Paths, c: &ClusterConfig, cache: &mut VersionCache) -> (H
     let mut versions = BTreeMap::new();
     let mut problems = BTreeMap::new();
     for comp in c.node.components.iter().copied().filter(|c| c.is_kubernetes()) {
-        let Some(binary) = find_binary(paths, c.node.bundle.as_deref(), comp.name()) else { continue };
+        let Some(binary) = find_binary(paths, c.node.bundle_for(comp), comp.name()) else { continue };
         match cache.version(&binary) {
             Ok(v) => {
                 versions.insert(comp, v);

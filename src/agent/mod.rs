@@ -15,5 +15,7 @@ pub mod probe;
 pub mod renew;
 pub mod state;
 mod supervisor;
+pub mod unpack;
+pub mod upgrade;
 
 pub use supervisor::{fingerprint, run};

@@ -32,6 +32,11 @@ pub struct ComponentState {
     pub last_exit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The Kubernetes version of the binary its process was last started
+    /// from (set as it starts, unhealthy: a report never pairs a new
+    /// version with the old process's health).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +53,8 @@ pub struct State {
     pub purged: Option<String>,
     pub components: BTreeMap<String, ComponentState>,
     /// The Kubernetes version of each component's binary (`kubelet` →
-    /// `v1.37.2`), as the agent last found them.
+    /// `v1.37.2`), as the agent last found them (what it is about to run;
+    /// what runs is each component's `version`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub versions: BTreeMap<String, String>,
     /// The node-local load balancer, where it runs.
@@ -63,13 +69,16 @@ impl State {
         expected.iter().all(|c| self.components.get(c.name()).is_some_and(|s| s.phase == Phase::Running && s.healthy))
     }
 
-    /// What the node's heartbeat says of it: its versions, and whether
-    /// every component it runs is up and healthy.
+    /// What the node's heartbeat says of it: the versions its processes
+    /// were started from, and whether every component it runs is up and
+    /// healthy. An upgrade moves on from a node only when this says the
+    /// target and healthy, so it is never the binary on disk that counts.
     pub fn report(&self) -> crate::cluster::heartbeat::Report {
         let healthy = !self.components.is_empty()
             && self.purged.is_none()
             && self.components.values().all(|s| s.phase == Phase::Running && s.healthy);
-        crate::cluster::heartbeat::Report { versions: self.versions.clone(), healthy }
+        let versions = self.components.iter().filter_map(|(n, s)| Some((n.clone(), s.version.clone()?))).collect();
+        crate::cluster::heartbeat::Report { versions, healthy }
     }
 
     pub fn read(path: &Path) -> Option<State> {

@@ -33,6 +33,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Launch {
     bundle: Option<PathBuf>,
+    /// The Kubernetes version of its binary, when it is a Kubernetes one.
+    version: Option<String>,
     args: Vec<String>,
     /// Its own config files, written before it starts.
     files: Vec<FileSpec>,
@@ -84,7 +86,8 @@ fn launches(
         .into_iter()
         .map(|s| {
             let launch = Launch {
-                bundle: c.node.bundle.clone(),
+                bundle: c.node.bundle_for(s.component).map(PathBuf::from),
+                version: facts.versions.get(&s.component).map(ToString::to_string),
                 fingerprint: fingerprint(&s),
                 after: dependencies(s.component, c),
                 refused: problems.get(&s.component).cloned(),
@@ -95,6 +98,37 @@ fn launches(
             (s.component, launch)
         })
         .collect()
+}
+
+/// Whether `name` is the same binary in the bundles unpacked in `a` and
+/// `b`: the same SHA-256 in both manifests (a directory without one is
+/// never the same).
+fn same_member(a: &std::path::Path, b: &std::path::Path, name: &str) -> bool {
+    use crate::bundle::Manifest;
+    match (Manifest::of_dir(a), Manifest::of_dir(b)) {
+        (Some(x), Some(y)) => x.sha256_of(name).is_some_and(|d| y.sha256_of(name) == Some(d)),
+        _ => false,
+    }
+}
+
+/// etcd moves to another bundle only when its binary differs: with the
+/// same binary and the same everything else, the running member is left
+/// as it runs (an upgrade that does not change etcd restarts no member,
+/// and the quorum is never at stake for nothing).
+fn keep_identical_etcd(
+    running: &BTreeMap<Component, Option<Launch>>,
+    wanted: &mut BTreeMap<Component, Launch>,
+    same: impl Fn(&std::path::Path, &std::path::Path, &str) -> bool,
+) {
+    let (Some(Some(now)), Some(next)) = (running.get(&Component::Etcd), wanted.get_mut(&Component::Etcd)) else {
+        return;
+    };
+    if let (Some(a), Some(b)) = (&now.bundle, &next.bundle) {
+        let kept = Launch { bundle: now.bundle.clone(), ..next.clone() };
+        if a != b && kept == *now && same(a, b, Component::Etcd.name()) {
+            *next = kept;
+        }
+    }
 }
 
 /// What a reload does to one component.
@@ -137,6 +171,7 @@ fn update(state: &Shared, dirty: &Notify, comp: Component, f: impl FnOnce(&mut C
         since: now_secs(),
         last_exit: None,
         message: None,
+        version: None,
     });
     let before = entry.clone();
     f(entry);
@@ -504,8 +539,9 @@ impl Agent {
         match load(&self.paths) {
             Ok(new) => {
                 self.cfg = new;
-                let wanted = self.observe();
+                let mut wanted = self.observe();
                 let running = self.senders.iter().map(|(c, (tx, _))| (*c, tx.borrow().clone())).collect();
+                keep_identical_etcd(&running, &mut wanted, same_member);
                 let plan = reload_plan(&running, wanted);
                 let _ = stop_tx.send(true);
                 *stop_tx = self.node_tasks(view);
@@ -727,6 +763,7 @@ async fn supervise<R: Runner>(
             s.healthy = false;
             s.pid = pid;
             s.message = None;
+            s.version = launch.version.clone();
         });
         tokio::select! {
             exit = child.exited() => {

@@ -70,6 +70,12 @@ pub(crate) async fn bundle(
         return refuse(StatusCode::NOT_FOUND, msg).into_response();
     };
     info!(bundle = %dir.display(), "serving the bundle");
+    stream_bundle(dir)
+}
+
+/// `dir`'s bundle as a response body, in the bundle format, written as it
+/// is sent (a client that goes away stops the writing).
+pub(crate) fn stream_bundle(dir: std::path::PathBuf) -> Response {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     // Test hook: `HAKUBE_FAULT=bundle-break-off` breaks every stream off
     // after 64 MiB, as a master that dies mid-way.

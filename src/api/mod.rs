@@ -117,6 +117,7 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route("/v1/node/cluster", get(node::cluster))
         .route("/v1/node/heartbeat", post(node::heartbeat))
         .route("/v1/node/certificates", post(node::certificates))
+        .route("/v1/node/bundle/{id}", get(node::bundle))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), rate_limit))

@@ -1,7 +1,8 @@
 //! The node endpoints, for nodes that cannot read etcd (workers): `GET
 //! /v1/node/cluster` (the cluster-wide settings and the masters), `POST
-//! /v1/node/heartbeat` and `POST /v1/node/certificates` (a worker's client
-//! certificates renewed). A node is named by its client certificate; a
+//! /v1/node/heartbeat`, `POST /v1/node/certificates` (a worker's client
+//! certificates renewed) and `GET /v1/node/bundle/ID` (a bundle this
+//! master keeps, for an upgrade). A node is named by its client certificate; a
 //! purged node is refused until it is reset and joined again.
 
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +36,9 @@ pub struct NodeView {
     /// The answering master's wall clock (ms since the epoch).
     #[serde(default)]
     pub now_ms: Option<u64>,
+    /// The upgrade under way, or the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<crate::cluster::upgrade::record::Upgrade>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,11 +158,13 @@ pub(crate) async fn cluster(
             .filter(|r| r.role == crate::cluster::Role::Master)
             .map(|r| MasterView { name: r.name, address: r.address })
             .collect();
+        let upgrade = crate::cluster::upgrade::record::read(&mut client, &endpoint).await?;
         Ok::<_, etcd::EtcdError>(NodeView {
             settings_revision: settings.as_ref().map(|s| s.revision).unwrap_or(0),
             settings: settings.map(|s| s.spec),
             masters,
             now_ms: Some(crate::host::clock::now_millis()),
+            upgrade,
         })
     };
     match view.await {
@@ -168,6 +174,32 @@ pub(crate) async fn cluster(
             unavailable(e).into_response()
         }
     }
+}
+
+/// `GET /v1/node/bundle/ID`: a bundle this master keeps under `bundles/`
+/// (an upgrade's, or the one it runs), streamed in the bundle format to a
+/// node of the cluster; 404 when it has none of that id (the node asks
+/// the next master).
+pub(crate) async fn bundle(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    Extension(Peer(peer)): Extension<Peer>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let node = match node_calling(&ctx, peer, remote, "/v1/node/bundle").await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let msg = format!("{id:?} is not a bundle id (16 hexadecimal digits)");
+        return refuse(StatusCode::BAD_REQUEST, msg).into_response();
+    }
+    let dir = ctx.paths.data_dir().join("bundles").join(&id);
+    if !dir.join(crate::bundle::MANIFEST).is_file() {
+        return refuse(StatusCode::NOT_FOUND, format!("this master has no bundle {id}")).into_response();
+    }
+    tracing::info!(target: "audit", %remote, %node, bundle = %id, decision = "accepted", "bundle");
+    super::join::stream_bundle(dir)
 }
 
 /// `POST /v1/node/heartbeat`: a node says it is alive, and which settings

@@ -102,6 +102,16 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The manifest of a bundle unpacked in `dir`, if it has one.
+    pub fn of_dir(dir: &Path) -> Option<Manifest> {
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).ok()?).ok()
+    }
+
+    /// The SHA-256 (hex) of its member `name`.
+    pub fn sha256_of(&self, name: &str) -> Option<&str> {
+        self.members.iter().find(|m| m.name == name).map(|m| m.sha256.as_str())
+    }
+
     /// The bytes of every member.
     pub fn total_size(&self) -> u64 {
         self.members.iter().map(|m| m.size).sum()

@@ -1,38 +1,14 @@
 //! `hakube bundle create|verify|list`: the airgap bundle file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 
 use crate::bundle::{self, Kind, Manifest, PublicKey, SigningKey};
-use crate::host::paths::Paths;
 use crate::progress::Progress;
 
-/// A size for people: B, KiB, MiB or GiB.
-pub(crate) fn size(bytes: u64) -> String {
-    if bytes >= 1 << 30 {
-        format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
-    } else if bytes >= 1 << 20 {
-        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-    } else if bytes >= 1 << 10 {
-        format!("{:.1} KiB", bytes as f64 / 1024.0)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
-/// Progress every 10% of `total` (known once the manifest is read), for a
-/// person at a terminal.
-fn tenths<'a>(total: &'a std::cell::Cell<u64>, progress: &'a Progress, what: &'static str) -> impl FnMut(u64) + 'a {
-    let mut told = 0;
-    move |done| {
-        let tenth = (done * 10).checked_div(total.get()).unwrap_or(10);
-        if tenth > told {
-            told = tenth;
-            progress.note(format!("  {what} {}% ({} of {})", tenth * 10, size(done), size(total.get())));
-        }
-    }
-}
+pub(crate) use crate::agent::unpack::size;
+use crate::agent::unpack::tenths;
 
 pub fn create(from: &Path, out: &Path, sign: Option<&Path>) -> anyhow::Result<()> {
     let progress = Progress::new("bundle");
@@ -126,88 +102,4 @@ fn render(m: &Manifest) -> String {
         size(m.total_size())
     ));
     out
-}
-
-/// The free bytes of the filesystem `path` would be on (its nearest
-/// existing ancestor's), and that ancestor.
-fn free_space(path: &Path) -> anyhow::Result<(u64, PathBuf)> {
-    let mut at = path.to_path_buf();
-    while !at.exists() {
-        if !at.pop() {
-            anyhow::bail!("{}: no existing directory above it", path.display());
-        }
-    }
-    let st = nix::sys::statvfs::statvfs(&at).with_context(|| format!("statvfs {}", at.display()))?;
-    Ok((st.blocks_available() as u64 * st.fragment_size() as u64, at))
-}
-
-/// `install bundle=FILE`: the file is judged from its manifest first (its
-/// architecture, its Kubernetes version, the room it needs) before anything
-/// is written, then extracted under the data directory, once (a bundle
-/// already there is used as it is). Returns the bundle directory. A failed
-/// extraction leaves no directory it made.
-pub fn unpack(paths: &Paths, file: &Path, key: Option<&Path>, progress: &Progress) -> anyhow::Result<PathBuf> {
-    let key = key.map(PublicKey::load).transpose().map_err(anyhow::Error::msg)?;
-    unpack_from(paths, file, bundle::open_file(file)?, key.as_ref(), progress)
-}
-
-/// As [`unpack`], from any reader (a master's stream): `name` names it.
-pub fn unpack_from(
-    paths: &Paths,
-    name: &Path,
-    r: impl std::io::Read,
-    key: Option<&PublicKey>,
-    progress: &Progress,
-) -> anyhow::Result<PathBuf> {
-    let dir = paths.data_dir().join("bundles");
-    let total = std::cell::Cell::new(0);
-    // Judged before anything is written: the version, and the room.
-    let judge = |head: &bundle::Head| -> anyhow::Result<()> {
-        let m = &head.manifest;
-        total.set(m.total_size());
-        let v = crate::kube::version::parse(&m.kubernetes_version).with_context(|| {
-            format!("{}: its Kubernetes version {:?} is unreadable", name.display(), m.kubernetes_version)
-        })?;
-        crate::kube::version::check_supported(name, v)?;
-        if head.signed {
-            progress.note(format!("  {}: signed with the bundle key", name.display()));
-        }
-        if dir.join(head.id()).is_dir() {
-            progress.note(format!("  {} is unpacked already in {}", name.display(), dir.join(head.id()).display()));
-            return Ok(());
-        }
-        // The members, and the images once more: containerd keeps what it
-        // imports, and unpacks the layers beside it.
-        let need = m.total_size() + 2 * m.image_size();
-        let (free, fs) = free_space(&dir)?;
-        if free < need {
-            anyhow::bail!(
-                "{} needs {} free on the filesystem of {} ({} goes there: the bundle's {} and room to import its \
-                 images), and it has {}: free space there, or mount a larger filesystem on {}",
-                name.display(),
-                size(need),
-                fs.display(),
-                dir.display(),
-                size(m.total_size()),
-                size(free),
-                paths.data_dir().display()
-            );
-        }
-        Ok(())
-    };
-    // The directories this makes, removed again if the unpacking fails.
-    let made: Vec<PathBuf> = dir.ancestors().take_while(|d| !d.exists()).map(Path::to_path_buf).collect();
-    let result = crate::host::fs::create_dir_all(&dir, 0o700)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| bundle::extract(name, r, key, &dir, judge, tenths(&total, progress, "unpacked")));
-    match result {
-        Ok((target, _)) => Ok(target),
-        Err(e) => {
-            // Deepest first; remove_dir leaves a directory someone filled.
-            for d in &made {
-                let _ = std::fs::remove_dir(d);
-            }
-            Err(e)
-        }
-    }
 }

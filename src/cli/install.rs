@@ -25,6 +25,10 @@ use crate::pki::{self, Decision};
 use crate::preflight;
 use crate::progress::Progress;
 
+/// How long a re-run follows an upgrade at least: every node restarts its
+/// part in turn, each waited on until healthy.
+const UPGRADE_WAIT: Duration = Duration::from_secs(1800);
+
 /// Everything `install` needs from the command line.
 pub struct Request {
     pub paths: Paths,
@@ -183,7 +187,7 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         (Some(file), key) if file.is_file() => {
             let file = file.clone();
             let dir = progress.phase(&format!("unpacking {}", file.display()), || {
-                crate::cli::bundle::unpack(paths, &file, key.as_deref(), &progress)
+                crate::agent::unpack::unpack(paths, &file, key.as_deref(), &progress)
             })?;
             c.node.bundle = Some(dir);
         }
@@ -194,6 +198,22 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         ),
         _ => {}
     }
+    // Another bundle on a master of a running cluster: the whole cluster
+    // moves to it, driven by the elected agent, so this node does not move
+    // by itself here.
+    let upgrade = match (&installed, &record) {
+        (Some(i), Some(_)) => match crate::cli::upgrade::target(i, c.node.bundle.as_deref())? {
+            Some(t) => {
+                let what = format!("checking the upgrade to Kubernetes {} (bundle {})", t.version, t.id);
+                let checked = progress.phase(&what, || crate::cli::upgrade::check(paths, i, &t))?;
+                c.node.bundle = i.node.bundle.clone();
+                c.node.control_plane_bundle = i.node.control_plane_bundle.clone();
+                Some((t, checked))
+            }
+            None => None,
+        },
+        _ => None,
+    };
     let use_systemd =
         systemd::decide(paths.is_host_root(), c.node.systemd, systemd::is_running()).map_err(anyhow::Error::msg)?;
     if c.node.systemd && !use_systemd {
@@ -260,15 +280,36 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         // answers; a join right after install must find them.
         progress.phase("waiting for the cluster's records", || wait_founded(paths, &c, req.timeout))?;
     }
+    let mut lock = Some(lock);
     if let Ask::Start(ch) | Ask::Join(ch) = &lb_ask {
         // This host's agent converges on the later phases itself: the root
         // is not ours to hold while it does.
-        drop(lock);
+        lock.take();
         progress.phase(&format!("changing the load-balancer address to {}", ch.to), || {
             wait_lb_change(paths, &c, &ch.to, req.timeout, &progress)
         })?;
         c = config::load_installed(&paths.config_file())?.unwrap_or(c);
     }
+    if let Some((t, checked)) = upgrade {
+        use crate::cli::upgrade::Checked;
+        match checked {
+            Checked::Start => progress.phase("recording the upgrade (after a snapshot of etcd)", || {
+                crate::cli::upgrade::start(paths, &c, &t, &progress)
+            })?,
+            Checked::Running(up) => progress.note(format!(
+                "the upgrade to {} is under way already (started by {}): following it",
+                up.version, up.started_by
+            )),
+        }
+        // Every agent, this one too, moves its own node.
+        lock.take();
+        let limit = req.timeout.max(UPGRADE_WAIT);
+        progress.phase(&format!("upgrading the cluster to Kubernetes {}", t.version), || {
+            crate::cli::upgrade::wait(paths, &c, &t, limit, &progress)
+        })?;
+        c = config::load_installed(&paths.config_file())?.unwrap_or(c);
+    }
+    drop(lock);
     summary(&progress, paths, &c, &state, use_systemd);
     Ok(())
 }

@@ -153,27 +153,6 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     }
 }
 
-/// Reads the chunks of a response body, sent by the task that receives
-/// them, as a byte stream (for the bundle reader on its own thread).
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<axum::body::Bytes>,
-    chunk: axum::body::Bytes,
-}
-
-impl std::io::Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(c) => self.chunk = c,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
-    }
-}
-
 /// The cluster's bundle, from the first master that has one (a master
 /// installed from a bundle file, or one that joined such a cluster):
 /// streamed over the join API with the token, the CA pinned, unpacked as
@@ -206,8 +185,8 @@ fn fetch_bundle(
         let name = std::path::PathBuf::from(format!("the bundle from {ep}"));
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let (pumped, unpacked) = std::thread::scope(|s| {
-            let reader = ChannelReader { rx, chunk: Default::default() };
-            let unpacker = s.spawn(|| crate::cli::bundle::unpack_from(paths, &name, reader, None, progress));
+            let reader = crate::agent::unpack::ChannelReader::new(rx);
+            let unpacker = s.spawn(|| crate::agent::unpack::unpack_from(paths, &name, reader, None, progress));
             let pumped = rt.block_on(async {
                 let mut body = body;
                 while let Some(frame) = body.frame().await {

@@ -14,6 +14,7 @@ pub mod show_config;
 pub mod snapshot;
 pub mod status;
 pub mod tokens;
+pub mod upgrade;
 mod words;
 
 use std::ffi::OsString;
@@ -579,7 +580,7 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             let _lock = crate::host::lock::lock_root_waiting(paths.root(), Duration::from_secs(5))?;
             let progress = crate::progress::Progress::new("bundle");
             let dir = progress.phase(&format!("unpacking {}", file.display()), || {
-                crate::cli::bundle::unpack(&paths, &file, key.as_deref(), &progress)
+                crate::agent::unpack::unpack(&paths, &file, key.as_deref(), &progress)
             })?;
             println!("{}", dir.display());
             Ok(0)

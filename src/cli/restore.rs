@@ -146,7 +146,7 @@ pub fn run(req: Request) -> anyhow::Result<()> {
             // install finds it unpacked): etcdutl and etcd come from it.
             let key = node.node.bundle_key.clone();
             let dir = progress.phase(&format!("unpacking {}", file.display()), || {
-                crate::cli::bundle::unpack(paths, &file, key.as_deref(), &progress)
+                crate::agent::unpack::unpack(paths, &file, key.as_deref(), &progress)
             })?;
             node.node.bundle = Some(dir);
         }

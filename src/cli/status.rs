@@ -50,6 +50,8 @@ pub struct ClusterReport {
     /// A change of the load-balancer address under way, as the leader last
     /// saw each master's part in it.
     pub load_balancer_change: Option<crate::cluster::lbchange::Progress>,
+    /// The upgrade under way, or the last one.
+    pub upgrade: Option<crate::cluster::upgrade::record::Upgrade>,
 }
 
 #[derive(Debug, Serialize)]
@@ -203,6 +205,38 @@ async fn probe_addons(paths: &Paths, c: &ClusterConfig) -> (Vec<crate::addons::A
     }
 }
 
+/// The upgrade under way (or the last one), for a person.
+fn upgrade_lines(up: &crate::cluster::upgrade::record::Upgrade) -> String {
+    use crate::host::clock::rfc3339;
+    let mut out = match up.finished_at {
+        Some(t) => format!(
+            "  last upgrade: to {} (bundle {}), started by {} at {}, finished at {}\n",
+            up.version,
+            up.bundle,
+            up.started_by,
+            rfc3339(up.started_at),
+            rfc3339(t)
+        ),
+        None => format!(
+            "  UPGRADE UNDER WAY to {} (bundle {}), started by {} at {}: {}\n",
+            up.version,
+            up.bundle,
+            up.started_by,
+            rfc3339(up.started_at),
+            up.step
+        ),
+    };
+    if up.running() {
+        let list = |v: &[String]| if v.is_empty() { "none yet".to_owned() } else { v.join(", ") };
+        out.push_str(&format!("    control planes moved: {}\n", list(&up.control_plane)));
+        out.push_str(&format!("    kubelets moved:       {}\n", list(&up.nodes)));
+    }
+    if let Some(s) = &up.snapshot {
+        out.push_str(&format!("    etcd snapshot taken before it: {s}\n"));
+    }
+    out
+}
+
 async fn probe_cluster(paths: &Paths, c: &ClusterConfig) -> Result<ClusterReport, String> {
     let (mut client, endpoint) =
         etcd::Local::connect(paths, c, Duration::from_secs(3)).await.map_err(|e| e.to_string())?;
@@ -223,7 +257,9 @@ async fn probe_cluster(paths: &Paths, c: &ClusterConfig) -> Result<ClusterReport
         Some(_) => crate::cluster::lbchange::read_progress(&mut client, &endpoint).await.map_err(|e| e.to_string())?,
         None => None,
     };
+    let upgrade = crate::cluster::upgrade::record::read(&mut client, &endpoint).await.map_err(|e| e.to_string())?;
     Ok(ClusterReport {
+        upgrade,
         load_balancer_change,
         purge,
         purged,
@@ -422,6 +458,9 @@ pub fn render(r: &Report) -> String {
         let now = crate::host::clock::now_secs();
         if let Some(line) = cluster_versions(&cl.nodes) {
             out.push_str(&format!("  kubernetes: {line}\n"));
+        }
+        if let Some(up) = &cl.upgrade {
+            out.push_str(&upgrade_lines(up));
         }
         for n in &cl.nodes {
             let mut lag = if n.settings_revision == cl.settings_revision {

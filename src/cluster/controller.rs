@@ -128,12 +128,21 @@ impl Controller {
         if let Err(e) = self.lb_round(&nodes).await {
             report(&e, "load-balancer address change");
         }
+        // Add-ons move last: not while an upgrade runs (a new image would
+        // reach only the nodes that moved), then from the new bundle.
+        let upgrading = match self.upgrade_round(&nodes).await {
+            Ok(up) => up.is_some_and(|u| u.running()),
+            Err(e) => {
+                report(&e, "upgrade");
+                true
+            }
+        };
 
         // Kubernetes, through this node's own API server (a master that
         // runs none, etcd alone, leaves this part to none). Its failure
         // does not hold the purge up: the purge reaches any API server.
         if self.cfg.has(crate::config::Component::KubeApiserver) {
-            if let Err(e) = self.kube_round(term, &masters, &spec).await {
+            if let Err(e) = self.kube_round(term, &masters, &spec, upgrading).await {
                 report(&e, "Kubernetes part of the round");
             }
         }
@@ -171,6 +180,7 @@ impl Controller {
         term: &Term,
         masters: &[String],
         spec: &ClusterSpec,
+        upgrading: bool,
     ) -> Result<KubeClient, ClusterError> {
         let tainted = spec.taint_control_plane;
         if self.admin.is_none() {
@@ -210,7 +220,7 @@ impl Controller {
                 Err(e) => warn!(node = %m, error = %e, "cannot set the control-plane role"),
             }
         }
-        if self.addons_checked.is_none_or(|t| t.elapsed() >= ADDONS_CHECK) {
+        if !upgrading && self.addons_checked.is_none_or(|t| t.elapsed() >= ADDONS_CHECK) {
             self.addons_checked = Some(Instant::now());
             let admin = admin.with_servers(vec![kube_local(&self.cfg)]);
             if let Err(e) = self.addons_round(&admin, spec).await {
@@ -269,6 +279,17 @@ impl Controller {
         };
         let etcd = self.etcd.client().await?;
         Ok(super::purge::store_view(etcd, &endpoint, &view).await?)
+    }
+
+    /// An upgrade under way: the next node told to move when the last one
+    /// reports the target, healthy.
+    async fn upgrade_round(
+        &mut self,
+        nodes: &[registry::NodeRecord],
+    ) -> Result<Option<super::upgrade::record::Upgrade>, ClusterError> {
+        let endpoint = self.cfg.etcd_client_url();
+        let etcd = self.etcd.client().await?;
+        Ok(super::upgrade::drive::round(etcd, &endpoint, nodes, crate::host::clock::now_secs()).await?)
     }
 
     async fn lb_round(&mut self, nodes: &[registry::NodeRecord]) -> Result<(), ClusterError> {

@@ -237,6 +237,13 @@ pub struct NodeSpec {
     /// Where component binaries come from, after `<root>/var/lib/hakube/bin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<PathBuf>,
+    /// During an upgrade, the bundle this master's control plane (etcd,
+    /// kube-apiserver, kube-controller-manager, kube-scheduler) already
+    /// runs from, while its kubelet and kube-proxy stay on `bundle` until
+    /// every API server is new (set and cleared by the agent as the
+    /// upgrade reaches this node: [`crate::cluster::upgrade`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane_bundle: Option<PathBuf>,
     /// An Ed25519 public key (PEM) that bundle files must be signed with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_key: Option<PathBuf>,
@@ -264,6 +271,15 @@ pub struct NodeSpec {
 pub const HOST_CNI_BIN_DIR: &str = "/usr/lib/cni";
 
 impl NodeSpec {
+    /// The bundle `comp`'s binary comes from: a master's control plane
+    /// moves to a new bundle ahead of its kubelet during an upgrade.
+    pub fn bundle_for(&self, comp: Component) -> Option<&std::path::Path> {
+        match comp {
+            c if c.is_control_plane() => self.control_plane_bundle.as_deref().or(self.bundle.as_deref()),
+            _ => self.bundle.as_deref(),
+        }
+    }
+
     /// The CNI plugins' directory: `node.cniBinDir` when set, else the
     /// bundle's own `cni/` when it has one (a bundle built since the
     /// plugins joined it, so an airgap host needs no package), else

@@ -524,6 +524,16 @@ impl Component {
                 | Component::KubeProxy
         )
     }
+
+    /// A master's control plane, which an upgrade moves first, one master
+    /// at a time: etcd and the components that talk to their own node's
+    /// API server.
+    pub fn is_control_plane(self) -> bool {
+        matches!(
+            self,
+            Component::Etcd | Component::KubeApiserver | Component::KubeControllerManager | Component::KubeScheduler
+        )
+    }
 }
 
 impl fmt::Display for Component {

@@ -55,6 +55,26 @@ pub fn bundle() -> &'static Path {
     })
 }
 
+/// The bundle of the Kubernetes minor before [`bundle`]'s, which the
+/// upgrade test starts from: `HAKUBE_TEST_PREVIOUS_BUNDLE` (scripts/test.sh
+/// builds it first), else what `scripts/kube-bundle.sh --previous` prints.
+pub fn previous_bundle() -> &'static Path {
+    static BUNDLE: OnceLock<PathBuf> = OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        if let Some(b) = std::env::var_os("HAKUBE_TEST_PREVIOUS_BUNDLE") {
+            return PathBuf::from(b);
+        }
+        let script = repo().join("scripts/kube-bundle.sh");
+        let out = Command::new("bash")
+            .args([script.to_str().unwrap(), "--previous"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("kube-bundle.sh");
+        assert!(out.status.success(), "scripts/kube-bundle.sh --previous failed: the upgrade test needs its bundle");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
 /// `PATH` for what runs on a test host: the bundle's etcd, etcdctl and
 /// kubectl first (the versions hakube ships), never whatever the machine
 /// has; the bundle's other binaries only where a test passes `--bundle`.
@@ -713,4 +733,80 @@ pub fn snapshot_backup(master: &Host, into: &Path) -> (PathBuf, PathBuf) {
     let from = master.root().join("var/lib/hakube/pki");
     assert_ok(&sh("cp", &["-a", from.to_str().unwrap(), pki.to_str().unwrap()]), "copy the PKI");
     (file, pki)
+}
+
+/// A client of one node's balancer: one request every 0.3 s (at most 1500)
+/// until dropped, each logged as `<unix seconds> <HTTP code>` (000: no
+/// answer).
+pub struct Prober {
+    child: std::process::Child,
+    log: PathBuf,
+    pub node: String,
+}
+
+impl Prober {
+    pub fn start(h: &Host, dir: &Path, ca: &Path, token: &Path) -> Prober {
+        let log = dir.join(format!("probe-{}.log", h.name));
+        let url = "https://127.0.0.1:6444/api/v1/namespaces/kube-system/configmaps/kube-root-ca.crt";
+        let script = format!(
+            "for i in $(seq 1 1500); do
+               code=$(curl -s -o {log}.body -w '%{{http_code}}' --max-time 10 --cacert {ca} \
+                 -H \"Authorization: Bearer $(cat {token})\" {url} 2>&1)
+               if [ \"$code\" = 200 ]; then echo \"$(date +%s.%N) $code\" >> {log}
+               else echo \"$(date +%s.%N) $code $(head -c 300 {log}.body 2>/dev/null | tr '\\n' ' ')\" >> {log}; fi
+               sleep 0.3
+             done",
+            ca = ca.display(),
+            token = token.display(),
+            log = log.display()
+        );
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &h.ns, "bash", "-c", &script])
+            .env("PATH", path_env())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("the probe loop");
+        Prober { child, log, node: h.name.clone() }
+    }
+
+    /// (requests so far, the failed ones as `time code`).
+    pub fn results(&self) -> (usize, Vec<String>) {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let failed = lines.iter().filter(|l| !l.ends_with(" 200")).map(|l| format!("{} {l}", self.node)).collect();
+        (lines.len(), failed)
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A join script run on `h` with no bundle given: the binaries must come
+/// from the cluster.
+pub fn join_without_bundle(h: &Host, script: &std::path::Path, components: &str) -> std::process::Output {
+    join_without_bundle_env(h, script, components, &[])
+}
+
+/// As [`join_without_bundle`], with extra environment (the agent's too).
+pub fn join_without_bundle_env(
+    h: &Host,
+    script: &std::path::Path,
+    components: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let args: Vec<String> = join_args(h, components);
+    let cut = args.iter().position(|a| a == "--bundle").map_or(args.len(), |i| i);
+    let refs: Vec<&str> = args[..cut].iter().map(String::as_str).collect();
+    h.bash(script, &refs, &[&[bin()], env].concat())
+}
+
+/// The `node.bundle` a host's config records.
+pub fn recorded_bundle(h: &Host) -> std::path::PathBuf {
+    let config = std::fs::read_to_string(h.root().join("etc/hakube/cluster.yaml")).unwrap();
+    let line = config.lines().find(|l| l.trim_start().starts_with("bundle:")).expect("node.bundle is recorded");
+    std::path::PathBuf::from(line.split_once(':').unwrap().1.trim())
 }

@@ -101,6 +101,7 @@ impl Harness {
     fn launch(&self, args: &[&str], after: &[Component]) -> Launch {
         Launch {
             bundle: Some(self.bundle.clone()),
+            version: None,
             args: args.iter().map(|a| a.to_string()).collect(),
             files: vec![],
             fingerprint: String::new(),
@@ -215,6 +216,7 @@ async fn it_starts_only_once_what_it_needs_is_healthy() {
 fn a_reload_touches_only_what_changed() {
     let launch = |arg: &str| Launch {
         bundle: None,
+        version: None,
         args: vec![arg.to_owned()],
         files: vec![],
         fingerprint: arg.to_owned(),
@@ -251,4 +253,32 @@ fn a_reload_touches_only_what_changed() {
     let none: BTreeMap<Component, Change> =
         [Etcd, KubeApiserver, Kubelet].into_iter().map(|c| (c, Change::Relaunch(None))).collect();
     assert_eq!(reload_plan(&running, BTreeMap::new()), none);
+}
+
+#[test]
+fn an_upgrade_that_does_not_change_etcd_restarts_no_member() {
+    let launch = |bundle: &str, arg: &str| Launch {
+        bundle: Some(bundle.into()),
+        version: None,
+        args: vec![arg.to_owned()],
+        files: vec![],
+        fingerprint: arg.to_owned(),
+        after: vec![],
+        refused: None,
+        cgroup: None,
+    };
+    let running: BTreeMap<Component, Option<Launch>> = [(Component::Etcd, Some(launch("/old", "a")))].into();
+    let plan = |wanted: Launch, same: bool| {
+        let mut wanted: BTreeMap<Component, Launch> = [(Component::Etcd, wanted)].into();
+        keep_identical_etcd(&running, &mut wanted, |_, _, name| {
+            assert_eq!(name, "etcd");
+            same
+        });
+        reload_plan(&running, wanted)
+    };
+    assert_eq!(plan(launch("/new", "a"), true), BTreeMap::new(), "the same binary: left as it runs");
+    let moved = [(Component::Etcd, Change::Relaunch(Some(launch("/new", "a"))))].into();
+    assert_eq!(plan(launch("/new", "a"), false), moved, "another etcd: restarted from the new bundle");
+    let changed = [(Component::Etcd, Change::Relaunch(Some(launch("/new", "b"))))].into();
+    assert_eq!(plan(launch("/new", "b"), true), changed, "the same binary, another command line: restarted");
 }

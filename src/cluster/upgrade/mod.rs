@@ -1,8 +1,9 @@
 //! The plan of a Kubernetes upgrade, as the elected agent will drive it:
 //! which upgrades Kubernetes' version skew policy allows, and which node
-//! moves next. Pure: it reads the versions every node reports and decides;
-//! the driving (the record, the bundle reaching each node, the restarts)
-//! is elsewhere.
+//! moves next. Pure: it reads the versions every node reports and decides.
+//! The record of an upgrade is [`record`], the elected agent's round that
+//! follows this plan is [`drive`], and each node's own move (fetching the
+//! bundle, restarting its part from it) is [`crate::agent::upgrade`].
 //!
 //! The order is upstream's (kubernetes.io "Version Skew Policy", "Upgrading
 //! kubeadm clusters"): the control plane first, one master at a time
@@ -14,6 +15,9 @@
 //! controller-manager or scheduler, which talk to their own node's API
 //! server, is never newer than it (a master's step restarts its API server
 //! first).
+
+pub mod drive;
+pub mod record;
 
 use std::fmt;
 
