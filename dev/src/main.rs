@@ -44,6 +44,9 @@ enum Bench {
     Bundle(bench::bundle::Args),
     /// The purge of a lost worker and master against the same mutations by hand.
     Purge(bench::purge::Args),
+    /// A whole cluster moved to the next Kubernetes minor by one re-run,
+    /// against every node moved at once.
+    Upgrade(bench::upgrade::Args),
     /// From nothing to a cluster that runs applications; the bundle's cold build.
     Cluster(bench::cluster::Args),
     /// hakube's etcd install and PKI against the kubeadm way with openssl.
@@ -68,6 +71,7 @@ fn main() {
         Command::Conformance(action) => conformance::run(action),
         Command::Bench(Bench::Bundle(args)) => bench::bundle::run(args),
         Command::Bench(Bench::Purge(args)) => bench::purge::run(args),
+        Command::Bench(Bench::Upgrade(args)) => bench::upgrade::run(args),
         Command::Bench(Bench::Cluster(args)) => bench::cluster::run(args),
         Command::Bench(Bench::Install(args)) => bench::install::run(args),
         Command::Bench(Bench::Join(args)) => bench::join::run(args),

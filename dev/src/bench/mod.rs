@@ -10,6 +10,7 @@ pub mod lb;
 pub mod purge;
 pub mod scale;
 pub mod snapshot;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
