@@ -147,6 +147,8 @@ fn three_masters_and_two_workers_move_to_the_next_minor_from_one_re_run_on_m2_wi
 
     // The upgrade, from one re-run on m2 (not the first master).
     let w2_before = recorded_bundle(&w2);
+    let etcd_pids = |ms: [&Host; 3]| ms.map(|m| m.state()["components"]["etcd"]["pid"].as_u64().expect("etcd runs"));
+    let etcd_before = etcd_pids([&m1, &m2, &m3]);
     let n = new.display().to_string();
     let started = Instant::now();
     let out = m2.hakube(&["install", "--bundle", &n]);
@@ -179,6 +181,8 @@ fn three_masters_and_two_workers_move_to_the_next_minor_from_one_re_run_on_m2_wi
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(exe, recorded_bundle(&w2).join("kubelet"), "w2's kubelet runs from the new bundle");
     assert_ne!(recorded_bundle(&w2), w2_before, "w2's bundle moved");
+    // Both bundles ship the same etcd: no member was restarted for it.
+    assert_eq!(etcd_pids([&m1, &m2, &m3]), etcd_before, "etcd restarted for a binary that did not change");
 
     // Nothing dropped: every request through every balancer answered; the
     // pods on the workers are the same containers; the volume kept its
@@ -230,6 +234,45 @@ fn leader(m: &Host) -> Option<String> {
     v["cluster"]["leader"].as_str().map(str::to_owned)
 }
 
+/// `install --bundle FILE` on a host, running as a child process that is
+/// killed if the test fails before it ends (a thread would hold a failing
+/// test for the whole of the re-run's wait).
+struct Upgrading {
+    child: Option<std::process::Child>,
+}
+
+impl Upgrading {
+    fn start(h: &Host, file: &str) -> Upgrading {
+        let root = h.root().display().to_string();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &h.ns, hakube(), "--root", &root, "install", "--bundle", file])
+            .env("PATH", path_env())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("hakube install");
+        Upgrading { child: Some(child) }
+    }
+
+    fn is_finished(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    fn finish(mut self) -> std::process::Output {
+        self.child.take().expect("running").wait_with_output().expect("hakube install's output")
+    }
+}
+
+impl Drop for Upgrading {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[test]
 fn an_upgrade_outlives_its_leader_and_moves_a_worker_that_was_down_once_it_is_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -260,13 +303,13 @@ fn an_upgrade_outlives_its_leader_and_moves_a_worker_that_was_down_once_it_is_ba
 
     // The upgrade from m3, followed on its own thread.
     let n = new.display().to_string();
-    std::thread::scope(|s| {
-        let mut upgrade = Some(s.spawn(|| m3.hakube(&["install", "--bundle", &n])));
+    {
+        let mut upgrade = Some(Upgrading::start(&m3, &n));
         // Once the first control plane moved: w1 goes off the network, and
         // the leader's agent is killed.
         wait_for("the first control plane told to move", Duration::from_secs(120), || {
-            if upgrade.as_ref().is_some_and(|u| u.is_finished()) {
-                let out = upgrade.take().unwrap().join().unwrap();
+            if upgrade.as_mut().is_some_and(|u| u.is_finished()) {
+                let out = upgrade.take().unwrap().finish();
                 panic!("the upgrade ended early: {}\n{}", stderr(&out), logs(&m3));
             }
             record(&m3)["controlPlane"].as_array().is_some_and(|a| !a.is_empty())
@@ -283,7 +326,9 @@ fn an_upgrade_outlives_its_leader_and_moves_a_worker_that_was_down_once_it_is_ba
         wait_for("the upgrade to wait for the old leader", Duration::from_secs(60), || {
             record(survivor)["step"].as_str().is_some_and(|s| s.contains(&old_leader))
         });
-        // Its agent comes back (a re-run of install); the new leader goes on.
+        // Its agent comes back (a re-run of install, right away: the dead
+        // agent's components may still be stopping, holding their ports);
+        // the new leader goes on.
         let out = l.hakube(&["install"]);
         assert!(out.status.success(), "{} back: {}\n{}", l.name, stderr(&out), logs(l));
         wait_for("the upgrade to reach every node that is up", Duration::from_secs(600), || {
@@ -291,11 +336,11 @@ fn an_upgrade_outlives_its_leader_and_moves_a_worker_that_was_down_once_it_is_ba
         });
         assert!(record(survivor)["finishedAt"].is_null(), "not finished while w1 is down");
         net.set_link(&w1, true);
-        let out = upgrade.take().unwrap().join().unwrap();
+        let out = upgrade.take().unwrap().finish();
         let err = stderr(&out);
         assert!(out.status.success(), "the upgrade: {err}\n{}", logs(&m3));
         assert!(err.contains(&format!("every node runs {to_v}")), "{err}");
-    });
+    }
     assert!(all_run(&m1, &names, &to_v), "every node reports {to_v}: {:?}", versions(&m1));
     wait_for("four Nodes Ready on the new minor", Duration::from_secs(120), || ready_nodes(&m1) == all);
     let status = stdout(&m2.hakube(&["status"]));

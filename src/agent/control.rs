@@ -109,6 +109,52 @@ pub fn start(paths: &Paths, use_systemd: bool) -> Result<Expect, ControlError> {
     Ok(Expect::Started(pid))
 }
 
+/// The components a previous agent of this root started that outlived it
+/// (an agent killed outright: its children got SIGTERM from the kernel, but
+/// nobody sends the SIGKILL after the grace, and an API server whose etcd
+/// stopped with it has been seen to take minutes, holding its port).
+/// Stopped before anything starts: SIGTERM, then SIGKILL after the grace.
+/// Only processes run from a binary under this root's data directory (its
+/// bundles, its bin/) or the node's bundle count: a pid read from an old
+/// state may name anything by now.
+pub fn stop_leftovers(paths: &Paths) {
+    let Some(previous) = State::read(&paths.state_file()) else { return };
+    let mut dirs = vec![paths.data_dir()];
+    if let Ok(Some(c)) = crate::config::load_installed(&paths.config_file()) {
+        dirs.extend(c.node.bundle.into_iter().chain(c.node.control_plane_bundle));
+    }
+    let ours = |pid: u32| {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| dirs.iter().any(|d| exe.starts_with(d)))
+            && pid != std::process::id()
+    };
+    let left: Vec<(String, u32)> =
+        previous.components.iter().filter_map(|(n, c)| Some((n.clone(), c.pid?))).filter(|(_, p)| ours(*p)).collect();
+    if left.is_empty() {
+        return;
+    }
+    let signal = |sig| {
+        for (_, pid) in &left {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), sig);
+        }
+    };
+    tracing::warn!(components = ?left, "a previous agent's components still run: stopping them first");
+    signal(nix::sys::signal::Signal::SIGTERM);
+    let grace = std::time::Duration::from_secs(10);
+    let until = std::time::Instant::now() + grace;
+    while left.iter().any(|(_, p)| ours(*p)) && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if left.iter().any(|(_, p)| ours(*p)) {
+        tracing::warn!("a previous agent's components outlived {grace:?} after SIGTERM: killing them");
+        signal(nix::sys::signal::Signal::SIGKILL);
+        while left.iter().any(|(_, p)| ours(*p))
+            && std::time::Instant::now() < until + std::time::Duration::from_secs(5)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
 /// Where a wait stands (pure: from what `state.json` says).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Progressing {

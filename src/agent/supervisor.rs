@@ -224,6 +224,8 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         .with_context(|| format!("cannot start the agent for root {}", paths.root().display()))?;
     let cfg = load(&paths)?;
     info!(root = %paths.root().display(), node = %cfg.node.name, "agent starting");
+    let p = paths.clone();
+    let _ = tokio::task::spawn_blocking(move || super::control::stop_leftovers(&p)).await;
     let state: Shared =
         Rc::new(RefCell::new(State { agent_pid: std::process::id(), started_at: now_secs(), ..State::default() }));
     let (agent_stop, _) = watch::channel(false);

@@ -38,6 +38,39 @@ impl std::io::Read for ChannelReader {
     }
 }
 
+/// How long a bundle's download may go without a byte before it counts as
+/// broken off (a master that lost power, a cut link: TCP alone would wait
+/// for hours).
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sends a response body's chunks to `tx` (a [`ChannelReader`]'s) until it
+/// ends, the reader stops taking them, or nothing comes for `stall`: why it
+/// broke off, if it did.
+pub async fn pump<B>(
+    mut body: B,
+    tx: tokio::sync::mpsc::Sender<axum::body::Bytes>,
+    stall: std::time::Duration,
+) -> Result<(), String>
+where
+    B: hyper::body::Body<Data = axum::body::Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt as _;
+    loop {
+        let frame = match tokio::time::timeout(stall, body.frame()).await {
+            Err(_) => return Err(format!("nothing came for {} s", stall.as_secs())),
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            if tx.send(data).await.is_err() {
+                return Ok(()); // the reader refused or is done
+            }
+        }
+    }
+}
+
 /// A size for people: B, KiB, MiB or GiB.
 pub fn size(bytes: u64) -> String {
     if bytes >= 1 << 30 {
@@ -145,5 +178,43 @@ pub fn unpack_from(
             }
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Bytes;
+    use http_body_util::StreamBody;
+
+    type Frame = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>;
+
+    /// A body of `chunks`, then silence (a master gone without a word).
+    fn stalling(chunks: &[&'static str]) -> StreamBody<impl futures_util::Stream<Item = Frame> + Unpin> {
+        let frames: Vec<Frame> = chunks.iter().map(|c| Ok(hyper::body::Frame::data(Bytes::from(*c)))).collect();
+        let head = futures_util::stream::iter(frames);
+        StreamBody::new(futures_util::StreamExt::chain(head, futures_util::stream::pending()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_download_that_goes_silent_breaks_off_after_the_stall_bound_with_what_came_passed_on() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let started = tokio::time::Instant::now();
+        let r = pump(stalling(&["ab", "cd"]), tx, STALL).await;
+        assert_eq!(r, Err("nothing came for 30 s".to_owned()));
+        assert_eq!(started.elapsed(), STALL);
+        assert_eq!((rx.recv().await.unwrap(), rx.recv().await.unwrap()), (Bytes::from("ab"), Bytes::from("cd")));
+        assert_eq!(rx.recv().await, None, "the reader sees the end: its unpacking fails, nothing is kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_whole_download_ends_cleanly() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let body = StreamBody::new(futures_util::stream::iter(
+            ["ab"].map(|c| Frame::Ok(hyper::body::Frame::data(Bytes::from(c)))),
+        ));
+        assert_eq!(pump(body, tx, STALL).await, Ok(()));
+        assert_eq!(rx.recv().await, Some(Bytes::from("ab")));
+        assert_eq!(rx.recv().await, None);
     }
 }

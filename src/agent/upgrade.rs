@@ -181,10 +181,9 @@ pub async fn fetch(paths: &Paths, id: &str, source: &Source, key: Option<&Path>)
 async fn unpack_body(
     paths: &Paths,
     name: PathBuf,
-    mut body: hyper::body::Incoming,
+    body: hyper::body::Incoming,
     key: Option<Arc<crate::bundle::PublicKey>>,
 ) -> Result<PathBuf, String> {
-    use http_body_util::BodyExt as _;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let p = paths.clone();
     let unpacker = tokio::task::spawn_blocking(move || {
@@ -193,23 +192,7 @@ async fn unpack_body(
         let reader = crate::agent::unpack::ChannelReader::new(rx);
         crate::agent::unpack::unpack_from(&p, &name, reader, key.as_deref(), &progress).map_err(|e| format!("{e:#}"))
     });
-    let mut broke = None;
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(f) => {
-                if let Ok(data) = f.into_data() {
-                    if tx.send(data).await.is_err() {
-                        break; // the unpacker refused or is done
-                    }
-                }
-            }
-            Err(e) => {
-                broke = Some(e.to_string());
-                break;
-            }
-        }
-    }
-    drop(tx);
+    let broke = super::unpack::pump(body, tx, super::unpack::STALL).await.err();
     let unpacked = unpacker.await.map_err(|e| e.to_string())?;
     match (unpacked, broke) {
         (Ok(dir), _) => Ok(dir),

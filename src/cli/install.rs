@@ -223,6 +223,12 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         );
     }
 
+    if crate::host::process::PidFile::holder(&paths.agent_pid_file()).is_none() {
+        // An agent that died outright may have left components running,
+        // holding their ports: the next agent stops them, and so do we,
+        // before the ports are checked.
+        control::stop_leftovers(paths);
+    }
     progress.phase("preflight checks", || {
         let mut ignored = preflight::enforce(paths, &c, &req.ignore_preflight_errors)?;
         if let Ask::Start(ch) = &lb_ask {

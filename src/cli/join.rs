@@ -166,7 +166,6 @@ fn fetch_bundle(
     endpoints: &[String],
     checked: &Checked,
 ) -> anyhow::Result<Option<std::path::PathBuf>> {
-    use http_body_util::BodyExt as _;
     let mut failures = Vec::new();
     let mut offered = false;
     for ep in endpoints {
@@ -187,18 +186,7 @@ fn fetch_bundle(
         let (pumped, unpacked) = std::thread::scope(|s| {
             let reader = crate::agent::unpack::ChannelReader::new(rx);
             let unpacker = s.spawn(|| crate::agent::unpack::unpack_from(paths, &name, reader, None, progress));
-            let pumped = rt.block_on(async {
-                let mut body = body;
-                while let Some(frame) = body.frame().await {
-                    if let Ok(data) = frame?.into_data() {
-                        if tx.send(data).await.is_err() {
-                            break; // the reader refused or is done
-                        }
-                    }
-                }
-                Ok::<_, hyper::Error>(())
-            });
-            drop(tx);
+            let pumped = rt.block_on(crate::agent::unpack::pump(body, tx, crate::agent::unpack::STALL));
             (pumped, unpacker.join().expect("the unpacking thread"))
         });
         match (pumped, unpacked) {
