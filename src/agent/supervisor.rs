@@ -100,14 +100,18 @@ fn launches(
         .collect()
 }
 
-/// Whether `name` is the same binary in the bundles unpacked in `a` and
-/// `b`: the same SHA-256 in both manifests (a directory without one is
-/// never the same).
-fn same_member(a: &std::path::Path, b: &std::path::Path, name: &str) -> bool {
+/// Whether `name` is the same binary in the bundles `a` and `b`: the same
+/// SHA-256 in both manifests, or, for a directory without one (a bundle
+/// given by hand), in the files themselves.
+pub(super) fn same_member(a: &std::path::Path, b: &std::path::Path, name: &str) -> bool {
     use crate::bundle::Manifest;
+    use crate::runtime::images::sha256_file;
     match (Manifest::of_dir(a), Manifest::of_dir(b)) {
         (Some(x), Some(y)) => x.sha256_of(name).is_some_and(|d| y.sha256_of(name) == Some(d)),
-        _ => false,
+        _ => match (sha256_file(&a.join(name)), sha256_file(&b.join(name))) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        },
     }
 }
 

@@ -77,7 +77,7 @@ fn bench(args: &Args, work: &WorkDir, bin: &Path, old: &Path, new: &Path) -> Res
             std::fs::create_dir(&dir)?;
             let sb = BenchSandbox::new_in(&dir, bin.to_owned(), old.to_owned())?;
             msg!("trial {t}/{}, {name}: sandbox up on {} (log: {})", args.trials, old.display(), sb.log.display());
-            sb.up(args.masters, args.workers, "ha").with_context(|| format!("trial {t}"))?;
+            sb.up(args.masters, args.workers, "").with_context(|| format!("trial {t}"))?;
             let hosts: Vec<String> = sb.sandbox.hosts().into_iter().map(|h| h.name).collect();
             wait_reporting(&sb, &hosts, &version_of(old)?, Duration::from_secs(120))?;
             let probes = Probes::start(&sb, &dir, &hosts)?;

@@ -212,10 +212,10 @@ async fn it_starts_only_once_what_it_needs_is_healthy() {
     .await
 }
 
-#[test]
-fn a_reload_touches_only_what_changed() {
-    let launch = |arg: &str| Launch {
-        bundle: None,
+/// A launch told apart by its one argument, from `bundle`.
+fn launch_from(bundle: Option<&str>, arg: &str) -> Launch {
+    Launch {
+        bundle: bundle.map(Into::into),
         version: None,
         args: vec![arg.to_owned()],
         files: vec![],
@@ -223,7 +223,12 @@ fn a_reload_touches_only_what_changed() {
         after: vec![],
         refused: None,
         cgroup: None,
-    };
+    }
+}
+
+#[test]
+fn a_reload_touches_only_what_changed() {
+    let launch = |arg: &str| launch_from(None, arg);
     use Component::*;
     let running: BTreeMap<Component, Option<Launch>> = [
         (Etcd, Some(launch("a"))),
@@ -257,16 +262,7 @@ fn a_reload_touches_only_what_changed() {
 
 #[test]
 fn an_upgrade_that_does_not_change_etcd_restarts_no_member() {
-    let launch = |bundle: &str, arg: &str| Launch {
-        bundle: Some(bundle.into()),
-        version: None,
-        args: vec![arg.to_owned()],
-        files: vec![],
-        fingerprint: arg.to_owned(),
-        after: vec![],
-        refused: None,
-        cgroup: None,
-    };
+    let launch = |bundle: &str, arg: &str| launch_from(Some(bundle), arg);
     let running: BTreeMap<Component, Option<Launch>> = [(Component::Etcd, Some(launch("/old", "a")))].into();
     let plan = |wanted: Launch, same: bool| {
         let mut wanted: BTreeMap<Component, Launch> = [(Component::Etcd, wanted)].into();
@@ -281,4 +277,18 @@ fn an_upgrade_that_does_not_change_etcd_restarts_no_member() {
     assert_eq!(plan(launch("/new", "a"), false), moved, "another etcd: restarted from the new bundle");
     let changed = [(Component::Etcd, Change::Relaunch(Some(launch("/new", "b"))))].into();
     assert_eq!(plan(launch("/new", "b"), true), changed, "the same binary, another command line: restarted");
+}
+
+#[test]
+fn the_same_etcd_is_told_by_the_manifests_or_else_by_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] = ["a", "b", "c"].map(|n| dir.path().join(n));
+    for (d, bytes) in [(&a, "etcd 3.6.17"), (&b, "etcd 3.6.17"), (&c, "etcd 3.7.0")] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("etcd"), bytes).unwrap();
+    }
+    // Directories given by hand: their files are compared.
+    assert!(same_member(&a, &b, "etcd"));
+    assert!(!same_member(&a, &c, "etcd"));
+    assert!(!same_member(&a, &b, "kubelet"), "a binary in neither is never the same");
 }
