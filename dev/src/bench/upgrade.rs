@@ -72,8 +72,8 @@ fn bench(args: &Args, work: &WorkDir, bin: &Path, old: &Path, new: &Path) -> Res
     for t in 1..=args.trials {
         for side in [Side::Hakube, Side::AllAtOnce] {
             proc::check_stop()?;
-            let name = if side == Side::Hakube { "hakube" } else { "all-at-once" };
-            let dir = work.path().join(format!("trial-{t}-{name}"));
+            let name = if side == Side::Hakube { "hakube" } else { "all" };
+            let dir = work.path().join(format!("t{t}-{name}"));
             std::fs::create_dir(&dir)?;
             let sb = BenchSandbox::new_in(&dir, bin.to_owned(), old.to_owned())?;
             msg!("trial {t}/{}, {name}: sandbox up on {} (log: {})", args.trials, old.display(), sb.log.display());
