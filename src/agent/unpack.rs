@@ -128,7 +128,7 @@ pub fn unpack_from(
     key: Option<&PublicKey>,
     progress: &Progress,
 ) -> anyhow::Result<PathBuf> {
-    let dir = paths.data_dir().join("bundles");
+    let dir = paths.bundles_dir();
     let total = std::cell::Cell::new(0);
     // Judged before anything is written: the version, and the room.
     let judge = |head: &bundle::Head| -> anyhow::Result<()> {

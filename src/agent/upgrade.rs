@@ -36,11 +36,6 @@ pub fn wanted(node: &NodeSpec, up: &Upgrade, dir: &Path) -> Option<NodeSpec> {
     (next != *node).then_some(next)
 }
 
-/// Where an upgrade's bundle goes on this node.
-pub fn bundle_dir(paths: &Paths, id: &str) -> PathBuf {
-    paths.data_dir().join("bundles").join(id)
-}
-
 /// Follows the upgrade record across the rounds of [`super::converge`]:
 /// the fetch of the bundle runs on its own task, so the round (and a
 /// worker's heartbeat) goes on meanwhile.
@@ -74,7 +69,7 @@ impl Follower {
         source: impl FnOnce() -> Result<Source, String>,
     ) -> Option<ClusterConfig> {
         let up = up?;
-        let dir = bundle_dir(paths, &up.bundle);
+        let dir = paths.bundles_dir().join(&up.bundle);
         if dir.join(crate::bundle::MANIFEST).is_file() {
             let node = wanted(&cfg.node, up, &dir)?;
             if self.moved.as_ref() == Some(&node) {

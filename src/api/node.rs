@@ -194,7 +194,7 @@ pub(crate) async fn bundle(
         let msg = format!("{id:?} is not a bundle id (16 hexadecimal digits)");
         return refuse(StatusCode::BAD_REQUEST, msg).into_response();
     }
-    let dir = ctx.paths.data_dir().join("bundles").join(&id);
+    let dir = ctx.paths.bundles_dir().join(&id);
     if !dir.join(crate::bundle::MANIFEST).is_file() {
         return refuse(StatusCode::NOT_FOUND, format!("this master has no bundle {id}")).into_response();
     }

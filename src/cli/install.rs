@@ -42,7 +42,10 @@ pub struct Request {
     pub restored: Option<ClusterSpec>,
 }
 
-fn settings_client(paths: &Paths, c: &ClusterConfig) -> anyhow::Result<(tokio::runtime::Runtime, etcd_client::Client)> {
+pub(crate) fn settings_client(
+    paths: &Paths,
+    c: &ClusterConfig,
+) -> anyhow::Result<(tokio::runtime::Runtime, etcd_client::Client)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (client, _) =
         rt.block_on(crate::etcd::Local::connect(paths, c, Duration::from_secs(5))).with_context(|| {
@@ -182,7 +185,7 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     // directory is the node's bundle from here on.
     // A key checks bundle files (a directory unpacked from one was checked
     // then); a directory given by hand carries no signature.
-    let unpacked = paths.data_dir().join("bundles");
+    let unpacked = paths.bundles_dir();
     match (&c.node.bundle, &c.node.bundle_key) {
         (Some(file), key) if file.is_file() => {
             let file = file.clone();

@@ -27,9 +27,10 @@ pub struct Target {
 }
 
 /// Whether `wanted` (the bundle this re-run names, unpacked) is another
-/// bundle than the one this master runs: then it is an upgrade. None for
-/// a node that runs binaries from a directory given by hand or PATH (it
-/// has no bundle to give the others).
+/// bundle than the one this master runs: then it is an upgrade. None when
+/// this master runs binaries from PATH (no bundle), or the bundle named is
+/// the one it runs or a directory given by hand (no manifest to give the
+/// others).
 pub fn target(installed: &ClusterConfig, wanted: Option<&Path>) -> anyhow::Result<Option<Target>> {
     let (Some(now), Some(dir)) = (installed.node.bundle.as_deref(), wanted) else { return Ok(None) };
     if now == dir || !dir.join(crate::bundle::MANIFEST).is_file() {
@@ -54,19 +55,11 @@ pub enum Checked {
     Running(Upgrade),
 }
 
-fn client(paths: &Paths, c: &ClusterConfig) -> anyhow::Result<(tokio::runtime::Runtime, etcd_client::Client)> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (client, _) = rt
-        .block_on(crate::etcd::Local::connect(paths, c, Duration::from_secs(5)))
-        .context("an upgrade is recorded in etcd, which must answer (is the agent running? `hakube status`)")?;
-    Ok((rt, client))
-}
-
 /// Checks `t` against the cluster before anything is written: another
 /// upgrade under way is refused, naming it; then Kubernetes' skew rules
 /// and every node's health, every refusal listed.
 pub fn check(paths: &Paths, c: &ClusterConfig, t: &Target) -> anyhow::Result<Checked> {
-    let (rt, mut etcd) = client(paths, c)?;
+    let (rt, mut etcd) = crate::cli::install::settings_client(paths, c)?;
     let endpoint = c.etcd_client_url();
     let (running, nodes) = rt.block_on(async {
         let running = record::read(&mut etcd, &endpoint).await?;
@@ -89,7 +82,7 @@ pub fn check(paths: &Paths, c: &ClusterConfig, t: &Target) -> anyhow::Result<Che
 /// Takes a snapshot of etcd, then records the upgrade (refused if another
 /// one was recorded since the check).
 pub fn start(paths: &Paths, c: &ClusterConfig, t: &Target, progress: &Progress) -> anyhow::Result<()> {
-    let (rt, mut etcd) = client(paths, c)?;
+    let (rt, mut etcd) = crate::cli::install::settings_client(paths, c)?;
     let endpoint = c.etcd_client_url();
     let now = now_secs();
     let (db, _) = rt

@@ -92,6 +92,11 @@ impl Paths {
         self.host("/var/lib/hakube")
     }
 
+    /// Where bundle files are unpacked, each in a directory named by its id.
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.data_dir().join("bundles")
+    }
+
     pub fn pki_dir(&self) -> PathBuf {
         self.data_dir().join("pki")
     }
