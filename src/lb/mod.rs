@@ -24,6 +24,11 @@
 //! - It runs on a thread of its own, so that nothing the agent does can
 //!   delay a byte, and it outlives reloads: nothing restarts when the
 //!   backend list changes.
+//! - It can hand its listening socket over to the agent's successor (an
+//!   agent that moves to another hakube build, [`Handle::hand_over`]): it
+//!   stops accepting, lets the connections it relays finish (bounded), and
+//!   gives the socket back, open. Clients that connect meanwhile wait in
+//!   the socket's queue for the successor to accept them: none is refused.
 
 pub mod health;
 
@@ -51,6 +56,11 @@ use crate::https::{self, Limits, Request};
 /// How long the open connections of a backend that answers "not ready"
 /// are left to finish before they are closed.
 pub const DRAIN: Duration = Duration::from_secs(15);
+
+/// How long a balancer handing its socket over lets the connections it
+/// relays finish: a request takes milliseconds; what is still open after
+/// this is a watch or a stream, which its client opens again.
+pub const HAND_OVER_DRAIN: Duration = Duration::from_secs(2);
 
 /// Why a check failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,31 +144,78 @@ pub struct BackendStatus {
 /// The running balancer.
 pub struct Handle {
     pub status: watch::Receiver<Status>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Stop>,
+    /// Where the listening socket comes back after a hand-over.
+    given: Given,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How the balancer is told to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Running,
+    /// Close the socket and every connection.
+    Now,
+    /// Stop accepting, keep the socket for a successor, and end once the
+    /// connections relayed have finished or at this time.
+    HandOver(std::time::Instant),
+}
+
+type Given = Arc<std::sync::Mutex<Option<std::net::TcpListener>>>;
 
 impl Handle {
     /// Stops listening and closes every connection.
     pub fn stop(mut self) {
-        let _ = self.stop.send(true);
+        let _ = self.stop.send(Stop::Now);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+
+    /// Stops accepting, waits up to `drain` for the connections it relays
+    /// to finish (the rest are closed), and returns its listening socket,
+    /// still open, for a successor ([`spawn_with`]); None if it was not
+    /// listening. Blocks the calling thread until then.
+    pub fn hand_over(mut self, drain: Duration) -> Option<std::net::TcpListener> {
+        let _ = self.stop.send(Stop::HandOver(std::time::Instant::now() + drain));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.given.lock().ok()?.take()
     }
 }
 
 /// Starts the balancer on a thread of its own. `targets` is asked for the
 /// backends every check interval; an empty answer keeps the last list.
 pub fn spawn(opts: Options, targets: impl FnMut() -> Vec<Target> + Send + 'static) -> std::io::Result<Handle> {
+    spawn_with(opts, targets, None)
+}
+
+/// As [`spawn`], accepting on `inherited` (a predecessor's socket, from
+/// [`Handle::hand_over`]) when it listens on `opts.listen`; otherwise it
+/// is closed and the balancer binds its own.
+pub fn spawn_with(
+    opts: Options,
+    targets: impl FnMut() -> Vec<Target> + Send + 'static,
+    inherited: Option<std::net::TcpListener>,
+) -> std::io::Result<Handle> {
     let (status_tx, status) = watch::channel(Status { listen: opts.listen.to_string(), ..Status::default() });
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(Stop::Running);
+    let given: Given = Arc::default();
+    let inherited = inherited.filter(|l| {
+        let fits = l.local_addr().is_ok_and(|a| a == opts.listen) && l.set_nonblocking(true).is_ok();
+        if !fits {
+            warn!(listen = %opts.listen, "the socket handed over does not listen there: binding anew");
+        }
+        fits
+    });
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let g = given.clone();
     let thread = std::thread::Builder::new().name("hakube-lb".into()).spawn(move || {
         let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, run(opts, targets, status_tx, stop_rx));
+        local.block_on(&rt, run(opts, targets, status_tx, stop_rx, inherited, g));
     })?;
-    Ok(Handle { status, stop, thread: Some(thread) })
+    Ok(Handle { status, stop, given, thread: Some(thread) })
 }
 
 struct Backend {
@@ -191,6 +248,8 @@ struct Table {
     /// A backend rose or fell: the status is published now, not at the
     /// next tick (`hakube status` would lag a decision by up to an interval).
     changed: Rc<tokio::sync::Notify>,
+    /// Client connections being relayed (or dialled) now.
+    relaying: Rc<Cell<usize>>,
 }
 
 /// Counts a connection through a backend while it lives.
@@ -370,12 +429,16 @@ async fn run(
     opts: Options,
     mut targets: impl FnMut() -> Vec<Target>,
     status: watch::Sender<Status>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Stop>,
+    inherited: Option<std::net::TcpListener>,
+    given: Given,
 ) {
     let table = Rc::new(RefCell::new(Table { fall: opts.fall, rise: opts.rise, ..Table::default() }));
     let changed = table.borrow().changed.clone();
+    let relaying = table.borrow().relaying.clone();
     let listening: Rc<RefCell<Result<(), String>>> = Rc::new(RefCell::new(Err("starting".into())));
-    let server = tokio::task::spawn_local(serve(opts.listen, table.clone(), listening.clone(), stop.clone()));
+    let server =
+        tokio::task::spawn_local(serve(opts.listen, inherited, table.clone(), listening.clone(), stop.clone(), given));
     let tls = Rc::new(RefCell::new(None));
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -401,10 +464,27 @@ async fn run(
             *s = now;
             changed
         });
+        let ending = *stop.borrow();
+        match ending {
+            Stop::Running => {}
+            Stop::Now => break,
+            // Handing over: the server gave the socket back; the relays
+            // go on (and the checks that may cut them) until they finish.
+            Stop::HandOver(until) => {
+                if relaying.get() == 0 || std::time::Instant::now() >= until {
+                    if relaying.get() > 0 {
+                        info!(connections = relaying.get(), "handing over: closing the connections still open");
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        }
         tokio::select! {
             _ = tick.tick() => {}
             _ = changed.notified() => {}
-            _ = stop.changed() => break,
+            _ = stop.changed() => {}
         }
     }
     for b in &table.borrow().backends {
@@ -416,14 +496,29 @@ async fn run(
     let _ = server.await;
 }
 
-/// Listens (retrying while the port is taken) and relays every connection.
+/// Listens (on the socket handed over, or binding it, retrying while the
+/// port is taken) and relays every connection; on a hand-over, stops
+/// accepting and puts the socket in `given`.
 async fn serve(
     listen: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
     table: Rc<RefCell<Table>>,
     listening: Rc<RefCell<Result<(), String>>>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Stop>,
+    given: Given,
 ) {
+    let mut inherited = inherited.and_then(|l| match TcpListener::from_std(l) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(error = %e, "cannot use the socket handed over: binding anew");
+            None
+        }
+    });
+    let took_over = inherited.is_some();
     let listener = loop {
+        if let Some(l) = inherited.take() {
+            break l;
+        }
         match TcpListener::bind(listen).await {
             Ok(l) => break l,
             Err(e) => {
@@ -439,13 +534,18 @@ async fn serve(
             }
         }
     };
-    info!(%listen, "node-local load balancer listening");
+    if took_over {
+        info!(%listen, "node-local load balancer listening (on the socket handed over)");
+    } else {
+        info!(%listen, "node-local load balancer listening");
+    }
     *listening.borrow_mut() = Ok(());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, _)) => {
-                    tokio::task::spawn_local(relay(client, table.clone()));
+                    let relaying = Relaying::new(&table.borrow().relaying);
+                    tokio::task::spawn_local(relay(client, table.clone(), relaying));
                 }
                 Err(e) => {
                     // Out of descriptors and the like: pause, do not spin.
@@ -453,8 +553,37 @@ async fn serve(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                let ending = *stop.borrow();
+                match ending {
+                    Stop::Running => {}
+                    Stop::Now => return,
+                    Stop::HandOver(_) => {
+                        match listener.into_std() {
+                            Ok(l) => *given.lock().expect("not poisoned") = Some(l),
+                            Err(e) => warn!(error = %e, "cannot hand the listening socket over"),
+                        }
+                        return;
+                    }
+                }
+            }
         }
+    }
+}
+
+/// Counts a client connection while it is relayed.
+struct Relaying(Rc<Cell<usize>>);
+
+impl Relaying {
+    fn new(count: &Rc<Cell<usize>>) -> Relaying {
+        count.set(count.get() + 1);
+        Relaying(count.clone())
+    }
+}
+
+impl Drop for Relaying {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 
@@ -468,7 +597,7 @@ fn tune(s: &TcpStream) {
 
 /// One client connection: to the first backend that answers, then bytes
 /// both ways until either side closes or the backend is taken out.
-async fn relay(mut client: TcpStream, table: Rc<RefCell<Table>>) {
+async fn relay(mut client: TcpStream, table: Rc<RefCell<Table>>, _relaying: Relaying) {
     tune(&client);
     let order = table.borrow_mut().order();
     for addr in order {
@@ -553,6 +682,101 @@ mod tests {
         let mut t = Table { fall: 2, rise: 2, ..Table::default() };
         t.set_targets(targets);
         t
+    }
+
+    /// A backend that answers each line with the same line, after a
+    /// moment (so that an exchange is in flight when a hand-over starts).
+    fn echo_backend() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { return };
+                std::thread::spawn(move || {
+                    use std::io::{BufRead, Write};
+                    let mut line = String::new();
+                    let _ = std::io::BufReader::new(&c).read_line(&mut line);
+                    std::thread::sleep(Duration::from_millis(30));
+                    let _ = c.write_all(line.as_bytes());
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_hand_over_refuses_no_client_and_cuts_no_exchange() {
+        let backend = echo_backend();
+        // A free port for the balancer (nothing else binds loopback here).
+        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        // Checks every minute: the echo backend does not speak HTTPS, and
+        // a failed check would (rightly) cut its connections.
+        let opts = Options {
+            listen,
+            interval: Duration::from_secs(60),
+            fall: 2,
+            rise: 1,
+            ca_file: "/nonexistent/ca.crt".into(),
+        };
+        let targets = move || vec![Target { name: "echo".into(), addr: backend }];
+        let first = spawn(opts.clone(), targets).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(listen).is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Clients, one after another, each a whole exchange, for a bounded
+        // number of rounds.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                let (stop, done) = (stop.clone(), done.clone());
+                std::thread::spawn(move || {
+                    use std::io::{BufRead, Write};
+                    let (mut ok, mut failed) = (0, vec![]);
+                    for i in 0..2000 {
+                        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            break;
+                        }
+                        let want = format!("client {c} exchange {i}\n");
+                        let got = std::net::TcpStream::connect(listen).and_then(|mut s| {
+                            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                            s.write_all(want.as_bytes())?;
+                            let mut line = String::new();
+                            std::io::BufReader::new(&s).read_line(&mut line)?;
+                            Ok(line)
+                        });
+                        match got {
+                            Ok(line) if line == want => {
+                                ok += 1;
+                                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            Ok(line) => failed.push(format!("{want:?}: got {line:?}")),
+                            Err(e) => failed.push(format!("{want:?}: {e}")),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let socket = first.hand_over(Duration::from_secs(3)).expect("it was listening");
+        // The first balancer is gone; nobody accepts for a while: clients
+        // wait in the socket's queue.
+        let before = done.load(std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+        let second = spawn_with(opts, targets, Some(socket)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut total = 0;
+        for c in clients {
+            let (ok, failed) = c.join().unwrap();
+            assert_eq!(failed, Vec::<String>::new(), "no client is refused or cut");
+            total += ok;
+        }
+        assert!(before > 8, "exchanges before the hand-over: {before}");
+        assert!(total > before + 8, "the successor relayed the clients that came after ({before} of {total} before)");
+        second.stop();
     }
 
     #[test]
