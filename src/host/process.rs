@@ -130,6 +130,41 @@ impl PidFile {
         Ok(PidFile { _lock: lock })
     }
 
+    /// Keeps the lock held across an `exec` of this process: the
+    /// descriptor (returned) is no longer closed on exec, and this value
+    /// no longer unlocks on drop. The program exec'd takes it back with
+    /// [`PidFile::inherit`]; no other agent can start in between.
+    pub fn keep_across_exec(self) -> std::io::Result<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        let fd = self._lock.as_raw_fd();
+        nix::fcntl::fcntl(&*self._lock, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+        std::mem::forget(self);
+        Ok(fd)
+    }
+
+    /// Takes back the lock a predecessor kept across its exec
+    /// ([`PidFile::keep_across_exec`]): `fd` must be the open pid file at
+    /// `path`, still locked (the lock belongs to the open file, which the
+    /// exec kept). Closed on exec again, so that no component inherits it.
+    pub fn inherit(path: &Path, fd: std::os::fd::RawFd) -> std::io::Result<PidFile> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::fs::MetadataExt;
+        let ours = std::fs::metadata(format!("/proc/self/fd/{fd}"))?;
+        let file = std::fs::metadata(path)?;
+        if (ours.dev(), ours.ino()) != (file.dev(), file.ino()) {
+            return Err(std::io::Error::other(format!("descriptor {fd} handed over is not {}", path.display())));
+        }
+        // SAFETY: the descriptor was checked to be open, and nothing else
+        // in this process owns it: it came through exec.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+        // Our own open file holds the lock already: taking it again
+        // succeeds at once, and only then.
+        let lock = Flock::lock(File::from(owned), FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| std::io::Error::other(format!("{} is not locked by us: {e}", path.display())))?;
+        Ok(PidFile { _lock: lock })
+    }
+
     /// The pid of the agent holding `path`, if one does.
     pub fn holder(path: &Path) -> Option<u32> {
         let file = File::open(path).ok()?;
@@ -144,6 +179,17 @@ impl PidFile {
             Err(_) => None,
         }
     }
+}
+
+/// Whether process `pid` catches `sig` (its `SigCgt` in
+/// `/proc/PID/status`): a program that does not would die of it.
+pub fn catches(pid: u32, sig: nix::sys::signal::Signal) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1u64 << (sig as i32 - 1)) != 0)
 }
 
 /// Finds a binary (a component's, or a tool such as `ctr`): `<root>/var/lib/hakube/bin`, then the bundle
@@ -176,6 +222,43 @@ mod tests {
         assert!(PidFile::acquire(&path).is_err());
         drop(held);
         assert_eq!(PidFile::holder(&path), None);
+    }
+
+    #[test]
+    fn a_pid_file_kept_across_exec_stays_held_and_is_taken_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.pid");
+        let fd = PidFile::acquire(&path).unwrap().keep_across_exec().unwrap();
+        let flags =
+            nix::fcntl::fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, nix::fcntl::FcntlArg::F_GETFD);
+        assert_eq!(flags.unwrap() & libc::FD_CLOEXEC, 0, "open across exec");
+        assert_eq!(PidFile::holder(&path), Some(std::process::id()), "still held");
+        assert!(PidFile::acquire(&path).is_err(), "no other agent can take it meanwhile");
+        let other = dir.path().join("other.pid");
+        std::fs::write(&other, "").unwrap();
+        assert!(PidFile::inherit(&other, fd).is_err(), "a descriptor of another file is refused");
+        let held = PidFile::inherit(&path, fd).unwrap();
+        assert_eq!(PidFile::holder(&path), Some(std::process::id()));
+        drop(held);
+        assert_eq!(PidFile::holder(&path), None, "released as any other");
+    }
+
+    #[test]
+    fn a_process_catches_only_the_signals_it_handles() {
+        use nix::sys::signal::Signal;
+        // A shell that traps USR2 and nothing else (but what sh catches itself).
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "trap 'exit 0' USR2; echo ready; while :; do sleep 0.1; done"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+        assert!(catches(child.id(), Signal::SIGUSR2));
+        assert!(!catches(child.id(), Signal::SIGUSR1));
+        assert!(!catches(std::process::id(), Signal::SIGUSR2), "this test process does not");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]
