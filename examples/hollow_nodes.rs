@@ -190,6 +190,7 @@ async fn run(a: Args) -> Result<(), String> {
             clock_offset_ms: None,
             versions: Default::default(),
             healthy: None,
+            hakube: None,
         };
         registry::claim(&mut etcd, &endpoint, record).await.map_err(|e| e.to_string())?;
     }

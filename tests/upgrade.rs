@@ -11,9 +11,32 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn bundle_file(from: &Path, out: &Path) -> PathBuf {
+    bundle_file_by(hakube(), from, out)
+}
+
+/// A bundle file that carries `hakube_bin` (the binary that makes it).
+fn bundle_file_by(hakube_bin: &str, from: &Path, out: &Path) -> PathBuf {
     let (f, o) = (from.display().to_string(), out.display().to_string());
-    assert_ok(&sh(hakube(), &["bundle", "create", "--from", &f, "--out", &o]), "bundle create");
+    assert_ok(&sh(hakube_bin, &["bundle", "create", "--from", &f, "--out", &o]), "bundle create");
     out.to_owned()
+}
+
+/// Another build of the hakube under test: the same program, with bytes
+/// appended (another digest, as a rebuild would have).
+fn another_build(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("hakube-next");
+    let mut bytes = std::fs::read(hakube()).unwrap();
+    bytes.extend_from_slice(b"\n# another build of hakube\n");
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The SHA-256 (hex) of a file.
+fn sha256(path: &Path) -> String {
+    let out = sh("sha256sum", &[path.to_str().unwrap()]);
+    stdout(&out).split_whitespace().next().unwrap_or_default().to_owned()
 }
 
 /// What the registry says each node runs, from `hakube status --json`
@@ -95,10 +118,14 @@ spec:
 ";
 
 #[test]
-fn three_masters_and_two_workers_move_to_the_next_minor_from_one_re_run_on_m2_with_nothing_dropped() {
+fn three_masters_and_two_workers_move_to_the_next_minor_and_hakube_from_one_re_run_on_m2_with_nothing_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let old = bundle_file(previous_bundle(), &dir.path().join("old.tar"));
-    let new = bundle_file(bundle(), &dir.path().join("new.tar"));
+    // The new bundle carries another build of hakube: every agent moves to
+    // it too, at its node's step, leaving its components running.
+    let next = another_build(dir.path());
+    let new = bundle_file_by(next.to_str().unwrap(), bundle(), &dir.path().join("new.tar"));
+    let next_sha = sha256(&next);
     let (from_v, to_v) = (version_of(previous_bundle()), version_of(bundle()));
 
     // 3 + 2 on the previous minor, every node's bundle fetched from m1's.
@@ -149,6 +176,11 @@ fn three_masters_and_two_workers_move_to_the_next_minor_from_one_re_run_on_m2_wi
     let w2_before = recorded_bundle(&w2);
     let etcd_pids = |ms: [&Host; 3]| ms.map(|m| m.state()["components"]["etcd"]["pid"].as_u64().expect("etcd runs"));
     let etcd_before = etcd_pids([&m1, &m2, &m3]);
+    let agent_pid = |h: &Host| h.state()["agent_pid"].as_u64().expect("an agent runs");
+    let agents_before: Vec<u64> = cluster.iter().map(|h| agent_pid(h)).collect();
+    for h in cluster {
+        assert_ne!(h.state()["hakube"]["sha256"], next_sha.as_str(), "{} runs the old build", h.name);
+    }
     let n = new.display().to_string();
     let started = Instant::now();
     let out = m2.hakube(&["install", "--bundle", &n]);
@@ -181,8 +213,29 @@ fn three_masters_and_two_workers_move_to_the_next_minor_from_one_re_run_on_m2_wi
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(exe, recorded_bundle(&w2).join("kubelet"), "w2's kubelet runs from the new bundle");
     assert_ne!(recorded_bundle(&w2), w2_before, "w2's bundle moved");
-    // Both bundles ship the same etcd: no member was restarted for it.
+    // Both bundles ship the same etcd: no member was restarted for it,
+    // nor for its agent's move to the new hakube (it adopted the member).
+    let handovers: String = cluster
+        .iter()
+        .map(|h| {
+            let log = std::fs::read_to_string(h.root().join("var/lib/hakube/logs/agent.log")).unwrap_or_default();
+            let said = |l: &&str| ["hand", "adopt", "predecessor", "restarting it"].iter().any(|w| l.contains(w));
+            let lines: Vec<&str> = log.lines().filter(said).collect();
+            format!("--- {}\n{}\n", h.name, lines.join("\n"))
+        })
+        .collect();
+    eprintln!("the agents' hand-overs:\n{handovers}");
     assert_eq!(etcd_pids([&m1, &m2, &m3]), etcd_before, "etcd restarted for a binary that did not change");
+    // Every agent is the new build, in the same process (it exec'd).
+    for (h, before) in cluster.iter().zip(&agents_before) {
+        let s = h.state();
+        assert_eq!(s["hakube"]["sha256"], next_sha.as_str(), "{}'s agent runs the new hakube: {s}", h.name);
+        assert_eq!(agent_pid(h), *before, "{}'s agent handed over in its own process", h.name);
+        let exe = std::fs::read_link(format!("/proc/{before}/exe")).unwrap();
+        assert_eq!(exe, recorded_bundle(h).join("hakube"), "{} runs the bundle's hakube", h.name);
+        let log = std::fs::read_to_string(h.root().join("var/lib/hakube/logs/agent.log")).unwrap_or_default();
+        assert!(log.contains("adopted, as the predecessor left it running"), "{} adopted its components", h.name);
+    }
 
     // Nothing dropped: every request through every balancer answered; the
     // pods on the workers are the same containers; the volume kept its
@@ -345,4 +398,59 @@ fn an_upgrade_outlives_its_leader_and_moves_a_worker_that_was_down_once_it_is_ba
     wait_for("four Nodes Ready on the new minor", Duration::from_secs(120), || ready_nodes(&m1) == all);
     let status = stdout(&m2.hakube(&["status"]));
     assert!(status.contains(&format!("last upgrade: to {to_v}")), "{status}");
+}
+
+#[test]
+fn an_agent_told_to_hand_over_runs_the_new_build_in_its_own_process_and_leaves_etcd_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Network::new();
+    let m1 = net.host("m1");
+    m1.install(&[]);
+    let s = m1.state();
+    let (agent, etcd) = (s["agent_pid"].as_u64().unwrap(), s["components"]["etcd"]["pid"].as_u64().unwrap());
+    let started = s["started_at"].as_u64().unwrap();
+    assert_ok(&m1.etcdctl(Some("apiserver-etcd-client"), &["put", "/kept", "across the hand-over"]), "put");
+    let usr2 = || assert_ok(&sh("kill", &["-USR2", &agent.to_string()]), "kill -USR2");
+    let installed = m1.root().join("usr/local/bin/hakube");
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    let agent_log = || std::fs::read_to_string(m1.root().join("var/lib/hakube/logs/agent.log")).unwrap_or_default();
+
+    // A binary that does not run is no successor: the agent says so and
+    // runs on as it was.
+    std::fs::write(&installed, b"#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&installed, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    usr2();
+    wait_for("the agent to refuse the broken build", Duration::from_secs(30), || {
+        agent_log().contains("not handing over: the new hakube does not run here")
+    });
+    let s = m1.state();
+    assert_eq!((s["agent_pid"].as_u64(), s["started_at"].as_u64()), (Some(agent), Some(started)), "the same agent");
+
+    // Another build: it takes over in the agent's process; etcd runs on.
+    std::fs::remove_file(&installed).unwrap();
+    std::fs::copy(another_build(dir.path()), &installed).unwrap();
+    let next_sha = sha256(&installed);
+    usr2();
+    wait_for("the new build to take over, healthy", Duration::from_secs(60), || {
+        let s = m1.state();
+        s["hakube"]["sha256"] == next_sha.as_str() && s["components"]["etcd"]["healthy"] == true
+    });
+    let s = m1.state();
+    assert_eq!(s["agent_pid"].as_u64(), Some(agent), "in the same process");
+    assert_eq!(std::fs::read_link(format!("/proc/{agent}/exe")).unwrap(), installed);
+    assert_eq!(s["components"]["etcd"]["pid"].as_u64(), Some(etcd), "etcd was adopted, not restarted");
+    assert_eq!(
+        stdout(&m1.etcdctl(Some("apiserver-etcd-client"), &["get", "/kept", "--print-value-only"])).trim(),
+        "across the hand-over"
+    );
+    // The pid file's lock never let go: no second agent can start.
+    let out = m1.hakube(&["agent"]);
+    assert!(!out.status.success(), "a second agent must not start");
+    assert!(stderr(&out).contains("another agent holds"), "{}", stderr(&out));
+    // Asked again with the same build: nothing to do.
+    usr2();
+    wait_for("the agent to see nothing to do", Duration::from_secs(30), || {
+        agent_log().contains("asked to hand over to the build this agent runs: nothing to do")
+    });
+    assert_eq!(m1.state()["components"]["etcd"]["pid"].as_u64(), Some(etcd));
 }

@@ -13,7 +13,11 @@
 //!      booted again, it rejoins as the same member and catches up;
 //!   5. restarting hakube.service leaves the node's running containers alone
 //!      (their containerd shims are not killed with the agent);
-//!   6. `hakube reset` disables and removes the unit and leaves no process.
+//!   6. a re-run of install with another build of hakube hands over: the new
+//!      build is installed in /usr/local/bin and takes over in the unit's
+//!      main process (the same pid), and etcd and containerd run on (the
+//!      same pids);
+//!   7. `hakube reset` disables and removes the unit and leaves no process.
 //!
 //! Every wait is bounded; nothing is retried. etcd's answers are read as
 //! JSON, never by splitting its text. The last line counts the results
@@ -377,6 +381,36 @@ fn restart_keeps_containers(vms: &Vms) -> Result<Check> {
     Ok(c)
 }
 
+fn hand_over_to_another_build(vms: &Vms) -> Result<Check> {
+    let mut c = Check::default();
+    let pid_of = |name: &str| vms.read("m1", &format!("pgrep -f '(^|/){name}( |$)' | head -1"));
+    let main_pid = || vms.unit("m1", "show -p MainPID --value");
+    let (agent, etcd, containerd) = (main_pid(), pid_of("etcd"), pid_of("containerd"));
+    c.expect(!etcd.is_empty() && !containerd.is_empty(), || format!("etcd {etcd:?}, containerd {containerd:?} before"));
+    // Another build: the same program with bytes appended (another digest).
+    let next = vms.on(
+        "m1",
+        SHORT,
+        "cp /usr/local/bin/hakube /root/hakube-next && printf '\\n# another build\\n' >> /root/hakube-next && \
+         sha256sum /root/hakube-next | cut -d' ' -f1",
+    )?;
+    vms.on("m1", HEALTHY_LIMIT, "/root/hakube-next install components=etcd,containerd")
+        .context("the re-run of install with another build failed")?;
+    c.equal("the unit's main pid after the hand-over", main_pid(), agent.clone());
+    c.equal("etcd's pid after the hand-over", pid_of("etcd"), etcd);
+    c.equal("containerd's pid after the hand-over", pid_of("containerd"), containerd);
+    c.equal("hakube.service", vms.unit("m1", "is-active").as_str(), "active");
+    let installed = vms.read("m1", "sha256sum /usr/local/bin/hakube | cut -d' ' -f1");
+    c.equal("the installed binary", installed.as_str(), next.as_str());
+    let runs = vms.read("m1", &format!("sha256sum /proc/{agent}/exe | cut -d' ' -f1"));
+    c.equal("the binary the agent runs", runs.as_str(), next.as_str());
+    let journal =
+        vms.read("m1", "journalctl -u hakube.service -o cat | grep -c 'adopted, as the predecessor left it running'");
+    c.equal("components adopted", journal.as_str(), "2");
+    c.expect(vms.healthy("m1"), || "m1 is not healthy after the hand-over".into());
+    Ok(c)
+}
+
 fn reset(vms: &Vms) -> Result<Check> {
     let mut c = Check::default();
     c.expect(vms.on("m3", RESET_LIMIT, "hakube reset").is_ok(), || "hakube reset failed".into());
@@ -404,6 +438,7 @@ const TESTS: &[(&str, Test)] = &[
     ("a rebooted master comes back as the same etcd member, healthy, by itself", reboot),
     ("power loss: two masters stay writable; the third rejoins as the same member", power_loss),
     ("restarting hakube.service leaves the node's running containers alone", restart_keeps_containers),
+    ("a re-run of install with another build hands over; etcd and containerd run on", hand_over_to_another_build),
     ("hakube reset disables and removes the unit and leaves no process", reset),
 ];
 

@@ -53,6 +53,9 @@ pub enum Expect {
     Unit { since: u64 },
     /// The running agent, once it has handled one more reload.
     Reloaded { pid: u32, reloads: u64 },
+    /// The running agent's process, once the build it handed over to has
+    /// started in it, from this time (unix seconds) on.
+    HandedOver { pid: u32, since: u64 },
 }
 
 /// Tells a running agent to reload, or starts one. The agent's pid is read
@@ -84,10 +87,22 @@ pub fn start(paths: &Paths, use_systemd: bool) -> Result<Expect, ControlError> {
     };
     let start_err = |reason: String| ControlError::Start { exe: exe.display().to_string(), reason };
     if use_systemd {
+        systemd::systemctl(&["daemon-reload"]).map_err(ControlError::Systemd)?;
+    }
+    // A new binary is installed: a running agent that can hand over does
+    // (SIGUSR2): the new build takes over in its process, and every
+    // component it would run the same way runs on. One that cannot (an
+    // older build) is restarted (below).
+    if let Some(pid) = running.filter(|p| new_binary && process::catches(*p, nix::sys::signal::Signal::SIGUSR2)) {
+        let since = now_secs();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGUSR2)
+            .map_err(|source| ControlError::Signal { pid, source })?;
+        return Ok(Expect::HandedOver { pid, since });
+    }
+    if use_systemd {
         // A new binary is installed and run: systemd restarts the agent
         // (the unit's KillMode=process keeps the pods). A unit file the
         // plan rewrote is read again either way.
-        systemd::systemctl(&["daemon-reload"]).map_err(ControlError::Systemd)?;
         if running.is_none() || new_binary {
             // Before the start: the agent systemd starts records its own
             // start time, which must count.
@@ -116,8 +131,9 @@ pub fn start(paths: &Paths, use_systemd: bool) -> Result<Expect, ControlError> {
 /// Stopped before anything starts: SIGTERM, then SIGKILL after the grace.
 /// Only processes run from a binary under this root's data directory (its
 /// bundles, its bin/) or the node's bundle count: a pid read from an old
-/// state may name anything by now.
-pub fn stop_leftovers(paths: &Paths) {
+/// state may name anything by now. `keep`: the pids a predecessor handed
+/// over (left running on purpose).
+pub fn stop_leftovers(paths: &Paths, keep: &[u32]) {
     let Some(previous) = State::read(&paths.state_file()) else { return };
     let mut dirs = vec![paths.data_dir()];
     if let Ok(Some(c)) = crate::config::load_installed(&paths.config_file()) {
@@ -126,6 +142,7 @@ pub fn stop_leftovers(paths: &Paths) {
     let ours = |pid: u32| {
         std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| dirs.iter().any(|d| exe.starts_with(d)))
             && pid != std::process::id()
+            && !keep.contains(&pid)
     };
     let left: Vec<(String, u32)> =
         previous.components.iter().filter_map(|(n, c)| Some((n.clone(), c.pid?))).filter(|(_, p)| ours(*p)).collect();
@@ -169,6 +186,7 @@ pub fn judge(expect: Expect, state: Option<&State>, expected: &[Component]) -> P
         Expect::Unit { since } => s.started_at >= since,
         Expect::Started(pid) => s.agent_pid == pid,
         Expect::Reloaded { pid, reloads } => s.agent_pid == pid && s.reloads > reloads,
+        Expect::HandedOver { pid, since } => s.agent_pid == pid && s.started_at >= since,
     };
     if !current {
         return Progressing::Waiting(vec!["the agent has not reported yet".into()]);
@@ -223,7 +241,9 @@ pub fn wait_healthy(
             Progressing::Waiting(p) => p,
         };
         match expect {
-            Expect::Started(pid) | Expect::Reloaded { pid, .. } if !process::alive(pid) => {
+            Expect::Started(pid) | Expect::Reloaded { pid, .. } | Expect::HandedOver { pid, .. }
+                if !process::alive(pid) =>
+            {
                 return Err(ControlError::Exited {
                     pid,
                     log: agent_log.display().to_string(),
@@ -316,6 +336,7 @@ mod tests {
             reload_error: reload_error.map(str::to_owned),
             purged: None,
             load_balancer: None,
+            hakube: None,
             components: [("etcd".to_owned(), c)].into(),
             versions: Default::default(),
         }

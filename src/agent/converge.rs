@@ -101,7 +101,7 @@ pub async fn run(
     paths: Paths,
     cfg: ClusterConfig,
     applied: std::rc::Rc<watch::Sender<i64>>,
-    reload: mpsc::UnboundedSender<()>,
+    reload: mpsc::UnboundedSender<super::Request>,
     purged: std::rc::Rc<watch::Sender<Option<String>>>,
     report: watch::Receiver<crate::cluster::heartbeat::Report>,
     mut stop: watch::Receiver<bool>,
@@ -140,19 +140,26 @@ pub async fn run(
                         // Settings first: a move of this node waits for a
                         // round that finds them applied.
                         let source = || node_api.source();
-                        if let Some(next) = upgrade.round(&paths, &cfg, found.upgrade.as_ref(), source) {
-                            let p = paths.clone();
-                            match tokio::task::spawn_blocking(move || converge(&p, &next)).await {
-                                Ok(Ok(())) => {
-                                    let _ = reload.send(());
-                                }
-                                Ok(Err(e)) => {
-                                    upgrade.not_moved();
-                                    warn!(error = %e, "upgrade: cannot move this node to the new bundle yet");
-                                }
-                                Err(e) => {
-                                    upgrade.not_moved();
-                                    warn!(error = %e, "upgrade: cannot move this node to the new bundle yet");
+                        let healthy = report.borrow().healthy;
+                        match upgrade.round(&paths, &cfg, found.upgrade.as_ref(), healthy, source) {
+                            None => {}
+                            Some(super::upgrade::Move::Agent(binary)) => {
+                                let _ = reload.send(super::Request::HandOver(binary));
+                            }
+                            Some(super::upgrade::Move::Config(next)) => {
+                                let p = paths.clone();
+                                match tokio::task::spawn_blocking(move || converge(&p, &next)).await {
+                                    Ok(Ok(())) => {
+                                        let _ = reload.send(super::Request::Reload);
+                                    }
+                                    Ok(Err(e)) => {
+                                        upgrade.not_moved();
+                                        warn!(error = %e, "upgrade: cannot move this node to the new bundle yet");
+                                    }
+                                    Err(e) => {
+                                        upgrade.not_moved();
+                                        warn!(error = %e, "upgrade: cannot move this node to the new bundle yet");
+                                    }
                                 }
                             }
                         }
@@ -169,7 +176,7 @@ pub async fn run(
                         match result {
                             Ok(()) => {
                                 converging_to = rev;
-                                let _ = reload.send(());
+                                let _ = reload.send(super::Request::Reload);
                             }
                             Err(e) => warn!(error = %e, revision = rev, "cannot converge on the cluster-wide settings"),
                         }

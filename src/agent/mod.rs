@@ -9,6 +9,7 @@
 pub mod control;
 pub mod converge;
 pub mod facts;
+pub mod handover;
 pub mod masters;
 pub mod podnet;
 pub mod probe;
@@ -19,3 +20,13 @@ pub mod unpack;
 pub mod upgrade;
 
 pub use supervisor::{fingerprint, run};
+
+/// What the node's tasks ask of the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Read the config again and apply it (what SIGHUP does).
+    Reload,
+    /// Hand over to this hakube binary ([`handover`]): an upgrade's step
+    /// for this node, once everything it runs is healthy on the new bundle.
+    HandOver(std::path::PathBuf),
+}

@@ -36,7 +36,7 @@ pub fn check_interval(c: &ClusterConfig) -> Duration {
 /// Until `stop` changes: checks, and renews what is due.
 pub async fn run(
     paths: Paths,
-    reload: mpsc::UnboundedSender<()>,
+    reload: mpsc::UnboundedSender<super::Request>,
     state: Rc<RefCell<State>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -113,7 +113,7 @@ fn check_issued(cert: &str, key: &crate::pki::Key, cn: &str, ca_pem: &str) -> Re
 async fn renew_worker(
     paths: &Paths,
     cfg: &ClusterConfig,
-    reload: &mpsc::UnboundedSender<()>,
+    reload: &mpsc::UnboundedSender<super::Request>,
     state: &Rc<RefCell<State>>,
 ) -> Result<(), String> {
     use crate::api::node::{CertificateRequest, Certificates};
@@ -159,7 +159,7 @@ async fn renew_worker(
         let _lock = crate::host::lock::lock_root(paths.root()).map_err(|e| e.to_string())?;
         crate::host::fs::apply_files(&files).map_err(|e| e.to_string())?;
     }
-    reload.send(()).map_err(|_| "the agent is stopping".to_owned())?;
+    reload.send(super::Request::Reload).map_err(|_| "the agent is stopping".to_owned())?;
     settle(state, before, cfg).await
 }
 
@@ -184,7 +184,7 @@ async fn renew(
     paths: &Paths,
     cfg: &ClusterConfig,
     due: &[String],
-    reload: &mpsc::UnboundedSender<()>,
+    reload: &mpsc::UnboundedSender<super::Request>,
     state: &Rc<RefCell<State>>,
 ) -> Result<(), String> {
     let (mut client, endpoint) =
@@ -197,7 +197,7 @@ async fn renew(
     let result = async {
         let (p, c) = (paths.clone(), cfg.clone());
         tokio::task::spawn_blocking(move || super::converge::converge(&p, &c)).await.map_err(|e| e.to_string())??;
-        reload.send(()).map_err(|_| "the agent is stopping".to_owned())?;
+        reload.send(super::Request::Reload).map_err(|_| "the agent is stopping".to_owned())?;
         settle(state, before, cfg).await
     }
     .await;

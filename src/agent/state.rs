@@ -57,6 +57,9 @@ pub struct State {
     /// what runs is each component's `version`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub versions: BTreeMap<String, String>,
+    /// The hakube build the agent runs (known a moment after it starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hakube: Option<crate::cluster::upgrade::Build>,
     /// The node-local load balancer, where it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<crate::lb::Status>,
@@ -78,7 +81,7 @@ impl State {
             && self.purged.is_none()
             && self.components.values().all(|s| s.phase == Phase::Running && s.healthy);
         let versions = self.components.iter().filter_map(|(n, s)| Some((n.clone(), s.version.clone()?))).collect();
-        crate::cluster::heartbeat::Report { versions, healthy }
+        crate::cluster::heartbeat::Report { versions, healthy, hakube: self.hakube.clone() }
     }
 
     pub fn read(path: &Path) -> Option<State> {

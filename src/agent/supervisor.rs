@@ -12,8 +12,10 @@ use tokio::time::{sleep, timeout, Instant};
 use tracing::{info, warn};
 
 use super::facts::{self, VersionCache};
+use super::handover::{Adopted, Handover, Kept};
 use super::probe::Prober;
 use super::state::{ComponentState, Phase, State};
+use super::Request;
 use crate::config::{self, ClusterConfig, Component};
 use crate::host::clock::now_secs;
 use crate::host::fs::{apply_files, write_atomic, FileSpec};
@@ -63,6 +65,20 @@ pub fn fingerprint(spec: &ComponentSpec) -> String {
         ctx.update(b"\0");
     }
     crate::pki::hex(&ctx.finish().as_ref()[..12])
+}
+
+/// Whether `binary` is another build than this agent's (or cannot be
+/// told apart: then it is taken for one).
+fn another_build(binary: &std::path::Path) -> bool {
+    let Some(running) = crate::cluster::upgrade::running() else { return true };
+    crate::runtime::images::sha256_file(binary).map_or(true, |sha| sha != running.sha256)
+}
+
+/// Digest of everything a launch says (its binary included): a component
+/// left running by a predecessor is adopted only when this matches.
+fn launch_digest(binary: &std::path::Path, launch: &Launch) -> String {
+    let text = format!("{binary:?}\0{launch:?}");
+    crate::pki::hex(&ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref()[..16])
 }
 
 /// What a component waits for before it starts: the API server for its
@@ -193,10 +209,14 @@ fn healthy(state: &Shared, comp: Component) -> bool {
 
 /// Starts the node-local load balancer over the masters this node knows
 /// (re-read as the agent keeps them current).
-fn start_lb(paths: &Paths, cfg: &ClusterConfig) -> std::io::Result<crate::lb::Handle> {
+fn start_lb(
+    paths: &Paths,
+    cfg: &ClusterConfig,
+    inherited: Option<std::net::TcpListener>,
+) -> std::io::Result<crate::lb::Handle> {
     let (p, c) = (paths.clone(), cfg.clone());
     let port = cfg.node.api_server_port;
-    crate::lb::spawn(crate::lb::Options::new(paths, cfg), move || {
+    let targets = move || {
         super::masters::read(&p, &c)
             .into_iter()
             .map(|m| crate::lb::Target {
@@ -204,18 +224,25 @@ fn start_lb(paths: &Paths, cfg: &ClusterConfig) -> std::io::Result<crate::lb::Ha
                 addr: std::net::SocketAddr::new(m.address, port),
             })
             .collect()
-    })
+    };
+    crate::lb::spawn_with(crate::lb::Options::new(paths, cfg), targets, inherited)
 }
 
-/// The agent's signals: stop (SIGTERM, SIGINT) and reload (SIGHUP).
+/// The agent's signals: stop (SIGTERM, SIGINT), reload (SIGHUP), and
+/// hand over to the installed binary (SIGUSR2, as `install` sends when it
+/// installed another build).
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
-/// Runs the agent until SIGTERM/SIGINT.
-pub async fn run(paths: Paths) -> anyhow::Result<()> {
+/// Runs the agent until SIGTERM/SIGINT, or until it hands over to another
+/// hakube build (then this process is that build's agent, and this never
+/// returns). `handed`: what a predecessor left, when this agent is one's
+/// successor ([`super::handover`]).
+pub async fn run(paths: Paths, handed: Option<Handover>) -> anyhow::Result<()> {
     use anyhow::Context as _;
     // Signal handlers first: a SIGHUP from an install that finds the pid
     // file must never meet the default action (death).
@@ -223,15 +250,49 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
         int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
         hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        usr2: signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?,
     };
-    let _pid = PidFile::acquire(&paths.agent_pid_file())
-        .with_context(|| format!("cannot start the agent for root {}", paths.root().display()))?;
+    // Blocked when a predecessor handed over: one sent during its exec is
+    // delivered now, to these handlers.
+    super::handover::unblock_signals();
+    let pid_file = match &handed {
+        Some(h) => PidFile::inherit(&paths.agent_pid_file(), h.lock_fd),
+        None => PidFile::acquire(&paths.agent_pid_file()),
+    }
+    .with_context(|| format!("cannot start the agent for root {}", paths.root().display()))?;
     let cfg = load(&paths)?;
-    info!(root = %paths.root().display(), node = %cfg.node.name, "agent starting");
+    let handed = handed.unwrap_or_default();
+    let lb_socket = handed.lb_fd.and_then(super::handover::listener);
+    if handed.lock_fd > 0 {
+        info!(root = %paths.root().display(), node = %cfg.node.name, left_running = ?handed.components.keys().collect::<Vec<_>>(), "agent starting, taking over from its predecessor");
+    } else {
+        info!(root = %paths.root().display(), node = %cfg.node.name, "agent starting");
+    }
     let p = paths.clone();
-    let _ = tokio::task::spawn_blocking(move || super::control::stop_leftovers(&p)).await;
-    let state: Shared =
-        Rc::new(RefCell::new(State { agent_pid: std::process::id(), started_at: now_secs(), ..State::default() }));
+    let keep: Vec<u32> = handed.components.values().map(|k| k.pid).collect();
+    let _ = tokio::task::spawn_blocking(move || super::control::stop_leftovers(&p, &keep)).await;
+    let build = tokio::task::spawn_blocking(crate::cluster::upgrade::Build::of_this_process).await;
+    let hakube = match build {
+        Ok(Ok(b)) => {
+            crate::cluster::upgrade::set_running(b.clone());
+            Some(b)
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot tell which hakube build this is: an upgrade will not move this agent");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot tell which hakube build this is: an upgrade will not move this agent");
+            None
+        }
+    };
+    let state: Shared = Rc::new(RefCell::new(State {
+        agent_pid: std::process::id(),
+        started_at: now_secs(),
+        hakube,
+        reloads: handed.reloads,
+        ..State::default()
+    }));
     let (agent_stop, _) = watch::channel(false);
     let agent = Agent {
         paths,
@@ -246,6 +307,9 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         purged: Rc::new(watch::channel(None::<String>).0),
         report: Rc::new(watch::channel(Default::default()).0),
         reload: tokio::sync::mpsc::unbounded_channel(),
+        kept: handed.components,
+        lb_socket,
+        pid_file: Some(pid_file),
     };
     tokio::task::LocalSet::new().run_until(agent.main(signals)).await;
     Ok(())
@@ -279,23 +343,38 @@ struct Agent {
     purged: Rc<watch::Sender<Option<String>>>,
     /// What the heartbeat says of the node, from `state` as it is written.
     report: Rc<watch::Sender<crate::cluster::heartbeat::Report>>,
-    /// Reloads asked for by [`super::converge`].
-    reload: (tokio::sync::mpsc::UnboundedSender<()>, tokio::sync::mpsc::UnboundedReceiver<()>),
+    /// Reloads and hand-overs asked for by the node's tasks.
+    reload: (tokio::sync::mpsc::UnboundedSender<Request>, tokio::sync::mpsc::UnboundedReceiver<Request>),
+    /// Components a predecessor left running, until adopted or stopped.
+    kept: BTreeMap<String, Kept>,
+    /// The balancer's socket a predecessor handed over.
+    lb_socket: Option<std::net::TcpListener>,
+    /// Held for as long as the agent runs (kept across a hand-over).
+    pid_file: Option<PidFile>,
 }
 
 impl Agent {
     /// The agent's life: start, then one event at a time until told to stop.
     async fn main(mut self, mut signals: Signals) {
         self.spawn_state_writer();
+        // A balancer socket handed over has clients waiting in its queue:
+        // accept them before anything else (the question to the other
+        // masters below may take seconds).
+        if self.lb_socket.is_some() && self.cfg.runs_local_lb() {
+            self.start_lb();
+        }
         // A node the cluster purged runs nothing until it is reset.
         let purged_before = self.catch_up().await;
         // The node-local load balancer, before anything that uses it
         // (kubelet), for as long as the agent runs.
-        if purged_before.is_none() && self.cfg.runs_local_lb() {
+        if purged_before.is_none() && self.cfg.runs_local_lb() && self.lb.is_none() {
             self.start_lb();
         }
         if let Some(msg) = &purged_before {
             warn!("{}", msg.trim());
+            if let Some(h) = self.lb.take() {
+                h.stop();
+            }
             self.state.borrow_mut().purged = Some(msg.trim().to_owned());
             self.dirty.notify_one();
         } else {
@@ -303,6 +382,7 @@ impl Agent {
                 self.start(comp, launch);
             }
         }
+        self.stop_unadopted();
         spawn_log_rotation(self.paths.log_dir());
         // Renewal reloads the agent, which restarts the node's tasks: it
         // lives beside them, as long as the agent.
@@ -321,26 +401,110 @@ impl Agent {
         let election = self.spawn_election(view_tx);
         let mut purged_rx = self.purged.subscribe();
         let mut stop_tx = if purged_before.is_some() { watch::channel(false).0 } else { self.node_tasks(&view_rx) };
-        loop {
-            tokio::select! {
-                _ = signals.term.recv() => break,
-                _ = signals.int.recv() => break,
+        let successor = loop {
+            let asked = tokio::select! {
+                _ = signals.term.recv() => break None,
+                _ = signals.int.recv() => break None,
                 _ = purged_rx.changed() => {
                     let Some(msg) = purged_rx.borrow_and_update().clone() else { continue };
                     let _ = stop_tx.send(true);
                     self.on_purged(msg);
+                    continue;
                 }
-                _ = async { tokio::select! { _ = signals.hup.recv() => {}, _ = self.reload.1.recv() => {} } } => {
-                    if self.state.borrow().purged.is_some() {
-                        warn!("this node was purged: a reload changes nothing until it is reset");
-                        continue;
+                _ = signals.hup.recv() => Request::Reload,
+                _ = signals.usr2.recv() => Request::HandOver(self.paths.installed_binary()),
+                r = self.reload.1.recv() => r.unwrap_or(Request::Reload),
+            };
+            if self.state.borrow().purged.is_some() {
+                warn!("this node was purged: a reload changes nothing until it is reset");
+                continue;
+            }
+            match asked {
+                Request::Reload => self.reload_config(&mut stop_tx, &view_rx),
+                Request::HandOver(binary) if !another_build(&binary) => {
+                    info!(binary = %binary.display(), "asked to hand over to the build this agent runs: nothing to do");
+                }
+                Request::HandOver(binary) => {
+                    let b = binary.clone();
+                    match tokio::task::spawn_blocking(move || super::handover::runs(&b)).await {
+                        Ok(Ok(version)) => {
+                            info!(%version, "the new hakube runs here");
+                            break Some(binary);
+                        }
+                        Ok(Err(e)) => warn!(error = %e, "not handing over: the new hakube does not run here"),
+                        Err(e) => warn!(error = %e, "not handing over"),
                     }
-                    self.reload_config(&mut stop_tx, &view_rx);
+                }
+            }
+        };
+        let _ = stop_tx.send(true);
+        match successor {
+            Some(binary) => self.hand_over(election, &binary).await,
+            None => self.stop(election).await,
+        }
+    }
+
+    /// Hands the node over to the hakube `binary`, in this process: resigns
+    /// what it leads, leaves every component running, lets the balancer
+    /// finish what it relays, and `exec`s the binary with what it needs to
+    /// take over ([`super::handover`]). Nothing is dropped on the way (a
+    /// dropped child would be killed): this returns only if the exec
+    /// failed, and then the process ends.
+    async fn hand_over(mut self, election: Option<tokio::task::JoinHandle<()>>, binary: &std::path::Path) {
+        info!(binary = %binary.display(), "handing over to the new hakube: the components keep running");
+        self.agent_stop.send_replace(true);
+        if let Some(e) = election {
+            let _ = timeout(Duration::from_secs(6), e).await;
+        }
+        // From here on nothing awaits: no supervised process is restarted
+        // behind the record made of them.
+        let mut components = BTreeMap::new();
+        for (comp, (tx, _)) in &self.senders {
+            let Some(launch) = tx.borrow().clone() else { continue };
+            let st = self.state.borrow();
+            let Some(pid) = st.components.get(comp.name()).and_then(|c| c.pid) else { continue };
+            let Ok(running) = std::fs::read_link(format!("/proc/{pid}/exe")) else { continue };
+            let digest = launch_digest(&running, &launch);
+            components
+                .insert(comp.name().to_owned(), Kept { pid, launch: digest, binary: running, bundle: launch.bundle });
+        }
+        let lb_fd = self.lb.take().and_then(|h| h.hand_over(crate::lb::HAND_OVER_DRAIN)).and_then(|l| {
+            let kept = super::handover::keep_open(&l).map(|()| std::os::fd::IntoRawFd::into_raw_fd(l));
+            kept.map_err(|e| warn!(error = %e, "cannot keep the balancer's socket for the successor")).ok()
+        });
+        let lock_fd = match self.pid_file.take().map(PidFile::keep_across_exec) {
+            Some(Ok(fd)) => fd,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot keep the pid file locked across the hand-over: the agent exits");
+                std::process::exit(1);
+            }
+            None => unreachable!("the pid file is held while the agent runs"),
+        };
+        let reloads = self.state.borrow().reloads;
+        let handover = Handover { lock_fd, lb_fd, components, reloads };
+        let json = serde_json::to_vec_pretty(&*self.state.borrow()).expect("state serializes");
+        let _ = write_atomic(&self.paths.state_file(), &json, 0o644);
+        let e = super::handover::exec(&self.paths, binary, &handover);
+        tracing::error!(error = %e, binary = %binary.display(), "cannot run the new hakube: this agent starts again");
+        let e = super::handover::exec_as(std::path::Path::new("/proc/self/exe"), &handover);
+        tracing::error!(error = %e, "cannot start this agent again: exiting");
+        std::process::exit(1);
+    }
+
+    /// Components the predecessor left that this agent does not run (its
+    /// node purged, or the component no longer wanted): stopped.
+    fn stop_unadopted(&mut self) {
+        for (name, k) in std::mem::take(&mut self.kept) {
+            match Adopted::new(&k) {
+                Ok(mut a) => {
+                    info!(component = %name, pid = k.pid, "left running by the predecessor and not run now: stopping it");
+                    tokio::task::spawn_local(async move { a.stop(STOP_GRACE).await });
+                }
+                Err(e) => {
+                    warn!(component = %name, pid = k.pid, error = %e, "left running by the predecessor: not found")
                 }
             }
         }
-        let _ = stop_tx.send(true);
-        self.stop(election).await;
     }
 
     /// One atomic write of `state.json` per burst of changes.
@@ -391,7 +555,7 @@ impl Agent {
     /// Starts the node-local load balancer and mirrors its status into
     /// `state.json`.
     fn start_lb(&mut self) {
-        match start_lb(&self.paths, &self.cfg) {
+        match start_lb(&self.paths, &self.cfg, self.lb_socket.take()) {
             Ok(h) => {
                 let (state, dirty, mut rx) = (self.state.clone(), self.dirty.clone(), h.status.clone());
                 tokio::task::spawn_local(async move {
@@ -421,8 +585,13 @@ impl Agent {
         launches(&self.paths, &self.cfg, &facts, &problems)
     }
 
-    /// Supervises one more component.
+    /// Supervises one more component: the process a predecessor left
+    /// running for it when that runs as this launch says, else a new one.
     fn start(&mut self, comp: Component, launch: Launch) {
+        let (left, launch) = match self.kept.remove(comp.name()) {
+            Some(k) => self.adopt(comp, launch, k),
+            None => (None, launch),
+        };
         let (tx, rx) = watch::channel(Some(launch));
         let runner = Processes { paths: self.paths.clone() };
         let task = tokio::task::spawn_local(supervise(
@@ -432,8 +601,44 @@ impl Agent {
             self.state.clone(),
             self.dirty.clone(),
             runner,
+            left,
         ));
         self.senders.insert(comp, (tx, task));
+    }
+
+    /// What becomes of the process a predecessor left for `comp`, and the
+    /// launch to supervise: `launch`, or, for an etcd member the
+    /// predecessor kept on an older bundle's identical binary
+    /// ([`keep_identical_etcd`]), the same on that bundle.
+    fn adopt(&self, comp: Component, launch: Launch, k: Kept) -> (Option<Left<Proc>>, Launch) {
+        let adopted = match Adopted::new(&k) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(component = %comp, pid = k.pid, error = %e, "left running by the predecessor: not adopted");
+                return (None, launch);
+            }
+        };
+        let mut candidates = vec![launch.clone()];
+        if let (Component::Etcd, Some(kept), Some(wanted)) = (comp, &k.bundle, &launch.bundle) {
+            if kept != wanted && same_member(kept, wanted, comp.name()) {
+                candidates.push(Launch { bundle: Some(kept.clone()), ..launch.clone() });
+            }
+        }
+        let runs_as = |l: &Launch| {
+            let binary =
+                find_binary(&self.paths, l.bundle.as_deref(), comp.name()).and_then(|b| std::fs::canonicalize(b).ok());
+            binary.as_ref() == Some(&k.binary) && launch_digest(&k.binary, l) == k.launch
+        };
+        match candidates.into_iter().find(runs_as) {
+            Some(same) => {
+                info!(component = %comp, pid = k.pid, "adopted, as the predecessor left it running");
+                (Some(Left::Adopt(Proc::Adopted(adopted))), same)
+            }
+            None => {
+                info!(component = %comp, pid = k.pid, "this build runs it differently: restarting it");
+                (Some(Left::Replace(Proc::Adopted(adopted))), launch)
+            }
+        }
     }
 
     /// A master's part in the election, fit to lead while its
@@ -645,27 +850,51 @@ struct Processes {
     paths: Paths,
 }
 
+/// A real process: started by this agent, or left running by its
+/// predecessor and adopted.
+enum Proc {
+    Spawned(tokio::process::Child),
+    Adopted(Adopted),
+}
+
+/// The process a predecessor left running for a component.
+enum Left<C> {
+    /// It runs as it should: supervised as it is.
+    Adopt(C),
+    /// It runs otherwise: stopped before the new one starts.
+    Replace(C),
+}
+
 impl Runner for Processes {
-    type Child = tokio::process::Child;
+    type Child = Proc;
     fn start(&self, binary: &std::path::Path, args: &[String], comp: Component) -> std::io::Result<Self::Child> {
-        spawn(binary, args, &self.paths, comp)
+        spawn(binary, args, &self.paths, comp).map(Proc::Spawned)
     }
 }
 
-impl Running for tokio::process::Child {
+impl Running for Proc {
     fn pid(&self) -> Option<u32> {
-        self.id()
+        match self {
+            Proc::Spawned(c) => c.id(),
+            Proc::Adopted(a) => Some(a.pid()),
+        }
     }
 
     async fn exited(&mut self) -> String {
-        match self.wait().await {
-            Ok(s) => s.to_string(),
-            Err(e) => e.to_string(),
+        match self {
+            Proc::Spawned(c) => match c.wait().await {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            },
+            Proc::Adopted(a) => a.exited().await,
         }
     }
 
     async fn stop(&mut self) {
-        stop(self).await
+        match self {
+            Proc::Spawned(c) => stop(c).await,
+            Proc::Adopted(a) => a.stop(STOP_GRACE).await,
+        }
     }
 }
 
@@ -677,8 +906,17 @@ async fn supervise<R: Runner>(
     state: Shared,
     dirty: Rc<Notify>,
     runner: R,
+    left: Option<Left<R::Child>>,
 ) {
     let mut backoff = BACKOFF_START;
+    let mut adopted = match left {
+        Some(Left::Adopt(c)) => Some(c),
+        Some(Left::Replace(mut c)) => {
+            c.stop().await;
+            None
+        }
+        None => None,
+    };
     loop {
         let Some(launch) = rx.borrow_and_update().clone() else {
             update(&state, &dirty, comp, |s| {
@@ -691,74 +929,73 @@ async fn supervise<R: Runner>(
             }
             continue;
         };
-        let binary = find_binary(&paths, launch.bundle.as_deref(), comp.name());
-        let refusal = launch.refused.clone().or_else(|| {
-            binary.is_none().then(|| {
-                let bundle = launch.bundle.as_ref().map(|b| format!("{}, ", b.display())).unwrap_or_default();
-                format!("no {comp} binary in {}, {bundle}or PATH", paths.bin_dir().display())
-            })
-        });
-        if let Some(msg) = refusal {
-            update(&state, &dirty, comp, |s| {
-                s.phase = Phase::Failed;
-                s.healthy = false;
-                s.message = Some(msg.clone());
-            });
-            // Look again later: the binary may be installed meanwhile.
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { return },
-                _ = sleep(BACKOFF_MAX) => {}
-            }
-            continue;
-        }
-        let binary = binary.expect("checked above");
-        // Dependencies first (a restart waits too: an API server is no use
-        // without its etcd).
-        let mut waiting_noted = false;
-        while let Some(dep) = launch.after.iter().find(|d| !healthy(&state, **d)) {
-            if !waiting_noted {
-                let msg = format!("waiting for {dep} to be healthy");
-                update(&state, &dirty, comp, |s| {
-                    s.phase = Phase::Starting;
-                    s.healthy = false;
-                    s.message = Some(msg);
-                });
-                waiting_noted = true;
-            }
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { return } else { break },
-                _ = sleep(Duration::from_millis(200)) => {}
-            }
-        }
-        if rx.has_changed().unwrap_or(true) {
-            continue;
-        }
-        let prepared = apply_files(&launch.files)
-            .map_err(|e| format!("cannot write its config: {e}"))
-            .and_then(|_| launch.cgroup.as_deref().map(crate::host::cgroups::ensure).unwrap_or(Ok(())));
-        if let Err(msg) = prepared {
-            warn!(component = %comp, error = %msg);
-            update(&state, &dirty, comp, |s| {
-                s.phase = Phase::Backoff;
-                s.message = Some(msg.clone());
-            });
-            sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            continue;
-        }
         let started = Instant::now();
-        let mut child = match runner.start(&binary, &launch.args, comp) {
-            Ok(c) => c,
-            Err(e) => {
-                let msg = format!("cannot start {}: {e}", binary.display());
-                warn!(component = %comp, error = %msg);
+        // A process the predecessor left running as this launch says
+        // runs on: no dependency to wait for, nothing to write.
+        let mut child = if let Some(c) = adopted.take() {
+            c
+        } else {
+            let binary = find_binary(&paths, launch.bundle.as_deref(), comp.name());
+            let refusal = launch.refused.clone().or_else(|| {
+                binary.is_none().then(|| {
+                    let bundle = launch.bundle.as_ref().map(|b| format!("{}, ", b.display())).unwrap_or_default();
+                    format!("no {comp} binary in {}, {bundle}or PATH", paths.bin_dir().display())
+                })
+            });
+            if let Some(msg) = refusal {
                 update(&state, &dirty, comp, |s| {
-                    s.phase = Phase::Backoff;
+                    s.phase = Phase::Failed;
+                    s.healthy = false;
                     s.message = Some(msg.clone());
                 });
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                // Look again later: the binary may be installed meanwhile.
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    _ = sleep(BACKOFF_MAX) => {}
+                }
                 continue;
+            }
+            let binary = binary.expect("checked above");
+            // Dependencies first (a restart waits too: an API server is no use
+            // without its etcd).
+            let mut waiting_noted = false;
+            while let Some(dep) = launch.after.iter().find(|d| !healthy(&state, **d)) {
+                if !waiting_noted {
+                    let msg = format!("waiting for {dep} to be healthy");
+                    update(&state, &dirty, comp, |s| {
+                        s.phase = Phase::Starting;
+                        s.healthy = false;
+                        s.message = Some(msg);
+                    });
+                    waiting_noted = true;
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return } else { break },
+                    _ = sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            if rx.has_changed().unwrap_or(true) {
+                continue;
+            }
+            let started = apply_files(&launch.files)
+                .map_err(|e| format!("cannot write its config: {e}"))
+                .and_then(|_| launch.cgroup.as_deref().map(crate::host::cgroups::ensure).unwrap_or(Ok(())))
+                .and_then(|()| {
+                    let started = runner.start(&binary, &launch.args, comp);
+                    started.map_err(|e| format!("cannot start {}: {e}", binary.display()))
+                });
+            match started {
+                Ok(c) => c,
+                Err(msg) => {
+                    warn!(component = %comp, error = %msg);
+                    update(&state, &dirty, comp, |s| {
+                        s.phase = Phase::Backoff;
+                        s.message = Some(msg.clone());
+                    });
+                    sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
             }
         };
         let pid = child.pid();

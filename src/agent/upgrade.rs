@@ -6,6 +6,10 @@
 //! too) from the new bundle, by rewriting `node.controlPlaneBundle` or
 //! `node.bundle` in this host's `cluster.yaml` and reloading. What is
 //! written there stays: an agent that restarts mid-way runs what it ran.
+//! Last, once all it runs is healthy on the new bundle, the agent hands
+//! over to the bundle's hakube when that is another build
+//! ([`super::handover`]); an agent that restarts before it did, does it
+//! then.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::cluster::upgrade::record::Upgrade;
+use crate::cluster::upgrade::Build;
 use crate::config::{ClusterConfig, HostPort, NodeSpec};
 use crate::host::paths::Paths;
 use crate::https::{self, Limits, Request};
@@ -36,6 +41,25 @@ pub fn wanted(node: &NodeSpec, up: &Upgrade, dir: &Path) -> Option<NodeSpec> {
     (next != *node).then_some(next)
 }
 
+/// The hakube binary in `dir` (an unpacked bundle) when an agent running
+/// `running` moves to it: the build the upgrade names, which the bundle
+/// carries, and another than `running`, not older (pure but for reading
+/// the bundle's manifest).
+pub fn successor(dir: &Path, running: &Build, target: &Build) -> Option<PathBuf> {
+    let m = crate::bundle::Manifest::of_dir(dir)?;
+    let carried = Build { version: m.hakube_version.clone(), sha256: m.sha256_of("hakube")?.to_owned() };
+    (carried == *target && running.moves_to(target)).then(|| dir.join("hakube"))
+}
+
+/// What a round asks of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Move {
+    /// Converge on this config (its bundles moved) and reload.
+    Config(Box<ClusterConfig>),
+    /// Hand the agent over to this hakube binary.
+    Agent(PathBuf),
+}
+
 /// Follows the upgrade record across the rounds of [`super::converge`]:
 /// the fetch of the bundle runs on its own task, so the round (and a
 /// worker's heartbeat) goes on meanwhile.
@@ -47,6 +71,9 @@ pub struct Follower {
     /// The node's settings it last moved to: until the reload that
     /// follows restarts this task, the round does not move it again.
     moved: Option<NodeSpec>,
+    /// The hakube it asked the agent to hand over to (once per agent: a
+    /// hand-over that did not happen is in the agent's log).
+    handed: Option<PathBuf>,
 }
 
 /// What a fetch needs of the node's identity: its TLS client config and
@@ -59,19 +86,34 @@ pub struct Source {
 const RETRY: Duration = Duration::from_secs(10);
 
 impl Follower {
-    /// One round: the node's config to converge on when it must move now
-    /// (its bundle is here). Starts the fetch when the bundle is missing.
+    /// One round: the move to make now (the bundle is here), if any;
+    /// `healthy` is whether all the node runs is. Starts the fetch when
+    /// the bundle is missing.
     pub fn round(
         &mut self,
         paths: &Paths,
         cfg: &ClusterConfig,
         up: Option<&Upgrade>,
+        healthy: bool,
         source: impl FnOnce() -> Result<Source, String>,
-    ) -> Option<ClusterConfig> {
+    ) -> Option<Move> {
         let up = up?;
         let dir = paths.bundles_dir().join(&up.bundle);
         if dir.join(crate::bundle::MANIFEST).is_file() {
-            let node = wanted(&cfg.node, up, &dir)?;
+            let Some(node) = wanted(&cfg.node, up, &dir) else {
+                // Moved: the agent itself last, on a healthy node.
+                let moved = up.told(cfg.node.name.as_str()).1 && cfg.node.bundle.as_deref() == Some(&*dir);
+                let (Some(running), Some(target)) = (crate::cluster::upgrade::running(), up.hakube.as_ref()) else {
+                    return None;
+                };
+                let next = successor(&dir, running, target).filter(|_| moved && healthy)?;
+                if self.handed.as_ref() == Some(&next) {
+                    return None;
+                }
+                self.handed = Some(next.clone());
+                info!(hakube = %target.short(), "upgrade: this node's agent moves to the bundle's hakube");
+                return Some(Move::Agent(next));
+            };
             if self.moved.as_ref() == Some(&node) {
                 return None;
             }
@@ -79,7 +121,7 @@ impl Follower {
             info!(bundle = %up.bundle, version = %up.version, "upgrade: this node moves to the new bundle");
             let mut next = cfg.clone();
             next.node = node;
-            return Some(next);
+            return Some(Move::Config(Box::new(next)));
         }
         // Fetched already (a finished task) or still fetching.
         if let Some((id, task)) = &mut self.fetch {
@@ -232,6 +274,38 @@ mod tests {
         assert_eq!(wanted(&m1, &up, dir), None);
         let w1 = wanted(&w1, &up, dir).expect("a worker moves once told");
         assert_eq!((w1.bundle.as_deref(), w1.control_plane_bundle.as_deref()), (Some(dir), None));
+    }
+
+    #[test]
+    fn the_agent_moves_to_the_bundles_hakube_only_when_the_upgrade_names_it_and_it_is_another_build() {
+        use crate::bundle::{Kind, Manifest, Member, MANIFEST};
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = |hakube: Option<&str>| Manifest {
+            format: 1,
+            hakube_version: "0.1.0".into(),
+            kubernetes_version: "v1.37.2".into(),
+            arch: "amd64".into(),
+            members: hakube
+                .map(|sha| Member {
+                    name: "hakube".into(),
+                    size: 1,
+                    sha256: sha.into(),
+                    kind: Kind::Binary,
+                    mode: 0o755,
+                })
+                .into_iter()
+                .collect(),
+        };
+        let write = |m: Manifest| std::fs::write(dir.path().join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        let b = |sha: &str| Build { version: "0.1.0".into(), sha256: sha.into() };
+        write(manifest(Some("new")));
+        assert_eq!(successor(dir.path(), &b("old"), &b("new")), Some(dir.path().join("hakube")));
+        assert_eq!(successor(dir.path(), &b("new"), &b("new")), None, "it runs that build already");
+        assert_eq!(successor(dir.path(), &b("old"), &b("other")), None, "not the build the upgrade names");
+        let newer = Build { version: "0.2.0".into(), sha256: "mine".into() };
+        assert_eq!(successor(dir.path(), &newer, &b("new")), None, "never an older hakube");
+        write(manifest(None));
+        assert_eq!(successor(dir.path(), &b("old"), &b("new")), None, "a bundle without hakube");
     }
 
     #[test]

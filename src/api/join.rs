@@ -327,6 +327,7 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
         settings_revision: 0,
         clock_offset_ms: None,
         versions: Default::default(),
+        hakube: None,
         healthy: None,
     };
     // The check above was a read; the claim is the compare-and-swap that

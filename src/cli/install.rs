@@ -230,7 +230,7 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         // An agent that died outright may have left components running,
         // holding their ports: the next agent stops them, and so do we,
         // before the ports are checked.
-        control::stop_leftovers(paths);
+        control::stop_leftovers(paths, &[]);
     }
     progress.phase("preflight checks", || {
         let mut ignored = preflight::enforce(paths, &c, &req.ignore_preflight_errors)?;

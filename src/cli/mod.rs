@@ -529,10 +529,15 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Agent => {
+            // While the process has one thread: what a predecessor handed
+            // over is taken from the environment.
+            let handed = crate::agent::handover::take().transpose().map_err(anyhow::Error::msg)?;
             // Before the runtime starts threads: a mount namespace is the
-            // unsharing thread's.
-            crate::host::mountns::isolate(&paths)?;
-            runtime()?.block_on(crate::agent::run(paths))?;
+            // unsharing thread's. A successor is in its predecessor's.
+            if handed.is_none() {
+                crate::host::mountns::isolate(&paths)?;
+            }
+            runtime()?.block_on(crate::agent::run(paths, handed))?;
             Ok(0)
         }
         Command::Config(ConfigCommand::Print) => {

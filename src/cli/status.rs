@@ -359,6 +359,24 @@ fn cluster_versions(nodes: &[crate::cluster::registry::NodeRecord]) -> Option<St
     }
 }
 
+/// The hakube builds the agents run, in one line as [`cluster_versions`]
+/// says Kubernetes' (two builds of one version differ by their digest).
+fn cluster_builds(nodes: &[crate::cluster::registry::NodeRecord]) -> Option<String> {
+    let mut by_build: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for n in nodes {
+        if let Some(b) = &n.hakube {
+            by_build.entry(b.short()).or_default().push(n.name.as_str());
+        }
+    }
+    match by_build.len() {
+        0 => None,
+        1 => by_build.keys().next().map(|b| format!("{b} on every node that reports it")),
+        _ => Some(
+            by_build.iter().map(|(b, names)| format!("{b} on {}", names.join(", "))).collect::<Vec<_>>().join("; "),
+        ),
+    }
+}
+
 pub fn render(r: &Report) -> String {
     let mut out = format!(
         "node {} (root {})\nagent: {}\n",
@@ -459,6 +477,9 @@ pub fn render(r: &Report) -> String {
         if let Some(line) = cluster_versions(&cl.nodes) {
             out.push_str(&format!("  kubernetes: {line}\n"));
         }
+        if let Some(line) = cluster_builds(&cl.nodes) {
+            out.push_str(&format!("  hakube: {line}\n"));
+        }
         if let Some(up) = &cl.upgrade {
             out.push_str(&upgrade_lines(up));
         }
@@ -558,6 +579,7 @@ mod tests {
             settings_revision: 0,
             clock_offset_ms: None,
             versions: pairs.iter().map(|(c, v)| (c.to_string(), v.to_string())).collect(),
+            hakube: None,
             healthy: None,
         };
         assert_eq!(cluster_versions(&[node("m1", &[])]), None);
@@ -568,6 +590,20 @@ mod tests {
             node("w1", &[("kubelet", "v1.36.3")]),
         ];
         assert_eq!(cluster_versions(&mixed).unwrap(), "v1.36.3 (m1, w1), v1.37.2 (m1)");
+        let build = |sha: &str| crate::cluster::upgrade::Build { version: "0.1.0".into(), sha256: sha.into() };
+        let built = |name: &str, sha: Option<&str>| crate::cluster::registry::NodeRecord {
+            hakube: sha.map(build),
+            ..node(name, &[])
+        };
+        assert_eq!(cluster_builds(&[built("m1", None)]), None);
+        assert_eq!(
+            cluster_builds(&[built("m1", Some("0123456789abcdef")), built("w1", Some("0123456789abcdef"))]).unwrap(),
+            "0.1.0 (0123456789ab) on every node that reports it"
+        );
+        assert_eq!(
+            cluster_builds(&[built("m1", Some("aaaa")), built("m2", Some("bbbb")), built("w1", Some("aaaa"))]).unwrap(),
+            "0.1.0 (aaaa) on m1, w1; 0.1.0 (bbbb) on m2"
+        );
     }
 
     #[test]

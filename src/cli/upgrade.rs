@@ -24,6 +24,8 @@ pub struct Target {
     pub dir: PathBuf,
     pub id: String,
     pub version: KubeVersion,
+    /// The hakube build it carries.
+    pub hakube: Option<crate::cluster::upgrade::Build>,
 }
 
 /// Whether `wanted` (the bundle this re-run names, unpacked) is another
@@ -44,7 +46,10 @@ pub fn target(installed: &ClusterConfig, wanted: Option<&Path>) -> anyhow::Resul
         format!("{}: its Kubernetes version {:?} is unreadable", file.display(), m.kubernetes_version)
     })?;
     let id = crate::bundle::Manifest::id(&bytes);
-    Ok(Some(Target { dir: dir.to_owned(), id, version }))
+    let hakube = m
+        .sha256_of("hakube")
+        .map(|sha256| crate::cluster::upgrade::Build { version: m.hakube_version.clone(), sha256: sha256.to_owned() });
+    Ok(Some(Target { dir: dir.to_owned(), id, version, hakube }))
 }
 
 /// What the check found.
@@ -52,7 +57,7 @@ pub enum Checked {
     /// Nothing stands in the way: record it.
     Start,
     /// This very upgrade is under way already: follow it.
-    Running(Upgrade),
+    Running(Box<Upgrade>),
 }
 
 /// Checks `t` against the cluster before anything is written: another
@@ -68,7 +73,7 @@ pub fn check(paths: &Paths, c: &ClusterConfig, t: &Target) -> anyhow::Result<Che
     })?;
     if let Some(up) = running.filter(Upgrade::running) {
         if up.bundle == t.id {
-            return Ok(Checked::Running(up));
+            return Ok(Checked::Running(Box::new(up)));
         }
         return Err(StartError::Running(Box::new(up)).into());
     }
@@ -97,6 +102,7 @@ pub fn start(paths: &Paths, c: &ClusterConfig, t: &Target, progress: &Progress) 
     progress.note(format!("  etcd snapshot before the upgrade: {}", db.display()));
     let mut up = Upgrade::new(t.id.clone(), t.version, c.node.name.to_string(), now);
     up.snapshot = Some(db.display().to_string());
+    up.hakube = t.hakube.clone();
     rt.block_on(async {
         let previous = record::read(&mut etcd, &endpoint).await?;
         record::start(&mut etcd, &endpoint, previous.as_ref(), &up).await?;

@@ -34,6 +34,9 @@ pub struct Report {
     pub versions: BTreeMap<String, String>,
     #[serde(default)]
     pub healthy: bool,
+    /// The hakube build the agent runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hakube: Option<crate::cluster::upgrade::Build>,
 }
 
 /// A beat, as the registry records it: when it came, the settings revision
@@ -54,6 +57,7 @@ pub fn beat(
     if let Some(r) = report {
         record.versions = r.versions.clone();
         record.healthy = Some(r.healthy);
+        record.hakube = r.hakube.clone();
     }
 }
 
@@ -99,6 +103,7 @@ pub async fn run(
                     settings_revision: revision,
                     clock_offset_ms: None,
                     versions: Default::default(),
+                    hakube: None,
                     healthy: None,
                 };
                 match registry::claim(c, endpoint, record).await? {

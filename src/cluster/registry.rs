@@ -33,6 +33,10 @@ pub struct NodeRecord {
     /// agent does not say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
+    /// The hakube build its agent runs, as its last beat said (None: its
+    /// agent does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hakube: Option<crate::cluster::upgrade::Build>,
 }
 
 pub async fn get(client: &mut Client, endpoint: &str, name: &str) -> Result<Option<NodeRecord>, EtcdError> {
@@ -163,6 +167,7 @@ mod tests {
             settings_revision: 0,
             clock_offset_ms: None,
             versions: Default::default(),
+            hakube: None,
             healthy: None,
         };
         assert_eq!(name_conflict(Some(&m1), m1.address, Role::Master), None, "a re-run of its own join");

@@ -156,6 +156,7 @@ mod tests {
             settings_revision: 0,
             clock_offset_ms: None,
             versions: Default::default(),
+            hakube: None,
             healthy: None,
         }
     }

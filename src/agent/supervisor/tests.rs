@@ -112,10 +112,20 @@ impl Harness {
     }
 
     fn run(&self, launch: Launch) -> watch::Sender<Option<Launch>> {
+        self.run_left(launch, None)
+    }
+
+    /// As [`Harness::run`], with a process a predecessor left running.
+    fn run_left(&self, launch: Launch, left: Option<Left<FakeChild>>) -> watch::Sender<Option<Launch>> {
         let (tx, rx) = watch::channel(Some(launch));
-        let task = supervise(COMP, rx, self.paths.clone(), self.state.clone(), self.dirty.clone(), self.fake.clone());
+        let (paths, state, dirty) = (self.paths.clone(), self.state.clone(), self.dirty.clone());
+        let task = supervise(COMP, rx, paths, state, dirty, self.fake.clone(), left);
         tokio::task::spawn_local(task);
         tx
+    }
+
+    fn left(&self, life: Life) -> FakeChild {
+        FakeChild { life, record: self.fake.record.clone() }
     }
 
     /// Seconds between one start and the next.
@@ -291,4 +301,61 @@ fn the_same_etcd_is_told_by_the_manifests_or_else_by_the_files() {
     assert!(same_member(&a, &b, "etcd"));
     assert!(!same_member(&a, &c, "etcd"));
     assert!(!same_member(&a, &b, "kubelet"), "a binary in neither is never the same");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_process_left_running_as_launched_is_adopted_without_a_start_or_a_wait() {
+    local(async {
+        let h = Harness::new(&[]);
+        // etcd is not healthy (yet): an adopted API server runs on anyway.
+        let tx = h.run_left(h.launch(&["--same"], &[Component::Etcd]), Some(Left::Adopt(h.left(Life::UntilStopped))));
+        sleep(5 * S).await;
+        assert!(h.fake.record.borrow().starts.is_empty(), "not started again");
+        assert!(h.fake.record.borrow().stops.is_empty(), "nor stopped");
+        let c = h.component();
+        assert_eq!(
+            (c.phase, c.pid, c.healthy),
+            (Phase::Starting, Some(4242), false),
+            "supervised, healthy once probed"
+        );
+        // It is supervised like any other: a new launch replaces it.
+        tx.send_replace(Some(h.launch(&["--new"], &[])));
+        sleep(S).await;
+        let r = h.fake.record.borrow();
+        assert_eq!((r.stops.len(), r.starts.len()), (1, 1));
+        assert_eq!(r.starts[0].1, ["--new"]);
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adopted_process_that_exits_is_restarted_as_any_other() {
+    local(async {
+        let h = Harness::new(&[]);
+        let _tx = h.run_left(h.launch(&["--a"], &[]), Some(Left::Adopt(h.left(Life::ExitAfter(10 * S)))));
+        sleep(12 * S).await;
+        let r = h.fake.record.borrow();
+        assert_eq!(r.exits.len(), 1);
+        assert_eq!(r.starts.len(), 1, "started after its backoff");
+        assert_eq!(r.starts[0].0 - r.exits[0], BACKOFF_START);
+        drop(r);
+        assert_eq!(h.component().restarts, 1);
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_process_left_running_otherwise_is_stopped_before_its_replacement_starts() {
+    local(async {
+        let h = Harness::new(&[]);
+        let t = Instant::now();
+        let _tx = h.run_left(h.launch(&["--new"], &[]), Some(Left::Replace(h.left(Life::UntilStopped))));
+        sleep(S).await;
+        let r = h.fake.record.borrow();
+        assert_eq!(r.stops, [t], "the old process stopped first");
+        assert_eq!(r.starts.len(), 1);
+        assert!(r.starts[0].0 >= r.stops[0]);
+        assert_eq!(r.starts[0].1, ["--new"]);
+    })
+    .await
 }

@@ -32,6 +32,7 @@ pub fn versions(records: &[NodeRecord], now: u64) -> Vec<NodeVersions> {
                 scheduler: v("kube-scheduler"),
                 kubelet: v("kubelet"),
                 kube_proxy: v("kube-proxy"),
+                hakube: r.hakube.clone(),
             }
         })
         .collect()
@@ -104,6 +105,19 @@ fn unfinished(up: &Upgrade, nodes: &[NodeVersions]) -> Option<String> {
         if let Some(why) = state(n, Box::new(n.node_components())) {
             return Some(format!("waiting for {}'s kubelet and kube-proxy to run {v} and be healthy ({why})", n.name));
         }
+        // Its agent moves to the bundle's hakube last, once all it runs
+        // is healthy on the target; an agent that does not say which it
+        // runs is too old to move itself, and is not waited for.
+        if let (Some(target), Some(runs)) = (&up.hakube, &n.hakube) {
+            if runs.moves_to(target) {
+                return Some(format!(
+                    "waiting for {}'s agent to run hakube {} (it runs {})",
+                    n.name,
+                    target.short(),
+                    runs.short()
+                ));
+            }
+        }
     }
     None
 }
@@ -150,7 +164,12 @@ mod tests {
             scheduler: master.then_some(v),
             kubelet: Some(v),
             kube_proxy: Some(v),
+            hakube: Some(build("old")),
         }
+    }
+
+    fn build(sha256: &str) -> crate::cluster::upgrade::Build {
+        crate::cluster::upgrade::Build { version: "0.1.0".into(), sha256: sha256.into() }
     }
 
     /// What a told node's agent does: its processes start from the new
@@ -237,6 +256,28 @@ mod tests {
     }
 
     #[test]
+    fn a_node_whose_bundle_carries_another_hakube_is_done_once_its_agent_runs_it() {
+        let mut nodes =
+            vec![node("m1", Role::Master, V37), node("w1", Role::Worker, V37), node("w2", Role::Worker, V36)];
+        let mut up = Upgrade::new("b37".into(), V37, "m1".into(), 1);
+        up.hakube = Some(build("new"));
+        up.nodes = vec!["m1".into(), "w1".into()];
+        nodes[0].hakube = Some(build("new"));
+        // w1 runs the target, healthy, but its agent is the old build.
+        let held = advance(&up, &nodes, 2);
+        assert_eq!(held.nodes, ["m1", "w1"], "w2 must wait for w1's agent: {}", held.step);
+        assert_eq!(held.step, "waiting for w1's agent to run hakube 0.1.0 (new) (it runs 0.1.0 (old))");
+        nodes[1].hakube = Some(build("new"));
+        assert_eq!(advance(&up, &nodes, 3).nodes, ["m1", "w1", "w2"]);
+        // An agent newer than the bundle's hakube stays, and is not waited for.
+        nodes[1].hakube = Some(crate::cluster::upgrade::Build { version: "0.2.0".into(), sha256: "newer".into() });
+        assert_eq!(advance(&up, &nodes, 4).nodes, ["m1", "w1", "w2"]);
+        // Nor is one too old to say which hakube it runs.
+        nodes[1].hakube = None;
+        assert_eq!(advance(&up, &nodes, 5).nodes, ["m1", "w1", "w2"]);
+    }
+
+    #[test]
     fn a_node_down_at_the_end_keeps_the_upgrade_open_until_it_returns_and_moves() {
         let mut nodes = vec![node("m1", Role::Master, V37), node("w1", Role::Worker, V36)];
         nodes[1].healthy = false;
@@ -259,6 +300,7 @@ mod tests {
             settings_revision: 0,
             clock_offset_ms: None,
             versions: [("kubelet".to_owned(), "v1.36.3".to_owned())].into(),
+            hakube: None,
             healthy: Some(true),
         };
         assert!(versions(std::slice::from_ref(&r), 100 + STALE_AFTER)[0].healthy);

@@ -20,9 +20,67 @@ pub mod drive;
 pub mod record;
 
 use std::fmt;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::Role;
 use crate::kube::version::KubeVersion;
+
+/// A build of hakube: its version, and the SHA-256 of its binary (two
+/// builds of one version differ by their digest). An upgrade whose bundle
+/// carries another build moves every agent to it at its node's step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Build {
+    pub version: String,
+    pub sha256: String,
+}
+
+impl Build {
+    /// Whether an agent running `self` moves to `target`: another binary,
+    /// and not of an older version (hakube never goes back by itself; a
+    /// bundle that carries an older hakube moves Kubernetes alone).
+    pub fn moves_to(&self, target: &Build) -> bool {
+        self.sha256 != target.sha256 && !older(&target.version, &self.version)
+    }
+
+    /// `version 0.1.0 (sha256 0123456789ab)`, for people.
+    pub fn short(&self) -> String {
+        format!("{} ({})", self.version, &self.sha256[..self.sha256.len().min(12)])
+    }
+
+    /// The build this process runs: its version, and the digest of the
+    /// binary it was started from (`/proc/self/exe`, which names the file
+    /// it runs even after another was put in its place).
+    pub fn of_this_process() -> Result<Build, String> {
+        let sha256 = crate::runtime::images::sha256_file(std::path::Path::new("/proc/self/exe"))?;
+        Ok(Build { version: env!("CARGO_PKG_VERSION").to_owned(), sha256 })
+    }
+}
+
+/// Whether version `a` is older than `b` (`MAJOR.MINOR.PATCH`, anything
+/// after a `-` or `+` ignored). Unreadable versions are never older.
+fn older(a: &str, b: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64, u64)> {
+        let core = v.trim_start_matches('v').split(['-', '+']).next()?;
+        let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+        let t = (it.next()??, it.next()??, it.next()??);
+        it.next().is_none().then_some(t)
+    };
+    matches!((parse(a), parse(b)), (Some(x), Some(y)) if x < y)
+}
+
+static RUNNING: OnceLock<Build> = OnceLock::new();
+
+/// The build this agent runs, once [`set_running`] recorded it (the agent
+/// does at start).
+pub fn running() -> Option<&'static Build> {
+    RUNNING.get()
+}
+
+pub fn set_running(b: Build) {
+    let _ = RUNNING.set(b);
+}
 
 /// What one node runs, as its agent reports it (None: not run there, or
 /// not known yet).
@@ -38,6 +96,8 @@ pub struct NodeVersions {
     pub scheduler: Option<KubeVersion>,
     pub kubelet: Option<KubeVersion>,
     pub kube_proxy: Option<KubeVersion>,
+    /// The hakube its agent runs (None: an agent too old to say).
+    pub hakube: Option<Build>,
 }
 
 impl NodeVersions {
@@ -191,6 +251,18 @@ pub fn next(target: KubeVersion, nodes: &[NodeVersions]) -> Step {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_agent_moves_to_another_build_of_its_version_or_a_newer_one_never_an_older() {
+        let b = |v: &str, sha: &str| Build { version: v.into(), sha256: sha.into() };
+        assert!(b("0.1.0", "a").moves_to(&b("0.1.0", "b")), "another build of the same version");
+        assert!(b("0.1.0", "a").moves_to(&b("0.2.0", "b")));
+        assert!(b("0.9.9", "a").moves_to(&b("0.10.0", "b")), "numbers, not text");
+        assert!(!b("0.1.0", "a").moves_to(&b("0.1.0", "a")), "the same binary");
+        assert!(!b("0.2.0", "a").moves_to(&b("0.1.9", "b")), "never back");
+        assert!(b("0.2.0-rc.1", "a").moves_to(&b("0.2.0", "b")));
+        assert!(b("0.2.0", "a").moves_to(&b("garbled", "b")), "an unreadable version is not older");
+    }
+
     const V36: KubeVersion = KubeVersion::new(1, 36, 3);
     const V37: KubeVersion = KubeVersion::new(1, 37, 2);
 
@@ -205,6 +277,7 @@ mod tests {
             scheduler: master.then_some(cp),
             kubelet: Some(kubelet),
             kube_proxy: Some(kubelet),
+            hakube: None,
         }
     }
 

@@ -22,6 +22,10 @@ pub struct Upgrade {
     pub bundle: String,
     /// Its Kubernetes version.
     pub version: KubeVersion,
+    /// The hakube it carries: every agent moves to it at its node's step
+    /// (None: a bundle directory given by hand, which carries none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hakube: Option<super::Build>,
     pub started_by: String,
     pub started_at: u64,
     /// The snapshot of etcd taken before it started, on `started_by`.
@@ -49,6 +53,7 @@ impl Upgrade {
         Upgrade {
             bundle,
             version,
+            hakube: None,
             started_by,
             started_at,
             snapshot: None,
