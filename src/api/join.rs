@@ -38,7 +38,11 @@ pub(crate) async fn binary(
         return refused;
     }
     if ctx.binary.get().is_none() {
-        match tokio::task::spawn_blocking(|| std::env::current_exe().and_then(std::fs::read)).await {
+        // The file this process runs, even when another was put in its
+        // path since (an install that replaced /usr/local/bin/hakube
+        // without restarting this agent): the build that answers is the
+        // build a joining host gets.
+        match tokio::task::spawn_blocking(|| std::fs::read("/proc/self/exe")).await {
             Ok(Ok(b)) => {
                 let _ = ctx.binary.set(Bytes::from(b));
             }
