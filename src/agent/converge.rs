@@ -148,13 +148,13 @@ pub async fn run(
                             }
                             Some(super::upgrade::Move::Config(next)) => {
                                 let p = paths.clone();
-                                match tokio::task::spawn_blocking(move || converge(&p, &next)).await {
-                                    Ok(Ok(())) => {
+                                let moved = tokio::task::spawn_blocking(move || converge(&p, &next))
+                                    .await
+                                    .map_err(|e| e.to_string())
+                                    .and_then(|r| r);
+                                match moved {
+                                    Ok(()) => {
                                         let _ = reload.send(super::Request::Reload);
-                                    }
-                                    Ok(Err(e)) => {
-                                        upgrade.not_moved();
-                                        warn!(error = %e, "upgrade: cannot move this node to the new bundle yet");
                                     }
                                     Err(e) => {
                                         upgrade.not_moved();

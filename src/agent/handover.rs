@@ -17,7 +17,7 @@
 //!   So etcd, the API server and kubelet run on undisturbed.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -98,41 +98,15 @@ pub fn listener(fd: RawFd) -> Option<std::net::TcpListener> {
     // SAFETY: the descriptor is open, and came through exec: nothing else
     // in this process owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).ok()?;
+    crate::host::process::close_on_exec(&owned, true).ok()?;
     Some(std::net::TcpListener::from(owned))
-}
-
-/// Keeps `fd` open across exec.
-pub fn keep_open(fd: &impl AsRawFd) -> std::io::Result<()> {
-    // SAFETY: borrowed for the call only, from a live owner.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
-    Ok(())
 }
 
 /// Checks that `binary` runs here (`--version`, bounded) before anything
 /// is stopped for it: a binary that cannot run is no successor.
 pub fn runs(binary: &Path) -> Result<String, String> {
-    let mut child = std::process::Command::new(binary)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", binary.display()))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{} --version did not answer within 20s", binary.display()));
-            }
-        }
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let out = crate::host::process::version_output(binary, Duration::from_secs(20))
+        .map_err(|e| format!("{} --version: {e}", binary.display()))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if !out.status.success() || !text.starts_with("hakube ") {
         let err = String::from_utf8_lossy(&out.stderr);

@@ -261,9 +261,10 @@ pub async fn run(paths: Paths, handed: Option<Handover>) -> anyhow::Result<()> {
     }
     .with_context(|| format!("cannot start the agent for root {}", paths.root().display()))?;
     let cfg = load(&paths)?;
+    let taking_over = handed.is_some();
     let handed = handed.unwrap_or_default();
     let lb_socket = handed.lb_fd.and_then(super::handover::listener);
-    if handed.lock_fd > 0 {
+    if taking_over {
         info!(root = %paths.root().display(), node = %cfg.node.name, left_running = ?handed.components.keys().collect::<Vec<_>>(), "agent starting, taking over from its predecessor");
     } else {
         info!(root = %paths.root().display(), node = %cfg.node.name, "agent starting");
@@ -271,15 +272,14 @@ pub async fn run(paths: Paths, handed: Option<Handover>) -> anyhow::Result<()> {
     let p = paths.clone();
     let keep: Vec<u32> = handed.components.values().map(|k| k.pid).collect();
     let _ = tokio::task::spawn_blocking(move || super::control::stop_leftovers(&p, &keep)).await;
-    let build = tokio::task::spawn_blocking(crate::cluster::upgrade::Build::of_this_process).await;
+    let build = tokio::task::spawn_blocking(crate::cluster::upgrade::Build::of_this_process)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
     let hakube = match build {
-        Ok(Ok(b)) => {
+        Ok(b) => {
             crate::cluster::upgrade::set_running(b.clone());
             Some(b)
-        }
-        Ok(Err(e)) => {
-            warn!(error = %e, "cannot tell which hakube build this is: an upgrade will not move this agent");
-            None
         }
         Err(e) => {
             warn!(error = %e, "cannot tell which hakube build this is: an upgrade will not move this agent");
@@ -469,7 +469,7 @@ impl Agent {
                 .insert(comp.name().to_owned(), Kept { pid, launch: digest, binary: running, bundle: launch.bundle });
         }
         let lb_fd = self.lb.take().and_then(|h| h.hand_over(crate::lb::HAND_OVER_DRAIN)).and_then(|l| {
-            let kept = super::handover::keep_open(&l).map(|()| std::os::fd::IntoRawFd::into_raw_fd(l));
+            let kept = crate::host::process::close_on_exec(&l, false).map(|()| std::os::fd::IntoRawFd::into_raw_fd(l));
             kept.map_err(|e| warn!(error = %e, "cannot keep the balancer's socket for the successor")).ok()
         });
         let lock_fd = match self.pid_file.take().map(PidFile::keep_across_exec) {

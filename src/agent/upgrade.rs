@@ -106,7 +106,11 @@ impl Follower {
                 let (Some(running), Some(target)) = (crate::cluster::upgrade::running(), up.hakube.as_ref()) else {
                     return None;
                 };
-                let next = successor(&dir, running, target).filter(|_| moved && healthy)?;
+                // Pure checks first: the manifest is read only when a move is due.
+                if !(moved && healthy && running.moves_to(target)) {
+                    return None;
+                }
+                let next = successor(&dir, running, target)?;
                 if self.handed.as_ref() == Some(&next) {
                     return None;
                 }

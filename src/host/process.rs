@@ -137,7 +137,7 @@ impl PidFile {
     pub fn keep_across_exec(self) -> std::io::Result<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
         let fd = self._lock.as_raw_fd();
-        nix::fcntl::fcntl(&*self._lock, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+        close_on_exec(&*self._lock, false)?;
         std::mem::forget(self);
         Ok(fd)
     }
@@ -157,7 +157,7 @@ impl PidFile {
         // SAFETY: the descriptor was checked to be open, and nothing else
         // in this process owns it: it came through exec.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+        close_on_exec(&owned, true)?;
         // Our own open file holds the lock already: taking it again
         // succeeds at once, and only then.
         let lock = Flock::lock(File::from(owned), FlockArg::LockExclusiveNonblock)
@@ -179,6 +179,36 @@ impl PidFile {
             Err(_) => None,
         }
     }
+}
+
+/// Runs `binary --version`, bounded by `limit` (killed after it): its
+/// output, or why there is none.
+pub fn version_output(binary: &Path, limit: Duration) -> Result<std::process::Output, String> {
+    let mut child = Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + limit;
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("no answer within {}s", limit.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().map_err(|e| e.to_string())
+}
+
+/// Whether `fd` is closed when this process execs (the default for every
+/// descriptor Rust opens), or left open for the program exec'd.
+pub fn close_on_exec(fd: impl std::os::fd::AsFd, close: bool) -> std::io::Result<()> {
+    let flags = if close { nix::fcntl::FdFlag::FD_CLOEXEC } else { nix::fcntl::FdFlag::empty() };
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags))?;
+    Ok(())
 }
 
 /// Whether process `pid` catches `sig` (its `SigCgt` in

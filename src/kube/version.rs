@@ -4,8 +4,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -78,26 +77,7 @@ pub fn check_supported(binary: &Path, v: KubeVersion) -> Result<KubeVersion, Ver
 pub fn detect(binary: &Path) -> Result<KubeVersion, VersionError> {
     let name = binary.display().to_string();
     let run_err = |reason: String| VersionError::Run { binary: name.clone(), reason };
-    let mut child = Command::new(binary)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| run_err(e.to_string()))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match child.try_wait().map_err(|e| run_err(e.to_string()))? {
-            Some(_) => break,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(run_err("no answer within 10s".into()));
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    let out = child.wait_with_output().map_err(|e| run_err(e.to_string()))?;
+    let out = crate::host::process::version_output(binary, Duration::from_secs(10)).map_err(run_err)?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let v = parse(&text).ok_or_else(|| VersionError::Unparsable { binary: name.clone(), output: text.clone() })?;
     check_supported(binary, v)
