@@ -2,7 +2,7 @@
 #
 # Dependency helpers for hakube's scripts. Source it, then call:
 #
-#   hakube_ensure_deps [kube] [haproxy] [shellcheck] [vm] [nextest]
+#   hakube_ensure_deps [kube] [haproxy] [prometheus] [shellcheck] [vm] [nextest]
 #       Makes sure what building hakube and running its scripts and tests
 #       needs is here: the commands etcd, etcdctl, protoc, openssl, ip, curl,
 #       flock, and protoc's well-known-type includes (which Debian ships apart
@@ -70,6 +70,8 @@ _hakube_need() {
     flock) pkg=util-linux ;;
     haproxy) pkg=haproxy ;;
     shellcheck) pkg=shellcheck ;;
+    # The alert rules' tests (promtool) and the sandbox's scraper.
+    promtool | prometheus) pkg=prometheus ;;
     # What scripts/vm.sh needs: a Debian root made with debootstrap, turned
     # into a disk image by mkfs.ext4 -d, booted by qemu over qcow2 overlays
     # that qemu-img makes, driven over ssh.
@@ -361,11 +363,12 @@ hakube_ensure_deps() {
       # iptables (kube-proxy's rules).
       kube) needs+=(iptables) ;;
       haproxy) needs+=(haproxy) ;;
+      prometheus) needs+=(promtool prometheus) ;;
       shellcheck) needs+=(shellcheck) ;;
       vm) needs+=(qemu-system-x86_64 qemu-img debootstrap mkfs.ext4 ssh ssh-keygen) ;;
       nextest) want_nextest=1 ;;
       *)
-        _hakube_deps_msg "hakube_ensure_deps: unknown option '$arg' (known: kube, haproxy, shellcheck, vm, nextest)"
+        _hakube_deps_msg "hakube_ensure_deps: unknown option '$arg' (known: kube, haproxy, prometheus, shellcheck, vm, nextest)"
         return 2
         ;;
     esac
@@ -408,7 +411,7 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   set -euo pipefail
   case "${1:-}" in
     -h | --help)
-      echo "usage: ${0##*/} [kube] [haproxy] [vm] [nextest]   (or source it and call hakube_ensure_deps)" >&2
+      echo "usage: ${0##*/} [kube] [haproxy] [prometheus] [vm] [nextest]   (or source it and call hakube_ensure_deps)" >&2
       exit 0
       ;;
   esac

@@ -91,7 +91,7 @@ step() {
 
 cd -- "$repo"
 
-step "dependencies" hakube_ensure_deps kube haproxy shellcheck
+step "dependencies" hakube_ensure_deps kube haproxy prometheus shellcheck
 hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rustup.rs), then re-run"
 
 # The Kubernetes tests run the real components: build them once (cached

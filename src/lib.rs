@@ -32,6 +32,7 @@ pub mod https;
 pub mod join;
 pub mod kube;
 pub mod lb;
+pub mod metrics;
 pub mod pki;
 pub mod preflight;
 pub mod progress;

@@ -11,6 +11,7 @@ pub mod converge;
 pub mod facts;
 pub mod handover;
 pub mod masters;
+pub mod metrics;
 pub mod podnet;
 pub mod probe;
 pub mod renew;

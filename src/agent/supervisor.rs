@@ -671,6 +671,7 @@ impl Agent {
     fn node_tasks(&self, view: &watch::Receiver<crate::cluster::election::View>) -> watch::Sender<bool> {
         let (paths, cfg) = (&self.paths, &self.cfg);
         let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::task::spawn_local(super::metrics::serve::run(paths.clone(), cfg.clone(), stop_rx.clone()));
         for comp in cfg.node.components.iter().copied() {
             let prober = Prober::new(comp, cfg, paths);
             let args = (paths.clone(), cfg.clone(), self.state.clone(), self.dirty.clone(), stop_rx.clone());

@@ -198,10 +198,12 @@ pub(crate) async fn join(
     match result {
         Ok(resp) => {
             info!(target: "audit", %remote, %node, %role, decision = "accepted", "join");
+            crate::metrics::count_join(&role, "accepted");
             Json(resp).into_response()
         }
         Err(Refusal(status, msg)) => {
             warn!(target: "audit", %remote, %node, %role, decision = "refused", status = status.as_u16(), reason = %msg, "join");
+            crate::metrics::count_join(&role, "refused");
             refuse(status, msg).into_response()
         }
     }

@@ -52,6 +52,7 @@ pub struct Request {
     pub bundle: Option<PathBuf>,
     pub ignore_preflight_errors: Vec<String>,
     pub timeout: Duration,
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// The arguments, checked before anything is touched.
@@ -127,6 +128,9 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     }))?;
     flags.insert("node".into(), node);
     let mut flags = serde_norway::Value::Mapping(flags);
+    if let Some(a) = req.metrics_address {
+        config::set(&mut flags, "node", "metricsAddress", a.to_string().into());
+    }
     if let Some(b) = &req.bundle {
         let abs = std::path::absolute(b).unwrap_or_else(|_| b.clone());
         config::set(&mut flags, "node", "bundle", abs.display().to_string().into());

@@ -91,8 +91,24 @@ pub enum Command {
     /// The airgap bundle: one file with hakube, Kubernetes and its images.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Monitoring helpers: the alert rules for hakube's /metrics.
+    #[command(subcommand)]
+    Monitoring(MonitoringCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MonitoringCommand {
+    /// Print the alert rules (a Prometheus rule file).
+    Rules {
+        /// Print them as a PrometheusRule object for the Prometheus Operator.
+        #[arg(long)]
+        prometheus_rule: bool,
+        /// The PrometheusRule's namespace.
+        #[arg(long, default_value = "monitoring", requires = "prometheus_rule", value_name = "NAME")]
+        namespace: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +174,9 @@ pub struct JoinArgs {
     pub ignore_preflight_errors: Vec<String>,
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// Where the agent serves /metrics, plain HTTP (default 127.0.0.1:9469).
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -331,6 +350,10 @@ pub struct InstallArgs {
     /// Algorithm for new keys.
     #[arg(long, value_name = "ALG")]
     pub key_algorithm: Option<KeyAlgorithm>,
+    /// Where the agent serves /metrics, plain HTTP (default 127.0.0.1:9469;
+    /// give an address the scraper reaches, e.g. 0.0.0.0:9469).
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Preflight checks to skip (names as printed, or `all`).
     #[arg(long, value_delimiter = ',', value_name = "NAME,…")]
     pub ignore_preflight_errors: Vec<String>,
@@ -402,6 +425,9 @@ impl InstallArgs {
         if let Some(k) = &self.bundle_key {
             let abs = std::path::absolute(k).unwrap_or_else(|_| k.clone());
             set("node", "bundleKey", abs.display().to_string().into());
+        }
+        if let Some(a) = self.metrics_address {
+            set("node", "metricsAddress", a.to_string().into());
         }
         t
     }
@@ -479,6 +505,7 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
                 bundle: a.bundle,
                 ignore_preflight_errors: a.ignore_preflight_errors,
                 timeout: a.timeout.unwrap_or(Duration::from_secs(600)),
+                metrics_address: a.metrics_address,
             })?;
             Ok(0)
         }
@@ -592,6 +619,14 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
         }
         Command::Bundle(BundleCommand::List { file, json }) => {
             crate::cli::bundle::list(&file, json)?;
+            Ok(0)
+        }
+        Command::Monitoring(MonitoringCommand::Rules { prometheus_rule, namespace }) => {
+            if prometheus_rule {
+                print!("{}", crate::metrics::prometheus_rule(&namespace)?);
+            } else {
+                print!("{}", crate::metrics::RULES);
+            }
             Ok(0)
         }
         Command::Version => {

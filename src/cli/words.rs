@@ -78,25 +78,51 @@ fn merge(a: &mut InstallArgs, w: InstallArgs) -> Result<(), clap::Error> {
             _ => Ok(()),
         }
     }
-    a.ha |= w.ha;
-    one("taint-control-plane", &mut a.taint_control_plane, w.taint_control_plane)?;
-    one("lost-node-toleration", &mut a.lost_node_toleration, w.lost_node_toleration)?;
-    one("etcd-snapshot-interval", &mut a.etcd_snapshot_interval, w.etcd_snapshot_interval)?;
-    one("etcd-snapshot-retention", &mut a.etcd_snapshot_retention, w.etcd_snapshot_retention)?;
-    a.no_systemd |= w.no_systemd;
-    one("load-balancer-address", &mut a.load_balancer_address, w.load_balancer_address)?;
-    one("advertise-address", &mut a.advertise_address, w.advertise_address)?;
-    one("node-name", &mut a.node_name, w.node_name)?;
-    one("service-cidr", &mut a.service_cidr, w.service_cidr)?;
-    one("pod-cidr", &mut a.pod_cidr, w.pod_cidr)?;
-    one("components", &mut a.components, w.components)?;
-    one("config", &mut a.config, w.config)?;
-    one("bundle", &mut a.bundle, w.bundle)?;
-    one("bundle-key", &mut a.bundle_key, w.bundle_key)?;
-    one("key-algorithm", &mut a.key_algorithm, w.key_algorithm)?;
-    one("timeout", &mut a.timeout, w.timeout)?;
-    a.cert_sans.extend(w.cert_sans);
-    a.ignore_preflight_errors.extend(w.ignore_preflight_errors);
+    // Every field named: an option added to InstallArgs and not merged
+    // here does not compile (it would be dropped when given as a word).
+    let InstallArgs {
+        words: _,
+        ha,
+        load_balancer_address,
+        taint_control_plane,
+        lost_node_toleration,
+        etcd_snapshot_interval,
+        etcd_snapshot_retention,
+        advertise_address,
+        node_name,
+        cert_sans,
+        service_cidr,
+        pod_cidr,
+        components,
+        no_systemd,
+        config,
+        bundle,
+        bundle_key,
+        key_algorithm,
+        metrics_address,
+        ignore_preflight_errors,
+        timeout,
+    } = w;
+    a.ha |= ha;
+    a.no_systemd |= no_systemd;
+    one("taint-control-plane", &mut a.taint_control_plane, taint_control_plane)?;
+    one("lost-node-toleration", &mut a.lost_node_toleration, lost_node_toleration)?;
+    one("etcd-snapshot-interval", &mut a.etcd_snapshot_interval, etcd_snapshot_interval)?;
+    one("etcd-snapshot-retention", &mut a.etcd_snapshot_retention, etcd_snapshot_retention)?;
+    one("load-balancer-address", &mut a.load_balancer_address, load_balancer_address)?;
+    one("advertise-address", &mut a.advertise_address, advertise_address)?;
+    one("node-name", &mut a.node_name, node_name)?;
+    one("service-cidr", &mut a.service_cidr, service_cidr)?;
+    one("pod-cidr", &mut a.pod_cidr, pod_cidr)?;
+    one("components", &mut a.components, components)?;
+    one("config", &mut a.config, config)?;
+    one("bundle", &mut a.bundle, bundle)?;
+    one("bundle-key", &mut a.bundle_key, bundle_key)?;
+    one("key-algorithm", &mut a.key_algorithm, key_algorithm)?;
+    one("metrics-address", &mut a.metrics_address, metrics_address)?;
+    one("timeout", &mut a.timeout, timeout)?;
+    a.cert_sans.extend(cert_sans);
+    a.ignore_preflight_errors.extend(ignore_preflight_errors);
     Ok(())
 }
 
@@ -138,6 +164,10 @@ mod tests {
             install(&["install", "--ha", "--load-balancer-address", "lb.example.test:6443", "--taint-control-plane"])
                 .unwrap();
         assert_eq!(w.flags_tree(), f.flags_tree());
+        let w = install(&["install", "metrics-address=0.0.0.0:9469", "etcd-snapshot-retention=3"]).unwrap();
+        let f = install(&["install", "--metrics-address", "0.0.0.0:9469", "--etcd-snapshot-retention=3"]).unwrap();
+        assert_eq!(w.flags_tree(), f.flags_tree());
+        assert!(serde_norway::to_string(&w.flags_tree()).unwrap().contains("metricsAddress: 0.0.0.0:9469"));
         let mixed = install(&["--root", "/tmp/x", "install", "ha", "--advertise-address", "127.0.0.1", "node-name=m1"])
             .unwrap();
         let tree = serde_norway::to_string(&mixed.flags_tree()).unwrap();

@@ -264,6 +264,18 @@ pub struct NodeSpec {
     pub etcd: EtcdMemberSpec,
     #[serde(default)]
     pub local_load_balancer: LocalLoadBalancer,
+    /// Where the agent serves `/metrics` (plain HTTP, no authentication):
+    /// loopback unless a scraper elsewhere is given this address.
+    #[serde(default = "default_metrics_address")]
+    pub metrics_address: std::net::SocketAddr,
+}
+
+/// Loopback: what the agent exports (node names, addresses, certificate
+/// dates) is for the host's own monitoring unless an operator opens it.
+pub const DEFAULT_METRICS_PORT: u16 = 9469;
+
+fn default_metrics_address() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT))
 }
 
 /// Where the CNI plugins are when neither `node.cniBinDir` nor the bundle
@@ -339,6 +351,11 @@ impl ClusterConfig {
 
     pub fn etcd_client_url(&self) -> String {
         format!("https://{}", HostPort::new(Host::Ip(self.node.advertise_address), self.node.etcd_client_port))
+    }
+
+    /// etcd's own metrics listener (plain HTTP, loopback): the peer port + 1.
+    pub fn etcd_metrics_address(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.node.etcd_peer_port + 1))
     }
 
     pub fn etcd_peer_url(&self) -> String {
@@ -563,6 +580,7 @@ fn validate(c: &ClusterConfig) -> Result<(), String> {
         ("etcdPeerPort", n.etcd_peer_port),
         ("joinApiPort", n.join_api_port),
         ("localLoadBalancer.port", n.local_load_balancer.port),
+        ("metricsAddress", n.metrics_address.port()),
     ];
     for (i, (a, pa)) in ports.iter().enumerate() {
         if *pa == 0 {

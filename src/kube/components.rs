@@ -56,7 +56,7 @@ pub fn etcd(paths: &Paths, c: &ClusterConfig) -> ComponentSpec {
         flag("peer-cert-file", pki("etcd/peer.crt")),
         flag("peer-key-file", pki("etcd/peer.key")),
         // Metrics stay on loopback, unauthenticated, as kubeadm sets them up.
-        flag("listen-metrics-urls", format!("http://127.0.0.1:{}", c.node.etcd_peer_port + 1)),
+        flag("listen-metrics-urls", format!("http://{}", c.etcd_metrics_address())),
         flag("snapshot-count", 10000),
         // Refuse to serve a member whose data diverged from its peers'.
         flag("experimental-initial-corrupt-check", true),

@@ -137,6 +137,10 @@ pub struct BackendStatus {
     pub active: usize,
     /// Connections through it since the balancer started.
     pub connections: u64,
+    /// Connections it could not take (dial refused or unanswered), each
+    /// then tried on the next backend, since the balancer started.
+    #[serde(default)]
+    pub dial_failures: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
@@ -226,6 +230,7 @@ struct Backend {
     last_error: Option<String>,
     active: Rc<Cell<usize>>,
     connections: u64,
+    dial_failures: u64,
     /// Bumped to close every connection through this backend.
     cut: watch::Sender<u64>,
     /// Down but answering: its open connections are closed at this time.
@@ -319,6 +324,7 @@ impl Table {
                         last_error: None,
                         active: Rc::new(Cell::new(0)),
                         connections: 0,
+                        dial_failures: 0,
                         cut: watch::channel(0).0,
                         drain_until: None,
                         checker: None,
@@ -395,6 +401,7 @@ impl Table {
     fn dial_failed(&mut self, addr: SocketAddr, why: String) {
         let fall = self.fall;
         let Some(b) = self.get(addr) else { return };
+        b.dial_failures += 1;
         let t = b.track.dial_failed(fall);
         self.apply(addr, t, Some(format!("dial: {why}")), true, std::time::Instant::now());
     }
@@ -419,6 +426,7 @@ impl Table {
                 since: b.since,
                 active: b.active.get(),
                 connections: b.connections,
+                dial_failures: b.dial_failures,
                 last_error: b.last_error.clone(),
             })
             .collect()

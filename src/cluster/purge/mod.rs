@@ -258,6 +258,7 @@ impl<W: World> Purger<'_, W> {
                     };
                     let Some(r) = self.world.advance(&p, 0).await? else { return Ok(view) };
                     warn!(node = %p.node.name, lost_for = %human(lost_for), "purging a lost node");
+                    crate::metrics::count_purge("started");
                     (p, r)
                 }
             },
@@ -288,6 +289,7 @@ impl<W: World> Purger<'_, W> {
                         })?;
                         self.world.call_off(rev).await?;
                         warn!(target: "audit", node = %name, reason = %why, "a lost node came back: its purge is called off");
+                        crate::metrics::count_purge("called_off");
                         return Ok(view);
                     }
                 }
@@ -307,6 +309,7 @@ impl<W: World> Purger<'_, W> {
             fault_after(purge.step).await;
         }
         self.world.finish(&purge).await?;
+        crate::metrics::count_purge("finished");
         Ok(view)
     }
 

@@ -1,0 +1,231 @@
+//! Seeing into a real cluster: every agent's `/metrics` scraped by a real
+//! Prometheus (Debian's package) that loads the shipped alert rules.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+/// A process the test started, killed when the test ends however it ends.
+struct Started(Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn curl(from: &Host, url: &str) -> Option<String> {
+    let out = from.exec("curl", &["-fsS", "--max-time", "15", url]);
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Metric names a scrape declares (`# TYPE name kind`).
+fn declared(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(String::from)
+        .collect()
+}
+
+/// Every `hakube_…` name the shipped rules read.
+fn names_in_rules() -> BTreeSet<String> {
+    let rules = std::fs::read_to_string(repo().join("monitoring/hakube.rules.yaml")).unwrap();
+    let mut names = BTreeSet::new();
+    for line in rules.lines().filter(|l| l.trim_start().starts_with("expr:")) {
+        let mut rest = line;
+        while let Some(i) = rest.find("hakube_") {
+            let tail = &rest[i..];
+            let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+            names.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+    }
+    names
+}
+
+/// The value of the sample `series` (exactly as written) in a scrape.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes `target` from `from` until `done` says yes (2 minutes at most);
+/// the last scrape when it never does.
+fn scrape_until(from: &Host, target: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = from.exec("curl", &["-sS", "--max-time", "15", &format!("http://{target}/metrics")]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && done(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; the last scrape:\n{text}{}\n{}\n{}",
+            stderr(&out),
+            stdout(&from.hakube(&["config", "print"])),
+            std::fs::read_to_string(from.root().join("var/lib/hakube/logs/agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn firing(m: &Host, alert: &str) -> Vec<serde_json::Value> {
+    let Some(body) = curl(m, "http://127.0.0.1:9090/api/v1/alerts") else { return vec![] };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["labels"]["alertname"] == alert && a["state"] == "firing")
+        .cloned()
+        .collect()
+}
+
+fn prometheus(m: &Host, dir: &Path, targets: &[String]) -> Started {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 2s, evaluation_interval: 2s, scrape_timeout: 2s}}\n\
+             rule_files: [{rules}]\n\
+             scrape_configs:\n  - job_name: hakube\n    static_configs: [{{targets: [{targets}]}}]\n",
+            rules = repo().join("monitoring/hakube.rules.yaml").display(),
+            targets = targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ")
+        ),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &m.ns, "prometheus"])
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .arg("--web.listen-address=127.0.0.1:9090")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("prometheus (Debian's package: scripts/deps.sh prometheus)");
+    Started(child)
+}
+
+/// Certificates issued for 10 days: the critical alert (under 14 days)
+/// fires at once, and nothing renews them during the test (5 days before
+/// their end).
+#[test]
+fn a_real_prometheus_scrapes_every_agent_and_fires_the_certificate_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("short.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: hakube.io/v1alpha1\nkind: ClusterConfig\n\
+         cluster: {certificateValidity: 10d, certificateRenewBefore: 5d, etcdSnapshotInterval: never}\n",
+    )
+    .unwrap();
+    let net = Network::new();
+    let m1 = net.host("m1");
+    let w1 = net.host("w1");
+    let (m1_metrics, w1_metrics) = (format!("{}:9469", m1.addr), format!("{}:9469", w1.addr));
+    m1.install_master(&["--config", config.to_str().unwrap(), &format!("metrics-address={m1_metrics}")]);
+    let (_d, script) = join_script(&m1, false, &[]);
+    let mut args = join_args(&w1, WORKER);
+    args.extend(["--metrics-address".to_owned(), w1_metrics.clone()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = w1.bash(&script, &refs, &[bin()]);
+    assert!(out.status.success(), "join: {}\n{}", stderr(&out), logs(&w1));
+
+    // Each agent, scraped by hand: the node's own series, and the
+    // cluster's from the leader (m1, the only master).
+    let m1_text = scrape_until(&m1, &m1_metrics, "m1 to lead and see w1's heartbeat and the add-ons", |t| {
+        sample(t, "hakube_cluster_leader") == Some(1.0)
+            && sample(t, r#"hakube_node_heartbeat_age_seconds{node="w1",role="worker"}"#).is_some()
+            && sample(t, r#"hakube_addon_ready{addon="coredns",namespace="kube-system"}"#).is_some()
+    });
+    let backend = format!(r#"hakube_lb_backend_up{{backend="m1",address="{}:6443"}}"#, m1.addr);
+    let w1_text =
+        scrape_until(&m1, &w1_metrics, "w1's balancer to have its backend up", |t| sample(t, &backend) == Some(1.0));
+    for component in ["etcd", "kube-apiserver", "kubelet"] {
+        assert_eq!(
+            sample(&m1_text, &format!(r#"hakube_component_healthy{{component="{component}"}}"#)),
+            Some(1.0),
+            "{component} on m1:\n{m1_text}"
+        );
+    }
+    assert_eq!(sample(&m1_text, "hakube_etcd_healthy"), Some(1.0), "{m1_text}");
+    assert_eq!(sample(&m1_text, "hakube_etcd_voters"), Some(1.0), "{m1_text}");
+    assert_eq!(sample(&m1_text, r#"hakube_etcd_member_healthy{member="m1"}"#), Some(1.0), "{m1_text}");
+    let db = sample(&m1_text, "hakube_etcd_db_size_bytes").expect("etcd's database size");
+    assert!(db > 0.0 && db < sample(&m1_text, "hakube_etcd_db_quota_bytes").unwrap(), "{m1_text}");
+    let joined = sample(&m1_text, r#"hakube_joins_total{role="worker",outcome="accepted"}"#);
+    assert_eq!(joined, Some(1.0), "w1's join, counted by the master that answered it:\n{m1_text}");
+    let apiserver =
+        sample(&m1_text, r#"hakube_certificate_expiry_timestamp_seconds{certificate="apiserver",kind="leaf"}"#)
+            .expect("the API server's certificate");
+    let left = apiserver - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((9.0 * 86_400.0..=10.0 * 86_400.0).contains(&left), "10 days of validity, {left} s left");
+    assert!(!w1_text.contains("hakube_node_heartbeat_age_seconds"), "only the leader speaks for the cluster");
+    assert!(!w1_text.contains("hakube_etcd_"), "a worker has no etcd:\n{w1_text}");
+    let rss = sample(&w1_text, "process_resident_memory_bytes").unwrap();
+    assert!(rss > 1e6, "the agent's own memory is reported: {rss}");
+
+    // Every series the rules read is one an agent serves.
+    let served: BTreeSet<String> = declared(&m1_text).union(&declared(&w1_text)).cloned().collect();
+    let missing: Vec<String> = names_in_rules().difference(&served).cloned().collect();
+    assert!(missing.is_empty(), "the rules read series no agent serves: {missing:?}\nserved: {served:?}");
+
+    // A real Prometheus, with the shipped rules.
+    let _prom = prometheus(&m1, dir.path(), &[m1_metrics.clone(), w1_metrics.clone()]);
+    let mut alerts = vec![];
+    wait_for("Prometheus to fire HakubeCertificateExpiring", Duration::from_secs(90), || {
+        alerts = firing(&m1, "HakubeCertificateExpiring");
+        !alerts.is_empty()
+    });
+    let expiring: BTreeSet<(String, String)> = alerts
+        .iter()
+        .map(|a| {
+            (
+                a["labels"]["instance"].as_str().unwrap().to_owned(),
+                a["labels"]["certificate"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(expiring.contains(&(m1_metrics.clone(), "apiserver".to_owned())), "{alerts:?}");
+    assert!(alerts.iter().all(|a| a["labels"]["kind"] == "leaf"), "the CAs have years left: {alerts:?}");
+    // Each target's first scrape lands within an interval of its own.
+    let mut targets: Vec<(String, String)> = vec![];
+    wait_for("Prometheus to have scraped both agents", Duration::from_secs(30), || {
+        let up = curl(&m1, "http://127.0.0.1:9090/api/v1/query?query=up").unwrap_or_default();
+        let up: serde_json::Value = serde_json::from_str(&up).unwrap_or_default();
+        targets = up["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| (r["metric"]["instance"].as_str().unwrap().to_owned(), r["value"][1].as_str().unwrap().to_owned()))
+            .collect();
+        targets.len() == 2
+    });
+    assert!(targets.iter().all(|(_, v)| v == "1"), "every agent scraped: {targets:?}");
+    for quiet in ["HakubeEtcdNoQuorum", "HakubeNoBalancerBackend", "HakubeConfigRefused", "HakubeEtcdMemberDown"] {
+        assert!(firing(&m1, quiet).is_empty(), "{quiet} fires on a healthy cluster");
+    }
+}
+
+/// The rules' own tests, by Prometheus' own tool: each alert fires on the
+/// series it is written for, and a healthy cluster fires none.
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let dir = repo().join("monitoring");
+    let check = Command::new("promtool").args(["check", "rules", "hakube.rules.yaml"]).current_dir(&dir).output();
+    let check = check.expect("promtool (Debian's prometheus package: scripts/deps.sh prometheus)");
+    assert!(check.status.success(), "{}{}", stdout(&check), stderr(&check));
+    let test =
+        Command::new("promtool").args(["test", "rules", "hakube.rules.test.yaml"]).current_dir(&dir).output().unwrap();
+    assert!(test.status.success(), "{}{}", stdout(&test), stderr(&test));
+}
