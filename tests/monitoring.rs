@@ -174,6 +174,8 @@ fn a_real_prometheus_scrapes_every_agent_and_fires_the_certificate_alert() {
     assert!(!w1_text.contains("hakube_etcd_"), "a worker has no etcd:\n{w1_text}");
     let rss = sample(&w1_text, "process_resident_memory_bytes").unwrap();
     assert!(rss > 1e6, "the agent's own memory is reported: {rss}");
+    let m1_rss = sample(&m1_text, "process_resident_memory_bytes").unwrap();
+    eprintln!("agent resident memory: worker {:.1} MiB, master {:.1} MiB", rss / 1048576.0, m1_rss / 1048576.0);
 
     // Every series the rules read is one an agent serves.
     let served: BTreeSet<String> = declared(&m1_text).union(&declared(&w1_text)).cloned().collect();
@@ -228,4 +230,45 @@ fn the_alert_rules_pass_promtool() {
     let test =
         Command::new("promtool").args(["test", "rules", "hakube.rules.test.yaml"]).current_dir(&dir).output().unwrap();
     assert!(test.status.success(), "{}{}", stdout(&test), stderr(&test));
+}
+
+fn check(h: &Host) -> (i32, Vec<serde_json::Value>) {
+    let out = h.hakube(&["check", "--output", "json"]);
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("check --output json: {e}\n{}{}", stdout(&out), stderr(&out)));
+    (out.status.code().unwrap(), checks)
+}
+
+fn outcome_of(checks: &[serde_json::Value], name: &str) -> String {
+    let c = checks.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no check {name}: {checks:#?}"));
+    c["outcome"].as_str().unwrap().to_owned()
+}
+
+/// `hakube check` on m1 turns × for m3's member while m3 is stopped, and
+/// back to ✓ once it runs again.
+#[test]
+fn check_fails_while_a_master_is_stopped_and_passes_when_it_returns() {
+    let c = Cluster::new(3, 0);
+    let (m1, m3) = (c.m1(), c.host("m3"));
+    wait_for("every check of m1 to pass but warnings", Duration::from_secs(120), || check(m1).0 <= 1);
+    let (_, checks) = check(m1);
+    assert_eq!(outcome_of(&checks, "member m3"), "ok");
+    assert_eq!(outcome_of(&checks, "quorum"), "ok");
+
+    m3.kill_all();
+    let mut seen = vec![];
+    wait_for("m1's check to fail m3's member", Duration::from_secs(60), || {
+        let (code, checks) = check(m1);
+        seen = checks;
+        code == 2 && outcome_of(&seen, "member m3") == "error"
+    });
+    assert_eq!(outcome_of(&seen, "quorum"), "ok", "two of three keep the quorum: {seen:#?}");
+    let text = stdout(&m1.hakube(&["check"]));
+    assert!(text.contains("× member m3: ") && text.contains("    hint: `hakube status` on that master"), "{text}");
+
+    assert_ok(&m3.hakube(&["install", "--no-systemd"]), "install re-run on m3");
+    wait_for("m1's check to pass m3's member again", Duration::from_secs(120), || {
+        let (code, checks) = check(m1);
+        code <= 1 && outcome_of(&checks, "member m3") == "ok"
+    });
 }

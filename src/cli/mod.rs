@@ -5,6 +5,7 @@
 
 pub mod bundle;
 pub mod certs;
+pub mod check;
 pub mod install;
 pub mod join;
 pub mod node;
@@ -70,6 +71,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check this node and, from a master, the cluster: one line per check
+    /// (✓ fine, ‼ warning, × error) with a hint; exit 0 when all pass, 1
+    /// with warnings, 2 with errors, 3 when nothing is installed.
+    Check {
+        /// `text`, or `json` for a list of {group, name, outcome, message, hint}.
+        #[arg(long, value_enum, default_value = "text")]
+        output: CheckOutput,
+    },
     /// Stop everything hakube runs here and remove what it created under the root
     /// (a master first leaves the etcd cluster).
     Reset {
@@ -96,6 +105,12 @@ pub enum Command {
     Monitoring(MonitoringCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckOutput {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -534,6 +549,22 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
         Command::Token(TokenCommand::Revoke { id }) => {
             crate::cli::tokens::revoke(&paths, &id)?;
             Ok(0)
+        }
+        Command::Check { output } => {
+            let reading = match runtime()?.block_on(crate::cli::check::read(&paths)) {
+                Ok(r) => r,
+                Err(e) if e.is::<crate::cli::status::NotInstalled>() => {
+                    eprintln!("error: {e}");
+                    return Ok(crate::cli::status::EXIT_NOT_INSTALLED);
+                }
+                Err(e) => return Err(e),
+            };
+            let checks = crate::cli::check::judge(&reading);
+            match output {
+                CheckOutput::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
+                CheckOutput::Text => print!("{}", crate::cli::check::render(&checks)),
+            }
+            Ok(crate::cli::check::worst(&checks).exit_code())
         }
         Command::Status { json } => {
             let report = match runtime()?.block_on(crate::cli::status::gather(&paths)) {
