@@ -254,6 +254,7 @@ fn check_fails_while_a_master_is_stopped_and_passes_when_it_returns() {
     let (_, checks) = check(m1);
     assert_eq!(outcome_of(&checks, "member m3"), "ok");
     assert_eq!(outcome_of(&checks, "quorum"), "ok");
+    assert_eq!(outcome_of(&checks, "kube-system webhooks"), "ok", "hakube labels kube-system itself");
 
     m3.kill_all();
     let mut seen = vec![];
@@ -271,4 +272,103 @@ fn check_fails_while_a_master_is_stopped_and_passes_when_it_returns() {
         let (code, checks) = check(m1);
         code <= 1 && outcome_of(&checks, "member m3") == "ok"
     });
+}
+
+/// The value of `export NAME='…'` (or unquoted) in a join script.
+fn exported(script: &str, name: &str) -> String {
+    let line = script.lines().find_map(|l| l.strip_prefix(&format!("export {name}="))).unwrap();
+    line.trim_matches('\'').to_owned()
+}
+
+/// The support bundle holds what support asks for and none of the secrets
+/// the node has seen: a master join script's token and certificate key
+/// (written into the agent's log here, as an operator's pasted command
+/// would be) and a Secret's value.
+#[test]
+fn the_support_bundle_holds_the_evidence_and_no_secret() {
+    let net = Network::new();
+    let m1 = net.host("m1");
+    m1.install_master(&[]);
+    let script = stdout(&m1.hakube(&["node-join-script", "--master"]));
+    let (token, key) = (exported(&script, "HAKUBE_JOIN_TOKEN"), exported(&script, "HAKUBE_CERTIFICATE_KEY"));
+    assert!(token.len() == 23 && key.len() == 64, "{token} {key}");
+    let secret_value = "hunter2-correct-horse-battery";
+    let out =
+        m1.kubectl(&["create", "secret", "generic", "app-db", &format!("--from-literal=password={secret_value}")]);
+    assert_ok(&out, "kubectl create secret");
+    let agent_log = m1.root().join("var/lib/hakube/logs/agent.log");
+    let mut log = std::fs::OpenOptions::new().append(true).open(&agent_log).unwrap();
+    use std::io::Write as _;
+    writeln!(log, "operator ran: HAKUBE_JOIN_TOKEN={token} hakube join --certificate-key {key}").unwrap();
+    drop(log);
+
+    // `hakube logs`: the names there are, a tail, a clear refusal.
+    let listed = stdout(&m1.hakube(&["logs"]));
+    assert!(listed.lines().any(|l| l.starts_with("etcd ")) && listed.contains("agent"), "{listed}");
+    let tail = m1.hakube(&["logs", "agent", "--tail", "1"]);
+    assert_eq!(stdout(&tail).lines().count(), 1, "{}", stdout(&tail));
+    let bad = m1.hakube(&["logs", "kubelets"]);
+    assert!(!bad.status.success() && stderr(&bad).contains("no log named \"kubelets\""), "{}", stderr(&bad));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("support.tar.gz");
+    let out = m1.hakube(&["support-bundle", "--output", file.to_str().unwrap()]);
+    assert_ok(&out, "support-bundle");
+    assert!(stdout(&out).contains("secrets redacted"), "{}", stdout(&out));
+    let unpacked = dir.path().join("x");
+    std::fs::create_dir(&unpacked).unwrap();
+    let tar = Command::new("tar").arg("-xzf").arg(&file).arg("-C").arg(&unpacked).output().unwrap();
+    assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+    let top = unpacked.join("support");
+    for part in [
+        "README.txt",
+        "status.json",
+        "status.txt",
+        "check.txt",
+        "check.json",
+        "metrics.txt",
+        "config/cluster.yaml",
+        "config/effective.yaml",
+        "certificates.json",
+        "logs/agent.log",
+        "logs/etcd.log",
+        "logs/kube-apiserver.log",
+        "etcd/members.json",
+        "etcd/endpoint-status.json",
+        "kubernetes/nodes.json",
+        "kubernetes/events.json",
+        "kubernetes/kube-system-deployments.json",
+    ] {
+        let len = std::fs::metadata(top.join(part)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 0, "{part} missing or empty in the bundle");
+    }
+    let encoded = base64_of(secret_value);
+    let grep = Command::new("grep")
+        .args(["-rlF", "-e", &token, "-e", &key, "-e", secret_value, "-e", &encoded, "-e", &token[7..]])
+        .arg(&top)
+        .output()
+        .unwrap();
+    assert!(grep.stdout.is_empty(), "secrets in the bundle: {}", String::from_utf8_lossy(&grep.stdout));
+    let agent = std::fs::read_to_string(top.join("logs/agent.log")).unwrap();
+    assert!(agent.contains("HAKUBE_JOIN_TOKEN=[redacted] hakube join --certificate-key [redacted]"), "{agent}");
+    let members = std::fs::read_to_string(top.join("etcd/members.json")).unwrap();
+    assert!(members.contains("\"m1\""), "{members}");
+}
+
+fn base64_of(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(A[(n >> (18 - 6 * k)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -287,7 +287,16 @@ pub(super) fn objects(spec: &AddonSpec) -> Vec<Object> {
     // when they share a node (kubeadm#1657), and never blocks on a lone
     // replica either (one unavailable is always allowed).
     let pdb = object(&Kind::PDB, ns, NAME, &app, json!({"spec": {"maxUnavailable": 1, "selector": selector()}}));
-    vec![service_account, cluster_role, binding, config, deployment, service, pdb]
+    // kube-system itself, only for the label that keeps admission webhooks
+    // that honour it (Linkerd's injector) off the control plane's pods: a
+    // webhook down never blocks them. Not marked managed by hakube: the
+    // namespace is the cluster's.
+    let (key, value) = super::WEBHOOK_EXCLUSION;
+    let namespace = (
+        "/api/v1/namespaces/kube-system".to_owned(),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": {key: value}}}),
+    );
+    vec![namespace, service_account, cluster_role, binding, config, deployment, service, pdb]
 }
 
 /// What `ha` cannot give with this many schedulable nodes.

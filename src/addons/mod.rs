@@ -23,6 +23,11 @@ use crate::kube::objects::{self, Deployment, Node};
 
 /// The label on every object hakube applies.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "hakube");
+
+/// The label on `kube-system` that admission webhooks honouring it (as
+/// Linkerd's documents) skip the namespace for: a webhook that is down then
+/// never blocks the control plane's own pods.
+pub const WEBHOOK_EXCLUSION: (&str, &str) = ("config.linkerd.io/admission-webhooks", "disabled");
 /// The server-side apply field manager.
 pub const FIELD_MANAGER: &str = "hakube";
 /// Where local-path volumes live on a node. A simulated host's agent maps

@@ -85,10 +85,7 @@ pub struct Reading {
     pub kube: Option<Result<KubeReading, String>>,
 }
 
-/// The label that keeps `kube-system` out of admission webhooks that
-/// honour it (Linkerd's injector): a webhook down must never block the
-/// control plane's own pods.
-pub const WEBHOOK_EXCLUSION: (&str, &str) = ("config.linkerd.io/admission-webhooks", "disabled");
+use crate::addons::WEBHOOK_EXCLUSION;
 
 /// etcd's own guidance: the 99th percentile of WAL fsyncs under 10 ms.
 const FSYNC_P99_LIMIT: f64 = 0.010;

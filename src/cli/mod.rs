@@ -8,12 +8,14 @@ pub mod certs;
 pub mod check;
 pub mod install;
 pub mod join;
+pub mod logs;
 pub mod node;
 pub mod reset;
 pub mod restore;
 pub mod show_config;
 pub mod snapshot;
 pub mod status;
+pub mod support;
 pub mod tokens;
 pub mod upgrade;
 mod words;
@@ -78,6 +80,26 @@ pub enum Command {
         /// `text`, or `json` for a list of {group, name, outcome, message, hint}.
         #[arg(long, value_enum, default_value = "text")]
         output: CheckOutput,
+    },
+    /// Show a component's log (or the agent's: `agent`); without a name,
+    /// list the logs there are.
+    Logs {
+        #[arg(value_name = "COMPONENT")]
+        name: Option<String>,
+        /// How many of the last lines to show (0: all).
+        #[arg(long, short = 'n', default_value_t = 100, value_name = "N")]
+        tail: usize,
+        /// Keep printing what is written, until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Write one archive (.tar.gz) for support: status, check, metrics,
+    /// recent logs, etcd's members, the cluster's Nodes, Events and add-on
+    /// objects, the config; secrets redacted.
+    SupportBundle {
+        /// The archive to write (default hakube-support-NODE-TIME.tar.gz here).
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Stop everything hakube runs here and remove what it created under the root
     /// (a master first leaves the etcd cluster).
@@ -548,6 +570,63 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
         }
         Command::Token(TokenCommand::Revoke { id }) => {
             crate::cli::tokens::revoke(&paths, &id)?;
+            Ok(0)
+        }
+        Command::Logs { name: None, .. } => {
+            let logs = crate::cli::logs::available(&paths);
+            if logs.is_empty() {
+                println!("no logs under {}", paths.log_dir().display());
+            }
+            for (name, size) in logs {
+                println!("{name:<26} {:>8} KiB", size.div_ceil(1024));
+            }
+            Ok(0)
+        }
+        Command::Logs { name: Some(name), tail, follow } => {
+            use std::io::Write as _;
+            let path = crate::cli::logs::path_of(&paths, &name)?;
+            let shown = crate::cli::logs::tail(&path, tail).with_context(|| path.display().to_string())?;
+            let mut out = std::io::stdout().lock();
+            let shown = out.write_all(&shown).map_err(anyhow::Error::from).and_then(|()| match follow {
+                true => crate::cli::logs::follow(&path, std::fs::metadata(&path)?.len(), &mut out),
+                false => Ok(()),
+            });
+            match shown {
+                // `hakube logs kubelet | head`: the reader has seen enough.
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+                {
+                    Ok(0)
+                }
+                r => r.map(|()| 0),
+            }
+        }
+        Command::SupportBundle { output } => {
+            let say = |what: &str| eprintln!("collecting {what}…");
+            let entries = match runtime()?.block_on(crate::cli::support::collect(&paths, &say)) {
+                Ok(e) => e,
+                Err(e) if e.is::<crate::cli::status::NotInstalled>() => {
+                    eprintln!("error: {e}");
+                    return Ok(crate::cli::status::EXIT_NOT_INSTALLED);
+                }
+                Err(e) => return Err(e),
+            };
+            let file = match output {
+                Some(f) => f,
+                None => {
+                    let node = config::load_installed(&paths.config_file())?.map(|c| c.node.name.to_string());
+                    crate::cli::support::default_file(&node.unwrap_or_default(), crate::host::clock::now_secs())
+                }
+            };
+            crate::cli::support::write(&file, &entries)?;
+            let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "{} ({} files, {} KiB): secrets redacted, see its README.txt",
+                file.display(),
+                entries.len(),
+                size.div_ceil(1024)
+            );
             Ok(0)
         }
         Command::Check { output } => {
