@@ -55,5 +55,5 @@ case $cmd in
 esac
 shift
 # The tools build against protoc: up installs what is missing first.
-[[ $cmd != up ]] || hakube_ensure_deps kube || die "could not install the dependencies"
+[[ $cmd != up ]] || hakube_ensure_deps kube prometheus || die "could not install the dependencies"
 hakube_dev sandbox "$cmd" "$@"

@@ -21,6 +21,11 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::proc::{self, bounded, bounded_group, in_ns, msg, warning};
 
 const SWITCH: &str = "hk-sw";
+/// Where every sandbox agent serves /metrics (on its own address, so that
+/// the sandbox's Prometheus on m1 scrapes them all).
+const METRICS_PORT: u16 = 9469;
+/// The sandbox's Prometheus, on m1's address.
+const PROMETHEUS_PORT: u16 = 9090;
 const NET: &str = "10.77.0";
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -281,6 +286,8 @@ impl Sandbox {
             let mut args = vec!["install", "ha"];
             args.extend(words.iter().map(String::as_str));
             let bundle = bundle.display().to_string();
+            let metrics = format!("metrics-address={}:{METRICS_PORT}", m1.ip);
+            args.push(&metrics);
             args.extend(["--advertise-address", &m1.ip, "--node-name", "m1", "--components", MASTER_COMPONENTS]);
             args.extend(["--bundle", &bundle, "--no-systemd"]);
             proc::run(bounded(INSTALL_TIMEOUT, self.hakube(bin, "m1", &args)), "hakube install on m1")
@@ -288,6 +295,7 @@ impl Sandbox {
         }
         self.join_hosts(bin, Path::new(&bundle))?;
         self.wait_nodes_ready()?;
+        self.start_prometheus(bin);
 
         let mut healthy = true;
         for host in self.hosts().iter().filter(|h| self.has_root(&h.name)) {
@@ -332,6 +340,7 @@ impl Sandbox {
             cmd.arg(self.dir.join(script)).arg("--root").arg(self.root(&host.name));
             cmd.args(["--advertise-address", &host.ip, "--node-name", &host.name, "--components", components]);
             cmd.arg("--bundle").arg(bundle).arg("--no-systemd").env("HAKUBE_BIN", bin);
+            cmd.arg("--metrics-address").arg(format!("{}:{METRICS_PORT}", host.ip));
             // In a process group of its own: a timeout stops the whole join.
             let mut cmd = bounded_group(INSTALL_TIMEOUT, cmd);
             let child = cmd.stdout(log.try_clone()?).stderr(log).spawn().context("cannot run a join script")?;
@@ -355,6 +364,71 @@ impl Sandbox {
             bail!("some hosts did not join: {}", failed.join(" "));
         }
         Ok(())
+    }
+
+    /// A real Prometheus (Debian's package) in m1's namespace, scraping every
+    /// agent with hakube's alert rules loaded; left running until `down`
+    /// (which stops everything in the namespaces). Skipped, and said, when
+    /// the package is not installed.
+    fn start_prometheus(&self, bin: &Path) {
+        let pid_file = self.dir.join("prometheus.pid");
+        let running = fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        if running.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
+            return;
+        }
+        if !Command::new("sh")
+            .args(["-c", "command -v prometheus"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            warning!("no prometheus binary (Debian's prometheus package): the sandbox runs without one");
+            return;
+        }
+        let dir = self.dir.join("prometheus");
+        let started = (|| -> Result<u32> {
+            fs::create_dir_all(&dir)?;
+            let rules = proc::output(
+                {
+                    let mut c = Command::new(bin);
+                    c.args(["monitoring", "rules"]);
+                    c
+                },
+                "hakube monitoring rules",
+            )?;
+            fs::write(dir.join("hakube.rules.yaml"), rules)?;
+            let targets: Vec<String> = self.hosts().iter().map(|h| format!("'{}:{METRICS_PORT}'", h.ip)).collect();
+            fs::write(
+                dir.join("prometheus.yml"),
+                format!(
+                    "global: {{scrape_interval: 10s, evaluation_interval: 10s}}\n\
+                     rule_files: [{}]\n\
+                     scrape_configs:\n  - job_name: hakube\n    static_configs: [{{targets: [{}]}}]\n",
+                    dir.join("hakube.rules.yaml").display(),
+                    targets.join(", ")
+                ),
+            )?;
+            let log = File::create(dir.join("prometheus.log"))?;
+            let mut cmd = in_ns(&ns_of("m1"), "prometheus");
+            cmd.arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+                .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+                .arg(format!("--web.listen-address={NET}.11:{PROMETHEUS_PORT}"))
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            let child = cmd.spawn().context("cannot start prometheus")?;
+            Ok(child.id())
+        })();
+        match started {
+            Ok(pid) => {
+                let _ = fs::write(&pid_file, format!("{pid}\n"));
+                msg!(
+                    "Prometheus scrapes every agent: http://{NET}.11:{PROMETHEUS_PORT} in hk-m1 (log {})",
+                    dir.join("prometheus.log").display()
+                );
+            }
+            Err(e) => warning!("the sandbox runs without Prometheus: {e:#}"),
+        }
     }
 
     /// Waits (bounded) until every installed host's Node is Ready.
@@ -539,6 +613,9 @@ Look inside:
       --cert {m1}/var/lib/hakube/pki/etcd/healthcheck-client.crt \
       --key {m1}/var/lib/hakube/pki/etcd/healthcheck-client.key endpoint health
   cat {dir}/join-m2.log                  # how a master joined (serialized etcd join)
+  {sudo}ip netns exec hk-m1 {bin} --root {m1} check      # ✓ ‼ × with hints
+  {sudo}ip netns exec hk-m1 curl -s http://{NET}.11:{METRICS_PORT}/metrics   # what m1's agent exports
+  {sudo}ip netns exec hk-m1 curl -s http://{NET}.11:{PROMETHEUS_PORT}/api/v1/alerts   # Prometheus, with hakube's rules
   scripts/sandbox.sh status | down
 
 kubectl (the bundle's {version}, on m1's network, with its admin kubeconfig):

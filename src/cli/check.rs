@@ -206,8 +206,8 @@ pub fn judge(r: &Reading) -> Vec<Check> {
                 if let (Some(size), Some(quota)) = (m.db_size_bytes, m.quota_bytes) {
                     let pct = size * 100.0 / quota.max(1.0);
                     let msg = format!(
-                        "database {} MiB of its {} MiB quota ({pct:.0}%)",
-                        size as u64 >> 20,
+                        "database {:.1} MiB of its {} MiB quota ({pct:.0}%)",
+                        size / 1048576.0,
                         quota as u64 >> 20
                     );
                     let hint = Some("at its quota etcd takes no writes: compact and defragment");
