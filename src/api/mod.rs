@@ -37,6 +37,13 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// Requests a source address may make in a burst, and per second after it.
 const BURST: f64 = 20.0;
 const PER_SECOND: f64 = 5.0;
+/// Sources the limiter remembers at once. A source idle for [`REFILL`] is
+/// back at a full burst, as if never seen, so it is forgotten first; when
+/// every remembered source is newer, a new one is refused until one ages
+/// out: the table never grows with the number of addresses a flood uses.
+const MAX_SOURCES: usize = 4096;
+/// How long an empty bucket takes to fill again (BURST / PER_SECOND).
+const REFILL: Duration = Duration::from_secs(4);
 
 pub struct ApiContext {
     pub paths: Paths,
@@ -59,10 +66,13 @@ impl ApiContext {
 
     fn allow(&self, ip: IpAddr) -> bool {
         let mut buckets = self.buckets.lock().expect("bucket lock");
-        if buckets.len() > 4096 {
-            buckets.retain(|_, (_, t)| t.elapsed() < Duration::from_secs(60));
-        }
         let now = Instant::now();
+        if buckets.len() >= MAX_SOURCES && !buckets.contains_key(&ip) {
+            buckets.retain(|_, (_, t)| now.duration_since(*t) < REFILL);
+            if buckets.len() >= MAX_SOURCES {
+                return false;
+            }
+        }
         let (tokens, last) = buckets.entry(ip).or_insert((BURST, now));
         *tokens = (*tokens + last.elapsed().as_secs_f64() * PER_SECOND).min(BURST);
         *last = now;
@@ -190,6 +200,27 @@ pub async fn run(paths: Paths, cfg: ClusterConfig, mut stop: watch::Receiver<boo
     }
 }
 
+/// One request through the API as a connection from `remote` takes it
+/// (`peer`: the node its client certificate names, if it showed one),
+/// without a socket or TLS: what the fuzz target drives.
+pub async fn answer<B>(
+    ctx: Arc<ApiContext>,
+    remote: SocketAddr,
+    peer: Option<String>,
+    req: hyper::Request<B>,
+) -> Response
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    use hyper::service::Service as _;
+    let app = router(ctx).layer(Extension(Remote(remote))).layer(Extension(Peer(peer)));
+    match hyper_util::service::TowerToHyperService::new(app).call(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
 /// Serves the join API on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
@@ -241,5 +272,35 @@ pub async fn serve(
             // A client that sends nothing gets dropped.
             let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Arc<ApiContext> {
+        let dir = std::env::temp_dir();
+        ApiContext::new(Paths::new(dir), crate::config::tests::test_config("{}"))
+    }
+
+    #[test]
+    fn the_rate_limiter_remembers_a_bounded_number_of_sources() {
+        let ctx = ctx();
+        let v6 = |n: u32| IpAddr::from(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(n)));
+        for n in 0..MAX_SOURCES as u32 {
+            assert!(ctx.allow(v6(n)));
+        }
+        assert!(!ctx.allow(v6(MAX_SOURCES as u32)), "a new source beyond the table waits");
+        assert!(ctx.allow(v6(7)), "a known source keeps its bucket");
+        assert_eq!(ctx.buckets.lock().unwrap().len(), MAX_SOURCES);
+    }
+
+    #[test]
+    fn a_source_gets_its_burst_then_is_refused() {
+        let ctx = ctx();
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        let allowed = (0..40).filter(|_| ctx.allow(ip)).count();
+        assert!((20..=21).contains(&allowed), "{allowed}");
     }
 }
