@@ -13,7 +13,8 @@
 # licenses, sources and versions of every crate), release build of the workspace
 # (hakube and its developer tools in dev/, which the VM tests run), then the
 # tests of both with cargo-nextest (cargo test when nextest cannot be had),
-# then the VM tests (scripts/test-vm.sh), then the conformance smoke subset
+# then the fuzz targets briefly (scripts/fuzz.sh), then the VM tests
+# (scripts/test-vm.sh), then the conformance smoke subset
 # on a sandbox of its own (scripts/conformance.sh --smoke).
 # Extra arguments go to `cargo nextest run`.
 #
@@ -27,6 +28,8 @@
 #   HAKUBE_TEST_VM        0 skips the VM tests (scripts/test-vm.sh; default 1)
 #   HAKUBE_TEST_VM_TIMEOUT  seconds the VM tests may take (default 2400)
 #   HAKUBE_TEST_CONFORMANCE 0 skips the conformance smoke subset (default 1)
+#   HAKUBE_TEST_FUZZ      0 skips the fuzz targets (default 1)
+#   HAKUBE_TEST_FUZZ_SECONDS  seconds each fuzz target runs (default 15)
 set -euo pipefail
 
 prog=test.sh
@@ -61,10 +64,14 @@ test_timeout=${HAKUBE_TEST_TIMEOUT:-3600}
 vm_test=${HAKUBE_TEST_VM:-1}
 vm_timeout=${HAKUBE_TEST_VM_TIMEOUT:-2400}
 conformance=${HAKUBE_TEST_CONFORMANCE:-1}
+fuzz=${HAKUBE_TEST_FUZZ:-1}
+fuzz_seconds=${HAKUBE_TEST_FUZZ_SECONDS:-15}
 [[ $threads =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_THREADS must be a positive integer (got '$threads')"
 [[ $test_timeout =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_TIMEOUT must be a positive number of seconds (got '$test_timeout')"
 [[ $vm_test == [01] ]] || die "HAKUBE_TEST_VM must be 0 or 1 (got '$vm_test')"
 [[ $conformance == [01] ]] || die "HAKUBE_TEST_CONFORMANCE must be 0 or 1 (got '$conformance')"
+[[ $fuzz == [01] ]] || die "HAKUBE_TEST_FUZZ must be 0 or 1 (got '$fuzz')"
+[[ $fuzz_seconds =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_FUZZ_SECONDS must be a positive number of seconds (got '$fuzz_seconds')"
 [[ $vm_timeout =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_VM_TIMEOUT must be a positive number of seconds (got '$vm_timeout')"
 
 hakube_as_root "$script" "$@"
@@ -148,6 +155,14 @@ else
   step "cargo test" timeout "${timeout_args[@]}" "$test_timeout" cargo test --workspace --locked --no-fail-fast "$@" -- --test-threads "$threads"
 fi
 
+# Every parser facing input from outside the host under libFuzzer, briefly
+# (scripts/fuzz.sh; a long run is a developer's, see the README).
+fuzz_tests=skipped
+if [[ $fuzz == 1 ]]; then
+  step "fuzz targets, ${fuzz_seconds} s each (scripts/fuzz.sh)" bash "$script_dir/fuzz.sh" --seconds "$fuzz_seconds"
+  fuzz_tests=passed
+fi
+
 # hakube as the systemd unit of real VMs: install, joins, stop and start,
 # reboot, power loss, reset (scripts/test-vm.sh, which says what it shows).
 # A step of its own, after the rest: it boots VMs and takes minutes.
@@ -176,5 +191,5 @@ if [[ $conformance == 1 ]]; then
 fi
 
 current_step=
-printf '%s: all checks passed: fmt, clippy, cargo deny, release build, tests, VM tests %s, conformance smoke %s (%d s)\n' \
-  "$prog" "$vm_tests" "$conformance_tests" "$((SECONDS - started))"
+printf '%s: all checks passed: fmt, clippy, cargo deny, release build, tests, fuzz %s, VM tests %s, conformance smoke %s (%d s)\n' \
+  "$prog" "$fuzz_tests" "$vm_tests" "$conformance_tests" "$((SECONDS - started))"

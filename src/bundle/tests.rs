@@ -264,3 +264,28 @@ fn a_source_directory_that_changed_since_its_build_is_refused() {
     let e = plan(&Source { dir: &kube, hakube: &hakube, hakube_version: "0.1.0" }).unwrap_err().to_string();
     assert!(e.contains("kubelet does not match its line in SHA256SUMS"), "{e}");
 }
+
+/// The fuzz target's seeds (fuzz/seeds/bundle): a small whole bundle,
+/// signed and not. `cargo test --lib write_the_fuzz_seeds -- --ignored`
+/// writes them again after a change of the format.
+#[test]
+#[ignore = "writes fuzz/seeds/bundle"]
+fn write_the_fuzz_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, hakube) = source(dir.path());
+    // Small members: a seed is a few KiB, as the fuzzer likes them.
+    put(&kube, "kube-apiserver", b"\x7fELF kube-apiserver", 0o755);
+    put(&kube, "pause.tar", b"pause", 0o644);
+    let mut sums = String::new();
+    for n in ["MANIFEST", "VERSION", "cni/bridge", "coredns", "kube-apiserver", "kubelet", "pause-image", "pause.tar"] {
+        let (sha, _) = file_sha256(&kube.join(n)).unwrap();
+        sums.push_str(&format!("{sha}  {n}\n"));
+    }
+    put(&kube, SUMS, sums.as_bytes(), 0o644);
+    let (manifest, files) = plan(&Source { dir: &kube, hakube: &hakube, hakube_version: "0.1.0" }).unwrap();
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/bundle");
+    std::fs::create_dir_all(&seeds).unwrap();
+    let key = SigningKey::from_pem(KEY).unwrap();
+    create(&manifest, &files, None, &seeds.join("small.tar")).unwrap();
+    create(&manifest, &files, Some(&key), &seeds.join("small-signed.tar")).unwrap();
+}

@@ -65,10 +65,7 @@ struct Checked {
 fn check(req: &Request) -> anyhow::Result<Checked> {
     let token = req.token.clone().context("no join token: run the join script, or pass --token / HAKUBE_JOIN_TOKEN")?;
     let ca_hash = req.ca_hash.clone().context("no --ca-hash (HAKUBE_CA_HASH): run the join script")?;
-    let hex = ca_hash.strip_prefix("sha256:").unwrap_or("");
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("--ca-hash {ca_hash:?} is not of the form sha256:<64 hex digits>: copy it from the join script");
-    }
+    crate::join::tls::check_ca_hash(&ca_hash).map_err(anyhow::Error::msg)?;
     let key = match (req.role, &req.certificate_key) {
         (Role::Master, None) => bail!("a master join needs --certificate-key (HAKUBE_CERTIFICATE_KEY): use a script from `hakube node-join-script --master`"),
         (Role::Master, Some(k)) => Some(k.clone()),

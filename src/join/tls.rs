@@ -60,6 +60,17 @@ pub fn node_of(der: &[u8]) -> Option<String> {
     (in_group && !name.is_empty()).then(|| name.to_owned())
 }
 
+/// A pin as a join script gives it: `sha256:` and 64 hex digits.
+pub fn check_ca_hash(ca_hash: &str) -> Result<(), String> {
+    let hex = ca_hash.strip_prefix("sha256:").unwrap_or("");
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "--ca-hash {ca_hash:?} is not of the form sha256:<64 hex digits>: copy it from the join script"
+        ));
+    }
+    Ok(())
+}
+
 /// `sha256:<hex>` of a DER certificate's SubjectPublicKeyInfo.
 pub fn spki_hash(der: &[u8]) -> Option<String> {
     use x509_parser::prelude::FromDer;
