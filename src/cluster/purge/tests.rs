@@ -536,3 +536,103 @@ fn steps_run_in_the_order_that_keeps_a_purge_resumable() {
          run `hakube reset` on it and join it again"
     );
 }
+
+/// The decision over many rounds of generated clusters: nodes that live,
+/// die, have their heartbeat stuck while their kubelet renews, or whose
+/// Kubernetes signal cannot be read for a while.
+mod properties {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::super::decide::{decide, judge, KubeSignal, PurgeDecision, Reading, Tracker};
+    use crate::cluster::Role;
+    use crate::config::Toleration;
+
+    const ROUNDS: usize = 80;
+    /// The leader's round: every 5 s.
+    const ROUND_SECS: u64 = 5;
+
+    #[derive(Debug, Clone)]
+    struct Node {
+        master: bool,
+        /// The round its host goes down for good (both signals stop).
+        dies_at: Option<usize>,
+        /// Its agent's heartbeat never moves (cut off from the masters' API)
+        /// while its kubelet lives.
+        heartbeat_stuck: bool,
+        /// Rounds whose Kubernetes signal cannot be read.
+        unknown: Vec<bool>,
+    }
+
+    fn node() -> impl Strategy<Value = Node> {
+        (
+            any::<bool>(),
+            proptest::option::of(0..ROUNDS),
+            any::<bool>(),
+            proptest::collection::vec(proptest::bool::weighted(0.15), ROUNDS),
+        )
+            .prop_map(|(master, dies_at, heartbeat_stuck, unknown)| Node {
+                master,
+                dies_at,
+                heartbeat_stuck,
+                unknown,
+            })
+    }
+
+    proptest! {
+        /// A node whose kubelet renews is never purged, whatever its
+        /// heartbeat does and however long its signal cannot be read; a
+        /// node is purged only when read this round, silent for longer than
+        /// the toleration; and a dead node read this round and silent past
+        /// the toleration is purged (some purge starts).
+        #[test]
+        fn only_dead_nodes_are_purged_and_only_after_the_toleration(
+            nodes in proptest::collection::vec(node(), 1..6),
+            toleration in 20u64..200,
+        ) {
+            let start = tokio::time::Instant::now();
+            let mut tracker = Tracker::default();
+            for round in 0..ROUNDS {
+                let now = start + Duration::from_secs(ROUND_SECS * round as u64);
+                let readings: Vec<Reading> = nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let last_alive = n.dies_at.map_or(round, |d| round.min(d.saturating_sub(1)));
+                        let kube = match n.unknown[round] {
+                            true => KubeSignal::Unknown("the API servers do not answer".into()),
+                            false => KubeSignal::Seen(1_000 + last_alive as u64),
+                        };
+                        let heartbeat_at = if n.heartbeat_stuck { 7 } else { 2_000 + last_alive as u64 };
+                        Reading {
+                            name: format!("n{i}"),
+                            role: if n.master { Role::Master } else { Role::Worker },
+                            address: std::net::IpAddr::from([10, 0, 0, 10 + i as u8]),
+                            heartbeat_at,
+                            kube,
+                        }
+                    })
+                    .collect();
+                let silences = tracker.observe(&readings, now);
+                let judged = judge(readings, silences, Toleration::After(Duration::from_secs(toleration)), "leader", &[], &[]);
+                let decision = decide(&judged);
+                if let PurgeDecision::Start { node, lost_for } = &decision {
+                    let i: usize = node.name[1..].parse().unwrap();
+                    let n = &nodes[i];
+                    let died = n.dies_at.filter(|d| *d <= round);
+                    prop_assert!(died.is_some(), "round {round}: purged {} whose kubelet renews", node.name);
+                    prop_assert!(!n.unknown[round], "round {round}: purged {} whose signal cannot be read", node.name);
+                    prop_assert!(*lost_for > toleration, "round {round}: purged after {lost_for} s of {toleration}");
+                }
+                let overdue = judged.iter().any(|j| {
+                    let i: usize = j.reading.name[1..].parse().unwrap();
+                    !nodes[i].unknown[round] && j.silent.as_secs() > toleration
+                });
+                if overdue {
+                    prop_assert!(matches!(decision, PurgeDecision::Start { .. }), "round {round}: an overdue node is not purged");
+                }
+            }
+        }
+    }
+}
