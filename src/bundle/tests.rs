@@ -30,15 +30,20 @@ fn source(dir: &Path) -> (PathBuf, PathBuf) {
     put(&kube, "pause-image", b"hakube.local/pause:3.10.2\n", 0o644);
     put(&kube, "MANIFEST", b"kubernetes v1.37.2\n", 0o644);
     put(&kube, "VERSION", b"v1.37.2\n", 0o644);
+    write_sums(&kube);
+    let hakube = dir.join("hakube");
+    put(hakube.parent().unwrap(), "hakube", b"\x7fELF hakube", 0o755);
+    (kube, hakube)
+}
+
+/// The directory's SHA256SUMS, as kube-bundle.sh writes it.
+fn write_sums(kube: &Path) {
     let mut sums = String::new();
     for n in ["MANIFEST", "VERSION", "cni/bridge", "coredns", "kube-apiserver", "kubelet", "pause-image", "pause.tar"] {
         let (sha, _) = file_sha256(&kube.join(n)).unwrap();
         sums.push_str(&format!("{sha}  {n}\n"));
     }
-    put(&kube, SUMS, sums.as_bytes(), 0o644);
-    let hakube = dir.join("hakube");
-    put(hakube.parent().unwrap(), "hakube", b"\x7fELF hakube", 0o755);
-    (kube, hakube)
+    put(kube, SUMS, sums.as_bytes(), 0o644);
 }
 
 fn made(dir: &Path, key: Option<&SigningKey>) -> PathBuf {
@@ -276,12 +281,7 @@ fn write_the_fuzz_seeds() {
     // Small members: a seed is a few KiB, as the fuzzer likes them.
     put(&kube, "kube-apiserver", b"\x7fELF kube-apiserver", 0o755);
     put(&kube, "pause.tar", b"pause", 0o644);
-    let mut sums = String::new();
-    for n in ["MANIFEST", "VERSION", "cni/bridge", "coredns", "kube-apiserver", "kubelet", "pause-image", "pause.tar"] {
-        let (sha, _) = file_sha256(&kube.join(n)).unwrap();
-        sums.push_str(&format!("{sha}  {n}\n"));
-    }
-    put(&kube, SUMS, sums.as_bytes(), 0o644);
+    write_sums(&kube);
     let (manifest, files) = plan(&Source { dir: &kube, hakube: &hakube, hakube_version: "0.1.0" }).unwrap();
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/bundle");
     std::fs::create_dir_all(&seeds).unwrap();

@@ -470,6 +470,19 @@ impl InstallArgs {
     }
 }
 
+/// What a command that reads the installed node got: nothing installed is
+/// said on stderr and becomes its exit code (3), not an error.
+fn installed<T>(read: anyhow::Result<T>) -> anyhow::Result<Result<T, i32>> {
+    match read {
+        Ok(r) => Ok(Ok(r)),
+        Err(e) if e.is::<crate::cli::status::NotInstalled>() => {
+            eprintln!("error: {e}");
+            Ok(Err(crate::cli::status::EXIT_NOT_INSTALLED))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Parses the command line, folding kURL-style words into the flags.
 pub fn parse(argv: Vec<OsString>) -> Result<Cli, clap::Error> {
     let mut cli = Cli::try_parse_from(&argv)?;
@@ -604,13 +617,9 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
         }
         Command::SupportBundle { output } => {
             let say = |what: &str| eprintln!("collecting {what}…");
-            let entries = match runtime()?.block_on(crate::cli::support::collect(&paths, &say)) {
-                Ok(e) => e,
-                Err(e) if e.is::<crate::cli::status::NotInstalled>() => {
-                    eprintln!("error: {e}");
-                    return Ok(crate::cli::status::EXIT_NOT_INSTALLED);
-                }
-                Err(e) => return Err(e),
+            let entries = match installed(runtime()?.block_on(crate::cli::support::collect(&paths, &say)))? {
+                Ok(r) => r,
+                Err(code) => return Ok(code),
             };
             let file = match output {
                 Some(f) => f,
@@ -630,13 +639,9 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Check { output } => {
-            let reading = match runtime()?.block_on(crate::cli::check::read(&paths)) {
+            let reading = match installed(runtime()?.block_on(crate::cli::check::read(&paths)))? {
                 Ok(r) => r,
-                Err(e) if e.is::<crate::cli::status::NotInstalled>() => {
-                    eprintln!("error: {e}");
-                    return Ok(crate::cli::status::EXIT_NOT_INSTALLED);
-                }
-                Err(e) => return Err(e),
+                Err(code) => return Ok(code),
             };
             let checks = crate::cli::check::judge(&reading);
             match output {
@@ -646,13 +651,9 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Ok(crate::cli::check::worst(&checks).exit_code())
         }
         Command::Status { json } => {
-            let report = match runtime()?.block_on(crate::cli::status::gather(&paths)) {
+            let report = match installed(runtime()?.block_on(crate::cli::status::gather(&paths)))? {
                 Ok(r) => r,
-                Err(e) if e.is::<crate::cli::status::NotInstalled>() => {
-                    eprintln!("error: {e}");
-                    return Ok(crate::cli::status::EXIT_NOT_INSTALLED);
-                }
-                Err(e) => return Err(e),
+                Err(code) => return Ok(code),
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
