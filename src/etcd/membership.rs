@@ -904,4 +904,87 @@ mod tests {
         let two = [(m(1, "a", "p1", false), ok()), (m(2, "b", "p2", false), ok())];
         assert!(quorum_after_removal(&two, 1).is_ok());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// One member as the generator makes it: learner or not, started
+        /// or not, and what its probe finds.
+        fn member() -> impl Strategy<Value = (bool, bool, u8)> {
+            (proptest::bool::weighted(0.2), proptest::bool::weighted(0.85), 0u8..4)
+        }
+
+        fn probe(p: u8) -> Probe {
+            match p {
+                0 | 1 => Probe::Healthy,
+                2 => Probe::AnswersAsLearner,
+                _ => Probe::Unhealthy("connection refused".into()),
+            }
+        }
+
+        proptest! {
+            /// Whatever the membership and the probes, the gate lets a
+            /// master join only into a cluster of started, healthy voters
+            /// with no other learner pending, refuses only a quorum truly
+            /// lost, and after a promotion passes only when the new member
+            /// itself answers as a healthy voter.
+            #[test]
+            fn the_gate_passes_only_a_whole_cluster_and_refuses_only_a_lost_quorum(
+                members in proptest::collection::vec(member(), 1..7),
+                own in proptest::option::of(0usize..7),
+                after in any::<bool>(),
+            ) {
+                let own_peer = "https://own:2380";
+                let list: Vec<Member> = members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (learner, started, _))| {
+                        let peer = if own == Some(i) { own_peer.to_owned() } else { format!("https://p{i}:2380") };
+                        let name = if *started { format!("m{i}") } else { String::new() };
+                        Member { id: i as u64 + 1, name, peer_urls: vec![peer], client_urls: vec![], is_learner: *learner }
+                    })
+                    .collect();
+                // Voters are probed; learners are not.
+                let health: Vec<(Member, Probe)> = list
+                    .iter()
+                    .zip(&members)
+                    .filter(|(m, _)| !m.is_learner)
+                    .map(|(m, (_, _, p))| (m.clone(), probe(*p)))
+                    .collect();
+                let point = if after { GatePoint::AfterPromotion } else { GatePoint::BeforeAdd };
+                let is_own = |m: &Member| m.peer_urls[0] == own_peer;
+                let verdict = judge_gate(&list, &health, own_peer, point);
+                let voters = health.len();
+                let healthy = health.iter().filter(|(_, p)| p.is_healthy()).count();
+                let settling = health
+                    .iter()
+                    .filter(|(m, p)| *p == Probe::AnswersAsLearner || (after && is_own(m) && !p.is_healthy()))
+                    .count();
+                let others_whole = list.iter().all(|m| is_own(m) || (!m.is_learner && m.started()));
+                if others_whole && healthy + settling < quorum(voters) {
+                    prop_assert!(matches!(verdict, GateVerdict::Refuse(_)), "a lost quorum is refused: {verdict:?}");
+                }
+                match &verdict {
+                    GateVerdict::Pass => {
+                        prop_assert!(others_whole, "{list:?}");
+                        prop_assert!(healthy >= quorum(voters), "{healthy} of {voters}");
+                        for (m, p) in &health {
+                            if !is_own(m) || after {
+                                prop_assert!(p.is_healthy(), "{m:?} is {p:?}");
+                            }
+                        }
+                        if after {
+                            prop_assert!(health.iter().any(|(m, p)| is_own(m) && p.is_healthy()), "own not a healthy voter");
+                        }
+                    }
+                    GateVerdict::Refuse(_) => {
+                        prop_assert!(healthy + settling < quorum(voters), "{healthy} + {settling} of {voters}");
+                    }
+                    GateVerdict::Wait(_) => {}
+                }
+            }
+        }
+    }
 }
