@@ -335,4 +335,119 @@ mod tests {
         assert_eq!(next.load_balancer_change, None);
         assert_eq!(next.load_balancer_address, Some(hp("lb2:6443")));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// One round of one master: it goes down, comes back (catching up
+        /// with the settings in force before anything starts, as its agent
+        /// does), applies the newest revision, or lags.
+        #[derive(Debug, Clone, Copy)]
+        enum Event {
+            Down,
+            Up,
+            Apply,
+            Lag,
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            prop_oneof![1 => Just(Event::Down), 1 => Just(Event::Up), 4 => Just(Event::Apply), 2 => Just(Event::Lag)]
+        }
+
+        /// Whether the names a master presents (those of the settings
+        /// revision it runs) include `addr`.
+        fn names(spec: &ClusterSpec, addr: &HostPort) -> bool {
+            spec.load_balancer_names().contains(&addr)
+        }
+
+        proptest! {
+            /// With masters lagging, going down and coming back at random,
+            /// every master that is up presents the address in force at
+            /// every moment (no client told to use it is refused), phases
+            /// only move forward, and once every master stays up and
+            /// applies, the change finishes with the new address alone.
+            #[test]
+            fn every_master_up_presents_the_address_in_force_and_the_change_finishes(
+                rounds in proptest::collection::vec(proptest::collection::vec(event(), 3), 1..40),
+                from_none in any::<bool>(),
+            ) {
+                // Revision 0 before the change, 1 the change as a re-run
+                // records it; every master runs revision 0.
+                let mut before = crate::config::tests::test_config("{}").cluster;
+                before.load_balancer_address = (!from_none).then(|| hp("lb1:6443"));
+                let mut started = before.clone();
+                started.load_balancer_change = Some(LbChange {
+                    from: before.load_balancer_address.clone(),
+                    to: hp("lb2:6443"),
+                    phase: LbPhase::AddName,
+                    started_by: "m1".into(),
+                    started_at: 1,
+                });
+                let mut history = vec![before, started];
+                // (up, the revision it runs)
+                let mut masters = [(true, 0usize); 3];
+                let mut run = |events: &[Event], history: &mut Vec<ClusterSpec>| -> Result<(), TestCaseError> {
+                    let latest = history.len() - 1;
+                    for (m, e) in masters.iter_mut().zip(events) {
+                        match e {
+                            Event::Down => m.0 = false,
+                            Event::Up if !m.0 => *m = (true, latest),
+                            Event::Apply if m.0 => m.1 = latest,
+                            _ => {}
+                        }
+                    }
+                    let now = &history[latest];
+                    let ch = now.load_balancer_change.clone();
+                    let progress: Vec<MasterProgress> = masters
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (up, rev))| {
+                            let runs = &history[*rev];
+                            let state = match (&ch, up) {
+                                (_, false) => Confirm::Down("no heartbeat".into()),
+                                (_, true) if *rev < latest => Confirm::Waiting("behind".into()),
+                                (Some(c), true) => match c.phase {
+                                    LbPhase::AddName if !names(runs, &c.to) => Confirm::Waiting("no new name".into()),
+                                    LbPhase::DropName if c.from.as_ref().is_some_and(|f| f.host != c.to.host && names(runs, f)) => {
+                                        Confirm::Waiting("old name".into())
+                                    }
+                                    _ => Confirm::Done("ok".into()),
+                                },
+                                (None, true) => Confirm::Done("ok".into()),
+                            };
+                            MasterProgress { name: format!("m{i}"), address: IpAddr::from([10, 0, 0, 11 + i as u8]), state }
+                        })
+                        .collect();
+                    if let Some(next) = advance(now, &progress) {
+                        let rank = |s: &ClusterSpec| s.load_balancer_change.as_ref().map_or(3, |c| c.phase as u8);
+                        prop_assert_eq!(rank(&next), rank(now) + 1, "one phase at a time, forward");
+                        history.push(next);
+                    }
+                    let latest = &history[history.len() - 1];
+                    if let Some(addr) = &latest.load_balancer_address {
+                        for (i, (up, rev)) in masters.iter().enumerate() {
+                            if *up {
+                                prop_assert!(names(&history[*rev], addr), "m{i} at revision {rev} does not present {addr}");
+                            }
+                        }
+                    }
+                    Ok(())
+                };
+                for events in &rounds {
+                    run(events, &mut history)?;
+                }
+                // Then every master up and applying: it finishes.
+                for _ in 0..8 {
+                    run(&[Event::Up, Event::Up, Event::Up], &mut history)?;
+                    run(&[Event::Apply, Event::Apply, Event::Apply], &mut history)?;
+                }
+                let last = &history[history.len() - 1];
+                prop_assert!(last.load_balancer_change.is_none(), "not finished: {:?}", last.load_balancer_change);
+                let new = hp("lb2:6443");
+                prop_assert_eq!(last.load_balancer_names(), vec![&new]);
+            }
+        }
+    }
 }
