@@ -463,12 +463,7 @@ pub async fn read(paths: &Paths) -> anyhow::Result<Reading> {
     let swap_kib = std::fs::read_to_string("/proc/swaps")
         .ok()
         .map(|t| t.lines().skip(1).filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()).sum());
-    let sysctls = crate::host::sysctl::SETTINGS
-        .iter()
-        .map(|(n, _)| {
-            (*n, std::fs::read_to_string(std::path::Path::new("/proc/sys").join(n)).ok().map(|v| v.trim().to_owned()))
-        })
-        .collect();
+    let sysctls = crate::host::sysctl::SETTINGS.iter().map(|(n, _)| (*n, crate::host::sysctl::current(n))).collect();
     let disk = nix::sys::statvfs::statvfs(&paths.data_dir())
         .ok()
         .map(|s| (s.blocks_available() * s.fragment_size(), s.blocks() * s.fragment_size()));
@@ -510,13 +505,7 @@ pub async fn read(paths: &Paths) -> anyhow::Result<Reading> {
 
 async fn read_kube(paths: &Paths, c: &ClusterConfig) -> Result<KubeReading, String> {
     use crate::kube::objects::{self, List, Node};
-    let client = crate::kube::client::KubeClient::from_kubeconfig(&paths.kubeconfig("admin"))
-        .map_err(|e| e.to_string())?
-        .with_servers(vec![crate::config::HostPort::new(
-            crate::config::Host::Ip(c.node.advertise_address),
-            c.node.api_server_port,
-        )])
-        .with_timeout(Duration::from_secs(5));
+    let client = crate::cluster::report::own_api_server(paths, c, Duration::from_secs(5))?;
     let nodes = client.get::<List<Node>>("the nodes", objects::nodes_path()).await.map_err(|e| e.to_string())?;
     let addons = crate::addons::status(&client).await;
     let mut addon_nodes = BTreeMap::new();

@@ -113,7 +113,7 @@ pub async fn collect(paths: &Paths, say: &dyn Fn(&str)) -> anyhow::Result<Vec<En
     }
     if cfg.has(Component::KubeApiserver) {
         say("Kubernetes objects");
-        match kube_client(paths, &cfg) {
+        match crate::cluster::report::own_api_server(paths, &cfg, Duration::from_secs(10)) {
             Ok(client) => {
                 for (name, path) in KUBE_OBJECTS {
                     match tokio::time::timeout(bound(15), client.get::<Value>(name, path)).await {
@@ -148,13 +148,6 @@ const KUBE_OBJECTS: [(&str, &str); 9] = [
     ("poddisruptionbudgets", "/apis/policy/v1/poddisruptionbudgets"),
     ("storageclasses", "/apis/storage.k8s.io/v1/storageclasses"),
 ];
-
-fn kube_client(paths: &Paths, c: &ClusterConfig) -> Result<crate::kube::client::KubeClient, String> {
-    let client =
-        crate::kube::client::KubeClient::from_kubeconfig(&paths.kubeconfig("admin")).map_err(|e| e.to_string())?;
-    let at = crate::config::HostPort::new(crate::config::Host::Ip(c.node.advertise_address), c.node.api_server_port);
-    Ok(client.with_servers(vec![at]).with_timeout(Duration::from_secs(10)))
-}
 
 async fn etcd_parts(paths: &Paths, cfg: &ClusterConfig) -> Result<(Value, Value), String> {
     let (mut client, endpoint) =

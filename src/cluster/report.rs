@@ -57,17 +57,26 @@ pub struct MemberReport {
 }
 
 /// The add-ons' workloads, and whether `ha` has the nodes it wants for
+/// The admin client, talking to this master's own API server only (what
+/// it reads is what this master serves), each call bounded by `timeout`.
+pub fn own_api_server(
+    paths: &Paths,
+    c: &ClusterConfig,
+    timeout: Duration,
+) -> Result<crate::kube::client::KubeClient, String> {
+    let client =
+        crate::kube::client::KubeClient::from_kubeconfig(&paths.kubeconfig("admin")).map_err(|e| e.to_string())?;
+    let at = crate::config::HostPort::new(crate::config::Host::Ip(c.node.advertise_address), c.node.api_server_port);
+    Ok(client.with_servers(vec![at]).with_timeout(timeout))
+}
+
 /// CoreDNS, through this master's own API server (bounded).
 pub async fn probe_addons(paths: &Paths, c: &ClusterConfig) -> (Vec<crate::addons::AddonStatus>, Vec<String>) {
     use crate::kube::objects::{self, List, Node};
-    let client = match crate::kube::client::KubeClient::from_kubeconfig(&paths.kubeconfig("admin")) {
-        Ok(k) => k.with_servers(vec![crate::config::HostPort::new(
-            crate::config::Host::Ip(c.node.advertise_address),
-            c.node.api_server_port,
-        )]),
+    let client = match own_api_server(paths, c, Duration::from_secs(3)) {
+        Ok(k) => k,
         Err(e) => return (vec![], vec![format!("cannot read the add-ons: {e}")]),
     };
-    let client = client.with_timeout(Duration::from_secs(3));
     let gathered = async {
         let addons = crate::addons::status(&client).await;
         let mut warnings: Vec<String> =

@@ -25,6 +25,11 @@ fn proc_sys(name: &str) -> PathBuf {
     Path::new("/proc/sys").join(name)
 }
 
+/// A setting's value now (None: absent, e.g. `br_netfilter` not loaded).
+pub fn current(name: &str) -> Option<String> {
+    std::fs::read_to_string(proc_sys(name)).ok().map(|v| v.trim().to_owned())
+}
+
 /// Loads `br_netfilter` when its settings are missing.
 fn ensure_br_netfilter() -> Result<(), SysctlError> {
     if proc_sys("net/bridge").exists() {
@@ -44,11 +49,10 @@ pub fn ensure() -> Result<Vec<&'static str>, SysctlError> {
     ensure_br_netfilter()?;
     let mut changed = vec![];
     for (name, value) in SETTINGS {
-        let path = proc_sys(name);
-        let now = std::fs::read_to_string(&path).unwrap_or_default();
-        if now.trim() == value {
+        if current(name).as_deref() == Some(value) {
             continue;
         }
+        let path = proc_sys(name);
         std::fs::write(&path, value).map_err(|e| SysctlError::Write {
             path: path.display().to_string(),
             value: value.into(),
