@@ -336,6 +336,7 @@ mod tests {
             reload_error: reload_error.map(str::to_owned),
             purged: None,
             load_balancer: None,
+            leading_since: None,
             hakube: None,
             components: [("etcd".to_owned(), c)].into(),
             versions: Default::default(),

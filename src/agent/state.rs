@@ -60,6 +60,10 @@ pub struct State {
     /// The hakube build the agent runs (known a moment after it starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hakube: Option<crate::cluster::upgrade::Build>,
+    /// Since when (milliseconds since the epoch) this agent holds the
+    /// leader's term, while it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leading_since: Option<u64>,
     /// The node-local load balancer, where it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<crate::lb::Status>,

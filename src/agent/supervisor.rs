@@ -399,6 +399,7 @@ impl Agent {
         // reload, so they see the current certificates and config.
         let (view_tx, view_rx) = watch::channel(crate::cluster::election::View::default());
         let election = self.spawn_election(view_tx);
+        self.spawn_leading_recorder(view_rx.clone());
         let mut purged_rx = self.purged.subscribe();
         let mut stop_tx = if purged_before.is_some() { watch::channel(false).0 } else { self.node_tasks(&view_rx) };
         let successor = loop {
@@ -662,6 +663,32 @@ impl Agent {
                 self.agent_stop.subscribe(),
             ))
         })
+    }
+
+    /// Records in the state file whether (and since when) this agent holds
+    /// the leader's term, as the election publishes it: what `status` and
+    /// an outside observer read of this agent's own belief.
+    fn spawn_leading_recorder(&self, mut view: watch::Receiver<crate::cluster::election::View>) {
+        let (state, dirty) = (self.state.clone(), self.dirty.clone());
+        tokio::task::spawn_local(async move {
+            loop {
+                let leads = view.borrow_and_update().term.is_some();
+                let changed = {
+                    let mut s = state.borrow_mut();
+                    let was = s.leading_since.is_some();
+                    if leads != was {
+                        s.leading_since = leads.then(crate::host::clock::now_millis);
+                    }
+                    leads != was
+                };
+                if changed {
+                    dirty.notify_one();
+                }
+                if view.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// The node's tasks for the config as it is now: health probes,

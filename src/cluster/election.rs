@@ -14,8 +14,6 @@
 //! nodes through any API server, and etcd's own duties need none), and it
 //! keeps a term won while unhealthy: no hand-over back and forth.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
@@ -24,6 +22,7 @@ use tokio::time::{sleep, timeout, Instant};
 use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
+use crate::etcd::lease::Held;
 use crate::etcd::{self, EtcdError};
 use crate::host::paths::Paths;
 
@@ -109,7 +108,7 @@ pub struct View {
 #[derive(Debug, Clone)]
 pub struct Term {
     lease: i64,
-    held: Arc<AtomicBool>,
+    held: Held,
     began: Instant,
 }
 
@@ -125,7 +124,7 @@ impl Term {
     /// Whether the term still holds: its lease alive, and the leader key
     /// still on it (read back, linearizably).
     pub async fn holds(&self, client: &mut Client) -> bool {
-        if !self.held.load(Ordering::SeqCst) {
+        if !self.held.is_held() {
             return false;
         }
         match timeout(CALL, client.get(LEADER_KEY, None)).await {
@@ -163,6 +162,10 @@ pub async fn run(
     let mut fitness = Fitness::new(rule);
     loop {
         fitness.observe(healthy(), Instant::now());
+        // The term's fence, watched while the round runs: however long a
+        // call hangs, this agent stops claiming the term the moment its
+        // keeper gives the lease up, before etcd can expire it.
+        let mut fence = current.as_ref().map(|(t, _)| t.held.clone());
         let round = async {
             let c = etcd.client().await?;
             // A term whose lease was lost is over.
@@ -189,13 +192,13 @@ pub async fn run(
             }
             // Vacant: campaign.
             let call = |e: etcd_client::Error| EtcdError::Call { endpoint: endpoint.clone(), message: e.to_string() };
+            let granted = Instant::now();
             let lease = c.lease_grant(LEADER_TTL_SECS, None).await.map_err(call)?.id();
             let txn = Txn::new()
                 .when([Compare::create_revision(LEADER_KEY, CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(LEADER_KEY, name.as_bytes(), Some(PutOptions::new().with_lease(lease)))]);
             if c.txn(txn).await.map_err(call)?.succeeded() {
-                let held = Arc::new(AtomicBool::new(true));
-                let keeper = tokio::spawn(etcd::lease::keep_alive(c.clone(), lease, LEADER_TTL_SECS, held.clone()));
+                let (keeper, held) = etcd::lease::keep_alive(c.clone(), lease, LEADER_TTL_SECS, granted);
                 let term = Term { lease, held, began: Instant::now() };
                 info!("elected leader of the masters' agents");
                 current = Some((term.clone(), keeper));
@@ -204,19 +207,39 @@ pub async fn run(
             let _ = c.lease_revoke(lease).await;
             Ok::<_, EtcdError>(View { leader: leader(c, &endpoint).await?, term: None })
         };
-        match timeout(Duration::from_secs(15), round).await {
-            Ok(Ok(view)) => {
-                tx.send_if_modified(|v| {
-                    let changed = *v != view;
-                    *v = view;
-                    changed
-                });
+        let fenced = async {
+            match fence.as_mut() {
+                Some(held) => held.lost().await,
+                None => std::future::pending().await,
             }
-            Ok(Err(e)) => {
+        };
+        tokio::select! {
+            result = timeout(Duration::from_secs(15), round) => match result {
+                Ok(Ok(view)) => {
+                    tx.send_if_modified(|v| {
+                        let changed = *v != view;
+                        *v = view;
+                        changed
+                    });
+                }
+                Ok(Err(e)) => {
+                    etcd.forget();
+                    debug!(error = %e, "election round failed");
+                }
+                Err(_) => etcd.forget(),
+            },
+            () = fenced => {
+                if let Some((_, keeper)) = current.take() {
+                    keeper.abort();
+                }
                 etcd.forget();
-                debug!(error = %e, "election round failed");
+                warn!("lost the leadership (no keep-alive answered within the lease: this master was cut off from etcd)");
             }
-            Err(_) => etcd.forget(),
+        }
+        // A term that ended is never claimed on, even when the round that
+        // ended it could not read who leads now.
+        if current.is_none() && tx.borrow().term.is_some() {
+            tx.send_replace(View::default());
         }
         tokio::select! {
             _ = stop.changed() => break,

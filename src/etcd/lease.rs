@@ -1,47 +1,102 @@
-//! Keeping an etcd lease alive, and knowing when it is lost.
+//! Keeping an etcd lease alive, and knowing when it is lost: before etcd
+//! can have let it go.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::Client;
+use tokio::sync::watch;
 use tokio::time::{sleep, timeout, Instant};
 
 /// Every keep-alive call is bounded by this.
 const CALL: Duration = Duration::from_secs(5);
 
-/// Keeps `lease` alive until it is lost: etcd answers TTL 0, or no
-/// keep-alive succeeded for a whole TTL. A broken stream (a leader change,
-/// a member restart) is opened again.
-pub async fn keep_alive(mut client: Client, lease: i64, ttl: i64, held: Arc<AtomicBool>) {
+/// When the holder of a lease stops counting on it: a whole TTL after the
+/// last keep-alive etcd answered was *sent* (etcd renewed it on receipt,
+/// later, so it expires no sooner), less a margin for clocks that run at
+/// slightly different rates and for the check's own lateness: a tenth of
+/// the TTL, at least 500 ms, never more than half of it.
+pub fn fence(last_sent: Instant, ttl: Duration) -> Instant {
+    let margin = (ttl / 10).max(Duration::from_millis(500)).min(ttl / 2);
+    last_sent + ttl - margin
+}
+
+/// Whether a lease is still held, as its keeper judges it. Cloned freely;
+/// once lost it stays lost.
+#[derive(Clone, Debug)]
+pub struct Held(watch::Receiver<bool>);
+
+impl Held {
+    pub fn is_held(&self) -> bool {
+        // A keeper that is gone (aborted) keeps nothing alive.
+        *self.0.borrow() && self.0.has_changed().is_ok()
+    }
+
+    /// Waits until the lease is lost (at once if it is).
+    pub async fn lost(&mut self) {
+        // An error means the keeper is gone: nobody keeps the lease alive.
+        let _ = self.0.wait_for(|held| !held).await;
+    }
+}
+
+/// Keeps `lease` (granted with `ttl` seconds by a request sent at
+/// `granted`) alive until it is lost: etcd answers TTL 0, or the fence
+/// passes with no keep-alive answered. A broken stream (a leader change, a
+/// member restart) is opened again. Every wait is bounded by the fence, so
+/// the holder learns of the loss before etcd can expire the lease, however
+/// a call hangs.
+pub fn keep_alive(client: Client, lease: i64, ttl: i64, granted: Instant) -> (tokio::task::JoinHandle<()>, Held) {
+    let (tx, rx) = watch::channel(true);
+    let keeper = tokio::spawn(async move {
+        keep(client, lease, ttl, granted).await;
+        tx.send_replace(false);
+    });
+    (keeper, Held(rx))
+}
+
+async fn keep(mut client: Client, lease: i64, ttl: i64, granted: Instant) {
     let ttl_span = Duration::from_secs(ttl.max(1) as u64);
     let every = Duration::from_secs_f64((ttl as f64 / 6.0).max(0.2));
-    let mut last_ok = Instant::now();
+    let mut last_sent = granted;
+    // The time left before the fence, if any.
+    let left = |last_sent: Instant| fence(last_sent, ttl_span).checked_duration_since(Instant::now());
     loop {
-        if let Ok(Ok((mut keeper, mut stream))) = timeout(CALL, client.lease_keep_alive(lease)).await {
+        let Some(rest) = left(last_sent) else { return };
+        if let Ok(Ok((mut keeper, mut stream))) = timeout(rest.min(CALL), client.lease_keep_alive(lease)).await {
             loop {
+                let Some(rest) = left(last_sent) else { return };
+                let sent = Instant::now();
                 let answer = async {
                     keeper.keep_alive().await.ok()?;
                     stream.message().await.ok().flatten()
                 };
-                match timeout(CALL, answer).await {
-                    Ok(Some(resp)) if resp.ttl() > 0 => last_ok = Instant::now(),
-                    Ok(Some(_)) => {
-                        held.store(false, Ordering::SeqCst);
-                        return;
-                    }
+                match timeout(rest.min(CALL), answer).await {
+                    Ok(Some(resp)) if resp.ttl() > 0 => last_sent = sent,
+                    Ok(Some(_)) => return,
                     _ => break,
                 }
-                if last_ok.elapsed() >= ttl_span {
-                    break;
-                }
-                sleep(every).await;
+                let Some(rest) = left(last_sent) else { return };
+                sleep(every.min(rest)).await;
             }
         }
-        if last_ok.elapsed() >= ttl_span {
-            held.store(false, Ordering::SeqCst);
-            return;
+        let Some(rest) = left(last_sent) else { return };
+        sleep(Duration::from_millis(500).min(rest)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fence_falls_before_etcd_could_expire_the_lease() {
+        let t = Instant::now();
+        let s = Duration::from_secs(1);
+        assert_eq!(fence(t, 10 * s), t + 9 * s, "a tenth of a 10 s lease");
+        assert_eq!(fence(t, 2 * s), t + 2 * s - Duration::from_millis(500), "at least 500 ms");
+        assert_eq!(fence(t, s), t + Duration::from_millis(500), "at most half");
+        for ttl in 1..=120 {
+            let ttl = Duration::from_secs(ttl);
+            assert!(fence(t, ttl) < t + ttl && fence(t, ttl) >= t + ttl / 2, "{ttl:?}");
         }
-        sleep(Duration::from_millis(500)).await;
     }
 }

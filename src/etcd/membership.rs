@@ -10,7 +10,6 @@
 //! second add cannot happen before the first member is started and voting.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, LockOptions, MemberAddOptions};
@@ -317,7 +316,9 @@ const ELECTION_WAIT: Duration = Duration::from_secs(15);
 pub struct Lock {
     key: Vec<u8>,
     lease: i64,
-    held: Arc<AtomicBool>,
+    held: super::lease::Held,
+    /// Set once the lock key was found gone or on another lease.
+    key_lost: AtomicBool,
     keeper: tokio::task::JoinHandle<()>,
     client: Client,
     released: bool,
@@ -352,12 +353,13 @@ impl Lock {
             // Only a leader grants a lease: while the members elect one (the
             // leader just died or left), the grant is tried again, bounded.
             let grant_within = until.saturating_duration_since(Instant::now()).min(ELECTION_WAIT);
-            let lease = Retry::within(grant_within, Duration::from_millis(500))
+            let (lease, granted) = Retry::within(grant_within, Duration::from_millis(500))
                 .run(|| {
                     let mut client = client.clone();
                     async move {
+                        let sent = Instant::now();
                         match bounded(endpoint, "granting the lock's lease", client.lease_grant(ttl, None)).await {
-                            Ok(r) => Ok(r.id()),
+                            Ok(r) => Ok((r.id(), sent)),
                             Err(b) => {
                                 Err(Failure::Again(unwrap_call(b).map_or_else(|e| e, |e| call(endpoint, e).into())))
                             }
@@ -365,9 +367,16 @@ impl Lock {
                     }
                 })
                 .await?;
-            let held = Arc::new(AtomicBool::new(true));
-            let keeper = tokio::task::spawn(super::lease::keep_alive(client.clone(), lease, ttl, held.clone()));
-            let mut lock = Lock { key: vec![], lease, held, keeper, client: client.clone(), released: false };
+            let (keeper, held) = super::lease::keep_alive(client.clone(), lease, ttl, granted);
+            let mut lock = Lock {
+                key: vec![],
+                lease,
+                held,
+                key_lost: AtomicBool::new(false),
+                keeper,
+                client: client.clone(),
+                released: false,
+            };
             let left = until.saturating_duration_since(Instant::now());
             match timeout(left, client.lock(MEMBERSHIP_LOCK, Some(LockOptions::new().with_lease(lease)))).await {
                 Ok(Ok(resp)) => {
@@ -391,7 +400,7 @@ impl Lock {
     /// has no transaction that spans a member change and a key).
     pub async fn ensure_held(&self, client: &mut Client, endpoint: &str) -> Result<(), MembershipError> {
         let lost = || MembershipError::LockLost { key: String::from_utf8_lossy(&self.key).into_owned() };
-        if !self.held.load(Ordering::SeqCst) {
+        if !self.held.is_held() || self.key_lost.load(Ordering::SeqCst) {
             return Err(lost());
         }
         let resp = bounded(endpoint, "reading the lock key", client.get(self.key.clone(), None))
@@ -400,7 +409,7 @@ impl Lock {
         match resp.kvs().first() {
             Some(kv) if kv.lease() == self.lease => Ok(()),
             _ => {
-                self.held.store(false, Ordering::SeqCst);
+                self.key_lost.store(true, Ordering::SeqCst);
                 Err(lost())
             }
         }
