@@ -72,6 +72,8 @@ _hakube_need() {
     shellcheck) pkg=shellcheck ;;
     # The alert rules' tests (promtool) and the sandbox's scraper.
     promtool | prometheus) pkg=prometheus ;;
+    # The soak's clock steps (libfaketime under an agent).
+    faketime) pkg=faketime ;;
     # What scripts/vm.sh needs: a Debian root made with debootstrap, turned
     # into a disk image by mkfs.ext4 -d, booted by qemu over qcow2 overlays
     # that qemu-img makes, driven over ssh.

@@ -15,7 +15,8 @@
 # tests of both with cargo-nextest (cargo test when nextest cannot be had),
 # then the fuzz targets briefly (scripts/fuzz.sh), then the VM tests
 # (scripts/test-vm.sh), then the conformance smoke subset
-# on a sandbox of its own (scripts/conformance.sh --smoke).
+# on a sandbox of its own (scripts/conformance.sh --smoke), then a 5-minute
+# soak with a fixed seed (scripts/soak.sh).
 # Extra arguments go to `cargo nextest run`.
 #
 # Under sudo the builds run as the invoking user, so that target/ stays theirs;
@@ -30,6 +31,8 @@
 #   HAKUBE_TEST_CONFORMANCE 0 skips the conformance smoke subset (default 1)
 #   HAKUBE_TEST_FUZZ      0 skips the fuzz targets (default 1)
 #   HAKUBE_TEST_FUZZ_SECONDS  seconds each fuzz target runs (default 15)
+#   HAKUBE_TEST_SOAK      0 skips the soak (default 1)
+#   HAKUBE_TEST_SOAK_SEED the soak's seed (default 1)
 set -euo pipefail
 
 prog=test.sh
@@ -48,7 +51,8 @@ itself with sudo when not root.
 
 Environment: HAKUBE_TEST_THREADS (default 2), HAKUBE_TEST_TIMEOUT (seconds, default 3600),
 HAKUBE_TEST_VM (0 skips the VM tests), HAKUBE_TEST_VM_TIMEOUT (seconds, default 2400),
-HAKUBE_TEST_CONFORMANCE (0 skips the conformance smoke subset).
+HAKUBE_TEST_CONFORMANCE (0 skips the conformance smoke subset), HAKUBE_TEST_FUZZ (0 skips
+the fuzz targets), HAKUBE_TEST_SOAK (0 skips the 5-minute soak), HAKUBE_TEST_SOAK_SEED (default 1).
 EOF
 }
 
@@ -66,10 +70,14 @@ vm_timeout=${HAKUBE_TEST_VM_TIMEOUT:-2400}
 conformance=${HAKUBE_TEST_CONFORMANCE:-1}
 fuzz=${HAKUBE_TEST_FUZZ:-1}
 fuzz_seconds=${HAKUBE_TEST_FUZZ_SECONDS:-15}
+soak=${HAKUBE_TEST_SOAK:-1}
+soak_seed=${HAKUBE_TEST_SOAK_SEED:-1}
 [[ $threads =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_THREADS must be a positive integer (got '$threads')"
 [[ $test_timeout =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_TIMEOUT must be a positive number of seconds (got '$test_timeout')"
 [[ $vm_test == [01] ]] || die "HAKUBE_TEST_VM must be 0 or 1 (got '$vm_test')"
 [[ $conformance == [01] ]] || die "HAKUBE_TEST_CONFORMANCE must be 0 or 1 (got '$conformance')"
+[[ $soak == [01] ]] || die "HAKUBE_TEST_SOAK must be 0 or 1 (got '$soak')"
+[[ $soak_seed =~ ^[0-9]+$ ]] || die "HAKUBE_TEST_SOAK_SEED must be a number (got '$soak_seed')"
 [[ $fuzz == [01] ]] || die "HAKUBE_TEST_FUZZ must be 0 or 1 (got '$fuzz')"
 [[ $fuzz_seconds =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_FUZZ_SECONDS must be a positive number of seconds (got '$fuzz_seconds')"
 [[ $vm_timeout =~ ^[1-9][0-9]*$ ]] || die "HAKUBE_TEST_VM_TIMEOUT must be a positive number of seconds (got '$vm_timeout')"
@@ -195,6 +203,15 @@ if [[ $conformance == 1 ]]; then
   conformance_tests=passed
 fi
 
+# Random faults under a workload for 5 minutes, with a fixed seed, then the
+# invariants (scripts/soak.sh; an hour with other seeds is a developer's).
+soak_test=skipped
+if [[ $soak == 1 ]]; then
+  step "soak, 5 minutes, seed $soak_seed (scripts/soak.sh)" \
+    env HAKUBE_BIN="$repo/target/release/hakube" bash "$script_dir/soak.sh" --minutes 5 --seed "$soak_seed"
+  soak_test=passed
+fi
+
 current_step=
-printf '%s: all checks passed: fmt, clippy, cargo deny, release build, tests, fuzz %s, VM tests %s, conformance smoke %s (%d s)\n' \
-  "$prog" "$fuzz_tests" "$vm_tests" "$conformance_tests" "$((SECONDS - started))"
+printf '%s: all checks passed: fmt, clippy, cargo deny, release build, tests, fuzz %s, VM tests %s, conformance smoke %s, soak %s (%d s)\n' \
+  "$prog" "$fuzz_tests" "$vm_tests" "$conformance_tests" "$soak_test" "$((SECONDS - started))"

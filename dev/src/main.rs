@@ -9,6 +9,7 @@ mod bench;
 mod conformance;
 mod proc;
 mod sandbox;
+mod soak;
 /// The tests' hosts and helpers, shared.
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -33,6 +34,8 @@ enum Command {
     /// Kubernetes' conformance suite (scripts/conformance.sh runs it).
     #[command(subcommand)]
     Conformance(conformance::Action),
+    /// Random faults under a workload, then the invariants (scripts/soak.sh runs it).
+    Soak(soak::Args),
     /// A benchmark (scripts/bench-*.sh run them).
     #[command(subcommand)]
     Bench(Bench),
@@ -63,12 +66,13 @@ enum Bench {
 
 fn main() {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Bench(_) | Command::Conformance(_)) {
+    if matches!(cli.command, Command::Bench(_) | Command::Conformance(_) | Command::Soak(_)) {
         proc::stop_on_signals();
     }
     let result = match cli.command {
         Command::Sandbox(action) => sandbox::run(action),
         Command::Conformance(action) => conformance::run(action),
+        Command::Soak(args) => soak::run(args),
         Command::Bench(Bench::Bundle(args)) => bench::bundle::run(args),
         Command::Bench(Bench::Purge(args)) => bench::purge::run(args),
         Command::Bench(Bench::Upgrade(args)) => bench::upgrade::run(args),
