@@ -38,6 +38,7 @@ pub mod preflight;
 pub mod progress;
 pub mod retry;
 pub mod runtime;
+pub mod vip;
 
 #[cfg(test)]
 mod golden;

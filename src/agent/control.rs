@@ -337,6 +337,7 @@ mod tests {
             purged: None,
             load_balancer: None,
             leading_since: None,
+            vip: None,
             hakube: None,
             components: [("etcd".to_owned(), c)].into(),
             versions: Default::default(),

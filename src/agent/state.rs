@@ -64,6 +64,9 @@ pub struct State {
     /// leader's term, while it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leading_since: Option<u64>,
+    /// This master's part in the virtual IP, when the cluster has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<crate::vip::Part>,
     /// The node-local load balancer, where it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<crate::lb::Status>,

@@ -335,7 +335,7 @@ struct Agent {
     dirty: Rc<Notify>,
     senders: BTreeMap<Component, Supervised>,
     lb: Option<crate::lb::Handle>,
-    /// Stops what lives as long as the agent (the election).
+    /// Stops what lives as long as the agent (the election, the virtual IP).
     agent_stop: watch::Sender<bool>,
     /// The settings revision this node runs, as [`super::converge`] says.
     applied: Rc<watch::Sender<i64>>,
@@ -400,6 +400,8 @@ impl Agent {
         let (view_tx, view_rx) = watch::channel(crate::cluster::election::View::default());
         let election = self.spawn_election(view_tx);
         self.spawn_leading_recorder(view_rx.clone());
+        // What lives as long as the agent, awaited (bounded) when it stops.
+        let lifelong: Vec<tokio::task::JoinHandle<()>> = election.into_iter().chain(self.spawn_vip()).collect();
         let mut purged_rx = self.purged.subscribe();
         let mut stop_tx = if purged_before.is_some() { watch::channel(false).0 } else { self.node_tasks(&view_rx) };
         let successor = loop {
@@ -440,8 +442,8 @@ impl Agent {
         };
         let _ = stop_tx.send(true);
         match successor {
-            Some(binary) => self.hand_over(election, &binary).await,
-            None => self.stop(election).await,
+            Some(binary) => self.hand_over(lifelong, &binary).await,
+            None => self.stop(lifelong).await,
         }
     }
 
@@ -451,11 +453,11 @@ impl Agent {
     /// take over ([`super::handover`]). Nothing is dropped on the way (a
     /// dropped child would be killed): this returns only if the exec
     /// failed, and then the process ends.
-    async fn hand_over(mut self, election: Option<tokio::task::JoinHandle<()>>, binary: &std::path::Path) {
+    async fn hand_over(mut self, lifelong: Vec<tokio::task::JoinHandle<()>>, binary: &std::path::Path) {
         info!(binary = %binary.display(), "handing over to the new hakube: the components keep running");
         self.agent_stop.send_replace(true);
-        if let Some(e) = election {
-            let _ = timeout(Duration::from_secs(6), e).await;
+        for task in lifelong {
+            let _ = timeout(Duration::from_secs(6), task).await;
         }
         // From here on nothing awaits: no supervised process is restarted
         // behind the record made of them.
@@ -691,6 +693,35 @@ impl Agent {
         });
     }
 
+    /// A master's part in the virtual IP, when the cluster has one: it
+    /// lives as long as the agent (a reload must not move the address), and
+    /// what it holds is recorded in the state file.
+    fn spawn_vip(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let vip = self.cfg.cluster.vip.filter(|_| self.cfg.has(Component::KubeApiserver))?;
+        let ready = {
+            let state = self.state.clone();
+            move || healthy(&state, Component::KubeApiserver)
+        };
+        let (part_tx, mut part_rx) = watch::channel(crate::vip::Part::default());
+        let task = tokio::task::spawn_local(crate::vip::run(
+            self.paths.clone(),
+            self.cfg.clone(),
+            vip,
+            ready,
+            part_tx,
+            self.agent_stop.subscribe(),
+        ));
+        let (state, dirty) = (self.state.clone(), self.dirty.clone());
+        tokio::task::spawn_local(async move {
+            while part_rx.changed().await.is_ok() {
+                let part = part_rx.borrow_and_update().clone();
+                state.borrow_mut().vip = Some(part);
+                dirty.notify_one();
+            }
+        });
+        Some(task)
+    }
+
     /// The node's tasks for the config as it is now: health probes,
     /// convergence to the cluster-wide settings, a master's API, heartbeat,
     /// controller and etcd snapshots, a kubelet node's pod network. They stop when the
@@ -814,11 +845,13 @@ impl Agent {
 
     /// Stops in reverse start order: kubelet and the control plane before
     /// the etcd they write to.
-    async fn stop(mut self, election: Option<tokio::task::JoinHandle<()>>) {
+    async fn stop(mut self, lifelong: Vec<tokio::task::JoinHandle<()>>) {
         info!("stopping components");
+        // The election and the virtual IP first, while etcd still runs:
+        // the next leader and holder take over at once.
         self.agent_stop.send_replace(true);
-        if let Some(e) = election {
-            let _ = timeout(Duration::from_secs(6), e).await;
+        for task in lifelong {
+            let _ = timeout(Duration::from_secs(6), task).await;
         }
         for (comp, (tx, task)) in std::mem::take(&mut self.senders).into_iter().rev() {
             let _ = tx.send(None);

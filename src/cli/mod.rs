@@ -335,7 +335,7 @@ pub enum SnapshotCommand {
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct InstallArgs {
-    /// kURL-style words: ha, taint-control-plane, load-balancer-address=HOST:PORT, NAME=VALUE.
+    /// kURL-style words: ha, taint-control-plane, load-balancer-address=HOST:PORT, vip=IPV4, NAME=VALUE.
     #[arg(value_name = "WORD")]
     pub words: Vec<String>,
     /// Multi-master mode (sticky once set).
@@ -344,6 +344,10 @@ pub struct InstallArgs {
     /// External TCP load balancer for the API servers; the port defaults to 6443.
     #[arg(long, value_name = "HOST:PORT")]
     pub load_balancer_address: Option<HostPort>,
+    /// A virtual IP (IPv4, free, in the masters' subnet) that one healthy
+    /// master holds: the cluster's external address, with no load balancer.
+    #[arg(long, value_name = "IPV4")]
+    pub vip: Option<std::net::Ipv4Addr>,
     /// Keep workloads off the masters (`=false` takes it back).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub taint_control_plane: Option<bool>,
@@ -418,6 +422,9 @@ impl InstallArgs {
         }
         if let Some(lb) = &self.load_balancer_address {
             set("cluster", "loadBalancerAddress", lb.to_string().into());
+        }
+        if let Some(v) = self.vip {
+            set("cluster", "vip", v.to_string().into());
         }
         if let Some(t) = self.taint_control_plane {
             set("cluster", "taintControlPlane", Value::Bool(t));

@@ -285,6 +285,16 @@ pub fn render(r: &Report) -> String {
                 s.taint_control_plane,
                 s.lost_node_toleration,
             ));
+            if let Some(vip) = s.vip {
+                out.push_str(&match &cl.vip_holder {
+                    Some(h) => format!(
+                        "  virtual IP {vip}: held by {} since {}\n",
+                        h.node,
+                        crate::host::clock::rfc3339(h.since)
+                    ),
+                    None => format!("  virtual IP {vip}: held by no master (none ready, or etcd without quorum)\n"),
+                });
+            }
             out.push_str(&format!(
                 "  etcd snapshots: every {}, the newest {} kept on each master\n",
                 s.etcd_snapshot_interval, s.etcd_snapshot_retention

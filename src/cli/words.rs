@@ -84,6 +84,7 @@ fn merge(a: &mut InstallArgs, w: InstallArgs) -> Result<(), clap::Error> {
         words: _,
         ha,
         load_balancer_address,
+        vip,
         taint_control_plane,
         lost_node_toleration,
         etcd_snapshot_interval,
@@ -110,6 +111,7 @@ fn merge(a: &mut InstallArgs, w: InstallArgs) -> Result<(), clap::Error> {
     one("etcd-snapshot-interval", &mut a.etcd_snapshot_interval, etcd_snapshot_interval)?;
     one("etcd-snapshot-retention", &mut a.etcd_snapshot_retention, etcd_snapshot_retention)?;
     one("load-balancer-address", &mut a.load_balancer_address, load_balancer_address)?;
+    one("vip", &mut a.vip, vip)?;
     one("advertise-address", &mut a.advertise_address, advertise_address)?;
     one("node-name", &mut a.node_name, node_name)?;
     one("service-cidr", &mut a.service_cidr, service_cidr)?;
@@ -164,6 +166,11 @@ mod tests {
             install(&["install", "--ha", "--load-balancer-address", "lb.example.test:6443", "--taint-control-plane"])
                 .unwrap();
         assert_eq!(w.flags_tree(), f.flags_tree());
+        let w = install(&["install", "vip=10.0.0.100"]).unwrap();
+        let f = install(&["install", "--vip", "10.0.0.100"]).unwrap();
+        assert_eq!((w.vip, f.vip), (Some([10, 0, 0, 100].into()), Some([10, 0, 0, 100].into())));
+        let e = install(&["install", "vip=fd00::1"]).unwrap_err().to_string();
+        assert!(e.contains("fd00::1"), "{e}");
         let w = install(&["install", "metrics-address=0.0.0.0:9469", "etcd-snapshot-retention=3"]).unwrap();
         let f = install(&["install", "--metrics-address", "0.0.0.0:9469", "--etcd-snapshot-retention=3"]).unwrap();
         assert_eq!(w.flags_tree(), f.flags_tree());

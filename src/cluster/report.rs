@@ -31,6 +31,8 @@ pub struct ClusterReport {
     pub load_balancer_change: Option<crate::cluster::lbchange::Progress>,
     /// The upgrade under way, or the last one.
     pub upgrade: Option<crate::cluster::upgrade::record::Upgrade>,
+    /// Who holds the virtual IP (when the cluster has one) and since when.
+    pub vip_holder: Option<crate::vip::Holder>,
 }
 
 #[derive(Debug, Serialize)]
@@ -121,7 +123,12 @@ pub async fn probe_cluster(paths: &Paths, c: &ClusterConfig) -> Result<ClusterRe
         None => None,
     };
     let upgrade = crate::cluster::upgrade::record::read(&mut client, &endpoint).await.map_err(|e| e.to_string())?;
+    let vip_holder = match settings.as_ref().and_then(|s| s.spec.vip) {
+        Some(vip) => crate::vip::holder(&mut client, vip).await,
+        None => None,
+    };
     Ok(ClusterReport {
+        vip_holder,
         upgrade,
         load_balancer_change,
         purge,

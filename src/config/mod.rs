@@ -51,6 +51,10 @@ pub struct ClusterSpec {
     pub ha: bool,
     /// External TCP load balancer in front of every master's API server.
     pub load_balancer_address: Option<HostPort>,
+    /// A virtual IP (IPv4) that one healthy master holds at a time: the
+    /// cluster's external address (`loadBalancerAddress` is VIP:port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
     /// Keep workloads off masters (`node-role.kubernetes.io/control-plane:NoSchedule`).
     pub taint_control_plane: bool,
     pub service_cidr: Cidr,
@@ -547,6 +551,16 @@ pub fn resolve(src: Sources<'_>) -> Result<ClusterConfig, ConfigError> {
             }
         }
     }
+    // A virtual IP is the cluster's external address: the load-balancer
+    // address, on the API servers' port, unless one is given (validated).
+    let lb_given = get(&tree, "cluster", "loadBalancerAddress").is_some_and(|v| !v.is_null());
+    if let (Some(vip), false) = (get(&tree, "cluster", "vip").cloned(), lb_given) {
+        let port = get(&tree, "node", "apiServerPort").and_then(Value::as_u64).unwrap_or(6443);
+        // Anything else is refused below, as cluster.vip.
+        if let Some(vip) = vip.as_str().and_then(|v| v.parse::<std::net::Ipv4Addr>().ok()) {
+            set(&mut tree, "cluster", "loadBalancerAddress", Value::from(format!("{vip}:{port}")));
+        }
+    }
     let config = from_value(tree, &origin)?;
     validate(&config).map_err(|message| ConfigError::Invalid { path: origin, message })?;
     Ok(config)
@@ -554,6 +568,24 @@ pub fn resolve(src: Sources<'_>) -> Result<ClusterConfig, ConfigError> {
 
 /// Checks that span fields.
 fn validate(c: &ClusterConfig) -> Result<(), String> {
+    if let Some(vip) = c.cluster.vip {
+        let named = c.cluster.load_balancer_address.as_ref().is_some_and(|lb| lb.host == Host::Ip(IpAddr::V4(vip)));
+        if !named {
+            return Err(format!(
+                "cluster.vip is {vip} but cluster.loadBalancerAddress is {}: the virtual IP is the cluster's \
+                 external address; give load-balancer-address={vip}:PORT or leave it out",
+                c.cluster.load_balancer_address.as_ref().map_or("not set".to_owned(), ToString::to_string)
+            ));
+        }
+        if c.node.advertise_address == IpAddr::V4(vip) {
+            return Err(format!(
+                "cluster.vip is {vip}, this host's own advertise address: give a free address of the masters' subnet"
+            ));
+        }
+        if vip.is_loopback() || vip.is_unspecified() || vip.is_multicast() || vip.is_broadcast() {
+            return Err(format!("cluster.vip is {vip}: give a unicast address of the masters' subnet"));
+        }
+    }
     let (valid, before) = (c.cluster.certificate_validity, c.cluster.certificate_renew_before);
     if before.0 * 2 > valid.0 {
         return Err(format!(
@@ -712,6 +744,23 @@ pub(crate) mod tests {
         assert!(err.contains("unknown field `hA`"), "{err}");
         let err = resolve_with(None, "node: {etcdClientPort: 2380}").unwrap_err().to_string();
         assert!(err.contains("both 2380"), "{err}");
+    }
+
+    #[test]
+    fn a_virtual_ip_is_the_external_address_and_must_agree_with_it() {
+        let c = resolve_with(None, "cluster: {ha: true, vip: 10.0.0.100}").unwrap();
+        assert_eq!(c.cluster.load_balancer_address.unwrap().to_string(), "10.0.0.100:6443");
+        let c = resolve_with(None, "cluster: {vip: 10.0.0.100}\nnode: {apiServerPort: 7443}").unwrap();
+        assert_eq!(c.control_plane_endpoint().to_string(), "10.0.0.100:7443", "the API servers' port");
+        resolve_with(None, "cluster: {vip: 10.0.0.100, loadBalancerAddress: '10.0.0.100:443'}").unwrap();
+        let err = resolve_with(None, "cluster: {vip: 10.0.0.100, loadBalancerAddress: 'lb:6443'}").unwrap_err();
+        assert!(err.to_string().contains("cluster.vip is 10.0.0.100 but cluster.loadBalancerAddress is lb:6443"));
+        let err = resolve_with(None, "cluster: {vip: 10.0.0.11}").unwrap_err().to_string();
+        assert!(err.contains("this host's own advertise address"), "{err}");
+        let err = resolve_with(None, "cluster: {vip: 127.0.0.5}").unwrap_err().to_string();
+        assert!(err.contains("give a unicast address"), "{err}");
+        let err = resolve_with(None, "cluster: {vip: 'fd00::1'}").unwrap_err().to_string();
+        assert!(err.contains("cluster.vip"), "{err}");
     }
 
     #[test]

@@ -12,12 +12,16 @@ const CALL: Duration = Duration::from_secs(5);
 
 /// When the holder of a lease stops counting on it: a whole TTL after the
 /// last keep-alive etcd answered was *sent* (etcd renewed it on receipt,
-/// later, so it expires no sooner), less a margin for clocks that run at
-/// slightly different rates and for the check's own lateness: a tenth of
-/// the TTL, at least 500 ms, never more than half of it.
-pub fn fence(last_sent: Instant, ttl: Duration) -> Instant {
-    let margin = (ttl / 10).max(Duration::from_millis(500)).min(ttl / 2);
-    last_sent + ttl - margin
+/// later, so it expires no sooner), less `margin`.
+pub fn fence(last_sent: Instant, ttl: Duration, margin: Duration) -> Instant {
+    last_sent + ttl.saturating_sub(margin)
+}
+
+/// The margin for clocks that run at slightly different rates and for the
+/// check's own lateness: a tenth of the TTL, at least 500 ms, never more
+/// than half of it.
+pub fn default_margin(ttl: Duration) -> Duration {
+    (ttl / 10).max(Duration::from_millis(500)).min(ttl / 2)
 }
 
 /// Whether a lease is still held, as its keeper judges it. Cloned freely;
@@ -40,25 +44,38 @@ impl Held {
 
 /// Keeps `lease` (granted with `ttl` seconds by a request sent at
 /// `granted`) alive until it is lost: etcd answers TTL 0, or the fence
-/// passes with no keep-alive answered. A broken stream (a leader change, a
+/// (with [`default_margin`]) passes with no keep-alive answered. A broken stream (a leader change, a
 /// member restart) is opened again. Every wait is bounded by the fence, so
 /// the holder learns of the loss before etcd can expire the lease, however
 /// a call hangs.
 pub fn keep_alive(client: Client, lease: i64, ttl: i64, granted: Instant) -> (tokio::task::JoinHandle<()>, Held) {
+    let margin = default_margin(Duration::from_secs(ttl.max(1) as u64));
+    keep_alive_fenced(client, lease, ttl, granted, margin)
+}
+
+/// As [`keep_alive`], with the fence `margin` before the TTL, and a
+/// keep-alive every sixth of the TTL.
+pub fn keep_alive_fenced(
+    client: Client,
+    lease: i64,
+    ttl: i64,
+    granted: Instant,
+    margin: Duration,
+) -> (tokio::task::JoinHandle<()>, Held) {
     let (tx, rx) = watch::channel(true);
     let keeper = tokio::spawn(async move {
-        keep(client, lease, ttl, granted).await;
+        keep(client, lease, ttl, granted, margin).await;
         tx.send_replace(false);
     });
     (keeper, Held(rx))
 }
 
-async fn keep(mut client: Client, lease: i64, ttl: i64, granted: Instant) {
+async fn keep(mut client: Client, lease: i64, ttl: i64, granted: Instant, margin: Duration) {
     let ttl_span = Duration::from_secs(ttl.max(1) as u64);
     let every = Duration::from_secs_f64((ttl as f64 / 6.0).max(0.2));
     let mut last_sent = granted;
     // The time left before the fence, if any.
-    let left = |last_sent: Instant| fence(last_sent, ttl_span).checked_duration_since(Instant::now());
+    let left = |last_sent: Instant| fence(last_sent, ttl_span, margin).checked_duration_since(Instant::now());
     loop {
         let Some(rest) = left(last_sent) else { return };
         if let Ok(Ok((mut keeper, mut stream))) = timeout(rest.min(CALL), client.lease_keep_alive(lease)).await {
@@ -91,12 +108,14 @@ mod tests {
     fn the_fence_falls_before_etcd_could_expire_the_lease() {
         let t = Instant::now();
         let s = Duration::from_secs(1);
-        assert_eq!(fence(t, 10 * s), t + 9 * s, "a tenth of a 10 s lease");
-        assert_eq!(fence(t, 2 * s), t + 2 * s - Duration::from_millis(500), "at least 500 ms");
-        assert_eq!(fence(t, s), t + Duration::from_millis(500), "at most half");
+        let d = |ttl| fence(t, ttl, default_margin(ttl));
+        assert_eq!(d(10 * s), t + 9 * s, "a tenth of a 10 s lease");
+        assert_eq!(d(2 * s), t + 2 * s - Duration::from_millis(500), "at least 500 ms");
+        assert_eq!(d(s), t + Duration::from_millis(500), "at most half");
         for ttl in 1..=120 {
             let ttl = Duration::from_secs(ttl);
-            assert!(fence(t, ttl) < t + ttl && fence(t, ttl) >= t + ttl / 2, "{ttl:?}");
+            assert!(d(ttl) < t + ttl && d(ttl) >= t + ttl / 2, "{ttl:?}");
         }
+        assert_eq!(fence(t, 5 * s, 2 * s), t + 3 * s, "a margin of its own");
     }
 }

@@ -614,9 +614,23 @@ impl Cluster {
 
     /// As [`Self::with_install`], every agent started with `env`.
     pub fn with_install_env(masters: usize, workers: usize, words: &[&str], env: &[(&str, &str)]) -> Cluster {
+        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        Self::with_install_for(masters, workers, |_| words.clone(), env)
+    }
+
+    /// As [`Self::with_install_env`], with m1's words made from m1 (its
+    /// address, for words that name one of the network's).
+    pub fn with_install_for(
+        masters: usize,
+        workers: usize,
+        words: impl Fn(&Host) -> Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let net = Network::new();
         let m1 = net.host("m1");
-        m1.install_master_env(words, env);
+        let words = words(&m1);
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        m1.install_master_env(&words, env);
         let mut join_env = vec![bin()];
         join_env.extend_from_slice(env);
         let (_dm, master_script) = join_script(&m1, true, &[]);

@@ -136,6 +136,7 @@ fn the_leaders_part_ages_every_heartbeat_and_names_what_is_held_back() {
         purged: vec![],
         load_balancer_change: None,
         upgrade: None,
+        vip_holder: None,
     };
     let mut out = Out::default();
     cluster_series(&mut out, &c, now);

@@ -109,6 +109,7 @@ fn healthy() -> Reading {
             purged: vec![],
             load_balancer_change: None,
             upgrade: None,
+            vip_holder: None,
         }),
         kube: Some(Ok(KubeReading {
             schedulable: 3,

@@ -1,0 +1,380 @@
+//! A floating virtual IP for the API servers: one healthy master holds it,
+//! so that clients outside the cluster need one address that survives the
+//! loss of any master, and no load balancer.
+//!
+//! **Exactly one holder.** Masters campaign for the key
+//! `/hakube/vip/<address>`, created only if absent, on an etcd lease of its
+//! own ([`TTL_SECS`]); only while the local kube-apiserver is ready (for
+//! [`Health::CAMPAIGN_AFTER`] probes in a row), and the holder resigns after
+//! [`Health::RESIGN_AFTER`] failed ones. A new holder adds the address only
+//! once the key is its own, and the old one has dropped it by then:
+//! - it **fences itself**: it stops counting on the lease [`FENCE_MARGIN`]
+//!   before etcd could expire it (from the send time of the last keep-alive
+//!   etcd answered), and drops the address at that moment;
+//! - the kernel drops the address by itself when the agent stops
+//!   refreshing it (hung, killed): it is added with a valid lifetime of
+//!   [`VALID_SECS`], refreshed every second, shorter than the lease;
+//! - an agent that starts removes any copy a previous run left before it
+//!   campaigns; one that stops removes the address, then revokes the lease,
+//!   so that another master takes over at once.
+//!
+//! **Announcing the move.** A new holder sends gratuitous ARP (a request and
+//! a reply each time) at 0, 0.5 and 1 s, again at 5, 5.5 and 6 s (keepalived
+//! sends its second set after 5 s), then every 10 s while it holds.
+
+pub mod address;
+pub mod arp;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::{sleep, timeout, Instant};
+use tracing::{info, warn};
+
+use crate::config::ClusterConfig;
+use crate::etcd::lease::Held;
+use crate::etcd::{self, EtcdError};
+use crate::host::paths::Paths;
+
+/// The holder's lease. A holder that dies is replaced within about this
+/// long (plus one etcd election timeout when it was etcd's leader too).
+pub const TTL_SECS: i64 = 5;
+/// The holder stops counting on its lease this long before etcd could
+/// expire it.
+pub const FENCE_MARGIN: Duration = Duration::from_secs(2);
+/// The address's valid lifetime in the kernel, refreshed every second
+/// while held: gone within this long of the agent's last refresh.
+pub const VALID_SECS: u32 = 4;
+const CALL: Duration = Duration::from_secs(2);
+/// When a new holder announces the address, from the takeover.
+const BURST_MS: [u64; 6] = [0, 500, 1000, 5000, 5500, 6000];
+const REFRESH_EVERY: Duration = Duration::from_secs(10);
+
+/// The key the holder owns.
+pub fn key(vip: Ipv4Addr) -> String {
+    format!("/hakube/vip/{vip}")
+}
+
+/// What the holder writes under [`key`]: who, since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Holder {
+    pub node: String,
+    /// Seconds since the epoch.
+    pub since: u64,
+}
+
+/// When the `n`th announcement (from 0) after a takeover is due.
+pub fn announcement_due(n: u32) -> Duration {
+    match BURST_MS.get(n as usize) {
+        Some(ms) => Duration::from_millis(*ms),
+        None => Duration::from_millis(BURST_MS[BURST_MS.len() - 1]) + REFRESH_EVERY * (n + 1 - BURST_MS.len() as u32),
+    }
+}
+
+/// The local API server's readiness, probe by probe: a master campaigns
+/// once it passed [`Self::CAMPAIGN_AFTER`] in a row, and a holder resigns
+/// once it failed [`Self::RESIGN_AFTER`] in a row.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Health {
+    passed: u32,
+    failed: u32,
+}
+
+impl Health {
+    pub const CAMPAIGN_AFTER: u32 = 3;
+    pub const RESIGN_AFTER: u32 = 3;
+
+    pub fn observe(&mut self, ready: bool) {
+        if ready {
+            self.passed = self.passed.saturating_add(1);
+            self.failed = 0;
+        } else {
+            self.failed = self.failed.saturating_add(1);
+            self.passed = 0;
+        }
+    }
+
+    pub fn may_campaign(&self) -> bool {
+        self.passed >= Self::CAMPAIGN_AFTER
+    }
+
+    pub fn should_resign(&self) -> bool {
+        self.failed >= Self::RESIGN_AFTER
+    }
+}
+
+/// This master's term as the holder.
+struct Term {
+    lease: i64,
+    held: Held,
+    keeper: tokio::task::JoinHandle<()>,
+    began: Instant,
+    announced: u32,
+}
+
+/// What this master's part in the virtual IP is, for `status` and the
+/// metrics: whether it holds the address, and since when.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Part {
+    /// Seconds since the epoch, while this master holds the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding_since: Option<u64>,
+    /// Why this master cannot take part (no interface for it), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Holds `vip` on this master while it is the elected holder, until `stop`
+/// changes. `ready` tells whether the local kube-apiserver is ready.
+pub async fn run(
+    paths: Paths,
+    cfg: ClusterConfig,
+    vip: Ipv4Addr,
+    ready: impl Fn() -> bool,
+    part: watch::Sender<Part>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name = cfg.node.name.to_string();
+    // A copy a previous run left (the agent killed while it held) goes
+    // before anything else: two hosts must never answer for it.
+    match address::release(vip) {
+        Ok(from) if !from.is_empty() => {
+            warn!(%vip, interfaces = %from.join(","), "removed a stale copy of the virtual IP")
+        }
+        Ok(_) => {}
+        Err(e) => warn!(%vip, error = %e, "cannot remove a stale copy of the virtual IP"),
+    }
+    let home = loop {
+        match address::assigned().and_then(|all| address::home(cfg.node.advertise_address, &all)) {
+            Ok(home) => break home,
+            Err(e) => {
+                part.send_replace(Part { holding_since: None, problem: Some(e.clone()) });
+                warn!(%vip, error = %e, "this master cannot hold the virtual IP; trying again in 10s");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = sleep(Duration::from_secs(10)) => {}
+                }
+            }
+        }
+    };
+    part.send_replace(Part::default());
+    let key = key(vip);
+    let mut etcd = etcd::Local::new(&paths, &cfg, CALL);
+    let mut health = Health::default();
+    let mut term: Option<Term> = None;
+    let mut campaign_error: Option<String> = None;
+    // While another master holds the key, a watch on it: this master
+    // campaigns the moment the key goes (a holder that stops revokes its
+    // lease), not at its next round.
+    let mut vacancy: Option<etcd_client::WatchStream> = None;
+    loop {
+        health.observe(ready());
+        if let Some(t) = &mut term {
+            if !t.held.is_held() {
+                drop_term(&mut term, vip, &part, "its lease's fence passed: this master was cut off from etcd");
+            } else if health.should_resign() {
+                let lease = t.lease;
+                drop_term(&mut term, vip, &part, "the local kube-apiserver stopped being ready");
+                if let Ok(c) = etcd.client().await {
+                    let _ = timeout(CALL, c.lease_revoke(lease)).await;
+                }
+            } else {
+                if let Err(e) = address::hold(&home.interface, vip, VALID_SECS) {
+                    warn!(%vip, error = %e, "cannot refresh the virtual IP");
+                }
+                let since = t.began.elapsed();
+                if since >= announcement_due(t.announced) {
+                    t.announced += 1;
+                    if let Err(e) = arp::announce(&home.interface, vip) {
+                        warn!(%vip, error = %e, "cannot announce the virtual IP");
+                    }
+                }
+            }
+        } else if health.may_campaign() {
+            match campaign(&mut etcd, &key, &name).await {
+                Ok(Some((lease, held, keeper))) => {
+                    // The key is this master's: only now the address.
+                    if let Err(e) = address::hold(&home.interface, vip, VALID_SECS) {
+                        warn!(%vip, error = %e, "cannot add the virtual IP");
+                    }
+                    let _ = arp::announce(&home.interface, vip);
+                    info!(%vip, interface = %home.interface, "took the virtual IP");
+                    part.send_replace(Part { holding_since: Some(crate::host::clock::now_secs()), problem: None });
+                    term = Some(Term { lease, held, keeper, began: Instant::now(), announced: 1 });
+                    vacancy = None;
+                }
+                Ok(None) => {
+                    campaign_error = None;
+                    if vacancy.is_none() {
+                        if let Ok(c) = etcd.client().await {
+                            vacancy = timeout(CALL, c.watch(key.as_str(), None)).await.ok().and_then(Result::ok);
+                        }
+                    }
+                }
+                Err(e) => {
+                    etcd.forget();
+                    // Said once per kind of failure, not every second.
+                    let said = e.to_string();
+                    if campaign_error.as_deref() != Some(&said) {
+                        warn!(%vip, error = %said, "cannot campaign for the virtual IP");
+                        campaign_error = Some(said);
+                    }
+                }
+            }
+        }
+        // The next round in a second, or at once when the fence passes.
+        let mut fence = term.as_ref().map(|t| t.held.clone());
+        let fenced = async {
+            match fence.as_mut() {
+                Some(h) => h.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        let next_announcement = term.as_ref().map(|t| t.began + announcement_due(t.announced));
+        let tick = match next_announcement {
+            Some(at) => Duration::from_secs(1).min(at.saturating_duration_since(Instant::now())),
+            None => Duration::from_secs(1),
+        };
+        let vacated = async {
+            match vacancy.as_mut() {
+                Some(stream) => loop {
+                    match stream.message().await {
+                        Ok(Some(resp)) if resp.events().iter().any(|e| e.event_type() == EventType::Delete) => {
+                            return true
+                        }
+                        Ok(Some(_)) => {}
+                        // Broken or closed: made again after the next campaign.
+                        _ => return false,
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
+        let mut watch_broken = false;
+        tokio::select! {
+            _ = stop.changed() => break,
+            () = fenced => {
+                drop_term(&mut term, vip, &part, "its lease's fence passed: this master was cut off from etcd");
+            }
+            // The holder's key is gone: campaign now.
+            vacant = vacated => watch_broken = !vacant,
+            _ = sleep(tick.max(Duration::from_millis(50))) => {}
+        }
+        if watch_broken {
+            vacancy = None;
+        }
+    }
+    // Stopping: the address first, then the lease, so that another master
+    // takes over at once and never beside this one.
+    if let Some(t) = term.take() {
+        t.keeper.abort();
+        let _ = address::release(vip);
+        if let Ok(c) = etcd.client().await {
+            let _ = timeout(CALL, c.lease_revoke(t.lease)).await;
+        }
+        info!(%vip, "handed the virtual IP over (this agent stops)");
+    }
+    part.send_replace(Part::default());
+}
+
+/// Ends this master's term: the address goes at once.
+fn drop_term(term: &mut Option<Term>, vip: Ipv4Addr, part: &watch::Sender<Part>, why: &str) {
+    if let Some(t) = term.take() {
+        t.keeper.abort();
+        if let Err(e) = address::release(vip) {
+            warn!(%vip, error = %e, "cannot remove the virtual IP");
+        }
+        warn!(%vip, "gave the virtual IP up: {why}");
+        part.send_replace(Part::default());
+    }
+}
+
+/// One campaign: the key, created on a fresh lease if absent. The lease's
+/// keeper and its fence when won.
+async fn campaign(
+    etcd: &mut etcd::Local,
+    key: &str,
+    name: &str,
+) -> Result<Option<(i64, Held, tokio::task::JoinHandle<()>)>, EtcdError> {
+    let (c, endpoint) = etcd.parts().await?;
+    let call = |e: etcd_client::Error| EtcdError::Call { endpoint: endpoint.to_owned(), message: e.to_string() };
+    let vacant = timeout(CALL, c.get(key, None))
+        .await
+        .map_err(|_| EtcdError::Call { endpoint: endpoint.to_owned(), message: "timed out".into() })?
+        .map_err(call)?
+        .kvs()
+        .is_empty();
+    if !vacant {
+        return Ok(None);
+    }
+    let granted = Instant::now();
+    let lease = c.lease_grant(TTL_SECS, None).await.map_err(call)?.id();
+    let holder = Holder { node: name.to_owned(), since: crate::host::clock::now_secs() };
+    let value = serde_json::to_vec(&holder).expect("a holder serializes");
+    let txn = Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
+        key,
+        value,
+        Some(PutOptions::new().with_lease(lease)),
+    )]);
+    if c.txn(txn).await.map_err(call)?.succeeded() {
+        let (keeper, held) = etcd::lease::keep_alive_fenced(c.clone(), lease, TTL_SECS, granted, FENCE_MARGIN);
+        return Ok(Some((lease, held, keeper)));
+    }
+    let _ = c.lease_revoke(lease).await;
+    Ok(None)
+}
+
+/// Who holds `vip` now, as etcd says.
+pub async fn holder(client: &mut etcd_client::Client, vip: Ipv4Addr) -> Option<Holder> {
+    let resp = timeout(CALL, client.get(key(vip), None)).await.ok()?.ok()?;
+    resp.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_holder_announces_in_two_bursts_then_every_ten_seconds() {
+        let ms: Vec<u64> = (0..9).map(|n| announcement_due(n).as_millis() as u64).collect();
+        assert_eq!(ms, [0, 500, 1000, 5000, 5500, 6000, 16000, 26000, 36000]);
+    }
+
+    #[test]
+    fn a_master_campaigns_after_three_ready_probes_and_resigns_after_three_failures() {
+        let mut h = Health::default();
+        for _ in 0..2 {
+            h.observe(true);
+        }
+        assert!(!h.may_campaign());
+        h.observe(true);
+        assert!(h.may_campaign() && !h.should_resign());
+        h.observe(false);
+        h.observe(false);
+        assert!(!h.should_resign(), "two failures: a blip");
+        h.observe(true);
+        h.observe(false);
+        h.observe(false);
+        assert!(!h.should_resign(), "a pass in between starts the count again");
+        h.observe(false);
+        assert!(h.should_resign() && !h.may_campaign());
+    }
+
+    #[test]
+    fn the_address_goes_before_etcd_could_expire_the_lease_and_before_the_kernel_would() {
+        let ttl = Duration::from_secs(TTL_SECS as u64);
+        let t = Instant::now();
+        let fence = etcd::lease::fence(t, ttl, FENCE_MARGIN);
+        assert!(fence < t + ttl, "the holder lets go before etcd can");
+        // A hung agent: the kernel drops the address VALID_SECS after the
+        // last refresh; the last keep-alive went at most a sixth of the TTL
+        // before it, so etcd's expiry comes later still.
+        let keep_alive_every = ttl / 6;
+        assert!(Duration::from_secs(u64::from(VALID_SECS)) < ttl - keep_alive_every);
+    }
+}
