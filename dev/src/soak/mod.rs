@@ -69,6 +69,13 @@ const SILENCE_SLACK: Duration = Duration::from_secs(7);
 /// from it.
 const RECOVERY: Duration = Duration::from_secs(60);
 const HEAL_LIMIT: Duration = Duration::from_secs(600);
+const MIN_FREE: u64 = 10 << 30;
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Bytes free for an unprivileged writer on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(dir).map(|s| s.blocks_available() * s.fragment_size()).unwrap_or(0)
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -122,6 +129,19 @@ pub fn run(args: Args) -> Result<()> {
     let (bin, bundle) = crate::bench::binary_and_bundle()?;
     std::env::set_var("HAKUBE_BIN", &bin);
     std::env::set_var("HAKUBE_TEST_BUNDLE", &bundle);
+    // The hosts' roots (etcd's data among them) live under TMPDIR: a disk
+    // that fills during the run fails etcd on every master at once, a fault
+    // no schedule planned.
+    let tmp = std::env::temp_dir();
+    let free = free_bytes(&tmp);
+    if free < MIN_FREE {
+        bail!(
+            "{} has {:.1} GiB free; the soak needs {} GiB (5 hosts' roots, etcd's data, the images): free space or set TMPDIR",
+            tmp.display(),
+            free as f64 / GIB,
+            MIN_FREE >> 30
+        );
+    }
     let out = args.out.unwrap_or_else(|| crate::proc::repo().join(format!("target/soak/seed-{seed}")));
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(out.join("logs")).with_context(|| format!("cannot create {}", out.display()))?;
@@ -179,7 +199,11 @@ struct Record {
     /// Samples with etcd below quorum: when, healthy voters, voters.
     below_quorum: Vec<(u64, usize, usize)>,
     quorum_samples: usize,
+    /// Samples in which fewer than a quorum of voters served a linearizable read.
+    unavailable: usize,
     claim_samples: usize,
+    /// The least free space seen on the hosts' filesystem (bytes).
+    min_free: Option<u64>,
     /// The volume's line count, as the soak last read it.
     volume_seen: u64,
     volume_reads: usize,
@@ -811,9 +835,11 @@ impl Soak {
         }
     }
 
-    /// Every 2 s, from the observer: how many voters answer a linearizable
-    /// read (etcd's own health check). When no member answers at all, the
-    /// voters are the last ones known.
+    /// Every 2 s, from the observer: how many voters are up (answer a
+    /// status call: running and reachable) and how many serve (answer a
+    /// linearizable read, which needs a leader: an election after a fault
+    /// on the leader stops it for seconds with every voter up). When no
+    /// member answers at all, the voters are the last ones known.
     fn quorum_sampler(&self) {
         let endpoints: Vec<String> = self.masters().map(|m| format!("https://{}:2379", m.addr)).collect();
         self.obs.within(|| {
@@ -821,15 +847,21 @@ impl Soak {
             let mut known: Vec<String> = endpoints.clone();
             while !self.stop.load(Ordering::SeqCst) {
                 let started = Instant::now();
-                let (healthy, voters) = rt.block_on(self.quorum(&endpoints));
-                if let Some(v) = voters {
+                let probe = rt.block_on(self.quorum(&endpoints));
+                if let Some(v) = probe.voters {
                     known = v;
                 }
-                let up = known.iter().filter(|v| healthy.contains(*v)).count();
+                let up = known.iter().filter(|v| probe.up.contains(*v)).count();
+                let serving = known.iter().filter(|v| probe.serving.contains(*v)).count();
+                let free = free_bytes(&std::env::temp_dir());
                 let mut r = self.record.lock().unwrap();
+                r.min_free = Some(r.min_free.map_or(free, |m| m.min(free)));
                 r.quorum_samples += 1;
                 if up < known.len() / 2 + 1 {
                     r.below_quorum.push((now_ms(), up, known.len()));
+                }
+                if serving < known.len() / 2 + 1 {
+                    r.unavailable += 1;
                 }
                 drop(r);
                 std::thread::sleep(Duration::from_secs(2).saturating_sub(started.elapsed()));
@@ -837,11 +869,10 @@ impl Soak {
         });
     }
 
-    /// The endpoints that answered a linearizable read, and the voters'
-    /// client URLs (None when no member could list them).
-    async fn quorum(&self, endpoints: &[String]) -> (BTreeSet<String>, Option<Vec<String>>) {
-        let mut voters: Option<Vec<String>> = None;
-        let mut healthy = BTreeSet::new();
+    /// Each endpoint's answer to a status call and to a linearizable read,
+    /// and the voters' client URLs.
+    async fn quorum(&self, endpoints: &[String]) -> Probe {
+        let mut probe = Probe::default();
         for e in endpoints {
             let call = async {
                 let mut c = hakube::etcd::connect_with(
@@ -852,7 +883,7 @@ impl Soak {
                 )
                 .await
                 .ok()?;
-                if voters.is_none() {
+                if probe.voters.is_none() {
                     if let Ok(list) = c.member_list().await {
                         let urls = list
                             .members()
@@ -860,16 +891,18 @@ impl Soak {
                             .filter(|m| !m.is_learner())
                             .flat_map(|m| m.client_urls().to_vec())
                             .collect();
-                        voters = Some(urls);
+                        probe.voters = Some(urls);
                     }
                 }
+                c.status().await.ok()?;
+                probe.up.insert(e.clone());
                 c.get("soak-health", None).await.ok().map(|_| ())
             };
             if tokio::time::timeout(Duration::from_secs(3), call).await.ok().flatten().is_some() {
-                healthy.insert(e.clone());
+                probe.serving.insert(e.clone());
             }
         }
-        (healthy, voters)
+        probe
     }
 
     /// Every 15 s: the volume's lines, checked and counted.
@@ -960,12 +993,22 @@ impl Soak {
         let mut wrong;
         loop {
             wrong = vec![];
+            // A host purged while out stays out until someone joins it
+            // again: the soak does, as an operator would.
+            for h in self.c.hosts() {
+                if state(h)["purged"].is_string() && !self.busy.lock().unwrap().contains(&h.name) {
+                    self.note(format!("{} is purged: reset and joined again", h.name));
+                    let what = format!("rejoin of {} after its purge", h.name);
+                    let took = self.rejoin(&h.name);
+                    self.record.lock().unwrap().ops.push((what, took));
+                }
+            }
             let ready = self.ready_nodes();
             if ready != all {
                 wrong.push(format!("Ready Nodes: {ready:?}"));
             }
-            let (healthy, voters) = self.obs.within(|| rt.block_on(self.quorum(&endpoints)));
-            let voters = voters.unwrap_or_default();
+            let probe = self.obs.within(|| rt.block_on(self.quorum(&endpoints)));
+            let (healthy, voters) = (probe.serving, probe.voters.unwrap_or_default());
             if voters.len() != 3 || !voters.iter().all(|v| healthy.contains(v)) {
                 wrong.push(format!("etcd voters {voters:?}, healthy {healthy:?}"));
             }
@@ -1043,6 +1086,7 @@ impl Soak {
 
     fn judge(&self, steps: &[Step]) -> Report {
         let mut text = String::new();
+        let mut text_ops: Vec<String> = vec![];
         let mut violations = 0;
         let mut say = |ok: bool, line: String| {
             if !ok {
@@ -1118,29 +1162,42 @@ impl Soak {
             None => say(false, "the volume could not be read at the end".into()),
         }
 
+        // The machine's own disk, which no schedule fills.
+        if let Some(min) = r.min_free {
+            say(
+                min >= 1 << 30,
+                format!("the hosts' filesystem had at least {:.1} GiB free throughout", min as f64 / GIB),
+            );
+        }
+
         // Quorum.
-        let excused = |at: u64| {
+        // Below quorum is excused while (or shortly after) the schedule's
+        // faults and operations hit as many masters as it takes: with V
+        // voters, V - (V/2 + 1) + 1.
+        let excused = |at: u64, voters: usize| {
             let hit: BTreeSet<&str> = r
                 .spans
                 .iter()
                 .filter(|s| s.hits_etcd && s.from <= at && s.to.is_none_or(|to| to + RECOVERY.as_millis() as u64 >= at))
                 .map(|s| s.host.as_str())
                 .collect();
-            hit.len() >= 2
+            hit.len() > voters - (voters / 2 + 1)
         };
         let unexcused: Vec<String> = r
             .below_quorum
             .iter()
-            .filter(|(at, _, _)| !excused(*at))
+            .filter(|(at, _, voters)| !excused(*at, *voters))
             .map(|(at, h, v)| format!("{}s: {h} of {v}", at.saturating_sub(self.t0()) / 1000))
             .collect();
         say(
             unexcused.is_empty() && r.quorum_samples > 0,
             format!(
-                "etcd below quorum in {} of {} samples, each while faults held two masters{}",
+                "fewer voters up than a quorum in {} of {} samples, each while the faults held enough masters{} \
+                 (no linearizable read served in {} samples: elections after faults on the leader included)",
                 r.below_quorum.len(),
                 r.quorum_samples,
-                if unexcused.is_empty() { String::new() } else { format!("; not so at {}", unexcused.join(", ")) }
+                if unexcused.is_empty() { String::new() } else { format!("; not so at {}", unexcused.join(", ")) },
+                r.unavailable,
             ),
         );
 
@@ -1186,26 +1243,38 @@ impl Soak {
         say(
             bad.is_empty(),
             format!(
-                "{} purge(s), each of a node out for the whole toleration{}{}",
+                "{} purge(s), each of a node out (power or link) for the toleration less a heartbeat, and still out{}{}",
                 purges.len(),
                 if list.is_empty() { String::new() } else { format!(" ({})", list.join(", ")) },
                 if bad.is_empty() { String::new() } else { format!("; of a node that was not: {}", bad.join(", ")) }
             ),
         );
 
-        // Operations.
+        // Operations: not invariants (one run while faults hold etcd's
+        // quorum fails, with its reason), but each is shown.
         for (what, result) in &ops {
             match result {
-                Ok(d) => say(true, format!("{what}: done in {:.0}s", d.as_secs_f64())),
-                Err(e) => say(false, format!("{what}: failed: {e}")),
+                Ok(d) => text_ops.push(format!("  {what}: done in {:.0}s", d.as_secs_f64())),
+                Err(e) => text_ops.push(format!("  {what}: failed: {e}")),
             }
         }
 
+        text.push_str(&format!("the operations ({}):\n{}\n", text_ops.len(), text_ops.join("\n")));
         let faults = log.len();
         let header =
             format!("soak: {} lines in the fault log ({} steps planned); the invariants:\n", faults, steps.len());
         Report { text: format!("{header}{text}"), violations }
     }
+}
+
+/// One look at etcd from the observer.
+#[derive(Default)]
+struct Probe {
+    /// Members that answered a status call.
+    up: BTreeSet<String>,
+    /// Members that answered a linearizable read.
+    serving: BTreeSet<String>,
+    voters: Option<Vec<String>>,
 }
 
 /// What ends a fault.
