@@ -141,6 +141,11 @@ impl Connector {
         Connector { stop, results, thread: Some(thread) }
     }
 
+    /// Whether a connect succeeded at or after `at`.
+    fn succeeded_since(&self, at: Instant) -> bool {
+        self.results.lock().unwrap().iter().any(|(t, ok)| *ok && *t >= at)
+    }
+
     /// The longest span without a successful connect since `since`.
     fn longest_gap(&self, since: Instant) -> Duration {
         let r = self.results.lock().unwrap();
@@ -231,6 +236,11 @@ fn one_master_holds_the_virtual_ip_and_it_moves_within_bounds_never_to_two() {
             }
             std::panic::resume_unwind(e)
         });
+        // The client reaches the new holder (its neighbour cache told by
+        // the announcements), then the gap it saw is known.
+        wait_for("the client to connect to the new holder", Duration::from_secs(10), || {
+            client.succeeded_since(t + took)
+        });
         let gap = client.longest_gap(t);
         eprintln!(
             "{what}: {holder} -> {next} in {:.2}s; the client's longest gap {:.2}s",
@@ -292,6 +302,20 @@ fn one_master_holds_the_virtual_ip_and_it_moves_within_bounds_never_to_two() {
         c.net.set_link(h, true)
     });
     assert_eq!(watch.doubles(), Vec::<Vec<String>>::new(), "the address on two masters at once");
+    for (what, moved, gap) in &figures {
+        eprintln!("{what:<40} moved in {:>5.2}s, longest connect gap {:>5.2}s", moved.as_secs_f64(), gap.as_secs_f64());
+    }
+
+    // A re-run keeps the address; another one is refused before anything changes.
+    let m2 = c.host("m2");
+    assert_ok(&m2.install_master_unchecked(&["ha"], &[]), "a re-run without vip=");
+    let other = Ipv4Addr::new(vip.octets()[0], vip.octets()[1], vip.octets()[2], 101);
+    let out = m2.install_master_unchecked(&["ha", &format!("vip={other}")], &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("cannot change (it is {vip}, asked for {other}): nothing was written")), "{err}");
+    let status = stdout(&m2.hakube(&["status"]));
+    assert!(status.contains(&format!("virtual IP {vip}: held by")), "{status}");
     drop(watch);
     drop(client);
 }

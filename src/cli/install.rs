@@ -143,6 +143,18 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         (None, Some(i)) => i.cluster.load_balancer_change.clone(),
         (None, None) => None,
     };
+    // The virtual IP is set when the cluster is made; moving it on a
+    // running cluster is not supported yet: refused before anything changes.
+    let vip_before = record.as_ref().map(|r| r.spec.vip).or(installed.as_ref().map(|i| i.cluster.vip));
+    if let Some(before) = vip_before.filter(|before| *before != c.cluster.vip) {
+        let show = |v: Option<std::net::Ipv4Addr>| v.map_or("none".to_owned(), |v| v.to_string());
+        anyhow::bail!(
+            "the virtual IP of an installed cluster cannot change (it is {}, asked for {}): nothing was written; \
+             leave vip= as it was installed",
+            show(before),
+            show(c.cluster.vip)
+        );
+    }
     let lb_ask = match &record {
         Some(r) => lbchange::ask(
             r.spec.load_balancer_address.as_ref(),

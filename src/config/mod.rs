@@ -551,6 +551,23 @@ pub fn resolve(src: Sources<'_>) -> Result<ClusterConfig, ConfigError> {
             }
         }
     }
+    // The virtual IP is set when the cluster is made: moving it on a
+    // running cluster is not supported (yet).
+    if let Some(old) = &installed_tree {
+        let vip = |t: &Value| get(t, "cluster", "vip").and_then(Value::as_str).map(str::to_owned);
+        if let (Some(before), after) = (vip(old), vip(&tree)) {
+            if after.as_deref() != Some(before.as_str()) {
+                return Err(ConfigError::Invalid {
+                    path: origin,
+                    message: format!(
+                        "the virtual IP of an installed cluster cannot change (it is {before}, asked for {}): \
+                         nothing was written; leave vip= as it was installed",
+                        after.as_deref().unwrap_or("none")
+                    ),
+                });
+            }
+        }
+    }
     // A virtual IP is the cluster's external address: the load-balancer
     // address, on the API servers' port, unless one is given (validated).
     let lb_given = get(&tree, "cluster", "loadBalancerAddress").is_some_and(|v| !v.is_null());
@@ -761,6 +778,11 @@ pub(crate) mod tests {
         assert!(err.contains("give a unicast address"), "{err}");
         let err = resolve_with(None, "cluster: {vip: 'fd00::1'}").unwrap_err().to_string();
         assert!(err.contains("cluster.vip"), "{err}");
+        // Set when the cluster is made: kept by a re-run, never moved.
+        let first = resolve_with(None, "cluster: {ha: true, vip: 10.0.0.100}").unwrap();
+        assert_eq!(resolve_with(Some(&first), "cluster: {ha: true}").unwrap().cluster.vip, first.cluster.vip);
+        let err = resolve_with(Some(&first), "cluster: {vip: 10.0.0.101}").unwrap_err().to_string();
+        assert!(err.contains("cannot change (it is 10.0.0.100, asked for 10.0.0.101): nothing was written"), "{err}");
     }
 
     #[test]
