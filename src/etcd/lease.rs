@@ -35,10 +35,14 @@ impl Held {
         *self.0.borrow() && self.0.has_changed().is_ok()
     }
 
-    /// Waits until the lease is lost (at once if it is).
+    /// Waits until the keeper finds the lease lost (at once if it has).
+    /// A keeper its holder aborted (letting the term go itself) is no loss
+    /// to react to: this then never returns, and [`Self::is_held`] says
+    /// false.
     pub async fn lost(&mut self) {
-        // An error means the keeper is gone: nobody keeps the lease alive.
-        let _ = self.0.wait_for(|held| !held).await;
+        if self.0.wait_for(|held| !held).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -117,5 +121,25 @@ mod tests {
             assert!(d(ttl) < t + ttl && d(ttl) >= t + ttl / 2, "{ttl:?}");
         }
         assert_eq!(fence(t, 5 * s, 2 * s), t + 3 * s, "a margin of its own");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_lease_wakes_its_holder_but_an_aborted_keeper_does_not() {
+        // The keeper found it lost: the holder hears it at once.
+        let (tx, rx) = watch::channel(true);
+        let mut held = Held(rx);
+        assert!(held.is_held());
+        tx.send_replace(false);
+        tokio::time::timeout(Duration::from_secs(1), held.lost()).await.expect("woken");
+        assert!(!held.is_held());
+
+        // The holder aborted the keeper itself (it let the term go, and may
+        // be revoking the lease right now): nothing to wake for, and the
+        // lease counts as gone.
+        let (tx, rx) = watch::channel(true);
+        let mut held = Held(rx);
+        drop(tx);
+        assert!(tokio::time::timeout(Duration::from_secs(3600), held.lost()).await.is_err(), "no wake-up");
+        assert!(!held.is_held());
     }
 }
