@@ -224,8 +224,7 @@ fn one_master_holds_the_virtual_ip_and_it_moves_within_bounds_never_to_two() {
                 let log = std::fs::read_to_string(m.root().join("var/lib/hakube/logs/agent.log")).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().filter(|l| l.contains("virtual IP") || l.contains("vip")).collect();
                 eprintln!("--- {} agent.log, virtual IP lines:\n{}", m.name, lines.join("\n"));
-                let state = std::fs::read_to_string(m.root().join("var/lib/hakube/state.json")).unwrap_or_default();
-                let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+                let state = m.state();
                 let health: Vec<String> = state["components"]
                     .as_object()
                     .into_iter()
@@ -256,9 +255,7 @@ fn one_master_holds_the_virtual_ip_and_it_moves_within_bounds_never_to_two() {
         heal(h);
         // Healthy as a running agent says: its own state, written by a live agent.
         wait_for("the old holder healthy again", Duration::from_secs(240), || {
-            let s: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(h.root().join("var/lib/hakube/state.json")).unwrap_or_default())
-                    .unwrap_or_default();
+            let s = h.state();
             let live = s["agent_pid"].as_u64().is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
             live && ["etcd", "kube-apiserver"].iter().all(|c| s["components"][c]["healthy"] == true)
         });
@@ -283,8 +280,7 @@ fn one_master_holds_the_virtual_ip_and_it_moves_within_bounds_never_to_two() {
         "the holder's kube-apiserver is killed",
         Duration::from_secs(5),
         &|h| {
-            let s: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(h.root().join("var/lib/hakube/state.json")).unwrap()).unwrap();
+            let s = h.state();
             sh("kill", &["-KILL", &s["components"]["kube-apiserver"]["pid"].to_string()]);
         },
         &nothing,

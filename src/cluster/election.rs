@@ -207,12 +207,7 @@ pub async fn run(
             let _ = c.lease_revoke(lease).await;
             Ok::<_, EtcdError>(View { leader: leader(c, &endpoint).await?, term: None })
         };
-        let fenced = async {
-            match fence.as_mut() {
-                Some(held) => held.lost().await,
-                None => std::future::pending().await,
-            }
-        };
+        let fenced = etcd::lease::lost(fence.as_mut());
         tokio::select! {
             result = timeout(Duration::from_secs(15), round) => match result {
                 Ok(Ok(view)) => {

@@ -46,6 +46,15 @@ impl Held {
     }
 }
 
+/// Waits until `held` (a term's lease, when there is one) is lost; never
+/// returns without one: the arm of a `select!` beside the holder's round.
+pub async fn lost(held: Option<&mut Held>) {
+    match held {
+        Some(h) => h.lost().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Keeps `lease` (granted with `ttl` seconds by a request sent at
 /// `granted`) alive until it is lost: etcd answers TTL 0, or the fence
 /// (with [`default_margin`]) passes with no keep-alive answered. A broken stream (a leader change, a

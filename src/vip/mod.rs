@@ -229,12 +229,7 @@ pub async fn run(
         }
         // The next round in a second, or at once when the fence passes.
         let mut fence = term.as_ref().map(|t| t.held.clone());
-        let fenced = async {
-            match fence.as_mut() {
-                Some(h) => h.lost().await,
-                None => std::future::pending().await,
-            }
-        };
+        let fenced = etcd::lease::lost(fence.as_mut());
         let next_announcement = term.as_ref().map(|t| t.began + announcement_due(t.announced));
         let tick = match next_announcement {
             Some(at) => Duration::from_secs(1).min(at.saturating_duration_since(Instant::now())),

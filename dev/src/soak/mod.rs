@@ -264,13 +264,6 @@ fn mount_small_disk(h: &Host) -> Result<()> {
     Ok(())
 }
 
-fn state(h: &Host) -> serde_json::Value {
-    fs::read(h.root().join("var/lib/hakube/state.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
 fn is_agent(pid: u64) -> bool {
     fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
         let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
@@ -542,7 +535,7 @@ impl Soak {
     fn claimed_leader(&self) -> Vec<String> {
         self.masters()
             .filter(|m| {
-                let s = state(m);
+                let s = m.state();
                 s["leading_since"].is_u64() && s["agent_pid"].as_u64().is_some_and(is_agent)
             })
             .map(|m| m.name.clone())
@@ -593,7 +586,7 @@ impl Soak {
                 }))
             }
             Fault::KillComponent(c) => {
-                let pid = state(h)["components"][*c]["pid"].as_u64();
+                let pid = h.state()["components"][*c]["pid"].as_u64();
                 match pid {
                     Some(pid) => {
                         let now = now_ms();
@@ -671,7 +664,7 @@ impl Soak {
         let deadline = Instant::now() + Duration::from_secs(20);
         let h = self.host(name);
         while Instant::now() < deadline {
-            if state(h)["purged"].is_string() {
+            if h.state()["purged"].is_string() {
                 self.note(format!("{name} was purged while out: reset and joined again"));
                 let what = format!("rejoin of {name} after its purge");
                 let took = self.rejoin(name);
@@ -996,7 +989,7 @@ impl Soak {
             // A host purged while out stays out until someone joins it
             // again: the soak does, as an operator would.
             for h in self.c.hosts() {
-                if state(h)["purged"].is_string() && !self.busy.lock().unwrap().contains(&h.name) {
+                if h.state()["purged"].is_string() && !self.busy.lock().unwrap().contains(&h.name) {
                     self.note(format!("{} is purged: reset and joined again", h.name));
                     let what = format!("rejoin of {} after its purge", h.name);
                     let took = self.rejoin(&h.name);
