@@ -288,9 +288,10 @@ pub fn render(r: &Report) -> String {
             if let Some(vip) = s.vip {
                 out.push_str(&match &cl.vip_holder {
                     Some(h) => format!(
-                        "  virtual IP {vip}: held by {} since {}\n",
+                        "  virtual IP {vip}: held by {} since {}{}\n",
                         h.node,
-                        crate::host::clock::rfc3339(h.since)
+                        crate::host::clock::rfc3339(h.since),
+                        h.after.as_ref().map_or(String::new(), |before| format!(" (took it over from {before})"))
                     ),
                     None => format!("  virtual IP {vip}: held by no master (none ready, or etcd without quorum)\n"),
                 });

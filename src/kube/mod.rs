@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod components;
+pub mod event;
 pub mod inventory;
 pub mod kubeconfig;
 pub mod objects;

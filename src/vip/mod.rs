@@ -65,6 +65,10 @@ pub struct Holder {
     pub node: String,
     /// Seconds since the epoch.
     pub since: u64,
+    /// The holder before this one, as this one last saw it: the last
+    /// takeover was from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 /// When the `n`th announcement (from 0) after a takeover is due.
@@ -127,6 +131,9 @@ pub struct Part {
     /// Why this master cannot take part (no interface for it), if so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Times this master took the address since its agent started.
+    #[serde(default)]
+    pub takeovers: u64,
 }
 
 /// Holds `vip` on this master while it is the elected holder, until `stop`
@@ -153,7 +160,7 @@ pub async fn run(
         match address::assigned().and_then(|all| address::home(cfg.node.advertise_address, &all)) {
             Ok(home) => break home,
             Err(e) => {
-                part.send_replace(Part { holding_since: None, problem: Some(e.clone()) });
+                part.send_modify(|p| p.problem = Some(e.clone()));
                 warn!(%vip, error = %e, "this master cannot hold the virtual IP; trying again in 10s");
                 tokio::select! {
                     _ = stop.changed() => return,
@@ -162,12 +169,14 @@ pub async fn run(
             }
         }
     };
-    part.send_replace(Part::default());
+    part.send_modify(|p| p.problem = None);
     let key = key(vip);
     let mut etcd = etcd::Local::new(&paths, &cfg, CALL);
     let mut health = Health::default();
     let mut term: Option<Term> = None;
     let mut campaign_error: Option<String> = None;
+    // The last other master seen holding the key: the one a takeover follows.
+    let mut last_holder: Option<String> = None;
     // While another master holds the key, a watch on it: this master
     // campaigns the moment the key goes (a holder that stops revokes its
     // lease), not at its next round.
@@ -196,15 +205,19 @@ pub async fn run(
                 }
             }
         } else if health.may_campaign() {
-            match campaign(&mut etcd, &key, &name).await {
-                Ok(Some((lease, held, keeper))) => {
+            match campaign(&mut etcd, &key, &name, &mut last_holder).await {
+                Ok(Some((lease, held, keeper, holder))) => {
                     // The key is this master's: only now the address.
                     if let Err(e) = address::hold(&home.interface, vip, VALID_SECS) {
                         warn!(%vip, error = %e, "cannot add the virtual IP");
                     }
                     let _ = arp::announce(&home.interface, vip);
-                    info!(%vip, interface = %home.interface, "took the virtual IP");
-                    part.send_replace(Part { holding_since: Some(crate::host::clock::now_secs()), problem: None });
+                    info!(%vip, interface = %home.interface, after = ?holder.after, "took the virtual IP");
+                    part.send_modify(|p| {
+                        p.holding_since = Some(holder.since);
+                        p.takeovers += 1;
+                    });
+                    record_takeover(&paths, vip, holder);
                     term = Some(Term { lease, held, keeper, began: Instant::now(), announced: 1 });
                     vacancy = None;
                 }
@@ -274,7 +287,36 @@ pub async fn run(
         }
         info!(%vip, "handed the virtual IP over (this agent stops)");
     }
-    part.send_replace(Part::default());
+    part.send_modify(|p| p.holding_since = None);
+}
+
+/// Records a takeover as an Event on the new holder's Node, in the
+/// background (bounded): the address never waits for the API.
+fn record_takeover(paths: &Paths, vip: Ipv4Addr, holder: Holder) {
+    let admin = paths.kubeconfig("admin");
+    tokio::spawn(async move {
+        let kube = match crate::kube::client::KubeClient::from_kubeconfig(&admin) {
+            Ok(k) => k.with_timeout(CALL),
+            Err(e) => return warn!(%vip, error = %e, "cannot record the takeover as an Event"),
+        };
+        let message = match &holder.after {
+            Some(before) => format!("{} holds the virtual IP {vip}, after {before}", holder.node),
+            None => format!("{} holds the virtual IP {vip}", holder.node),
+        };
+        let event = crate::kube::event::NodeEvent {
+            node: &holder.node,
+            reason: "VirtualIPTaken",
+            message,
+            warning: false,
+            reporter: &holder.node,
+            unique: holder.since,
+        };
+        match timeout(Duration::from_secs(15), event.record(&kube)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(%vip, error = %e, "cannot record the takeover as an Event"),
+            Err(_) => warn!(%vip, "cannot record the takeover as an Event: timed out"),
+        }
+    });
 }
 
 /// Ends this master's term: the address goes at once.
@@ -285,31 +327,36 @@ fn drop_term(term: &mut Option<Term>, vip: Ipv4Addr, part: &watch::Sender<Part>,
             warn!(%vip, error = %e, "cannot remove the virtual IP");
         }
         warn!(%vip, "gave the virtual IP up: {why}");
-        part.send_replace(Part::default());
+        part.send_modify(|p| p.holding_since = None);
     }
 }
 
-/// One campaign: the key, created on a fresh lease if absent. The lease's
-/// keeper and its fence when won.
+/// One campaign: the key, created on a fresh lease if absent. The lease,
+/// its keeper and fence, and what was written when won; `last_holder`
+/// follows who else holds it.
 async fn campaign(
     etcd: &mut etcd::Local,
     key: &str,
     name: &str,
-) -> Result<Option<(i64, Held, tokio::task::JoinHandle<()>)>, EtcdError> {
+    last_holder: &mut Option<String>,
+) -> Result<Option<(i64, Held, tokio::task::JoinHandle<()>, Holder)>, EtcdError> {
     let (c, endpoint) = etcd.parts().await?;
     let call = |e: etcd_client::Error| EtcdError::Call { endpoint: endpoint.to_owned(), message: e.to_string() };
-    let vacant = timeout(CALL, c.get(key, None))
+    let now = timeout(CALL, c.get(key, None))
         .await
         .map_err(|_| EtcdError::Call { endpoint: endpoint.to_owned(), message: "timed out".into() })?
-        .map_err(call)?
-        .kvs()
-        .is_empty();
-    if !vacant {
+        .map_err(call)?;
+    if let Some(kv) = now.kvs().first() {
+        if let Ok(h) = serde_json::from_slice::<Holder>(kv.value()) {
+            if h.node != name {
+                *last_holder = Some(h.node);
+            }
+        }
         return Ok(None);
     }
     let granted = Instant::now();
     let lease = c.lease_grant(TTL_SECS, None).await.map_err(call)?.id();
-    let holder = Holder { node: name.to_owned(), since: crate::host::clock::now_secs() };
+    let holder = Holder { node: name.to_owned(), since: crate::host::clock::now_secs(), after: last_holder.clone() };
     let value = serde_json::to_vec(&holder).expect("a holder serializes");
     let txn = Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
         key,
@@ -318,7 +365,7 @@ async fn campaign(
     )]);
     if c.txn(txn).await.map_err(call)?.succeeded() {
         let (keeper, held) = etcd::lease::keep_alive_fenced(c.clone(), lease, TTL_SECS, granted, FENCE_MARGIN);
-        return Ok(Some((lease, held, keeper)));
+        return Ok(Some((lease, held, keeper, holder)));
     }
     let _ = c.lease_revoke(lease).await;
     Ok(None)

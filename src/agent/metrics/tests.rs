@@ -59,6 +59,29 @@ fn the_node_part_follows_what_the_agent_saw() {
 }
 
 #[test]
+fn a_master_says_whether_it_holds_the_virtual_ip_and_how_often_it_took_it() {
+    let with_vip =
+        crate::config::tests::test_config("cluster: {vip: 10.0.0.100}\nnode: {components: [etcd, kube-apiserver]}");
+    let mut state = state();
+    state.vip = Some(crate::vip::Part { holding_since: Some(1_700_000_100), problem: None, takeovers: 2 });
+    let mut out = Out::default();
+    node_series(&mut out, &with_vip, Some(&state));
+    let text = out.encode();
+    let s = samples(&text);
+    for line in [
+        r#"hakube_vip_held{address="10.0.0.100"} 1.0"#,
+        r#"hakube_vip_takeovers_total{address="10.0.0.100"} 2"#,
+        r#"hakube_vip_unusable{address="10.0.0.100"} 0.0"#,
+    ] {
+        assert!(s.contains(&line), "missing {line:?} in\n{text}");
+    }
+    // A cluster without a virtual IP: no such series.
+    let mut out = Out::default();
+    node_series(&mut out, &cfg(), Some(&state));
+    assert!(!out.encode().contains("hakube_vip"));
+}
+
+#[test]
 fn an_agent_without_state_says_only_what_it_knows() {
     let mut out = Out::default();
     node_series(&mut out, &cfg(), None);

@@ -340,29 +340,21 @@ impl Signals {
 }
 
 async fn event(kube: &KubeClient, p: &Purge) -> Result<(), crate::kube::client::KubeError> {
-    let now = crate::cluster::controller::micro_time(time::OffsetDateTime::now_utc());
-    let name = format!("{}.hakube-purge.{}", p.node.name, p.started_at);
-    let body = json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": name, "namespace": "default"},
-        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": p.node.name},
-        "reason": "NodePurged",
-        "message": format!(
+    crate::kube::event::NodeEvent {
+        node: &p.node.name,
+        reason: "NodePurged",
+        message: format!(
             "hakube purged {} {} after it was unreachable for {} (its hakube heartbeat and its Kubernetes signal both stale)",
-            p.node.role, p.node.name, human(p.lost_for)
+            p.node.role,
+            p.node.name,
+            human(p.lost_for)
         ),
-        "type": "Warning",
-        "source": {"component": "hakube"},
-        "firstTimestamp": now.split('.').next().map(|s| format!("{s}Z")),
-        "lastTimestamp": now.split('.').next().map(|s| format!("{s}Z")),
-        "count": 1,
-        "reportingComponent": "hakube",
-        "reportingInstance": p.started_by,
-    });
-    kube.create::<serde_json::Value>(&format!("event {name}"), "/api/v1/namespaces/default/events", &body)
-        .await
-        .map(drop)
+        warning: true,
+        reporter: &p.started_by,
+        unique: p.started_at,
+    }
+    .record(kube)
+    .await
 }
 
 #[cfg(test)]
