@@ -213,7 +213,49 @@ pub fn run(ctx: &Context<'_>) -> Vec<Failure> {
             );
         }
     }
+    if let (Some(vip), true) = (c.cluster.vip, c.has(Component::KubeApiserver) && adv_ok) {
+        if let Err(e) = vip_home(vip, adv) {
+            fail("vip-subnet".into(), e);
+        }
+    }
     failures
+}
+
+/// The interface the virtual IP goes on (the one holding `adv`), checked:
+/// `vip` must be in its subnet, where gratuitous ARP reaches the clients'
+/// router.
+fn vip_home(vip: Ipv4Addr, adv: IpAddr) -> Result<crate::vip::address::Assigned, String> {
+    let home = crate::vip::address::assigned().and_then(|all| crate::vip::address::home(adv, &all))?;
+    if !crate::vip::address::in_subnet(vip, &home) {
+        return Err(format!(
+            "the virtual IP {vip} is not in the subnet of {} ({}/{}), where this master announces it: \
+             give a free address of that subnet (vip=)",
+            home.interface, home.address, home.prefix
+        ));
+    }
+    Ok(home)
+}
+
+/// At a cluster's first install: nobody on the segment answers for the
+/// virtual IP yet (an ARP probe). Later, a master holds it.
+pub fn vip_unclaimed(c: &ClusterConfig) -> Vec<Failure> {
+    let Some(vip) = c.cluster.vip else { return vec![] };
+    let Ok(home) = vip_home(vip, c.node.advertise_address) else { return vec![] };
+    let fail = |message: String| vec![Failure { name: "vip-in-use".into(), message }];
+    if crate::vip::address::present(vip) {
+        // This host's own copy (a former cluster's): the agent removes it.
+        return vec![];
+    }
+    match crate::vip::arp::probe(&home.interface, vip) {
+        Ok(None) => vec![],
+        Ok(Some(mac)) => fail(format!(
+            "{} answers ARP for the virtual IP {vip} on {}: the address is in use; give a free one (vip=), \
+             or free it first",
+            crate::vip::arp::mac_text(mac),
+            home.interface
+        )),
+        Err(e) => fail(format!("cannot check that nobody uses the virtual IP {vip}: {e}")),
+    }
 }
 
 /// What is worth saying but stops nothing.
@@ -226,6 +268,13 @@ pub fn warnings(c: &ClusterConfig) -> Vec<String> {
              (systemd.unified_cgroup_hierarchy=1) before upgrading past 1.37"
                 .to_owned(),
         );
+    }
+    if let (Some(vip), Some((cloud, how))) = (c.cluster.vip, crate::host::cloud::this_host()) {
+        out.push(format!(
+            "this host looks like a {cloud} virtual machine (its firmware says so): {cloud}'s network does not move \
+             an address on gratuitous ARP, so the virtual IP {vip} reaches its holder only through {how}; \
+             a load balancer of the provider's (load-balancer-address=) is the usual way there"
+        ));
     }
     out
 }

@@ -246,6 +246,14 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     }
     progress.phase("preflight checks", || {
         let mut ignored = preflight::enforce(paths, &c, &req.ignore_preflight_errors)?;
+        if installed.is_none() && record.is_none() && c.has(Component::KubeApiserver) {
+            // A new cluster: nobody may answer for its virtual IP yet.
+            let (fatal, waived) = preflight::triage(preflight::vip_unclaimed(&c), &req.ignore_preflight_errors);
+            if !fatal.is_empty() {
+                return Err(preflight::PreflightFailed(fatal).into());
+            }
+            ignored.extend(waived);
+        }
         if let Ask::Start(ch) = &lb_ask {
             let ca =
                 std::fs::read(paths.pki("ca.crt")).with_context(|| format!("{}", paths.pki("ca.crt").display()))?;

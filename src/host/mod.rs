@@ -2,6 +2,7 @@
 
 pub mod cgroups;
 pub mod clock;
+pub mod cloud;
 pub mod fs;
 pub mod lock;
 pub mod logrotate;

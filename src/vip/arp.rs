@@ -41,10 +41,8 @@ pub fn packet(ip: Ipv4Addr, mac: [u8; 6], reply: bool) -> [u8; 28] {
     p
 }
 
-/// Sends one announcement (a request, then a reply) of `ip` from
-/// `interface` to the broadcast address.
-pub fn announce(interface: &str, ip: Ipv4Addr) -> Result<(), String> {
-    let (ifindex, mac) = link(interface)?;
+/// A packet socket for ARP on `ifindex`, and the broadcast destination.
+fn socket(ifindex: u32) -> Result<(OwnedFd, libc::sockaddr_ll), String> {
     // SAFETY: a plain socket(2) call; the descriptor is owned at once.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, ETH_P_ARP.to_be() as i32) };
     if fd < 0 {
@@ -59,24 +57,101 @@ pub fn announce(interface: &str, ip: Ipv4Addr) -> Result<(), String> {
     to.sll_ifindex = ifindex as i32;
     to.sll_halen = 6;
     to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    for reply in [false, true] {
-        let body = packet(ip, mac, reply);
-        // SAFETY: body and to outlive the call; the lengths are theirs.
-        let sent = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                body.as_ptr().cast(),
-                body.len(),
-                0,
-                std::ptr::from_ref(&to).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(format!("cannot send ARP on {interface}: {}", std::io::Error::last_os_error()));
-        }
+    Ok((fd, to))
+}
+
+fn send(fd: &OwnedFd, to: &libc::sockaddr_ll, body: &[u8; 28]) -> std::io::Result<()> {
+    // SAFETY: body and to outlive the call; the lengths are theirs.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            body.as_ptr().cast(),
+            body.len(),
+            0,
+            std::ptr::from_ref(to).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Sends one announcement (a request, then a reply) of `ip` from
+/// `interface` to the broadcast address.
+pub fn announce(interface: &str, ip: Ipv4Addr) -> Result<(), String> {
+    let (ifindex, mac) = link(interface)?;
+    let (fd, to) = socket(ifindex)?;
+    for reply in [false, true] {
+        send(&fd, &to, &packet(ip, mac, reply)).map_err(|e| format!("cannot send ARP on {interface}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// An ARP probe for `ip` (RFC 5227: sender address 0.0.0.0, so that no
+/// neighbour learns anything from it).
+pub fn probe_packet(ip: Ipv4Addr, mac: [u8; 6]) -> [u8; 28] {
+    let mut p = packet(ip, mac, false);
+    p[14..18].copy_from_slice(&[0; 4]);
+    p
+}
+
+/// Who answers for `ip`, if anyone, in an ARP packet `body`: its sender
+/// when the sender's protocol address is `ip`.
+pub fn answer_for(body: &[u8], ip: Ipv4Addr) -> Option<[u8; 6]> {
+    if body.len() < 28 || body[0..6] != [0, 1, 8, 0, 6, 4] || body[14..18] != ip.octets() {
+        return None;
+    }
+    body[8..14].try_into().ok()
+}
+
+/// Whether another host on `interface`'s segment answers for `ip`: three
+/// ARP probes 300 ms apart, then 300 ms more. The MAC that answered.
+pub fn probe(interface: &str, ip: Ipv4Addr) -> Result<Option<[u8; 6]>, String> {
+    let (ifindex, mac) = link(interface)?;
+    let (fd, to) = socket(ifindex)?;
+    // Only this interface's packets.
+    // SAFETY: to is a valid sockaddr_ll of the size given.
+    let bound = unsafe {
+        libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&to).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
+    };
+    if bound < 0 {
+        return Err(format!("cannot listen for ARP on {interface}: {}", std::io::Error::last_os_error()));
+    }
+    let wait = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+    // SAFETY: wait is a valid timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::from_ref(&wait).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    let mut buf = [0u8; 64];
+    while started.elapsed() < std::time::Duration::from_millis(1200) {
+        if sent < 3 && started.elapsed() >= std::time::Duration::from_millis(300 * sent) {
+            send(&fd, &to, &probe_packet(ip, mac)).map_err(|e| format!("cannot send ARP on {interface}: {e}"))?;
+            sent += 1;
+        }
+        // SAFETY: buf outlives the call; its length is given.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n > 0 {
+            if let Some(from) = answer_for(&buf[..n as usize], ip).filter(|from| *from != mac) {
+                return Ok(Some(from));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A MAC address as `ip link` shows it.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 #[cfg(test)]
@@ -97,5 +172,21 @@ mod tests {
         assert_eq!(&rep[6..8], &[0, 2], "a reply");
         assert_eq!(&rep[18..24], &[0xff; 6]);
         assert_eq!(&rep[..6], &req[..6]);
+    }
+
+    #[test]
+    fn a_probe_says_nothing_of_itself_and_only_the_address_owner_answers() {
+        let (ip, mac) = (Ipv4Addr::new(10, 0, 0, 100), [0x02, 0, 0, 0, 0, 0x11]);
+        let p = probe_packet(ip, mac);
+        assert_eq!(&p[14..18], &[0; 4], "sender address 0.0.0.0");
+        assert_eq!(answer_for(&p, ip), None, "our own probe is no answer");
+        let owner = [0x02, 0, 0, 0, 0, 0x22];
+        let mut reply = packet(ip, owner, true);
+        assert_eq!(answer_for(&reply, ip), Some(owner));
+        assert_eq!(answer_for(&reply, Ipv4Addr::new(10, 0, 0, 101)), None);
+        reply[2] = 0x86;
+        assert_eq!(answer_for(&reply, ip), None, "not IPv4 over Ethernet");
+        assert_eq!(answer_for(&reply[..20], ip), None, "short");
+        assert_eq!(mac_text(owner), "02:00:00:00:00:22");
     }
 }
