@@ -74,6 +74,8 @@ _hakube_need() {
     promtool | prometheus) pkg=prometheus ;;
     # The soak's clock steps (libfaketime under an agent).
     faketime) pkg=faketime ;;
+    # The virtual IP's benchmark floats a second address with it.
+    keepalived) pkg=keepalived ;;
     # What scripts/vm.sh needs: a Debian root made with debootstrap, turned
     # into a disk image by mkfs.ext4 -d, booted by qemu over qcow2 overlays
     # that qemu-img makes, driven over ssh.

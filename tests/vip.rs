@@ -6,189 +6,11 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use support::vip::{agent, boot, Connector, Watch};
 use support::*;
-
-/// (when, the masters that had the address).
-type Samples = Arc<Mutex<Vec<(Instant, Vec<String>)>>>;
-
-/// Which masters have the address, sampled every 100 ms from inside each
-/// master's namespace, until dropped.
-struct Watch {
-    stop: Arc<AtomicBool>,
-    samples: Samples,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Watch {
-    fn start(masters: &[&Host], vip: Ipv4Addr) -> Watch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples = Arc::new(Mutex::new(vec![]));
-        let hosts: Vec<(String, String)> = masters.iter().map(|m| (m.name.clone(), m.ns.clone())).collect();
-        let (stop2, samples2) = (stop.clone(), samples.clone());
-        let thread = std::thread::spawn(move || {
-            // One thread per master, each in its namespace, answering on demand.
-            let (tx, rx) = std::sync::mpsc::channel::<(usize, bool)>();
-            let asks: Vec<std::sync::mpsc::Sender<()>> = hosts
-                .iter()
-                .enumerate()
-                .map(|(i, (_, ns))| {
-                    let (ask_tx, ask_rx) = std::sync::mpsc::channel::<()>();
-                    let (ns, tx) = (ns.clone(), tx.clone());
-                    std::thread::spawn(move || {
-                        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("the master's namespace");
-                        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-                        while ask_rx.recv().is_ok() {
-                            let _ = tx.send((i, hakube::vip::address::present(vip)));
-                        }
-                    });
-                    ask_tx
-                })
-                .collect();
-            while !stop2.load(Ordering::SeqCst) {
-                for a in &asks {
-                    let _ = a.send(());
-                }
-                let mut have = vec![];
-                for _ in 0..asks.len() {
-                    if let Ok((i, true)) = rx.recv_timeout(Duration::from_secs(2)) {
-                        have.push(hosts[i].0.clone());
-                    }
-                }
-                have.sort();
-                samples2.lock().unwrap().push((Instant::now(), have));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        Watch { stop, samples, thread: Some(thread) }
-    }
-
-    /// The one master that has the address now, if exactly one does.
-    fn holder(&self) -> Option<String> {
-        match self.samples.lock().unwrap().last() {
-            Some((_, have)) if have.len() == 1 => Some(have[0].clone()),
-            _ => None,
-        }
-    }
-
-    /// Waits (bounded) until a master other than `not` has the address;
-    /// which, and how long after `since`.
-    fn moved(&self, not: &str, since: Instant, limit: Duration) -> (String, Duration) {
-        let deadline = Instant::now() + limit * 3;
-        loop {
-            let found = self
-                .samples
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(at, have)| *at >= since && have.len() == 1 && have[0] != not)
-                .map(|(at, have)| (have[0].clone(), *at - since));
-            if let Some(f) = found {
-                return f;
-            }
-            if Instant::now() > deadline {
-                let samples = self.samples.lock().unwrap();
-                let tail: Vec<_> = samples.iter().rev().take(5).map(|(at, h)| (*at - since, h.clone())).collect();
-                panic!("the address never moved off {not}; the last samples (since the fault, holders): {tail:?}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Every sample that found the address on two masters or more.
-    fn doubles(&self) -> Vec<Vec<String>> {
-        self.samples.lock().unwrap().iter().filter(|(_, h)| h.len() > 1).map(|(_, h)| h.clone()).collect()
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A TCP connect to VIP:6443 from `client`'s namespace every 100 ms (300 ms
-/// timeout), until dropped: the longest run of failures is the gap a
-/// client sees.
-struct Connector {
-    stop: Arc<AtomicBool>,
-    results: Arc<Mutex<Vec<(Instant, bool)>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Connector {
-    fn start(client: &Host, vip: Ipv4Addr) -> Connector {
-        let (stop, results) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(vec![])));
-        let (stop2, results2, ns) = (stop.clone(), results.clone(), client.ns.clone());
-        let thread = std::thread::spawn(move || {
-            let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("the client's namespace");
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let to = SocketAddr::from((vip, 6443));
-            while !stop2.load(Ordering::SeqCst) {
-                let started = Instant::now();
-                let ok = TcpStream::connect_timeout(&to, Duration::from_millis(300)).is_ok();
-                results2.lock().unwrap().push((started, ok));
-                std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
-            }
-        });
-        Connector { stop, results, thread: Some(thread) }
-    }
-
-    /// Whether a connect succeeded at or after `at`.
-    fn succeeded_since(&self, at: Instant) -> bool {
-        self.results.lock().unwrap().iter().any(|(t, ok)| *ok && *t >= at)
-    }
-
-    /// The longest span without a successful connect since `since`.
-    fn longest_gap(&self, since: Instant) -> Duration {
-        let r = self.results.lock().unwrap();
-        let mut last_ok = since;
-        let mut longest = Duration::ZERO;
-        for (at, ok) in r.iter().filter(|(at, _)| *at >= since) {
-            if *ok {
-                longest = longest.max(*at - last_ok);
-                last_ok = *at;
-            }
-        }
-        longest
-    }
-}
-
-impl Drop for Connector {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn agent(h: &Host) -> u32 {
-    std::fs::read_to_string(h.root().join("var/lib/hakube/agent.pid")).unwrap().trim().parse().unwrap()
-}
-
-/// Starts a host's agent again, as a booting host's systemd would.
-fn boot(h: &Host) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(h.root().join("var/lib/hakube/logs/agent.log"))
-        .unwrap();
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", &h.ns, hakube(), "--root"]).arg(h.root()).arg("agent").env("PATH", path_env());
-    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-    // Detached, as systemd's child would be: never waited for here.
-    if let Err(e) = cmd.spawn() {
-        panic!("cannot start the agent of {}: {e}", h.name);
-    }
-}
 
 #[test]
 fn one_master_holds_the_virtual_ip_and_it_moves_within_bounds_never_to_two() {
@@ -252,6 +74,15 @@ fn one_master_holds_the_virtual_ip_and_it_moves_within_bounds_never_to_two() {
         wait_for("kubectl through the virtual IP after the move", Duration::from_secs(30), || {
             n.kubectl(&["get", "nodes"]).status.success()
         });
+        // The takeover is an Event on the new holder's Node, and status
+        // names the holder it followed.
+        wait_for("the takeover's Event", Duration::from_secs(30), || {
+            let events = stdout(&n.kubectl(&["get", "events", "--field-selector", "reason=VirtualIPTaken"]));
+            events.contains(&format!("{next} holds the virtual IP {vip}, after {holder}"))
+        });
+        let status = stdout(&n.hakube(&["status"]));
+        assert!(status.contains(&format!("held by {next} since")), "{status}");
+        assert!(status.contains(&format!("(took it over from {holder})")), "{status}");
         heal(h);
         // Healthy as a running agent says: its own state, written by a live agent.
         wait_for("the old holder healthy again", Duration::from_secs(240), || {
@@ -314,4 +145,30 @@ fn one_master_holds_the_virtual_ip_and_it_moves_within_bounds_never_to_two() {
     assert!(status.contains(&format!("virtual IP {vip}: held by")), "{status}");
     drop(watch);
     drop(client);
+}
+
+#[test]
+fn a_new_cluster_refuses_a_virtual_ip_someone_answers_for_or_outside_the_subnet() {
+    let net = Network::new();
+    let (m1, other) = (net.host("m1"), net.host("other"));
+    let o: Vec<&str> = m1.addr.split('.').collect();
+    let vip = format!("{}.{}.{}.100", o[0], o[1], o[2]);
+    assert_ok(
+        &other.exec("ip", &["address", "add", &format!("{vip}/24"), "dev", "eth0"]),
+        "the address on another host",
+    );
+    let link = stdout(&other.exec("ip", &["-brief", "link", "show", "eth0"]));
+    let mac = link.split_whitespace().nth(2).expect("the other host's MAC").to_owned();
+
+    let out = m1.install_master_unchecked(&["ha", &format!("vip={vip}")], &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("[vip-in-use] {mac} answers ARP for the virtual IP {vip} on eth0")), "{err}");
+    assert!(untouched(&m1), "nothing written after a failed preflight");
+
+    let out = m1.install_master_unchecked(&["ha", "vip=10.250.0.100"], &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("[vip-subnet] the virtual IP 10.250.0.100 is not in the subnet of eth0"), "{err}");
+    assert!(untouched(&m1), "nothing written after a failed preflight");
 }

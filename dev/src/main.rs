@@ -62,6 +62,8 @@ enum Bench {
     Scale(bench::scale::Args),
     /// etcd snapshots: hakube's save and verify against etcdctl and sha256sum.
     Snapshot(bench::snapshot::Args),
+    /// The virtual IP's failover against keepalived's, over the same masters.
+    Vip(bench::vip::Args),
 }
 
 fn main() {
@@ -82,6 +84,7 @@ fn main() {
         Command::Bench(Bench::Lb(args)) => bench::lb::run(args),
         Command::Bench(Bench::Scale(args)) => bench::scale::run(args),
         Command::Bench(Bench::Snapshot(args)) => bench::snapshot::run(args),
+        Command::Bench(Bench::Vip(args)) => bench::vip::run(args),
         Command::VmTest => vm_test::run().map(|passed| {
             if !passed {
                 std::process::exit(1);

@@ -11,6 +11,7 @@ pub mod purge;
 pub mod scale;
 pub mod snapshot;
 pub mod upgrade;
+pub mod vip;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
