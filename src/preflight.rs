@@ -236,11 +236,14 @@ fn vip_home(vip: Ipv4Addr, adv: IpAddr) -> Result<crate::vip::address::Assigned,
     Ok(home)
 }
 
-/// At a cluster's first install: nobody on the segment answers for the
-/// virtual IP yet (an ARP probe). Later, a master holds it.
-pub fn vip_unclaimed(c: &ClusterConfig) -> Vec<Failure> {
-    let Some(vip) = c.cluster.vip else { return vec![] };
-    let Ok(home) = vip_home(vip, c.node.advertise_address) else { return vec![] };
+/// A virtual IP about to be used (a new cluster's, or one a re-run moves
+/// the cluster to): in the subnet of this master's interface, and nobody
+/// on the segment answers for it yet (an ARP probe).
+pub fn vip_free(vip: Ipv4Addr, adv: IpAddr) -> Vec<Failure> {
+    let home = match vip_home(vip, adv) {
+        Ok(home) => home,
+        Err(message) => return vec![Failure { name: "vip-subnet".into(), message }],
+    };
     let fail = |message: String| vec![Failure { name: "vip-in-use".into(), message }];
     if crate::vip::address::present(vip) {
         // This host's own copy (a former cluster's): the agent removes it.

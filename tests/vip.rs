@@ -133,16 +133,47 @@ fn one_master_holds_the_virtual_ip_and_it_moves_within_bounds_never_to_two() {
         eprintln!("{what:<40} moved in {:>5.2}s, longest connect gap {:>5.2}s", moved.as_secs_f64(), gap.as_secs_f64());
     }
 
-    // A re-run keeps the address; another one is refused before anything changes.
+    // A re-run keeps the address.
     let m2 = c.host("m2");
     assert_ok(&m2.install_master_unchecked(&["ha"], &[]), "a re-run without vip=");
+    assert!(stdout(&m2.hakube(&["status"])).contains(&format!("virtual IP {vip}: held by")));
+
+    // A re-run moves it: the masters float the new address as the change
+    // starts, the switch waits until one holds it, the old one goes at the end.
     let other = Ipv4Addr::new(vip.octets()[0], vip.octets()[1], vip.octets()[2], 101);
+    let moved = Watch::start(&masters, other);
     let out = m2.install_master_unchecked(&["ha", &format!("vip={other}")], &[]);
+    assert_ok(&out, "a re-run that moves the virtual IP");
+    let status = stdout(&m2.hakube(&["status"]));
+    assert!(status.contains(&format!("load-balancer-address {other}:6443")), "{status}");
+    assert!(status.contains(&format!("virtual IP {other}: held by")), "{status}");
+    assert!(!status.contains(&format!("virtual IP {vip}")), "{status}");
+    wait_for("the old address released by every master", Duration::from_secs(30), || watch.nowhere());
+    let new_client = Connector::start(w1, other);
+    let t = Instant::now();
+    wait_for("a client to connect to the new address", Duration::from_secs(10), || new_client.succeeded_since(t));
+    wait_for("kubectl through the new address", Duration::from_secs(30), || {
+        m1.kubectl(&["get", "nodes"]).status.success()
+    });
+
+    // Removed: only with the cluster's next external address.
+    let out = m2.install_master_unchecked(&["ha", "vip=none"], &[]);
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains(&format!("cannot change (it is {vip}, asked for {other}): nothing was written")), "{err}");
+    assert!(
+        err.contains(&format!("removing the virtual IP {other} needs the cluster's next external address")),
+        "{err}"
+    );
+    let next = format!("{}:6443", m1.addr);
+    let out = m2.install_master_unchecked(&["ha", "vip=none", &format!("load-balancer-address={next}")], &[]);
+    assert_ok(&out, "a re-run that removes the virtual IP");
     let status = stdout(&m2.hakube(&["status"]));
-    assert!(status.contains(&format!("virtual IP {vip}: held by")), "{status}");
+    assert!(status.contains(&format!("load-balancer-address {next}")) && !status.contains("virtual IP"), "{status}");
+    wait_for("the removed address released by every master", Duration::from_secs(30), || moved.nowhere());
+    assert_eq!(moved.doubles(), Vec::<Vec<String>>::new(), "the new address on two masters at once");
+    assert_eq!(watch.doubles(), Vec::<Vec<String>>::new(), "the old address on two masters at once");
+    drop(new_client);
+    drop(moved);
     drop(watch);
     drop(client);
 }

@@ -337,7 +337,7 @@ mod tests {
             purged: None,
             load_balancer: None,
             leading_since: None,
-            vip: None,
+            vip: Default::default(),
             hakube: None,
             components: [("etcd".to_owned(), c)].into(),
             versions: Default::default(),

@@ -64,9 +64,10 @@ pub struct State {
     /// leader's term, while it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leading_since: Option<u64>,
-    /// This master's part in the virtual IP, when the cluster has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vip: Option<crate::vip::Part>,
+    /// This master's part in each virtual IP it floats, by address (one,
+    /// two while the cluster's moves).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vip: BTreeMap<String, crate::vip::Part>,
     /// The node-local load balancer, where it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<crate::lb::Status>,

@@ -303,6 +303,8 @@ pub async fn run(paths: Paths, handed: Option<Handover>) -> anyhow::Result<()> {
         senders: BTreeMap::new(),
         lb: None,
         agent_stop,
+        vips: BTreeMap::new(),
+        vips_leaving: vec![],
         applied: Rc::new(watch::channel(0i64).0),
         purged: Rc::new(watch::channel(None::<String>).0),
         report: Rc::new(watch::channel(Default::default()).0),
@@ -351,6 +353,11 @@ struct Agent {
     lb_socket: Option<std::net::TcpListener>,
     /// Held for as long as the agent runs (kept across a hand-over).
     pid_file: Option<PidFile>,
+    /// The virtual IPs this master floats (one during a change of the
+    /// cluster's, two): each task and what stops it.
+    vips: BTreeMap<std::net::Ipv4Addr, (watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    /// Tasks of addresses no longer floated, handing them over.
+    vips_leaving: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -401,7 +408,8 @@ impl Agent {
         let election = self.spawn_election(view_tx);
         self.spawn_leading_recorder(view_rx.clone());
         // What lives as long as the agent, awaited (bounded) when it stops.
-        let lifelong: Vec<tokio::task::JoinHandle<()>> = election.into_iter().chain(self.spawn_vip()).collect();
+        let lifelong: Vec<tokio::task::JoinHandle<()>> = election.into_iter().collect();
+        self.reconcile_vips();
         let mut purged_rx = self.purged.subscribe();
         let mut stop_tx = if purged_before.is_some() { watch::channel(false).0 } else { self.node_tasks(&view_rx) };
         let successor = loop {
@@ -456,7 +464,8 @@ impl Agent {
     async fn hand_over(mut self, lifelong: Vec<tokio::task::JoinHandle<()>>, binary: &std::path::Path) {
         info!(binary = %binary.display(), "handing over to the new hakube: the components keep running");
         self.agent_stop.send_replace(true);
-        for task in lifelong {
+        let vips = self.stop_vips();
+        for task in lifelong.into_iter().chain(vips) {
             let _ = timeout(Duration::from_secs(6), task).await;
         }
         // From here on nothing awaits: no supervised process is restarted
@@ -693,15 +702,51 @@ impl Agent {
         });
     }
 
-    /// A master's part in the virtual IP, when the cluster has one: it
-    /// lives as long as the agent (a reload must not move the address), and
-    /// what it holds is recorded in the state file.
-    fn spawn_vip(&self) -> Option<tokio::task::JoinHandle<()>> {
-        let vip = self.cfg.cluster.vip.filter(|_| self.cfg.has(Component::KubeApiserver))?;
+    /// Floats the virtual IPs the settings name ([`crate::vip::floated`]):
+    /// a task per address, started when the address appears and stopped
+    /// when it goes. A reload that leaves an address in place leaves its
+    /// task alone (the address must not move for it), and what each holds
+    /// is recorded in the state file.
+    fn reconcile_vips(&mut self) {
+        let wanted = if self.cfg.has(Component::KubeApiserver) {
+            crate::vip::floated(&self.cfg.cluster)
+        } else {
+            Default::default()
+        };
+        self.vips_leaving.retain(|t| !t.is_finished());
+        let gone: Vec<std::net::Ipv4Addr> = self.vips.keys().filter(|a| !wanted.contains(a)).copied().collect();
+        for vip in gone {
+            if let Some((stop, task)) = self.vips.remove(&vip) {
+                info!(%vip, "the cluster no longer floats this virtual IP: releasing it");
+                let _ = stop.send(true);
+                self.vips_leaving.push(task);
+            }
+        }
+        for vip in wanted {
+            if !self.vips.contains_key(&vip) {
+                let spawned = self.spawn_vip(vip);
+                self.vips.insert(vip, spawned);
+            }
+        }
+    }
+
+    /// Tells every virtual IP task to hand its address over; their handles.
+    fn stop_vips(&mut self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = std::mem::take(&mut self.vips_leaving);
+        for (_, (stop, task)) in std::mem::take(&mut self.vips) {
+            let _ = stop.send(true);
+            tasks.push(task);
+        }
+        tasks
+    }
+
+    /// This master's part in one virtual IP.
+    fn spawn_vip(&self, vip: std::net::Ipv4Addr) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
         let ready = {
             let state = self.state.clone();
             move || healthy(&state, Component::KubeApiserver)
         };
+        let (stop_tx, stop_rx) = watch::channel(false);
         let (part_tx, mut part_rx) = watch::channel(crate::vip::Part::default());
         let task = tokio::task::spawn_local(crate::vip::run(
             self.paths.clone(),
@@ -709,17 +754,21 @@ impl Agent {
             vip,
             ready,
             part_tx,
-            self.agent_stop.subscribe(),
+            stop_rx,
         ));
         let (state, dirty) = (self.state.clone(), self.dirty.clone());
+        let key = vip.to_string();
         tokio::task::spawn_local(async move {
             while part_rx.changed().await.is_ok() {
                 let part = part_rx.borrow_and_update().clone();
-                state.borrow_mut().vip = Some(part);
+                state.borrow_mut().vip.insert(key.clone(), part);
                 dirty.notify_one();
             }
+            // The task ended: this master has no part in the address now.
+            state.borrow_mut().vip.remove(&key);
+            dirty.notify_one();
         });
-        Some(task)
+        (stop_tx, task)
     }
 
     /// The node's tasks for the config as it is now: health probes,
@@ -830,6 +879,7 @@ impl Agent {
                         }
                     }
                 }
+                self.reconcile_vips();
                 info!("configuration reloaded");
                 self.state.borrow_mut().reload_error = None;
             }
@@ -850,7 +900,8 @@ impl Agent {
         // The election and the virtual IP first, while etcd still runs:
         // the next leader and holder take over at once.
         self.agent_stop.send_replace(true);
-        for task in lifelong {
+        let vips = self.stop_vips();
+        for task in lifelong.into_iter().chain(vips) {
             let _ = timeout(Duration::from_secs(6), task).await;
         }
         for (comp, (tx, task)) in std::mem::take(&mut self.senders).into_iter().rev() {

@@ -143,18 +143,6 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         (None, Some(i)) => i.cluster.load_balancer_change.clone(),
         (None, None) => None,
     };
-    // The virtual IP is set when the cluster is made; moving it on a
-    // running cluster is not supported yet: refused before anything changes.
-    let vip_before = record.as_ref().map(|r| r.spec.vip).or(installed.as_ref().map(|i| i.cluster.vip));
-    if let Some(before) = vip_before.filter(|before| *before != c.cluster.vip) {
-        let show = |v: Option<std::net::Ipv4Addr>| v.map_or("none".to_owned(), |v| v.to_string());
-        anyhow::bail!(
-            "the virtual IP of an installed cluster cannot change (it is {}, asked for {}): nothing was written; \
-             leave vip= as it was installed",
-            show(before),
-            show(c.cluster.vip)
-        );
-    }
     let lb_ask = match &record {
         Some(r) => lbchange::ask(
             r.spec.load_balancer_address.as_ref(),
@@ -167,22 +155,35 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?,
         None => Ask::Nothing,
     };
-    match &lb_ask {
-        Ask::Start(ch) => {
-            // The address in force stays until every master's certificate
-            // names the new one; the elected agent takes it from here.
+    let mut lb_ask = lb_ask;
+    match (&mut lb_ask, &record) {
+        (Ask::Start(ch), Some(r)) => {
+            // The address in force (and the virtual IP in force) stay until
+            // every master's certificate names the new one; the elected
+            // agent takes it from here. The masters hold both virtual IPs
+            // while the change is under way.
+            if r.spec.vip != c.cluster.vip {
+                ch.from_vip = r.spec.vip;
+                ch.to_vip = c.cluster.vip;
+            }
             c.cluster.load_balancer_address = ch.from.clone();
+            c.cluster.vip = r.spec.vip;
             c.cluster.load_balancer_change = Some(ch.clone());
         }
-        Ask::Join(ch) => progress.note(format!(
-            "the change of the load-balancer address to {} is under way (phase {}): waiting for it",
-            ch.to, ch.phase
-        )),
-        Ask::AlreadyThere => progress.note(format!(
+        (Ask::Join(ch), Some(r)) => {
+            // The record says where the change stands.
+            c.cluster.load_balancer_address = r.spec.load_balancer_address.clone();
+            c.cluster.vip = r.spec.vip;
+            progress.note(format!(
+                "the change of the load-balancer address to {} is under way (phase {}): waiting for it",
+                ch.to, ch.phase
+            ))
+        }
+        (Ask::AlreadyThere, _) => progress.note(format!(
             "the load-balancer address is {} already: nothing to change",
             c.cluster.load_balancer_address.as_ref().map(ToString::to_string).unwrap_or_default()
         )),
-        Ask::Nothing => {}
+        _ => {}
     }
     if let (Some(e), Some(i)) = (unreachable, &installed) {
         if c.cluster != i.cluster {
@@ -246,15 +247,24 @@ pub fn run(req: Request) -> anyhow::Result<()> {
     }
     progress.phase("preflight checks", || {
         let mut ignored = preflight::enforce(paths, &c, &req.ignore_preflight_errors)?;
-        if installed.is_none() && record.is_none() && c.has(Component::KubeApiserver) {
-            // A new cluster: nobody may answer for its virtual IP yet.
-            let (fatal, waived) = preflight::triage(preflight::vip_unclaimed(&c), &req.ignore_preflight_errors);
+        // A virtual IP about to be used: a new cluster's, or the one a
+        // change moves to. Nobody may answer for it yet.
+        let new_vip = match &lb_ask {
+            Ask::Start(ch) => ch.to_vip,
+            _ if installed.is_none() && record.is_none() => c.cluster.vip,
+            _ => None,
+        };
+        if let Some(vip) = new_vip {
+            let free = preflight::vip_free(vip, c.node.advertise_address);
+            let (fatal, waived) = preflight::triage(free, &req.ignore_preflight_errors);
             if !fatal.is_empty() {
                 return Err(preflight::PreflightFailed(fatal).into());
             }
             ignored.extend(waived);
         }
-        if let Ask::Start(ch) = &lb_ask {
+        // A new balancer must already reach this cluster; a new virtual IP
+        // cannot until the masters hold it (the change waits for that).
+        if let (Ask::Start(ch), None) = (&lb_ask, new_vip) {
             let ca =
                 std::fs::read(paths.pki("ca.crt")).with_context(|| format!("{}", paths.pki("ca.crt").display()))?;
             let (fatal, waived) =
@@ -426,6 +436,13 @@ fn wait_lb_change(
                 if told.get(&m.name) != Some(&line) {
                     progress.note(format!("  {:<12} {line}", m.name));
                     told.insert(m.name.clone(), line);
+                }
+            }
+            if let Some(w) = &p.waiting {
+                let line = format!("{}: waiting: {w}", p.change.phase);
+                if told.get("") != Some(&line) {
+                    progress.note(format!("  {line}"));
+                    told.insert(String::new(), line);
                 }
             }
             last = at;

@@ -333,6 +333,26 @@ pub enum SnapshotCommand {
     Verify { file: PathBuf },
 }
 
+/// `vip=`: the cluster's virtual IP, or `none` to remove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VipArg {
+    Address(std::net::Ipv4Addr),
+    None,
+}
+
+impl std::str::FromStr for VipArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "none" {
+            return Ok(VipArg::None);
+        }
+        s.parse()
+            .map(VipArg::Address)
+            .map_err(|_| format!("{s} is not an IPv4 address: the virtual IP is IPv4 (or none, to remove it)"))
+    }
+}
+
 #[derive(Debug, Clone, Default, Args)]
 pub struct InstallArgs {
     /// kURL-style words: ha, taint-control-plane, load-balancer-address=HOST:PORT, vip=IPV4, NAME=VALUE.
@@ -346,8 +366,9 @@ pub struct InstallArgs {
     pub load_balancer_address: Option<HostPort>,
     /// A virtual IP (IPv4, free, in the masters' subnet) that one healthy
     /// master holds: the cluster's external address, with no load balancer.
-    #[arg(long, value_name = "IPV4")]
-    pub vip: Option<std::net::Ipv4Addr>,
+    /// A re-run may move it, or remove it (`none`) with a load-balancer address.
+    #[arg(long, value_name = "IPV4|none")]
+    pub vip: Option<VipArg>,
     /// Keep workloads off the masters (`=false` takes it back).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub taint_control_plane: Option<bool>,
@@ -423,8 +444,10 @@ impl InstallArgs {
         if let Some(lb) = &self.load_balancer_address {
             set("cluster", "loadBalancerAddress", lb.to_string().into());
         }
-        if let Some(v) = self.vip {
-            set("cluster", "vip", v.to_string().into());
+        match self.vip {
+            Some(VipArg::Address(v)) => set("cluster", "vip", v.to_string().into()),
+            Some(VipArg::None) => set("cluster", "vip", Value::Null),
+            None => {}
         }
         if let Some(t) = self.taint_control_plane {
             set("cluster", "taintControlPlane", Value::Bool(t));

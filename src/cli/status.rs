@@ -285,15 +285,22 @@ pub fn render(r: &Report) -> String {
                 s.taint_control_plane,
                 s.lost_node_toleration,
             ));
-            if let Some(vip) = s.vip {
-                out.push_str(&match &cl.vip_holder {
+            for (vip, holder) in &cl.vip_holders {
+                let role = match &s.load_balancer_change {
+                    Some(ch) if s.vip != Some(*vip) && ch.to_vip == Some(*vip) => " (the change's new address)",
+                    Some(ch) if ch.from_vip == Some(*vip) && s.vip != Some(*vip) => " (the change's old address)",
+                    _ => "",
+                };
+                out.push_str(&match holder {
                     Some(h) => format!(
-                        "  virtual IP {vip}: held by {} since {}{}\n",
+                        "  virtual IP {vip}{role}: held by {} since {}{}\n",
                         h.node,
                         crate::host::clock::rfc3339(h.since),
                         h.after.as_ref().map_or(String::new(), |before| format!(" (took it over from {before})"))
                     ),
-                    None => format!("  virtual IP {vip}: held by no master (none ready, or etcd without quorum)\n"),
+                    None => {
+                        format!("  virtual IP {vip}{role}: held by no master (none ready, or etcd without quorum)\n")
+                    }
                 });
             }
             out.push_str(&format!(
@@ -311,6 +318,9 @@ pub fn render(r: &Report) -> String {
                 ));
                 for m in cl.load_balancer_change.iter().flat_map(|p| &p.masters) {
                     out.push_str(&format!("    {:<12} {}\n", m.name, m.state));
+                }
+                if let Some(w) = cl.load_balancer_change.as_ref().and_then(|p| p.waiting.as_ref()) {
+                    out.push_str(&format!("    waiting for: {w}\n"));
                 }
             }
         }

@@ -168,9 +168,13 @@ mod tests {
         assert_eq!(w.flags_tree(), f.flags_tree());
         let w = install(&["install", "vip=10.0.0.100"]).unwrap();
         let f = install(&["install", "--vip", "10.0.0.100"]).unwrap();
-        assert_eq!((w.vip, f.vip), (Some([10, 0, 0, 100].into()), Some([10, 0, 0, 100].into())));
+        let addr = Some(crate::cli::VipArg::Address([10, 0, 0, 100].into()));
+        assert_eq!((w.vip, f.vip), (addr, addr));
         let e = install(&["install", "vip=fd00::1"]).unwrap_err().to_string();
-        assert!(e.contains("fd00::1"), "{e}");
+        assert!(e.contains("fd00::1 is not an IPv4 address: the virtual IP is IPv4 (or none, to remove it)"), "{e}");
+        let off = install(&["install", "vip=none", "load-balancer-address=lb:6443"]).unwrap();
+        assert_eq!(off.vip, Some(crate::cli::VipArg::None));
+        assert!(serde_norway::to_string(&off.flags_tree()).unwrap().contains("vip: null"));
         let w = install(&["install", "metrics-address=0.0.0.0:9469", "etcd-snapshot-retention=3"]).unwrap();
         let f = install(&["install", "--metrics-address", "0.0.0.0:9469", "--etcd-snapshot-retention=3"]).unwrap();
         assert_eq!(w.flags_tree(), f.flags_tree());

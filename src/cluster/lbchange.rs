@@ -47,6 +47,9 @@ pub struct Progress {
     pub leader: String,
     pub at: u64,
     pub masters: Vec<MasterProgress>,
+    /// What else the phase waits for (a master to hold the new virtual IP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,13 +133,17 @@ pub fn ask(
             phase: LbPhase::AddName,
             started_by: by.to_owned(),
             started_at: now,
+            from_vip: None,
+            to_vip: None,
         })),
     }
 }
 
 /// The settings for the next phase once every master that is up has
-/// confirmed this one (pure); `None` to wait.
-pub fn advance(spec: &ClusterSpec, masters: &[MasterProgress]) -> Option<ClusterSpec> {
+/// confirmed this one (pure); `None` to wait. A change to a virtual IP
+/// switches only once a master holds it (`to_vip_held`); the virtual IP in
+/// force switches with the address.
+pub fn advance(spec: &ClusterSpec, masters: &[MasterProgress], to_vip_held: bool) -> Option<ClusterSpec> {
     let ch = spec.load_balancer_change.as_ref()?;
     let up: Vec<_> = masters.iter().filter(|m| !matches!(m.state, Confirm::Down(_))).collect();
     if up.is_empty() || up.iter().any(|m| matches!(m.state, Confirm::Waiting(_))) {
@@ -145,6 +152,12 @@ pub fn advance(spec: &ClusterSpec, masters: &[MasterProgress]) -> Option<Cluster
     let mut next = spec.clone();
     match ch.phase {
         LbPhase::AddName => {
+            if ch.to_vip.is_some() && !to_vip_held {
+                return None;
+            }
+            if ch.from_vip.is_some() || ch.to_vip.is_some() {
+                next.vip = ch.to_vip;
+            }
             next.load_balancer_address = Some(ch.to.clone());
             next.load_balancer_change.as_mut().expect("checked").phase = LbPhase::Switch;
         }
@@ -252,12 +265,21 @@ pub async fn round(
         };
         masters.push(MasterProgress { name: m.name.clone(), address: m.address, state });
     }
-    let progress = Progress { change: ch.clone(), revision: s.revision, leader: leader.to_owned(), at: now, masters };
+    let to_vip_held = match ch.to_vip {
+        Some(vip) if ch.phase == LbPhase::AddName => crate::vip::holder(client, vip).await.is_some(),
+        _ => true,
+    };
+    let waiting = match ch.to_vip {
+        Some(vip) if !to_vip_held => Some(format!("no master holds the virtual IP {vip} yet")),
+        _ => None,
+    };
+    let progress =
+        Progress { change: ch.clone(), revision: s.revision, leader: leader.to_owned(), at: now, masters, waiting };
     client
         .put(PROGRESS, serde_json::to_vec(&progress).expect("progress serializes"), None)
         .await
         .map_err(|e| call(endpoint, e))?;
-    let Some(next) = advance(&s.spec, &progress.masters) else { return Ok(()) };
+    let Some(next) = advance(&s.spec, &progress.masters, to_vip_held) else { return Ok(()) };
     match super::settings::write(client, endpoint, &next, Some(&s), leader, now).await {
         Ok(rev) => {
             let what = match &next.load_balancer_change {
@@ -284,7 +306,15 @@ mod tests {
     }
 
     fn change(from: Option<&str>, to: &str, phase: LbPhase) -> LbChange {
-        LbChange { from: from.map(hp), to: hp(to), phase, started_by: "m1".into(), started_at: 1 }
+        LbChange {
+            from: from.map(hp),
+            to: hp(to),
+            phase,
+            started_by: "m1".into(),
+            started_at: 1,
+            from_vip: None,
+            to_vip: None,
+        }
     }
 
     #[test]
@@ -320,20 +350,46 @@ mod tests {
     fn each_phase_waits_for_every_master_that_is_up() {
         let spec = spec_with(change(Some("lb1:6443"), "lb2:6443", LbPhase::AddName), "lb1:6443");
         let done = || Confirm::Done("ok".into());
-        assert_eq!(advance(&spec, &[m("m1", done()), m("m2", Confirm::Waiting("not yet".into()))]), None);
-        assert_eq!(advance(&spec, &[m("m1", Confirm::Down("gone".into()))]), None, "nobody confirmed");
-        let next = advance(&spec, &[m("m1", done()), m("m2", Confirm::Down("gone".into()))]).unwrap();
+        assert_eq!(advance(&spec, &[m("m1", done()), m("m2", Confirm::Waiting("not yet".into()))], true), None);
+        assert_eq!(advance(&spec, &[m("m1", Confirm::Down("gone".into()))], true), None, "nobody confirmed");
+        let next = advance(&spec, &[m("m1", done()), m("m2", Confirm::Down("gone".into()))], true).unwrap();
         assert_eq!(next.load_balancer_address, Some(hp("lb2:6443")));
         assert_eq!(next.load_balancer_change.as_ref().unwrap().phase, LbPhase::Switch);
         let names: Vec<_> = next.load_balancer_names().into_iter().map(ToString::to_string).collect();
         assert_eq!(names, ["lb2:6443", "lb1:6443"], "both names while switching");
-        let next = advance(&next, &[m("m1", done())]).unwrap();
+        let next = advance(&next, &[m("m1", done())], true).unwrap();
         assert_eq!(next.load_balancer_change.as_ref().unwrap().phase, LbPhase::DropName);
         let names: Vec<_> = next.load_balancer_names().into_iter().map(ToString::to_string).collect();
         assert_eq!(names, ["lb2:6443"], "the old name is dropped");
-        let next = advance(&next, &[m("m1", done())]).unwrap();
+        let next = advance(&next, &[m("m1", done())], true).unwrap();
         assert_eq!(next.load_balancer_change, None);
         assert_eq!(next.load_balancer_address, Some(hp("lb2:6443")));
+    }
+
+    #[test]
+    fn a_change_to_a_virtual_ip_switches_once_a_master_holds_it_and_the_vip_switches_with_the_address() {
+        let a: std::net::Ipv4Addr = [10, 0, 0, 100].into();
+        let b: std::net::Ipv4Addr = [10, 0, 0, 101].into();
+        let mut ch = change(Some("10.0.0.100:6443"), "10.0.0.101:6443", LbPhase::AddName);
+        (ch.from_vip, ch.to_vip) = (Some(a), Some(b));
+        let mut spec = spec_with(ch, "10.0.0.100:6443");
+        spec.vip = Some(a);
+        let done = [m("m1", Confirm::Done("ok".into()))];
+        assert_eq!(advance(&spec, &done, false), None, "nobody holds the new address yet");
+        let next = advance(&spec, &done, true).unwrap();
+        assert_eq!((next.vip, next.load_balancer_address.clone()), (Some(b), Some(hp("10.0.0.101:6443"))));
+        let next = advance(&advance(&next, &done, false).unwrap(), &done, false).unwrap();
+        assert_eq!((next.vip, next.load_balancer_change), (Some(b), None), "done; only the switch waits for a holder");
+        // Removed in favour of a balancer: the virtual IP goes at the switch.
+        let mut ch = change(Some("10.0.0.100:6443"), "lb:6443", LbPhase::AddName);
+        ch.from_vip = Some(a);
+        let mut spec = spec_with(ch, "10.0.0.100:6443");
+        spec.vip = Some(a);
+        let next = advance(&spec, &done, false).unwrap();
+        assert_eq!((next.vip, next.load_balancer_address), (None, Some(hp("lb:6443"))));
+        // A change between balancers leaves a virtual IP alone (there is none).
+        let spec = spec_with(change(Some("lb1:6443"), "lb2:6443", LbPhase::AddName), "lb1:6443");
+        assert_eq!(advance(&spec, &done, false).unwrap().vip, None);
     }
 
     mod properties {
@@ -384,6 +440,8 @@ mod tests {
                     phase: LbPhase::AddName,
                     started_by: "m1".into(),
                     started_at: 1,
+                    from_vip: None,
+                    to_vip: None,
                 });
                 let mut history = vec![before, started];
                 // (up, the revision it runs)
@@ -420,7 +478,7 @@ mod tests {
                             MasterProgress { name: format!("m{i}"), address: IpAddr::from([10, 0, 0, 11 + i as u8]), state }
                         })
                         .collect();
-                    if let Some(next) = advance(now, &progress) {
+                    if let Some(next) = advance(now, &progress, true) {
                         let rank = |s: &ClusterSpec| s.load_balancer_change.as_ref().map_or(3, |c| c.phase as u8);
                         prop_assert_eq!(rank(&next), rank(now) + 1, "one phase at a time, forward");
                         history.push(next);

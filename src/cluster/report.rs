@@ -32,7 +32,9 @@ pub struct ClusterReport {
     /// The upgrade under way, or the last one.
     pub upgrade: Option<crate::cluster::upgrade::record::Upgrade>,
     /// Who holds the virtual IP (when the cluster has one) and since when.
-    pub vip_holder: Option<crate::vip::Holder>,
+    /// Who holds each virtual IP the masters float (two while the
+    /// cluster's moves).
+    pub vip_holders: Vec<(std::net::Ipv4Addr, Option<crate::vip::Holder>)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,12 +125,12 @@ pub async fn probe_cluster(paths: &Paths, c: &ClusterConfig) -> Result<ClusterRe
         None => None,
     };
     let upgrade = crate::cluster::upgrade::record::read(&mut client, &endpoint).await.map_err(|e| e.to_string())?;
-    let vip_holder = match settings.as_ref().and_then(|s| s.spec.vip) {
-        Some(vip) => crate::vip::holder(&mut client, vip).await,
-        None => None,
-    };
+    let mut vip_holders = vec![];
+    for vip in settings.as_ref().map(|s| crate::vip::floated(&s.spec)).unwrap_or_default() {
+        vip_holders.push((vip, crate::vip::holder(&mut client, vip).await));
+    }
     Ok(ClusterReport {
-        vip_holder,
+        vip_holders,
         upgrade,
         load_balancer_change,
         purge,

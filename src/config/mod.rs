@@ -96,6 +96,15 @@ pub struct LbChange {
     pub phase: LbPhase,
     pub started_by: String,
     pub started_at: u64,
+    /// The virtual IP in force when the change started, when the change
+    /// moves or removes it: the masters hold it until the change is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_vip: Option<std::net::Ipv4Addr>,
+    /// The virtual IP the change moves to (the cluster's from the switch
+    /// on): the masters hold it from the start, and the switch waits until
+    /// one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_vip: Option<std::net::Ipv4Addr>,
 }
 
 /// The phases of a load-balancer address change, in order. The address in
@@ -551,20 +560,25 @@ pub fn resolve(src: Sources<'_>) -> Result<ClusterConfig, ConfigError> {
             }
         }
     }
-    // The virtual IP is set when the cluster is made: moving it on a
-    // running cluster is not supported (yet).
+    // A virtual IP given anew moves the cluster's external address with
+    // it (a phased change, as for a new load-balancer address), unless a
+    // load-balancer address is given too. Removing it needs the next one.
     if let Some(old) = &installed_tree {
         let vip = |t: &Value| get(t, "cluster", "vip").and_then(Value::as_str).map(str::to_owned);
-        if let (Some(before), after) = (vip(old), vip(&tree)) {
-            if after.as_deref() != Some(before.as_str()) {
-                return Err(ConfigError::Invalid {
-                    path: origin,
-                    message: format!(
-                        "the virtual IP of an installed cluster cannot change (it is {before}, asked for {}): \
-                         nothing was written; leave vip= as it was installed",
-                        after.as_deref().unwrap_or("none")
-                    ),
-                });
+        let lb = |t: &Value| get(t, "cluster", "loadBalancerAddress").filter(|v| !v.is_null()).cloned();
+        let (before, after) = (vip(old), vip(&tree));
+        if before != after && lb(old) == lb(&tree) {
+            match (&before, &after) {
+                (Some(before), None) => {
+                    return Err(ConfigError::Invalid {
+                        path: origin,
+                        message: format!(
+                            "removing the virtual IP {before} needs the cluster's next external address: give \
+                             load-balancer-address=HOST:PORT with vip=none; nothing was written"
+                        ),
+                    })
+                }
+                _ => set(&mut tree, "cluster", "loadBalancerAddress", Value::Null),
             }
         }
     }
@@ -778,11 +792,20 @@ pub(crate) mod tests {
         assert!(err.contains("give a unicast address"), "{err}");
         let err = resolve_with(None, "cluster: {vip: 'fd00::1'}").unwrap_err().to_string();
         assert!(err.contains("cluster.vip"), "{err}");
-        // Set when the cluster is made: kept by a re-run, never moved.
+        // A re-run keeps it; one that names another moves the external
+        // address with it; one that removes it must name the next address.
         let first = resolve_with(None, "cluster: {ha: true, vip: 10.0.0.100}").unwrap();
         assert_eq!(resolve_with(Some(&first), "cluster: {ha: true}").unwrap().cluster.vip, first.cluster.vip);
-        let err = resolve_with(Some(&first), "cluster: {vip: 10.0.0.101}").unwrap_err().to_string();
-        assert!(err.contains("cannot change (it is 10.0.0.100, asked for 10.0.0.101): nothing was written"), "{err}");
+        let lb = |c: &ClusterConfig| c.cluster.load_balancer_address.as_ref().map(ToString::to_string);
+        let moved = resolve_with(Some(&first), "cluster: {vip: 10.0.0.101}").unwrap();
+        assert_eq!(moved.cluster.vip, Some([10, 0, 0, 101].into()));
+        assert_eq!(lb(&moved).as_deref(), Some("10.0.0.101:6443"));
+        let err = resolve_with(Some(&first), "cluster: {vip: null}").unwrap_err().to_string();
+        assert!(err.contains("removing the virtual IP 10.0.0.100 needs the cluster's next external address"), "{err}");
+        let off = resolve_with(Some(&first), "cluster: {vip: null, loadBalancerAddress: 'lb:6443'}").unwrap();
+        assert_eq!((off.cluster.vip, lb(&off).as_deref()), (None, Some("lb:6443")));
+        let err = resolve_with(Some(&first), "cluster: {vip: 10.0.0.101, loadBalancerAddress: 'lb:6443'}").unwrap_err();
+        assert!(err.to_string().contains("cluster.vip is 10.0.0.101 but cluster.loadBalancerAddress is lb:6443"));
     }
 
     #[test]

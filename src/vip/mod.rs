@@ -53,6 +53,17 @@ const CALL: Duration = Duration::from_secs(2);
 const BURST_MS: [u64; 6] = [0, 500, 1000, 5000, 5500, 6000];
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
+/// The virtual IPs the masters float under `spec`: the cluster's, and
+/// while a change moves or removes it, the old and the new one both.
+pub fn floated(spec: &crate::config::ClusterSpec) -> std::collections::BTreeSet<Ipv4Addr> {
+    let mut all: std::collections::BTreeSet<Ipv4Addr> = spec.vip.into_iter().collect();
+    if let Some(ch) = &spec.load_balancer_change {
+        all.extend(ch.from_vip);
+        all.extend(ch.to_vip);
+    }
+    all
+}
+
 /// The key the holder owns.
 pub fn key(vip: Ipv4Addr) -> String {
     format!("/hakube/vip/{vip}")
@@ -380,6 +391,31 @@ pub async fn holder(client: &mut etcd_client::Client, vip: Ipv4Addr) -> Option<H
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_masters_float_the_clusters_address_and_both_while_it_moves() {
+        let (a, b): (Ipv4Addr, Ipv4Addr) = ([10, 0, 0, 100].into(), [10, 0, 0, 101].into());
+        let mut spec = crate::config::tests::test_config("{}").cluster;
+        assert!(floated(&spec).is_empty());
+        spec.vip = Some(a);
+        assert_eq!(floated(&spec).into_iter().collect::<Vec<_>>(), [a]);
+        spec.load_balancer_change = Some(crate::config::LbChange {
+            from: Some(format!("{a}:6443").parse().unwrap()),
+            to: format!("{b}:6443").parse().unwrap(),
+            phase: crate::config::LbPhase::AddName,
+            started_by: "m1".into(),
+            started_at: 1,
+            from_vip: Some(a),
+            to_vip: Some(b),
+        });
+        assert_eq!(floated(&spec).into_iter().collect::<Vec<_>>(), [a, b]);
+        // Removed in favour of a balancer: the old one until the change is done.
+        spec.vip = None;
+        spec.load_balancer_change.as_mut().unwrap().to_vip = None;
+        assert_eq!(floated(&spec).into_iter().collect::<Vec<_>>(), [a]);
+        spec.load_balancer_change = None;
+        assert!(floated(&spec).is_empty());
+    }
 
     #[test]
     fn a_new_holder_announces_in_two_bursts_then_every_ten_seconds() {

@@ -72,6 +72,11 @@ impl Watch {
         }
     }
 
+    /// Whether the last sample found the address on no master.
+    pub fn nowhere(&self) -> bool {
+        self.samples.lock().unwrap().last().is_some_and(|(_, have)| have.is_empty())
+    }
+
     /// Waits (bounded) until a master other than `not` has the address;
     /// which, and how long after `since`. Panics, showing the last
     /// samples, when it has not within three times `limit`.
@@ -155,18 +160,10 @@ impl Connector {
         self.results.lock().unwrap().iter().any(|(t, ok)| *ok && *t >= at)
     }
 
-    /// The longest span without a successful connect since `since`.
+    /// The longest span without a successful connect since `since` (up to
+    /// the last attempt, when none succeeded since).
     pub fn longest_gap(&self, since: Instant) -> Duration {
-        let r = self.results.lock().unwrap();
-        let mut last_ok = since;
-        let mut longest = Duration::ZERO;
-        for (at, ok) in r.iter().filter(|(at, _)| *at >= since) {
-            if *ok {
-                longest = longest.max(*at - last_ok);
-                last_ok = *at;
-            }
-        }
-        longest
+        longest_gap(&self.results.lock().unwrap(), since)
     }
 }
 
@@ -198,4 +195,20 @@ pub fn boot(h: &Host) {
     if let Err(e) = cmd.spawn() {
         panic!("cannot start the agent of {}: {e}", h.name);
     }
+}
+
+/// The longest span without a success in `results` (time, success) since
+/// `since`, up to the last result when the last ones failed.
+pub fn longest_gap(results: &[(Instant, bool)], since: Instant) -> Duration {
+    let mut last_ok = since;
+    let mut longest = Duration::ZERO;
+    for (at, ok) in results.iter().filter(|(at, _)| *at >= since) {
+        if *ok {
+            longest = longest.max(*at - last_ok);
+            last_ok = *at;
+        } else {
+            longest = longest.max(at.saturating_duration_since(last_ok));
+        }
+    }
+    longest
 }

@@ -7,7 +7,9 @@
 //! it: every node `state BACKUP`, `priority 200`, `advert_int 1`, multicast
 //! VRRP, no check script (takeover after 3 adverts missed plus the skew,
 //! about 3.2 s). A client on the worker connects to each address's port
-//! 6443 every 100 ms; every master's addresses are sampled every 100 ms.
+//! 6443 every 100 ms, and asks it for `/readyz` (curl, a ServiceAccount's
+//! token) every 100 ms: a connect shows that something listens, a request
+//! that the API answers. Every master's addresses are sampled every 100 ms.
 //!
 //! Each trial hits, for each system in turn, whoever holds its address:
 //!   stop      the daemon stops gracefully (hakube's agent, keepalived);
@@ -16,23 +18,26 @@
 //!             back up (addresses gone, as after a reboot) once measured;
 //!   cut off   the host's link goes down, back up once measured.
 //! Reported per fault and system, over the trials: when the address was on
-//! another master ("moved"; "-" when it stayed), the client's longest span
-//! without a connect, and the samples that found the address on two
-//! masters at once. Goal: no worse than keepalived on a crash; better when
+//! another master ("moved"; "stayed" when it did not), the client's longest
+//! span without a connect and without an answered request, and the samples
+//! that found the address on two masters at once. keepalived's files and
+//! logs are kept (and named) when a fault left an address unreachable. Goal: no worse than keepalived on a crash; better when
 //! the API server dies while its host lives, which keepalived's default
 //! check does not see.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::{median, spread};
 use crate::proc::msg;
-use crate::support::vip::{agent, boot, Connector, Watch};
-use crate::support::{sh, wait_for, Cluster, Host};
+use crate::support::vip::{agent, boot, longest_gap, Connector, Watch};
+use crate::support::{self, sh, wait_for, Cluster, Host};
 
 const KEEPALIVED: &str = "/usr/sbin/keepalived";
 /// How long a fault is given to move an address, or the client to connect
@@ -87,6 +92,7 @@ impl Fault {
 struct Trial {
     moved: Option<f64>,
     gap: f64,
+    request_gap: f64,
     doubles: usize,
 }
 
@@ -101,7 +107,8 @@ pub fn run(args: Args) -> Result<()> {
     let c = Cluster::with_install_for(3, 1, |m1| vec!["ha".into(), format!("vip={}", address(m1, 100))], &[]);
     let ours = address(c.m1(), 100);
     let theirs = address(c.m1(), 101);
-    let keepalived = Keepalived { theirs };
+    let work = super::WorkDir::new("bench-vip")?;
+    let keepalived = Keepalived { theirs, dir: work.path().to_owned() };
     for m in &c.masters {
         keepalived.start(m)?;
     }
@@ -109,31 +116,46 @@ pub fn run(args: Args) -> Result<()> {
     let watches = [Watch::start(&masters, ours), Watch::start(&masters, theirs)];
     let w1 = c.host("w1");
     let clients = [Connector::start(w1, ours), Connector::start(w1, theirs)];
+    let token = support::stdout(&c.m1().kubectl(&["create", "token", "default", "-n", "default", "--duration", "2h"]));
+    if token.trim().is_empty() {
+        bail!("no ServiceAccount token for the requests (kubectl create token default)");
+    }
+    let requests = [Requests::start(w1, ours, token.trim()), Requests::start(w1, theirs, token.trim())];
+    let mut unreachable = false;
     let mut results: Vec<(Fault, System, Trial)> = vec![];
     for trial in 1..=args.trials {
         for fault in FAULTS {
             for (i, system) in [System::Hakube, System::Keepalived].into_iter().enumerate() {
                 crate::proc::check_stop()?;
                 steady(&c, &keepalived, &watches, &clients)?;
-                let t = hit(&c, &keepalived, &watches[i], &clients[i], system, fault)?;
+                let t = hit(&c, &keepalived, &watches[i], (&clients[i], &requests[i]), system, fault)?;
                 msg!(
-                    "trial {trial}, {} on {}: moved {}, longest gap {:.2}s, {} samples with two holders",
+                    "trial {trial}, {} on {}: moved {}, longest gap {:.2}s (connect), {:.2}s (request), {} samples with two holders",
                     fault.name(),
                     system.name(),
                     t.moved.map_or("-".into(), |m| format!("in {m:.2}s")),
                     t.gap,
+                    t.request_gap,
                     t.doubles
                 );
+                if t.gap >= LIMIT.as_secs_f64() {
+                    unreachable = true;
+                    msg!("{} left its address unreachable for {:.0}s or more", system.name(), LIMIT.as_secs_f64());
+                }
                 results.push((fault, system, t));
             }
         }
     }
+    drop(requests);
     drop(clients);
     drop(watches);
     for m in &c.masters {
         keepalived.stop(m);
     }
     print_table(args.trials, &results);
+    if unreachable {
+        work.keep("keepalived's configuration and logs");
+    }
     Ok(())
 }
 
@@ -146,11 +168,12 @@ fn address(h: &Host, last: u8) -> Ipv4Addr {
 /// keepalived on a master, floating `theirs`, its files in the host's root.
 struct Keepalived {
     theirs: Ipv4Addr,
+    dir: PathBuf,
 }
 
 impl Keepalived {
     fn dir(&self, h: &Host) -> PathBuf {
-        h.root().join("var/lib/bench-keepalived")
+        self.dir.join(format!("keepalived-{}", h.name))
     }
 
     fn pid(&self, h: &Host) -> Option<u32> {
@@ -249,7 +272,14 @@ fn steady(c: &Cluster, k: &Keepalived, watches: &[Watch; 2], clients: &[Connecto
 }
 
 /// One fault on the holder of `system`'s address, measured, then healed.
-fn hit(c: &Cluster, k: &Keepalived, watch: &Watch, client: &Connector, system: System, fault: Fault) -> Result<Trial> {
+fn hit(
+    c: &Cluster,
+    k: &Keepalived,
+    watch: &Watch,
+    (client, requests): (&Connector, &Requests),
+    system: System,
+    fault: Fault,
+) -> Result<Trial> {
     let holder = watch.holder().context("no holder before the fault")?;
     let h = c.host(&holder);
     let t = Instant::now();
@@ -278,6 +308,13 @@ fn hit(c: &Cluster, k: &Keepalived, watch: &Watch, client: &Connector, system: S
         std::thread::sleep(Duration::from_millis(100));
     }
     let gap = client.longest_gap(t).as_secs_f64();
+    // The API answering again can take longer than a connect (an API
+    // server that restarts listens before it is ready).
+    let deadline = Instant::now() + LIMIT;
+    while !requests.succeeded_since(back_from.max(t + Duration::from_millis(500))) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let request_gap = requests.longest_gap(t).as_secs_f64();
     let doubles = watch.doubles_since(t);
     // Healing, before the next fault.
     match fault {
@@ -309,18 +346,18 @@ fn hit(c: &Cluster, k: &Keepalived, watch: &Watch, client: &Connector, system: S
         }
         Fault::CutOff => c.net.set_link(h, true),
     }
-    Ok(Trial { moved, gap, doubles })
+    Ok(Trial { moved, gap, request_gap, doubles })
 }
 
 fn print_table(trials: u32, results: &[(Fault, System, Trial)]) {
     println!();
     println!("virtual IP failover, {trials} trials each; seconds: median (min-max)");
     println!(
-        "{:<40} {:<11} {:>22} {:>22} {:>9}",
-        "fault", "system", "moved to another", "client's longest gap", "2 holders"
+        "{:<38} {:<10} {:>22} {:>22} {:>22} {:>9}",
+        "fault", "system", "moved to another", "longest connect gap", "longest request gap", "2 holders"
     );
     for fault in FAULTS {
-        let mut gaps = [0.0f64; 2];
+        let mut gaps = [(0.0f64, 0.0f64); 2];
         for (i, system) in [System::Hakube, System::Keepalived].into_iter().enumerate() {
             let rows: Vec<&Trial> =
                 results.iter().filter(|(f, s, _)| *f == fault && *s == system).map(|(_, _, t)| t).collect();
@@ -332,12 +369,77 @@ fn print_table(trials: u32, results: &[(Fault, System, Trial)]) {
                 (false, n) => format!("{} ({n} stayed)", spread(&moved)),
             };
             let gap: Vec<f64> = rows.iter().map(|t| t.gap).collect();
-            gaps[i] = median(&gap).unwrap_or(f64::NAN);
+            let request_gap: Vec<f64> = rows.iter().map(|t| t.request_gap).collect();
+            gaps[i] = (median(&gap).unwrap_or(f64::NAN), median(&request_gap).unwrap_or(f64::NAN));
             let doubles: usize = rows.iter().map(|t| t.doubles).sum();
             let label = if i == 0 { fault.name() } else { "" };
-            println!("{label:<40} {:<11} {moved_text:>22} {:>22} {doubles:>9}", system.name(), spread(&gap));
+            println!(
+                "{label:<38} {:<10} {moved_text:>22} {:>22} {:>22} {doubles:>9}",
+                system.name(),
+                spread(&gap),
+                spread(&request_gap)
+            );
         }
-        println!("{:<40} {:<11} {:>45}", "", "ratio", format!("gap {:.2}x keepalived's", gaps[0] / gaps[1]));
+        let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}x", a / b) } else { "-".into() };
+        println!(
+            "{:<38} {:<10} {:>22} {:>22} {:>22}",
+            "",
+            "ratio",
+            "",
+            ratio(gaps[0].0, gaps[1].0),
+            ratio(gaps[0].1, gaps[1].1)
+        );
     }
     println!("goal: no worse than keepalived when the holder loses power; better when its kube-apiserver dies");
+}
+
+/// `GET /readyz` on ADDRESS:6443 from a host's namespace every 100 ms
+/// (curl, 500 ms timeout, any certificate: keepalived's address is in
+/// none), until dropped: success is a 200.
+struct Requests {
+    stop: Arc<AtomicBool>,
+    results: Arc<Mutex<Vec<(Instant, bool)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Requests {
+    fn start(client: &Host, address: Ipv4Addr, token: &str) -> Requests {
+        let (stop, results) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(vec![])));
+        let (stop2, results2, ns) = (stop.clone(), results.clone(), client.ns.clone());
+        let auth = format!("Authorization: Bearer {token}");
+        let url = format!("https://{address}:6443/readyz");
+        let thread = std::thread::spawn(move || {
+            let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("the client's namespace");
+            // curl, started from this thread, runs in the client's namespace.
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            while !stop2.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let out = Command::new("curl")
+                    .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "0.5", "-H", &auth, &url])
+                    .stdin(Stdio::null())
+                    .output();
+                let ok = out.is_ok_and(|o| o.stdout == b"200");
+                results2.lock().unwrap().push((started, ok));
+                std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
+            }
+        });
+        Requests { stop, results, thread: Some(thread) }
+    }
+
+    fn succeeded_since(&self, at: Instant) -> bool {
+        self.results.lock().unwrap().iter().any(|(t, ok)| *ok && *t >= at)
+    }
+
+    fn longest_gap(&self, since: Instant) -> Duration {
+        longest_gap(&self.results.lock().unwrap(), since)
+    }
+}
+
+impl Drop for Requests {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

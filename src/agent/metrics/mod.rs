@@ -112,22 +112,22 @@ fn node_series(out: &mut Out, cfg: &ClusterConfig, state: Option<&State>) {
         "Times the agent restarted the component after it exited or failed its probe",
         comps.iter().map(|(n, s)| (label("component", *n), s.map_or(0, |s| u64::from(s.restarts)))),
     );
-    if let (Some(part), Some(vip)) = (&state.vip, cfg.cluster.vip) {
-        let address = || label("address", vip.to_string());
+    if !state.vip.is_empty() {
+        let address = |a: &String| label("address", a.clone());
         out.gauge(
             "hakube_vip_held",
-            "Whether this master holds the cluster's virtual IP",
-            [(address(), flag(part.holding_since.is_some()))],
+            "Whether this master holds the virtual IP",
+            state.vip.iter().map(|(a, p)| (address(a), flag(p.holding_since.is_some()))),
         );
         out.counter(
             "hakube_vip_takeovers",
             "Times this master took the virtual IP since its agent started",
-            [(address(), part.takeovers)],
+            state.vip.iter().map(|(a, p)| (address(a), p.takeovers)),
         );
         out.gauge(
             "hakube_vip_unusable",
             "Whether this master cannot hold the virtual IP (no interface for its subnet)",
-            [(address(), flag(part.problem.is_some()))],
+            state.vip.iter().map(|(a, p)| (address(a), flag(p.problem.is_some()))),
         );
     }
     if let Some(lb) = &state.load_balancer {

@@ -60,12 +60,11 @@ fn the_node_part_follows_what_the_agent_saw() {
 
 #[test]
 fn a_master_says_whether_it_holds_the_virtual_ip_and_how_often_it_took_it() {
-    let with_vip =
-        crate::config::tests::test_config("cluster: {vip: 10.0.0.100}\nnode: {components: [etcd, kube-apiserver]}");
     let mut state = state();
-    state.vip = Some(crate::vip::Part { holding_since: Some(1_700_000_100), problem: None, takeovers: 2 });
+    let part = crate::vip::Part { holding_since: Some(1_700_000_100), problem: None, takeovers: 2 };
+    state.vip.insert("10.0.0.100".into(), part);
     let mut out = Out::default();
-    node_series(&mut out, &with_vip, Some(&state));
+    node_series(&mut out, &cfg(), Some(&state));
     let text = out.encode();
     let s = samples(&text);
     for line in [
@@ -77,7 +76,7 @@ fn a_master_says_whether_it_holds_the_virtual_ip_and_how_often_it_took_it() {
     }
     // A cluster without a virtual IP: no such series.
     let mut out = Out::default();
-    node_series(&mut out, &cfg(), Some(&state));
+    node_series(&mut out, &cfg(), Some(&self::state()));
     assert!(!out.encode().contains("hakube_vip"));
 }
 
@@ -159,7 +158,7 @@ fn the_leaders_part_ages_every_heartbeat_and_names_what_is_held_back() {
         purged: vec![],
         load_balancer_change: None,
         upgrade: None,
-        vip_holder: None,
+        vip_holders: vec![],
     };
     let mut out = Out::default();
     cluster_series(&mut out, &c, now);

@@ -109,7 +109,7 @@ fn healthy() -> Reading {
             purged: vec![],
             load_balancer_change: None,
             upgrade: None,
-            vip_holder: None,
+            vip_holders: vec![],
         }),
         kube: Some(Ok(KubeReading {
             schedulable: 3,
