@@ -128,46 +128,56 @@ impl Drop for Watch {
     }
 }
 
-/// A TCP connect to VIP:6443 from `client`'s namespace every 100 ms (300 ms
-/// timeout), until dropped: the longest run of failures is the gap a
+/// A check run from `client`'s namespace every 100 ms, until dropped; each
+/// result kept with its time: the longest run of failures is the gap a
 /// client sees.
-pub struct Connector {
+pub struct Sampler {
     stop: Arc<AtomicBool>,
     results: Arc<Mutex<Vec<(Instant, bool)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Connector {
-    pub fn start(client: &Host, vip: Ipv4Addr) -> Connector {
+/// A TCP connect to VIP:6443 (300 ms timeout): something listens there.
+pub type Connector = Sampler;
+
+impl Sampler {
+    /// Connects to VIP:6443 every 100 ms.
+    pub fn start(client: &Host, vip: Ipv4Addr) -> Sampler {
+        let to = SocketAddr::from((vip, 6443));
+        Sampler::run(client, move || TcpStream::connect_timeout(&to, Duration::from_millis(300)).is_ok())
+    }
+
+    /// Runs `check` every 100 ms in `client`'s namespace (and so does any
+    /// process it starts).
+    pub fn run(client: &Host, mut check: impl FnMut() -> bool + Send + 'static) -> Sampler {
         let (stop, results) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(vec![])));
         let (stop2, results2, ns) = (stop.clone(), results.clone(), client.ns.clone());
         let thread = std::thread::spawn(move || {
             let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("the client's namespace");
             nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let to = SocketAddr::from((vip, 6443));
             while !stop2.load(Ordering::SeqCst) {
                 let started = Instant::now();
-                let ok = TcpStream::connect_timeout(&to, Duration::from_millis(300)).is_ok();
+                let ok = check();
                 results2.lock().unwrap().push((started, ok));
                 std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
             }
         });
-        Connector { stop, results, thread: Some(thread) }
+        Sampler { stop, results, thread: Some(thread) }
     }
 
-    /// Whether a connect succeeded at or after `at`.
+    /// Whether a check succeeded at or after `at`.
     pub fn succeeded_since(&self, at: Instant) -> bool {
         self.results.lock().unwrap().iter().any(|(t, ok)| *ok && *t >= at)
     }
 
-    /// The longest span without a successful connect since `since` (up to
-    /// the last attempt, when none succeeded since).
+    /// The longest span without a successful check since `since` (up to
+    /// the last one, when none succeeded since).
     pub fn longest_gap(&self, since: Instant) -> Duration {
         longest_gap(&self.results.lock().unwrap(), since)
     }
 }
 
-impl Drop for Connector {
+impl Drop for Sampler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {

@@ -28,15 +28,13 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::{median, spread};
 use crate::proc::msg;
-use crate::support::vip::{agent, boot, longest_gap, Connector, Watch};
+use crate::support::vip::{agent, boot, Connector, Sampler, Watch};
 use crate::support::{self, sh, wait_for, Cluster, Host};
 
 const KEEPALIVED: &str = "/usr/sbin/keepalived";
@@ -120,7 +118,7 @@ pub fn run(args: Args) -> Result<()> {
     if token.trim().is_empty() {
         bail!("no ServiceAccount token for the requests (kubectl create token default)");
     }
-    let requests = [Requests::start(w1, ours, token.trim()), Requests::start(w1, theirs, token.trim())];
+    let requests = [requests(w1, ours, token.trim()), requests(w1, theirs, token.trim())];
     let mut unreachable = false;
     let mut results: Vec<(Fault, System, Trial)> = vec![];
     for trial in 1..=args.trials {
@@ -276,7 +274,7 @@ fn hit(
     c: &Cluster,
     k: &Keepalived,
     watch: &Watch,
-    (client, requests): (&Connector, &Requests),
+    (client, requests): (&Connector, &Sampler),
     system: System,
     fault: Fault,
 ) -> Result<Trial> {
@@ -395,51 +393,15 @@ fn print_table(trials: u32, results: &[(Fault, System, Trial)]) {
 
 /// `GET /readyz` on ADDRESS:6443 from a host's namespace every 100 ms
 /// (curl, 500 ms timeout, any certificate: keepalived's address is in
-/// none), until dropped: success is a 200.
-struct Requests {
-    stop: Arc<AtomicBool>,
-    results: Arc<Mutex<Vec<(Instant, bool)>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Requests {
-    fn start(client: &Host, address: Ipv4Addr, token: &str) -> Requests {
-        let (stop, results) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(vec![])));
-        let (stop2, results2, ns) = (stop.clone(), results.clone(), client.ns.clone());
-        let auth = format!("Authorization: Bearer {token}");
-        let url = format!("https://{address}:6443/readyz");
-        let thread = std::thread::spawn(move || {
-            let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("the client's namespace");
-            // curl, started from this thread, runs in the client's namespace.
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            while !stop2.load(Ordering::SeqCst) {
-                let started = Instant::now();
-                let out = Command::new("curl")
-                    .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "0.5", "-H", &auth, &url])
-                    .stdin(Stdio::null())
-                    .output();
-                let ok = out.is_ok_and(|o| o.stdout == b"200");
-                results2.lock().unwrap().push((started, ok));
-                std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
-            }
-        });
-        Requests { stop, results, thread: Some(thread) }
-    }
-
-    fn succeeded_since(&self, at: Instant) -> bool {
-        self.results.lock().unwrap().iter().any(|(t, ok)| *ok && *t >= at)
-    }
-
-    fn longest_gap(&self, since: Instant) -> Duration {
-        longest_gap(&self.results.lock().unwrap(), since)
-    }
-}
-
-impl Drop for Requests {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// none): success is a 200.
+fn requests(client: &Host, address: Ipv4Addr, token: &str) -> Sampler {
+    let auth = format!("Authorization: Bearer {token}");
+    let url = format!("https://{address}:6443/readyz");
+    Sampler::run(client, move || {
+        let out = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "0.5", "-H", &auth, &url])
+            .stdin(Stdio::null())
+            .output();
+        out.is_ok_and(|o| o.stdout == b"200")
+    })
 }
