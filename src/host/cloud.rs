@@ -41,29 +41,19 @@ pub fn provider(dmi: &Dmi) -> Option<(&'static str, &'static str)> {
     if dmi.chassis_asset_tag == "7783-7084-3265-9085-8269-3286-77" {
         return Some(("Azure", "a load balancer or a secondary IP configuration moved through Azure's API"));
     }
-    if any("Amazon EC2") || dmi.bios_vendor.eq_ignore_ascii_case("Amazon EC2") {
-        return Some(("AWS", "a secondary private address moved through EC2's API, or an NLB"));
-    }
-    if any("Google") {
-        return Some(("Google Cloud", "an alias IP range moved through Compute Engine's API, or a load balancer"));
-    }
-    if any("OpenStack") {
-        return Some(("OpenStack", "the address in each master port's allowed_address_pairs"));
-    }
-    if any("OracleCloud") {
-        return Some(("Oracle Cloud", "a secondary private IP moved through OCI's API"));
-    }
-    if any("Alibaba Cloud") {
-        return Some(("Alibaba Cloud", "HaVip (high-availability virtual IP)"));
-    }
-    if any("DigitalOcean") {
-        return Some(("DigitalOcean", "a reserved IP assigned through DigitalOcean's API"));
-    }
-    if any("Hetzner") {
-        return Some(("Hetzner Cloud", "a floating IP assigned through Hetzner's API"));
-    }
-    None
+    CLOUDS.iter().find(|(needle, _, _)| any(needle)).map(|(_, name, how)| (*name, *how))
 }
+
+/// (what a DMI field contains, the cloud, what moving an address takes there).
+const CLOUDS: [(&str, &str, &str); 7] = [
+    ("Amazon EC2", "AWS", "a secondary private address moved through EC2's API, or an NLB"),
+    ("Google", "Google Cloud", "an alias IP range moved through Compute Engine's API, or a load balancer"),
+    ("OpenStack", "OpenStack", "the address in each master port's allowed_address_pairs"),
+    ("OracleCloud", "Oracle Cloud", "a secondary private IP moved through OCI's API"),
+    ("Alibaba Cloud", "Alibaba Cloud", "HaVip (high-availability virtual IP)"),
+    ("DigitalOcean", "DigitalOcean", "a reserved IP assigned through DigitalOcean's API"),
+    ("Hetzner", "Hetzner Cloud", "a floating IP assigned through Hetzner's API"),
+];
 
 /// This host's cloud, if its firmware names one.
 pub fn this_host() -> Option<(&'static str, &'static str)> {
