@@ -106,6 +106,22 @@ step() {
 
 cd -- "$repo"
 
+# The tests build clusters whose `hakube check` fails a host with under 5%
+# of its disk free (and warns under 15%), on the disk where the hosts'
+# roots go; a cold run also takes about 20 GiB for builds. Said up front,
+# not found out an hour in.
+disk_room() {
+  local dir=${TMPDIR:-/tmp} avail size
+  read -r size avail < <(df -Pk -- "$dir" | awk 'NR==2 {print $2, $4}') || return 0
+  [[ -n $size && $size -gt 0 ]] || return 0
+  if (((avail - 20 * 1024 * 1024) * 100 < 5 * size)); then
+    msg "warning: $dir has $((avail / 1024 / 1024)) GiB free of $((size / 1024 / 1024)) GiB: a cold run takes about" \
+      "20 GiB, and the clusters' \`hakube check\` fails a host with under 5% free (the monitoring tests would fail);" \
+      "free space, or set TMPDIR to a roomier disk"
+  fi
+}
+disk_room
+
 step "dependencies" hakube_ensure_deps kube haproxy prometheus shellcheck
 hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rustup.rs), then re-run"
 
