@@ -744,7 +744,14 @@ impl Agent {
     fn spawn_vip(&self, vip: std::net::Ipv4Addr) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
         let ready = {
             let state = self.state.clone();
-            move || healthy(&state, Component::KubeApiserver)
+            move || {
+                use crate::vip::Readiness;
+                match state.borrow().components.get(Component::KubeApiserver.name()) {
+                    Some(s) if s.phase == Phase::Running && s.healthy => Readiness::Ready,
+                    Some(s) if s.phase == Phase::Running => Readiness::Unready,
+                    _ => Readiness::Down,
+                }
+            }
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (part_tx, mut part_rx) = watch::channel(crate::vip::Part::default());

@@ -90,9 +90,22 @@ pub fn announcement_due(n: u32) -> Duration {
     }
 }
 
+/// What the agent knows of the local kube-apiserver at one probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Running, and its readiness probe passes.
+    Ready,
+    /// Running, and its probe fails (a blip, or the start of an outage).
+    Unready,
+    /// Not running: it exited, or has not started.
+    Down,
+}
+
 /// The local API server's readiness, probe by probe: a master campaigns
 /// once it passed [`Self::CAMPAIGN_AFTER`] in a row, and a holder resigns
-/// once it failed [`Self::RESIGN_AFTER`] in a row.
+/// once it failed [`Self::RESIGN_AFTER`] in a row, or at once when the
+/// process is gone (no probe can come back from that sooner than a
+/// restart).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Health {
     passed: u32,
@@ -103,13 +116,20 @@ impl Health {
     pub const CAMPAIGN_AFTER: u32 = 3;
     pub const RESIGN_AFTER: u32 = 3;
 
-    pub fn observe(&mut self, ready: bool) {
-        if ready {
-            self.passed = self.passed.saturating_add(1);
-            self.failed = 0;
-        } else {
-            self.failed = self.failed.saturating_add(1);
-            self.passed = 0;
+    pub fn observe(&mut self, now: Readiness) {
+        match now {
+            Readiness::Ready => {
+                self.passed = self.passed.saturating_add(1);
+                self.failed = 0;
+            }
+            Readiness::Unready => {
+                self.failed = self.failed.saturating_add(1);
+                self.passed = 0;
+            }
+            Readiness::Down => {
+                self.failed = self.failed.max(Self::RESIGN_AFTER);
+                self.passed = 0;
+            }
         }
     }
 
@@ -148,12 +168,12 @@ pub struct Part {
 }
 
 /// Holds `vip` on this master while it is the elected holder, until `stop`
-/// changes. `ready` tells whether the local kube-apiserver is ready.
+/// changes. `ready` tells how the local kube-apiserver is.
 pub async fn run(
     paths: Paths,
     cfg: ClusterConfig,
     vip: Ipv4Addr,
-    ready: impl Fn() -> bool,
+    ready: impl Fn() -> Readiness,
     part: watch::Sender<Part>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -199,7 +219,7 @@ pub async fn run(
                 drop_term(&mut term, vip, &part, "its lease's fence passed: this master was cut off from etcd");
             } else if health.should_resign() {
                 let lease = t.lease;
-                drop_term(&mut term, vip, &part, "the local kube-apiserver stopped being ready");
+                drop_term(&mut term, vip, &part, "the local kube-apiserver stopped, or stopped being ready");
                 if let Ok(c) = etcd.client().await {
                     let _ = timeout(CALL, c.lease_revoke(lease)).await;
                 }
@@ -425,22 +445,40 @@ mod tests {
 
     #[test]
     fn a_master_campaigns_after_three_ready_probes_and_resigns_after_three_failures() {
+        use Readiness::*;
         let mut h = Health::default();
         for _ in 0..2 {
-            h.observe(true);
+            h.observe(Ready);
         }
         assert!(!h.may_campaign());
-        h.observe(true);
+        h.observe(Ready);
         assert!(h.may_campaign() && !h.should_resign());
-        h.observe(false);
-        h.observe(false);
+        h.observe(Unready);
+        h.observe(Unready);
         assert!(!h.should_resign(), "two failures: a blip");
-        h.observe(true);
-        h.observe(false);
-        h.observe(false);
+        h.observe(Ready);
+        h.observe(Unready);
+        h.observe(Unready);
         assert!(!h.should_resign(), "a pass in between starts the count again");
-        h.observe(false);
+        h.observe(Unready);
         assert!(h.should_resign() && !h.may_campaign());
+    }
+
+    #[test]
+    fn a_holder_whose_api_server_exits_resigns_at_once() {
+        use Readiness::*;
+        let mut h = Health::default();
+        for _ in 0..5 {
+            h.observe(Ready);
+        }
+        h.observe(Down);
+        assert!(h.should_resign() && !h.may_campaign());
+        // Back: campaigns again only after three passes.
+        h.observe(Ready);
+        h.observe(Ready);
+        assert!(!h.may_campaign() && !h.should_resign());
+        h.observe(Ready);
+        assert!(h.may_campaign());
     }
 
     #[test]
