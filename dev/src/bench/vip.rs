@@ -174,9 +174,11 @@ impl Keepalived {
         self.dir.join(format!("keepalived-{}", h.name))
     }
 
+    /// The running keepalived's pid, when it and its VRRP child are alive.
     fn pid(&self, h: &Host) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.dir(h).join("keepalived.pid")).ok()?.trim().parse().ok()?;
-        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+        let read = |f: &str| -> Option<u32> { std::fs::read_to_string(self.dir(h).join(f)).ok()?.trim().parse().ok() };
+        let (main, vrrp) = (read("keepalived.pid")?, read("vrrp.pid")?);
+        (alive(main) && alive(vrrp)).then_some(main)
     }
 
     /// k0s's control-plane template (cplb_templates.go), the address ours.
@@ -194,6 +196,11 @@ impl Keepalived {
     fn start(&self, h: &Host) -> Result<()> {
         let dir = self.dir(h);
         std::fs::create_dir_all(&dir)?;
+        // A host that lost power starts with no pid file, as /run is after
+        // a reboot (a dead daemon's pid may still name a zombie here).
+        for f in ["keepalived.pid", "vrrp.pid"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
         let conf = dir.join("keepalived.conf");
         std::fs::write(&conf, self.config(h))?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("keepalived.log"))?;
@@ -222,11 +229,19 @@ impl Keepalived {
         if let Some(pid) = self.pid(h) {
             sh("kill", &["-TERM", &pid.to_string()]);
             let started = Instant::now();
-            while Path::new(&format!("/proc/{pid}")).exists() && started.elapsed() < Duration::from_secs(10) {
+            while alive(pid) && started.elapsed() < Duration::from_secs(10) {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
     }
+}
+
+/// Whether `pid` runs: neither gone nor a zombie (keepalived is never
+/// waited for, and this machine's PID 1 reaps no orphan).
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // "PID (COMM) STATE ...".
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
 }
 
 /// Whether a master's agent is live and its etcd and kube-apiserver healthy.
