@@ -201,9 +201,11 @@ pub fn boot(h: &Host) {
     let mut cmd = std::process::Command::new("ip");
     cmd.args(["netns", "exec", &h.ns, hakube(), "--root"]).arg(h.root()).arg("agent").env("PATH", path_env());
     cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-    // Detached, as systemd's child would be: never waited for here.
-    if let Err(e) = cmd.spawn() {
-        panic!("cannot start the agent of {}: {e}", h.name);
+    // Detached, as systemd's child would be; reaped when it exits (as
+    // systemd would), so that a stopped agent leaves no zombie behind.
+    match cmd.spawn() {
+        Ok(mut child) => drop(std::thread::spawn(move || child.wait())),
+        Err(e) => panic!("cannot start the agent of {}: {e}", h.name),
     }
 }
 

@@ -209,7 +209,9 @@ impl Keepalived {
         cmd.arg("--use-file").arg(&conf);
         cmd.arg("--pid").arg(dir.join("keepalived.pid")).arg("--vrrp_pid").arg(dir.join("vrrp.pid"));
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        cmd.spawn().with_context(|| format!("cannot start keepalived on {}", h.name))?;
+        let mut child = cmd.spawn().with_context(|| format!("cannot start keepalived on {}", h.name))?;
+        // Reaped when it exits, as its init would.
+        drop(std::thread::spawn(move || child.wait()));
         let started = Instant::now();
         while self.pid(h).is_none() {
             if started.elapsed() > Duration::from_secs(10) {
