@@ -68,7 +68,7 @@ fn parse() -> Result<Args, String> {
 }
 
 fn micro_now() -> String {
-    hakube::cluster::controller::micro_time(time::OffsetDateTime::now_utc())
+    hakube::kube::event::micro_time(time::OffsetDateTime::now_utc())
 }
 
 fn name(i: usize) -> String {

@@ -45,12 +45,6 @@ pub fn stalled_learner_limit() -> Duration {
     Duration::from_secs(secs)
 }
 
-/// Kubernetes' MicroTime: RFC 3339 with microseconds, in UTC.
-pub fn micro_time(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!("{}T{:02}:{:02}:{:02}.{:06}Z", t.date(), t.hour(), t.minute(), t.second(), t.microsecond())
-}
-
 /// State kept across rounds of one agent.
 struct Controller {
     paths: Paths,
@@ -205,7 +199,7 @@ impl Controller {
             }
             info!("controller RBAC applied");
             self.rbac_for = Some(term.clone());
-            self.acquired = micro_time(time::OffsetDateTime::now_utc());
+            self.acquired = crate::kube::event::micro_time(time::OffsetDateTime::now_utc());
         }
         // Best effort: `kubectl get lease` is for people, the term is etcd's.
         if let Err(e) = self.mirror_lease(&kube).await {
@@ -311,7 +305,7 @@ impl Controller {
                 "holderIdentity": self.cfg.node.name.as_str(),
                 "leaseDurationSeconds": LEADER_TTL_SECS,
                 "acquireTime": self.acquired,
-                "renewTime": micro_time(time::OffsetDateTime::now_utc()),
+                "renewTime": crate::kube::event::micro_time(time::OffsetDateTime::now_utc()),
             }
         });
         let path = format!(
@@ -370,15 +364,4 @@ fn report(e: &ClusterError, part: &str) {
 /// This node's own API server.
 fn kube_local(c: &ClusterConfig) -> crate::config::HostPort {
     crate::config::HostPort::new(crate::config::Host::Ip(c.node.advertise_address), c.node.api_server_port)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn micro_time_is_what_the_api_server_parses() {
-        let t = time::OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_456_789).unwrap();
-        assert_eq!(micro_time(t), "2026-11-18T11:06:40.123456Z");
-    }
 }

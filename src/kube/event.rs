@@ -5,6 +5,12 @@ use serde_json::json;
 
 use super::client::{KubeClient, KubeError};
 
+/// Kubernetes' MicroTime: RFC 3339 with microseconds, in UTC.
+pub fn micro_time(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!("{}T{:02}:{:02}:{:02}.{:06}Z", t.date(), t.hour(), t.minute(), t.second(), t.microsecond())
+}
+
 /// One Event about a node.
 pub struct NodeEvent<'a> {
     pub node: &'a str,
@@ -28,7 +34,7 @@ impl NodeEvent<'_> {
 
     /// The Event as the API server takes it, stamped `now`.
     pub fn body(&self, now: time::OffsetDateTime) -> serde_json::Value {
-        let micro = crate::cluster::controller::micro_time(now);
+        let micro = micro_time(now);
         let seconds = micro.split('.').next().map(|s| format!("{s}Z"));
         json!({
             "apiVersion": "v1",
@@ -60,6 +66,12 @@ impl NodeEvent<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micro_time_is_what_the_api_server_parses() {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_456_789).unwrap();
+        assert_eq!(micro_time(t), "2026-11-18T11:06:40.123456Z");
+    }
 
     #[test]
     fn an_event_names_its_node_reason_and_reporter() {
