@@ -214,7 +214,7 @@ pub fn run(ctx: &Context<'_>) -> Vec<Failure> {
         }
     }
     if let (Some(vip), true) = (c.cluster.vip, c.has(Component::KubeApiserver) && adv_ok) {
-        if let Err(e) = vip_home(vip, adv) {
+        if let Err(e) = crate::vip::address::assigned().and_then(|all| vip_home(vip, adv, &all)) {
             fail("vip-subnet".into(), e);
         }
     }
@@ -224,8 +224,12 @@ pub fn run(ctx: &Context<'_>) -> Vec<Failure> {
 /// The interface the virtual IP goes on (the one holding `adv`), checked:
 /// `vip` must be in its subnet, where gratuitous ARP reaches the clients'
 /// router.
-fn vip_home(vip: Ipv4Addr, adv: IpAddr) -> Result<crate::vip::address::Assigned, String> {
-    let home = crate::vip::address::assigned().and_then(|all| crate::vip::address::home(adv, &all))?;
+fn vip_home(
+    vip: Ipv4Addr,
+    adv: IpAddr,
+    all: &[crate::vip::address::Assigned],
+) -> Result<crate::vip::address::Assigned, String> {
+    let home = crate::vip::address::home(adv, all)?;
     if !crate::vip::address::in_subnet(vip, &home) {
         return Err(format!(
             "the virtual IP {vip} is not in the subnet of {} ({}/{}), where this master announces it: \
@@ -240,12 +244,13 @@ fn vip_home(vip: Ipv4Addr, adv: IpAddr) -> Result<crate::vip::address::Assigned,
 /// the cluster to): in the subnet of this master's interface, and nobody
 /// on the segment answers for it yet (an ARP probe).
 pub fn vip_free(vip: Ipv4Addr, adv: IpAddr) -> Vec<Failure> {
-    let home = match vip_home(vip, adv) {
-        Ok(home) => home,
+    let found = crate::vip::address::assigned().and_then(|all| Ok((vip_home(vip, adv, &all)?, all)));
+    let (home, all) = match found {
+        Ok(found) => found,
         Err(message) => return vec![Failure { name: "vip-subnet".into(), message }],
     };
     let fail = |message: String| vec![Failure { name: "vip-in-use".into(), message }];
-    if crate::vip::address::present(vip) {
+    if all.iter().any(|a| a.address == vip) {
         // This host's own copy (a former cluster's): the agent removes it.
         return vec![];
     }

@@ -143,7 +143,7 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         (None, Some(i)) => i.cluster.load_balancer_change.clone(),
         (None, None) => None,
     };
-    let lb_ask = match &record {
+    let mut lb_ask = match &record {
         Some(r) => lbchange::ask(
             r.spec.load_balancer_address.as_ref(),
             r.spec.load_balancer_change.as_ref(),
@@ -155,7 +155,6 @@ pub fn run(req: Request) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?,
         None => Ask::Nothing,
     };
-    let mut lb_ask = lb_ask;
     match (&mut lb_ask, &record) {
         (Ask::Start(ch), Some(r)) => {
             // The address in force (and the virtual IP in force) stay until

@@ -286,9 +286,10 @@ pub fn render(r: &Report) -> String {
                 s.lost_node_toleration,
             ));
             for (vip, holder) in &cl.vip_holders {
+                // Not the one in force: one a change under way moves to or from.
                 let role = match &s.load_balancer_change {
                     Some(ch) if s.vip != Some(*vip) && ch.to_vip == Some(*vip) => " (the change's new address)",
-                    Some(ch) if ch.from_vip == Some(*vip) && s.vip != Some(*vip) => " (the change's old address)",
+                    Some(_) if s.vip != Some(*vip) => " (the change's old address)",
                     _ => "",
                 };
                 out.push_str(&match holder {

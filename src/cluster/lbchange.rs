@@ -269,10 +269,7 @@ pub async fn round(
         Some(vip) if ch.phase == LbPhase::AddName => crate::vip::holder(client, vip).await.is_some(),
         _ => true,
     };
-    let waiting = match ch.to_vip {
-        Some(vip) if !to_vip_held => Some(format!("no master holds the virtual IP {vip} yet")),
-        _ => None,
-    };
+    let waiting = ch.to_vip.filter(|_| !to_vip_held).map(|vip| format!("no master holds the virtual IP {vip} yet"));
     let progress =
         Progress { change: ch.clone(), revision: s.revision, leader: leader.to_owned(), at: now, masters, waiting };
     client
