@@ -453,6 +453,8 @@ fn a_master_join_is_refused_while_etcd_has_lost_quorum() {
     let net = Network::new();
     let m1 = first_master(&net);
     let (_d, join) = join_script(&m1, true, &[]);
+    // Printed while it can be: a token needs a quorum to be written.
+    let (_dw, worker_join) = join_script(&m1, false, &[]);
     let m2 = net.host("m2");
     let m3 = net.host("m3");
     assert_ok(&run_join(&m2, &join, "etcd", &[bin()]), "m2");
@@ -461,16 +463,33 @@ fn a_master_join_is_refused_while_etcd_has_lost_quorum() {
     m2.kill_all();
     m3.kill_all();
     let m4 = net.host("m4");
-    let out = run_join(&m4, &join, "etcd", &[bin()]);
+    // The cluster says "not now": the join asks again until its time is up.
+    let mut args = join_args(&m4, "etcd");
+    args.extend(["--timeout".to_owned(), "12s".to_owned()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = m4.bash(&join, &refs, &[bin()]);
     let err = stderr(&out);
     assert!(
         !out.status.success()
+            && err.contains("the cluster cannot take the join now; asking again every 5s")
             && err.contains("etcd has lost quorum: 0 of 3 voting members are healthy and 2 are needed"),
         "{err}"
     );
     assert!(untouched(&m4), "nothing written");
     // The member list (served by each member locally, even without quorum) is unchanged.
     assert_eq!(local_members_text(&m1), before);
+    // Quorum comes back while a join waits (the masters boot again): the
+    // join goes through, without being run again.
+    let w1 = net.host("w1");
+    let out = std::thread::scope(|s| {
+        let waiting = s.spawn(|| run_join(&w1, &worker_join, "none", &[bin()]));
+        std::thread::sleep(Duration::from_secs(8));
+        support::vip::boot(&m2);
+        support::vip::boot(&m3);
+        waiting.join().unwrap()
+    });
+    assert_ok(&out, "w1, once the masters are back");
+    assert!(stderr(&out).contains("the cluster cannot take the join now"), "{}", stderr(&out));
 }
 
 #[test]

@@ -232,15 +232,44 @@ fn run_preflight(paths: &Paths, c: &ClusterConfig, ignore: &[String]) -> anyhow:
     Ok(())
 }
 
+/// How long a join keeps asking a cluster that answers "not now" (or
+/// `--timeout`, when shorter).
+const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
+const JOIN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn ask_cluster(
     rt: &tokio::runtime::Runtime,
     progress: &Progress,
     endpoints: &[String],
     ca_hash: &str,
     ask: &JoinRequest,
+    patience: std::time::Duration,
 ) -> anyhow::Result<crate::join::wire::JoinResponse> {
     let (ep, resp) = progress.phase(&format!("asking the cluster to join ({})", endpoints.join(", ")), || {
-        rt.block_on(client::join_any(endpoints, ca_hash, ask))
+        // A cluster that says "not now" (etcd without quorum while a master
+        // restarts, too many joins at once) is asked again for a while, as
+        // an operator would.
+        let give_up = std::time::Instant::now() + patience;
+        let mut said = String::new();
+        loop {
+            match rt.block_on(client::join_any(endpoints, ca_hash, ask)) {
+                Ok(accepted) => return Ok(accepted),
+                Err(e) if e.worth_waiting() && std::time::Instant::now() + JOIN_RETRY < give_up => {
+                    let now = e.to_string();
+                    if now != said {
+                        let left = give_up.saturating_duration_since(std::time::Instant::now()).as_secs();
+                        progress.note(format!(
+                            "  the cluster cannot take the join now; asking again every {}s for up to {left}s more:\n  {}",
+                            JOIN_RETRY.as_secs(),
+                            now.replace('\n', "\n  ")
+                        ));
+                        said = now;
+                    }
+                    std::thread::sleep(JOIN_RETRY);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     })?;
     progress.note(format!("  accepted by {ep}; {} etcd member(s)", resp.etcd_members.len()));
     if let Some(warning) = resp.clock_offset_ms.and_then(crate::host::clock::describe_offset) {
@@ -258,7 +287,7 @@ fn join_master(
     checked: &Checked,
     req: &Request,
 ) -> anyhow::Result<()> {
-    let resp = ask_cluster(rt, progress, &req.endpoints, &checked.ca_hash, &ask)?;
+    let resp = ask_cluster(rt, progress, &req.endpoints, &checked.ca_hash, &ask, JOIN_PATIENCE.min(req.timeout))?;
     let key = checked.key.as_ref().expect("checked: masters have a key");
     let sealed = resp.sealed_material.as_deref().context("the join API sent no key material for a master")?;
     // Opening the material proves the key before anything is written.
@@ -439,7 +468,7 @@ fn join_worker(
     if let Some(k) = &proxy_key {
         ask.kube_proxy_csr = Some(rcgen::CertificateParams::default().serialize_request(&k.pair)?.pem()?);
     }
-    let resp = ask_cluster(rt, progress, &req.endpoints, &checked.ca_hash, &ask)?;
+    let resp = ask_cluster(rt, progress, &req.endpoints, &checked.ca_hash, &ask, JOIN_PATIENCE.min(req.timeout))?;
     let mut c = node_config(&flags, Some(&resp.cluster))?;
     c.node.api_servers = resp
         .etcd_members

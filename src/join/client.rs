@@ -74,22 +74,57 @@ pub async fn join(endpoint: &str, ca_hash: &str, req: &JoinRequest) -> Result<Jo
     Ok(resp)
 }
 
-/// Tries each endpoint in turn until one answers.
+/// Every endpoint's answer, when none accepted the join.
+#[derive(Debug)]
+pub struct NoneAccepted(pub Vec<ClientError>);
+
+impl NoneAccepted {
+    /// Whether the cluster said "not now" and nothing said "never": a
+    /// master answered 503 (its etcd has no quorum, or it cannot reach it)
+    /// or 429 (too many joins at once), and every other answer was one
+    /// another try may better. Masters that are all unreachable are no
+    /// reason to wait: the address is more likely wrong than the cluster
+    /// down.
+    pub fn worth_waiting(&self) -> bool {
+        self.0.iter().any(|e| matches!(e, ClientError::Refused { status: 503 | 429, .. }))
+            && self.0.iter().all(ClientError::try_next)
+    }
+}
+
+impl std::fmt::Display for NoneAccepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [] => write!(f, "no join endpoint given"),
+            [one] => write!(f, "{one}"),
+            all => {
+                write!(f, "no master accepted the join:")?;
+                for e in all {
+                    write!(f, "\n  - {e}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for NoneAccepted {}
+
+/// Tries each endpoint in turn until one accepts; stops at the first
+/// refusal that every master would give (a bad token, a pin mismatch).
 pub async fn join_any(
     endpoints: &[String],
     ca_hash: &str,
     req: &JoinRequest,
-) -> Result<(String, JoinResponse), ClientError> {
-    let mut last = None;
+) -> Result<(String, JoinResponse), NoneAccepted> {
+    let mut failed = vec![];
     for ep in endpoints {
         match join(ep, ca_hash, req).await {
             Ok(r) => return Ok((ep.clone(), r)),
-            Err(e) if e.try_next() => last = Some(e),
-            Err(e) => return Err(e),
+            Err(e) if e.try_next() => failed.push(e),
+            Err(e) => return Err(NoneAccepted(vec![e])),
         }
     }
-    Err(last
-        .unwrap_or(ClientError::Unreachable { endpoint: "(none)".into(), message: "no join endpoint given".into() }))
+    Err(NoneAccepted(failed))
 }
 
 /// `GET /v1/bundle` on one endpoint with the join token: the response body
@@ -120,5 +155,37 @@ pub async fn bundle(
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(300).collect());
             Err(ClientError::Refused { endpoint: endpoint.to_owned(), status, message })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(endpoint: &str, status: u16) -> ClientError {
+        ClientError::Refused { endpoint: endpoint.into(), status, message: "no".into() }
+    }
+
+    fn unreachable(endpoint: &str) -> ClientError {
+        ClientError::Unreachable { endpoint: endpoint.into(), message: "refused".into() }
+    }
+
+    #[test]
+    fn a_join_waits_when_the_cluster_says_not_now_and_nothing_says_never() {
+        let wait = |errors: Vec<ClientError>| NoneAccepted(errors).worth_waiting();
+        assert!(wait(vec![refused("m2", 503), unreachable("m1")]), "no quorum while a master is down");
+        assert!(wait(vec![refused("m1", 429)]), "too many joins at once");
+        assert!(!wait(vec![unreachable("m1"), unreachable("m2")]), "nobody answered: a wrong address, most likely");
+        assert!(!wait(vec![refused("m1", 503), refused("m2", 401)]), "a refusal for good");
+        assert!(!wait(vec![refused("m1", 500)]), "a fault that waiting will not mend");
+        assert!(!wait(vec![]));
+    }
+
+    #[test]
+    fn a_join_that_failed_everywhere_says_what_each_master_answered() {
+        let one = NoneAccepted(vec![unreachable("m1:9443")]).to_string();
+        assert_eq!(one, "cannot reach the join API at m1:9443: refused (is it a master's address and port?)");
+        let both = NoneAccepted(vec![refused("m2:9443", 503), unreachable("m1:9443")]).to_string();
+        assert!(both.starts_with("no master accepted the join:\n  - the join API at m2:9443 refused the join (503): no\n  - cannot reach"), "{both}");
     }
 }
