@@ -2,7 +2,7 @@
 #
 # Dependency helpers for hakube's scripts. Source it, then call:
 #
-#   hakube_ensure_deps [kube] [haproxy] [prometheus] [shellcheck] [vm] [nextest]
+#   hakube_ensure_deps [kube] [haproxy] [prometheus] [shellcheck] [vm] [browser] [nextest]
 #       Makes sure what building hakube and running its scripts and tests
 #       needs is here: the commands etcd, etcdctl, protoc, openssl, ip, curl,
 #       flock, and protoc's well-known-type includes (which Debian ships apart
@@ -76,6 +76,11 @@ _hakube_need() {
     faketime) pkg=faketime ;;
     # The virtual IP's benchmark floats a second address with it.
     keepalived) pkg=keepalived ;;
+    # The cluster page's browser test: headless Chromium driven by
+    # playwright-core (npm, in dev/browser) under Node.
+    chromium) pkg=chromium ;;
+    node) pkg=nodejs ;;
+    npm) pkg=npm ;;
     # What scripts/vm.sh needs: a Debian root made with debootstrap, turned
     # into a disk image by mkfs.ext4 -d, booted by qemu over qcow2 overlays
     # that qemu-img makes, driven over ssh.
@@ -358,7 +363,7 @@ hakube_ensure_nextest() { hakube_ensure_cargo_tool nextest; }
 hakube_ensure_cargo_deny() { hakube_ensure_cargo_tool deny; }
 
 hakube_ensure_deps() {
-  local arg want_nextest=0
+  local arg want_nextest=0 want_browser=0
   local -a needs=(etcd etcdctl protoc protoc-includes openssl ip curl flock)
   for arg in "$@"; do
     case "$arg" in
@@ -370,17 +375,38 @@ hakube_ensure_deps() {
       prometheus) needs+=(promtool prometheus) ;;
       shellcheck) needs+=(shellcheck) ;;
       vm) needs+=(qemu-system-x86_64 qemu-img debootstrap mkfs.ext4 ssh ssh-keygen) ;;
+      browser)
+        needs+=(chromium node npm)
+        want_browser=1
+        ;;
       nextest) want_nextest=1 ;;
       *)
-        _hakube_deps_msg "hakube_ensure_deps: unknown option '$arg' (known: kube, haproxy, prometheus, shellcheck, vm, nextest)"
+        _hakube_deps_msg "hakube_ensure_deps: unknown option '$arg' (known: kube, haproxy, prometheus, shellcheck, vm, browser, nextest)"
         return 2
         ;;
     esac
   done
   hakube_ensure_needs "${needs[@]}" || return
+  if ((want_browser)); then
+    hakube_ensure_playwright || return
+  fi
   if ((want_nextest)); then
     hakube_ensure_nextest || return
   fi
+}
+
+# hakube_ensure_playwright: playwright-core, as dev/browser/package-lock.json
+# pins it, from the npm registry (no browser download: it drives Debian's
+# chromium).
+hakube_ensure_playwright() {
+  local dir
+  dir="$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/../dev/browser"
+  [[ -f $dir/node_modules/playwright-core/package.json ]] && return 0
+  _hakube_deps_msg "installing playwright-core (npm ci in dev/browser)"
+  (cd -- "$dir" && npm ci --no-audit --no-fund --loglevel=error) >&2 || {
+    _hakube_deps_msg "npm ci in $dir failed: the browser test needs playwright-core from the npm registry"
+    return 1
+  }
 }
 
 # hakube_binary REPO: prints the hakube binary to use: $HAKUBE_BIN when set,
@@ -415,7 +441,7 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   set -euo pipefail
   case "${1:-}" in
     -h | --help)
-      echo "usage: ${0##*/} [kube] [haproxy] [prometheus] [vm] [nextest]   (or source it and call hakube_ensure_deps)" >&2
+      echo "usage: ${0##*/} [kube] [haproxy] [prometheus] [vm] [browser] [nextest]   (or source it and call hakube_ensure_deps)" >&2
       exit 0
       ;;
   esac

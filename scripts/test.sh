@@ -122,7 +122,7 @@ disk_room() {
 }
 disk_room
 
-step "dependencies" hakube_ensure_deps kube haproxy prometheus shellcheck
+step "dependencies" hakube_ensure_deps kube haproxy prometheus shellcheck browser
 hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rustup.rs), then re-run"
 
 # The Kubernetes tests run the real components: build them once (cached

@@ -25,6 +25,7 @@ pub mod bundle;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod etcd;
 pub mod files;
 pub mod host;

@@ -3,8 +3,10 @@
 //! ([`join`]); nodes that cannot read etcd (workers) learn the cluster's
 //! settings and send their heartbeats through it ([`node`]). Bodies are
 //! bounded, requests rate-limited per source address, every bad request
-//! gets a clear 4xx, and every decision an audit line.
+//! gets a clear 4xx, and every decision an audit line. It also serves the
+//! cluster page ([`console`]).
 
+pub mod console;
 pub mod join;
 pub mod node;
 
@@ -51,6 +53,8 @@ pub struct ApiContext {
     etcd: tokio::sync::Mutex<etcd::Local>,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     pub(crate) binary: std::sync::OnceLock<Bytes>,
+    /// The cluster page's last view, reused for a moment.
+    console_view: tokio::sync::Mutex<Option<console::Cached>>,
 }
 
 impl ApiContext {
@@ -61,6 +65,7 @@ impl ApiContext {
             config,
             buckets: Mutex::new(HashMap::new()),
             binary: std::sync::OnceLock::new(),
+            console_view: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -128,6 +133,12 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route("/v1/node/heartbeat", post(node::heartbeat))
         .route("/v1/node/certificates", post(node::certificates))
         .route("/v1/node/bundle/{id}", get(node::bundle))
+        .route("/console", get(console::page))
+        .route("/console/signin", get(console::signin_form).post(console::signin))
+        .route("/console/signout", post(console::signout))
+        .route("/console/api/state", get(console::state))
+        .route("/console/app.js", get(console::app_js))
+        .route("/console/app.css", get(console::app_css))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), rate_limit))

@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod certs;
 pub mod check;
+pub mod console;
 pub mod install;
 pub mod join;
 pub mod logs;
@@ -64,6 +65,8 @@ pub enum Command {
     /// Join tokens (run on a master).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a one-time link that signs a browser in to the cluster page (run on a master).
+    Console,
     /// The cluster's nodes (run on a master).
     #[command(subcommand)]
     Node(NodeCommand),
@@ -600,6 +603,10 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
                 }
                 None => print!("{script}"),
             }
+            Ok(0)
+        }
+        Command::Console => {
+            print!("{}", crate::cli::console::run(&paths)?);
             Ok(0)
         }
         Command::Token(TokenCommand::List) => {

@@ -16,7 +16,7 @@ use crate::join::script::{self, ScriptSpec};
 use crate::join::store;
 use crate::join::token::{JoinToken, Role, TokenRecord};
 
-fn master_config(paths: &Paths) -> anyhow::Result<ClusterConfig> {
+pub(crate) fn master_config(paths: &Paths) -> anyhow::Result<ClusterConfig> {
     let c = config::load_installed(&paths.config_file())?
         .with_context(|| format!("hakube is not installed under {}", paths.root().display()))?;
     if !c.has(Component::Etcd) {
@@ -25,7 +25,7 @@ fn master_config(paths: &Paths) -> anyhow::Result<ClusterConfig> {
     Ok(c)
 }
 
-async fn connect(paths: &Paths, c: &ClusterConfig) -> anyhow::Result<(Client, String)> {
+pub(crate) async fn connect(paths: &Paths, c: &ClusterConfig) -> anyhow::Result<(Client, String)> {
     etcd::Local::connect(paths, c, Duration::from_secs(5)).await.with_context(|| {
         format!("cannot reach this master's etcd at {}: is the node healthy (`hakube status`)?", c.etcd_client_url())
     })

@@ -1,0 +1,347 @@
+//! The cluster page's routes ([`crate::console`]): sign-in by a one-time
+//! link, sign-out, the page and its JSON view. Every decision is an audit
+//! line with who (the link's printer) and from where; nothing changes on a
+//! GET; every POST of a signed-in browser carries the session's CSRF token
+//! and, when the browser says where it comes from, this origin.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::{Extension, Form};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{ApiContext, Remote};
+use crate::console::session::{self, Refused, Secret, SessionRecord};
+use crate::console::{self as page, CSP};
+use crate::host::clock::now_secs;
+
+/// How long the JSON view is reused: open tabs poll every few seconds, and
+/// each fresh view probes every etcd member and the API server.
+const VIEW_REUSED: Duration = Duration::from_secs(2);
+/// The whole view is bounded: a page that hangs is worse than one that
+/// says what it could not read.
+const VIEW_LIMIT: Duration = Duration::from_secs(8);
+
+/// The page's headers: no caching, no framing, no sniffing, and the CSP.
+fn guarded(status: StatusCode, content_type: &'static str, body: impl Into<axum::body::Body>) -> Response {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Same-origin: the sign-in link never leaks to another site, and the
+    // page's own form posts still name their origin.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    r
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+
+fn html(status: StatusCode, body: String) -> Response {
+    guarded(status, HTML, body)
+}
+
+fn see_other(to: &'static str, cookie: Option<String>) -> Response {
+    let mut r = guarded(StatusCode::SEE_OTHER, HTML, "");
+    r.headers_mut().insert(header::LOCATION, HeaderValue::from_static(to));
+    if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    r
+}
+
+pub(crate) async fn app_js() -> Response {
+    guarded(StatusCode::OK, "text/javascript; charset=utf-8", page::APP_JS)
+}
+
+pub(crate) async fn app_css() -> Response {
+    guarded(StatusCode::OK, "text/css; charset=utf-8", page::APP_CSS)
+}
+
+/// The session a request's cookie opens, or why none.
+async fn signed_in(ctx: &ApiContext, headers: &HeaderMap) -> Result<(Secret, SessionRecord), Response> {
+    let cookies = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+    let Some(secret) = session::from_cookies(cookies) else {
+        return Err(refusal(StatusCode::UNAUTHORIZED, "Not signed in", &Refused::NoSession.to_string()));
+    };
+    let record = lookup(ctx, &secret).await?;
+    match session::check_session(record.as_ref(), now_secs()) {
+        Ok(()) => Ok((secret, record.expect("checked"))),
+        Err(e) => Err(refusal(StatusCode::UNAUTHORIZED, "Not signed in", &e.to_string())),
+    }
+}
+
+async fn lookup(ctx: &ApiContext, secret: &Secret) -> Result<Option<SessionRecord>, Response> {
+    let endpoint = ctx.config.etcd_client_url();
+    let mut client = ctx.client().await.map_err(|e| unavailable(&e.to_string()))?;
+    match session::session(&mut client, &endpoint, secret).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            ctx.forget_client().await;
+            Err(unavailable(&e.to_string()))
+        }
+    }
+}
+
+fn refusal(status: StatusCode, title: &str, message: &str) -> Response {
+    html(status, page::message_html(title, message))
+}
+
+fn unavailable(e: &str) -> Response {
+    refusal(StatusCode::SERVICE_UNAVAILABLE, "This master cannot reach etcd", &format!("{e}; try another master"))
+}
+
+/// `GET /console`: the page for a signed-in browser, else how to sign in.
+pub(crate) async fn page(State(ctx): State<Arc<ApiContext>>, headers: HeaderMap) -> Response {
+    match signed_in(&ctx, &headers).await {
+        Ok(_) => html(StatusCode::OK, page::PAGE_HTML.to_owned()),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Code {
+    code: String,
+}
+
+/// `GET /console/signin?code=…`: a button that trades the code. Nothing
+/// is traded here: a link preview or a prefetch must not spend the link.
+pub(crate) async fn signin_form(query: Result<Query<Code>, QueryRejection>) -> Response {
+    match query.ok().and_then(|Query(q)| Secret::parse(&q.code)) {
+        Some(code) => html(StatusCode::OK, page::signin_html(code.reveal())),
+        None => refusal(StatusCode::BAD_REQUEST, "Not a sign-in link", &Refused::LinkGone.to_string()),
+    }
+}
+
+/// `POST /console/signin`: trades a link's code for a session, once.
+pub(crate) async fn signin(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    form: Result<Form<Code>, FormRejection>,
+) -> Response {
+    let Some(code) = form.ok().and_then(|Form(f)| Secret::parse(&f.code)) else {
+        warn!(target: "audit", %remote, decision = "refused", reason = "no well-formed code", "console sign-in");
+        return refusal(StatusCode::BAD_REQUEST, "Not a sign-in link", &Refused::LinkGone.to_string());
+    };
+    let endpoint = ctx.config.etcd_client_url();
+    let mut client = match ctx.client().await {
+        Ok(c) => c,
+        Err(e) => return unavailable(&e.to_string()),
+    };
+    match session::trade(&mut client, &endpoint, &code, &remote.ip().to_string(), now_secs()).await {
+        Ok(Ok((secret, record))) => {
+            info!(target: "audit", %remote, by = %record.by, decision = "accepted", "console sign-in");
+            see_other("/console", Some(session::set_cookie(&secret)))
+        }
+        Ok(Err(refused)) => {
+            warn!(target: "audit", %remote, decision = "refused", reason = %refused, "console sign-in");
+            refusal(StatusCode::FORBIDDEN, "Cannot sign in", &refused.to_string())
+        }
+        Err(e) => {
+            ctx.forget_client().await;
+            unavailable(&e.to_string())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Csrf {
+    csrf: String,
+}
+
+/// Whether a change may go ahead as far as the browser tells where it
+/// comes from (the session's CSRF token must match as well): a browser
+/// that sends Fetch Metadata must say `same-origin`; one that only sends
+/// `Origin` must name this page's origin (`null`, what a sandboxed frame
+/// sends, names none). The page's own requests send both.
+fn same_origin(uri: &axum::http::Uri, headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return site == "same-origin";
+    }
+    let Some(origin) = text("origin") else { return true };
+    // Where the request was sent: HTTP/2 names it in the URI
+    // (`:authority`), HTTP/1.1 in the `Host` header.
+    let host = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => text("host").unwrap_or_default(),
+    };
+    !host.is_empty() && origin.strip_prefix("https://").is_some_and(|o| o == host)
+}
+
+/// `POST /console/signout`: ends the session everywhere.
+pub(crate) async fn signout(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    form: Result<Form<Csrf>, FormRejection>,
+) -> Response {
+    let (secret, record) = match signed_in(&ctx, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !same_origin(&uri, &headers) || !form.is_ok_and(|Form(f)| secret.csrf_matches(&f.csrf)) {
+        warn!(target: "audit", %remote, by = %record.by, decision = "refused", reason = %Refused::Csrf, "console sign-out");
+        return refusal(StatusCode::FORBIDDEN, "Refused", &Refused::Csrf.to_string());
+    }
+    let endpoint = ctx.config.etcd_client_url();
+    let ended = match ctx.client().await {
+        Ok(mut c) => session::end(&mut c, &endpoint, &secret).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = ended {
+        ctx.forget_client().await;
+        return unavailable(&e);
+    }
+    info!(target: "audit", %remote, by = %record.by, decision = "accepted", "console sign-out");
+    see_other("/console", Some(session::clear_cookie()))
+}
+
+/// What the page draws.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct View<'a> {
+    now: u64,
+    served_by: &'a str,
+    signed_in_by: &'a str,
+    csrf: String,
+    healthy: bool,
+    problems: Vec<String>,
+    warnings: Vec<String>,
+    etcd: &'a crate::cluster::report::EtcdReport,
+    cluster: Option<&'a crate::cluster::report::ClusterReport>,
+    addons: &'a [crate::addons::AddonStatus],
+}
+
+/// The parts of a view that are the same for every session, kept for
+/// [`VIEW_REUSED`].
+pub(crate) struct Cached {
+    at: Instant,
+    etcd: crate::cluster::report::EtcdReport,
+    cluster: Option<crate::cluster::report::ClusterReport>,
+    addons: Vec<crate::addons::AddonStatus>,
+    problems: Vec<String>,
+    warnings: Vec<String>,
+}
+
+async fn gather(ctx: &ApiContext) -> Cached {
+    use crate::cluster::report::{probe_addons, probe_cluster, probe_etcd};
+    let etcd = probe_etcd(&ctx.paths, &ctx.config).await;
+    let mut problems = vec![];
+    if !etcd.healthy {
+        problems.push(format!("etcd is unhealthy: {}", etcd.error.as_deref().unwrap_or("")));
+    }
+    let cluster = if etcd.healthy {
+        match probe_cluster(&ctx.paths, &ctx.config).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                problems.push(format!("cannot read the cluster's records: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (addons, mut warnings) = if ctx.config.has(crate::config::Component::KubeApiserver) {
+        probe_addons(&ctx.paths, &ctx.config).await
+    } else {
+        (vec![], vec![])
+    };
+    warnings.extend(etcd.warnings.iter().cloned());
+    if let Some(c) = &cluster {
+        problems
+            .extend(c.nodes.iter().filter(|n| n.healthy == Some(false)).map(|n| format!("{} is unhealthy", n.name)));
+    }
+    Cached { at: Instant::now(), etcd, cluster, addons, problems, warnings }
+}
+
+/// `GET /console/api/state`: the view, as JSON.
+pub(crate) async fn state(State(ctx): State<Arc<ApiContext>>, headers: HeaderMap) -> Response {
+    let (secret, record) = match signed_in(&ctx, &headers).await {
+        Ok(s) => s,
+        Err(r) => {
+            let mut r = r;
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            return r;
+        }
+    };
+    let mut cached = ctx.console_view.lock().await;
+    if cached.as_ref().is_none_or(|c| c.at.elapsed() >= VIEW_REUSED) {
+        match tokio::time::timeout(VIEW_LIMIT, gather(&ctx)).await {
+            Ok(fresh) => *cached = Some(fresh),
+            Err(_) if cached.is_some() => {}
+            Err(_) => {
+                return guarded(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    "this master could not read the cluster within 8 s",
+                )
+            }
+        }
+    }
+    let c = cached.as_ref().expect("gathered above");
+    let view = View {
+        now: now_secs(),
+        served_by: ctx.config.node.name.as_str(),
+        signed_in_by: &record.by,
+        csrf: secret.csrf(),
+        healthy: c.problems.is_empty(),
+        problems: c.problems.clone(),
+        warnings: c.warnings.clone(),
+        etcd: &c.etcd,
+        cluster: c.cluster.as_ref(),
+        addons: &c.addons,
+    };
+    let body = Bytes::from(serde_json::to_vec(&view).expect("the view serializes"));
+    guarded(StatusCode::OK, "application/json", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_from_another_origin_is_refused() {
+        let one = |origin: Option<&str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("10.0.0.11:9443"));
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+            }
+            same_origin(&axum::http::Uri::from_static("/console/signout"), &h)
+        };
+        assert!(one(Some("https://10.0.0.11:9443")));
+        assert!(one(None), "a browser that does not say (the CSRF token still must match)");
+        assert!(!one(Some("https://evil.example")));
+        assert!(!one(Some("http://10.0.0.11:9443")), "not over TLS");
+        assert!(!one(Some("null")), "an opaque origin");
+        // HTTP/2: no Host header, the authority is in the URI.
+        let mut h = HeaderMap::new();
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://10.0.0.11:9443"));
+        let uri = axum::http::Uri::from_static("https://10.0.0.11:9443/console/signout");
+        assert!(same_origin(&uri, &h));
+        assert!(!same_origin(&axum::http::Uri::from_static("/console/signout"), &h), "nowhere to compare with");
+        // Fetch Metadata, when the browser sends it, decides.
+        let fetch = |site: &str, origin: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("10.0.0.11:9443"));
+            h.insert("sec-fetch-site", HeaderValue::from_str(site).unwrap());
+            h.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+            same_origin(&axum::http::Uri::from_static("/console/signout"), &h)
+        };
+        assert!(fetch("same-origin", "https://10.0.0.11:9443"));
+        assert!(!fetch("cross-site", "https://10.0.0.11:9443"), "whatever the Origin says");
+        assert!(!fetch("same-site", "https://10.0.0.11:9443"), "another port of the host is another origin");
+    }
+}

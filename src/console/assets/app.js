@@ -1,0 +1,141 @@
+// The cluster page: polls /console/api/state and draws it. Text goes in
+// with textContent only, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
+function table(id, head, rows) {
+  const t = $(id);
+  t.replaceChildren();
+  const tr = el("tr");
+  head.forEach((h) => tr.appendChild(el("th", h)));
+  t.appendChild(tr);
+  if (rows.length === 0) {
+    const r = el("tr");
+    const td = el("td", "none", "muted");
+    td.colSpan = head.length;
+    r.appendChild(td);
+    t.appendChild(r);
+  }
+  rows.forEach((cells) => {
+    const r = el("tr");
+    cells.forEach((c, i) => {
+      // The last column holds free text (a state, a reason): it wraps.
+      const td = el("td", c instanceof Node ? undefined : c, i === cells.length - 1 ? "wrap" : undefined);
+      if (c instanceof Node) td.appendChild(c);
+      r.appendChild(td);
+    });
+    t.appendChild(r);
+  });
+}
+
+function ago(secs) {
+  if (secs === null || secs === undefined) return "";
+  if (secs < 0) secs = 0;
+  if (secs < 120) return secs + " s ago";
+  if (secs < 7200) return Math.round(secs / 60) + " min ago";
+  return Math.round(secs / 3600) + " h ago";
+}
+
+function mark(ok, yes, no) {
+  return el("span", ok ? yes : no, ok ? "ok" : "bad");
+}
+
+function draw(s) {
+  const c = s.cluster || {};
+  const etcd = s.etcd || {};
+  $("who").textContent = "signed in (link from " + s.signedInBy + ")";
+  $("served-by").textContent = s.servedBy;
+  $("refreshed").textContent = new Date(s.now * 1000).toLocaleTimeString();
+  document.querySelector("#signout input[name=csrf]").value = s.csrf;
+
+  const verdict = $("verdict");
+  verdict.textContent = s.healthy ? "healthy" : "needs attention";
+  verdict.className = "pill " + (s.healthy ? "ok" : "bad");
+  const problems = $("problems");
+  problems.replaceChildren();
+  s.problems.forEach((p) => problems.appendChild(el("li", p)));
+  s.warnings.forEach((w) => problems.appendChild(el("li", w, "warn")));
+
+  const purgeView = {};
+  ((c.purge || {}).nodes || []).forEach((n) => { purgeView[n.name] = n; });
+  const revision = c.settings_revision;
+  table("nodes", ["Node", "Role", "Address", "Healthy", "Kubernetes", "hakube", "Heartbeat", "Settings", "Lost"],
+    (c.nodes || []).map((n) => {
+      const v = purgeView[n.name];
+      let lost = "";
+      const a = v ? v.assessment : null;
+      if (a && a.state !== "alive") {
+        lost = "for " + ago(a.lost_for).replace(" ago", "") +
+          (a.purge_in !== undefined && a.purge_in !== null ? "; purged in " + ago(a.purge_in).replace(" ago", "") : "") +
+          (a.state === "due" ? "; purge due" : "") + (v.held_back ? "; held back: " + v.held_back : "");
+      }
+      const kube = n.versions ? (n.versions.kubelet || n.versions["kube-apiserver"] || "") : "";
+      return [n.name, n.role, n.address,
+        n.healthy === undefined ? el("span", "?", "muted") : mark(n.healthy, "yes", "no"),
+        kube, n.hakube ? n.hakube.version : "", ago(s.now - n.heartbeat_at),
+        n.settings_revision === revision ? el("span", "current", "ok") : el("span", "rev " + n.settings_revision, "warn"),
+        lost ? el("span", lost, "bad") : ""];
+    }));
+
+  const members = etcd.members || [];
+  $("etcd-summary").textContent = etcd.voters === undefined ? "this master has no etcd report" :
+    etcd.voters + " voters, quorum " + etcd.quorum + ", survives the loss of " + etcd.failures_tolerated +
+    (etcd.healthy ? "" : " — unhealthy: " + (etcd.error || ""));
+  table("members", ["Member", "Kind", "Healthy", "Client URL"], members.map((m) => [
+    m.name || "(not started)", m.is_learner ? "learner" : "voter",
+    m.healthy === null || m.healthy === undefined ? el("span", "not probed", "muted") : mark(m.healthy, "yes", "no: " + (m.error || "")),
+    (m.client_urls || []).join(", ")]));
+
+  const control = $("control");
+  control.replaceChildren();
+  const row = (k, v) => { control.appendChild(el("dt", k)); control.appendChild(el("dd", v)); };
+  const spec = c.settings || {};
+  row("Elected agent", c.leader || "none");
+  row("Load-balancer address", spec.loadBalancerAddress || "none (each node's own balancer only)");
+  (c.vip_holders || []).forEach(([addr, h]) => {
+    row("Virtual IP " + addr, h ? h.node + " since " + new Date(h.since * 1000).toLocaleString() + (h.after ? " (took it over from " + h.after + ")" : "") : "no master holds it");
+  });
+  const ch = c.load_balancer_change;
+  if (ch) {
+    row("Address change", JSON.stringify(ch));
+  }
+  if (c.upgrade) row("Upgrade", JSON.stringify(c.upgrade));
+  row("Settings", "revision " + revision + " by " + (c.settings_written_by || "?") +
+    ((c.not_converged || []).length ? "; not yet on it: " + c.not_converged.join(", ") : "; every node on it"));
+
+  table("addons", ["Add-on", "Namespace", "Ready", "State"], (s.addons || []).map((a) =>
+    [a.name, a.namespace, a.ready + " / " + a.desired, mark(a.desired > 0 && a.ready >= a.desired, a.message, a.message)]));
+  table("purges", ["Node", "Role", "Lost for", "Purged", "By"], (c.purged || []).map((p) =>
+    [p.node.name, p.node.role, ago(p.lost_for).replace(" ago", ""), ago(s.now - (p.finished_at || p.started_at)), p.started_by]));
+}
+
+let failures = 0;
+async function refresh() {
+  try {
+    const r = await fetch("/console/api/state", { credentials: "same-origin", cache: "no-store" });
+    if (r.status === 401) {
+      location.href = "/console";
+      return;
+    }
+    if (!r.ok) throw new Error("HTTP " + r.status);
+    draw(await r.json());
+    failures = 0;
+    $("stale").hidden = true;
+  } catch (e) {
+    failures += 1;
+    const s = $("stale");
+    s.textContent = "Cannot refresh (" + e.message + "); showing what this master said last.";
+    s.hidden = false;
+  }
+}
+
+refresh();
+setInterval(refresh, 3000);

@@ -1,0 +1,197 @@
+//! The cluster page's sign-in and its refusals, over real HTTPS (curl,
+//! verifying the cluster CA) from another host, against a real master: a
+//! link signs in once; a reused, expired or malformed link is refused; no
+//! session, no page; a change without the session's CSRF token, or from
+//! another origin, is refused; sign-out ends the session everywhere.
+
+mod support;
+
+use support::*;
+
+/// What curl got: status, headers (lower-cased names), body.
+struct Got {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+fn curl(from: &Host, master: &Host, args: &[&str]) -> Got {
+    let ca = master.pki("ca.crt").display().to_string();
+    let mut all = vec!["-s", "-i", "--cacert", ca.as_str(), "--max-time", "20"];
+    all.extend_from_slice(args);
+    let out = from.exec("curl", &all);
+    assert_ok(&out, &format!("curl {args:?}"));
+    let text = stdout(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Got { status, headers, body: body.to_owned() }
+}
+
+fn page(m: &Host) -> String {
+    format!("https://{}:9443/console", m.addr)
+}
+
+/// The link `hakube console` printed.
+fn link(m: &Host) -> String {
+    let out = m.hakube(&["console"]);
+    assert_ok(&out, "hakube console");
+    let text = stdout(&out);
+    let link = text.split_whitespace().find(|w| w.contains("/console/signin?code=")).map(str::to_owned);
+    link.unwrap_or_else(|| panic!("no link in: {text}"))
+}
+
+fn code_of(link: &str) -> &str {
+    link.rsplit_once("code=").unwrap().1
+}
+
+fn sign_in(c: &Host, m: &Host, code: &str, jar: &str) -> Got {
+    let form = format!("code={code}");
+    let url = format!("{}/signin", page(m));
+    curl(c, m, &["-c", jar, "--data", &form, &url])
+}
+
+#[test]
+fn the_page_signs_in_once_by_link_and_refuses_what_it_must() {
+    let net = Network::new();
+    let m1 = net.host("m1");
+    m1.install(&["ha"]);
+    let c = net.host("c1");
+    let dir = tempfile::tempdir().unwrap();
+    let jar = dir.path().join("jar").display().to_string();
+    let state = format!("{}/api/state", page(&m1));
+
+    // The link opens a form: a GET (a preview, a prefetch) spends nothing.
+    let link = link(&m1);
+    assert!(link.starts_with(&format!("https://{}:9443/console/signin?code=", m1.addr)), "{link}");
+    let form = curl(&c, &m1, &[&link]);
+    assert_eq!(form.status, 200, "{}", form.body);
+    assert!(form.body.contains("method=\"post\"") && form.body.contains(code_of(&link)), "{}", form.body);
+    let csp = form.header("content-security-policy").unwrap_or_default();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+
+    // No session: no page, no view.
+    assert_eq!(curl(&c, &m1, &[&page(&m1)]).status, 401);
+    assert_eq!(curl(&c, &m1, &[&state]).status, 401);
+
+    // The trade: a session cookie that scripts cannot read and other sites cannot send.
+    let signed = sign_in(&c, &m1, code_of(&link), &jar);
+    assert_eq!(signed.status, 303, "{}", signed.body);
+    assert_eq!(signed.header("location"), Some("/console"));
+    let cookie = signed.header("set-cookie").unwrap_or_default().to_owned();
+    for part in ["hakube_session=", "Secure", "HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(cookie.contains(part), "{part} in {cookie}");
+    }
+    let opened = curl(&c, &m1, &["-b", &jar, &page(&m1)]);
+    assert_eq!(opened.status, 200);
+    assert!(opened.body.contains("<script src=\"/console/app.js\"></script>"), "{}", opened.body);
+    let view = curl(&c, &m1, &["-b", &jar, &state]);
+    assert_eq!(view.status, 200, "{}", view.body);
+    let v: serde_json::Value = serde_json::from_str(&view.body).unwrap();
+    assert_eq!(v["servedBy"], "m1");
+    assert!(v["signedInBy"].as_str().unwrap().ends_with("@m1"), "{v}");
+    assert_eq!(v["etcd"]["voters"], 1, "{v}");
+    assert_eq!(v["cluster"]["nodes"][0]["name"], "m1", "{v}");
+    let csrf = v["csrf"].as_str().unwrap().to_owned();
+
+    // Once only: the same link again is refused, and opens nothing.
+    let again = sign_in(&c, &m1, code_of(&link), &dir.path().join("jar2").display().to_string());
+    assert_eq!(again.status, 403);
+    assert!(again.body.contains("used already, has expired, or never existed"), "{}", again.body);
+    // Malformed: refused before any lookup.
+    assert_eq!(sign_in(&c, &m1, "../../etc", &dir.path().join("jar4").display().to_string()).status, 400);
+    // Expired (its record still in etcd, as in the lease's last second).
+    let expired = "ab".repeat(32);
+    let key = format!("/hakube/console/links/{}", hakube::console::session::Secret::parse(&expired).unwrap().hash());
+    let record = r#"{"by":"root@m1","createdAt":1,"expiresAt":2}"#;
+    assert_ok(&m1.etcdctl(Some("apiserver-etcd-client"), &["put", &key, record]), "put an expired link");
+    let late = sign_in(&c, &m1, &expired, &dir.path().join("jar3").display().to_string());
+    assert_eq!(late.status, 403);
+    assert!(late.body.contains("expired at 2"), "{}", late.body);
+
+    // A change without the session's CSRF token, or from another origin, is refused.
+    let signout = format!("{}/signout", page(&m1));
+    let forged = curl(&c, &m1, &["-b", &jar, "--data", &format!("csrf={}", "0".repeat(64)), &signout]);
+    assert_eq!(forged.status, 403);
+    assert!(forged.body.contains("CSRF token is missing or wrong"), "{}", forged.body);
+    assert_eq!(curl(&c, &m1, &["-b", &jar, "--data", "", &signout]).status, 403, "no token");
+    let other =
+        curl(&c, &m1, &["-b", &jar, "-H", "Origin: https://evil.example", "--data", &format!("csrf={csrf}"), &signout]);
+    assert_eq!(other.status, 403, "another origin");
+    assert_eq!(curl(&c, &m1, &["-b", &jar, &state]).status, 200, "the session survived the refusals");
+    // Nothing changes by GET.
+    assert_eq!(curl(&c, &m1, &["-b", &jar, &signout]).status, 405);
+
+    // Sign-out ends the session in etcd, not only in this browser.
+    let out = curl(&c, &m1, &["-b", &jar, "--data", &format!("csrf={csrf}"), &signout]);
+    assert_eq!(out.status, 303, "{}", out.body);
+    let stolen = format!("hakube_session={}", cookie.split(';').next().unwrap().split_once('=').unwrap().1);
+    assert_eq!(curl(&c, &m1, &["-b", &stolen, &state]).status, 401);
+
+    // Every decision is in the agent's log, with who and from where.
+    let log = std::fs::read_to_string(m1.root().join("var/lib/hakube/logs/agent.log")).unwrap();
+    let from = format!("remote={}:", c.addr);
+    for decision in ["accepted", "refused"] {
+        assert!(
+            log.lines().any(|l| l.contains("console sign-in") && l.contains(decision) && l.contains(&from)),
+            "a {decision} sign-in from {} in the log",
+            c.addr
+        );
+    }
+    assert!(log.lines().any(|l| l.contains("console sign-out") && l.contains("accepted") && l.contains("by=")));
+}
+
+/// The cluster CA's public-key hash, base64: what Chromium is told to trust.
+fn ca_spki_base64(m: &Host) -> String {
+    use base64::Engine as _;
+    use rustls::pki_types::pem::PemObject as _;
+    let pem = std::fs::read(m.pki("ca.crt")).unwrap();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    let hex = hakube::join::tls::spki_hash(&der).unwrap();
+    let bytes: Vec<u8> =
+        (0..64).step_by(2).map(|i| u8::from_str_radix(&hex["sha256:".len()..][i..i + 2], 16).unwrap()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn an_operator_signs_in_with_a_browser_and_sees_the_cluster() {
+    let driver = repo().join("dev/browser/console.mjs");
+    let modules = repo().join("dev/browser/node_modules/playwright-core");
+    assert!(
+        modules.is_dir() && std::path::Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Debian's chromium and playwright-core: scripts/test.sh installs both \
+         (or: apt-get install chromium; cd dev/browser && npm ci)"
+    );
+    let net = Network::new();
+    let m1 = net.host("m1");
+    m1.install(&["ha"]);
+    let c = net.host("c1");
+    let link = link(&m1);
+    let shot = repo().join("target/console.png");
+    let spki = ca_spki_base64(&m1);
+    let out = c.exec("node", &[driver.to_str().unwrap(), &link, &spki, "m1", shot.to_str().unwrap()]);
+    assert_ok(&out, "the browser");
+    let seen: serde_json::Value = serde_json::from_str(stdout(&out).trim().lines().last().unwrap()).unwrap();
+    assert_eq!(seen["nodes"], 1, "{seen}");
+    assert_eq!(seen["servedBy"], "m1", "{seen}");
+    assert!(seen["etcd"].as_str().unwrap().contains("1 voters, quorum 1"), "{seen}");
+    assert_eq!(seen["cookie"][0]["name"], "hakube_session", "{seen}");
+    assert_eq!(seen["cookie"][0]["httpOnly"], true, "{seen}");
+    assert_eq!(seen["cookie"][0]["secure"], true, "{seen}");
+    assert_eq!(seen["cookie"][0]["sameSite"], "Strict", "{seen}");
+    assert_eq!(seen["scriptSeesCookie"], false, "{seen}");
+    assert!(seen["reuse"].as_str().unwrap().contains("used already"), "{seen}");
+    assert!(seen["afterSignOut"].as_str().unwrap().contains("Not signed in"), "{seen}");
+    assert_eq!(seen["consoleErrors"], serde_json::json!([]), "the page's own errors");
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot");
+}
