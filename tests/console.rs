@@ -163,8 +163,22 @@ fn ca_spki_base64(m: &Host) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+fn wait_for(path: &std::path::Path, child: &mut std::process::Child) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !path.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            use std::io::Read as _;
+            let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            panic!("the browser stopped ({status}) before writing {}: {err}", path.display());
+        }
+        assert!(std::time::Instant::now() < end, "no {} within 300 s", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 #[test]
-fn an_operator_signs_in_with_a_browser_and_sees_the_cluster() {
+fn an_operator_adds_and_removes_a_node_from_a_browser() {
     let driver = repo().join("dev/browser/console.mjs");
     let modules = repo().join("dev/browser/node_modules/playwright-core");
     assert!(
@@ -175,14 +189,36 @@ fn an_operator_signs_in_with_a_browser_and_sees_the_cluster() {
     let net = Network::new();
     let m1 = net.host("m1");
     m1.install(&["ha"]);
-    let c = net.host("c1");
+    let (c, w1, w2) = (net.host("c1"), net.host("w1"), net.host("w2"));
     let link = link(&m1);
-    let shot = repo().join("target/console.png");
+    let dir = tempfile::tempdir().unwrap();
     let spki = ca_spki_base64(&m1);
-    let out = c.exec("node", &[driver.to_str().unwrap(), &link, &spki, "m1", shot.to_str().unwrap()]);
+    let mut browser = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.ns, "node"])
+        .arg(&driver)
+        .args([link.as_str(), spki.as_str(), "m1"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // The script the page showed joins a new host.
+    wait_for(&dir.path().join("w1.sh"), &mut browser);
+    assert_ok(&run_join(&w1, &dir.path().join("w1.sh"), "none", &[bin()]), "w1, by the page's script");
+    // The script whose token the page revoked is refused.
+    wait_for(&dir.path().join("w2.sh"), &mut browser);
+    let refused = run_join(&w2, &dir.path().join("w2.sh"), "none", &[bin()]);
+    assert!(!refused.status.success() && stderr(&refused).contains("unknown join token"), "{}", stderr(&refused));
+    assert!(untouched(&w2), "nothing written on w2");
+    // w1 goes for good; the page removes it.
+    wait_for(&dir.path().join("w1.up"), &mut browser);
+    w1.kill_all();
+    std::fs::write(dir.path().join("w1.down"), "").unwrap();
+
+    let out = browser.wait_with_output().unwrap();
     assert_ok(&out, "the browser");
     let seen: serde_json::Value = serde_json::from_str(stdout(&out).trim().lines().last().unwrap()).unwrap();
-    assert_eq!(seen["nodes"], 1, "{seen}");
     assert_eq!(seen["servedBy"], "m1", "{seen}");
     assert!(seen["etcd"].as_str().unwrap().contains("1 voters, quorum 1"), "{seen}");
     assert_eq!(seen["cookie"][0]["name"], "hakube_session", "{seen}");
@@ -190,8 +226,27 @@ fn an_operator_signs_in_with_a_browser_and_sees_the_cluster() {
     assert_eq!(seen["cookie"][0]["secure"], true, "{seen}");
     assert_eq!(seen["cookie"][0]["sameSite"], "Strict", "{seen}");
     assert_eq!(seen["scriptSeesCookie"], false, "{seen}");
+    assert!(seen["w1Row"].as_str().unwrap().contains("worker"), "{seen}");
+    assert_eq!(seen["removed"], "w1", "{seen}");
+    assert_eq!(seen["actionError"], false, "{seen}");
     assert!(seen["reuse"].as_str().unwrap().contains("used already"), "{seen}");
     assert!(seen["afterSignOut"].as_str().unwrap().contains("Not signed in"), "{seen}");
     assert_eq!(seen["consoleErrors"], serde_json::json!([]), "the page's own errors");
+    // What the page did is what the cluster holds.
+    let reg = stdout(&m1.etcdctl(Some("apiserver-etcd-client"), &["get", "/hakube/nodes/w1", "--print-value-only"]));
+    assert!(reg.trim().is_empty(), "the registry still has w1: {reg}");
+    let tokens = stdout(&m1.hakube(&["token", "list"]));
+    assert!(!tokens.contains(seen["revoked"].as_str().unwrap()), "{tokens}");
+    let shot = dir.path().join("console.png");
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot");
+    let _ = std::fs::copy(&shot, repo().join("target/console.png"));
+    // Every action is audited with who and from where.
+    let log = std::fs::read_to_string(m1.root().join("var/lib/hakube/logs/agent.log")).unwrap();
+    for action in ["add node", "revoke token", "remove node"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("action=\"{action}\"")) && l.contains(&format!("remote={}:", c.addr))),
+            "{action} audited"
+        );
+    }
 }

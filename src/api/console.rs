@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -206,6 +206,232 @@ pub(crate) async fn signout(
     }
     info!(target: "audit", %remote, by = %record.by, decision = "accepted", "console sign-out");
     see_other("/console", Some(session::clear_cookie()))
+}
+
+/// A change a signed-in browser asks for: the session, when its CSRF token
+/// (header `x-csrf-token`) matches and the browser does not say it comes
+/// from elsewhere; else the refusal, audited.
+async fn change(
+    ctx: &ApiContext,
+    remote: std::net::SocketAddr,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    action: &'static str,
+) -> Result<SessionRecord, Response> {
+    let (secret, record) = signed_in(ctx, headers).await.map_err(|_| {
+        warn!(target: "audit", %remote, action, decision = "refused", reason = %Refused::NoSession, "console");
+        api_error(StatusCode::UNAUTHORIZED, Refused::NoSession.to_string())
+    })?;
+    let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !same_origin(uri, headers) || !secret.csrf_matches(token) {
+        warn!(target: "audit", %remote, by = %record.by, action, decision = "refused", reason = %Refused::Csrf, "console");
+        return Err(api_error(StatusCode::FORBIDDEN, Refused::Csrf.to_string()));
+    }
+    Ok(record)
+}
+
+fn api_error(status: StatusCode, message: String) -> Response {
+    let mut r = super::refuse(status, message).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json(value: &impl Serialize) -> Response {
+    guarded(StatusCode::OK, "application/json", Bytes::from(serde_json::to_vec(value).expect("serializes")))
+}
+
+async fn etcd_client(ctx: &ApiContext) -> Result<etcd_client::Client, Response> {
+    ctx.client()
+        .await
+        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")))
+}
+
+/// The validities the page offers, and what a request may ask.
+const TTL_RANGE: std::ops::RangeInclusive<u64> = 60..=7 * 24 * 3600;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct AddNode {
+    role: crate::join::token::Role,
+    ttl_secs: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Script {
+    id: String,
+    role: crate::join::token::Role,
+    expires_at: u64,
+    script: String,
+}
+
+/// `POST /console/api/join-script`: the same script as
+/// `hakube node-join-script`, on a fresh token.
+pub(crate) async fn join_script(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Result<axum::Json<AddNode>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let record = match change(&ctx, remote, &uri, &headers, "add node").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let ask = match body {
+        Ok(axum::Json(a)) if TTL_RANGE.contains(&a.ttl_secs) => a,
+        Ok(_) => return api_error(StatusCode::BAD_REQUEST, "the validity must be between 1 minute and 7 days".into()),
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("not a request for a join script: {e}")),
+    };
+    let endpoint = ctx.config.etcd_client_url();
+    let mut client = match etcd_client(&ctx).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let by = format!("{} (cluster page)", record.by);
+    match crate::join::issue::issue(&ctx.paths, &ctx.config, &mut client, &endpoint, ask.role, ask.ttl_secs, &by).await
+    {
+        Ok(issued) => {
+            info!(target: "audit", %remote, by = %record.by, action = "add node", role = %ask.role, token = %issued.record.id, decision = "accepted", "console");
+            json(&Script {
+                id: issued.record.id,
+                role: ask.role,
+                expires_at: issued.record.expires_at,
+                script: issued.script,
+            })
+        }
+        Err(e) => {
+            ctx.forget_client().await;
+            api_error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot issue a join script: {e}"))
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Token {
+    id: String,
+    role: crate::join::token::Role,
+    created_at: u64,
+    expires_at: u64,
+    uses: u64,
+    created_by: String,
+}
+
+/// `GET /console/api/tokens`: the live join tokens (never their secrets
+/// or hashes).
+pub(crate) async fn tokens(State(ctx): State<Arc<ApiContext>>, headers: HeaderMap) -> Response {
+    if let Err(r) = signed_in(&ctx, &headers).await {
+        return api_error(StatusCode::UNAUTHORIZED, r.status().to_string());
+    }
+    let endpoint = ctx.config.etcd_client_url();
+    let mut client = match etcd_client(&ctx).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match crate::join::store::list(&mut client, &endpoint).await {
+        Ok(mut all) => {
+            all.sort_by_key(|r| r.created_at);
+            let now = now_secs();
+            let live: Vec<Token> = all
+                .into_iter()
+                .filter(|r| r.expires_at > now)
+                .map(|r| Token {
+                    id: r.id,
+                    role: r.role,
+                    created_at: r.created_at,
+                    expires_at: r.expires_at,
+                    uses: r.uses,
+                    created_by: r.created_by,
+                })
+                .collect();
+            json(&live)
+        }
+        Err(e) => {
+            ctx.forget_client().await;
+            api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Named {
+    id: Option<String>,
+    name: Option<String>,
+}
+
+/// `POST /console/api/tokens/revoke`: `{"id": …}`.
+pub(crate) async fn revoke(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Result<axum::Json<Named>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let record = match change(&ctx, remote, &uri, &headers, "revoke token").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let Some(id) = body.ok().and_then(|axum::Json(n)| n.id).filter(|id| id.len() <= 64) else {
+        return api_error(StatusCode::BAD_REQUEST, "say which token: {\"id\": \"…\"}".into());
+    };
+    let endpoint = ctx.config.etcd_client_url();
+    let mut client = match etcd_client(&ctx).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match crate::join::store::revoke(&mut client, &endpoint, &id).await {
+        Ok(true) => {
+            info!(target: "audit", %remote, by = %record.by, action = "revoke token", token = %id, decision = "accepted", "console");
+            json(&serde_json::json!({ "revoked": id }))
+        }
+        Ok(false) => api_error(StatusCode::NOT_FOUND, format!("no token {id:?}: it expired or was revoked already")),
+        Err(e) => {
+            ctx.forget_client().await;
+            api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
+}
+
+/// `POST /console/api/nodes/remove`: `{"name": …}`, for a node that is
+/// gone; refused, with the reason, when it is alive or when its removal
+/// would cost etcd its quorum.
+pub(crate) async fn remove_node(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Result<axum::Json<Named>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let record = match change(&ctx, remote, &uri, &headers, "remove node").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let Some(name) = body.ok().and_then(|axum::Json(n)| n.name).filter(|n| n.len() <= 253) else {
+        return api_error(StatusCode::BAD_REQUEST, "say which node: {\"name\": \"…\"}".into());
+    };
+    let endpoint = ctx.config.etcd_client_url();
+    let mut client = match etcd_client(&ctx).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let creds = match ctx.creds() {
+        Ok(c) => c,
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    use crate::cluster::removal::{remove, Guard};
+    let this = ctx.config.node.name.as_str();
+    match remove(&mut client, &endpoint, &creds, &name, this, Guard::Silent, now_secs()).await {
+        Ok(done) => {
+            info!(target: "audit", %remote, by = %record.by, action = "remove node", node = %name, decision = "accepted", "console");
+            json(&serde_json::json!({ "removed": name, "done": done }))
+        }
+        Err(why) => {
+            warn!(target: "audit", %remote, by = %record.by, action = "remove node", node = %name, decision = "refused", reason = %why, "console");
+            api_error(StatusCode::CONFLICT, why)
+        }
+    }
 }
 
 /// What the page draws.

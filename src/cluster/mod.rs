@@ -11,6 +11,7 @@ pub mod heartbeat;
 pub mod lbchange;
 pub mod purge;
 pub mod registry;
+pub mod removal;
 pub mod report;
 pub mod restore;
 pub mod settings;

@@ -3,6 +3,7 @@
 //! the new host.
 
 pub mod client;
+pub mod issue;
 pub mod material;
 pub mod script;
 pub mod store;

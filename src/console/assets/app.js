@@ -48,7 +48,76 @@ function mark(ok, yes, no) {
   return el("span", ok ? yes : no, ok ? "ok" : "bad");
 }
 
+let csrf = "";
+
+// A change: JSON to the page's API with the session's CSRF token; the
+// answer, or the refusal's reason shown on the page.
+async function act(path, body) {
+  const r = await fetch(path, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "content-type": "application/json", "x-csrf-token": csrf },
+    body: JSON.stringify(body),
+  });
+  const answer = await r.json().catch(() => ({ error: "HTTP " + r.status }));
+  const shown = $("action-error");
+  if (!r.ok) {
+    shown.textContent = answer.error || ("HTTP " + r.status);
+    shown.hidden = false;
+    return null;
+  }
+  shown.hidden = true;
+  return answer;
+}
+
+function button(text, onClick) {
+  const b = el("button", text);
+  b.type = "button";
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+async function drawTokens() {
+  const r = await fetch("/console/api/tokens", { credentials: "same-origin", cache: "no-store" });
+  if (!r.ok) return;
+  const tokens = await r.json();
+  table("tokens", ["Token", "Role", "Expires", "Uses", "Created by", ""], tokens.map((t) => [
+    t.id, t.role, new Date(t.expiresAt * 1000).toLocaleString(), t.uses, t.createdBy,
+    button("Revoke", async () => {
+      if (!(await act("/console/api/tokens/revoke", { id: t.id }))) return;
+      // The script on show carries that token: it no longer joins anything.
+      if ($("join-id").textContent === t.id) $("join").hidden = true;
+      drawTokens();
+    })]));
+}
+
+$("add-node").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const f = e.target;
+  const got = await act("/console/api/join-script", { role: f.role.value, ttlSecs: Number(f.ttl.value) });
+  if (!got) return;
+  $("join-id").textContent = got.id;
+  $("join-expires").textContent = new Date(got.expiresAt * 1000).toLocaleString();
+  $("join-script").textContent = got.script;
+  $("join").hidden = false;
+  drawTokens();
+});
+
+$("copy").addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText($("join-script").textContent);
+    $("copy").textContent = "Copied";
+  } catch (err) {
+    // No clipboard (not a secure context, or refused): select it instead.
+    const range = document.createRange();
+    range.selectNodeContents($("join-script"));
+    getSelection().removeAllRanges();
+    getSelection().addRange(range);
+  }
+});
+
 function draw(s) {
+  csrf = s.csrf;
   const c = s.cluster || {};
   const etcd = s.etcd || {};
   $("who").textContent = "signed in (link from " + s.signedInBy + ")";
@@ -67,7 +136,7 @@ function draw(s) {
   const purgeView = {};
   ((c.purge || {}).nodes || []).forEach((n) => { purgeView[n.name] = n; });
   const revision = c.settings_revision;
-  table("nodes", ["Node", "Role", "Address", "Healthy", "Kubernetes", "hakube", "Heartbeat", "Settings", "Lost"],
+  table("nodes", ["Node", "Role", "Address", "Healthy", "Kubernetes", "hakube", "Heartbeat", "Settings", "", "Lost"],
     (c.nodes || []).map((n) => {
       const v = purgeView[n.name];
       let lost = "";
@@ -82,6 +151,12 @@ function draw(s) {
         n.healthy === undefined ? el("span", "?", "muted") : mark(n.healthy, "yes", "no"),
         kube, n.hakube ? n.hakube.version : "", ago(s.now - n.heartbeat_at),
         n.settings_revision === revision ? el("span", "current", "ok") : el("span", "rev " + n.settings_revision, "warn"),
+        // Only for a node whose heartbeat stopped; the agent decides (and
+        // refuses a removal that would cost etcd its quorum).
+        s.now - n.heartbeat_at > 15 && n.name !== s.servedBy ? button("Remove", async () => {
+          if (prompt("Remove " + n.name + " from the cluster? Type its name to confirm.") !== n.name) return;
+          if (await act("/console/api/nodes/remove", { name: n.name })) refresh();
+        }) : "",
         lost ? el("span", lost, "bad") : ""];
     }));
 
@@ -138,4 +213,6 @@ async function refresh() {
 }
 
 refresh();
+drawTokens();
 setInterval(refresh, 3000);
+setInterval(drawTokens, 15000);
