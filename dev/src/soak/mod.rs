@@ -232,6 +232,9 @@ struct Soak {
     stop: AtomicBool,
     /// Hosts the soak is working on (a rejoin in progress): no fault starts there.
     busy: Mutex<BTreeSet<String>>,
+    /// Hosts whose rejoin failed (reset, not joined): the healing joins
+    /// them again, as an operator would re-run the script.
+    unjoined: Mutex<BTreeSet<String>>,
     /// Hosts back from an outage, to look at (were they purged meanwhile?).
     returned: Mutex<Vec<String>>,
 }
@@ -401,6 +404,7 @@ impl Soak {
             tallies: Mutex::default(),
             stop: AtomicBool::new(false),
             busy: Mutex::default(),
+            unjoined: Mutex::default(),
             returned: Mutex::default(),
         };
         let all: Vec<String> = ["m1", "m2", "m3", "w1", "w2"].map(String::from).to_vec();
@@ -729,8 +733,14 @@ impl Soak {
         }
         self.busy.lock().unwrap().remove(name);
         match &result {
-            Ok(d) => self.note(format!("{name} joined again in {:.0}s", d.as_secs_f64())),
-            Err(e) => self.note(format!("{name} could not join again: {e}")),
+            Ok(d) => {
+                self.unjoined.lock().unwrap().remove(name);
+                self.note(format!("{name} joined again in {:.0}s", d.as_secs_f64()))
+            }
+            Err(e) => {
+                self.unjoined.lock().unwrap().insert(name.to_owned());
+                self.note(format!("{name} could not join again: {e}"))
+            }
         }
         result
     }
@@ -986,11 +996,15 @@ impl Soak {
         let mut wrong;
         loop {
             wrong = vec![];
-            // A host purged while out stays out until someone joins it
-            // again: the soak does, as an operator would.
+            // A host purged while out, or whose rejoin failed, stays out
+            // until someone joins it again: the soak does, as an operator
+            // would.
             for h in self.c.hosts() {
-                if h.state()["purged"].is_string() && !self.busy.lock().unwrap().contains(&h.name) {
-                    self.note(format!("{} is purged: reset and joined again", h.name));
+                let purged = h.state()["purged"].is_string();
+                let unjoined = self.unjoined.lock().unwrap().contains(&h.name);
+                if (purged || unjoined) && !self.busy.lock().unwrap().contains(&h.name) {
+                    let why = if purged { "is purged" } else { "was left unjoined" };
+                    self.note(format!("{} {why}: reset and joined again", h.name));
                     let what = format!("rejoin of {} after its purge", h.name);
                     let took = self.rejoin(&h.name);
                     self.record.lock().unwrap().ops.push((what, took));
