@@ -246,6 +246,23 @@ async fn etcd_client(ctx: &ApiContext) -> Result<etcd_client::Client, Response> 
         .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("this master cannot reach etcd: {e}")))
 }
 
+type Body<T> = Result<axum::Json<T>, axum::extract::rejection::JsonRejection>;
+
+/// What every change starts with: the session (its CSRF token and the
+/// origin checked), the request's body, and a connection to etcd.
+async fn begin<T>(
+    ctx: &ApiContext,
+    remote: std::net::SocketAddr,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    action: &'static str,
+    body: Body<T>,
+) -> Result<(SessionRecord, T, etcd_client::Client), Response> {
+    let record = change(ctx, remote, uri, headers, action).await?;
+    let body = body.map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("not a request to {action}: {e}")))?;
+    Ok((record, body.0, etcd_client(ctx).await?))
+}
+
 /// The validities the page offers, and what a request may ask.
 const TTL_RANGE: std::ops::RangeInclusive<u64> = 60..=7 * 24 * 3600;
 
@@ -272,22 +289,16 @@ pub(crate) async fn join_script(
     Extension(Remote(remote)): Extension<Remote>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Result<axum::Json<AddNode>, axum::extract::rejection::JsonRejection>,
+    body: Body<AddNode>,
 ) -> Response {
-    let record = match change(&ctx, remote, &uri, &headers, "add node").await {
-        Ok(r) => r,
+    let (record, ask, mut client) = match begin(&ctx, remote, &uri, &headers, "add node", body).await {
+        Ok(b) => b,
         Err(r) => return r,
     };
-    let ask = match body {
-        Ok(axum::Json(a)) if TTL_RANGE.contains(&a.ttl_secs) => a,
-        Ok(_) => return api_error(StatusCode::BAD_REQUEST, "the validity must be between 1 minute and 7 days".into()),
-        Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("not a request for a join script: {e}")),
-    };
+    if !TTL_RANGE.contains(&ask.ttl_secs) {
+        return api_error(StatusCode::BAD_REQUEST, "the validity must be between 1 minute and 7 days".into());
+    }
     let endpoint = ctx.config.etcd_client_url();
-    let mut client = match etcd_client(&ctx).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let by = format!("{} (cluster page)", record.by);
     match crate::join::issue::issue(&ctx.paths, &ctx.config, &mut client, &endpoint, ask.role, ask.ttl_secs, &by).await
     {
@@ -367,20 +378,16 @@ pub(crate) async fn revoke(
     Extension(Remote(remote)): Extension<Remote>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Result<axum::Json<Named>, axum::extract::rejection::JsonRejection>,
+    body: Body<Named>,
 ) -> Response {
-    let record = match change(&ctx, remote, &uri, &headers, "revoke token").await {
-        Ok(r) => r,
+    let (record, named, mut client) = match begin(&ctx, remote, &uri, &headers, "revoke token", body).await {
+        Ok(b) => b,
         Err(r) => return r,
     };
-    let Some(id) = body.ok().and_then(|axum::Json(n)| n.id).filter(|id| id.len() <= 64) else {
+    let Some(id) = named.id.filter(|id| id.len() <= 64) else {
         return api_error(StatusCode::BAD_REQUEST, "say which token: {\"id\": \"…\"}".into());
     };
     let endpoint = ctx.config.etcd_client_url();
-    let mut client = match etcd_client(&ctx).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     match crate::join::store::revoke(&mut client, &endpoint, &id).await {
         Ok(true) => {
             info!(target: "audit", %remote, by = %record.by, action = "revoke token", token = %id, decision = "accepted", "console");
@@ -402,20 +409,16 @@ pub(crate) async fn remove_node(
     Extension(Remote(remote)): Extension<Remote>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Result<axum::Json<Named>, axum::extract::rejection::JsonRejection>,
+    body: Body<Named>,
 ) -> Response {
-    let record = match change(&ctx, remote, &uri, &headers, "remove node").await {
-        Ok(r) => r,
+    let (record, named, mut client) = match begin(&ctx, remote, &uri, &headers, "remove node", body).await {
+        Ok(b) => b,
         Err(r) => return r,
     };
-    let Some(name) = body.ok().and_then(|axum::Json(n)| n.name).filter(|n| n.len() <= 253) else {
+    let Some(name) = named.name.filter(|n| n.len() <= 253) else {
         return api_error(StatusCode::BAD_REQUEST, "say which node: {\"name\": \"…\"}".into());
     };
     let endpoint = ctx.config.etcd_client_url();
-    let mut client = match etcd_client(&ctx).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let creds = match ctx.creds() {
         Ok(c) => c,
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
