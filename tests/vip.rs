@@ -33,6 +33,23 @@ fn one_master_holds_the_virtual_ip_and_it_moves_within_bounds_never_to_two() {
     let first = watch.holder().unwrap();
     assert!(status.contains(&format!("virtual IP {vip}: held by {first} since")), "{status}");
 
+    // The holder keeps etcd's leadership off its own member, even when it
+    // is handed the leadership (a crash there would cost an election on
+    // top of the lease).
+    let holder = c.host(&first);
+    if let Some(leader) = etcd_leader(&masters).filter(|l| *l != first) {
+        let to = format!("{:x}", etcd_status(holder)["Status"]["header"]["member_id"].as_u64().unwrap());
+        let moved = c.host(&leader).etcdctl(Some("apiserver-etcd-client"), &["move-leader", &to]);
+        assert_ok(&moved, "etcdctl move-leader to the holder");
+    }
+    let t = Instant::now();
+    wait_for("the holder to hand etcd's leadership on", Duration::from_secs(10), || {
+        etcd_leader(&masters).is_some_and(|l| l != first)
+    });
+    eprintln!("the holder handed etcd's leadership on in {:.2}s", t.elapsed().as_secs_f64());
+    let log = std::fs::read_to_string(holder.root().join("var/lib/hakube/logs/agent.log")).unwrap();
+    assert!(log.contains("moved etcd's leadership off this master's member"), "the holder's agent says so");
+
     // Each fault on whoever holds the address, the bound it must move within.
     let mut figures: Vec<(&str, Duration, Duration)> = vec![];
     let mut fault = |what: &'static str, bound: Duration, hit: &dyn Fn(&Host), heal: &dyn Fn(&Host)| {
@@ -202,4 +219,19 @@ fn a_new_cluster_refuses_a_virtual_ip_someone_answers_for_or_outside_the_subnet(
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("[vip-subnet] the virtual IP 10.250.0.100 is not in the subnet of eth0"), "{err}");
     assert!(untouched(&m1), "nothing written after a failed preflight");
+}
+
+/// What a master's own etcd member says of itself (`endpoint status`).
+fn etcd_status(m: &Host) -> serde_json::Value {
+    let out = m.etcdctl(Some("apiserver-etcd-client"), &["endpoint", "status", "-w", "json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().map(|v| v[0].clone()).unwrap_or_default()
+}
+
+/// The master whose etcd member leads, as the members say.
+fn etcd_leader(masters: &[&Host]) -> Option<String> {
+    masters.iter().find_map(|m| {
+        let s = etcd_status(m);
+        let (me, leader) = (s["Status"]["header"]["member_id"].as_u64()?, s["Status"]["leader"].as_u64()?);
+        (me == leader).then(|| m.name.clone())
+    })
 }

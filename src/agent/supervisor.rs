@@ -740,29 +740,47 @@ impl Agent {
         tasks
     }
 
-    /// This master's part in one virtual IP.
+    /// This master's part in one virtual IP, on a thread and runtime of its
+    /// own: its refreshes and keep-alives have under a second of slack, and
+    /// nothing else the agent does (a blocking call, a busy task) may eat
+    /// it. The returned task ends when the thread does.
     fn spawn_vip(&self, vip: std::net::Ipv4Addr) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
-        let ready = {
-            let state = self.state.clone();
-            move || {
-                use crate::vip::Readiness;
-                match state.borrow().components.get(Component::KubeApiserver.name()) {
-                    Some(s) if s.phase == Phase::Running && s.healthy => Readiness::Ready,
-                    Some(s) if s.phase == Phase::Running => Readiness::Unready,
-                    _ => Readiness::Down,
-                }
-            }
+        use crate::vip::Readiness;
+        let readiness = |state: &Shared| match state.borrow().components.get(Component::KubeApiserver.name()) {
+            Some(s) if s.phase == Phase::Running && s.healthy => Readiness::Ready,
+            Some(s) if s.phase == Phase::Running => Readiness::Unready,
+            _ => Readiness::Down,
         };
+        // The local kube-apiserver's readiness, carried over to the thread.
+        let (ready_tx, ready_rx) = watch::channel(readiness(&self.state));
+        let state = self.state.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::select! {
+                    () = ready_tx.closed() => return,
+                    _ = sleep(Duration::from_millis(100)) => {}
+                }
+                let now = readiness(&state);
+                ready_tx.send_if_modified(|r| std::mem::replace(r, now) != now);
+            }
+        });
         let (stop_tx, stop_rx) = watch::channel(false);
         let (part_tx, mut part_rx) = watch::channel(crate::vip::Part::default());
-        let task = tokio::task::spawn_local(crate::vip::run(
-            self.paths.clone(),
-            self.cfg.clone(),
-            vip,
-            ready,
-            part_tx,
-            stop_rx,
-        ));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let (paths, cfg) = (self.paths.clone(), self.cfg.clone());
+        let spawned = std::thread::Builder::new().name(format!("vip {vip}")).spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(crate::vip::run(paths, cfg, vip, ready_rx, part_tx, stop_rx)),
+                Err(e) => warn!(%vip, error = %e, "cannot start the virtual IP's runtime"),
+            }
+            let _ = done_tx.send(());
+        });
+        if let Err(e) = spawned {
+            warn!(%vip, error = %e, "cannot start the virtual IP's thread");
+        }
+        let task = tokio::task::spawn_local(async move {
+            let _ = done_rx.await;
+        });
         let (state, dirty) = (self.state.clone(), self.dirty.clone());
         let key = vip.to_string();
         tokio::task::spawn_local(async move {

@@ -92,6 +92,12 @@ impl Local {
         Ok(self.client.as_mut().expect("connected above"))
     }
 
+    /// The kept connection if there is one, never connecting: for a caller
+    /// that must not wait.
+    pub fn connected(&self) -> Option<&Client> {
+        self.client.as_ref()
+    }
+
     /// The kept connection and the endpoint, for calls that take both.
     pub async fn parts(&mut self) -> Result<(&mut Client, &str), EtcdError> {
         self.client().await?;

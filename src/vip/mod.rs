@@ -4,19 +4,31 @@
 //!
 //! **Exactly one holder.** Masters campaign for the key
 //! `/hakube/vip/<address>`, created only if absent, on an etcd lease of its
-//! own ([`TTL_SECS`]); only while the local kube-apiserver is ready (for
-//! [`Health::CAMPAIGN_AFTER`] probes in a row), and the holder resigns after
-//! [`Health::RESIGN_AFTER`] failed ones. A new holder adds the address only
-//! once the key is its own, and the old one has dropped it by then:
+//! own ([`TTL_SECS`]); only once the local kube-apiserver has been ready for
+//! [`Health::CAMPAIGN_AFTER`], and the holder resigns once it has been
+//! unready for [`Health::RESIGN_AFTER`] (at once when the process is gone).
+//! A new holder adds the address only once the key is its own, and the old
+//! one has dropped it by then:
 //! - it **fences itself**: it stops counting on the lease [`FENCE_MARGIN`]
 //!   before etcd could expire it (from the send time of the last keep-alive
 //!   etcd answered), and drops the address at that moment;
 //! - the kernel drops the address by itself when the agent stops
 //!   refreshing it (hung, killed): it is added with a valid lifetime of
-//!   [`VALID_SECS`], refreshed every second, shorter than the lease;
+//!   [`VALID_SECS`], refreshed every [`HOLD_ROUND`], shorter than the lease;
 //! - an agent that starts removes any copy a previous run left before it
 //!   campaigns; one that stops removes the address, then revokes the lease,
 //!   so that another master takes over at once.
+//!
+//! **Failing over as fast as VRRP.** A holder that dies is replaced once
+//! etcd expires its lease: [`TTL_SECS`] after its last keep-alive. That
+//! holds only while the holder's host is not etcd's leader too: a dead
+//! leader costs an election first, and the new leader extends every lease
+//! by an election timeout. So the holder hands etcd's leadership to another
+//! voter whenever its own member has it ([`leadership`]).
+//!
+//! **Its own thread.** The task runs on a thread and runtime of its own
+//! (see the supervisor), so that its refreshes and keep-alives never wait
+//! behind the rest of the agent: the timings above leave little slack.
 //!
 //! **Announcing the move.** A new holder sends gratuitous ARP (a request and
 //! a reply each time) at 0, 0.5 and 1 s, again at 5, 5.5 and 6 s (keepalived
@@ -24,6 +36,7 @@
 
 pub mod address;
 pub mod arp;
+pub mod leadership;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -39,15 +52,24 @@ use crate::etcd::lease::Held;
 use crate::etcd::{self, EtcdError};
 use crate::host::paths::Paths;
 
-/// The holder's lease. A holder that dies is replaced within about this
-/// long (plus one etcd election timeout when it was etcd's leader too).
-pub const TTL_SECS: i64 = 5;
+/// The holder's lease: a holder that dies is replaced within about this
+/// long (plus etcd's check for expired leases, every 500 ms).
+pub const TTL_SECS: i64 = 3;
 /// The holder stops counting on its lease this long before etcd could
-/// expire it.
-pub const FENCE_MARGIN: Duration = Duration::from_secs(2);
-/// The address's valid lifetime in the kernel, refreshed every second
-/// while held: gone within this long of the agent's last refresh.
-pub const VALID_SECS: u32 = 4;
+/// expire it: keep-alives go every half second, so three in a row may be
+/// lost or late first.
+pub const FENCE_MARGIN: Duration = Duration::from_secs(1);
+/// The address's valid lifetime in the kernel, refreshed every
+/// [`HOLD_ROUND`] while held: gone within this long of the agent's last
+/// refresh (the kernel checks lifetimes on whole seconds, up to a quarter
+/// of a second late).
+pub const VALID_SECS: u32 = 2;
+/// The holder's round: the address refreshed, announcements, the fence.
+pub const HOLD_ROUND: Duration = Duration::from_millis(500);
+/// A standby's round (a vacancy wakes it at once).
+const STANDBY_ROUND: Duration = Duration::from_secs(1);
+/// How often the holder asks whether its etcd member leads.
+const LEADERSHIP_EVERY: Duration = Duration::from_secs(2);
 const CALL: Duration = Duration::from_secs(2);
 /// When a new holder announces the address, from the takeover.
 const BURST_MS: [u64; 6] = [0, 500, 1000, 5000, 5500, 6000];
@@ -64,9 +86,14 @@ pub fn floated(spec: &crate::config::ClusterSpec) -> std::collections::BTreeSet<
     all
 }
 
+/// Where the holders' keys live.
+pub fn key_prefix() -> &'static str {
+    "/hakube/vip/"
+}
+
 /// The key the holder owns.
 pub fn key(vip: Ipv4Addr) -> String {
-    format!("/hakube/vip/{vip}")
+    format!("{}{vip}", key_prefix())
 }
 
 /// What the holder writes under [`key`]: who, since when.
@@ -101,44 +128,44 @@ pub enum Readiness {
     Down,
 }
 
-/// The local API server's readiness, probe by probe: a master campaigns
-/// once it passed [`Self::CAMPAIGN_AFTER`] in a row, and a holder resigns
-/// once it failed [`Self::RESIGN_AFTER`] in a row, or at once when the
-/// process is gone (no probe can come back from that sooner than a
-/// restart).
+/// The local API server's readiness over time: a master campaigns once it
+/// has been ready for [`Self::CAMPAIGN_AFTER`], and a holder resigns once
+/// it has been unready for [`Self::RESIGN_AFTER`] (a probe that blips is
+/// no reason to move the address), or at once when the process is gone (no
+/// probe can come back from that sooner than a restart). Judged on time,
+/// not on rounds, so that the holder's faster round changes nothing.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Health {
-    passed: u32,
-    failed: u32,
+    ready_since: Option<Instant>,
+    unready_since: Option<Instant>,
+    down: bool,
 }
 
 impl Health {
-    pub const CAMPAIGN_AFTER: u32 = 3;
-    pub const RESIGN_AFTER: u32 = 3;
+    pub const CAMPAIGN_AFTER: Duration = Duration::from_secs(2);
+    pub const RESIGN_AFTER: Duration = Duration::from_secs(2);
 
-    pub fn observe(&mut self, now: Readiness) {
+    pub fn observe(&mut self, now: Readiness, at: Instant) {
         match now {
             Readiness::Ready => {
-                self.passed = self.passed.saturating_add(1);
-                self.failed = 0;
+                self.ready_since.get_or_insert(at);
+                self.unready_since = None;
+                self.down = false;
             }
-            Readiness::Unready => {
-                self.failed = self.failed.saturating_add(1);
-                self.passed = 0;
-            }
-            Readiness::Down => {
-                self.failed = self.failed.max(Self::RESIGN_AFTER);
-                self.passed = 0;
+            Readiness::Unready | Readiness::Down => {
+                self.unready_since.get_or_insert(at);
+                self.ready_since = None;
+                self.down = now == Readiness::Down;
             }
         }
     }
 
-    pub fn may_campaign(&self) -> bool {
-        self.passed >= Self::CAMPAIGN_AFTER
+    pub fn may_campaign(&self, now: Instant) -> bool {
+        self.ready_since.is_some_and(|s| now.saturating_duration_since(s) >= Self::CAMPAIGN_AFTER)
     }
 
-    pub fn should_resign(&self) -> bool {
-        self.failed >= Self::RESIGN_AFTER
+    pub fn should_resign(&self, now: Instant) -> bool {
+        self.down || self.unready_since.is_some_and(|s| now.saturating_duration_since(s) >= Self::RESIGN_AFTER)
     }
 }
 
@@ -173,7 +200,7 @@ pub async fn run(
     paths: Paths,
     cfg: ClusterConfig,
     vip: Ipv4Addr,
-    ready: impl Fn() -> Readiness,
+    ready: watch::Receiver<Readiness>,
     part: watch::Sender<Part>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -212,18 +239,26 @@ pub async fn run(
     // campaigns the moment the key goes (a holder that stops revokes its
     // lease), not at its next round.
     let mut vacancy: Option<etcd_client::WatchStream> = None;
+    let mut handoff = leadership::Handoff::default();
     loop {
-        health.observe(ready());
+        let now = Instant::now();
+        health.observe(*ready.borrow(), now);
         if let Some(t) = &mut term {
             if !t.held.is_held() {
                 drop_term(&mut term, vip, &part, "its lease's fence passed: this master was cut off from etcd");
-            } else if health.should_resign() {
+            } else if health.should_resign(now) {
                 let lease = t.lease;
                 drop_term(&mut term, vip, &part, "the local kube-apiserver stopped, or stopped being ready");
                 if let Ok(c) = etcd.client().await {
                     let _ = timeout(CALL, c.lease_revoke(lease)).await;
                 }
             } else {
+                // Gone while held: this agent fell behind its refreshes by
+                // more than the valid lifetime (a stalled host), and the
+                // address was missing meanwhile.
+                if !address::present(vip) {
+                    warn!(%vip, "the kernel had dropped the virtual IP: this agent fell behind refreshing it; adding it again");
+                }
                 if let Err(e) = address::hold(&home.interface, vip, VALID_SECS) {
                     warn!(%vip, error = %e, "cannot refresh the virtual IP");
                 }
@@ -234,8 +269,14 @@ pub async fn run(
                         warn!(%vip, error = %e, "cannot announce the virtual IP");
                     }
                 }
+                // In the background, and only on the connection the
+                // campaign made: the holder's round never waits on etcd
+                // (the fence must not be late).
+                if let Some(c) = etcd.connected() {
+                    handoff.poll(&paths, c, now, LEADERSHIP_EVERY);
+                }
             }
-        } else if health.may_campaign() {
+        } else if health.may_campaign(now) {
             match campaign(&mut etcd, &key, &name, &mut last_holder).await {
                 Ok(Some((lease, held, keeper, holder))) => {
                     // The key is this master's: only now the address.
@@ -251,6 +292,9 @@ pub async fn run(
                     record_takeover(&paths, vip, holder);
                     term = Some(Term { lease, held, keeper, began: Instant::now(), announced: 1 });
                     vacancy = None;
+                    if let Some(c) = etcd.connected() {
+                        handoff.poll(&paths, c, Instant::now(), Duration::ZERO);
+                    }
                 }
                 Ok(None) => {
                     campaign_error = None;
@@ -271,13 +315,13 @@ pub async fn run(
                 }
             }
         }
-        // The next round in a second, or at once when the fence passes.
+        // The next round soon, or at once when the fence passes.
         let mut fence = term.as_ref().map(|t| t.held.clone());
         let fenced = etcd::lease::lost(fence.as_mut());
         let next_announcement = term.as_ref().map(|t| t.began + announcement_due(t.announced));
         let tick = match next_announcement {
-            Some(at) => Duration::from_secs(1).min(at.saturating_duration_since(Instant::now())),
-            None => Duration::from_secs(1),
+            Some(at) => HOLD_ROUND.min(at.saturating_duration_since(Instant::now())),
+            None => STANDBY_ROUND,
         };
         let vacated = async {
             match vacancy.as_mut() {
@@ -308,6 +352,7 @@ pub async fn run(
             vacancy = None;
         }
     }
+    handoff.abort();
     // Stopping: the address first, then the lease, so that another master
     // takes over at once and never beside this one.
     if let Some(t) = term.take() {
@@ -444,41 +489,44 @@ mod tests {
     }
 
     #[test]
-    fn a_master_campaigns_after_three_ready_probes_and_resigns_after_three_failures() {
+    fn a_master_campaigns_after_two_ready_seconds_and_resigns_after_two_unready_ones() {
         use Readiness::*;
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
         let mut h = Health::default();
-        for _ in 0..2 {
-            h.observe(Ready);
+        h.observe(Ready, at(0));
+        h.observe(Ready, at(1500));
+        assert!(!h.may_campaign(at(1500)));
+        assert!(h.may_campaign(at(2000)) && !h.should_resign(at(2000)));
+        // The holder's round is faster than a standby's: rounds do not count.
+        for ms in (2000..3500).step_by(500) {
+            h.observe(Unready, at(ms));
         }
-        assert!(!h.may_campaign());
-        h.observe(Ready);
-        assert!(h.may_campaign() && !h.should_resign());
-        h.observe(Unready);
-        h.observe(Unready);
-        assert!(!h.should_resign(), "two failures: a blip");
-        h.observe(Ready);
-        h.observe(Unready);
-        h.observe(Unready);
-        assert!(!h.should_resign(), "a pass in between starts the count again");
-        h.observe(Unready);
-        assert!(h.should_resign() && !h.may_campaign());
+        assert!(!h.should_resign(at(3500)), "unready for 1.5 s: a blip");
+        h.observe(Ready, at(3600));
+        h.observe(Unready, at(3700));
+        assert!(!h.should_resign(at(5600)), "a pass in between starts the count again");
+        assert!(h.should_resign(at(5700)) && !h.may_campaign(at(5700)));
     }
 
     #[test]
     fn a_holder_whose_api_server_exits_resigns_at_once() {
         use Readiness::*;
+        let t = Instant::now();
+        let at = |s: u64| t + Duration::from_secs(s);
         let mut h = Health::default();
-        for _ in 0..5 {
-            h.observe(Ready);
-        }
-        h.observe(Down);
-        assert!(h.should_resign() && !h.may_campaign());
-        // Back: campaigns again only after three passes.
-        h.observe(Ready);
-        h.observe(Ready);
-        assert!(!h.may_campaign() && !h.should_resign());
-        h.observe(Ready);
-        assert!(h.may_campaign());
+        h.observe(Ready, at(0));
+        assert!(h.may_campaign(at(5)));
+        h.observe(Down, at(5));
+        assert!(h.should_resign(at(5)) && !h.may_campaign(at(5)));
+        // Running again, not ready yet: no longer down, and unready since
+        // it went down.
+        h.observe(Unready, at(6));
+        assert!(!h.should_resign(at(6)) && h.should_resign(at(7)));
+        // Ready again: campaigns only after two seconds of it.
+        h.observe(Ready, at(7));
+        assert!(!h.may_campaign(at(8)) && !h.should_resign(at(8)));
+        assert!(h.may_campaign(at(9)));
     }
 
     #[test]
@@ -487,10 +535,18 @@ mod tests {
         let t = Instant::now();
         let fence = etcd::lease::fence(t, ttl, FENCE_MARGIN);
         assert!(fence < t + ttl, "the holder lets go before etcd can");
-        // A hung agent: the kernel drops the address VALID_SECS after the
-        // last refresh; the last keep-alive went at most a sixth of the TTL
-        // before it, so etcd's expiry comes later still.
+        // The keeper sends every sixth of the TTL: a blip of three lost or
+        // late keep-alives does not move the address.
         let keep_alive_every = ttl / 6;
-        assert!(Duration::from_secs(u64::from(VALID_SECS)) < ttl - keep_alive_every);
+        assert!(fence >= t + 3 * keep_alive_every);
+        // A hung agent: the kernel drops the address VALID_SECS after the
+        // last refresh, up to a quarter second late (it checks lifetimes on
+        // whole seconds); the last keep-alive went at most one keep-alive
+        // period before that refresh, so etcd's expiry comes later still.
+        let kernel_late = Duration::from_millis(250);
+        assert!(Duration::from_secs(u64::from(VALID_SECS)) + kernel_late < ttl - keep_alive_every);
+        // A holder that refreshes on time is never caught out by the kernel:
+        // two rounds fit in the lifetime, so one late round costs nothing.
+        assert!(2 * HOLD_ROUND < Duration::from_secs(u64::from(VALID_SECS)));
     }
 }
