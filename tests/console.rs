@@ -151,6 +151,59 @@ fn the_page_signs_in_once_by_link_and_refuses_what_it_must() {
     assert!(log.lines().any(|l| l.contains("console sign-out") && l.contains("accepted") && l.contains("by=")));
 }
 
+/// A signed-in session on `m`'s page: the cookie jar and the CSRF token.
+fn session(c: &Host, m: &Host, dir: &std::path::Path) -> (String, String) {
+    let jar = dir.join("jar").display().to_string();
+    assert_eq!(sign_in(c, m, code_of(&link(m)), &jar).status, 303);
+    let view = curl(c, m, &["-b", &jar, &format!("{}/api/state", page(m))]);
+    let v: serde_json::Value = serde_json::from_str(&view.body).unwrap();
+    (jar, v["csrf"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn the_page_removes_no_live_node_and_none_whose_removal_costs_quorum() {
+    let net = Network::new();
+    let m1 = net.host("m1");
+    m1.install(&["ha"]);
+    let (_d, join) = join_script(&m1, true, &[]);
+    let (m2, m3) = (net.host("m2"), net.host("m3"));
+    assert_ok(&run_join(&m2, &join, "etcd", &[bin()]), "m2");
+    assert_ok(&run_join(&m3, &join, "etcd", &[bin()]), "m3");
+    let c = net.host("c1");
+    let dir = tempfile::tempdir().unwrap();
+    let (jar, csrf) = session(&c, &m1, dir.path());
+    let remove = |name: &str| {
+        let body = format!(r#"{{"name":"{name}"}}"#);
+        let url = format!("{}/api/nodes/remove", page(&m1));
+        let header = format!("x-csrf-token: {csrf}");
+        curl(&c, &m1, &["-b", &jar, "-H", "content-type: application/json", "-H", &header, "--data", &body, &url])
+    };
+    let before = stdout(&m1.etcdctl(Some("apiserver-etcd-client"), &["member", "list"]));
+
+    // Alive: refused, whatever etcd could spare.
+    let alive = remove("m2");
+    assert_eq!(alive.status, 409, "{}", alive.body);
+    assert!(alive.body.contains("m2 is alive"), "{}", alive.body);
+
+    // m3 dies; m2's agent hangs, so its heartbeat stops while its etcd
+    // member still votes. Removing m2 would leave m1 and the dead m3: 1 of
+    // 2 voters, no quorum.
+    m3.kill_all();
+    let agent = support::vip::agent(&m2).to_string();
+    assert_ok(&m2.exec("kill", &["-STOP", &agent]), "stop m2's agent");
+    std::thread::sleep(std::time::Duration::from_secs(17));
+    let costly = remove("m2");
+    assert_eq!(costly.status, 409, "{}", costly.body);
+    assert!(costly.body.contains("removing m2 would cost etcd its quorum"), "{}", costly.body);
+    assert!(costly.body.contains("nothing was changed"), "{}", costly.body);
+    assert_eq!(stdout(&m1.etcdctl(Some("apiserver-etcd-client"), &["member", "list"])), before, "members unchanged");
+    let log = std::fs::read_to_string(m1.root().join("var/lib/hakube/logs/agent.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("action=\"remove node\"") && l.contains("refused") && l.contains("quorum")),
+        "the refusal is audited"
+    );
+}
+
 /// The cluster CA's public-key hash, base64: what Chromium is told to trust.
 fn ca_spki_base64(m: &Host) -> String {
     use base64::Engine as _;
