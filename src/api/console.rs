@@ -451,6 +451,39 @@ struct View<'a> {
     etcd: &'a crate::cluster::report::EtcdReport,
     cluster: Option<&'a crate::cluster::report::ClusterReport>,
     addons: &'a [crate::addons::AddonStatus],
+    /// This master's node-local balancer, as its agent last saw it.
+    balancer: &'a serde_json::Value,
+    certificates: &'a Certificates,
+}
+
+/// This master's certificates, in short: what ends first.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Certificates {
+    /// The leaf that ends first: its name and end (unix seconds). Leaves
+    /// are renewed by the agent; one close to its end is failing to be.
+    first_leaf: Option<(String, i64)>,
+    /// The CA that ends first (nothing renews a CA).
+    first_ca: Option<(String, i64)>,
+    /// Unreadable ones.
+    problems: Vec<String>,
+}
+
+fn certificates(paths: &crate::host::paths::Paths) -> Certificates {
+    let mut c = Certificates::default();
+    for row in crate::kube::inventory::inventory(paths) {
+        match (row.not_after, row.problem) {
+            (_, Some(p)) => c.problems.push(format!("{}: {p}", row.name)),
+            (Some(t), None) => {
+                let slot = if row.is_ca { &mut c.first_ca } else { &mut c.first_leaf };
+                if slot.as_ref().is_none_or(|(_, first)| t < *first) {
+                    *slot = Some((row.name, t));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    c
 }
 
 /// The parts of a view that are the same for every session, kept for
@@ -462,6 +495,8 @@ pub(crate) struct Cached {
     addons: Vec<crate::addons::AddonStatus>,
     problems: Vec<String>,
     warnings: Vec<String>,
+    balancer: serde_json::Value,
+    certificates: Certificates,
 }
 
 async fn gather(ctx: &ApiContext) -> Cached {
@@ -492,7 +527,15 @@ async fn gather(ctx: &ApiContext) -> Cached {
         problems
             .extend(c.nodes.iter().filter(|n| n.healthy == Some(false)).map(|n| format!("{} is unhealthy", n.name)));
     }
-    Cached { at: Instant::now(), etcd, cluster, addons, problems, warnings }
+    // Read as JSON, not as the agent's type: the agent serves this API.
+    let balancer = std::fs::read(ctx.paths.state_file())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .map(|state| state["load_balancer"].clone())
+        .unwrap_or_default();
+    let certificates = certificates(&ctx.paths);
+    problems.extend(certificates.problems.iter().map(|p| format!("certificate unreadable: {p}")));
+    Cached { at: Instant::now(), etcd, cluster, addons, problems, warnings, balancer, certificates }
 }
 
 /// `GET /console/api/state`: the view, as JSON.
@@ -531,6 +574,8 @@ pub(crate) async fn state(State(ctx): State<Arc<ApiContext>>, headers: HeaderMap
         etcd: &c.etcd,
         cluster: c.cluster.as_ref(),
         addons: &c.addons,
+        balancer: &c.balancer,
+        certificates: &c.certificates,
     };
     let body = Bytes::from(serde_json::to_vec(&view).expect("the view serializes"));
     guarded(StatusCode::OK, "application/json", body)

@@ -180,11 +180,32 @@ function draw(s) {
   });
   const ch = c.load_balancer_change;
   if (ch) {
-    row("Address change", JSON.stringify(ch));
+    const from = ch.change.from || "none";
+    row("Address change", from + " → " + ch.change.to + ", phase " + ch.change.phase + ", started by " +
+      ch.change.startedBy + " " + ago(s.now - ch.change.startedAt) + (ch.waiting ? "; waiting: " + ch.waiting : ""));
+    ch.masters.forEach((m) => row("  " + m.name, m.state.state + ": " + m.state.detail));
   }
   if (c.upgrade) row("Upgrade", JSON.stringify(c.upgrade));
   row("Settings", "revision " + revision + " by " + (c.settings_written_by || "?") +
     ((c.not_converged || []).length ? "; not yet on it: " + c.not_converged.join(", ") : "; every node on it"));
+
+  const certs = $("certificates");
+  certs.replaceChildren();
+  const until = (pair) => {
+    if (!pair) return "none";
+    const days = Math.floor((pair[1] - s.now) / 86400);
+    return pair[0] + ", until " + new Date(pair[1] * 1000).toLocaleDateString() + " (" + days + " days)";
+  };
+  const leaf = s.certificates.firstLeaf;
+  const ca = s.certificates.firstCa;
+  certs.appendChild(el("dt", "First certificate to end"));
+  certs.appendChild(el("dd", until(leaf), leaf && leaf[1] - s.now < 30 * 86400 ? "bad" : undefined));
+  certs.appendChild(el("dt", "First CA to end"));
+  certs.appendChild(el("dd", until(ca), ca && ca[1] - s.now < 365 * 86400 ? "warn" : undefined));
+  const lb = s.balancer || { backends: [] };
+  $("balancer-listen").textContent = lb.listen ? "(" + lb.listen + (lb.error ? ": " + lb.error : "") + ")" : "(none on this master)";
+  table("balancer", ["Backend", "Address", "Health", "Since", "Active", "Connections"], (lb.backends || []).map((b) => [
+    b.name, b.address, mark(b.health === "up", b.health, b.health), ago(s.now - b.since), b.active, b.connections]));
 
   table("addons", ["Add-on", "Namespace", "Ready", "State"], (s.addons || []).map((a) =>
     [a.name, a.namespace, a.ready + " / " + a.desired, mark(a.desired > 0 && a.ready >= a.desired, a.message, a.message)]));
