@@ -478,6 +478,13 @@ fn a_master_join_is_refused_while_etcd_has_lost_quorum() {
     assert!(untouched(&m4), "nothing written");
     // The member list (served by each member locally, even without quorum) is unchanged.
     assert_eq!(local_members_text(&m1), before);
+    // No script either: its token cannot be written, and the error says why.
+    let script = m1.hakube(&["node-join-script"]);
+    assert!(
+        !script.status.success() && stderr(&script).contains("which needs a quorum of masters"),
+        "{}",
+        stderr(&script)
+    );
     // Quorum comes back while a join waits (the masters boot again): the
     // join goes through, without being run again.
     let w1 = net.host("w1");

@@ -40,7 +40,12 @@ pub fn node_join_script(paths: &Paths, role: Role, ttl: Option<Duration>) -> any
         let (mut client, endpoint) = connect(paths, &c).await?;
         crate::join::issue::issue(paths, &c, &mut client, &endpoint, role, ttl_secs, c.node.name.as_str())
             .await
-            .map_err(anyhow::Error::msg)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot issue a join script: {e} (its token is written to etcd, which needs a quorum of masters \
+                     up: `hakube status` shows them)"
+                )
+            })
     })?;
     eprintln!(
         "[node-join-script] {role} token {} expires at {}; the script holds secrets: keep it private",
