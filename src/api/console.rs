@@ -454,6 +454,38 @@ struct View<'a> {
     /// This master's node-local balancer, as its agent last saw it.
     balancer: &'a serde_json::Value,
     certificates: &'a Certificates,
+    /// Nodes still joining, and where each is.
+    joining: &'a std::collections::BTreeMap<String, String>,
+}
+
+/// How long after it was accepted a node that is not healthy yet counts
+/// as still joining (a cold master imports images and starts etcd and the
+/// control plane; minutes on a slow host).
+const JOINING_FOR: u64 = 900;
+
+/// Where a node is in its join, from what the cluster records: accepted
+/// (registered, its agent not beating yet), its etcd member added and
+/// started as a learner (masters), its components starting; None once
+/// joined (or when it is simply unhealthy long after).
+fn join_phase(
+    node: &crate::cluster::registry::NodeRecord,
+    members: &[crate::etcd::Member],
+    now: u64,
+) -> Option<String> {
+    let recent = now.saturating_sub(node.joined_at) < JOINING_FOR;
+    if node.hakube.is_none() && recent {
+        return Some("accepted: installing".into());
+    }
+    let host = crate::config::Host::Ip(node.address).to_string();
+    let member = members.iter().find(|m| {
+        m.name == node.name || m.peer_urls.iter().any(|u| crate::etcd::host_of_url(u) == Some(host.as_str()))
+    });
+    match member {
+        Some(m) if !m.started() => return Some("etcd member added, starting".into()),
+        Some(m) if m.is_learner => return Some("etcd learner, catching up".into()),
+        _ => {}
+    }
+    (node.healthy == Some(false) && recent).then(|| "starting its components".into())
 }
 
 /// This master's certificates, in short: what ends first.
@@ -497,6 +529,7 @@ pub(crate) struct Cached {
     warnings: Vec<String>,
     balancer: serde_json::Value,
     certificates: Certificates,
+    joining: std::collections::BTreeMap<String, String>,
 }
 
 async fn gather(ctx: &ApiContext) -> Cached {
@@ -535,7 +568,14 @@ async fn gather(ctx: &ApiContext) -> Cached {
         .unwrap_or_default();
     let certificates = certificates(&ctx.paths);
     problems.extend(certificates.problems.iter().map(|p| format!("certificate unreadable: {p}")));
-    Cached { at: Instant::now(), etcd, cluster, addons, problems, warnings, balancer, certificates }
+    let members: Vec<crate::etcd::Member> = etcd.members.iter().map(|m| m.member.clone()).collect();
+    let now = now_secs();
+    let joining = cluster
+        .iter()
+        .flat_map(|c| &c.nodes)
+        .filter_map(|n| join_phase(n, &members, now).map(|p| (n.name.clone(), p)))
+        .collect();
+    Cached { at: Instant::now(), etcd, cluster, addons, problems, warnings, balancer, certificates, joining }
 }
 
 /// `GET /console/api/state`: the view, as JSON.
@@ -576,6 +616,7 @@ pub(crate) async fn state(State(ctx): State<Arc<ApiContext>>, headers: HeaderMap
         addons: &c.addons,
         balancer: &c.balancer,
         certificates: &c.certificates,
+        joining: &c.joining,
     };
     let body = Bytes::from(serde_json::to_vec(&view).expect("the view serializes"));
     guarded(StatusCode::OK, "application/json", body)
@@ -584,6 +625,44 @@ pub(crate) async fn state(State(ctx): State<Arc<ApiContext>>, headers: HeaderMap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_joining_node_shows_where_it_is() {
+        use crate::cluster::registry::NodeRecord;
+        use crate::etcd::Member;
+        let node = |hakube: bool, healthy: Option<bool>, joined_at: u64| NodeRecord {
+            name: "m4".into(),
+            role: crate::cluster::Role::Master,
+            address: "10.0.0.14".parse().unwrap(),
+            joined_at,
+            heartbeat_at: joined_at,
+            settings_revision: 0,
+            clock_offset_ms: None,
+            versions: Default::default(),
+            healthy,
+            hakube: hakube.then(|| crate::cluster::upgrade::Build { version: "0.1.0".into(), sha256: "00".repeat(32) }),
+        };
+        let member = |name: &str, learner: bool| Member {
+            id: 4,
+            name: name.into(),
+            peer_urls: vec!["https://10.0.0.14:2380".into()],
+            client_urls: vec![],
+            is_learner: learner,
+        };
+        let now = 10_000;
+        let phase = |n: &NodeRecord, m: &[Member]| join_phase(n, m, now);
+        assert_eq!(phase(&node(false, None, now - 5), &[]).as_deref(), Some("accepted: installing"));
+        let beating = node(true, Some(false), now - 60);
+        assert_eq!(phase(&beating, &[member("", false)]).as_deref(), Some("etcd member added, starting"), "by address");
+        assert_eq!(phase(&beating, &[member("m4", true)]).as_deref(), Some("etcd learner, catching up"));
+        assert_eq!(phase(&beating, &[member("m4", false)]).as_deref(), Some("starting its components"));
+        assert_eq!(phase(&node(true, Some(true), now - 60), &[member("m4", false)]), None, "joined");
+        assert_eq!(
+            phase(&node(true, Some(false), now - 3600), &[member("m4", false)]),
+            None,
+            "long joined, now unhealthy"
+        );
+    }
 
     #[test]
     fn a_change_from_another_origin_is_refused() {

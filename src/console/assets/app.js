@@ -136,7 +136,7 @@ function draw(s) {
   const purgeView = {};
   ((c.purge || {}).nodes || []).forEach((n) => { purgeView[n.name] = n; });
   const revision = c.settings_revision;
-  table("nodes", ["Node", "Role", "Address", "Healthy", "Kubernetes", "hakube", "Heartbeat", "Settings", "", "Lost"],
+  table("nodes", ["Node", "Role", "Address", "Healthy", "Kubernetes", "hakube", "Heartbeat", "Settings", "", "State"],
     (c.nodes || []).map((n) => {
       const v = purgeView[n.name];
       let lost = "";
@@ -157,7 +157,8 @@ function draw(s) {
           if (prompt("Remove " + n.name + " from the cluster? Type its name to confirm.") !== n.name) return;
           if (await act("/console/api/nodes/remove", { name: n.name })) refresh();
         }) : "",
-        lost ? el("span", lost, "bad") : ""];
+        lost ? el("span", "lost " + lost, "bad") :
+          (s.joining[n.name] ? el("span", "joining: " + s.joining[n.name], "warn") : "")];
     }));
 
   const members = etcd.members || [];
