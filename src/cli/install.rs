@@ -409,12 +409,35 @@ fn wait_lb_change(
             unreported = p.next();
         }
     };
+    let mut said_unanswered = false;
     loop {
-        let (record, at) = rt.block_on(async {
+        let read = rt.block_on(async {
             let record = settings::read(&mut client, &endpoint).await?;
             let at = lbchange::read_progress(&mut client, &endpoint).await?;
             anyhow::Ok((record, at))
-        })?;
+        });
+        // The elected agent drives the change, not this process: etcd not
+        // answering for a while (no quorum while masters restart) is no
+        // reason to stop following it.
+        let (record, at) = match read {
+            Ok(r) => {
+                said_unanswered = false;
+                r
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                if !said_unanswered {
+                    progress.note(format!("  etcd does not answer ({e:#}); the change waits for it: asking again"));
+                    said_unanswered = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            Err(e) => bail!(
+                "cannot follow the load-balancer address change to {to}: etcd did not answer ({e:#}). The change is \
+                 recorded and the elected agent goes on with it once etcd has a quorum: re-run the same install to \
+                 follow it, or `hakube status`"
+            ),
+        };
         let Some(record) = record else { bail!("the cluster-wide settings record is gone from etcd") };
         match &record.spec.load_balancer_change {
             None if record.spec.load_balancer_address.as_ref() == Some(to) => {
