@@ -191,6 +191,7 @@ async fn run(a: Args) -> Result<(), String> {
             versions: Default::default(),
             healthy: None,
             hakube: None,
+            balancer: None,
         };
         registry::claim(&mut etcd, &endpoint, record).await.map_err(|e| e.to_string())?;
     }

@@ -89,7 +89,12 @@ impl State {
             && self.purged.is_none()
             && self.components.values().all(|s| s.phase == Phase::Running && s.healthy);
         let versions = self.components.iter().filter_map(|(n, s)| Some((n.clone(), s.version.clone()?))).collect();
-        crate::cluster::heartbeat::Report { versions, healthy, hakube: self.hakube.clone() }
+        crate::cluster::heartbeat::Report {
+            versions,
+            healthy,
+            hakube: self.hakube.clone(),
+            balancer: self.load_balancer.as_ref().map(crate::cluster::heartbeat::BalancerBrief::of),
+        }
     }
 
     pub fn read(path: &Path) -> Option<State> {

@@ -641,6 +641,7 @@ mod tests {
             versions: Default::default(),
             healthy,
             hakube: hakube.then(|| crate::cluster::upgrade::Build { version: "0.1.0".into(), sha256: "00".repeat(32) }),
+            balancer: None,
         };
         let member = |name: &str, learner: bool| Member {
             id: 4,

@@ -334,6 +334,7 @@ async fn handle_join(ctx: &ApiContext, body: &[u8]) -> Result<JoinResponse, Refu
         clock_offset_ms: None,
         versions: Default::default(),
         hakube: None,
+        balancer: None,
         healthy: None,
     };
     // The check above was a read; the claim is the compare-and-swap that

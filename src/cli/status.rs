@@ -432,6 +432,7 @@ mod tests {
             clock_offset_ms: None,
             versions: pairs.iter().map(|(c, v)| (c.to_string(), v.to_string())).collect(),
             hakube: None,
+            balancer: None,
             healthy: None,
         };
         assert_eq!(cluster_versions(&[node("m1", &[])]), None);
@@ -445,6 +446,7 @@ mod tests {
         let build = |sha: &str| crate::cluster::upgrade::Build { version: "0.1.0".into(), sha256: sha.into() };
         let built = |name: &str, sha: Option<&str>| crate::cluster::registry::NodeRecord {
             hakube: sha.map(build),
+            balancer: None,
             ..node(name, &[])
         };
         assert_eq!(cluster_builds(&[built("m1", None)]), None);

@@ -37,6 +37,29 @@ pub struct Report {
     /// The hakube build the agent runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hakube: Option<crate::cluster::upgrade::Build>,
+    /// The node-local balancer, in short (a node without one: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balancer: Option<BalancerBrief>,
+}
+
+/// A node-local balancer in short: how many of its API servers are up,
+/// and why it does not listen, if so.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancerBrief {
+    pub up: usize,
+    pub total: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl BalancerBrief {
+    pub fn of(status: &crate::lb::Status) -> BalancerBrief {
+        BalancerBrief {
+            up: status.backends.iter().filter(|b| b.health == crate::lb::Health::Up).count(),
+            total: status.backends.len(),
+            error: status.error.clone(),
+        }
+    }
 }
 
 /// A beat, as the registry records it: when it came, the settings revision
@@ -58,6 +81,7 @@ pub fn beat(
         record.versions = r.versions.clone();
         record.healthy = Some(r.healthy);
         record.hakube = r.hakube.clone();
+        record.balancer = r.balancer.clone();
     }
 }
 
@@ -104,6 +128,7 @@ pub async fn run(
                     clock_offset_ms: None,
                     versions: Default::default(),
                     hakube: None,
+                    balancer: None,
                     healthy: None,
                 };
                 match registry::claim(c, endpoint, record).await? {
@@ -129,5 +154,53 @@ pub async fn run(
             _ = applied.changed() => {}
             _ = sleep(pause) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_beat_carries_the_balancer_in_short() {
+        let backend = |name: &str, health| crate::lb::BackendStatus {
+            name: name.into(),
+            address: format!("{name}:6443"),
+            health,
+            since: 0,
+            active: 0,
+            connections: 0,
+            dial_failures: 0,
+            last_error: None,
+        };
+        use crate::lb::Health::*;
+        let status = crate::lb::Status {
+            listen: "127.0.0.1:6444".into(),
+            listening: true,
+            error: None,
+            backends: vec![backend("m1", Up), backend("m2", Down), backend("m3", Unchecked)],
+        };
+        let brief = BalancerBrief::of(&status);
+        assert_eq!(brief, BalancerBrief { up: 1, total: 3, error: None });
+        let mut record = NodeRecord {
+            name: "w1".into(),
+            role: Role::Worker,
+            address: "10.0.0.21".parse().unwrap(),
+            joined_at: 1,
+            heartbeat_at: 1,
+            settings_revision: 0,
+            clock_offset_ms: None,
+            versions: Default::default(),
+            healthy: None,
+            hakube: None,
+            balancer: None,
+        };
+        let report = Report { balancer: Some(brief.clone()), ..Default::default() };
+        beat(&mut record, 9, 3, None, Some(&report));
+        assert_eq!(record.balancer, Some(brief));
+        // An older agent's beat says nothing of it: nothing is claimed.
+        let old: Report = serde_json::from_str(r#"{"healthy":true}"#).unwrap();
+        beat(&mut record, 10, 3, None, Some(&old));
+        assert_eq!(record.balancer, None);
     }
 }

@@ -37,6 +37,9 @@ pub struct NodeRecord {
     /// agent does not say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hakube: Option<crate::cluster::upgrade::Build>,
+    /// Its node-local balancer, as its last beat said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balancer: Option<crate::cluster::heartbeat::BalancerBrief>,
 }
 
 pub async fn get(client: &mut Client, endpoint: &str, name: &str) -> Result<Option<NodeRecord>, EtcdError> {
@@ -168,6 +171,7 @@ mod tests {
             clock_offset_ms: None,
             versions: Default::default(),
             hakube: None,
+            balancer: None,
             healthy: None,
         };
         assert_eq!(name_conflict(Some(&m1), m1.address, Role::Master), None, "a re-run of its own join");

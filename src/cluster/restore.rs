@@ -157,6 +157,7 @@ mod tests {
             clock_offset_ms: None,
             versions: Default::default(),
             hakube: None,
+            balancer: None,
             healthy: None,
         }
     }

@@ -301,6 +301,7 @@ mod tests {
             clock_offset_ms: None,
             versions: [("kubelet".to_owned(), "v1.36.3".to_owned())].into(),
             hakube: None,
+            balancer: None,
             healthy: Some(true),
         };
         assert!(versions(std::slice::from_ref(&r), 100 + STALE_AFTER)[0].healthy);

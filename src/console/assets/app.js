@@ -136,7 +136,12 @@ function draw(s) {
   const purgeView = {};
   ((c.purge || {}).nodes || []).forEach((n) => { purgeView[n.name] = n; });
   const revision = c.settings_revision;
-  table("nodes", ["Node", "Role", "Address", "Healthy", "Kubernetes", "hakube", "Heartbeat", "Settings", "", "State"],
+  const balancer = (b) => {
+    if (!b) return el("span", "-", "muted");
+    const text = b.error ? "not listening: " + b.error : b.up + " of " + b.total + " up";
+    return el("span", text, b.error || b.up === 0 ? "bad" : (b.up < b.total ? "warn" : "ok"));
+  };
+  table("nodes", ["Node", "Role", "Address", "Healthy", "Kubernetes", "hakube", "Heartbeat", "Settings", "Balancer", "", "State"],
     (c.nodes || []).map((n) => {
       const v = purgeView[n.name];
       let lost = "";
@@ -151,6 +156,7 @@ function draw(s) {
         n.healthy === undefined ? el("span", "?", "muted") : mark(n.healthy, "yes", "no"),
         kube, n.hakube ? n.hakube.version : "", ago(s.now - n.heartbeat_at),
         n.settings_revision === revision ? el("span", "current", "ok") : el("span", "rev " + n.settings_revision, "warn"),
+        balancer(n.balancer),
         // Only for a node whose heartbeat stopped; the agent decides (and
         // refuses a removal that would cost etcd its quorum).
         s.now - n.heartbeat_at > 15 && n.name !== s.servedBy ? button("Remove", async () => {
