@@ -89,7 +89,7 @@ fn the_page_signs_in_once_by_link_and_refuses_what_it_must() {
     assert_eq!(signed.status, 303, "{}", signed.body);
     assert_eq!(signed.header("location"), Some("/console"));
     let cookie = signed.header("set-cookie").unwrap_or_default().to_owned();
-    for part in ["hakube_session=", "Secure", "HttpOnly", "SameSite=Strict", "Path=/console"] {
+    for part in ["__Host-hakube_session=", "Secure", "HttpOnly", "SameSite=Strict", "Path=/;"] {
         assert!(cookie.contains(part), "{part} in {cookie}");
     }
     let opened = curl(&c, &m1, &["-b", &jar, &page(&m1)]);
@@ -135,8 +135,29 @@ fn the_page_signs_in_once_by_link_and_refuses_what_it_must() {
     // Sign-out ends the session in etcd, not only in this browser.
     let out = curl(&c, &m1, &["-b", &jar, "--data", &format!("csrf={csrf}"), &signout]);
     assert_eq!(out.status, 303, "{}", out.body);
-    let stolen = format!("hakube_session={}", cookie.split(';').next().unwrap().split_once('=').unwrap().1);
+    let stolen = format!("__Host-hakube_session={}", cookie.split(';').next().unwrap().split_once('=').unwrap().1);
     assert_eq!(curl(&c, &m1, &["-b", &stolen, &state]).status, 401);
+    // A cookie that opens nothing is cleared.
+    let gone = curl(&c, &m1, &["-b", &stolen, &page(&m1)]);
+    assert!(gone.header("set-cookie").is_some_and(|v| v.contains("Max-Age=0")), "{:?}", gone.headers);
+
+    // Signing in again in the same browser ends its previous session.
+    let browser = dir.path().join("browser").display().to_string();
+    let (first, second) = (self::link(&m1), self::link(&m1));
+    assert_eq!(sign_in(&c, &m1, code_of(&first), &browser).status, 303);
+    let jar_value = |jar: &str| {
+        let text = std::fs::read_to_string(jar).unwrap();
+        let line = text.lines().find(|l| l.contains("__Host-hakube_session")).unwrap().to_owned();
+        line.rsplit('\t').next().unwrap().to_owned()
+    };
+    let before = jar_value(&browser);
+    let form = format!("code={}", code_of(&second));
+    let url = format!("{}/signin", page(&m1));
+    assert_eq!(curl(&c, &m1, &["-b", &browser, "-c", &browser, "--data", &form, &url]).status, 303);
+    assert_ne!(jar_value(&browser), before, "a new session");
+    assert_eq!(curl(&c, &m1, &["-b", &browser, &state]).status, 200);
+    let earlier = format!("__Host-hakube_session={before}");
+    assert_eq!(curl(&c, &m1, &["-b", &earlier, &state]).status, 401, "the one before is over");
 
     // Every decision is in the agent's log, with who and from where.
     let log = std::fs::read_to_string(m1.root().join("var/lib/hakube/logs/agent.log")).unwrap();
@@ -274,7 +295,7 @@ fn an_operator_adds_and_removes_a_node_from_a_browser() {
     let seen: serde_json::Value = serde_json::from_str(stdout(&out).trim().lines().last().unwrap()).unwrap();
     assert_eq!(seen["servedBy"], "m1", "{seen}");
     assert!(seen["etcd"].as_str().unwrap().contains("1 voters, quorum 1"), "{seen}");
-    assert_eq!(seen["cookie"][0]["name"], "hakube_session", "{seen}");
+    assert_eq!(seen["cookie"][0]["name"], "__Host-hakube_session", "{seen}");
     assert_eq!(seen["cookie"][0]["httpOnly"], true, "{seen}");
     assert_eq!(seen["cookie"][0]["secure"], true, "{seen}");
     assert_eq!(seen["cookie"][0]["sameSite"], "Strict", "{seen}");

@@ -41,7 +41,6 @@ fn guarded(status: StatusCode, content_type: &'static str, body: impl Into<axum:
     // Same-origin: the sign-in link never leaks to another site, and the
     // page's own form posts still name their origin.
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-    h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
     r
 }
 
@@ -77,7 +76,14 @@ async fn signed_in(ctx: &ApiContext, headers: &HeaderMap) -> Result<(Secret, Ses
     let record = lookup(ctx, &secret).await?;
     match session::check_session(record.as_ref(), now_secs()) {
         Ok(()) => Ok((secret, record.expect("checked"))),
-        Err(e) => Err(refusal(StatusCode::UNAUTHORIZED, "Not signed in", &e.to_string())),
+        Err(e) => {
+            // The browser's cookie opens nothing: it goes.
+            let mut r = refusal(StatusCode::UNAUTHORIZED, "Not signed in", &e.to_string());
+            if let Ok(v) = HeaderValue::from_str(&session::clear_cookie()) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            Err(r)
+        }
     }
 }
 
@@ -97,8 +103,15 @@ fn refusal(status: StatusCode, title: &str, message: &str) -> Response {
     html(status, page::message_html(title, message))
 }
 
+/// This master cannot read etcd: the detail (endpoints, files) goes to the
+/// log, not to a browser that may not be signed in.
 fn unavailable(e: &str) -> Response {
-    refusal(StatusCode::SERVICE_UNAVAILABLE, "This master cannot reach etcd", &format!("{e}; try another master"))
+    warn!(error = %e, "the cluster page cannot reach etcd");
+    refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "This master cannot reach etcd",
+        "this master cannot reach etcd right now (its log says why): try another master",
+    )
 }
 
 /// `GET /console`: the page for a signed-in browser, else how to sign in.
@@ -127,6 +140,7 @@ pub(crate) async fn signin_form(query: Result<Query<Code>, QueryRejection>) -> R
 pub(crate) async fn signin(
     State(ctx): State<Arc<ApiContext>>,
     Extension(Remote(remote)): Extension<Remote>,
+    headers: HeaderMap,
     form: Result<Form<Code>, FormRejection>,
 ) -> Response {
     let Some(code) = form.ok().and_then(|Form(f)| Secret::parse(&f.code)) else {
@@ -141,6 +155,11 @@ pub(crate) async fn signin(
     match session::trade(&mut client, &endpoint, &code, &remote.ip().to_string(), now_secs()).await {
         Ok(Ok((secret, record))) => {
             info!(target: "audit", %remote, by = %record.by, decision = "accepted", "console sign-in");
+            // The session this browser had before ends: one browser, one session.
+            let cookies = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+            if let Some(before) = session::from_cookies(cookies) {
+                let _ = session::end(&mut client, &endpoint, &before).await;
+            }
             see_other("/console", Some(session::set_cookie(&secret)))
         }
         Ok(Err(refused)) => {
@@ -218,9 +237,12 @@ async fn change(
     headers: &HeaderMap,
     action: &'static str,
 ) -> Result<SessionRecord, Response> {
-    let (secret, record) = signed_in(ctx, headers).await.map_err(|_| {
-        warn!(target: "audit", %remote, action, decision = "refused", reason = %Refused::NoSession, "console");
-        api_error(StatusCode::UNAUTHORIZED, Refused::NoSession.to_string())
+    let (secret, record) = signed_in(ctx, headers).await.map_err(|r| match r.status() {
+        StatusCode::UNAUTHORIZED => {
+            warn!(target: "audit", %remote, action, decision = "refused", reason = %Refused::NoSession, "console");
+            api_error(StatusCode::UNAUTHORIZED, Refused::NoSession.to_string())
+        }
+        status => api_error(status, "this master cannot reach etcd right now: try another master".into()),
     })?;
     let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !same_origin(uri, headers) || !secret.csrf_matches(token) {
@@ -333,7 +355,7 @@ struct Token {
 /// or hashes).
 pub(crate) async fn tokens(State(ctx): State<Arc<ApiContext>>, headers: HeaderMap) -> Response {
     if let Err(r) = signed_in(&ctx, &headers).await {
-        return api_error(StatusCode::UNAUTHORIZED, r.status().to_string());
+        return r;
     }
     let endpoint = ctx.config.etcd_client_url();
     let mut client = match etcd_client(&ctx).await {
@@ -442,6 +464,9 @@ pub(crate) async fn remove_node(
 #[serde(rename_all = "camelCase")]
 struct View<'a> {
     now: u64,
+    /// When what it shows was read (older than a few seconds: this master
+    /// is slow to read the cluster, and shows what it read last).
+    gathered_at: u64,
     served_by: &'a str,
     signed_in_by: &'a str,
     csrf: String,
@@ -522,6 +547,7 @@ fn certificates(paths: &crate::host::paths::Paths) -> Certificates {
 /// [`VIEW_REUSED`].
 pub(crate) struct Cached {
     at: Instant,
+    gathered_at: u64,
     etcd: crate::cluster::report::EtcdReport,
     cluster: Option<crate::cluster::report::ClusterReport>,
     addons: Vec<crate::addons::AddonStatus>,
@@ -575,36 +601,65 @@ async fn gather(ctx: &ApiContext) -> Cached {
         .flat_map(|c| &c.nodes)
         .filter_map(|n| join_phase(n, &members, now).map(|p| (n.name.clone(), p)))
         .collect();
-    Cached { at: Instant::now(), etcd, cluster, addons, problems, warnings, balancer, certificates, joining }
+    Cached {
+        at: Instant::now(),
+        gathered_at: now,
+        etcd,
+        cluster,
+        addons,
+        problems,
+        warnings,
+        balancer,
+        certificates,
+        joining,
+    }
+}
+
+/// The view to answer with: the cached one while fresh; else one refresh
+/// at a time, bounded, while every other poll gets the last view at once
+/// (its age says how old): a probe that hangs never queues the polls up
+/// behind it.
+async fn current_view(ctx: &ApiContext) -> Option<Arc<Cached>> {
+    let cached = ctx.console_view.lock().expect("view lock").clone();
+    if cached.as_ref().is_some_and(|c| c.at.elapsed() < VIEW_REUSED) {
+        return cached;
+    }
+    let refreshing = match ctx.console_refresh.try_lock() {
+        Ok(guard) => guard,
+        // Another poll refreshes: the last view, or (the first) wait for it.
+        Err(_) if cached.is_some() => return cached,
+        Err(_) => {
+            drop(ctx.console_refresh.lock().await);
+            return ctx.console_view.lock().expect("view lock").clone();
+        }
+    };
+    let fresh = tokio::time::timeout(VIEW_LIMIT, gather(ctx)).await;
+    drop(refreshing);
+    match fresh {
+        Ok(view) => {
+            let view = Arc::new(view);
+            *ctx.console_view.lock().expect("view lock") = Some(view.clone());
+            Some(view)
+        }
+        Err(_) => cached,
+    }
 }
 
 /// `GET /console/api/state`: the view, as JSON.
 pub(crate) async fn state(State(ctx): State<Arc<ApiContext>>, headers: HeaderMap) -> Response {
     let (secret, record) = match signed_in(&ctx, &headers).await {
         Ok(s) => s,
-        Err(r) => {
-            let mut r = r;
-            *r.status_mut() = StatusCode::UNAUTHORIZED;
-            return r;
-        }
+        Err(r) => return r,
     };
-    let mut cached = ctx.console_view.lock().await;
-    if cached.as_ref().is_none_or(|c| c.at.elapsed() >= VIEW_REUSED) {
-        match tokio::time::timeout(VIEW_LIMIT, gather(&ctx)).await {
-            Ok(fresh) => *cached = Some(fresh),
-            Err(_) if cached.is_some() => {}
-            Err(_) => {
-                return guarded(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain; charset=utf-8",
-                    "this master could not read the cluster within 8 s",
-                )
-            }
-        }
-    }
-    let c = cached.as_ref().expect("gathered above");
+    let Some(c) = current_view(&ctx).await else {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this master could not read the cluster within {} s", VIEW_LIMIT.as_secs()),
+        );
+    };
     let view = View {
         now: now_secs(),
+        gathered_at: c.gathered_at,
         served_by: ctx.config.node.name.as_str(),
         signed_in_by: &record.by,
         csrf: secret.csrf(),

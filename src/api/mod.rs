@@ -53,8 +53,10 @@ pub struct ApiContext {
     etcd: tokio::sync::Mutex<etcd::Local>,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     pub(crate) binary: std::sync::OnceLock<Bytes>,
-    /// The cluster page's last view, reused for a moment.
-    console_view: tokio::sync::Mutex<Option<console::Cached>>,
+    /// The cluster page's last view, reused for a moment, and the lock a
+    /// refresh of it holds (one at a time).
+    console_view: Mutex<Option<Arc<console::Cached>>>,
+    console_refresh: tokio::sync::Mutex<()>,
 }
 
 impl ApiContext {
@@ -65,7 +67,8 @@ impl ApiContext {
             config,
             buckets: Mutex::new(HashMap::new()),
             binary: std::sync::OnceLock::new(),
-            console_view: tokio::sync::Mutex::new(None),
+            console_view: Mutex::new(None),
+            console_refresh: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -25,10 +25,11 @@ use crate::join::token::constant_time_eq;
 pub const LINK_TTL: Duration = Duration::from_secs(300);
 /// A session ends this long after sign-in, used or not.
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
-/// The session cookie's name.
-pub const COOKIE: &str = "hakube_session";
-/// Where the page lives: the cookie is sent nowhere else.
-pub const PATH: &str = "/console";
+/// The session cookie's name. `__Host-`: a browser takes it only from a
+/// secure origin, with `Path=/` and no `Domain`, so a plain-HTTP service on
+/// another port of the master's address (a NodePort) cannot plant one
+/// (browsers share cookies across a host's ports).
+pub const COOKIE: &str = "__Host-hakube_session";
 
 const LINK_PREFIX: &str = "/hakube/console/links/";
 const SESSION_PREFIX: &str = "/hakube/console/sessions/";
@@ -144,7 +145,7 @@ pub fn check_session(record: Option<&SessionRecord>, now: u64) -> Result<(), Ref
 /// The `Set-Cookie` value that hands a browser its session.
 pub fn set_cookie(secret: &Secret) -> String {
     format!(
-        "{COOKIE}={}; Path={PATH}; Max-Age={}; Secure; HttpOnly; SameSite=Strict",
+        "{COOKIE}={}; Path=/; Max-Age={}; Secure; HttpOnly; SameSite=Strict",
         secret.reveal(),
         SESSION_TTL.as_secs()
     )
@@ -152,18 +153,18 @@ pub fn set_cookie(secret: &Secret) -> String {
 
 /// The `Set-Cookie` value that ends it in the browser.
 pub fn clear_cookie() -> String {
-    format!("{COOKIE}=; Path={PATH}; Max-Age=0; Secure; HttpOnly; SameSite=Strict")
+    format!("{COOKIE}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict")
 }
 
-/// The session secret among a request's `Cookie` headers, if one is well
-/// formed.
+/// The session secret among a request's `Cookie` headers: the first well
+/// formed one (a malformed one before it does not hide it).
 pub fn from_cookies<'a>(headers: impl IntoIterator<Item = &'a str>) -> Option<Secret> {
     headers
         .into_iter()
         .flat_map(|h| h.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .and_then(|(_, value)| Secret::parse(value))
+        .filter(|(name, _)| *name == COOKIE)
+        .find_map(|(_, value)| Secret::parse(value))
 }
 
 fn call(endpoint: &str, e: etcd_client::Error) -> EtcdError {
@@ -288,14 +289,18 @@ mod tests {
     fn the_cookie_is_secure_http_only_strict_and_scoped_to_the_page() {
         let s = Secret::generate();
         let set = set_cookie(&s);
-        for part in ["Path=/console", "Secure", "HttpOnly", "SameSite=Strict", "Max-Age=28800"] {
+        assert!(set.starts_with("__Host-hakube_session="), "{set}");
+        for part in ["Path=/", "Secure", "HttpOnly", "SameSite=Strict", "Max-Age=28800"] {
             assert!(set.split("; ").any(|p| p == part), "{part} in {set}");
         }
         assert!(clear_cookie().contains("Max-Age=0"));
         let header = format!("theme=dark; {COOKIE}={}; other=1", s.reveal());
         assert_eq!(from_cookies([header.as_str()]), Some(s.clone()));
-        assert_eq!(from_cookies(["a=1", &format!("{COOKIE}={}", s.reveal())]), Some(s), "in a second header");
+        assert_eq!(from_cookies(["a=1", &format!("{COOKIE}={}", s.reveal())]), Some(s.clone()), "in a second header");
         assert_eq!(from_cookies([format!("{COOKIE}=x").as_str()]), None, "malformed");
+        let planted = format!("{COOKIE}=x; {COOKIE}={}", s.reveal());
+        assert_eq!(from_cookies([planted.as_str()]), Some(s.clone()), "a malformed one first hides nothing");
+        assert_eq!(from_cookies([format!("hakube_session={}", s.reveal()).as_str()]), None, "without the prefix");
         assert_eq!(from_cookies(["theme=dark"]), None);
     }
 }

@@ -122,7 +122,11 @@ function draw(s) {
   const etcd = s.etcd || {};
   $("who").textContent = "signed in (link from " + s.signedInBy + ")";
   $("served-by").textContent = s.servedBy;
-  $("refreshed").textContent = new Date(s.now * 1000).toLocaleTimeString();
+  $("refreshed").textContent = new Date(s.gatheredAt * 1000).toLocaleTimeString();
+  const behind = s.now - s.gatheredAt;
+  const stale = $("stale");
+  stale.hidden = behind < 10;
+  stale.textContent = "This master is slow to read the cluster: what it shows is " + behind + " s old.";
   document.querySelector("#signout input[name=csrf]").value = s.csrf;
 
   const verdict = $("verdict");
@@ -164,7 +168,7 @@ function draw(s) {
           if (await act("/console/api/nodes/remove", { name: n.name })) refresh();
         }) : "",
         lost ? el("span", "lost " + lost, "bad") :
-          (s.joining[n.name] ? el("span", "joining: " + s.joining[n.name], "warn") : "")];
+          (Object.hasOwn(s.joining, n.name) ? el("span", "joining: " + s.joining[n.name], "warn") : "")];
     }));
 
   const members = etcd.members || [];
@@ -220,7 +224,6 @@ function draw(s) {
     [p.node.name, p.node.role, ago(p.lost_for).replace(" ago", ""), ago(s.now - (p.finished_at || p.started_at)), p.started_by]));
 }
 
-let failures = 0;
 async function refresh() {
   try {
     const r = await fetch("/console/api/state", { credentials: "same-origin", cache: "no-store" });
@@ -230,17 +233,19 @@ async function refresh() {
     }
     if (!r.ok) throw new Error("HTTP " + r.status);
     draw(await r.json());
-    failures = 0;
-    $("stale").hidden = true;
   } catch (e) {
-    failures += 1;
     const s = $("stale");
     s.textContent = "Cannot refresh (" + e.message + "); showing what this master said last.";
     s.hidden = false;
   }
 }
 
-refresh();
+// The next poll is asked for once the last one is answered: a slow
+// master never gets a pile of them.
+async function poll() {
+  await refresh();
+  setTimeout(poll, 3000);
+}
+poll();
 drawTokens();
-setInterval(refresh, 3000);
 setInterval(drawTokens, 15000);
