@@ -46,6 +46,53 @@ const PER_SECOND: f64 = 5.0;
 const MAX_SOURCES: usize = 4096;
 /// How long an empty bucket takes to fill again (BURST / PER_SECOND).
 const REFILL: Duration = Duration::from_secs(4);
+/// Connections one source may hold at once: one host cannot take every
+/// slot of [`MAX_CONNECTIONS`] (joins, heartbeats and the cluster page
+/// share them).
+const PER_SOURCE_CONNECTIONS: usize = 16;
+
+/// Who a request counts against: an IPv4 address, or an IPv6 address's
+/// /64 (one host commonly has a whole /64 to pick from).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+/// A source's share of the connection slots, given back when dropped.
+struct Share {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl Share {
+    /// A connection for `source`, unless it holds its share already.
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, source: IpAddr) -> Option<Share> {
+        let mut all = counts.lock().expect("connection counts");
+        let held = all.entry(source).or_insert(0);
+        if *held >= PER_SOURCE_CONNECTIONS {
+            return None;
+        }
+        *held += 1;
+        Some(Share { counts: counts.clone(), source })
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut all = self.counts.lock().expect("connection counts");
+        if let Some(held) = all.get_mut(&self.source) {
+            *held -= 1;
+            if *held == 0 {
+                all.remove(&self.source);
+            }
+        }
+    }
+}
 
 pub struct ApiContext {
     pub paths: Paths,
@@ -73,6 +120,7 @@ impl ApiContext {
     }
 
     fn allow(&self, ip: IpAddr) -> bool {
+        let ip = source(ip);
         let mut buckets = self.buckets.lock().expect("bucket lock");
         let now = Instant::now();
         if buckets.len() >= MAX_SOURCES && !buckets.contains_key(&ip) {
@@ -249,6 +297,7 @@ pub async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let app = router(ctx);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let shares: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -264,6 +313,11 @@ pub async fn serve(
         };
         // Beyond the cap a connection is closed at once: a flood of idle
         // connections cannot pile up handshakes and tasks.
+        let Some(share) = Share::take(&shares, source(remote.ip())) else {
+            warn!(target: "audit", %remote, decision = "refused", reason = "too many connections from this source", "join");
+            drop(tcp);
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             warn!(target: "audit", %remote, decision = "refused", reason = "too many connections", "join");
             drop(tcp);
@@ -272,7 +326,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let (_slot, _share) = (slot, share);
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -305,13 +359,36 @@ mod tests {
     #[test]
     fn the_rate_limiter_remembers_a_bounded_number_of_sources() {
         let ctx = ctx();
-        let v6 = |n: u32| IpAddr::from(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(n)));
+        // One source per /64.
+        let v6 = |n: u32| IpAddr::from(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(n) << 64));
         for n in 0..MAX_SOURCES as u32 {
             assert!(ctx.allow(v6(n)));
         }
         assert!(!ctx.allow(v6(MAX_SOURCES as u32)), "a new source beyond the table waits");
         assert!(ctx.allow(v6(7)), "a known source keeps its bucket");
         assert_eq!(ctx.buckets.lock().unwrap().len(), MAX_SOURCES);
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64_and_a_source_holds_a_share_of_the_connections() {
+        let ctx = ctx();
+        let in_64 = |n: u128| IpAddr::from(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | n));
+        let allowed = (0..40).filter(|n| ctx.allow(in_64(*n))).count();
+        assert!((20..=21).contains(&allowed), "addresses of one /64 share a burst: {allowed}");
+        assert_eq!(source(IpAddr::from([10, 0, 0, 1])), IpAddr::from([10, 0, 0, 1]));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(source(mapped), IpAddr::from([10, 0, 0, 1]), "an IPv4-mapped address is its IPv4 address");
+
+        let counts = Arc::default();
+        let a = IpAddr::from([10, 0, 0, 1]);
+        let held: Vec<Share> = (0..PER_SOURCE_CONNECTIONS).map(|_| Share::take(&counts, a).unwrap()).collect();
+        assert!(Share::take(&counts, a).is_none(), "its share is full");
+        assert!(Share::take(&counts, IpAddr::from([10, 0, 0, 2])).is_some(), "another source is not held up");
+        drop(held);
+        let again = Share::take(&counts, a);
+        assert!(again.is_some(), "given back as they close");
+        drop(again);
+        assert!(counts.lock().unwrap().is_empty(), "no entry kept for a source with none");
     }
 
     #[test]
