@@ -324,3 +324,40 @@ fn an_operator_adds_and_removes_a_node_from_a_browser() {
         );
     }
 }
+
+#[test]
+fn a_client_that_trickles_its_headers_is_dropped() {
+    use std::io::Write as _;
+    let net = Network::new();
+    let m1 = net.host("m1");
+    m1.install(&["ha"]);
+    let c = net.host("c1");
+    let to = format!("{}:9443", m1.addr);
+    let mut client = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.ns, "openssl", "s_client", "-quiet", "-connect", &to])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    // A request line and one header, and never the blank line that ends them.
+    stdin.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    stdin.flush().unwrap();
+    let t = std::time::Instant::now();
+    let closed = loop {
+        if let Ok(Some(_)) = client.try_wait() {
+            break Some(t.elapsed());
+        }
+        if t.elapsed() > std::time::Duration::from_secs(30) {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = client.kill();
+    drop(stdin);
+    let _ = client.wait();
+    let closed = closed.expect("the server still holds the connection after 30 s");
+    assert!(closed < std::time::Duration::from_secs(20), "dropped after {closed:?}");
+    eprintln!("a client that trickled its headers was dropped after {:.1}s", closed.as_secs_f64());
+}

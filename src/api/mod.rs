@@ -338,9 +338,10 @@ pub async fn serve(
             let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| tls::node_of(c));
             let app = app.layer(Extension(Remote(remote))).layer(Extension(Peer(peer)));
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let conn = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .into_owned();
+            let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // A client that trickles its headers is dropped after 10 s.
+            builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service).into_owned();
             // A client that sends nothing gets dropped.
             let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
         });
