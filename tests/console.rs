@@ -159,6 +159,22 @@ fn the_page_signs_in_once_by_link_and_refuses_what_it_must() {
     let earlier = format!("__Host-hakube_session={before}");
     assert_eq!(curl(&c, &m1, &["-b", &earlier, &state]).status, 401, "the one before is over");
 
+    // Root on a master sees the sessions, and ends them all with the links not yet used.
+    let spare = self::link(&m1);
+    let listed = m1.hakube(&["console", "--sessions"]);
+    assert_ok(&listed, "console --sessions");
+    let listed = stdout(&listed);
+    assert_eq!(listed.lines().count(), 2, "one open session: {listed}");
+    assert!(listed.contains(&format!(" {} ", c.addr)) && listed.contains("@m1"), "{listed}");
+    assert!(!listed.contains(&jar_value(&browser)), "never the secret: {listed}");
+    let ended = m1.hakube(&["console", "--end-sessions"]);
+    assert_ok(&ended, "console --end-sessions");
+    assert!(stdout(&ended).contains("Ended 1 session(s)"), "{}", stdout(&ended));
+    assert_eq!(curl(&c, &m1, &["-b", &browser, &state]).status, 401, "signed out by root");
+    let refused = sign_in(&c, &m1, code_of(&spare), &dir.path().join("jar5").display().to_string());
+    assert_eq!(refused.status, 403, "the unused link ended too: {}", refused.body);
+    assert!(stdout(&m1.hakube(&["console", "--sessions"])).contains("No session is open"));
+
     // Every decision is in the agent's log, with who and from where.
     let log = std::fs::read_to_string(m1.root().join("var/lib/hakube/logs/agent.log")).unwrap();
     let from = format!("remote={}:", c.addr);

@@ -66,7 +66,14 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Print a one-time link that signs a browser in to the cluster page (run on a master).
-    Console,
+    Console {
+        /// List the page's open sessions instead: who printed the link, where the browser signed in from, when.
+        #[arg(long)]
+        sessions: bool,
+        /// End every session and every unused sign-in link, on every master (a cookie or a link that may have leaked).
+        #[arg(long, conflicts_with = "sessions")]
+        end_sessions: bool,
+    },
     /// The cluster's nodes (run on a master).
     #[command(subcommand)]
     Node(NodeCommand),
@@ -605,8 +612,16 @@ pub fn main(argv: Vec<OsString>) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Console => {
+        Command::Console { sessions: false, end_sessions: false } => {
             print!("{}", crate::cli::console::run(&paths)?);
+            Ok(0)
+        }
+        Command::Console { sessions: true, .. } => {
+            print!("{}", crate::cli::console::sessions(&paths)?);
+            Ok(0)
+        }
+        Command::Console { end_sessions: true, .. } => {
+            print!("{}", crate::cli::console::end_sessions(&paths)?);
             Ok(0)
         }
         Command::Token(TokenCommand::List) => {

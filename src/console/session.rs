@@ -245,6 +245,53 @@ pub async fn end(client: &mut Client, endpoint: &str, secret: &Secret) -> Result
     Ok(())
 }
 
+/// An open session as `hakube console --sessions` lists it: the first 12
+/// hex digits of its hash name it (never the secret), and its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Open {
+    pub id: String,
+    pub record: SessionRecord,
+}
+
+/// Every session etcd holds, oldest first.
+pub async fn list(client: &mut Client, endpoint: &str) -> Result<Vec<Open>, EtcdError> {
+    let resp =
+        client.get(SESSION_PREFIX, Some(GetOptions::new().with_prefix())).await.map_err(|e| call(endpoint, e))?;
+    let mut open: Vec<Open> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let hash = kv.key_str().ok()?.strip_prefix(SESSION_PREFIX)?;
+            let record = serde_json::from_slice(kv.value()).ok()?;
+            Some(Open { id: hash.chars().take(12).collect(), record })
+        })
+        .collect();
+    open.sort_by_key(|o| (o.record.created_at, o.id.clone()));
+    Ok(open)
+}
+
+/// Ends every session and every sign-in link not yet used (a link or a
+/// cookie that may have leaked), on every master at once: each master
+/// looks a session up in etcd on every request. Says how many of each it
+/// ended.
+pub async fn end_all(client: &mut Client, endpoint: &str) -> Result<(usize, usize), EtcdError> {
+    let mut ended = [0usize; 2];
+    for (n, prefix) in [SESSION_PREFIX, LINK_PREFIX].into_iter().enumerate() {
+        let resp = client.get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(|e| call(endpoint, e))?;
+        for kv in resp.kvs() {
+            // The lease goes with its key (it would otherwise live on,
+            // empty, until it ends); one that ended meanwhile took its key.
+            if kv.lease() != 0 {
+                let _ = client.lease_revoke(kv.lease()).await;
+            }
+            // The delete is what counts, and what fails loudly.
+            client.delete(kv.key(), None).await.map_err(|e| call(endpoint, e))?;
+            ended[n] += 1;
+        }
+    }
+    Ok((ended[0], ended[1]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
