@@ -5,6 +5,7 @@
 #
 #   scripts/sandbox.sh up [--masters N] [--workers M]
 #   scripts/sandbox.sh status [HAKUBE STATUS FLAGS...]
+#   scripts/sandbox.sh console [--port PORT]
 #   scripts/sandbox.sh down
 #
 # This script installs what the machine lacks; the developer tools (dev/)
@@ -25,6 +26,7 @@ usage() {
   cat >&2 <<EOF
 usage: scripts/$prog up [--masters N] [--workers M]
        scripts/$prog status [--json]
+       scripts/$prog console [--port PORT]
        scripts/$prog down
 
   up      create the namespaces and install hakube on m1 (etcd, containerd,
@@ -37,6 +39,9 @@ usage: scripts/$prog up [--masters N] [--workers M]
           (\`hakube node-join-script [--master]\`), all at the same time;
           then it waits for every Node to be Ready.
   status  run \`hakube status\` on every installed host (extra flags go to it)
+  console print a sign-in link to the cluster page on 127.0.0.1:PORT (default
+          9443) and forward that port to m1's page until Ctrl-C (from
+          another machine: ssh -L PORT:127.0.0.1:PORT to this one)
   down    reset every host, stop what still runs in the namespaces, delete
           them and the state directory
 
@@ -48,7 +53,7 @@ EOF
 
 cmd=${1:-}
 case $cmd in
-  up | status | down) hakube_as_root "$script" "$@" ;;
+  up | status | console | down) hakube_as_root "$script" "$@" ;;
   -h | --help | help) usage && exit 0 ;;
   "") usage && exit 2 ;;
   *) usage && die "unknown command '$cmd'" ;;

@@ -65,6 +65,13 @@ pub enum Action {
     /// Reset every host, stop what still runs in the namespaces, delete them
     /// and the state directory.
     Down,
+    /// The cluster page from this machine: prints a sign-in link on
+    /// 127.0.0.1:PORT and forwards that port to m1's page until interrupted
+    /// (from another machine: ssh -L PORT:127.0.0.1:PORT to this one).
+    Console {
+        #[arg(long, default_value_t = 9443)]
+        port: u16,
+    },
 }
 
 pub fn run(action: Action) -> Result<()> {
@@ -91,6 +98,7 @@ pub fn run(action: Action) -> Result<()> {
         }
         Action::Status { args } => sandbox.status(&args),
         Action::Down => sandbox.down(),
+        Action::Console { port } => sandbox.console(port),
     }
 }
 
@@ -208,6 +216,62 @@ impl Sandbox {
         let mut cmd = in_ns(&ns_of(name), bin);
         cmd.arg("--root").arg(self.root(name)).args(args);
         cmd
+    }
+
+    /// Prints a sign-in link to m1's cluster page through 127.0.0.1:`port`
+    /// and forwards that port into m1's network namespace (the page checks
+    /// a request's origin against its Host, so it works through a forwarded
+    /// port) until interrupted.
+    fn console(&self, port: u16) -> Result<()> {
+        use std::net::{TcpListener, TcpStream};
+        let bin = self.binary().context("no hakube binary: is the sandbox up (scripts/sandbox.sh up)?")?;
+        if !self.agent_alive("m1") {
+            bail!("m1's agent is not running: scripts/sandbox.sh status shows the hosts, scripts/sandbox.sh up makes them");
+        }
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .with_context(|| format!("cannot listen on 127.0.0.1:{port}: choose another port with --port"))?;
+        let out = bounded(STATUS_TIMEOUT, self.hakube(&bin, "m1", &["console"])).output()?;
+        if !out.status.success() {
+            bail!("hakube console on m1 failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let target = format!("{NET}.11:{}", 9443);
+        let link = text
+            .split_whitespace()
+            .find(|w| w.contains("/console/signin?code="))
+            .context("hakube console printed no link")?
+            .replace(&format!("https://{target}/"), &format!("https://127.0.0.1:{port}/"));
+        let ca = self.root("m1").join("var/lib/hakube/pki/ca.crt");
+        println!(
+            "Open this link within 5 minutes; it signs in once:\n\n  {link}\n\n\
+             The page's certificate is issued by the cluster's CA ({}), which no browser knows, and names \
+             m1's address: accept the warning. From another machine: ssh -L {port}:127.0.0.1:{port} to this \
+             one first. Forwarding 127.0.0.1:{port} to m1's {target}; Ctrl-C stops.",
+            ca.display()
+        );
+        // The connecting thread lives in m1's network namespace; a socket
+        // keeps the namespace it was made in, so the copies run anywhere.
+        let netns = File::open(format!("/run/netns/{}", ns_of("m1"))).context("m1's network namespace")?;
+        let (tx, rx) = std::sync::mpsc::channel::<TcpStream>();
+        std::thread::spawn(move || {
+            if let Err(e) = nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET) {
+                warning!("cannot enter m1's network namespace: {e}");
+                return;
+            }
+            for client in rx {
+                match TcpStream::connect(&target) {
+                    Ok(server) => splice(client, server),
+                    Err(e) => warning!("cannot reach m1's page at {target}: {e}"),
+                }
+            }
+        });
+        for client in listener.incoming() {
+            match client {
+                Ok(c) => tx.send(c).context("the forwarder stopped")?,
+                Err(e) => warning!("accept on 127.0.0.1:{port}: {e}"),
+            }
+        }
+        Ok(())
     }
 
     /// Serialises up and down: namespace names are machine-wide. The lock is
@@ -616,6 +680,7 @@ Look inside:
   {sudo}ip netns exec hk-m1 {bin} --root {m1} check      # ✓ ‼ × with hints
   {sudo}ip netns exec hk-m1 curl -s http://{NET}.11:{METRICS_PORT}/metrics   # what m1's agent exports
   {sudo}ip netns exec hk-m1 curl -s http://{NET}.11:{PROMETHEUS_PORT}/api/v1/alerts   # Prometheus, with hakube's rules
+  scripts/sandbox.sh console                # the cluster page, forwarded to 127.0.0.1:9443, with a sign-in link
   scripts/sandbox.sh status | down
 
 kubectl (the bundle's {version}, on m1's network, with its admin kubeconfig):
@@ -637,6 +702,23 @@ containerd, and a pinned tag is never pulled; use imagePullPolicy: Never for :la
 A local-path volume lives on one node's disk: if that node is lost, so is its data.)
 "#
         )
+    }
+}
+
+/// Copies both ways between two connections until either side closes.
+fn splice(a: std::net::TcpStream, b: std::net::TcpStream) {
+    let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        })
+    };
+    match (a.try_clone(), b.try_clone()) {
+        (Ok(a2), Ok(b2)) => {
+            pipe(a, b2);
+            pipe(b, a2);
+        }
+        _ => warning!("cannot forward a connection: out of file descriptors?"),
     }
 }
 
