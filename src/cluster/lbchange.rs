@@ -195,30 +195,52 @@ pub async fn confirm(ch: &LbChange, revision: i64, m: &NodeRecord, api_port: u16
             m.settings_revision
         ));
     }
-    let names = || async { presented_names(&HostPort::new(Host::Ip(m.address), api_port), ca_pem).await };
+    if ch.phase == LbPhase::Switch {
+        return Confirm::Done(format!("its admin kubeconfig uses {}", ch.to));
+    }
+    judge(ch, m, presented_names(&HostPort::new(Host::Ip(m.address), api_port), ca_pem).await)
+}
+
+/// Whether a master presents `host` for a reason of its own, whatever the
+/// load-balancer address: its address, its name, loopback. Its
+/// certificate keeps such a name when the address that was the same is
+/// dropped (an address that was one master's own API server, as a first
+/// master's often is before a balancer exists).
+fn its_own(m: &NodeRecord, host: &Host) -> bool {
+    match host {
+        Host::Ip(ip) => *ip == m.address || ip.is_loopback(),
+        Host::Dns(d) => d.eq_ignore_ascii_case(&m.name) || d.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// The add-name and drop-name phases, judged from the names `m`'s API
+/// server presents (`Ok(None)`: it does not accept connections).
+fn judge(ch: &LbChange, m: &NodeRecord, names: Result<Option<Vec<San>>, String>) -> Confirm {
     let (must_have, must_not) = match ch.phase {
         LbPhase::AddName => (Some(&ch.to), None),
         LbPhase::Switch => return Confirm::Done(format!("its admin kubeconfig uses {}", ch.to)),
         LbPhase::DropName => (None, ch.from.as_ref().filter(|f| f.host != ch.to.host)),
     };
-    match names().await {
-        Err(e) => Confirm::Waiting(e),
-        Ok(None) => Confirm::Done("its API server is not serving; it starts with the new certificate".into()),
-        Ok(Some(sans)) => {
-            if let Some(to) = must_have {
-                if !sans.contains(&san_of(&to.host)) {
-                    return Confirm::Waiting(format!("its API server does not present {} yet", to.host));
-                }
-                return Confirm::Done(format!("its API server presents {}", to.host));
-            }
-            if let Some(from) = must_not {
-                if sans.contains(&san_of(&from.host)) {
-                    return Confirm::Waiting(format!("its API server still presents {}", from.host));
-                }
-                return Confirm::Done(format!("its API server no longer presents {}", from.host));
-            }
-            Confirm::Done("nothing to drop".into())
+    let sans = match names {
+        Err(e) => return Confirm::Waiting(e),
+        Ok(None) => return Confirm::Done("its API server is not serving; it starts with the new certificate".into()),
+        Ok(Some(sans)) => sans,
+    };
+    if let Some(to) = must_have {
+        if !sans.contains(&san_of(&to.host)) {
+            return Confirm::Waiting(format!("its API server does not present {} yet", to.host));
         }
+        return Confirm::Done(format!("its API server presents {}", to.host));
+    }
+    match must_not {
+        Some(from) if its_own(m, &from.host) => {
+            Confirm::Done(format!("{} is its own name, which its API server keeps presenting", from.host))
+        }
+        Some(from) if sans.contains(&san_of(&from.host)) => {
+            Confirm::Waiting(format!("its API server still presents {}", from.host))
+        }
+        Some(from) => Confirm::Done(format!("its API server no longer presents {}", from.host)),
+        None => Confirm::Done("nothing to drop".into()),
     }
 }
 
@@ -341,6 +363,50 @@ mod tests {
 
     fn m(name: &str, state: Confirm) -> MasterProgress {
         MasterProgress { name: name.into(), address: "10.0.0.1".parse().unwrap(), state }
+    }
+
+    #[test]
+    fn a_master_keeps_its_own_address_when_the_old_balancer_address_was_it() {
+        let m1 = NodeRecord {
+            name: "m1".into(),
+            role: Role::Master,
+            address: "10.0.0.11".parse().unwrap(),
+            joined_at: 1,
+            heartbeat_at: 1,
+            settings_revision: 5,
+            clock_offset_ms: None,
+            versions: Default::default(),
+            healthy: None,
+            hakube: None,
+            balancer: None,
+        };
+        let ip = |s: &str| San::Ip(s.parse().unwrap());
+        let dns = |s: &str| San::Dns(s.into());
+        let names = |sans: &[San]| Ok(Some(sans.to_vec()));
+        // The cluster first used m1's own API server, then a balancer.
+        let drop = change(Some("10.0.0.11:6443"), "lb.example:6443", LbPhase::DropName);
+        let m1_sans = [dns("m1"), ip("10.0.0.11"), ip("127.0.0.1"), dns("lb.example")];
+        let done = judge(&drop, &m1, names(&m1_sans));
+        assert!(matches!(&done, Confirm::Done(d) if d.contains("its own name")), "{done:?}");
+        // Another master must drop it.
+        let m2 = NodeRecord { name: "m2".into(), address: "10.0.0.12".parse().unwrap(), ..m1.clone() };
+        let stale = [dns("m2"), ip("10.0.0.12"), ip("10.0.0.11"), dns("lb.example")];
+        assert_eq!(
+            judge(&drop, &m2, names(&stale)),
+            Confirm::Waiting("its API server still presents 10.0.0.11".into())
+        );
+        let dropped = [dns("m2"), ip("10.0.0.12"), dns("lb.example")];
+        assert!(matches!(judge(&drop, &m2, names(&dropped)), Confirm::Done(_)));
+        // The same by name.
+        let by_name = change(Some("m1:6443"), "lb.example:6443", LbPhase::DropName);
+        assert!(matches!(judge(&by_name, &m1, names(&m1_sans)), Confirm::Done(_)));
+        assert!(matches!(judge(&by_name, &m2, names(&[dns("m1")])), Confirm::Waiting(_)));
+        // Adding a name is judged as before; an API server that is down waits for nothing.
+        let add = change(Some("10.0.0.11:6443"), "lb.example:6443", LbPhase::AddName);
+        assert!(matches!(judge(&add, &m1, names(&[ip("10.0.0.11")])), Confirm::Waiting(_)));
+        assert!(matches!(judge(&add, &m1, names(&m1_sans)), Confirm::Done(_)));
+        assert!(matches!(judge(&drop, &m2, Ok(None)), Confirm::Done(_)));
+        assert_eq!(judge(&drop, &m2, Err("TLS handshake".into())), Confirm::Waiting("TLS handshake".into()));
     }
 
     #[test]
