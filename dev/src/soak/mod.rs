@@ -28,7 +28,8 @@
 //! - at most one agent claimed the leader's term at any sampled instant
 //!   (every 200 ms, from each live agent's state file);
 //! - once the faults stop, the cluster heals: every Node Ready, every etcd
-//!   voter healthy, every node on the final settings, `hakube check` with
+//!   voter healthy, every node on the final settings, no address change
+//!   left under way, `hakube check` with
 //!   no error on every master.
 
 mod plan;
@@ -1030,6 +1031,22 @@ impl Soak {
                     let not_converged = c["not_converged"].as_array().cloned().unwrap_or_default();
                     if nodes != 5 || !not_converged.is_empty() {
                         wrong.push(format!("settings: {nodes} nodes, not converged: {not_converged:?}"));
+                    }
+                    // An address change the faults held up completes once they stop.
+                    let (change, progress) = (&c["settings"]["loadBalancerChange"], &c["load_balancer_change"]);
+                    if !change.is_null() {
+                        let waiting: Vec<String> = progress["masters"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|m| format!("{}: {}", m["name"], m["state"]["detail"]))
+                            .collect();
+                        wrong.push(format!(
+                            "the address change to {} is still under way (phase {}): {}",
+                            change["to"],
+                            change["phase"],
+                            waiting.join("; ")
+                        ));
                     }
                 }
                 None => wrong.push("no master answers hakube status".into()),
