@@ -317,6 +317,7 @@ fn an_operator_adds_and_removes_a_node_from_a_browser() {
     assert_eq!(seen["cookie"][0]["sameSite"], "Strict", "{seen}");
     assert_eq!(seen["scriptSeesCookie"], false, "{seen}");
     assert!(seen["w1Row"].as_str().unwrap().contains("worker"), "{seen}");
+    assert_eq!(seen["lastJoin"], "w1", "the newest of the recent joins: {seen}");
     assert_eq!(seen["removed"], "w1", "{seen}");
     assert_eq!(seen["actionError"], false, "{seen}");
     assert!(seen["reuse"].as_str().unwrap().contains("used already"), "{seen}");

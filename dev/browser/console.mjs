@@ -71,6 +71,7 @@ try {
   seen.tokenShown = await page.textContent("#join-id");
   await row("w1").waitFor({ timeout: 120000 });
   seen.w1Row = await row("w1").textContent();
+  seen.lastJoin = await page.textContent("#joins tr:nth-child(2) td:first-child");
 
   // A second script, its token revoked from the table: the test runs it.
   await page.click("#add-node button[type=submit]");

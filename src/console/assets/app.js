@@ -220,6 +220,9 @@ function draw(s) {
 
   table("addons", ["Add-on", "Namespace", "Ready", "State"], (s.addons || []).map((a) =>
     [a.name, a.namespace, a.ready + " / " + a.desired, mark(a.desired > 0 && a.ready >= a.desired, a.message, a.message)]));
+  // The nodes that joined last, newest first (a node joined again counts from its latest join).
+  table("joins", ["Node", "Role", "Joined"], (c.nodes || []).slice().sort((a, b) => b.joined_at - a.joined_at)
+    .slice(0, 5).map((n) => [n.name, n.role, ago(s.now - n.joined_at)]));
   table("purges", ["Node", "Role", "Lost for", "Purged", "By"], (c.purged || []).map((p) =>
     [p.node.name, p.node.role, ago(p.lost_for).replace(" ago", ""), ago(s.now - (p.finished_at || p.started_at)), p.started_by]));
 }
