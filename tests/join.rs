@@ -709,31 +709,40 @@ fn a_dead_master_blocks_master_joins_until_node_remove_takes_it_out() {
     assert_eq!(names, ["m1", "m2", "m4"], "{}", members_text(&m1));
 }
 
+/// Whether the other end has closed `s` (or reset it) by now. It does not
+/// wait: those left open time out their TLS handshake after 10 s.
+fn closed_by_peer(s: &std::net::TcpStream) -> bool {
+    s.set_nonblocking(true).expect("nonblocking");
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(&mut &*s, &mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
 #[test]
 fn a_flood_of_connections_is_capped_and_a_rate_limit_reads_no_body() {
     let net = Network::new();
     let m1 = first_master(&net);
-    let c = net.host("c1");
-    // Idle connections past the cap are closed at once; those under it wait
-    // for their TLS handshake.
-    let code = format!(
-        "import select, socket, time\n\
-         socks = [socket.create_connection(('{addr}', 9443), timeout=2) for i in range(80)]\n\
-         time.sleep(1)\n\
-         readable, _, _ = select.select(socks, [], [], 1)\n\
-         closed = 0\n\
-         for s in readable:\n\
-         \x20   try:\n\
-         \x20       closed += s.recv(1) == b''\n\
-         \x20   except ConnectionResetError:\n\
-         \x20       closed += 1\n\
-         print(closed)\n",
-        addr = m1.addr
-    );
-    let out = c.exec("python3", &["-c", &code]);
-    assert_ok(&out, "connection flood");
-    let closed: usize = stdout(&out).trim().parse().unwrap();
-    assert_eq!(closed, 80 - 64, "connections closed at once past the cap of 64");
+    let clients: Vec<Host> = (1..=5).map(|i| net.host(&format!("c{i}"))).collect();
+    let c = &clients[0];
+    // Idle connections past a source's share of 16 are closed at once, and
+    // so are those past the cap of 64 over all sources; those under both
+    // wait for their TLS handshake. c1 asks for 20, c2..c4 for 16 each
+    // (64 held in all), then c5 for 16.
+    let held: Vec<Vec<std::net::TcpStream>> = clients
+        .iter()
+        .zip([20, 16, 16, 16, 16])
+        .map(|(h, n)| {
+            let addr = format!("{}:9443", m1.addr);
+            h.within(|| (0..n).map(|_| std::net::TcpStream::connect(&addr).expect("connect")).collect())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let closed: Vec<usize> = held.iter().map(|socks| socks.iter().filter(|s| closed_by_peer(s)).count()).collect();
+    assert_eq!(closed, [4, 0, 0, 0, 16], "closed at once, per client: past a share of 16, then past the cap of 64");
+    drop(held);
     // Once over its rate, a source is refused before it uploads its body
     // (curl waits for 100-continue and sends nothing).
     let dir = tempfile::tempdir().unwrap();
