@@ -7,9 +7,10 @@
 //! listener; the cluster's part (every node's heartbeat, the purge's view,
 //! the add-ons) only from the elected leader, so that each of those series
 //! has one source and an alert on it fires once. Nothing is sampled while
-//! nobody scrapes, which keeps the idle agent small; each part is bounded
-//! so a scrape answers within Prometheus' default 10 s timeout even with
-//! etcd gone.
+//! nobody scrapes, which keeps the idle agent small. Each part is bounded,
+//! and the scrape as a whole by [`SCRAPE_BUDGET`]: a part that has not
+//! answered by then is left out, so a scrape answers within Prometheus'
+//! default 10 s timeout however etcd or the API server stall.
 
 pub mod serve;
 
@@ -22,25 +23,37 @@ use crate::host::paths::Paths;
 use crate::kube::inventory::Row;
 use crate::metrics::{counter_series, etcd, flag, label, Series as Out};
 
+/// The longest a scrape takes, under Prometheus' default timeout of 10 s
+/// (its parts' own bounds add up to more).
+const SCRAPE_BUDGET: Duration = Duration::from_secs(9);
+
 /// Everything one scrape of this agent shows.
 pub async fn render(paths: &Paths, cfg: &ClusterConfig) -> String {
+    let deadline = tokio::time::Instant::now() + SCRAPE_BUDGET;
+    let bounded = |limit: Duration| (tokio::time::Instant::now() + limit).min(deadline);
     let mut out = Out::default();
     let state = State::read(&paths.state_file());
     node_series(&mut out, cfg, state.as_ref());
     certificate_series(&mut out, &crate::kube::inventory::inventory(paths));
     process_series(&mut out);
     if cfg.has(Component::Etcd) {
-        let etcd =
-            tokio::time::timeout(Duration::from_secs(5), crate::cluster::report::probe_etcd(paths, cfg)).await.ok();
-        let local = etcd::fetch(cfg.etcd_metrics_address(), Duration::from_secs(2)).await;
-        etcd_series(&mut out, etcd.as_ref(), local.as_ref().ok());
+        let (etcd, local) = tokio::join!(
+            tokio::time::timeout_at(bounded(Duration::from_secs(5)), crate::cluster::report::probe_etcd(paths, cfg)),
+            tokio::time::timeout_at(
+                bounded(Duration::from_secs(2)),
+                etcd::fetch(cfg.etcd_metrics_address(), Duration::from_secs(2))
+            ),
+        );
+        let (etcd, local) = (etcd.ok(), local.ok().and_then(Result::ok));
+        etcd_series(&mut out, etcd.as_ref(), local.as_ref());
         let cluster = match &etcd {
-            Some(e) if e.healthy => {
-                tokio::time::timeout(Duration::from_secs(4), crate::cluster::report::probe_cluster(paths, cfg))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            }
+            Some(e) if e.healthy => tokio::time::timeout_at(
+                bounded(Duration::from_secs(4)),
+                crate::cluster::report::probe_cluster(paths, cfg),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok),
             _ => None,
         };
         let leads = cluster.as_ref().is_some_and(|c| c.leader.as_deref() == Some(cfg.node.name.as_str()));
@@ -51,8 +64,16 @@ pub async fn render(paths: &Paths, cfg: &ClusterConfig) -> String {
         );
         if let (true, Some(c)) = (leads, &cluster) {
             cluster_series(&mut out, c, crate::host::clock::now_secs());
-            let queue = tokio::time::timeout(Duration::from_secs(2), lock_queue(paths, cfg)).await.ok().flatten();
-            if let Some(n) = queue {
+            let queue = tokio::time::timeout_at(bounded(Duration::from_secs(2)), lock_queue(paths, cfg));
+            let addons = async {
+                if !cfg.has(Component::KubeApiserver) {
+                    return None;
+                }
+                let probe = crate::cluster::report::probe_addons(paths, cfg);
+                tokio::time::timeout_at(bounded(Duration::from_secs(4)), probe).await.ok().map(|(a, _)| a)
+            };
+            let (queue, addons) = tokio::join!(queue, addons);
+            if let Some(n) = queue.ok().flatten() {
                 out.one(
                     "hakube_etcd_membership_lock_queue",
                     "Holders and waiters of the etcd membership lock (a join or removal holds it)",
@@ -60,12 +81,7 @@ pub async fn render(paths: &Paths, cfg: &ClusterConfig) -> String {
                 );
             }
             if cfg.has(Component::KubeApiserver) {
-                let addons =
-                    tokio::time::timeout(Duration::from_secs(4), crate::cluster::report::probe_addons(paths, cfg))
-                        .await
-                        .map(|(a, _)| a)
-                        .unwrap_or_default();
-                addon_series(&mut out, &addons);
+                addon_series(&mut out, &addons.unwrap_or_default());
             }
         }
     }
