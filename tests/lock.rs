@@ -252,3 +252,68 @@ fn a_leader_whose_control_plane_stays_unhealthy_makes_way_and_none_flaps() {
         }))
     });
 }
+
+/// A term whose lease is lost stops being claimed at once, whenever the
+/// loss lands (mid-round or between rounds): a claim that outlived its
+/// lease would overlap the next leader's. Six terms are ended by
+/// revoking their lease, which the keeper or the next round finds first.
+#[test]
+fn a_term_whose_lease_is_lost_is_no_longer_claimed() {
+    use hakube::cluster::election::{self, View, Yield, LEADER_KEY};
+    use tokio::sync::watch;
+
+    let h = Host::isolated();
+    h.install(&[]);
+    // Only the election below campaigns, once the frozen agent's lease is gone.
+    let agent = h.state()["agent_pid"].as_u64().expect("agent pid");
+    assert!(sh("kill", &["-STOP", &agent.to_string()]).status.success());
+    let paths = hakube::host::paths::Paths::new(h.root());
+    let mut cfg = hakube::config::load_installed(&paths.config_file()).unwrap().expect("installed config");
+    cfg.node.name = "a".parse().unwrap();
+
+    h.within(|| {
+        runtime().block_on(tokio::task::LocalSet::new().run_until(async {
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let (tx, view) = watch::channel(View::default());
+            tokio::task::spawn_local(election::run(paths.clone(), cfg, || true, Yield::default(), tx, stop_rx));
+            let mut client = h.etcd_client(None).await;
+            for round in 1..=6 {
+                let t = Instant::now();
+                while view.borrow().term.is_none() {
+                    assert!(t.elapsed() < Duration::from_secs(20), "round {round}: a is not elected");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let revoked = view.borrow().term.clone().expect("elected");
+                let got = client.get(LEADER_KEY, None).await.unwrap();
+                let lease = got.kvs().first().expect("the leader key").lease();
+                client.lease_revoke(lease).await.unwrap();
+                // From when the keeper knows the lease lost, the view claims
+                // the term no longer than a scheduling delay.
+                let t = Instant::now();
+                let mut lost_at = None;
+                loop {
+                    // A new term (a campaigns again at once) is another claim.
+                    let claimed = view.borrow().term.clone().filter(|t| *t == revoked);
+                    let Some(term) = claimed else { break };
+                    if !term.lease_held() {
+                        let since = *lost_at.get_or_insert_with(Instant::now);
+                        assert!(
+                            since.elapsed() < Duration::from_millis(100),
+                            "round {round}: the term was still claimed {:?} after its keeper lost the lease",
+                            since.elapsed()
+                        );
+                    }
+                    assert!(t.elapsed() < Duration::from_secs(10), "round {round}: the revoked term is still claimed");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                eprintln!(
+                    "round {round}: claim ended {:?} after the revoke, {} the keeper",
+                    t.elapsed(),
+                    if lost_at.is_some() { "found by" } else { "before" }
+                );
+            }
+            stop_tx.send_replace(true);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }))
+    });
+}

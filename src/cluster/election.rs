@@ -121,6 +121,12 @@ impl PartialEq for Term {
 impl Eq for Term {}
 
 impl Term {
+    /// Whether its keeper still holds the lease (without asking etcd):
+    /// false from the moment the fence falls.
+    pub fn lease_held(&self) -> bool {
+        self.held.is_held()
+    }
+
     /// Whether the term still holds: its lease alive, and the leader key
     /// still on it (read back, linearizably).
     pub async fn holds(&self, client: &mut Client) -> bool {
@@ -236,8 +242,20 @@ pub async fn run(
         if current.is_none() && tx.borrow().term.is_some() {
             tx.send_replace(View::default());
         }
+        // The fence is watched between rounds too: a lease lost during the
+        // pause ends the claim at once, not at the next round, a second
+        // later, when etcd may have expired it and another master claimed.
+        let mut fence = current.as_ref().map(|(t, _)| t.held.clone());
         tokio::select! {
             _ = stop.changed() => break,
+            () = etcd::lease::lost(fence.as_mut()) => {
+                if let Some((_, keeper)) = current.take() {
+                    keeper.abort();
+                }
+                etcd.forget();
+                tx.send_replace(View::default());
+                warn!("lost the leadership (no keep-alive answered within the lease: this master was cut off from etcd)");
+            }
             _ = sleep(Duration::from_secs(1)) => {}
         }
     }
