@@ -760,6 +760,27 @@ impl Soak {
         let (what, result) = match op {
             Op::Rejoin(m) => (format!("reset and rejoin of {m}"), self.rejoin(m)),
             Op::AddressChange { from_master, to } => {
+                // An operator re-runs install on a master of the cluster: one
+                // purged, left unjoined or being rejoined is not one, and the
+                // first master that is takes its place.
+                let outside = |name: &str| {
+                    self.busy.lock().unwrap().contains(name)
+                        || self.unjoined.lock().unwrap().contains(name)
+                        || self.host(name).state()["purged"].is_string()
+                };
+                let from_master = match outside(from_master) {
+                    false => from_master.clone(),
+                    true => match self.masters().map(|m| m.name.clone()).find(|m| !outside(m)) {
+                        Some(other) => {
+                            self.note(format!(
+                                "{from_master} is out of the cluster: the address change runs on {other}"
+                            ));
+                            other
+                        }
+                        None => from_master.clone(),
+                    },
+                };
+                let from_master = &from_master;
                 let (from, to_host) = (self.host(from_master), self.host(to));
                 let word = format!("load-balancer-address={}:6443", to_host.addr);
                 let env = host_env(&self.out, from_master);
@@ -842,8 +863,9 @@ impl Soak {
     /// Every 2 s, from the observer: how many voters are up (answer a
     /// status call: running and reachable) and how many serve (answer a
     /// linearizable read, which needs a leader: an election after a fault
-    /// on the leader stops it for seconds with every voter up). When no
-    /// member answers at all, the voters are the last ones known.
+    /// on the leader stops it for seconds with every voter up). The voters
+    /// are those a serving member lists; while none serves, the last ones
+    /// known.
     fn quorum_sampler(&self) {
         let endpoints: Vec<String> = self.masters().map(|m| format!("https://{}:2379", m.addr)).collect();
         self.obs.within(|| {
@@ -887,20 +909,23 @@ impl Soak {
                 )
                 .await
                 .ok()?;
+                let list = c.member_list().await.ok();
+                c.status().await.ok()?;
+                probe.up.insert(e.clone());
+                c.get("soak-health", None).await.ok()?;
+                // The voters as a member that serves linearizable reads
+                // lists them: a member removed while cut off still lists
+                // the cluster it was cut from, itself included.
                 if probe.voters.is_none() {
-                    if let Ok(list) = c.member_list().await {
-                        let urls = list
-                            .members()
+                    probe.voters = list.map(|list| {
+                        list.members()
                             .iter()
                             .filter(|m| !m.is_learner())
                             .flat_map(|m| m.client_urls().to_vec())
-                            .collect();
-                        probe.voters = Some(urls);
-                    }
+                            .collect()
+                    });
                 }
-                c.status().await.ok()?;
-                probe.up.insert(e.clone());
-                c.get("soak-health", None).await.ok().map(|_| ())
+                Some(())
             };
             if tokio::time::timeout(Duration::from_secs(3), call).await.ok().flatten().is_some() {
                 probe.serving.insert(e.clone());
