@@ -88,6 +88,8 @@ _hakube_need() {
     qemu-img) pkg=qemu-utils ;;
     debootstrap) pkg=debootstrap ;;
     make | bzip2) pkg=$need ;;
+    # libFuzzer (the fuzz targets' libfuzzer-sys) is C++.
+    c++) pkg=g++ ;;
     mkfs.ext4) pkg=e2fsprogs ;;
     ssh | ssh-keygen) pkg=openssh-client ;;
     *) return 2 ;;
