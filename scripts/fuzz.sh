@@ -43,7 +43,8 @@ hakube_find_cargo || die "cargo not found: install a Rust toolchain (https://rus
 cargo +nightly --version >/dev/null 2>&1 ||
   die "cargo fuzz needs Rust nightly (libFuzzer's instrumentation and sanitizers): rustup toolchain install nightly"
 hakube_ensure_cargo_tool fuzz || die "could not install cargo-fuzz"
-hakube_ensure_needs c++ || die "could not install g++ (libFuzzer, built with the fuzz targets, is C++)"
+hakube_ensure_needs c++ protoc protoc-includes ||
+  die "could not install g++ (libFuzzer is C++) and protoc (the etcd client's build)"
 cd -- "$repo"
 
 mapfile -t all < <(cargo +nightly fuzz list)
