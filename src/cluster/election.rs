@@ -179,6 +179,8 @@ pub async fn run(
                 if fitness.should_resign(term.began, Instant::now()) {
                     let (term, keeper) = current.take().expect("checked");
                     keeper.abort();
+                    // Claimed no longer from here: the calls below may hang.
+                    tx.send_replace(View::default());
                     let _ = timeout(CALL, c.lease_revoke(term.lease)).await;
                     warn!(
                         "resigned the leadership: this master's control plane has been unhealthy for {}s",
@@ -189,6 +191,9 @@ pub async fn run(
                 } else {
                     let (_, keeper) = current.take().expect("checked");
                     keeper.abort();
+                    // Claimed no longer from here: reading who leads now
+                    // may hang as long as the read that just failed.
+                    tx.send_replace(View::default());
                     warn!("lost the leadership (the lease expired: this master was cut off from etcd)");
                 }
             }
