@@ -149,6 +149,16 @@ pub async fn leader(client: &mut Client, endpoint: &str) -> Result<Option<String
     Ok(resp.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
 }
 
+/// Ends this agent's term, if it has one: its keeper stopped and the end
+/// published at once, before any call that may hang (reading who leads
+/// now can hang as long as the call that found the term over).
+fn end_term(current: &mut Option<(Term, tokio::task::JoinHandle<()>)>, tx: &watch::Sender<View>) -> Option<Term> {
+    let (term, keeper) = current.take()?;
+    keeper.abort();
+    tx.send_replace(View::default());
+    Some(term)
+}
+
 /// Campaigns for leadership until `stop` changes, publishing who leads.
 /// `healthy` tells whether this node's control plane can do the leader's
 /// work (its kube-apiserver answers, when it runs one); `rule` is how an
@@ -177,10 +187,7 @@ pub async fn run(
             // A term whose lease was lost is over.
             if let Some((term, _)) = &current {
                 if fitness.should_resign(term.began, Instant::now()) {
-                    let (term, keeper) = current.take().expect("checked");
-                    keeper.abort();
-                    // Claimed no longer from here: the calls below may hang.
-                    tx.send_replace(View::default());
+                    let term = end_term(&mut current, &tx).expect("checked");
                     let _ = timeout(CALL, c.lease_revoke(term.lease)).await;
                     warn!(
                         "resigned the leadership: this master's control plane has been unhealthy for {}s",
@@ -189,11 +196,7 @@ pub async fn run(
                 } else if term.holds(c).await {
                     return Ok(View { leader: Some(name.clone()), term: Some(term.clone()) });
                 } else {
-                    let (_, keeper) = current.take().expect("checked");
-                    keeper.abort();
-                    // Claimed no longer from here: reading who leads now
-                    // may hang as long as the read that just failed.
-                    tx.send_replace(View::default());
+                    end_term(&mut current, &tx);
                     warn!("lost the leadership (the lease expired: this master was cut off from etcd)");
                 }
             }
@@ -235,9 +238,7 @@ pub async fn run(
                 Err(_) => etcd.forget(),
             },
             () = fenced => {
-                if let Some((_, keeper)) = current.take() {
-                    keeper.abort();
-                }
+                end_term(&mut current, &tx);
                 etcd.forget();
                 warn!("lost the leadership (no keep-alive answered within the lease: this master was cut off from etcd)");
             }
@@ -254,11 +255,8 @@ pub async fn run(
         tokio::select! {
             _ = stop.changed() => break,
             () = etcd::lease::lost(fence.as_mut()) => {
-                if let Some((_, keeper)) = current.take() {
-                    keeper.abort();
-                }
+                end_term(&mut current, &tx);
                 etcd.forget();
-                tx.send_replace(View::default());
                 warn!("lost the leadership (no keep-alive answered within the lease: this master was cut off from etcd)");
             }
             _ = sleep(Duration::from_secs(1)) => {}
