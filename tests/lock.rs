@@ -1,7 +1,8 @@
 //! The etcd membership lock and the leader election against real etcd: a
 //! lock whose lease is gone is lost before the next membership change, a
-//! dropped lock is released, no call waits without bound, and a leader whose
-//! control plane stays unhealthy makes way for a healthy master.
+//! dropped lock is released, no call waits without bound, a leader whose
+//! control plane stays unhealthy makes way for a healthy master, and no
+//! term is claimed once its lease is lost or its etcd stops answering.
 
 mod support;
 
@@ -311,6 +312,86 @@ fn a_term_whose_lease_is_lost_is_no_longer_claimed() {
                     t.elapsed(),
                     if lost_at.is_some() { "found by" } else { "before" }
                 );
+            }
+            stop_tx.send_replace(true);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }))
+    });
+}
+
+/// A term whose etcd stops answering (a frozen member, as under a stalled
+/// disk) stops being claimed before etcd could expire its lease, even
+/// though every later call to etcd hangs: the end is published the moment
+/// the round finds the term over, not when its next call gives up.
+#[test]
+fn a_term_is_not_claimed_while_its_etcd_hangs() {
+    use hakube::cluster::election::{self, View, Yield, LEADER_TTL_SECS};
+    use tokio::sync::watch;
+
+    let h = Host::isolated();
+    h.install(&[]);
+    let agent = h.state()["agent_pid"].as_u64().expect("agent pid");
+    let etcd_pid = h.state()["components"]["etcd"]["pid"].as_u64().expect("etcd runs").to_string();
+    assert!(sh("kill", &["-STOP", &agent.to_string()]).status.success());
+    let paths = hakube::host::paths::Paths::new(h.root());
+    let mut cfg = hakube::config::load_installed(&paths.config_file()).unwrap().expect("installed config");
+    cfg.node.name = "a".parse().unwrap();
+
+    h.within(|| {
+        runtime().block_on(tokio::task::LocalSet::new().run_until(async {
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let (tx, view) = watch::channel(View::default());
+            tokio::task::spawn_local(election::run(paths.clone(), cfg, || true, Yield::default(), tx, stop_rx));
+            let t = Instant::now();
+            while view.borrow().term.is_none() {
+                assert!(t.elapsed() < Duration::from_secs(20), "a is not elected");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Two keep-alives answered, so that the last one before the
+            // freeze is at most a sixth of the TTL old.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let term = view.borrow().term.clone().expect("still elected");
+            // Thawed however the test ends, or the host's teardown waits on it.
+            struct Thaw<'a>(&'a str);
+            impl Drop for Thaw<'_> {
+                fn drop(&mut self) {
+                    sh("kill", &["-CONT", self.0]);
+                }
+            }
+            assert!(sh("kill", &["-STOP", &etcd_pid]).status.success());
+            let thaw = Thaw(&etcd_pid);
+            let frozen = Instant::now();
+            // etcd renewed the lease on receiving the last keep-alive, at
+            // most a sixth of the TTL before the freeze: it may expire it
+            // (once running again) this long after the freeze, no sooner.
+            let ttl = Duration::from_secs(LEADER_TTL_SECS as u64);
+            let expiry = ttl - ttl / 6;
+            let mut lost_at = None;
+            let ended = loop {
+                let claimed = view.borrow().term.clone().filter(|t| *t == term);
+                if claimed.is_none() {
+                    break frozen.elapsed();
+                }
+                if !term.lease_held() {
+                    let since = *lost_at.get_or_insert_with(Instant::now);
+                    assert!(
+                        since.elapsed() < Duration::from_millis(100),
+                        "the term was still claimed {:?} after the agent let it go",
+                        since.elapsed()
+                    );
+                }
+                if frozen.elapsed() > expiry {
+                    panic!("the term was still claimed {:?} after etcd froze", frozen.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            drop(thaw);
+            eprintln!("claim ended {ended:?} after etcd froze (it may expire the lease {expiry:?} after)");
+            // Once etcd answers again, a is elected again.
+            let t = Instant::now();
+            while view.borrow().term.is_none() {
+                assert!(t.elapsed() < Duration::from_secs(30), "a is not elected again after etcd came back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             stop_tx.send_replace(true);
             tokio::time::sleep(Duration::from_millis(500)).await;
