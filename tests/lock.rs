@@ -169,6 +169,44 @@ fn waiting_for_the_lock_outlasts_the_clients_request_timeout() {
     });
 }
 
+/// A host for elections driven by the test: its own agent, which leads,
+/// frozen (killed, it would take etcd, its child, with it), so that only
+/// the test's elections campaign once its lease is gone; with the host's
+/// paths and installed config.
+fn host_for_elections() -> (Host, hakube::host::paths::Paths, hakube::config::ClusterConfig) {
+    let h = Host::isolated();
+    h.install(&[]);
+    let agent = h.state()["agent_pid"].as_u64().expect("agent pid");
+    assert!(sh("kill", &["-STOP", &agent.to_string()]).status.success());
+    let paths = hakube::host::paths::Paths::new(h.root());
+    let cfg = hakube::config::load_installed(&paths.config_file()).unwrap().expect("installed config");
+    (h, paths, cfg)
+}
+
+/// One healthy agent's election, named "a", spawned on the local set: what
+/// it publishes.
+fn lone_election(
+    paths: &hakube::host::paths::Paths,
+    cfg: &hakube::config::ClusterConfig,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::sync::watch::Receiver<hakube::cluster::election::View> {
+    use hakube::cluster::election::{self, View, Yield};
+    let mut cfg = cfg.clone();
+    cfg.node.name = "a".parse().unwrap();
+    let (tx, view) = tokio::sync::watch::channel(View::default());
+    tokio::task::spawn_local(election::run(paths.clone(), cfg, || true, Yield::default(), tx, stop));
+    view
+}
+
+/// Waits until `view` claims a term, 20 s at most (`what` names the wait).
+async fn until_elected(view: &tokio::sync::watch::Receiver<hakube::cluster::election::View>, what: &str) {
+    let t = Instant::now();
+    while view.borrow().term.is_none() {
+        assert!(t.elapsed() < Duration::from_secs(20), "{what}: a is not elected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Two agents' elections on one etcd (the host's own agent stopped), each
 /// told by a flag whether its control plane is healthy.
 #[test]
@@ -178,15 +216,7 @@ fn a_leader_whose_control_plane_stays_unhealthy_makes_way_and_none_flaps() {
     use std::sync::Arc;
     use tokio::sync::watch;
 
-    let h = Host::isolated();
-    h.install(&[]);
-    // The host's agent leads; freeze it (killed, it would take etcd, its
-    // child, with it) so that only the two elections below campaign once
-    // its lease is gone.
-    let agent = h.state()["agent_pid"].as_u64().expect("agent pid");
-    assert!(sh("kill", &["-STOP", &agent.to_string()]).status.success());
-    let paths = hakube::host::paths::Paths::new(h.root());
-    let cfg = hakube::config::load_installed(&paths.config_file()).unwrap().expect("installed config");
+    let (h, paths, cfg) = host_for_elections();
     let rule = Yield { resign_after: Duration::from_secs(3), vacancy_wait: Duration::from_secs(4) };
 
     h.within(|| {
@@ -260,30 +290,17 @@ fn a_leader_whose_control_plane_stays_unhealthy_makes_way_and_none_flaps() {
 /// revoking their lease, which the keeper or the next round finds first.
 #[test]
 fn a_term_whose_lease_is_lost_is_no_longer_claimed() {
-    use hakube::cluster::election::{self, View, Yield, LEADER_KEY};
+    use hakube::cluster::election::LEADER_KEY;
     use tokio::sync::watch;
 
-    let h = Host::isolated();
-    h.install(&[]);
-    // Only the election below campaigns, once the frozen agent's lease is gone.
-    let agent = h.state()["agent_pid"].as_u64().expect("agent pid");
-    assert!(sh("kill", &["-STOP", &agent.to_string()]).status.success());
-    let paths = hakube::host::paths::Paths::new(h.root());
-    let mut cfg = hakube::config::load_installed(&paths.config_file()).unwrap().expect("installed config");
-    cfg.node.name = "a".parse().unwrap();
-
+    let (h, paths, cfg) = host_for_elections();
     h.within(|| {
         runtime().block_on(tokio::task::LocalSet::new().run_until(async {
             let (stop_tx, stop_rx) = watch::channel(false);
-            let (tx, view) = watch::channel(View::default());
-            tokio::task::spawn_local(election::run(paths.clone(), cfg, || true, Yield::default(), tx, stop_rx));
+            let view = lone_election(&paths, &cfg, stop_rx);
             let mut client = h.etcd_client(None).await;
             for round in 1..=6 {
-                let t = Instant::now();
-                while view.borrow().term.is_none() {
-                    assert!(t.elapsed() < Duration::from_secs(20), "round {round}: a is not elected");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                until_elected(&view, &format!("round {round}")).await;
                 let revoked = view.borrow().term.clone().expect("elected");
                 let got = client.get(LEADER_KEY, None).await.unwrap();
                 let lease = got.kvs().first().expect("the leader key").lease();
@@ -325,28 +342,16 @@ fn a_term_whose_lease_is_lost_is_no_longer_claimed() {
 /// the round finds the term over, not when its next call gives up.
 #[test]
 fn a_term_is_not_claimed_while_its_etcd_hangs() {
-    use hakube::cluster::election::{self, View, Yield, LEADER_TTL_SECS};
+    use hakube::cluster::election::LEADER_TTL_SECS;
     use tokio::sync::watch;
 
-    let h = Host::isolated();
-    h.install(&[]);
-    let agent = h.state()["agent_pid"].as_u64().expect("agent pid");
+    let (h, paths, cfg) = host_for_elections();
     let etcd_pid = h.state()["components"]["etcd"]["pid"].as_u64().expect("etcd runs").to_string();
-    assert!(sh("kill", &["-STOP", &agent.to_string()]).status.success());
-    let paths = hakube::host::paths::Paths::new(h.root());
-    let mut cfg = hakube::config::load_installed(&paths.config_file()).unwrap().expect("installed config");
-    cfg.node.name = "a".parse().unwrap();
-
     h.within(|| {
         runtime().block_on(tokio::task::LocalSet::new().run_until(async {
             let (stop_tx, stop_rx) = watch::channel(false);
-            let (tx, view) = watch::channel(View::default());
-            tokio::task::spawn_local(election::run(paths.clone(), cfg, || true, Yield::default(), tx, stop_rx));
-            let t = Instant::now();
-            while view.borrow().term.is_none() {
-                assert!(t.elapsed() < Duration::from_secs(20), "a is not elected");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let view = lone_election(&paths, &cfg, stop_rx);
+            until_elected(&view, "at first").await;
             // Two keep-alives answered, so that the last one before the
             // freeze is at most a sixth of the TTL old.
             tokio::time::sleep(Duration::from_secs(4)).await;
@@ -388,11 +393,7 @@ fn a_term_is_not_claimed_while_its_etcd_hangs() {
             drop(thaw);
             eprintln!("claim ended {ended:?} after etcd froze (it may expire the lease {expiry:?} after)");
             // Once etcd answers again, a is elected again.
-            let t = Instant::now();
-            while view.borrow().term.is_none() {
-                assert!(t.elapsed() < Duration::from_secs(30), "a is not elected again after etcd came back");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            until_elected(&view, "after etcd came back").await;
             stop_tx.send_replace(true);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }))
