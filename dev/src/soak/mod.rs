@@ -24,7 +24,9 @@
 //! - no node was purged unless it was out (power or link) and had been for
 //!   the toleration (less the 5 s between two heartbeats: the silence
 //!   starts at the last one), and still was (give or take kubelet's 10 s
-//!   report interval);
+//!   report interval); two outages count as one when the observer read
+//!   the same signals of the node before the gap between them and after
+//!   it (a link back for seconds need not let a report through);
 //! - at most one agent claimed the leader's term at any sampled instant
 //!   (every 200 ms, from each live agent's state file);
 //! - once the faults stop, the cluster heals: every Node Ready, every etcd
@@ -208,7 +210,16 @@ struct Record {
     /// The volume's line count, as the soak last read it.
     volume_seen: u64,
     volume_reads: usize,
+    /// Each node's signals as the observer read them: when, the node, its
+    /// hakube heartbeat and its Kubernetes signal (both read, or no sample).
+    signals: Vec<(u64, String, Heard)>,
 }
+
+/// A node's two signs of life, as the purge reads them: its registry
+/// heartbeat and the freshest of its Lease and Ready heartbeat (None: it
+/// has neither). Equal readings mean it reported nothing in between: both
+/// only move forward, save for a clock stepped back.
+type Heard = (u64, Option<u64>);
 
 /// A host's ConfigMap writer's tally.
 #[derive(Default, Clone)]
@@ -934,6 +945,52 @@ impl Soak {
         probe
     }
 
+    /// Every 2 s, from the observer: every registered node's signals, read
+    /// as the purge reads them (its registry record linearizably from any
+    /// serving member, its Lease and Node from any master's API server).
+    /// A node whose link comes back is not heard at once (its kubelet's
+    /// requests from during the cut time out first): these readings show
+    /// when it was silent across such a gap.
+    fn signal_sampler(&self) {
+        let endpoints: Vec<String> = self.masters().map(|m| format!("https://{}:2379", m.addr)).collect();
+        let servers = self.masters().map(|m| format!("{}:6443", m.addr).parse().unwrap()).collect();
+        self.obs.within(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let Ok(kube) = KubeClient::from_kubeconfig(&self.admin) else { return };
+            let kube = kube.with_servers(servers).with_timeout(Duration::from_secs(2));
+            while !self.stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let read = async {
+                    let mut c = hakube::etcd::connect_with(
+                        &endpoints,
+                        &self.creds,
+                        Duration::from_secs(1),
+                        Some(Duration::from_secs(2)),
+                    )
+                    .await
+                    .ok()?;
+                    let records = hakube::cluster::registry::list(&mut c, &endpoints[0]).await.ok()?;
+                    let mut heard = vec![];
+                    for r in records {
+                        let kube = match hakube::cluster::purge::signal(Some(&kube), &r.name).await {
+                            hakube::cluster::purge::KubeSignal::Seen(t) => Some(t),
+                            hakube::cluster::purge::KubeSignal::Absent => None,
+                            hakube::cluster::purge::KubeSignal::Unknown(_) => continue,
+                        };
+                        heard.push((r.name, (r.heartbeat_at, kube)));
+                    }
+                    Some(heard)
+                };
+                let at = now_ms();
+                if let Ok(Some(heard)) = rt.block_on(tokio::time::timeout(Duration::from_secs(5), read)) {
+                    let mut r = self.record.lock().unwrap();
+                    r.signals.extend(heard.into_iter().map(|(name, h)| (at, name, h)));
+                }
+                std::thread::sleep(Duration::from_secs(2).saturating_sub(started.elapsed()));
+            }
+        });
+    }
+
     /// Every 15 s: the volume's lines, checked and counted.
     fn volume_sampler(&self) {
         while !self.stop.load(Ordering::SeqCst) {
@@ -962,6 +1019,7 @@ impl Soak {
             }
             workers.push(s.spawn(|| self.claims_sampler()));
             workers.push(s.spawn(|| self.quorum_sampler()));
+            workers.push(s.spawn(|| self.signal_sampler()));
             workers.push(s.spawn(|| self.volume_sampler()));
 
             let start = Instant::now();
@@ -1270,6 +1328,7 @@ impl Soak {
 
         // Purges.
         let spans = r.spans.clone();
+        let signals = r.signals.clone();
         let ops = r.ops.clone();
         let log = r.log.clone();
         drop(r);
@@ -1277,11 +1336,9 @@ impl Soak {
         let tol = self.toleration;
         let mut bad = vec![];
         for (at, by, node) in &purges {
-            let covered = spans.iter().any(|s| {
-                s.host == *node
-                    && s.out
-                    && s.from + tol.as_millis() as u64 <= at + SILENCE_SLACK.as_millis() as u64
-                    && s.to.is_none_or(|to| *at <= to + REPORT_INTERVAL.as_millis() as u64)
+            let covered = silent_spans(&spans, node, &signals).into_iter().any(|(from, to)| {
+                from + tol.as_millis() as u64 <= at + SILENCE_SLACK.as_millis() as u64
+                    && to.is_none_or(|to| *at <= to + REPORT_INTERVAL.as_millis() as u64)
             });
             if !covered {
                 bad.push(format!("{node} at {}s by {by}", at.saturating_sub(self.t0()) / 1000));
@@ -1292,8 +1349,10 @@ impl Soak {
         say(
             bad.is_empty(),
             format!(
-                "{} purge(s), each of a node out (power or link) for the toleration less a heartbeat, and still out{}{}",
+                "{} purge(s), each of a node out (power or link, or proven silent between two such outages: {} readings \
+                 of the nodes' signals) for the toleration less a heartbeat, and still out{}{}",
                 purges.len(),
+                signals.len(),
                 if list.is_empty() { String::new() } else { format!(" ({})", list.join(", ")) },
                 if bad.is_empty() { String::new() } else { format!("; of a node that was not: {}", bad.join(", ")) }
             ),
@@ -1384,9 +1443,77 @@ fn build_cluster(out: &Path, words: &[String]) -> Result<Cluster> {
     Ok(Cluster { masters, workers, net })
 }
 
+/// The spans in which `host` was out (power or link), joined where they
+/// overlap, and across a gap between two when the observer proved it
+/// silent there: the same signals read at or before the gap's start and
+/// at or after its end, and nothing else read between. A link that comes
+/// back for less time than the node takes to be heard again does not end
+/// its silence; a node heard in the gap, or not read across it, starts
+/// anew.
+fn silent_spans(spans: &[Span], host: &str, signals: &[(u64, String, Heard)]) -> Vec<(u64, Option<u64>)> {
+    let mut out: Vec<(u64, Option<u64>)> =
+        spans.iter().filter(|s| s.host == host && s.out).map(|s| (s.from, s.to)).collect();
+    out.sort();
+    let read: Vec<(u64, Heard)> = signals.iter().filter(|(_, n, _)| n == host).map(|(t, _, h)| (*t, *h)).collect();
+    let silent_across = |from: u64, to: u64| {
+        let before = read.iter().rposition(|(t, _)| *t <= from);
+        let after = read.iter().position(|(t, _)| *t >= to);
+        match (before, after) {
+            (Some(b), Some(a)) => read[b..=a].iter().all(|(_, h)| *h == read[b].1),
+            _ => false,
+        }
+    };
+    let mut joined: Vec<(u64, Option<u64>)> = vec![];
+    for (from, to) in out {
+        if let Some(last) = joined.last_mut() {
+            match last.1 {
+                None => continue,
+                Some(end) if from <= end || silent_across(end, from) => {
+                    last.1 = to.map(|to| to.max(end));
+                    continue;
+                }
+                Some(_) => {}
+            }
+        }
+        joined.push((from, to));
+    }
+    joined
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn out(host: &str, from: u64, to: Option<u64>) -> Span {
+        Span { host: host.into(), kind: "link".into(), hits_etcd: true, out: true, from, to }
+    }
+
+    #[test]
+    fn a_node_proven_silent_across_a_short_return_stays_out() {
+        // The case of seed 7: link cut 1632..1647 s, power lost at 1656 s.
+        let spans = [out("m3", 1632, Some(1647)), out("m3", 1656, Some(1753)), out("w1", 1640, Some(1700))];
+        let heard = |t: u64, h: Heard| (t, "m3".to_string(), h);
+        let quiet = [heard(1600, (90, Some(88))), heard(1645, (95, Some(95))), heard(1658, (95, Some(95)))];
+        assert_eq!(silent_spans(&spans, "m3", &quiet), vec![(1632, Some(1753))]);
+        // Heard in the gap: its silence starts again at the second span.
+        let spoke = [heard(1645, (95, Some(95))), heard(1650, (100, Some(95))), heard(1658, (100, Some(95)))];
+        assert_eq!(silent_spans(&spans, "m3", &spoke), vec![(1632, Some(1647)), (1656, Some(1753))]);
+        // Not read after the gap (or before it): nothing proves silence.
+        assert_eq!(silent_spans(&spans, "m3", &quiet[..2]), vec![(1632, Some(1647)), (1656, Some(1753))]);
+        assert_eq!(silent_spans(&spans, "m3", &quiet[2..]), vec![(1632, Some(1647)), (1656, Some(1753))]);
+        // Readings of another node prove nothing of this one.
+        let other: Vec<_> = quiet.iter().map(|(t, _, h)| (*t, "w1".to_string(), *h)).collect();
+        assert_eq!(silent_spans(&spans, "m3", &other), vec![(1632, Some(1647)), (1656, Some(1753))]);
+    }
+
+    #[test]
+    fn overlapping_spans_join_and_an_open_one_stays_open() {
+        let spans = [out("m1", 10, Some(50)), out("m1", 20, Some(40)), out("m1", 45, None), out("m1", 90, Some(95))];
+        assert_eq!(silent_spans(&spans, "m1", &[]), vec![(10, None)]);
+        let mut not_out = out("m1", 0, Some(100));
+        not_out.out = false;
+        assert_eq!(silent_spans(&[not_out], "m1", &[]), vec![]);
+    }
 
     #[test]
     fn log_times_read_as_the_epoch_counts() {

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 pub use decide::{Assessment, KubeSignal, Observed, Reading, Tracker, STALE_AFTER};
-pub use live::{Live, Signals, World};
+pub use live::{signal, Live, Signals, World};
 
 use super::ClusterError;
 use crate::config::Toleration;
