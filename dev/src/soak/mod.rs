@@ -213,6 +213,8 @@ struct Record {
     /// Each node's signals as the observer read them: when, the node, its
     /// hakube heartbeat and its Kubernetes signal (both read, or no sample).
     signals: Vec<(u64, String, Heard)>,
+    /// Threads of the soak (writers, samplers, operations) that panicked.
+    panicked: usize,
 }
 
 /// A node's two signs of life, as the purge reads them: its registry
@@ -961,15 +963,26 @@ impl Soak {
             while !self.stop.load(Ordering::SeqCst) {
                 let started = Instant::now();
                 let read = async {
-                    let mut c = hakube::etcd::connect_with(
-                        &endpoints,
-                        &self.creds,
-                        Duration::from_secs(1),
-                        Some(Duration::from_secs(2)),
-                    )
-                    .await
-                    .ok()?;
-                    let records = hakube::cluster::registry::list(&mut c, &endpoints[0]).await.ok()?;
+                    // One member at a time: any that serves will do.
+                    let mut records = None;
+                    for e in &endpoints {
+                        let one = async {
+                            let mut c = hakube::etcd::connect_with(
+                                std::slice::from_ref(e),
+                                &self.creds,
+                                Duration::from_secs(1),
+                                Some(Duration::from_secs(2)),
+                            )
+                            .await
+                            .ok()?;
+                            hakube::cluster::registry::list(&mut c, e).await.ok()
+                        };
+                        records = tokio::time::timeout(Duration::from_secs(3), one).await.ok().flatten();
+                        if records.is_some() {
+                            break;
+                        }
+                    }
+                    let records = records?;
                     let mut heard = vec![];
                     for r in records {
                         let kube = match hakube::cluster::purge::signal(Some(&kube), &r.name).await {
@@ -982,7 +995,9 @@ impl Soak {
                     Some(heard)
                 };
                 let at = now_ms();
-                if let Ok(Some(heard)) = rt.block_on(tokio::time::timeout(Duration::from_secs(5), read)) {
+                if let Ok(Some(heard)) =
+                    rt.block_on(async { tokio::time::timeout(Duration::from_secs(12), read).await })
+                {
                     let mut r = self.record.lock().unwrap();
                     r.signals.extend(heard.into_iter().map(|(name, h)| (at, name, h)));
                 }
@@ -1058,15 +1073,19 @@ impl Soak {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            let mut panicked = 0;
             for o in ops {
-                let _ = o.join();
+                panicked += usize::from(o.join().is_err());
             }
             self.note("the faults stopped; the workload runs on 15 s more".into());
             std::thread::sleep(Duration::from_secs(15));
             self.stop.store(true, Ordering::SeqCst);
             for w in workers {
-                let _ = w.join();
+                panicked += usize::from(w.join().is_err());
             }
+            // A sampler that died would leave its invariant checked on
+            // nothing: the run does not pass.
+            self.record.lock().unwrap().panicked = panicked;
         });
         self.judge(steps)
     }
@@ -1155,7 +1174,7 @@ impl Soak {
     }
 
     /// Every purge the leaders logged: (when, by whom, node), corrected
-    /// for the clock offset the logging agent ran under.
+    /// for the clock offset the logging agent ran under ([`real_times`]).
     fn purges(&self) -> Vec<(u64, String, String)> {
         let offsets = self.record.lock().unwrap().offsets.clone();
         let mut files: Vec<(String, PathBuf)> = vec![];
@@ -1173,19 +1192,16 @@ impl Soak {
         let mut found = BTreeSet::new();
         for (host, path) in files {
             let text = fs::read_to_string(&path).unwrap_or_default();
-            for line in text.lines().filter(|l| l.contains("purging a lost node")) {
-                let Some(at) = line.split_whitespace().next().and_then(parse_log_time) else { continue };
+            let lines: Vec<(u64, &str)> =
+                text.lines().filter_map(|l| Some((parse_log_time(l.split_whitespace().next()?)?, l))).collect();
+            let own: Vec<&Offset> = offsets.iter().filter(|o| o.host == host).collect();
+            let real = real_times(&lines.iter().map(|(t, _)| *t).collect::<Vec<_>>(), &own);
+            for ((_, line), at) in lines.iter().zip(real) {
+                if !line.contains("purging a lost node") {
+                    continue;
+                }
                 let node = line.split("node=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("?");
-                // The logged time is the agent's (faked) clock: take its offset off.
-                let skew = offsets
-                    .iter()
-                    .filter(|o| o.host == host)
-                    .find(|o| {
-                        let shifted = |t: u64| t as i64 + o.secs * 1000;
-                        (at as i64) >= shifted(o.from) && o.to.is_none_or(|to| (at as i64) < shifted(to))
-                    })
-                    .map_or(0, |o| o.secs * 1000);
-                found.insert(((at as i64 - skew) as u64, host.clone(), node.trim_matches('"').to_owned()));
+                found.insert((at, host.clone(), node.trim_matches('"').to_owned()));
             }
         }
         found.into_iter().collect()
@@ -1201,6 +1217,11 @@ impl Soak {
             }
             text.push_str(&format!("{} {line}\n", if ok { "✓" } else { "×" }));
         };
+        let panicked = self.record.lock().unwrap().panicked;
+        say(
+            panicked == 0,
+            format!("every writer, sampler and operation of the soak ran to its end ({panicked} panicked)"),
+        );
         let (healed, wrong) = self.heal();
         say(
             healed.is_some(),
@@ -1336,9 +1357,13 @@ impl Soak {
         let tol = self.toleration;
         let mut bad = vec![];
         for (at, by, node) in &purges {
+            // Still out when purged: back for less than kubelet's report
+            // interval, or proven silent since it came back.
             let covered = silent_spans(&spans, node, &signals).into_iter().any(|(from, to)| {
                 from + tol.as_millis() as u64 <= at + SILENCE_SLACK.as_millis() as u64
-                    && to.is_none_or(|to| *at <= to + REPORT_INTERVAL.as_millis() as u64)
+                    && to.is_none_or(|to| {
+                        *at <= to + REPORT_INTERVAL.as_millis() as u64 || silent_between(&signals, node, to, *at)
+                    })
             });
             if !covered {
                 bad.push(format!("{node} at {}s by {by}", at.saturating_sub(self.t0()) / 1000));
@@ -1443,6 +1468,54 @@ fn build_cluster(out: &Path, words: &[String]) -> Result<Cluster> {
     Ok(Cluster { masters, workers, net })
 }
 
+/// The real times of one agent log's lines, from the times they carry
+/// (the agent's clock, stepped by `offsets`). A step back makes a logged
+/// time ambiguous (a line logged during a -254 s step reads as one logged
+/// 254 s earlier without it); the file is in real order, so each line
+/// takes the earliest reading, among those its offsets allow, that is not
+/// before the line above (give or take libfaketime's 1 s cache).
+fn real_times(logged: &[u64], offsets: &[&Offset]) -> Vec<u64> {
+    const CACHE: u64 = 1500;
+    let during = |o: &Offset, r: u64| r + CACHE >= o.from && o.to.is_none_or(|to| r < to + CACHE);
+    let mut prev = 0u64;
+    logged
+        .iter()
+        .map(|&l| {
+            let mut candidates: Vec<u64> = offsets
+                .iter()
+                .filter_map(|o| {
+                    let r = u64::try_from(l as i64 - o.secs * 1000).ok()?;
+                    during(o, r).then_some(r)
+                })
+                .collect();
+            if !offsets.iter().any(|o| during(o, l) && o.secs != 0) || candidates.is_empty() {
+                candidates.push(l);
+            }
+            candidates.sort();
+            let at = candidates
+                .iter()
+                .copied()
+                .find(|r| *r + CACHE >= prev)
+                .unwrap_or_else(|| *candidates.last().expect("one at least"));
+            prev = prev.max(at);
+            at
+        })
+        .collect()
+}
+
+/// Whether the observer proved `host` silent from `from` to `to`: the same
+/// signals read at or before `from` and at or after `to`, and nothing
+/// else read between.
+fn silent_between(signals: &[(u64, String, Heard)], host: &str, from: u64, to: u64) -> bool {
+    let read: Vec<(u64, Heard)> = signals.iter().filter(|(_, n, _)| n == host).map(|(t, _, h)| (*t, *h)).collect();
+    let before = read.iter().rposition(|(t, _)| *t <= from);
+    let after = read.iter().position(|(t, _)| *t >= to);
+    match (before, after) {
+        (Some(b), Some(a)) => read[b..=a].iter().all(|(_, h)| *h == read[b].1),
+        _ => false,
+    }
+}
+
 /// The spans in which `host` was out (power or link), joined where they
 /// overlap, and across a gap between two when the observer proved it
 /// silent there: the same signals read at or before the gap's start and
@@ -1454,15 +1527,7 @@ fn silent_spans(spans: &[Span], host: &str, signals: &[(u64, String, Heard)]) ->
     let mut out: Vec<(u64, Option<u64>)> =
         spans.iter().filter(|s| s.host == host && s.out).map(|s| (s.from, s.to)).collect();
     out.sort();
-    let read: Vec<(u64, Heard)> = signals.iter().filter(|(_, n, _)| n == host).map(|(t, _, h)| (*t, *h)).collect();
-    let silent_across = |from: u64, to: u64| {
-        let before = read.iter().rposition(|(t, _)| *t <= from);
-        let after = read.iter().position(|(t, _)| *t >= to);
-        match (before, after) {
-            (Some(b), Some(a)) => read[b..=a].iter().all(|(_, h)| *h == read[b].1),
-            _ => false,
-        }
-    };
+    let silent_across = |from: u64, to: u64| silent_between(signals, host, from, to);
     let mut joined: Vec<(u64, Option<u64>)> = vec![];
     for (from, to) in out {
         if let Some(last) = joined.last_mut() {
@@ -1501,9 +1566,32 @@ mod tests {
         // Not read after the gap (or before it): nothing proves silence.
         assert_eq!(silent_spans(&spans, "m3", &quiet[..2]), vec![(1632, Some(1647)), (1656, Some(1753))]);
         assert_eq!(silent_spans(&spans, "m3", &quiet[2..]), vec![(1632, Some(1647)), (1656, Some(1753))]);
+        // Proven silent from its return to a moment after it.
+        assert!(silent_between(&quiet, "m3", 1647, 1658));
+        assert!(!silent_between(&spoke, "m3", 1647, 1658));
+        assert!(!silent_between(&quiet, "m3", 1647, 1700), "nothing read that late");
         // Readings of another node prove nothing of this one.
         let other: Vec<_> = quiet.iter().map(|(t, _, h)| (*t, "w1".to_string(), *h)).collect();
         assert_eq!(silent_spans(&spans, "m3", &other), vec![(1632, Some(1647)), (1656, Some(1753))]);
+    }
+
+    #[test]
+    fn a_log_line_under_a_clock_stepped_back_reads_at_its_real_time() {
+        // The case of seed 11: m1 stepped -254 s from 3308 s to 3364 s; a
+        // purge it logged at 3074 s, before the step, read as 3328 s.
+        let s = 1000;
+        let back = Offset { host: "m1".into(), secs: -254, from: 3308 * s, to: Some(3364 * s) };
+        let logged = [3070 * s, 3074 * s, 3300 * s, 3310 * s - 254 * s, 3350 * s - 254 * s, 3370 * s, 3380 * s];
+        assert_eq!(
+            real_times(&logged, &[&back]),
+            vec![3070 * s, 3074 * s, 3300 * s, 3310 * s, 3350 * s, 3370 * s, 3380 * s]
+        );
+        // A step forward is never ambiguous the same way.
+        let fwd = Offset { host: "m3".into(), secs: 191, from: 1607 * s, to: Some(1665 * s) };
+        let logged = [1600 * s, 1642 * s + 191 * s, 1670 * s, 1700 * s];
+        assert_eq!(real_times(&logged, &[&fwd]), vec![1600 * s, 1642 * s, 1670 * s, 1700 * s]);
+        // No offsets: the times as logged.
+        assert_eq!(real_times(&[5, 3, 9], &[]), vec![5, 3, 9]);
     }
 
     #[test]
