@@ -908,20 +908,22 @@ impl Soak {
         });
     }
 
+    /// A client of one etcd member, as the samplers ask it: 1 s to connect,
+    /// 2 s for each request.
+    async fn member(&self, endpoint: &str) -> Option<etcd_client::Client> {
+        let endpoints = [endpoint.to_owned()];
+        hakube::etcd::connect_with(&endpoints, &self.creds, Duration::from_secs(1), Some(Duration::from_secs(2)))
+            .await
+            .ok()
+    }
+
     /// Each endpoint's answer to a status call and to a linearizable read,
     /// and the voters' client URLs.
     async fn quorum(&self, endpoints: &[String]) -> Probe {
         let mut probe = Probe::default();
         for e in endpoints {
             let call = async {
-                let mut c = hakube::etcd::connect_with(
-                    std::slice::from_ref(e),
-                    &self.creds,
-                    Duration::from_secs(1),
-                    Some(Duration::from_secs(2)),
-                )
-                .await
-                .ok()?;
+                let mut c = self.member(e).await?;
                 let list = c.member_list().await.ok();
                 c.status().await.ok()?;
                 probe.up.insert(e.clone());
@@ -967,14 +969,7 @@ impl Soak {
                     let mut records = None;
                     for e in &endpoints {
                         let one = async {
-                            let mut c = hakube::etcd::connect_with(
-                                std::slice::from_ref(e),
-                                &self.creds,
-                                Duration::from_secs(1),
-                                Some(Duration::from_secs(2)),
-                            )
-                            .await
-                            .ok()?;
+                            let mut c = self.member(e).await?;
                             hakube::cluster::registry::list(&mut c, e).await.ok()
                         };
                         records = tokio::time::timeout(Duration::from_secs(3), one).await.ok().flatten();
