@@ -243,11 +243,6 @@ pub async fn run(
                 warn!("lost the leadership (no keep-alive answered within the lease: this master was cut off from etcd)");
             }
         }
-        // A term that ended is never claimed on, even when the round that
-        // ended it could not read who leads now.
-        if current.is_none() && tx.borrow().term.is_some() {
-            tx.send_replace(View::default());
-        }
         // The fence is watched between rounds too: a lease lost during the
         // pause ends the claim at once, not at the next round, a second
         // later, when etcd may have expired it and another master claimed.
