@@ -980,12 +980,11 @@ impl Soak {
                     let records = records?;
                     let mut heard = vec![];
                     for r in records {
-                        let kube = match hakube::cluster::purge::signal(Some(&kube), &r.name).await {
-                            hakube::cluster::purge::KubeSignal::Seen(t) => Some(t),
-                            hakube::cluster::purge::KubeSignal::Absent => None,
-                            hakube::cluster::purge::KubeSignal::Unknown(_) => continue,
-                        };
-                        heard.push((r.name, (r.heartbeat_at, kube)));
+                        let signal = hakube::cluster::purge::signal(Some(&kube), &r.name).await;
+                        if matches!(signal, hakube::cluster::purge::KubeSignal::Unknown(_)) {
+                            continue;
+                        }
+                        heard.push((r.name, (r.heartbeat_at, signal.value())));
                     }
                     Some(heard)
                 };
@@ -1476,22 +1475,19 @@ fn real_times(logged: &[u64], offsets: &[&Offset]) -> Vec<u64> {
     logged
         .iter()
         .map(|&l| {
+            // As logged (no offset held), or less an offset that held then.
             let mut candidates: Vec<u64> = offsets
                 .iter()
                 .filter_map(|o| {
                     let r = u64::try_from(l as i64 - o.secs * 1000).ok()?;
                     during(o, r).then_some(r)
                 })
+                .chain([l])
                 .collect();
-            if !offsets.iter().any(|o| during(o, l) && o.secs != 0) || candidates.is_empty() {
-                candidates.push(l);
-            }
             candidates.sort();
-            let at = candidates
-                .iter()
-                .copied()
-                .find(|r| *r + CACHE >= prev)
-                .unwrap_or_else(|| *candidates.last().expect("one at least"));
+            // None fits (a line out of order): the latest reading.
+            let latest = candidates[candidates.len() - 1];
+            let at = candidates.iter().copied().find(|r| *r + CACHE >= prev).unwrap_or(latest);
             prev = prev.max(at);
             at
         })
