@@ -81,6 +81,17 @@ impl Step {
     fn can_be_called_off(self) -> bool {
         self <= Step::RemoveMember
     }
+
+    /// What a purge called off before this step had done to the node
+    /// (for its audit line: an operator, and the soak, tell a purge that
+    /// never touched the node from one that did).
+    pub fn done_before(self) -> &'static str {
+        match self {
+            Step::Taint => "nothing",
+            Step::DeletePods => "the out-of-service taint, removed again",
+            _ => "the out-of-service taint, removed again, and its pods deleted",
+        }
+    }
 }
 
 /// A purge in progress (etcd: [`CURRENT`]), or done (its history).
@@ -288,7 +299,7 @@ impl<W: World> Purger<'_, W> {
                             e.during(format!("{name} came back, but its out-of-service taint cannot be removed yet"))
                         })?;
                         self.world.call_off(rev).await?;
-                        warn!(target: "audit", node = %name, reason = %why, "a lost node came back: its purge is called off");
+                        warn!(target: "audit", node = %name, done = purge.step.done_before(), reason = %why, "a lost node came back: its purge is called off");
                         crate::metrics::count_purge("called_off");
                         return Ok(view);
                     }
