@@ -157,6 +157,7 @@ pub fn run(args: Args) -> Result<()> {
     let report = soak.run(&steps, &shape);
     fs::write(out.join("report.txt"), &report.text)?;
     print!("{}", report.text);
+    soak.keep(report.violations > 0);
     soak.down();
     if report.violations > 0 {
         bail!("{} invariant(s) violated (seed {seed}; files in {})", report.violations, out.display());
@@ -759,6 +760,32 @@ impl Soak {
         result
     }
 
+    /// What a later look at the run needs, kept in the output directory:
+    /// the fault log (faults.txt), the observer's readings of the nodes'
+    /// signals (signals.txt: seconds into the run, node, hakube heartbeat,
+    /// Kubernetes signal), and after a violation every host's logs as they
+    /// stand.
+    fn keep(&self, violated: bool) {
+        let t0 = self.t0();
+        let r = self.record.lock().unwrap();
+        let _ = fs::write(self.out.join("faults.txt"), r.log.iter().map(|l| format!("{l}\n")).collect::<String>());
+        let text: String = r
+            .signals
+            .iter()
+            .map(|(at, node, (beat, kube))| {
+                let kube = kube.map_or("-".to_owned(), |k| k.to_string());
+                format!("{:.1} {node} {beat} {kube}\n", at.saturating_sub(t0) as f64 / 1000.0)
+            })
+            .collect();
+        drop(r);
+        let _ = fs::write(self.out.join("signals.txt"), text);
+        if violated {
+            for h in self.c.hosts() {
+                self.save_logs(h, "at-end");
+            }
+        }
+    }
+
     fn save_logs(&self, h: &Host, tag: &str) {
         let dir = h.root().join("var/lib/hakube/logs");
         let dest = self.out.join("logs").join(format!("{}-{tag}-{}", h.name, now_ms()));
@@ -1168,8 +1195,9 @@ impl Soak {
     }
 
     /// Every purge the leaders logged: (when, by whom, node), corrected
-    /// for the clock offset the logging agent ran under ([`real_times`]).
-    fn purges(&self) -> Vec<(u64, String, String)> {
+    /// for the clock offset the logging agent ran under ([`real_times`]),
+    /// and how many were called off before they did anything.
+    fn purges(&self) -> (Vec<(u64, String, String)>, usize) {
         let offsets = self.record.lock().unwrap().offsets.clone();
         let mut files: Vec<(String, PathBuf)> = vec![];
         for h in self.c.hosts() {
@@ -1183,7 +1211,7 @@ impl Soak {
                 files.push((host.clone(), e.path().join(f)));
             }
         }
-        let mut found = BTreeSet::new();
+        let mut events = BTreeSet::new();
         for (host, path) in files {
             let text = fs::read_to_string(&path).unwrap_or_default();
             let lines: Vec<(u64, &str)> =
@@ -1191,14 +1219,12 @@ impl Soak {
             let own: Vec<&Offset> = offsets.iter().filter(|o| o.host == host).collect();
             let real = real_times(&lines.iter().map(|(t, _)| *t).collect::<Vec<_>>(), &own);
             for ((_, line), at) in lines.iter().zip(real) {
-                if !line.contains("purging a lost node") {
-                    continue;
+                if let Some(e) = purge_event(line) {
+                    events.insert((at, host.clone(), e));
                 }
-                let node = line.split("node=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("?");
-                found.insert((at, host.clone(), node.trim_matches('"').to_owned()));
             }
         }
-        found.into_iter().collect()
+        carried_out(events.into_iter().collect())
     }
 
     fn judge(&self, steps: &[Step]) -> Report {
@@ -1347,7 +1373,7 @@ impl Soak {
         let ops = r.ops.clone();
         let log = r.log.clone();
         drop(r);
-        let purges = self.purges();
+        let (purges, called_off) = self.purges();
         let tol = self.toleration;
         let mut bad = vec![];
         for (at, by, node) in &purges {
@@ -1374,7 +1400,10 @@ impl Soak {
                 signals.len(),
                 if list.is_empty() { String::new() } else { format!(" ({})", list.join(", ")) },
                 if bad.is_empty() { String::new() } else { format!("; of a node that was not: {}", bad.join(", ")) }
-            ),
+            ) + &match called_off {
+                0 => String::new(),
+                n => format!(" ({n} more started and called off before touching the node: it was heard again)"),
+            },
         );
 
         // Operations: not invariants (one run while faults hold etcd's
@@ -1494,6 +1523,55 @@ fn real_times(logged: &[u64], offsets: &[&Offset]) -> Vec<u64> {
         .collect()
 }
 
+/// What an agent's log line says of a purge: started on a node, or
+/// called off, and whether it had done anything to the node by then.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum PurgeEvent {
+    Started(String),
+    CalledOff { node: String, untouched: bool },
+}
+
+fn purge_event(line: &str) -> Option<PurgeEvent> {
+    let field = |name: &str| -> Option<String> {
+        let v = line.split(&format!(" {name}=")).nth(1)?;
+        Some(
+            if let Some(q) = v.strip_prefix('"') { q.split('"').next()? } else { v.split_whitespace().next()? }
+                .to_owned(),
+        )
+    };
+    if line.contains("purging a lost node") {
+        return Some(PurgeEvent::Started(field("node")?));
+    }
+    if line.contains("its purge is called off") {
+        return Some(PurgeEvent::CalledOff { node: field("node")?, untouched: field("done")? == "nothing" });
+    }
+    None
+}
+
+/// The purges that were carried out (or got as far as touching the node),
+/// from the purge events in real-time order: a purge called off before
+/// its first step is none (the leader found the node heard again when it
+/// read it once more, as it must). One purge runs at a time, so a call-off
+/// ends the last purge started on its node. Also returns how many were
+/// called off untouched.
+fn carried_out(events: Vec<(u64, String, PurgeEvent)>) -> (Vec<(u64, String, String)>, usize) {
+    let mut purges: Vec<(u64, String, String)> = vec![];
+    let mut called_off = 0;
+    for (at, by, e) in events {
+        match e {
+            PurgeEvent::Started(node) => purges.push((at, by, node)),
+            PurgeEvent::CalledOff { node, untouched: true } => {
+                if let Some(i) = purges.iter().rposition(|(t, _, n)| *n == node && *t <= at) {
+                    purges.remove(i);
+                    called_off += 1;
+                }
+            }
+            PurgeEvent::CalledOff { untouched: false, .. } => {}
+        }
+    }
+    (purges, called_off)
+}
+
 /// Whether the observer proved `host` silent from `from` to `to`: the same
 /// signals read at or before `from` and at or after `to`, and nothing
 /// else read between.
@@ -1542,6 +1620,46 @@ mod tests {
 
     fn out(host: &str, from: u64, to: Option<u64>) -> Span {
         Span { host: host.into(), kind: "link".into(), hits_etcd: true, out: true, from, to }
+    }
+
+    #[test]
+    fn a_purge_called_off_before_touching_its_node_is_no_purge() {
+        // The case of seed 11: m1's link back at 1632 s, a purge started at
+        // 1642 s and called off at once (its kubelet had renewed its Lease),
+        // m1's power lost at 1651 s and a purge carried out at 1711 s.
+        let lines = [
+            "2026-12-06T13:08:42.120000Z  WARN purging a lost node node=m1 lost_for=1m1s",
+            "2026-12-06T13:08:42.310000Z  WARN a lost node came back: its purge is called off node=m1 \
+             done=\"nothing\" reason=its kubelet renewed its Lease since the purge started",
+            "2026-12-06T13:09:51.002000Z  WARN purging a lost node node=m1 lost_for=1m1s",
+            "2026-12-06T13:20:00.000000Z  WARN purging a lost node node=w1 lost_for=1m",
+            "2026-12-06T13:20:03.000000Z  WARN a lost node came back: its purge is called off node=w1 \
+             done=\"the out-of-service taint, removed again\" reason=its hakube heartbeat moved (from 1 to 2)",
+            "2026-12-06T13:20:04.000000Z  INFO purged a lost node node=w2 role=worker lost_for=1m by=m3",
+        ];
+        let events: Vec<(u64, String, PurgeEvent)> = lines
+            .iter()
+            .filter_map(|l| Some((parse_log_time(l.split_whitespace().next()?)?, "m3".to_owned(), purge_event(l)?)))
+            .collect();
+        assert_eq!(events.len(), 5, "{events:?}");
+        assert_eq!(
+            events[1].2,
+            PurgeEvent::CalledOff { node: "m1".into(), untouched: true },
+            "the call-off's fields are read"
+        );
+        let (purges, called_off) = carried_out(events.clone());
+        let nodes: Vec<&str> = purges.iter().map(|(_, _, n)| n.as_str()).collect();
+        // The second purge of m1 stands; w1's was called off after its taint,
+        // so it touched the node and is judged like any purge.
+        assert_eq!(nodes, ["m1", "w1"]);
+        assert_eq!(purges[0].0, events[2].0);
+        assert_eq!(called_off, 1);
+        // A call-off ends the purge it follows, never a later one.
+        let mut reordered = events;
+        reordered.swap(0, 1);
+        reordered[0].0 = reordered[1].0 - 1;
+        let (purges, called_off) = carried_out(reordered);
+        assert_eq!((purges.len(), called_off), (3, 0));
     }
 
     #[test]
