@@ -754,7 +754,7 @@ impl Soak {
             }
             Err(e) => {
                 self.unjoined.lock().unwrap().insert(name.to_owned());
-                self.note(format!("{name} could not join again: {e}"))
+                self.note(format!("{name} could not join again: {}", e.trim_end()))
             }
         }
         result
@@ -1411,7 +1411,7 @@ impl Soak {
         for (what, result) in &ops {
             match result {
                 Ok(d) => text_ops.push(format!("  {what}: done in {:.0}s", d.as_secs_f64())),
-                Err(e) => text_ops.push(format!("  {what}: failed: {e}")),
+                Err(e) => text_ops.push(format!("  {what}: failed: {}", e.trim_end())),
             }
         }
 
