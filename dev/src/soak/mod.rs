@@ -1395,15 +1395,16 @@ impl Soak {
             bad.is_empty(),
             format!(
                 "{} purge(s), each of a node out (power or link, or proven silent between two such outages: {} readings \
-                 of the nodes' signals) for the toleration less a heartbeat, and still out{}{}",
+                 of the nodes' signals) for the toleration less a heartbeat, and still out{}{}{}",
                 purges.len(),
                 signals.len(),
                 if list.is_empty() { String::new() } else { format!(" ({})", list.join(", ")) },
-                if bad.is_empty() { String::new() } else { format!("; of a node that was not: {}", bad.join(", ")) }
-            ) + &match called_off {
-                0 => String::new(),
-                n => format!(" ({n} more started and called off before touching the node: it was heard again)"),
-            },
+                if bad.is_empty() { String::new() } else { format!("; of a node that was not: {}", bad.join(", ")) },
+                match called_off {
+                    0 => String::new(),
+                    n => format!(" ({n} more started and called off before touching the node: it was heard again)"),
+                }
+            ),
         );
 
         // Operations: not invariants (one run while faults hold etcd's
@@ -1625,7 +1626,7 @@ mod tests {
     #[test]
     fn a_purge_called_off_before_touching_its_node_is_no_purge() {
         // The case of seed 11: m1's link back at 1632 s, a purge started at
-        // 1642 s and called off at once (its kubelet had renewed its Lease),
+        // 1642 s and called off at once (the leader heard it again),
         // m1's power lost at 1651 s and a purge carried out at 1711 s.
         let lines = [
             "2026-12-06T13:08:42.120000Z  WARN purging a lost node node=m1 lost_for=1m1s",

@@ -85,7 +85,7 @@ impl Step {
     /// What a purge called off before this step had done to the node
     /// (for its audit line: an operator, and the soak, tell a purge that
     /// never touched the node from one that did).
-    pub fn done_before(self) -> &'static str {
+    fn done_before(self) -> &'static str {
         match self {
             Step::Taint => "nothing",
             Step::DeletePods => "the out-of-service taint, removed again",
