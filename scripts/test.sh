@@ -223,7 +223,10 @@ fi
 # invariants (scripts/soak.sh; an hour with other seeds is a developer's).
 soak_test=skipped
 if [[ $soak == 1 ]]; then
-  step "soak, 5 minutes, seed $soak_seed (scripts/soak.sh)" \
+  # Bounded inside (every wait has its deadline); the timeout is for a
+  # defect of the soak's own: 5 minutes of faults, at most 8 to build the
+  # cluster and 10 to heal, with room to spare.
+  step "soak, 5 minutes, seed $soak_seed (scripts/soak.sh)" timeout "${timeout_args[@]}" 1800 \
     env HAKUBE_BIN="$repo/target/release/hakube" bash "$script_dir/soak.sh" --minutes 5 --seed "$soak_seed"
   soak_test=passed
 fi
