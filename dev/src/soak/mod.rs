@@ -1379,12 +1379,15 @@ impl Soak {
         for (at, by, node) in &purges {
             // Still out when purged: back for less than kubelet's report
             // interval, or proven silent since it came back.
-            let covered = silent_spans(&spans, node, &signals).into_iter().any(|(from, to)| {
+            let out = silent_spans(&spans, node, &signals).into_iter().any(|(from, to)| {
                 from + tol.as_millis() as u64 <= at + SILENCE_SLACK.as_millis() as u64
                     && to.is_none_or(|to| {
                         *at <= to + REPORT_INTERVAL.as_millis() as u64 || silent_between(&signals, node, to, *at)
                     })
             });
+            // Or silenced by what no outage span marks (heavy packet loss
+            // can stop every report): the readings alone must prove it.
+            let covered = out || proven_silent(&signals, node, *at, tol.saturating_sub(SILENCE_SLACK));
             if !covered {
                 bad.push(format!("{node} at {}s by {by}", at.saturating_sub(self.t0()) / 1000));
             }
@@ -1394,8 +1397,9 @@ impl Soak {
         say(
             bad.is_empty(),
             format!(
-                "{} purge(s), each of a node out (power or link, or proven silent between two such outages: {} readings \
-                 of the nodes' signals) for the toleration less a heartbeat, and still out{}{}{}",
+                "{} purge(s), each of a node out (power or link, or proven silent between two such outages) or proven \
+                 silent by the observer's readings of its signals ({} of them) for the toleration less a heartbeat, \
+                 and still out{}{}{}",
                 purges.len(),
                 signals.len(),
                 if list.is_empty() { String::new() } else { format!(" ({})", list.join(", ")) },
@@ -1586,6 +1590,19 @@ fn silent_between(signals: &[(u64, String, Heard)], host: &str, from: u64, to: u
     }
 }
 
+/// Whether the observer's readings prove `host` silent for `span` before
+/// a purge at `at`, whatever silenced it: the same signals read at or
+/// before `at - span` and at every reading since, the last of them within
+/// kubelet's report interval of `at` (what the node said in that last
+/// moment only the purge's own recheck can see).
+fn proven_silent(signals: &[(u64, String, Heard)], host: &str, at: u64, span: Duration) -> bool {
+    let last = signals.iter().filter(|(t, n, _)| n == host && *t <= at).map(|(t, _, _)| *t).max();
+    last.is_some_and(|last| {
+        last + REPORT_INTERVAL.as_millis() as u64 >= at
+            && silent_between(signals, host, at.saturating_sub(span.as_millis() as u64), last)
+    })
+}
+
 /// The spans in which `host` was out (power or link), joined where they
 /// overlap, and across a gap between two when the observer proved it
 /// silent there: the same signals read at or before the gap's start and
@@ -1683,6 +1700,30 @@ mod tests {
         // Readings of another node prove nothing of this one.
         let other: Vec<_> = quiet.iter().map(|(t, _, h)| (*t, "w1".to_string(), *h)).collect();
         assert_eq!(silent_spans(&spans, "m3", &other), vec![(1632, Some(1647)), (1656, Some(1753))]);
+    }
+
+    #[test]
+    fn a_node_the_readings_prove_silent_for_the_toleration_may_be_purged() {
+        // The case of seed 5: m2 under 40% then 29% packet loss from 2614 s
+        // to 2709 s, no outage; its heartbeat last moved at 2611 s, its
+        // Lease at 2631 s; m3 purged it at 2704 s (toleration 60 s).
+        let s = 1000;
+        let heard = |t: u64, h: Heard| (t, "m2".to_string(), h);
+        let mut readings = vec![heard(2607 * s, (343, Some(337))), heard(2611 * s, (348, Some(348)))];
+        readings.push(heard(2623 * s, (348, Some(357))));
+        readings.extend((0..19).map(|i| heard((2631 + 4 * i) * s, (348, Some(368)))));
+        let tol = Duration::from_secs(60) - SILENCE_SLACK;
+        assert!(proven_silent(&readings, "m2", 2704 * s, tol));
+        // Not yet silent long enough a minute earlier; nor if its Lease had
+        // moved within the window, however late.
+        assert!(!proven_silent(&readings, "m2", 2680 * s, tol));
+        let mut spoke = readings.clone();
+        spoke[15].2 = (348, Some(369));
+        assert!(!proven_silent(&spoke, "m2", 2704 * s, tol));
+        // Unread in the last report interval before the purge: unproven.
+        assert!(!proven_silent(&readings[..15], "m2", 2704 * s, tol));
+        // Readings of another node prove nothing of this one.
+        assert!(!proven_silent(&readings, "m1", 2704 * s, tol));
     }
 
     #[test]
